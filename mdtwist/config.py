@@ -1,0 +1,512 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The runtime configuration: a TOML file read into frozen attrs classes.
+
+Theory of operation: L{load_config} parses the file with C{tomllib}, then walks it with a small
+reader that knows the path of every value. Each problem (an unknown key, a wrong type, a missing
+required value, an unreadable secret file, an endpoint Twisted cannot parse) is recorded as one
+line C{file: key: reason}; the walk goes on so that one run reports every problem, and
+L{ConfigError} carries them all. Array entries are counted from 0, as in C{smtp.listen[0]}.
+
+Relative paths in the file are taken relative to the directory that holds the file.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from mdtwist.errors import ConfigError
+from mdtwist.secret import Secret
+
+T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
+
+
+class ListenerMode(enum.Enum):
+    """
+    The role of an SMTP listener.
+    """
+
+    MX = "mx"
+    SUBMISSION = "submission"
+    SMTPS = "smtps"
+
+
+class DirectoryBackend(enum.Enum):
+    """
+    Where accounts live.
+    """
+
+    FILE = "file"
+    LDAP = "ldap"
+
+
+class LDAPAuthMethod(enum.Enum):
+    """
+    How an LDAP directory checks a password: bind as the user, or compare C{userPassword}.
+    """
+
+    BIND = "bind"
+    COMPARE = "compare"
+
+
+@attrs.frozen
+class ServerConfig:
+    """
+    @ivar hostname: the name this server gives in greetings and C{Received:} lines.
+    """
+
+    hostname: str
+
+
+@attrs.frozen
+class ListenConfig:
+    """
+    @ivar endpoint: a Twisted server endpoint string, such as C{tcp:25:interface=127.0.0.1}.
+    @ivar mode: the role of the listener.
+    """
+
+    endpoint: str
+    mode: ListenerMode
+
+
+@attrs.frozen
+class SMTPConfig:
+    """
+    @ivar listen: the SMTP listeners.
+    """
+
+    listen: tuple[ListenConfig, ...]
+
+
+@attrs.frozen
+class FileDirectoryConfig:
+    """
+    @ivar path: the accounts file.
+    @ivar check_interval: seconds between checks of the file for changes.
+    """
+
+    path: Path
+    check_interval: float
+
+
+@attrs.frozen
+class LDAPAttributes:
+    """
+    The names of the LDAP attributes mdtwist reads; an empty name means "not used".
+    """
+
+    mail: str = "mail"
+    alias: str = "mailAlternateAddress"
+    display_name: str = "cn"
+    first_name: str = "givenName"
+    last_name: str = "sn"
+    login: str = "uid"
+    password: str = "userPassword"
+    status: str = ""
+    smarthost_login: str = ""
+    smarthost_password: str = ""
+    gateway_login: str = ""
+
+
+@attrs.frozen
+class LDAPConfig:
+    """
+    How to reach and read an LDAP directory.
+
+    C{filter} and C{auth_filter} are templates: C{{address}} and C{{login}} are replaced by the
+    escaped value.
+    """
+
+    url: str
+    base_dn: str
+    domains: frozenset[str]
+    start_tls: bool = False
+    ca_file: Path | None = None
+    bind_dn: str = ""
+    bind_password: Secret | None = None
+    filter: str = "(&(objectClass=inetOrgPerson)(|(mail={address})(mailAlternateAddress={address})))"
+    auth_filter: str = "(&(objectClass=inetOrgPerson)(|(uid={login})(mail={login})))"
+    auth_method: LDAPAuthMethod = LDAPAuthMethod.BIND
+    disabled_values: frozenset[str] = frozenset({"disabled", "false", "0", "no", "inactive"})
+    connect_timeout: float = 5.0
+    receive_timeout: float = 5.0
+    pool_size: int = 4
+    attributes: LDAPAttributes = LDAPAttributes()
+
+
+@attrs.frozen
+class CacheConfig:
+    """
+    @ivar ttl: seconds a found account is remembered.
+    @ivar negative_ttl: seconds an unknown address is remembered.
+    @ivar size: the most entries kept.
+    """
+
+    ttl: float = 60.0
+    negative_ttl: float = 5.0
+    size: int = 10000
+
+
+@attrs.frozen
+class DirectoryConfig:
+    """
+    @ivar backend: which backend holds the accounts.
+    @ivar file: settings of the file backend (when chosen).
+    @ivar ldap: settings of the LDAP backend (when chosen).
+    @ivar cache: the cache in front of either.
+    """
+
+    backend: DirectoryBackend
+    file: FileDirectoryConfig | None
+    ldap: LDAPConfig | None
+    cache: CacheConfig
+
+
+@attrs.frozen
+class Config:
+    """
+    The whole configuration.
+
+    @ivar path: the file it was read from.
+    """
+
+    path: Path
+    server: ServerConfig
+    smtp: SMTPConfig
+    directory: DirectoryConfig
+
+
+_MISSING: Any = object()
+
+
+class _Reader:
+    """
+    Reads typed values out of nested TOML tables and records every problem with its key path.
+    """
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.base = source.parent
+        self.problems: list[str] = []
+
+    def problem(self, key: str, reason: str) -> None:
+        self.problems.append(f"{self.source}: {key}: {reason}")
+
+    def table(self, data: Mapping[str, Any], prefix: str, allowed: set[str]) -> _Table:
+        unknown = sorted(set(data) - allowed)
+        for key in unknown:
+            self.problem(_join(prefix, key), "unknown key")
+        return _Table(self, data, prefix)
+
+
+class _Table:
+    def __init__(self, reader: _Reader, data: Mapping[str, Any], prefix: str) -> None:
+        self.reader = reader
+        self.data = data
+        self.prefix = prefix
+
+    def key(self, name: str) -> str:
+        return _join(self.prefix, name)
+
+    def value(self, name: str, kind: type[T], default: T = _MISSING) -> T:
+        if name not in self.data:
+            if default is _MISSING:
+                self.reader.problem(self.key(name), "required value is missing")
+            return default
+        raw = self.data[name]
+        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+            raw = float(raw)
+        if not isinstance(raw, kind) or (kind is not bool and isinstance(raw, bool)):
+            self.reader.problem(
+                self.key(name), f"expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {_kind(raw)}"
+            )
+            return default
+        return raw  # type: ignore[return-value]
+
+    def string(self, name: str, default: str = _MISSING, *, empty_ok: bool = True) -> str:
+        result = self.value(name, str, default)
+        if not empty_ok and result == "" and name in self.data:
+            self.reader.problem(self.key(name), "must not be empty")
+        return result
+
+    def positive(self, name: str, kind: type[T], default: T) -> T:
+        result = self.value(name, kind, default)
+        if name in self.data and result is not default and result <= 0:  # type: ignore[operator]
+            self.reader.problem(self.key(name), "must be greater than 0")
+            return default
+        return result
+
+    def choice(self, name: str, kind: type[E], default: E = _MISSING) -> E:
+        text = self.value(name, str, _MISSING if default is _MISSING else default.value)
+        if text is _MISSING:
+            return default
+        try:
+            return kind(text)
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in kind)
+            self.reader.problem(self.key(name), f"must be one of {allowed}, got {text!r}")
+            return default
+
+    def strings(self, name: str, default: tuple[str, ...] = _MISSING) -> tuple[str, ...]:
+        items = self.value(name, list, _MISSING if default is _MISSING else list(default))
+        if items is _MISSING:
+            return default
+        if not all(isinstance(i, str) for i in items):
+            self.reader.problem(self.key(name), "expected an array of strings")
+            return default if default is not _MISSING else ()
+        return tuple(items)
+
+    def path(self, name: str, default: Path | None = _MISSING) -> Path | None:
+        text = self.string(name, _MISSING if default is _MISSING else "", empty_ok=False)
+        if text is _MISSING or text == "":
+            return default
+        return self.reader.base / text
+
+    def subtable(self, name: str, allowed: set[str], required: bool = False) -> _Table | None:
+        data = self.value(name, dict, _MISSING if required else {})
+        if data is _MISSING:
+            return None
+        return self.reader.table(data, self.key(name), allowed)
+
+    def secret(self, name: str) -> Secret | None:
+        """
+        Read a secret given inline as C{name} or in a file named by C{name_file}.
+        """
+        inline = self.value(name, str, None)
+        file_name = self.string(f"{name}_file", "", empty_ok=False)
+        if inline is not None and file_name:
+            self.reader.problem(self.key(name), f"give either {name} or {name}_file, not both")
+            return None
+        if inline is not None:
+            return Secret(inline)
+        if not file_name:
+            return None
+        return _read_secret_file(self.reader, self.key(f"{name}_file"), self.reader.base / file_name)
+
+
+_TYPE_NAMES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _kind(value: object) -> str:
+    for kind, name in _TYPE_NAMES.items():
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return name
+    return type(value).__name__
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _read_secret_file(reader: _Reader, key: str, path: Path) -> Secret | None:
+    try:
+        info = path.stat()
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            reader.problem(key, f"{path} is readable by group or others (use chmod 600)")
+            return None
+        value = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reader.problem(key, f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+        return None
+    return Secret(value.rstrip("\r\n"))
+
+
+def _check_endpoint(reader: _Reader, key: str, description: str) -> None:
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as e:  # Twisted's parsers raise many kinds; each is a config problem.
+        reader.problem(key, f"not a valid server endpoint: {e or type(e).__name__}")
+
+
+def _server(reader: _Reader, top: _Table) -> ServerConfig:
+    table = top.subtable("server", {"hostname"}, required=True)
+    if table is None:
+        return ServerConfig(hostname="")
+    return ServerConfig(hostname=table.string("hostname", empty_ok=False))
+
+
+def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
+    table = top.subtable("smtp", {"listen"})
+    raw = table.value("listen", list, []) if table is not None else []
+    listeners: list[ListenConfig] = []
+    for i, item in enumerate(raw):
+        key = f"smtp.listen[{i}]"
+        if not isinstance(item, dict):
+            reader.problem(key, f"expected a table, got {_kind(item)}")
+            continue
+        entry = reader.table(item, key, {"endpoint", "mode"})
+        endpoint = entry.string("endpoint", empty_ok=False)
+        mode = entry.choice("mode", ListenerMode)
+        if endpoint:
+            _check_endpoint(reader, entry.key("endpoint"), endpoint)
+        listeners.append(ListenConfig(endpoint=endpoint, mode=mode))
+    return SMTPConfig(listen=tuple(listeners))
+
+
+def _domains(table: _Table, name: str) -> frozenset[str]:
+    return frozenset(d.lower().rstrip(".") for d in table.strings(name, ()))
+
+
+def _ldap(reader: _Reader, table: _Table) -> LDAPConfig:
+    url = table.string("url", empty_ok=False)
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
+            reader.problem(table.key("url"), "must look like ldap://host:port or ldaps://host:port")
+        else:
+            try:
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError as e:
+                reader.problem(table.key("url"), str(e))
+    defaults = LDAPConfig(url="", base_dn="", domains=frozenset())
+    domains = _domains(table, "domains")
+    if "domains" in table.data and not domains:
+        reader.problem(table.key("domains"), "must list at least one local domain")
+    elif "domains" not in table.data:
+        reader.problem(table.key("domains"), "required value is missing")
+    attr_table = table.subtable("attributes", set(attrs.fields_dict(LDAPAttributes)))
+    attributes = LDAPAttributes(
+        **{
+            name: attr_table.string(name, default) if attr_table else default
+            for name, default in attrs.asdict(LDAPAttributes()).items()
+        }
+    )
+    config = LDAPConfig(
+        url=url,
+        base_dn=table.string("base_dn", empty_ok=False),
+        domains=domains,
+        start_tls=table.value("start_tls", bool, False),
+        ca_file=table.path("ca_file", None),
+        bind_dn=table.string("bind_dn", ""),
+        bind_password=table.secret("bind_password"),
+        filter=table.string("filter", defaults.filter, empty_ok=False),
+        auth_filter=table.string("auth_filter", defaults.auth_filter, empty_ok=False),
+        auth_method=table.choice("auth_method", LDAPAuthMethod, defaults.auth_method),
+        disabled_values=frozenset(
+            v.lower() for v in table.strings("disabled_values", tuple(defaults.disabled_values))
+        ),
+        connect_timeout=table.positive("connect_timeout", float, defaults.connect_timeout),
+        receive_timeout=table.positive("receive_timeout", float, defaults.receive_timeout),
+        pool_size=table.positive("pool_size", int, defaults.pool_size),
+        attributes=attributes,
+    )
+    for name, placeholder in (("filter", "{address}"), ("auth_filter", "{login}")):
+        if placeholder not in getattr(config, name):
+            reader.problem(table.key(name), f"must contain {placeholder}")
+    if url.startswith("ldaps:") and config.start_tls:
+        reader.problem(table.key("start_tls"), "ldaps:// is already TLS; drop start_tls")
+    return config
+
+
+_LDAP_KEYS = {
+    "url",
+    "base_dn",
+    "domains",
+    "start_tls",
+    "ca_file",
+    "bind_dn",
+    "bind_password",
+    "bind_password_file",
+    "filter",
+    "auth_filter",
+    "auth_method",
+    "disabled_values",
+    "connect_timeout",
+    "receive_timeout",
+    "pool_size",
+    "attributes",
+}
+
+
+def _directory(reader: _Reader, top: _Table) -> DirectoryConfig:
+    table = top.subtable("directory", {"backend", "file", "ldap", "cache"}, required=True)
+    if table is None:
+        return DirectoryConfig(DirectoryBackend.FILE, None, None, CacheConfig())
+    backend = table.choice("backend", DirectoryBackend)
+    file_config = ldap_config = None
+    file_table = table.subtable("file", {"path", "check_interval"}, required=False)
+    ldap_table = table.subtable("ldap", _LDAP_KEYS, required=False)
+    if backend is DirectoryBackend.FILE and file_table is not None:
+        path = file_table.path("path")
+        interval = file_table.positive("check_interval", float, 1.0)
+        if path is not None:
+            file_config = FileDirectoryConfig(path=path, check_interval=interval)
+    elif backend is DirectoryBackend.LDAP:
+        if "ldap" not in table.data:
+            reader.problem(table.key("ldap"), "backend is 'ldap' but the [directory.ldap] table is missing")
+        elif ldap_table is not None:
+            ldap_config = _ldap(reader, ldap_table)
+    cache_table = table.subtable("cache", {"ttl", "negative_ttl", "size"})
+    base = CacheConfig()
+    cache = base
+    if cache_table is not None:
+        cache = CacheConfig(
+            ttl=cache_table.value("ttl", float, base.ttl),
+            negative_ttl=cache_table.value("negative_ttl", float, base.negative_ttl),
+            size=cache_table.positive("size", int, base.size),
+        )
+        for name in ("ttl", "negative_ttl"):
+            if getattr(cache, name) < 0:
+                reader.problem(cache_table.key(name), "must not be negative")
+    return DirectoryConfig(backend=backend, file=file_config, ldap=ldap_config, cache=cache)
+
+
+def parse_config(data: Mapping[str, Any], source: Path) -> Config:
+    """
+    Turn parsed TOML into a L{Config}.
+
+    @param data: the TOML document as C{tomllib} returns it.
+    @param source: the file it came from (named in problems; base of relative paths).
+    @return: the configuration.
+    @raise ConfigError: with every problem found.
+    """
+    reader = _Reader(source)
+    top = reader.table(data, "", {"server", "smtp", "directory"})
+    config = Config(
+        path=source,
+        server=_server(reader, top),
+        smtp=_smtp(reader, top),
+        directory=_directory(reader, top),
+    )
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], *, loader: Callable[[Path], bytes] | None = None) -> Config:
+    """
+    Read and check a configuration file.
+
+    @param path: the TOML file.
+    @param loader: reads the file's bytes (for tests); by default the file is read from disk.
+    @return: the configuration.
+    @raise ConfigError: when the file cannot be read, is not TOML, or has problems.
+    """
+    source = Path(path)
+    try:
+        raw = loader(source) if loader is not None else source.read_bytes()
+        data = tomllib.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise ConfigError([f"{source}: cannot read: {e.strerror or e}"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{source}: not valid TOML: {e}"]) from None
+    return parse_config(data, source)

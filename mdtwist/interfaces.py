@@ -1,0 +1,66 @@
+"""
+The plugin points of mdtwist, as zope interfaces.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from mdtwist.directory.model import Account
+    from mdtwist.envelope import Envelope
+
+
+class IDirectory(Interface):
+    """
+    The account directory: who has a mailbox here, and who may log in.
+
+    Every method returns a L{Deferred}. A directory that cannot answer fails that Deferred with
+    L{mdtwist.errors.DirectoryUnavailable}; it never answers "no such account" in that case.
+    """
+
+    def find(address: str) -> Deferred[Account | None]:
+        """
+        Find the account that owns an address (primary address or alias).
+
+        The domain is compared without regard to case, and so is the local part.
+
+        @param address: an address such as C{alice@example.com}.
+        @return: a Deferred firing with the account, or L{None} when no account has it.
+        """
+
+    def authenticate(login: str, password: str) -> Deferred[Account | None]:
+        """
+        Check a login and password.
+
+        @param login: the login name or any address of the account.
+        @param password: the password as the client sent it.
+        @return: a Deferred firing with the account when the password is right and the account
+            is enabled, else L{None}.
+        """
+
+    def domains() -> Deferred[frozenset[str]]:
+        """
+        @return: a Deferred firing with the local domains, lower-case.
+        """
+
+
+class ISpool(Interface):
+    """
+    The durable message store.
+    """
+
+    def enqueue(envelope: Envelope, body: bytes) -> Deferred[str]:
+        """
+        Store a message durably.
+
+        @param envelope: the envelope.
+        @param body: the message as received (headers and body, CRLF line ends, dots unstuffed).
+        @return: a Deferred firing with the new queue id once the message is on stable storage;
+            it fails with L{mdtwist.errors.SpoolError} when the message could not be stored, and
+            then nothing of it is kept.
+        """
