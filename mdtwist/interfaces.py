@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from mdtwist.directory.model import Account
-    from mdtwist.envelope import Envelope
+    from mdtwist.envelope import ClientInfo, Envelope
+    from mdtwist.smtp.core.replies import Reply
 
 
 class IDirectory(Interface):
@@ -63,4 +64,28 @@ class ISpool(Interface):
         @return: a Deferred firing with the new queue id once the message is on stable storage;
             it fails with L{mdtwist.errors.SpoolError} when the message could not be stored, and
             then nothing of it is kept.
+        """
+
+
+class IReceivePolicy(Interface):
+    """
+    Decides, for one listener, which senders and recipients an SMTP session may use.
+
+    Every answer is a L{Reply} to send as it is: a 2xx accepts, a 4xx or 5xx refuses. A directory
+    that cannot answer gives C{451 4.3.0}, never a 5xx.
+    """
+
+    def check_sender(client: ClientInfo, sender: str) -> Deferred[Reply]:
+        """
+        @param client: the session's client (address, HELO name, authenticated user, TLS).
+        @param sender: the reverse-path without brackets; C{""} for the null sender.
+        @return: a Deferred firing with the reply to C{MAIL FROM}.
+        """
+
+    def check_recipient(client: ClientInfo, sender: str, recipient: str) -> Deferred[Reply]:
+        """
+        @param client: the session's client.
+        @param sender: the reverse-path of the transaction.
+        @param recipient: the forward-path without brackets (a bare C{postmaster} is allowed).
+        @return: a Deferred firing with the reply to C{RCPT TO}.
         """

@@ -1,0 +1,3 @@
+"""
+Delivery of queued messages: local mailboxes now, remote hosts later.
+"""

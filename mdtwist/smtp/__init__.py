@@ -1,0 +1,3 @@
+"""
+SMTP: the sans-IO protocol core and its Twisted glue.
+"""

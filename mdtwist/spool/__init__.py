@@ -1,0 +1,3 @@
+"""
+The durable spool and the queue runner.
+"""
