@@ -233,7 +233,7 @@ class _Table:
                 self.key(name), f"expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {_kind(raw)}"
             )
             return default
-        return raw  # type: ignore[return-value]
+        return raw
 
     def string(self, name: str, default: str = _MISSING, *, empty_ok: bool = True) -> str:
         result = self.value(name, str, default)
@@ -269,7 +269,8 @@ class _Table:
         return tuple(items)
 
     def path(self, name: str, default: Path | None = _MISSING) -> Path | None:
-        text = self.string(name, _MISSING if default is _MISSING else "", empty_ok=False)
+        fallback: str = _MISSING if default is _MISSING else ""
+        text = self.string(name, fallback, empty_ok=False)
         if text is _MISSING or text == "":
             return default
         return self.reader.base / text
