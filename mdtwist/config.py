@@ -269,7 +269,7 @@ class _Table:
         return tuple(items)
 
     def path(self, name: str, default: Path | None = _MISSING) -> Path | None:
-        fallback: str = _MISSING if default is _MISSING else ""
+        fallback: Any = _MISSING if default is _MISSING else ""
         text = self.string(name, fallback, empty_ok=False)
         if text is _MISSING or text == "":
             return default
