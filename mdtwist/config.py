@@ -237,6 +237,8 @@ class _Table:
 
     def string(self, name: str, default: str = _MISSING, *, empty_ok: bool = True) -> str:
         result = self.value(name, str, default)
+        if result is _MISSING:
+            return "" if default is _MISSING and name not in self.data else result
         if not empty_ok and result == "" and name in self.data:
             self.reader.problem(self.key(name), "must not be empty")
         return result

@@ -1,0 +1,39 @@
+# Two commands on a fresh Debian 12 machine:
+#   make run    build .venv, install mdtwist, run it in the foreground on etc/mdtwist.toml
+#   make test   build .venv, install the test peers (Debian packages) when missing, lint, type-check, test
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+LINTED := mdtwist tests twisted tools bench
+
+.PHONY: run test lint typecheck trial peers clean
+
+$(STAMP): setup.cfg pyproject.toml requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e . --config-settings editable_mode=compat -r requirements-dev.txt
+	touch $@
+
+run: $(STAMP)
+	mkdir -p var
+	$(VENV)/bin/twistd --nodaemon --pidfile= mdtwist --config etc/mdtwist.toml
+
+peers:
+	sh tools/install-peers.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+trial: $(STAMP) peers
+	$(PY) tools/trial_summary.py tests
+
+test: $(STAMP) peers lint typecheck trial
+
+clean:
+	rm -rf $(VENV) _trial_temp* .mypy_cache .ruff_cache *.egg-info

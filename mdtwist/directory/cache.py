@@ -1,0 +1,99 @@
+# -*- test-case-name: tests.directory.test_cache -*-
+"""
+A small cache in front of any L{IDirectory}.
+
+Found accounts are kept for C{ttl} seconds, unknown addresses for the shorter C{negative_ttl}, and
+the domain list for C{ttl}; the least recently used entry goes when the cache is full. Failures
+(L{mdtwist.errors.DirectoryUnavailable}) are never cached, and neither is authentication: every
+login is checked against the directory.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from mdtwist.address import address_key
+from mdtwist.directory.model import Account
+from mdtwist.interfaces import IDirectory
+
+
+@implementer(IDirectory)
+class CachedDirectory:
+    """
+    L{IDirectory} that remembers the answers of another one for a while.
+    """
+
+    def __init__(
+        self,
+        backend: IDirectory,
+        clock: IReactorTime,
+        *,
+        ttl: float,
+        negative_ttl: float,
+        size: int,
+    ) -> None:
+        """
+        @param backend: the directory asked on a miss.
+        @param clock: the clock that ages entries.
+        @param ttl: seconds a found account (and the domain list) is kept.
+        @param negative_ttl: seconds an unknown address is kept.
+        @param size: the most addresses kept.
+        """
+        self._backend = backend
+        self._clock = clock
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._size = size
+        self._entries: OrderedDict[str, tuple[float, Account | None]] = OrderedDict()
+        self._domains: tuple[float, frozenset[str]] | None = None
+
+    def find(self, address: str) -> Deferred[Account | None]:
+        """
+        See L{IDirectory.find}.
+        """
+        key = address_key(address)
+        if key is None:
+            return succeed(None)
+        now = self._clock.seconds()
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry[0] > now:
+                self._entries.move_to_end(key)
+                return succeed(entry[1])
+            del self._entries[key]
+
+        def remember(account: Account | None) -> Account | None:
+            ttl = self._ttl if account is not None else self._negative_ttl
+            if ttl > 0:
+                self._entries[key] = (self._clock.seconds() + ttl, account)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
+            return account
+
+        return self._backend.find(address).addCallback(remember)
+
+    def authenticate(self, login: str, password: str) -> Deferred[Account | None]:
+        """
+        See L{IDirectory.authenticate}; never cached.
+        """
+        return self._backend.authenticate(login, password)
+
+    def domains(self) -> Deferred[frozenset[str]]:
+        """
+        See L{IDirectory.domains}.
+        """
+        now = self._clock.seconds()
+        if self._domains is not None and self._domains[0] > now:
+            return succeed(self._domains[1])
+
+        def remember(domains: frozenset[str]) -> frozenset[str]:
+            if self._ttl > 0:
+                self._domains = (self._clock.seconds() + self._ttl, domains)
+            return domains
+
+        return self._backend.domains().addCallback(remember)

@@ -1,0 +1,122 @@
+"""
+Tests for L{mdtwist.directory.cache}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from mdtwist.directory.cache import CachedDirectory
+from mdtwist.directory.model import Account
+from mdtwist.errors import DirectoryUnavailable
+from mdtwist.interfaces import IDirectory
+
+ALICE = Account(address="alice@a.test", mailbox="alice", domain="a.test", login="alice")
+
+
+@implementer(IDirectory)
+class CountingDirectory:
+    """
+    A directory that knows alice and counts the questions it was asked.
+    """
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.down = False
+
+    def find(self, address: str) -> Deferred[Account | None]:
+        self.asked.append(address)
+        if self.down:
+            return fail(DirectoryUnavailable("down"))
+        return succeed(ALICE if address.lower() == "alice@a.test" else None)
+
+    def authenticate(self, login: str, password: str) -> Deferred[Account | None]:
+        self.asked.append(f"auth {login}")
+        return succeed(ALICE if password == "pw" else None)
+
+    def domains(self) -> Deferred[frozenset[str]]:
+        self.asked.append("domains")
+        return succeed(frozenset({"a.test"}))
+
+
+class CachedDirectoryTests(SynchronousTestCase):
+    """
+    Answers are remembered for their time to live; failures and logins never are.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.backend = CountingDirectory()
+        self.cache = CachedDirectory(self.backend, self.clock, ttl=60, negative_ttl=5, size=2)
+
+    def test_interface(self) -> None:
+        """
+        The cache provides L{IDirectory}.
+        """
+        self.assertTrue(verifyObject(IDirectory, self.cache))
+
+    def test_positive_ttl(self) -> None:
+        """
+        A found account is answered from the cache (any case) until its TTL has passed.
+        """
+        self.assertIs(self.successResultOf(self.cache.find("alice@a.test")), ALICE)
+        self.clock.advance(59)
+        self.assertIs(self.successResultOf(self.cache.find("ALICE@a.test")), ALICE)
+        self.assertEqual(self.backend.asked, ["alice@a.test"])
+        self.clock.advance(1)
+        self.successResultOf(self.cache.find("alice@a.test"))
+        self.assertEqual(len(self.backend.asked), 2)
+
+    def test_negative_ttl(self) -> None:
+        """
+        An unknown address is remembered for the shorter negative TTL.
+        """
+        self.assertIsNone(self.successResultOf(self.cache.find("x@a.test")))
+        self.clock.advance(4)
+        self.assertIsNone(self.successResultOf(self.cache.find("x@a.test")))
+        self.assertEqual(self.backend.asked, ["x@a.test"])
+        self.clock.advance(1)
+        self.successResultOf(self.cache.find("x@a.test"))
+        self.assertEqual(self.backend.asked, ["x@a.test", "x@a.test"])
+
+    def test_failures_not_cached(self) -> None:
+        """
+        A failure passes through and is not remembered.
+        """
+        self.backend.down = True
+        self.failureResultOf(self.cache.find("alice@a.test"), DirectoryUnavailable)
+        self.backend.down = False
+        self.assertIs(self.successResultOf(self.cache.find("alice@a.test")), ALICE)
+
+    def test_bounded_size(self) -> None:
+        """
+        When full, the least recently used address is forgotten first.
+        """
+        for address in ("alice@a.test", "x@a.test", "alice@a.test", "y@a.test"):
+            self.successResultOf(self.cache.find(address))
+        self.backend.asked.clear()
+        self.successResultOf(self.cache.find("alice@a.test"))
+        self.successResultOf(self.cache.find("x@a.test"))
+        self.assertEqual(self.backend.asked, ["x@a.test"])
+
+    def test_authenticate_not_cached(self) -> None:
+        """
+        Every login goes to the backend.
+        """
+        self.assertIs(self.successResultOf(self.cache.authenticate("alice", "pw")), ALICE)
+        self.assertIsNone(self.successResultOf(self.cache.authenticate("alice", "bad")))
+        self.assertEqual(self.backend.asked, ["auth alice", "auth alice"])
+
+    def test_domains_cached(self) -> None:
+        """
+        The domain list is remembered for the positive TTL.
+        """
+        self.successResultOf(self.cache.domains())
+        self.successResultOf(self.cache.domains())
+        self.clock.advance(60)
+        self.assertEqual(self.successResultOf(self.cache.domains()), frozenset({"a.test"}))
+        self.assertEqual(self.backend.asked, ["domains", "domains"])

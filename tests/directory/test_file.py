@@ -1,0 +1,252 @@
+"""
+Tests for L{mdtwist.directory.file}.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mdtwist.directory.file import FileDirectory
+from mdtwist.directory.passwords import hash_password
+from mdtwist.errors import ConfigError
+from mdtwist.interfaces import IDirectory
+from tests.support.runners import run_inline
+
+ALICE_HASH = hash_password("alicepw")
+
+
+def ssha(password: str, salt: bytes = b"saltsalt") -> str:
+    digest = hashlib.sha1(password.encode() + salt).digest()
+    return "{SSHA}" + base64.b64encode(digest + salt).decode()
+
+
+ACCOUNTS = f"""
+domains = ["Example.test"]
+
+[[account]]
+address = "alice@example.test"
+password = "{ALICE_HASH}"
+name = "Alice Example"
+first_name = "Alice"
+last_name = "Example"
+aliases = ["a.example@Example.TEST"]
+smarthost_login = "alice-relay"
+smarthost_password = "relay-secret"
+
+[[account]]
+address = "bob@example.test"
+login = "bob"
+password = "{ssha("bobpw")}"
+
+[[account]]
+address = "dave@example.test"
+password = "{ALICE_HASH}"
+enabled = false
+"""
+
+
+class FileDirectoryTests(SynchronousTestCase):
+    """
+    The accounts file answers lookups and logins, and follows edits of the file.
+    """
+
+    def setUp(self) -> None:
+        self.path = Path(self.mktemp())
+        self.path.write_text(ACCOUNTS)
+        self.clock = Clock()
+        self.directory = FileDirectory(self.path, self.clock, run_inline, check_interval=1.0)
+
+    def find(self, address: str) -> object:
+        return self.successResultOf(self.directory.find(address))
+
+    def test_interface(self) -> None:
+        """
+        The file directory provides L{IDirectory}.
+        """
+        self.assertTrue(verifyObject(IDirectory, self.directory))
+
+    def test_find_primary_and_alias(self) -> None:
+        """
+        An account is found by its primary address and by its aliases, with all its fields.
+        """
+        alice = self.successResultOf(self.directory.find("alice@example.test"))
+        assert alice is not None
+        self.assertEqual(alice.mailbox, "alice")
+        self.assertEqual(alice.domain, "example.test")
+        self.assertEqual(alice.display_name, "Alice Example")
+        self.assertEqual((alice.first_name, alice.last_name), ("Alice", "Example"))
+        self.assertEqual(alice.aliases, ("a.example@example.test",))
+        self.assertEqual(alice.smarthost_login, "alice-relay")
+        assert alice.smarthost_password is not None
+        self.assertEqual(alice.smarthost_password.reveal(), "relay-secret")
+        self.assertIs(self.find("a.example@example.test"), alice)
+
+    def test_find_ignores_case(self) -> None:
+        """
+        Domain and local part are compared without regard to case.
+        """
+        self.assertIs(self.find("ALICE@EXAMPLE.Test"), self.find("alice@example.test"))
+        self.assertIsNotNone(self.find("alice@example.test."))
+
+    def test_find_unknown(self) -> None:
+        """
+        Unknown and implausible addresses find nothing.
+        """
+        self.assertIsNone(self.find("carol@example.test"))
+        self.assertIsNone(self.find("alice@other.test"))
+        self.assertIsNone(self.find("*)(uid=*"))
+        self.assertIsNone(self.find(""))
+
+    def test_disabled_account_is_found_but_cannot_log_in(self) -> None:
+        """
+        A disabled account is found (so callers can refuse it) with enabled false, and its
+        correct password does not log in.
+        """
+        dave = self.find("dave@example.test")
+        assert dave is not None
+        self.assertFalse(dave.enabled)  # type: ignore[attr-defined]
+        self.assertIsNone(self.successResultOf(self.directory.authenticate("dave@example.test", "alicepw")))
+
+    def test_authenticate(self) -> None:
+        """
+        The right password logs in by address, alias or login name; argon2id and {SSHA} work.
+        """
+        alice = self.find("alice@example.test")
+        for login in ("alice@example.test", "A.Example@example.test"):
+            self.assertIs(self.successResultOf(self.directory.authenticate(login, "alicepw")), alice)
+        bob = self.successResultOf(self.directory.authenticate("bob", "bobpw"))
+        assert bob is not None
+        self.assertEqual(bob.address, "bob@example.test")
+
+    def test_authenticate_wrong(self) -> None:
+        """
+        A wrong or empty password, or an unknown login, does not log in.
+        """
+        for login, password in [
+            ("alice@example.test", "wrong"),
+            ("alice@example.test", ""),
+            ("nobody@example.test", "alicepw"),
+            ("bob", "BOBPW"),
+        ]:
+            self.assertIsNone(self.successResultOf(self.directory.authenticate(login, password)))
+
+    def test_unknown_login_checks_a_hash(self) -> None:
+        """
+        An unknown login costs a password check too, so timing does not reveal which exist.
+        """
+        calls: list[str] = []
+
+        def counting(f: object, *args: object) -> object:
+            calls.append(getattr(f, "__name__", ""))
+            return run_inline(f, *args)  # type: ignore[arg-type]
+
+        directory = FileDirectory(self.path, self.clock, counting)
+        self.successResultOf(directory.authenticate("nobody@example.test", "x"))
+        self.assertEqual(calls, ["verify_password"])
+
+    def test_domains(self) -> None:
+        """
+        The local domains are listed in lower case.
+        """
+        self.assertEqual(self.successResultOf(self.directory.domains()), frozenset({"example.test"}))
+
+    def rewrite(self, text: str) -> None:
+        self.path.write_text(text)
+        # Make sure the change is visible even on a file system with coarse timestamps.
+        info = os.stat(self.path)
+        os.utime(self.path, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+
+    def test_reload_after_change(self) -> None:
+        """
+        An edit of the file is picked up after the check interval, without a restart.
+        """
+        self.rewrite(ACCOUNTS.replace("bob@example.test", "robert@example.test"))
+        self.assertIsNotNone(self.find("bob@example.test"))
+        self.clock.advance(1.0)
+        self.assertIsNone(self.find("bob@example.test"))
+        self.assertIsNotNone(self.find("robert@example.test"))
+
+    def test_bad_edit_keeps_last_good_data(self) -> None:
+        """
+        An edit that breaks the file is logged with its reason and the old accounts stay.
+        """
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.rewrite(ACCOUNTS + "\n[[account]]\naddress = 'x@elsewhere.test'\n")
+        self.clock.advance(1.0)
+        self.assertIsNotNone(self.find("alice@example.test"))
+        [event] = [e for e in events if "not reloaded" in e["log_format"]]
+        self.assertIn("account[3].address: domain elsewhere.test is not in domains", event["problems"])
+        self.assertIn("account[3].password: required", event["problems"])
+
+    def test_file_removed_keeps_last_good_data(self) -> None:
+        """
+        A removed file is logged and the old accounts stay.
+        """
+        EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.path.unlink()
+        self.clock.advance(1.0)
+        self.assertIsNotNone(self.find("alice@example.test"))
+
+
+class AccountsFileErrorTests(SynchronousTestCase):
+    """
+    A bad accounts file at start-up stops start-up with one line per problem.
+    """
+
+    def problems(self, text: str) -> list[str]:
+        path = Path(self.mktemp())
+        path.write_text(text)
+        error = self.assertRaises(ConfigError, FileDirectory, path, Clock(), run_inline)
+        return [line.split(": ", 1)[1] for line in error.problems]
+
+    def test_missing_file(self) -> None:
+        """
+        A missing file is reported.
+        """
+        path = Path(self.mktemp())
+        error = self.assertRaises(ConfigError, FileDirectory, path, Clock(), run_inline)
+        self.assertEqual(error.problems, (f"{path}: cannot read: No such file or directory",))
+
+    def test_plain_password_refused(self) -> None:
+        """
+        A password that is not a supported hash is refused.
+        """
+        text = 'domains = ["a.test"]\n[[account]]\naddress = "x@a.test"\npassword = "plain"\n'
+        self.assertEqual(
+            self.problems(text),
+            ["account[0].password: not an argon2id or {SSHA} hash (plain text passwords are not stored)"],
+        )
+
+    def test_duplicate_address(self) -> None:
+        """
+        An address used by two accounts is refused.
+        """
+        text = (
+            f'domains = ["a.test"]\n[[account]]\naddress = "x@a.test"\npassword = "{ALICE_HASH}"\n'
+            f'[[account]]\naddress = "y@a.test"\naliases = ["X@a.test"]\npassword = "{ALICE_HASH}"\n'
+        )
+        self.assertEqual(
+            self.problems(text), ["account[1]: address X@a.test is already used by x@a.test"]
+        )
+
+    def test_unknown_and_wrong_keys(self) -> None:
+        """
+        Unknown keys and wrong types are named with their account index.
+        """
+        text = (
+            'domains = ["a.test"]\nfoo = 1\n[[account]]\naddress = "x@a.test"\n'
+            f'password = "{ALICE_HASH}"\nenabled = "yes"\nquota = 5\n'
+        )
+        self.assertEqual(
+            sorted(self.problems(text)),
+            ["account[0].enabled: expected true or false", "account[0].quota: unknown key", "foo: unknown key"],
+        )

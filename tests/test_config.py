@@ -1,0 +1,278 @@
+"""
+Tests for L{mdtwist.config}.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mdtwist.config import (
+    Config,
+    DirectoryBackend,
+    LDAPAuthMethod,
+    ListenerMode,
+    load_config,
+)
+from mdtwist.errors import ConfigError
+
+GOOD = """
+[server]
+hostname = "mx.example.test"
+
+[[smtp.listen]]
+endpoint = "tcp:2525:interface=127.0.0.1"
+mode = "mx"
+
+[directory]
+backend = "file"
+
+[directory.file]
+path = "accounts.toml"
+"""
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    A configuration file becomes frozen settings, or every problem is named.
+    """
+
+    def write(self, text: str, name: str = "mdtwist.toml") -> Path:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / name
+        path.write_text(text)
+        return path
+
+    def problems(self, text: str) -> list[str]:
+        path = self.write(text)
+        error = self.assertRaises(ConfigError, load_config, path)
+        prefix = f"{path}: "
+        for line in error.problems:
+            self.assertTrue(line.startswith(prefix), line)
+        return [line[len(prefix) :] for line in error.problems]
+
+    def test_good_file(self) -> None:
+        """
+        A valid file gives typed values, with relative paths taken from the file's directory.
+        """
+        path = self.write(GOOD)
+        config = load_config(path)
+        self.assertIsInstance(config, Config)
+        self.assertEqual(config.server.hostname, "mx.example.test")
+        self.assertEqual(config.smtp.listen[0].mode, ListenerMode.MX)
+        self.assertEqual(config.smtp.listen[0].endpoint, "tcp:2525:interface=127.0.0.1")
+        self.assertEqual(config.directory.backend, DirectoryBackend.FILE)
+        assert config.directory.file is not None
+        self.assertEqual(config.directory.file.path, path.parent / "accounts.toml")
+        self.assertEqual(config.directory.file.check_interval, 1.0)
+        self.assertEqual(config.directory.cache.ttl, 60.0)
+
+    def test_demo_config_is_valid(self) -> None:
+        """
+        The shipped etc/mdtwist.toml loads without problems.
+        """
+        here = Path(__file__).resolve().parent.parent
+        config = load_config(here / "etc" / "mdtwist.toml")
+        self.assertEqual(config.directory.backend, DirectoryBackend.FILE)
+        self.assertEqual(
+            {listener.mode for listener in config.smtp.listen},
+            {ListenerMode.MX, ListenerMode.SUBMISSION},
+        )
+
+    def test_unreadable_file(self) -> None:
+        """
+        A file that cannot be read is one problem naming the file.
+        """
+        path = Path(self.mktemp())
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(error.problems, (f"{path}: cannot read: No such file or directory",))
+
+    def test_not_toml(self) -> None:
+        """
+        A file that is not TOML is reported with the parser's line and column.
+        """
+        path = self.write("[server\n")
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertIn("not valid TOML", error.problems[0])
+        self.assertIn("line 1", error.problems[0])
+
+    def test_unknown_keys(self) -> None:
+        """
+        Unknown keys are errors at every level, named by their full path.
+        """
+        text = GOOD.replace('mode = "mx"', 'mode = "mx"\nport = 25') + "\n[mystery]\n"
+        text = text.replace('hostname = "mx.example.test"', 'hostname = "x"\nhostnam = "y"')
+        self.assertEqual(
+            sorted(self.problems(text)),
+            ["mystery: unknown key", "server.hostnam: unknown key", "smtp.listen[0].port: unknown key"],
+        )
+
+    def test_wrong_types(self) -> None:
+        """
+        A value of the wrong type names the key, what was expected and what was found.
+        """
+        text = GOOD.replace('hostname = "mx.example.test"', "hostname = 25")
+        text = text.replace('path = "accounts.toml"', 'path = "a"\ncheck_interval = true')
+        self.assertEqual(
+            sorted(self.problems(text)),
+            [
+                "directory.file.check_interval: expected a number, got true or false",
+                "server.hostname: expected a string, got an integer",
+            ],
+        )
+
+    def test_missing_required(self) -> None:
+        """
+        Missing required tables and values are reported.
+        """
+        self.assertEqual(
+            sorted(self.problems('[[smtp.listen]]\nmode = "mx"\n')),
+            [
+                "directory: required value is missing",
+                "server: required value is missing",
+                "smtp.listen[0].endpoint: required value is missing",
+            ],
+        )
+
+    def test_bad_endpoint(self) -> None:
+        """
+        An endpoint string Twisted cannot parse is reported with the listener's index.
+        """
+        text = GOOD + '\n[[smtp.listen]]\nendpoint = "tcp:notaport"\nmode = "submission"\n'
+        [problem] = self.problems(text)
+        self.assertTrue(
+            problem.startswith("smtp.listen[1].endpoint: not a valid server endpoint: "), problem
+        )
+
+    def test_bad_mode(self) -> None:
+        """
+        A listener mode outside the allowed set lists the allowed values.
+        """
+        text = GOOD.replace('mode = "mx"', 'mode = "relay"')
+        self.assertEqual(
+            self.problems(text),
+            ["smtp.listen[0].mode: must be one of 'mx', 'submission', 'smtps', got 'relay'"],
+        )
+
+    def ldap_config(self, extra: str) -> str:
+        return GOOD.replace('backend = "file"', 'backend = "ldap"') + (
+            '\n[directory.ldap]\nurl = "ldap://127.0.0.1:3890"\nbase_dn = "dc=example,dc=com"\n'
+            'domains = ["Example.COM"]\n' + extra
+        )
+
+    def test_ldap_settings(self) -> None:
+        """
+        The LDAP table is read with its defaults, and domains are lower-cased.
+        """
+        path = self.write(self.ldap_config('auth_method = "compare"\n'))
+        config = load_config(path)
+        ldap = config.directory.ldap
+        assert ldap is not None
+        self.assertEqual(ldap.domains, frozenset({"example.com"}))
+        self.assertEqual(ldap.auth_method, LDAPAuthMethod.COMPARE)
+        self.assertEqual(ldap.attributes.mail, "mail")
+        self.assertIsNone(ldap.bind_password)
+
+    def test_ldap_problems(self) -> None:
+        """
+        A bad URL, a filter without its placeholder and a non-positive timeout are reported.
+        """
+        text = self.ldap_config('filter = "(mail=x)"\nconnect_timeout = 0\n').replace(
+            "ldap://127.0.0.1:3890", "http://x"
+        )
+        self.assertEqual(
+            sorted(self.problems(text)),
+            [
+                "directory.ldap.connect_timeout: must be greater than 0",
+                "directory.ldap.filter: must contain {address}",
+                "directory.ldap.url: must look like ldap://host:port or ldaps://host:port",
+            ],
+        )
+
+    def test_ldap_table_missing(self) -> None:
+        """
+        Choosing the LDAP backend without its table is reported.
+        """
+        text = GOOD.replace('backend = "file"', 'backend = "ldap"')
+        self.assertEqual(
+            self.problems(text),
+            ["directory.ldap: backend is 'ldap' but the [directory.ldap] table is missing"],
+        )
+
+    def test_secret_inline(self) -> None:
+        """
+        An inline secret is kept, and its repr does not show it.
+        """
+        config = load_config(self.write(self.ldap_config('bind_password = "s3cret"\n')))
+        assert config.directory.ldap is not None
+        secret = config.directory.ldap.bind_password
+        assert secret is not None
+        self.assertEqual(secret.reveal(), "s3cret")
+        self.assertNotIn("s3cret", repr(config))
+
+    def test_secret_file(self) -> None:
+        """
+        A secret file of mode 0600 is read, without its trailing newline.
+        """
+        path = self.write(self.ldap_config('bind_password_file = "pw"\n'))
+        secret_path = path.parent / "pw"
+        secret_path.write_text("from-file\n")
+        os.chmod(secret_path, 0o600)
+        config = load_config(path)
+        assert config.directory.ldap is not None and config.directory.ldap.bind_password
+        self.assertEqual(config.directory.ldap.bind_password.reveal(), "from-file")
+
+    def test_secret_file_readable_by_others(self) -> None:
+        """
+        A secret file that group or others may read is refused.
+        """
+        path = self.write(self.ldap_config('bind_password_file = "pw"\n'))
+        secret_path = path.parent / "pw"
+        secret_path.write_text("x")
+        os.chmod(secret_path, 0o644)
+        self.assertEqual(
+            self.problems_of(path),
+            [
+                "directory.ldap.bind_password_file: "
+                f"{secret_path} is readable by group or others (use chmod 600)"
+            ],
+        )
+
+    def problems_of(self, path: Path) -> list[str]:
+        error = self.assertRaises(ConfigError, load_config, path)
+        return [line.split(": ", 1)[1] for line in error.problems]
+
+    def test_secret_file_missing(self) -> None:
+        """
+        A secret file that cannot be read is reported.
+        """
+        path = self.write(self.ldap_config('bind_password_file = "nope"\n'))
+        self.assertEqual(
+            self.problems_of(path),
+            [
+                f"directory.ldap.bind_password_file: cannot read {path.parent / 'nope'}: "
+                "No such file or directory"
+            ],
+        )
+
+    def test_secret_twice(self) -> None:
+        """
+        A secret given both inline and as a file is refused.
+        """
+        text = self.ldap_config('bind_password = "a"\nbind_password_file = "b"\n')
+        self.assertEqual(
+            self.problems(text),
+            ["directory.ldap.bind_password: give either bind_password or bind_password_file, not both"],
+        )
+
+    def test_all_problems_at_once(self) -> None:
+        """
+        One run reports every problem, not just the first.
+        """
+        text = GOOD.replace('hostname = "mx.example.test"', "hostname = 1").replace(
+            'mode = "mx"', 'mode = "x"'
+        )
+        self.assertEqual(len(self.problems(text)), 2)
