@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml requirements-dev.txt
 	$(PY) -m pip install --quiet -e . --config-settings editable_mode=compat -r requirements-dev.txt
 	touch $@
 
-run: $(STAMP)
+run: $(STAMP) var/tls/cert.pem
 	mkdir -p var
 	$(VENV)/bin/twistd --nodaemon --pidfile= mdtwist --config etc/mdtwist.toml
 
@@ -37,3 +37,11 @@ test: $(STAMP) peers lint typecheck trial
 
 clean:
 	rm -rf $(VENV) _trial_temp* .mypy_cache .ruff_cache *.egg-info
+
+# A self-signed certificate for the demo's STARTTLS (never used outside "make run").
+var/tls/cert.pem:
+	mkdir -p var/tls
+	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=mail.example.test" \
+	  -addext "subjectAltName=DNS:mail.example.test,DNS:localhost,IP:127.0.0.1" \
+	  -keyout var/tls/key.pem -out var/tls/cert.pem 2>/dev/null
+	chmod 600 var/tls/key.pem

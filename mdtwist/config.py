@@ -14,6 +14,7 @@ Relative paths in the file are taken relative to the directory that holds the fi
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import stat
 import tomllib
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from mdtwist.errors import ConfigError
@@ -41,6 +42,15 @@ class ListenerMode(enum.Enum):
     MX = "mx"
     SUBMISSION = "submission"
     SMTPS = "smtps"
+
+
+class LocalDelivery(enum.Enum):
+    """
+    Where local mailboxes live: Maildir folders of our own, or an LMTP server such as Dovecot.
+    """
+
+    MAILDIR = "maildir"
+    LMTP = "lmtp"
 
 
 class DirectoryBackend(enum.Enum):
@@ -84,10 +94,84 @@ class ListenConfig:
 @attrs.frozen
 class SMTPConfig:
     """
+    The SMTP listeners and the limits they share.
+
     @ivar listen: the SMTP listeners.
+    @ivar trusted_networks: client networks that may relay without authenticating (CIDR).
+    @ivar allow_plaintext_auth: whether AUTH is offered before TLS.
+    @ivar max_message_size: the largest message accepted, in bytes (advertised in SIZE).
+    @ivar max_recipients: recipients per message; more get C{452 4.5.3}.
+    @ivar max_errors: errors per session before it is closed.
+    @ivar max_sessions_per_ip: concurrent sessions from one client address.
+    @ivar max_auth_failures: failed AUTH attempts per client address within
+        C{auth_failure_window} before AUTH is refused.
+    @ivar auth_failure_window: seconds over which AUTH failures are counted.
+    @ivar command_timeout: seconds to wait for the next command (RFC 5321 4.5.3.2: >= 300).
+    @ivar data_timeout: seconds to wait for the next chunk of message data.
+    @ivar hop_limit: the most C{Received:} lines a message may already carry.
+    @ivar max_command_line: the longest command line, in bytes with CRLF.
+    @ivar max_text_line: the longest message line, in bytes with CRLF.
     """
 
     listen: tuple[ListenConfig, ...]
+    trusted_networks: tuple[str, ...] = ()
+    allow_plaintext_auth: bool = False
+    max_message_size: int = 52_428_800
+    max_recipients: int = 100
+    max_errors: int = 10
+    max_sessions_per_ip: int = 20
+    max_auth_failures: int = 5
+    auth_failure_window: float = 300.0
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    hop_limit: int = 100
+    max_command_line: int = 512
+    max_text_line: int = 1000
+
+
+@attrs.frozen
+class TLSConfig:
+    """
+    The certificate offered by STARTTLS.
+
+    @ivar certificate: PEM file with the certificate (and its chain).
+    @ivar private_key: PEM file with the private key (mode 0600).
+    """
+
+    certificate: Path
+    private_key: Path
+
+
+@attrs.frozen
+class SpoolConfig:
+    """
+    @ivar directory: where the spool database and large bodies live.
+    @ivar inline_limit: bodies up to this size (bytes) are stored in the database itself.
+    """
+
+    directory: Path
+    inline_limit: int = 65536
+
+
+@attrs.frozen
+class DeliveryConfig:
+    """
+    Local delivery.
+
+    @ivar local: Maildir folders of our own, or an LMTP server.
+    @ivar maildir_root: the root of the Maildir tree (C{ROOT/domain/mailbox/Maildir}).
+    @ivar lmtp_endpoint: a Twisted client endpoint string for the LMTP server.
+    @ivar concurrency: messages delivered at the same time.
+    @ivar run_interval: seconds between periodic queue runs.
+    @ivar retry_delay: seconds before a temporarily failed delivery is tried again.
+    """
+
+    local: LocalDelivery = LocalDelivery.MAILDIR
+    maildir_root: Path | None = None
+    lmtp_endpoint: str = ""
+    concurrency: int = 10
+    run_interval: float = 60.0
+    retry_delay: float = 300.0
 
 
 @attrs.frozen
@@ -186,6 +270,9 @@ class Config:
     server: ServerConfig
     smtp: SMTPConfig
     directory: DirectoryConfig
+    spool: SpoolConfig
+    delivery: DeliveryConfig
+    tls: TLSConfig | None = None
 
 
 _MISSING: Any = object()
@@ -340,6 +427,13 @@ def _check_endpoint(reader: _Reader, key: str, description: str) -> None:
         reader.problem(key, f"not a valid server endpoint: {e or type(e).__name__}")
 
 
+def _check_client_endpoint(reader: _Reader, key: str, description: str) -> None:
+    try:
+        clientFromString(MemoryReactor(), description)
+    except Exception as e:  # Twisted's parsers raise many kinds; each is a config problem.
+        reader.problem(key, f"not a valid client endpoint: {e or type(e).__name__}")
+
+
 def _server(reader: _Reader, top: _Table) -> ServerConfig:
     table = top.subtable("server", {"hostname"}, required=True)
     if table is None:
@@ -347,9 +441,27 @@ def _server(reader: _Reader, top: _Table) -> ServerConfig:
     return ServerConfig(hostname=table.string("hostname", empty_ok=False))
 
 
+_SMTP_LIMITS = {
+    "max_message_size": int,
+    "max_recipients": int,
+    "max_errors": int,
+    "max_sessions_per_ip": int,
+    "max_auth_failures": int,
+    "auth_failure_window": float,
+    "command_timeout": float,
+    "data_timeout": float,
+    "hop_limit": int,
+    "max_command_line": int,
+    "max_text_line": int,
+}
+
+
 def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
-    table = top.subtable("smtp", {"listen"})
-    raw = table.value("listen", list, []) if table is not None else []
+    table = top.subtable(
+        "smtp", {"listen", "trusted_networks", "allow_plaintext_auth", *_SMTP_LIMITS}
+    )
+    assert table is not None
+    raw = table.value("listen", list, [])
     listeners: list[ListenConfig] = []
     for i, item in enumerate(raw):
         key = f"smtp.listen[{i}]"
@@ -362,7 +474,80 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
         if endpoint:
             _check_endpoint(reader, entry.key("endpoint"), endpoint)
         listeners.append(ListenConfig(endpoint=endpoint, mode=mode))
-    return SMTPConfig(listen=tuple(listeners))
+    networks = table.strings("trusted_networks", ())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as e:
+            reader.problem(table.key("trusted_networks"), str(e))
+    defaults = SMTPConfig(listen=())
+    limits = {
+        name: table.positive(name, kind, getattr(defaults, name))
+        for name, kind in _SMTP_LIMITS.items()
+    }
+    if limits["max_command_line"] < 512:
+        reader.problem(table.key("max_command_line"), "must be at least 512 (RFC 5321 4.5.3.1.4)")
+    if limits["max_text_line"] < 1000:
+        reader.problem(table.key("max_text_line"), "must be at least 1000 (RFC 5321 4.5.3.1.6)")
+    return SMTPConfig(
+        listen=tuple(listeners),
+        trusted_networks=networks,
+        allow_plaintext_auth=table.value("allow_plaintext_auth", bool, False),
+        **limits,
+    )
+
+
+def _tls(reader: _Reader, top: _Table) -> TLSConfig | None:
+    table = top.subtable("tls", {"certificate", "private_key"})
+    assert table is not None
+    if not table.data:
+        return None
+    certificate = table.path("certificate")
+    private_key = table.path("private_key")
+    if certificate is None or private_key is None:
+        return None
+    if not os.access(certificate, os.R_OK):
+        reader.problem(table.key("certificate"), f"cannot read {certificate}")
+    _read_secret_file(reader, table.key("private_key"), private_key)
+    return TLSConfig(certificate=certificate, private_key=private_key)
+
+
+def _spool(reader: _Reader, top: _Table) -> SpoolConfig:
+    table = top.subtable("spool", {"directory", "inline_limit"}, required=True)
+    if table is None:
+        return SpoolConfig(directory=Path())
+    directory = table.path("directory") or Path()
+    return SpoolConfig(
+        directory=directory,
+        inline_limit=table.positive("inline_limit", int, SpoolConfig.inline_limit),
+    )
+
+
+def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
+    table = top.subtable(
+        "delivery",
+        {"local", "maildir_root", "lmtp_endpoint", "concurrency", "run_interval", "retry_delay"},
+    )
+    assert table is not None
+    defaults = DeliveryConfig()
+    local = table.choice("local", LocalDelivery, defaults.local)
+    maildir_root = table.path("maildir_root", None)
+    lmtp_endpoint = table.string("lmtp_endpoint", "")
+    if local is LocalDelivery.MAILDIR and maildir_root is None:
+        reader.problem(table.key("maildir_root"), "required when local = 'maildir'")
+    if local is LocalDelivery.LMTP:
+        if not lmtp_endpoint:
+            reader.problem(table.key("lmtp_endpoint"), "required when local = 'lmtp'")
+        else:
+            _check_client_endpoint(reader, table.key("lmtp_endpoint"), lmtp_endpoint)
+    return DeliveryConfig(
+        local=local,
+        maildir_root=maildir_root,
+        lmtp_endpoint=lmtp_endpoint,
+        concurrency=table.positive("concurrency", int, defaults.concurrency),
+        run_interval=table.positive("run_interval", float, defaults.run_interval),
+        retry_delay=table.positive("retry_delay", float, defaults.retry_delay),
+    )
 
 
 def _domains(table: _Table, name: str) -> frozenset[str]:
@@ -483,12 +668,15 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     @raise ConfigError: with every problem found.
     """
     reader = _Reader(source)
-    top = reader.table(data, "", {"server", "smtp", "directory"})
+    top = reader.table(data, "", {"server", "smtp", "tls", "directory", "spool", "delivery"})
     config = Config(
         path=source,
         server=_server(reader, top),
         smtp=_smtp(reader, top),
+        tls=_tls(reader, top),
         directory=_directory(reader, top),
+        spool=_spool(reader, top),
+        delivery=_delivery(reader, top),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

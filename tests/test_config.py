@@ -5,6 +5,7 @@ Tests for L{mdtwist.config}.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -31,6 +32,12 @@ backend = "file"
 
 [directory.file]
 path = "accounts.toml"
+
+[spool]
+directory = "spool"
+
+[delivery]
+maildir_root = "mail"
 """
 
 
@@ -75,7 +82,14 @@ class ConfigTests(SynchronousTestCase):
         The shipped etc/mdtwist.toml loads without problems.
         """
         here = Path(__file__).resolve().parent.parent
-        config = load_config(here / "etc" / "mdtwist.toml")
+        root = Path(self.mktemp())
+        (root / "etc").mkdir(parents=True)
+        shutil.copy(here / "etc" / "mdtwist.toml", root / "etc")
+        (root / "var" / "tls").mkdir(parents=True)
+        (root / "var" / "tls" / "cert.pem").write_text("x")
+        (root / "var" / "tls" / "key.pem").write_text("x")
+        os.chmod(root / "var" / "tls" / "key.pem", 0o600)
+        config = load_config(root / "etc" / "mdtwist.toml")
         self.assertEqual(config.directory.backend, DirectoryBackend.FILE)
         self.assertEqual(
             {listener.mode for listener in config.smtp.listen},
@@ -131,9 +145,11 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(
             sorted(self.problems('[[smtp.listen]]\nmode = "mx"\n')),
             [
+                "delivery.maildir_root: required when local = 'maildir'",
                 "directory: required value is missing",
                 "server: required value is missing",
                 "smtp.listen[0].endpoint: required value is missing",
+                "spool: required value is missing",
             ],
         )
 
@@ -158,10 +174,10 @@ class ConfigTests(SynchronousTestCase):
         )
 
     def ldap_config(self, extra: str) -> str:
-        return GOOD.replace('backend = "file"', 'backend = "ldap"') + (
+        return GOOD.replace('backend = "file"', 'backend = "ldap"').replace("[spool]", (
             '\n[directory.ldap]\nurl = "ldap://127.0.0.1:3890"\nbase_dn = "dc=example,dc=com"\n'
-            'domains = ["Example.COM"]\n' + extra
-        )
+            'domains = ["Example.COM"]\n' + extra + "\n[spool]"
+        ))
 
     def test_ldap_settings(self) -> None:
         """
@@ -276,3 +292,54 @@ class ConfigTests(SynchronousTestCase):
             'mode = "mx"', 'mode = "x"'
         )
         self.assertEqual(len(self.problems(text)), 2)
+
+    def test_smtp_limits_and_delivery(self) -> None:
+        """
+        SMTP limits, trusted networks, TLS files, spool and LMTP delivery are read.
+        """
+        path = self.write("")
+        (path.parent / "cert.pem").write_text("x")
+        (path.parent / "key.pem").write_text("x")
+        os.chmod(path.parent / "key.pem", 0o600)
+        text = GOOD.replace(
+            "[[smtp.listen]]",
+            '[smtp]\ntrusted_networks = ["192.0.2.0/24", "::1"]\nmax_recipients = 5\n'
+            'command_timeout = 600\n\n[tls]\ncertificate = "cert.pem"\nprivate_key = "key.pem"\n\n'
+            "[[smtp.listen]]",
+        ).replace('maildir_root = "mail"', 'local = "lmtp"\nlmtp_endpoint = "tcp:127.0.0.1:24"')
+        path.write_text(text)
+        config = load_config(path)
+        self.assertEqual(config.smtp.trusted_networks, ("192.0.2.0/24", "::1"))
+        self.assertEqual(config.smtp.max_recipients, 5)
+        self.assertEqual(config.smtp.command_timeout, 600.0)
+        self.assertEqual(config.smtp.max_command_line, 512)
+        assert config.tls is not None
+        self.assertEqual(config.tls.private_key, path.parent / "key.pem")
+        self.assertEqual(config.spool.directory, path.parent / "spool")
+        self.assertEqual(config.delivery.lmtp_endpoint, "tcp:127.0.0.1:24")
+
+    def test_smtp_and_delivery_problems(self) -> None:
+        """
+        Bad networks, too small line limits, a bad LMTP endpoint and an open key file are named.
+        """
+        path = self.write("")
+        (path.parent / "cert.pem").write_text("x")
+        (path.parent / "key.pem").write_text("x")
+        os.chmod(path.parent / "key.pem", 0o644)
+        text = GOOD.replace(
+            "[[smtp.listen]]",
+            '[smtp]\ntrusted_networks = ["10.0.0.0/33"]\nmax_command_line = 100\n\n'
+            '[tls]\ncertificate = "cert.pem"\nprivate_key = "key.pem"\n\n[[smtp.listen]]',
+        ).replace('maildir_root = "mail"', 'local = "lmtp"\nlmtp_endpoint = "nonsense:1"')
+        path.write_text(text)
+        self.assertEqual(
+            sorted(self.problems_of(path)),
+            [
+                "delivery.lmtp_endpoint: not a valid client endpoint: "
+                "Unknown endpoint type: 'nonsense'",
+                "smtp.max_command_line: must be at least 512 (RFC 5321 4.5.3.1.4)",
+                "smtp.trusted_networks: '10.0.0.0/33' does not appear to be an IPv4 or IPv6 network",
+                f"tls.private_key: {path.parent / 'key.pem'} is readable by group or others "
+                "(use chmod 600)",
+            ],
+        )

@@ -1,0 +1,121 @@
+# -*- test-case-name: tests.smtp.test_policy -*-
+"""
+Who may send to whom: the receive policy of an SMTP listener.
+
+Rules, in order, for a recipient:
+  1. A bare C{postmaster}, and C{postmaster} at any local domain, is always accepted
+     (RFC 5321 section 4.5.1).
+  2. A recipient in a local domain is accepted when the directory has an enabled account for it;
+     an unknown one is refused with C{550 5.1.1}, a disabled one with C{550 5.2.1}; a directory
+     that cannot answer gives C{451 4.3.0} (never a 5xx).
+  3. Any other recipient is relayed only for an authenticated session or a client in a trusted
+     network; otherwise C{554 5.7.1}. Address tricks (C{%}, C{!}, quoted C{@}, source routes)
+     never route mail off the server: the forward-path has already lost its source route, and
+     only the domain after the last C{@} decides, so C{user%foreign@local} is a local address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mdtwist.address import parse_address
+from mdtwist.envelope import ClientInfo
+from mdtwist.errors import DirectoryUnavailable
+from mdtwist.interfaces import IDirectory, IReceivePolicy
+from mdtwist.smtp.core.replies import Reply
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SENDER_OK = Reply(250, "2.1.0", ("Sender ok",))
+RECIPIENT_OK = Reply(250, "2.1.5", ("Recipient ok",))
+AUTH_REQUIRED = Reply(530, "5.7.0", ("Authentication required",))
+NO_SUCH_USER = Reply(550, "5.1.1", ("No such user here",))
+DISABLED = Reply(550, "5.2.1", ("Mailbox disabled",))
+BAD_ADDRESS = Reply(501, "5.1.3", ("Bad recipient address syntax",))
+RELAY_DENIED = Reply(554, "5.7.1", ("Relay access denied",))
+TRY_LATER = Reply(451, "4.3.0", ("Directory unavailable, try again later",))
+
+
+def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
+    """
+    @param items: networks in CIDR form (C{192.0.2.0/24}, C{::1/128}) or single addresses.
+    @return: the networks.
+    @raise ValueError: for an item that is not a network.
+    """
+    return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+
+
+@implementer(IReceivePolicy)
+class ReceivePolicy:
+    """
+    The policy of one listener.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        directory: IDirectory,
+        *,
+        trusted_networks: Iterable[Network] = (),
+        require_auth: bool = False,
+    ) -> None:
+        """
+        @param directory: the account directory.
+        @param trusted_networks: clients that may relay without authenticating.
+        @param require_auth: whether C{MAIL FROM} needs an authenticated session (submission).
+        """
+        self._directory = directory
+        self._trusted = tuple(trusted_networks)
+        self._require_auth = require_auth
+
+    def _trusted_client(self, client: ClientInfo) -> bool:
+        try:
+            address = ipaddress.ip_address(client.address)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._trusted)
+
+    def check_sender(self, client: ClientInfo, sender: str) -> Deferred[Reply]:
+        """
+        See L{IReceivePolicy.check_sender}.
+        """
+        return succeed(AUTH_REQUIRED if self._require_auth and client.user is None else SENDER_OK)
+
+    def check_recipient(self, client: ClientInfo, sender: str, recipient: str) -> Deferred[Reply]:
+        """
+        See L{IReceivePolicy.check_recipient}.
+        """
+        return Deferred.fromCoroutine(self._check_recipient(client, recipient))
+
+    async def _check_recipient(self, client: ClientInfo, recipient: str) -> Reply:
+        if recipient.lower() == "postmaster":
+            return RECIPIENT_OK
+        address = parse_address(recipient)
+        if address is None:
+            return BAD_ADDRESS
+        try:
+            domains = await self._directory.domains()
+            if address.domain in domains:
+                if address.local.lower() == "postmaster":
+                    return RECIPIENT_OK
+                account = await self._directory.find(recipient)
+                if account is None:
+                    return NO_SUCH_USER
+                return RECIPIENT_OK if account.enabled else DISABLED
+        except DirectoryUnavailable:
+            self.log.warn("directory unavailable for {rcpt}", rcpt=recipient)
+            return TRY_LATER
+        if client.user is not None or self._trusted_client(client):
+            return RECIPIENT_OK
+        self.log.info(
+            "relay denied from {peer} to {rcpt}", peer=client.address, rcpt=recipient
+        )
+        return RELAY_DENIED

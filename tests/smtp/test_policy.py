@@ -1,0 +1,154 @@
+"""
+Tests for L{mdtwist.smtp.policy}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import globalLogPublisher
+from twisted.internet.testing import EventLoggingObserver
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from mdtwist.directory.model import Account
+from mdtwist.envelope import ClientInfo
+from mdtwist.errors import DirectoryUnavailable
+from mdtwist.interfaces import IDirectory, IReceivePolicy
+from mdtwist.smtp.core.replies import Reply
+from mdtwist.smtp.policy import ReceivePolicy, parse_networks
+
+ALICE = Account(address="alice@local.test", mailbox="alice", domain="local.test", login="alice")
+GONE = Account(
+    address="gone@local.test", mailbox="gone", domain="local.test", login="gone", enabled=False
+)
+STRANGER = ClientInfo(address="203.0.113.9", helo="stranger.test")
+FRIEND = ClientInfo(address="192.0.2.7", helo="friend.test")
+AUTHED = ClientInfo(address="203.0.113.9", helo="laptop", user="alice")
+
+
+@implementer(IDirectory)
+class TwoAccounts:
+    """
+    A directory for local.test with alice and a disabled account; can be switched off.
+    """
+
+    down = False
+
+    def find(self, address: str) -> Deferred[Account | None]:
+        if self.down:
+            return fail(DirectoryUnavailable("down"))
+        return succeed({"alice@local.test": ALICE, "gone@local.test": GONE}.get(address.lower()))
+
+    def authenticate(self, login: str, password: str) -> Deferred[Account | None]:
+        return succeed(None)
+
+    def domains(self) -> Deferred[frozenset[str]]:
+        if self.down:
+            return fail(DirectoryUnavailable("down"))
+        return succeed(frozenset({"local.test"}))
+
+
+class ReceivePolicyTests(SynchronousTestCase):
+    """
+    Local recipients are checked against the directory; everything else needs a right to relay.
+    """
+
+    def setUp(self) -> None:
+        self.directory = TwoAccounts()
+        self.policy = ReceivePolicy(
+            self.directory, trusted_networks=parse_networks(["192.0.2.0/24", "::1"])
+        )
+
+    def rcpt(self, recipient: str, client: ClientInfo = STRANGER) -> tuple[int, str | None]:
+        reply: Reply = self.successResultOf(
+            self.policy.check_recipient(client, "s@x.test", recipient)
+        )
+        return reply.code, reply.enhanced
+
+    def test_interface(self) -> None:
+        """
+        The policy provides L{IReceivePolicy}.
+        """
+        self.assertTrue(verifyObject(IReceivePolicy, self.policy))
+
+    def test_local_recipients(self) -> None:
+        """
+        Known local addresses are accepted in any case; unknown ones get 550 5.1.1, disabled
+        ones 550 5.2.1.
+        """
+        self.assertEqual(self.rcpt("alice@local.test"), (250, "2.1.5"))
+        self.assertEqual(self.rcpt("ALICE@Local.Test"), (250, "2.1.5"))
+        self.assertEqual(self.rcpt("nobody@local.test"), (550, "5.1.1"))
+        self.assertEqual(self.rcpt("gone@local.test"), (550, "5.2.1"))
+
+    def test_postmaster_always(self) -> None:
+        """
+        Bare postmaster and postmaster at a local domain are accepted from anyone.
+        """
+        self.assertEqual(self.rcpt("postmaster"), (250, "2.1.5"))
+        self.assertEqual(self.rcpt("PostMaster"), (250, "2.1.5"))
+        self.assertEqual(self.rcpt("postmaster@local.test"), (250, "2.1.5"))
+
+    def test_directory_down(self) -> None:
+        """
+        A directory that cannot answer gives 451 4.3.0, never a 5xx.
+        """
+        EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.directory.down = True
+        self.assertEqual(self.rcpt("alice@local.test"), (451, "4.3.0"))
+        self.assertEqual(self.rcpt("nobody@local.test"), (451, "4.3.0"))
+
+    def test_no_relay_for_strangers(self) -> None:
+        """
+        A stranger cannot send to other domains, whatever address trick it uses.
+        """
+        EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        for rcpt in (
+            "victim@foreign.test",
+            "victim@foreign.test.",
+            "victim%foreign.test@other.test",
+            "foreign.test!victim@other.test",
+            '"victim@foreign.test"@other.test',
+        ):
+            self.assertEqual(self.rcpt(rcpt), (554, "5.7.1"), rcpt)
+
+    def test_tricks_on_local_domain_stay_local(self) -> None:
+        """
+        Address tricks aimed at a local domain are local addresses that do not exist.
+        """
+        for rcpt in (
+            "victim%foreign.test@local.test",
+            "foreign.test!victim@local.test",
+            '"victim@foreign.test"@local.test',
+            "alice%local.test@local.test",
+        ):
+            self.assertEqual(self.rcpt(rcpt), (550, "5.1.1"), rcpt)
+
+    def test_relay_for_trusted_and_authenticated(self) -> None:
+        """
+        Trusted networks (also as IPv4-mapped IPv6) and authenticated sessions may relay.
+        """
+        self.assertEqual(self.rcpt("x@foreign.test", FRIEND), (250, "2.1.5"))
+        self.assertEqual(self.rcpt("x@foreign.test", AUTHED), (250, "2.1.5"))
+        mapped = ClientInfo(address="::ffff:192.0.2.9", helo="h")
+        self.assertEqual(self.rcpt("x@foreign.test", mapped), (250, "2.1.5"))
+        self.assertEqual(self.rcpt("x@foreign.test", ClientInfo("::1", "h")), (250, "2.1.5"))
+
+    def test_bad_syntax(self) -> None:
+        """
+        A forward-path that is not an address gets 501 5.1.3.
+        """
+        self.assertEqual(self.rcpt("nobody"), (501, "5.1.3"))
+
+    def test_sender_needs_auth_on_submission(self) -> None:
+        """
+        With require_auth, MAIL FROM needs an authenticated session; without, anyone may.
+        """
+        submission = ReceivePolicy(self.directory, require_auth=True)
+        reply = self.successResultOf(submission.check_sender(STRANGER, "a@b.test"))
+        self.assertEqual((reply.code, reply.enhanced), (530, "5.7.0"))
+        reply = self.successResultOf(submission.check_sender(AUTHED, "a@b.test"))
+        self.assertEqual(reply.code, 250)
+        reply = self.successResultOf(self.policy.check_sender(STRANGER, ""))
+        self.assertEqual(reply.code, 250)
