@@ -220,7 +220,9 @@ class LDAPConfig:
     ca_file: Path | None = None
     bind_dn: str = ""
     bind_password: Secret | None = None
-    filter: str = "(&(objectClass=inetOrgPerson)(|(mail={address})(mailAlternateAddress={address})))"
+    filter: str = (
+        "(&(objectClass=inetOrgPerson)(|(mail={address})(mailAlternateAddress={address})))"
+    )
     auth_filter: str = "(&(objectClass=inetOrgPerson)(|(uid={login})(mail={login})))"
     auth_method: LDAPAuthMethod = LDAPAuthMethod.BIND
     disabled_values: frozenset[str] = frozenset({"disabled", "false", "0", "no", "inactive"})
@@ -317,7 +319,8 @@ class _Table:
             raw = float(raw)
         if not isinstance(raw, kind) or (kind is not bool and isinstance(raw, bool)):
             self.reader.problem(
-                self.key(name), f"expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {_kind(raw)}"
+                self.key(name),
+                f"expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {_kind(raw)}",
             )
             return default
         return raw
@@ -383,7 +386,9 @@ class _Table:
             return Secret(inline)
         if not file_name:
             return None
-        return _read_secret_file(self.reader, self.key(f"{name}_file"), self.reader.base / file_name)
+        return _read_secret_file(
+            self.reader, self.key(f"{name}_file"), self.reader.base / file_name
+        )
 
 
 _TYPE_NAMES: dict[type, str] = {
@@ -559,7 +564,9 @@ def _ldap(reader: _Reader, table: _Table) -> LDAPConfig:
     if url:
         parts = urlsplit(url)
         if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
-            reader.problem(table.key("url"), "must look like ldap://host:port or ldaps://host:port")
+            reader.problem(
+                table.key("url"), "must look like ldap://host:port or ldaps://host:port"
+            )
         else:
             try:
                 parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -640,7 +647,9 @@ def _directory(reader: _Reader, top: _Table) -> DirectoryConfig:
             file_config = FileDirectoryConfig(path=path, check_interval=interval)
     elif backend is DirectoryBackend.LDAP:
         if "ldap" not in table.data:
-            reader.problem(table.key("ldap"), "backend is 'ldap' but the [directory.ldap] table is missing")
+            reader.problem(
+                table.key("ldap"), "backend is 'ldap' but the [directory.ldap] table is missing"
+            )
         elif ldap_table is not None:
             ldap_config = _ldap(reader, ldap_table)
     cache_table = table.subtable("cache", {"ttl", "negative_ttl", "size"})
@@ -683,7 +692,9 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     return config
 
 
-def load_config(path: str | os.PathLike[str], *, loader: Callable[[Path], bytes] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str], *, loader: Callable[[Path], bytes] | None = None
+) -> Config:
     """
     Read and check a configuration file.
 

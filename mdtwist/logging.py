@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_logging -*-
 """
-Log output choices. Text is twistd's default; JSON is one object per line:
+Log output choices: text (twistd's default) or JSON, one object per line.
+
+For JSON::
 
     twistd --logger mdtwist.logging.json_observer -n mdtwist --config etc/mdtwist.toml
 

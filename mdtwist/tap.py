@@ -24,10 +24,10 @@ class Options(usage.Options):
     The command line of the C{mdtwist} plugin; everything else is in the configuration file.
     """
 
-    optParameters = [  # noqa: RUF012 - Twisted reads this class attribute
+    optParameters = [  # noqa: RUF012, N815 - the name Twisted reads
         ["config", "c", "etc/mdtwist.toml", "The configuration file (TOML)."],
     ]
-    optFlags = [  # noqa: RUF012 - Twisted reads this class attribute
+    optFlags = [  # noqa: RUF012, N815 - the name Twisted reads
         ["check", None, "Check the configuration, print every problem, and exit."],
     ]
 

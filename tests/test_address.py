@@ -37,6 +37,16 @@ class AddressTests(SynchronousTestCase):
         """
         Empty sides, missing @, controls, spaces, filter syntax and over-long text are refused.
         """
-        for text in ("", "alice", "@a.test", "alice@", "a b@c.test", "a\x00@c.test",
-                     "*)(uid=*", "a(b)@c.test", "a\\2a@c.test", "x" * 250 + "@a.test"):
+        for text in (
+            "",
+            "alice",
+            "@a.test",
+            "alice@",
+            "a b@c.test",
+            "a\x00@c.test",
+            "*)(uid=*",
+            "a(b)@c.test",
+            "a\\2a@c.test",
+            "x" * 250 + "@a.test",
+        ):
             self.assertIsNone(parse_address(text), text)

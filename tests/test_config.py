@@ -121,7 +121,11 @@ class ConfigTests(SynchronousTestCase):
         text = text.replace('hostname = "mx.example.test"', 'hostname = "x"\nhostnam = "y"')
         self.assertEqual(
             sorted(self.problems(text)),
-            ["mystery: unknown key", "server.hostnam: unknown key", "smtp.listen[0].port: unknown key"],
+            [
+                "mystery: unknown key",
+                "server.hostnam: unknown key",
+                "smtp.listen[0].port: unknown key",
+            ],
         )
 
     def test_wrong_types(self) -> None:
@@ -174,10 +178,14 @@ class ConfigTests(SynchronousTestCase):
         )
 
     def ldap_config(self, extra: str) -> str:
-        return GOOD.replace('backend = "file"', 'backend = "ldap"').replace("[spool]", (
-            '\n[directory.ldap]\nurl = "ldap://127.0.0.1:3890"\nbase_dn = "dc=example,dc=com"\n'
-            'domains = ["Example.COM"]\n' + extra + "\n[spool]"
-        ))
+        return GOOD.replace('backend = "file"', 'backend = "ldap"').replace(
+            "[spool]",
+            (
+                '\n[directory.ldap]\nurl = "ldap://127.0.0.1:3890"\n'
+                'base_dn = "dc=example,dc=com"\n'
+                'domains = ["Example.COM"]\n' + extra + "\n[spool]"
+            ),
+        )
 
     def test_ldap_settings(self) -> None:
         """
@@ -281,7 +289,10 @@ class ConfigTests(SynchronousTestCase):
         text = self.ldap_config('bind_password = "a"\nbind_password_file = "b"\n')
         self.assertEqual(
             self.problems(text),
-            ["directory.ldap.bind_password: give either bind_password or bind_password_file, not both"],
+            [
+                "directory.ldap.bind_password: "
+                "give either bind_password or bind_password_file, not both"
+            ],
         )
 
     def test_all_problems_at_once(self) -> None:
@@ -338,7 +349,8 @@ class ConfigTests(SynchronousTestCase):
                 "delivery.lmtp_endpoint: not a valid client endpoint: "
                 "Unknown endpoint type: 'nonsense'",
                 "smtp.max_command_line: must be at least 512 (RFC 5321 4.5.3.1.4)",
-                "smtp.trusted_networks: '10.0.0.0/33' does not appear to be an IPv4 or IPv6 network",
+                "smtp.trusted_networks: "
+                "'10.0.0.0/33' does not appear to be an IPv4 or IPv6 network",
                 f"tls.private_key: {path.parent / 'key.pem'} is readable by group or others "
                 "(use chmod 600)",
             ],

@@ -115,7 +115,5 @@ class ReceivePolicy:
             return TRY_LATER
         if client.user is not None or self._trusted_client(client):
             return RECIPIENT_OK
-        self.log.info(
-            "relay denied from {peer} to {rcpt}", peer=client.address, rcpt=recipient
-        )
+        self.log.info("relay denied from {peer} to {rcpt}", peer=client.address, rcpt=recipient)
         return RELAY_DENIED

@@ -42,4 +42,6 @@ def server_tls_options(certificate: Path, private_key: Path) -> CertificateOptio
     except OSError as e:
         raise ConfigError([f"{e.filename}: cannot read: {e.strerror}"]) from None
     except (crypto.Error, SSL.Error) as e:
-        raise ConfigError([f"{certificate}, {private_key}: not a usable certificate and key: {e}"]) from None
+        raise ConfigError(
+            [f"{certificate}, {private_key}: not a usable certificate and key: {e}"]
+        ) from None

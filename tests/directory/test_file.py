@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -114,7 +114,9 @@ class FileDirectoryTests(SynchronousTestCase):
         dave = self.find("dave@example.test")
         assert dave is not None
         self.assertFalse(dave.enabled)  # type: ignore[attr-defined]
-        self.assertIsNone(self.successResultOf(self.directory.authenticate("dave@example.test", "alicepw")))
+        self.assertIsNone(
+            self.successResultOf(self.directory.authenticate("dave@example.test", "alicepw"))
+        )
 
     def test_authenticate(self) -> None:
         """
@@ -122,7 +124,9 @@ class FileDirectoryTests(SynchronousTestCase):
         """
         alice = self.find("alice@example.test")
         for login in ("alice@example.test", "A.Example@example.test"):
-            self.assertIs(self.successResultOf(self.directory.authenticate(login, "alicepw")), alice)
+            self.assertIs(
+                self.successResultOf(self.directory.authenticate(login, "alicepw")), alice
+            )
         bob = self.successResultOf(self.directory.authenticate("bob", "bobpw"))
         assert bob is not None
         self.assertEqual(bob.address, "bob@example.test")
@@ -157,7 +161,9 @@ class FileDirectoryTests(SynchronousTestCase):
         """
         The local domains are listed in lower case.
         """
-        self.assertEqual(self.successResultOf(self.directory.domains()), frozenset({"example.test"}))
+        self.assertEqual(
+            self.successResultOf(self.directory.domains()), frozenset({"example.test"})
+        )
 
     def rewrite(self, text: str) -> None:
         self.path.write_text(text)
@@ -184,7 +190,9 @@ class FileDirectoryTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertIsNotNone(self.find("alice@example.test"))
         [event] = [e for e in events if "not reloaded" in e["log_format"]]
-        self.assertIn("account[3].address: domain elsewhere.test is not in domains", event["problems"])
+        self.assertIn(
+            "account[3].address: domain elsewhere.test is not in domains", event["problems"]
+        )
         self.assertIn("account[3].password: required", event["problems"])
 
     def test_file_removed_keeps_last_good_data(self) -> None:
@@ -223,7 +231,10 @@ class AccountsFileErrorTests(SynchronousTestCase):
         text = 'domains = ["a.test"]\n[[account]]\naddress = "x@a.test"\npassword = "plain"\n'
         self.assertEqual(
             self.problems(text),
-            ["account[0].password: not an argon2id or {SSHA} hash (plain text passwords are not stored)"],
+            [
+                "account[0].password: not an argon2id or {SSHA} hash "
+                "(plain text passwords are not stored)"
+            ],
         )
 
     def test_duplicate_address(self) -> None:
@@ -232,7 +243,8 @@ class AccountsFileErrorTests(SynchronousTestCase):
         """
         text = (
             f'domains = ["a.test"]\n[[account]]\naddress = "x@a.test"\npassword = "{ALICE_HASH}"\n'
-            f'[[account]]\naddress = "y@a.test"\naliases = ["X@a.test"]\npassword = "{ALICE_HASH}"\n'
+            f'[[account]]\naddress = "y@a.test"\naliases = ["X@a.test"]\n'
+            f'password = "{ALICE_HASH}"\n'
         )
         self.assertEqual(
             self.problems(text), ["account[1]: address X@a.test is already used by x@a.test"]
@@ -248,5 +260,9 @@ class AccountsFileErrorTests(SynchronousTestCase):
         )
         self.assertEqual(
             sorted(self.problems(text)),
-            ["account[0].enabled: expected true or false", "account[0].quota: unknown key", "foo: unknown key"],
+            [
+                "account[0].enabled: expected true or false",
+                "account[0].quota: unknown key",
+                "foo: unknown key",
+            ],
         )

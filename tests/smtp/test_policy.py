@@ -5,8 +5,8 @@ Tests for L{mdtwist.smtp.policy}.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject

@@ -40,7 +40,7 @@ class ServerTLSOptionsTests(SynchronousTestCase):
         A file without a PEM certificate, or a missing file, is a configuration error.
         """
         base = Path(self.mktemp())
-        cert, key = make_certificate(base)
+        _, key = make_certificate(base)
         self.assertRaises(ConfigError, server_tls_options, key, key)
         error = self.assertRaises(ConfigError, server_tls_options, base / "missing.pem", key)
         self.assertIn("cannot read", error.problems[0])
