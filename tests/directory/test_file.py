@@ -7,11 +7,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -19,6 +19,7 @@ from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import ConfigError
 from mdtwist.interfaces import IDirectory
+from tests.support.logs import capture_logs
 from tests.support.runners import run_inline
 
 ALICE_HASH = hash_password("alicepw")
@@ -149,9 +150,9 @@ class FileDirectoryTests(SynchronousTestCase):
         """
         calls: list[str] = []
 
-        def counting(f: object, *args: object) -> object:
+        def counting(f: Callable[..., object], *args: object) -> Deferred[object]:
             calls.append(getattr(f, "__name__", ""))
-            return run_inline(f, *args)  # type: ignore[arg-type]
+            return run_inline(f, *args)
 
         directory = FileDirectory(self.path, self.clock, counting)
         self.successResultOf(directory.authenticate("nobody@example.test", "x"))
@@ -185,7 +186,7 @@ class FileDirectoryTests(SynchronousTestCase):
         """
         An edit that breaks the file is logged with its reason and the old accounts stay.
         """
-        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        events = capture_logs(self)
         self.rewrite(ACCOUNTS + "\n[[account]]\naddress = 'x@elsewhere.test'\n")
         self.clock.advance(1.0)
         self.assertIsNotNone(self.find("alice@example.test"))
@@ -199,7 +200,7 @@ class FileDirectoryTests(SynchronousTestCase):
         """
         A removed file is logged and the old accounts stay.
         """
-        EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        capture_logs(self)
         self.path.unlink()
         self.clock.advance(1.0)
         self.assertIsNotNone(self.find("alice@example.test"))

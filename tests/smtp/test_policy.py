@@ -5,8 +5,6 @@ Tests for L{mdtwist.smtp.policy}.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -17,6 +15,7 @@ from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy
 from mdtwist.smtp.core.replies import Reply
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
+from tests.support.logs import capture_logs
 
 ALICE = Account(address="alice@local.test", mailbox="alice", domain="local.test", login="alice")
 GONE = Account(
@@ -94,7 +93,7 @@ class ReceivePolicyTests(SynchronousTestCase):
         """
         A directory that cannot answer gives 451 4.3.0, never a 5xx.
         """
-        EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        capture_logs(self)
         self.directory.down = True
         self.assertEqual(self.rcpt("alice@local.test"), (451, "4.3.0"))
         self.assertEqual(self.rcpt("nobody@local.test"), (451, "4.3.0"))
@@ -103,7 +102,7 @@ class ReceivePolicyTests(SynchronousTestCase):
         """
         A stranger cannot send to other domains, whatever address trick it uses.
         """
-        EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        capture_logs(self)
         for rcpt in (
             "victim@foreign.test",
             "victim@foreign.test.",

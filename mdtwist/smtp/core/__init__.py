@@ -1,3 +1,1 @@
-"""
-The sans-IO SMTP core: bytes in, events out; replies in, bytes out. No Twisted here.
-"""
+"""The sans-IO SMTP core: bytes in, events out; replies in, bytes out. No Twisted here."""

@@ -1,0 +1,248 @@
+# -*- test-case-name: tests.smtp.core.test_framing -*-
+"""
+Byte framing shared by both roles: CRLF lines, the DATA reader, and the dot-stuffing encoder.
+
+Rules:
+ - a line ends only at CR LF; a CR or LF anywhere else is content, and callers decide what a
+   bare CR or LF means (the server refuses it);
+ - a line longer than the limit is never buffered whole: its bytes are dropped as they arrive
+   and the line is reported, once its CRLF arrives, as an overflow;
+ - DATA ends only at the exact sequence CR LF "." CR LF, counted from the CRLF that ended the
+   DATA command: nothing else (LF.LF, CR.CR, LF.CRLF, CRLF.LF ...) ends it.
+
+Buffering is linear: the search for CRLF resumes where the last search stopped.
+
+Pure: standard library and attrs only.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+import attrs
+
+#: The default limit for command lines, CRLF included (RFC 5321 4.5.3.1.4).
+MAX_COMMAND_LINE = 512
+
+#: The default limit for text lines, CRLF included (RFC 5321 4.5.3.1.6).
+MAX_TEXT_LINE = 1000
+
+_CRLF = b"\r\n"
+
+
+@attrs.frozen
+class Line:
+    """
+    One line taken from a L{LineBuffer}.
+
+    @ivar content: the line without its CRLF (empty when C{overflow}).
+    @ivar overflow: whether the line was longer than the limit; its bytes were dropped.
+    """
+
+    content: bytes
+    overflow: bool = False
+
+    @property
+    def has_bare_cr_or_lf(self) -> bool:
+        """Whether the line holds a CR or LF that is not part of its terminating CRLF."""
+        return b"\r" in self.content or b"\n" in self.content
+
+
+class LineBuffer:
+    """A receive buffer that hands out CRLF-terminated lines."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._searched = 0
+        self._overflowing = False
+
+    def __len__(self) -> int:
+        """@return: the number of bytes buffered."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        """
+        Append received bytes.
+
+        @param data: the bytes.
+        """
+        self._buffer += data
+
+    def clear(self) -> None:
+        """Drop everything buffered (used after the C{220} to STARTTLS)."""
+        self._buffer.clear()
+        self._searched = 0
+        self._overflowing = False
+
+    def take_all(self) -> bytes:
+        """
+        Remove and return everything buffered, complete line or not.
+
+        @return: the bytes.
+        """
+        data = bytes(self._buffer)
+        self.clear()
+        return data
+
+    def read_line(self, max_length: int) -> Line | None:
+        """
+        Take the next line.
+
+        @param max_length: the longest line allowed, CRLF included.
+        @return: the line; or L{None} when no complete line is buffered.
+        """
+        end = self._buffer.find(_CRLF, max(0, self._searched - 1))
+        if end < 0:
+            self._searched = len(self._buffer)
+            if len(self._buffer) > max_length - 1 or self._overflowing:
+                # Too long already: drop what we have, but keep a final CR that may be the
+                # start of the CRLF that ends the line.
+                keep = 1 if self._buffer.endswith(b"\r") else 0
+                del self._buffer[: len(self._buffer) - keep]
+                self._searched = keep
+                self._overflowing = True
+            return None
+        content = bytes(self._buffer[:end])
+        del self._buffer[: end + 2]
+        self._searched = 0
+        if self._overflowing or end + 2 > max_length:
+            self._overflowing = False
+            return Line(b"", overflow=True)
+        return Line(content)
+
+
+class DataProblem(enum.Enum):
+    """Why a message read by L{DataReader} must be refused."""
+
+    TOO_BIG = "too-big"
+    LINE_TOO_LONG = "line-too-long"
+    BARE_CR_LF = "bare-cr-lf"
+
+
+class DataReader:
+    """
+    Reads the text of one message after C{354}: unstuffs dots, counts bytes, finds the end.
+
+    The reader keeps reading to the real end marker whatever goes wrong; problems are recorded
+    and reported when the message ends, so that nothing inside a refused message is ever taken
+    for a command.
+
+    @ivar problems: the problems seen so far.
+    @ivar size: the number of message bytes seen (unstuffed, CRLF line ends).
+    """
+
+    def __init__(self, max_size: int, max_line: int = MAX_TEXT_LINE) -> None:
+        """
+        Start reading one message.
+
+        @param max_size: the largest message kept; beyond it the bytes are counted, not kept.
+        @param max_line: the longest text line, CRLF included.
+        """
+        self._max_size = max_size
+        self._max_line = max_line
+        self._body = bytearray()
+        self.size = 0
+        self.problems: set[DataProblem] = set()
+
+    def read(self, lines: LineBuffer) -> bool:
+        """
+        Consume lines from C{lines} until the end marker or the end of the buffer.
+
+        @param lines: the connection's receive buffer.
+        @return: whether the end marker was reached (the bytes after it stay in C{lines}).
+        """
+        while True:
+            line = lines.read_line(self._max_line)
+            if line is None:
+                return False
+            if line.overflow:
+                self.problems.add(DataProblem.LINE_TOO_LONG)
+                continue
+            content = line.content
+            if content == b".":
+                return True
+            if content.startswith(b"."):
+                content = content[1:]
+            if line.has_bare_cr_or_lf:
+                self.problems.add(DataProblem.BARE_CR_LF)
+            self.size += len(content) + 2
+            if self.size > self._max_size:
+                self.problems.add(DataProblem.TOO_BIG)
+                self._body.clear()
+            if not self.problems:
+                self._body += content
+                self._body += _CRLF
+
+    @property
+    def body(self) -> bytes:
+        """The message, CRLF line ends, dots unstuffed (empty once a problem was seen)."""
+        return bytes(self._body)
+
+
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
+class DotStuffer:
+    """
+    Encodes a message for DATA (the client role), one chunk at a time.
+
+    Every line end becomes CRLF (a bare CR or LF in a stored message never reaches the wire as
+    such), a dot that opens a line is doubled, and L{finish} adds the end marker. The output does
+    not depend on where the chunks are cut: a CR at the end of a chunk is held back until the
+    next byte shows whether an LF follows.
+    """
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+        self._held_cr = False
+
+    def encode(self, chunk: bytes) -> bytes:
+        """
+        Encode the next chunk of the message.
+
+        @param chunk: message bytes.
+        @return: the bytes to send.
+        """
+        if self._held_cr:
+            chunk = b"\r" + chunk
+            self._held_cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._held_cr = True
+        if not chunk:
+            return b""
+        text = _LINE_ENDS.sub(_CRLF, chunk)
+        if self._at_line_start and text.startswith(b"."):
+            text = b"." + text
+        text = text.replace(b"\r\n.", b"\r\n..")
+        self._at_line_start = text.endswith(_CRLF)
+        return text
+
+    def finish(self) -> bytes:
+        """
+        End the message.
+
+        @return: the last bytes to send: a held CR as CRLF, a CRLF if the message did not end
+            with one, and the end marker C{.} CRLF.
+        """
+        tail = b""
+        if self._held_cr:
+            tail = _CRLF
+            self._held_cr = False
+            self._at_line_start = True
+        if not self._at_line_start:
+            tail += _CRLF
+        self._at_line_start = True
+        return tail + b"." + _CRLF
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """
+    Encode a whole message for DATA, end marker included.
+
+    @param message: the message.
+    @return: the bytes to send after C{354}.
+    """
+    stuffer = DotStuffer()
+    return stuffer.encode(message) + stuffer.finish()

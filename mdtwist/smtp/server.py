@@ -1,0 +1,526 @@
+# -*- test-case-name: tests.smtp.test_server -*-
+"""
+The inbound SMTP glue: one L{SMTPServerProtocol} per connection around a sans-IO L{ServerCore}.
+
+Theory of operation: the protocol feeds received bytes to the core and then pulls events, one
+at a time. Each event becomes a call to a collaborator (the receive policy, the spool, the
+directory) that returns a Deferred of a L{Reply}; until that Deferred fires the protocol pulls
+no further event, so pipelined commands wait in the core's buffer and replies leave in order.
+When the buffer grows past L{SessionLimits.max_buffer} while we wait, the transport is paused.
+Failures of the collaborators become 4xx replies: C{451 4.3.0} for the policy, C{452 4.3.1}
+for a L{SpoolError}, C{454 4.7.0} for the directory during AUTH. Every timeout runs on the
+injected clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+    ITLSTransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from mdtwist.config import ListenerMode
+from mdtwist.directory.model import Account
+from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
+from mdtwist.errors import DirectoryUnavailable, SpoolError
+from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
+from mdtwist.smtp.core.events import (
+    Authenticate,
+    Event,
+    MailFrom,
+    MessageReceived,
+    Quit,
+    RcptTo,
+    Sentinel,
+    StartTLS,
+)
+from mdtwist.smtp.core.replies import Reply, reply
+from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
+from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
+
+BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")
+TIMEOUT = reply(421, "4.4.2", "Timeout, closing connection")
+POLICY_FAILED = reply(451, "4.3.0", "Temporary lookup failure, try again later")
+SPOOL_FULL = reply(452, "4.3.1", "Insufficient system storage, try again later")
+SPOOL_FAILED = reply(451, "4.3.0", "Local error in processing, try again later")
+TOO_MANY_HOPS = reply(554, "5.4.6", "Too many hops, mail loop detected")
+AUTH_OK = reply(235, "2.7.0", "Authentication successful")
+AUTH_BAD = reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_UNAVAILABLE = reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_BLOCKED = reply(454, "4.7.0", "Too many authentication failures, try again later")
+TLS_READY = reply(220, "2.0.0", "Ready to start TLS")
+TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
+BYE = reply(221, "2.0.0", "Bye")
+
+
+@attrs.frozen
+class SessionLimits:
+    """
+    Limits the glue enforces on top of the core's.
+
+    @ivar max_sessions_per_ip: concurrent sessions per client IP; more get C{421 4.7.0}.
+    @ivar auth_failures: failed AUTH attempts per client IP within C{auth_failure_window}
+        after which every further AUTH is delayed and refused with C{454 4.7.0}.
+    @ivar auth_failure_window: seconds a failure is remembered.
+    @ivar auth_failure_delay: seconds a blocked AUTH waits before its refusal.
+    @ivar idle_timeout: seconds to wait for a command (RFC 5321 4.5.3.2.7: at least 300).
+    @ivar data_timeout: seconds to wait for the next message bytes in DATA.
+    @ivar hop_limit: the most C{Received:} lines a message may carry (RFC 5321 6.3).
+    @ivar max_buffer: unprocessed bytes held while an answer is pending before the transport
+        is paused.
+    """
+
+    max_sessions_per_ip: int = 20
+    auth_failures: int = 5
+    auth_failure_window: float = 900.0
+    auth_failure_delay: float = 5.0
+    idle_timeout: float = 300.0
+    data_timeout: float = 600.0
+    hop_limit: int = 100
+    max_buffer: int = 256 * 1024
+
+
+def listener_settings(
+    settings: ServerSettings, mode: ListenerMode, tls_available: bool
+) -> ServerSettings:
+    """
+    Adapt core settings to a listener's mode.
+
+    STARTTLS is offered only when a TLS context exists and the listener is not implicit TLS;
+    C{smtps} starts with TLS active; C{submission} and C{smtps} require AUTH before MAIL.
+
+    @param settings: the configured settings.
+    @param mode: the listener mode.
+    @param tls_available: whether a TLS context for STARTTLS was given.
+    @return: the settings the sessions of this listener run with.
+    """
+    smtps = mode is ListenerMode.SMTPS
+    return attrs.evolve(
+        settings,
+        starttls=tls_available and not smtps,
+        tls_active=smtps,
+        require_auth=settings.require_auth or mode is not ListenerMode.MX,
+    )
+
+
+class SMTPServerFactory(Factory):
+    """
+    Builds one L{SMTPServerProtocol} per connection and keeps the per-IP counters.
+
+    @ivar settings: the core settings after L{listener_settings}.
+    @ivar mode: the listener mode.
+    @ivar policy: the receive policy.
+    @ivar spool: the spool.
+    @ivar directory: the directory, for AUTH.
+    @ivar clock: the clock for timeouts and delays.
+    @ivar tls: the context factory for STARTTLS, or L{None}.
+    @ivar limits: the session limits.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: ServerSettings,
+        mode: ListenerMode,
+        policy: IReceivePolicy,
+        spool: ISpool,
+        directory: IDirectory,
+        clock: IReactorTime,
+        tls: IOpenSSLServerConnectionCreator | None = None,
+        limits: SessionLimits | None = None,
+    ) -> None:
+        """
+        Set up a listener.
+
+        @param settings: the core settings; C{starttls}, C{tls_active} and C{require_auth}
+            are adapted to C{mode} (see L{listener_settings}).
+        @param mode: C{mx}, C{submission} or C{smtps}.
+        @param policy: decides MAIL FROM and RCPT TO.
+        @param spool: stores accepted messages.
+        @param directory: checks AUTH credentials.
+        @param clock: every timeout and delay uses it.
+        @param tls: the server TLS context for STARTTLS; without it STARTTLS is not offered.
+        @param limits: the session limits; L{SessionLimits} defaults when L{None}.
+        """
+        self.settings = listener_settings(settings, mode, tls is not None)
+        self.mode = mode
+        self.policy = policy
+        self.spool = spool
+        self.directory = directory
+        self.clock = clock
+        self.tls = tls
+        self.limits = limits or SessionLimits()
+        self._sessions: defaultdict[str, int] = defaultdict(int)
+        self._auth_failures: defaultdict[str, list[float]] = defaultdict(list)
+        self._ids = itertools.count(1)
+
+    @override
+    def buildProtocol(self, addr: object) -> SMTPServerProtocol:
+        return SMTPServerProtocol(self, f"{next(self._ids):x}")
+
+    def session_opened(self, address: str) -> bool:
+        """
+        Count a new session from an address.
+
+        @param address: the client IP.
+        @return: whether it is within the limit; if not, it was not counted.
+        """
+        if self._sessions[address] >= self.limits.max_sessions_per_ip:
+            return False
+        self._sessions[address] += 1
+        return True
+
+    def session_closed(self, address: str) -> None:
+        """
+        Forget a session counted by L{session_opened}.
+
+        @param address: the client IP.
+        """
+        self._sessions[address] -= 1
+        if self._sessions[address] <= 0:
+            del self._sessions[address]
+
+    def sessions(self, address: str) -> int:
+        """
+        Count the open sessions from an address.
+
+        @param address: the client IP.
+        @return: the number of open sessions from it.
+        """
+        return self._sessions.get(address, 0)
+
+    def _recent_failures(self, address: str) -> list[float]:
+        horizon = self.clock.seconds() - self.limits.auth_failure_window
+        recent = [t for t in self._auth_failures.get(address, ()) if t > horizon]
+        if recent:
+            self._auth_failures[address] = recent
+        else:
+            self._auth_failures.pop(address, None)
+        return recent
+
+    def auth_blocked(self, address: str) -> bool:
+        """
+        Tell whether an address is blocked from AUTH.
+
+        @param address: the client IP.
+        @return: whether it had too many recent AUTH failures.
+        """
+        return len(self._recent_failures(address)) >= self.limits.auth_failures
+
+    def auth_failed(self, address: str) -> None:
+        """
+        Remember a failed AUTH.
+
+        @param address: the client IP.
+        """
+        self._recent_failures(address)
+        self._auth_failures[address].append(self.clock.seconds())
+
+
+class SMTPServerProtocol(Protocol):
+    """
+    One inbound SMTP session.
+
+    @ivar session: the session id used in log events.
+    @ivar core: the protocol core.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: SMTPServerFactory, session: str) -> None:
+        """
+        Prepare a session; it starts with C{connectionMade}.
+
+        @param factory: the listener's factory.
+        @param session: the session id.
+        """
+        self._factory = factory
+        self.session = session
+        self.core = ServerCore(factory.settings)
+        self._peer = ""
+        self._counted = False
+        self._user: str | None = None
+        self._waiting = False
+        self._processing = False
+        self._paused = False
+        self._gone = False
+        self._timer: IDelayedCall | None = None
+
+    # -- Twisted callbacks --
+
+    @override
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self._peer = str(getattr(peer, "host", peer))
+        self._counted = self._factory.session_opened(self._peer)
+        if self._counted:
+            self.log.info("SMTP session from {peer}", session=self.session, peer=self._peer)
+            self.core.start()
+        else:
+            self.log.warn("too many sessions from {peer}", session=self.session, peer=self._peer)
+            self.core.start(BUSY)
+        self._process()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.core.receive_data(data)
+        self._process()
+
+    @override
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._gone = True
+        self._cancel_timer()
+        if self._counted:
+            self._counted = False
+            self._factory.session_closed(self._peer)
+
+    # -- the event loop --
+
+    def _process(self) -> None:
+        if self._processing or self._gone:
+            return
+        self._processing = True
+        try:
+            while not self._waiting:
+                event = self.core.next_event()
+                self._flush()
+                if event is Sentinel.CLOSE:
+                    self._cancel_timer()
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    return
+                if event is Sentinel.NEED_DATA or event is Sentinel.PAUSED:
+                    break
+                self._waiting = True
+                self._dispatch(event).addCallback(self._answer, event)
+        finally:
+            self._processing = False
+        if (
+            self._waiting
+            and not self._paused
+            and self.core.buffered > self._factory.limits.max_buffer
+        ):
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._schedule_timeout()
+
+    def _dispatch(self, event: Event) -> Deferred[Reply]:
+        if isinstance(event, MailFrom):
+            return self._check(self._factory.policy.check_sender, self._client(), event.sender)
+        if isinstance(event, RcptTo):
+            return self._check(
+                self._factory.policy.check_recipient,
+                self._client(),
+                self._sender(),
+                event.recipient,
+            )
+        if isinstance(event, MessageReceived):
+            return self._enqueue(event)
+        if isinstance(event, Authenticate):
+            return self._authenticate(event)
+        if isinstance(event, StartTLS):
+            return _now(TLS_READY if self._factory.tls is not None else TLS_UNAVAILABLE)
+        assert isinstance(event, Quit)
+        return _now(BYE)
+
+    def _answer(self, answer: Reply, event: Event) -> None:
+        self._waiting = False
+        if self._gone:
+            return
+        self.core.send(answer)
+        self._flush()
+        if isinstance(event, StartTLS) and answer.code == 220:
+            assert self._factory.tls is not None
+            ITLSTransport(self.transport).startTLS(self._factory.tls)
+            self.core.start_tls()
+            self._user = None
+            self.log.info("STARTTLS", session=self.session, peer=self._peer)
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._process()
+
+    def _flush(self) -> None:
+        data = self.core.data_to_send()
+        if data and not self._gone:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    # -- timeouts --
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _schedule_timeout(self) -> None:
+        self._cancel_timer()
+        if self._gone or self._waiting or self.core.state is SessionState.CLOSED:
+            return
+        limits = self._factory.limits
+        delay = (
+            limits.data_timeout if self.core.state is SessionState.DATA else limits.idle_timeout
+        )
+        self._timer = self._factory.clock.callLater(delay, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self.log.info("SMTP session timed out", session=self.session, peer=self._peer)
+        self.core.abort(TIMEOUT)
+        self._flush()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # -- collaborators --
+
+    def _client(self) -> ClientInfo:
+        return ClientInfo(
+            address=self._peer,
+            helo=self.core.helo or "",
+            user=self._user,
+            tls=self._tls_description(),
+        )
+
+    def _sender(self) -> str:
+        return self.core.sender or ""
+
+    def _tls_description(self) -> str | None:
+        if not self.core.tls_active:
+            return None
+        try:
+            # An OpenSSL connection (TLSMemoryBIOProtocol's handle) names protocol and cipher.
+            handle: Any = self.transport.getHandle()  # type: ignore[union-attr]
+            return f"{handle.get_protocol_version_name()} {handle.get_cipher_name()}"
+        except Exception:
+            return "TLS"
+
+    def _check(self, method: Callable[..., Deferred[Reply]], *args: object) -> Deferred[Reply]:
+        d: Deferred[Reply] = maybeDeferred(method, *args)
+        return d.addErrback(self._lookup_failed)
+
+    def _lookup_failed(self, failure: Failure) -> Reply:
+        if not failure.check(DirectoryUnavailable):
+            self.log.failure(
+                "receive policy failed", failure, session=self.session, peer=self._peer
+            )
+        return POLICY_FAILED
+
+    def _enqueue(self, event: MessageReceived) -> Deferred[Reply]:
+        hops = count_received(event.body)
+        if hops > self._factory.limits.hop_limit:
+            self.log.warn(
+                "message refused: {hops} hops",
+                session=self.session,
+                peer=self._peer,
+                mail_from=event.sender,
+                hops=hops,
+            )
+            return _now(TOO_MANY_HOPS)
+        client = self._client()
+        now = self._factory.clock.seconds()
+        parameters = event.mail_parameters
+        envelope = Envelope(
+            sender=event.sender,
+            recipients=tuple(
+                Recipient(r.recipient, notify=r.parameters.notify, orcpt=r.parameters.orcpt)
+                for r in event.recipients
+            ),
+            client=client,
+            arrival=now,
+            body_type=BodyType(parameters.body) if parameters.body else BodyType.SEVEN_BIT,
+            smtputf8=parameters.smtputf8,
+            ret=parameters.ret,
+            envid=parameters.envid,
+            size=parameters.size,
+        )
+        trace = received_header(
+            helo=client.helo,
+            client_address=client.address,
+            hostname=self.core.settings.hostname,
+            protocol=with_protocol(
+                extended=self.core.extended,
+                tls=self.core.tls_active,
+                authenticated=self.core.authenticated,
+            ),
+            when=now,
+            tls=client.tls,
+            recipient=event.recipients[0].recipient if len(event.recipients) == 1 else None,
+        )
+        d: Deferred[str] = maybeDeferred(self._factory.spool.enqueue, envelope, trace + event.body)
+        return d.addCallbacks(self._queued, self._not_queued, callbackArgs=(event,))
+
+    def _queued(self, queue_id: str, event: MessageReceived) -> Reply:
+        self.log.info(
+            "message {queue_id} queued from {mail_from}",
+            session=self.session,
+            peer=self._peer,
+            queue_id=queue_id,
+            mail_from=event.sender,
+            msg_size=len(event.body),
+        )
+        return reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    def _not_queued(self, failure: Failure) -> Reply:
+        if failure.check(SpoolError):
+            self.log.error(
+                "spool refused message: {error}",
+                session=self.session,
+                peer=self._peer,
+                error=str(failure.value),
+            )
+            return SPOOL_FULL
+        self.log.failure("spool failed", failure, session=self.session, peer=self._peer)
+        return SPOOL_FAILED
+
+    def _authenticate(self, event: Authenticate) -> Deferred[Reply]:
+        factory = self._factory
+        if factory.auth_blocked(self._peer):
+            self.log.warn(
+                "AUTH refused: too many failures from {peer}",
+                session=self.session,
+                peer=self._peer,
+            )
+            return deferLater(
+                factory.clock, factory.limits.auth_failure_delay, lambda: AUTH_BLOCKED
+            )
+        if event.authzid and event.authzid != event.login:
+            return _now(self._auth_result(None, event.login))
+        d: Deferred[Account | None] = maybeDeferred(
+            factory.directory.authenticate, event.login, event.password
+        )
+        return d.addCallbacks(self._auth_result, self._auth_error, callbackArgs=(event.login,))
+
+    def _auth_result(self, account: Account | None, login: str) -> Reply:
+        if account is None:
+            self._factory.auth_failed(self._peer)
+            self.log.info(
+                "AUTH failed for {user}", session=self.session, peer=self._peer, user=login
+            )
+            return AUTH_BAD
+        self._user = account.login
+        self.log.info(
+            "AUTH succeeded for {user}", session=self.session, peer=self._peer, user=account.login
+        )
+        return AUTH_OK
+
+    def _auth_error(self, failure: Failure) -> Reply:
+        if not failure.check(DirectoryUnavailable):
+            self.log.failure("AUTH check failed", failure, session=self.session, peer=self._peer)
+        return AUTH_UNAVAILABLE
+
+
+def _now(answer: Reply) -> Deferred[Reply]:
+    d: Deferred[Reply] = Deferred()
+    d.callback(answer)
+    return d

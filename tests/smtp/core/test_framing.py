@@ -1,0 +1,149 @@
+"""Tests for L{mdtwist.smtp.core.framing}."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mdtwist.smtp.core.framing import (
+    DataProblem,
+    DataReader,
+    DotStuffer,
+    Line,
+    LineBuffer,
+    dot_stuff,
+)
+from tests.smtp.core.helpers import bytewise, whole
+
+
+def _lines(chunks: list[bytes], max_length: int = 20) -> list[Line]:
+    buffer = LineBuffer()
+    result = []
+    for chunk in chunks:
+        buffer.feed(chunk)
+        while (line := buffer.read_line(max_length)) is not None:
+            result.append(line)
+    return result
+
+
+def _read(
+    chunks: list[bytes], max_size: int = 1000, max_line: int = 20
+) -> tuple[DataReader, bool, bytes]:
+    buffer = LineBuffer()
+    reader = DataReader(max_size, max_line)
+    done = False
+    for chunk in chunks:
+        buffer.feed(chunk)
+        if not done:
+            done = reader.read(buffer)
+    return reader, done, buffer.take_all()
+
+
+class LineBufferTests(SynchronousTestCase):
+    """Tests for L{LineBuffer}."""
+
+    def test_crlf_only(self) -> None:
+        """Lines end only at CRLF; a bare LF or CR stays inside the line, whatever the chunking."""
+        for chunk in (whole, bytewise):
+            self.assertEqual(
+                _lines(chunk(b"a\nb\r\nc\rd\r\ne")),
+                [Line(b"a\nb"), Line(b"c\rd")],
+            )
+            self.assertTrue(Line(b"a\nb").has_bare_cr_or_lf)
+
+    def test_overflow(self) -> None:
+        """
+        An over-long line is reported once, as an overflow without content.
+
+        The limit counts the CRLF; the next line is read normally.
+        """
+        data = b"x" * 19 + b"\r\n" + b"y" * 18 + b"\r\nok\r\n"
+        for chunk in (whole, bytewise):
+            self.assertEqual(
+                _lines(chunk(data)),
+                [Line(b"", overflow=True), Line(b"y" * 18), Line(b"ok")],
+            )
+
+    def test_overflow_does_not_buffer(self) -> None:
+        """The bytes of an over-long line are dropped as they arrive."""
+        buffer = LineBuffer()
+        buffer.feed(b"z" * 10000)
+        self.assertIsNone(buffer.read_line(20))
+        self.assertEqual(len(buffer), 0)
+        buffer.feed(b"z\r")
+        self.assertIsNone(buffer.read_line(20))
+        buffer.feed(b"\nnext\r\n")
+        self.assertEqual(buffer.read_line(20), Line(b"", overflow=True))
+        self.assertEqual(buffer.read_line(20), Line(b"next"))
+
+    def test_clear(self) -> None:
+        """C{clear} drops everything buffered."""
+        buffer = LineBuffer()
+        buffer.feed(b"RSET\r\nNOOP\r\n")
+        buffer.clear()
+        self.assertIsNone(buffer.read_line(20))
+
+
+class DataReaderTests(SynchronousTestCase):
+    """Tests for L{DataReader}."""
+
+    def test_end_marker_and_unstuffing(self) -> None:
+        """CRLF.CRLF ends the message; a leading dot is removed; later bytes stay buffered."""
+        for chunk in (whole, bytewise):
+            reader, done, rest = _read(chunk(b"a\r\n..b\r\n.c\r\n.\r\nNOOP\r\n"))
+            self.assertTrue(done)
+            self.assertEqual(reader.body, b"a\r\n.b\r\nc\r\n")
+            self.assertEqual(rest, b"NOOP\r\n")
+            self.assertEqual(reader.problems, set())
+
+    def test_empty_message(self) -> None:
+        """A lone end marker is an empty message."""
+        reader, done, _ = _read([b".\r\n"])
+        self.assertTrue(done)
+        self.assertEqual(reader.body, b"")
+
+    def test_non_standard_markers(self) -> None:
+        """None of the smuggling markers ends DATA; each marks a bare CR or LF."""
+        probes = [b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n"]
+        for probe in probes:
+            for chunk in (whole, bytewise):
+                reader, done, _ = _read(chunk(b"a" + probe + b"b\r\n"))
+                self.assertFalse(done, probe)
+                self.assertEqual(reader.problems, {DataProblem.BARE_CR_LF}, probe)
+
+    def test_too_big_and_too_long(self) -> None:
+        """Size and line-length problems are recorded and reading goes on to the end marker."""
+        reader, done, _ = _read([b"0123456789\r\n" * 3 + b".\r\n"], max_size=30)
+        self.assertTrue(done)
+        self.assertEqual(reader.problems, {DataProblem.TOO_BIG})
+        self.assertEqual(reader.body, b"")
+        reader, done, rest = _read([b"x" * 50 + b"\r\n.\r\nQUIT\r\n"])
+        self.assertTrue(done)
+        self.assertEqual(reader.problems, {DataProblem.LINE_TOO_LONG})
+        self.assertEqual(rest, b"QUIT\r\n")
+
+
+class DotStufferTests(SynchronousTestCase):
+    """Tests for L{DotStuffer}: the output never depends on the chunk boundaries."""
+
+    def test_stuffing(self) -> None:
+        """A dot at the start of any line is doubled and the end marker is added."""
+        self.assertEqual(dot_stuff(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n")
+
+    def test_every_boundary(self) -> None:
+        """Cutting the message at every offset gives the same bytes as encoding it whole."""
+        message = b"x\r\n.\r\n..y\r\nz\r\n.\r\n"
+        expected = dot_stuff(message)
+        for cut in range(len(message) + 1):
+            stuffer = DotStuffer()
+            out = stuffer.encode(message[:cut]) + stuffer.encode(message[cut:]) + stuffer.finish()
+            self.assertEqual(out, expected, cut)
+        stuffer = DotStuffer()
+        out = b"".join(stuffer.encode(b) for b in bytewise(message)) + stuffer.finish()
+        self.assertEqual(out, expected)
+
+    def test_bare_line_ends_and_missing_final_crlf(self) -> None:
+        """Bare CR and LF become CRLF; a message without a final CRLF gets one before the dot."""
+        self.assertEqual(dot_stuff(b"a\nb\rc"), b"a\r\nb\r\nc\r\n.\r\n")
+        self.assertEqual(dot_stuff(b"a\r"), b"a\r\n.\r\n")
+        self.assertEqual(dot_stuff(b""), b".\r\n")
+        self.assertEqual(dot_stuff(b"a\n.b"), b"a\r\n..b\r\n.\r\n")

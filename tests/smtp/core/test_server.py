@@ -1,0 +1,477 @@
+"""Tests for L{mdtwist.smtp.core.server}: conversations, each run whole and one byte at a time."""
+
+from __future__ import annotations
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from mdtwist.smtp.core.errors import LocalProtocolError
+from mdtwist.smtp.core.events import (
+    Authenticate,
+    Event,
+    MailFrom,
+    MessageReceived,
+    RcptTo,
+    Sentinel,
+    StartTLS,
+)
+from mdtwist.smtp.core.replies import Reply, reply
+from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
+from tests.smtp.core.helpers import (
+    ConversationMixin,
+    ScriptedGlue,
+    bytewise,
+    default_answer,
+    whole,
+)
+
+MX = ServerSettings(hostname="mx.example")
+SUBMISSION = ServerSettings(hostname="mx.example", starttls=True, require_auth=True)
+TLS_SUBMISSION = attrs.evolve(SUBMISSION, starttls=False, tls_active=True)
+
+ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@mx.example>\r\nDATA\r\n"
+
+
+def _messages(glue: ScriptedGlue) -> list[MessageReceived]:
+    return [e for e in glue.events if isinstance(e, MessageReceived)]
+
+
+class ServerConversationTestsMixin(ConversationMixin):
+    """Conversations with a plain MX core."""
+
+    def test_greeting_without_enhanced_code(self) -> None:
+        """The greeting is C{220 <hostname> ESMTP ready}, without an enhanced code (RFC 2034)."""
+        glue = self.converse(b"")
+        [greeting] = glue.replies()
+        self.assertEqual((greeting.code, greeting.enhanced), (220, None))
+        self.assertEqual(greeting.lines, ("mx.example ESMTP ready",))
+
+    def test_ehlo_advertises_extensions(self) -> None:
+        """
+        EHLO lists PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, DSN and SMTPUTF8.
+
+        STARTTLS only when configured; AUTH not before TLS by default.
+        """
+        glue = self.converse(b"EHLO c.example\r\n")
+        ehlo = glue.replies()[1]
+        self.assertEqual(ehlo.code, 250)
+        self.assertEqual(
+            ehlo.lines,
+            (
+                "mx.example",
+                "PIPELINING",
+                f"SIZE {MX.max_message_size}",
+                "8BITMIME",
+                "ENHANCEDSTATUSCODES",
+                "DSN",
+                "SMTPUTF8",
+            ),
+        )
+        glue = self.converse(b"EHLO c.example\r\n", SUBMISSION)
+        self.assertIn("STARTTLS", glue.replies()[1].lines)
+        self.assertNotIn("AUTH PLAIN LOGIN", glue.replies()[1].lines)
+        glue = self.converse(b"EHLO c.example\r\n", TLS_SUBMISSION)
+        self.assertIn("AUTH PLAIN LOGIN", glue.replies()[1].lines)
+        self.assertNotIn("STARTTLS", glue.replies()[1].lines)
+
+    def test_full_transaction(self) -> None:
+        """
+        A whole transaction yields its events and the replies in order.
+
+        The events are MailFrom, RcptTo and MessageReceived with the unstuffed body.
+        """
+        glue = self.converse(ENVELOPE + b"Subject: x\r\n\r\n..dot\r\nline\r\n.\r\nQUIT\r\n")
+        self.assertEqual([code for code, _ in glue.codes()], [220, 250, 250, 250, 354, 250, 221])
+        mail, rcpt, message, _ = glue.events
+        assert isinstance(mail, MailFrom)
+        self.assertEqual(mail.sender, "a@c.example")
+        self.assertIsInstance(rcpt, RcptTo)
+        assert isinstance(message, MessageReceived)
+        self.assertEqual(message.body, b"Subject: x\r\n\r\n.dot\r\nline\r\n")
+        self.assertEqual(message.sender, "a@c.example")
+        self.assertEqual([r.recipient for r in message.recipients], ["b@mx.example"])
+        self.assertTrue(glue.closed)
+
+    def test_pipelined_commands_wait_for_pending_event(self) -> None:
+        """
+        Pipelined commands wait, buffered, while an event waits for its reply.
+
+        C{next_event} returns C{PAUSED}; nothing is answered or lost.
+        """
+        core = ServerCore(MX)
+        core.start()
+        core.data_to_send()
+        for chunk in self.chunk(b"EHLO c\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@x>\r\nNOOP\r\n"):
+            core.receive_data(chunk)
+        self.assertIsInstance(core.next_event(), MailFrom)
+        self.assertEqual(core.next_event(), Sentinel.PAUSED)
+        self.assertEqual([r.code for r in _parse(core.data_to_send())], [250])
+        core.send(reply(250, "2.1.0", "Ok"))
+        rcpt = core.next_event()
+        self.assertIsInstance(rcpt, RcptTo)
+        core.send(reply(250, "2.1.5", "Ok"))
+        self.assertEqual(core.next_event(), Sentinel.NEED_DATA)
+        self.assertEqual([r.code for r in _parse(core.data_to_send())], [250, 250, 250])
+
+    def test_mail_before_helo_is_refused(self) -> None:
+        """MAIL before HELO/EHLO gets C{503 5.5.1} and no event."""
+        glue = self.converse(b"MAIL FROM:<a@c.example>\r\n")
+        self.assertEqual(glue.codes()[1:], [(503, "5.5.1")])
+        self.assertEqual(glue.events, [])
+
+    def test_rcpt_without_mail_and_data_without_rcpt(self) -> None:
+        """RCPT without MAIL is C{503 5.5.1}; DATA without recipients is C{554 5.5.1}."""
+        glue = self.converse(b"EHLO c\r\nRCPT TO:<b@x.example>\r\nMAIL FROM:<>\r\nDATA\r\n")
+        self.assertEqual(glue.codes()[2:], [(503, "5.5.1"), (250, "2.1.0"), (554, "5.5.1")])
+
+    def test_refused_mail_leaves_no_transaction(self) -> None:
+        """When the glue refuses MAIL, the following RCPT is out of sequence."""
+
+        def answer(event: Event) -> Reply:
+            if isinstance(event, MailFrom):
+                return reply(550, "5.7.1", "No")
+            return default_answer(event)
+
+        glue = self.converse(b"EHLO c\r\nMAIL FROM:<a@c>\r\nRCPT TO:<b@x>\r\n", answer=answer)
+        self.assertEqual(glue.codes()[2:], [(550, "5.7.1"), (503, "5.5.1")])
+
+    def test_simple_commands(self) -> None:
+        """
+        The core answers the simple commands itself.
+
+        NOOP, RSET, HELP, VRFY (252, never confirming), EXPN (502), unknown commands (500).
+        """
+        glue = self.converse(
+            b"NOOP\r\nRSET\r\nHELP\r\nVRFY root\r\nEXPN staff\r\nFOO\r\nVRFY\r\nRSET x\r\n"
+        )
+        self.assertEqual(
+            glue.codes()[1:],
+            [
+                (250, "2.0.0"),
+                (250, "2.0.0"),
+                (214, "2.0.0"),
+                (252, "2.1.5"),
+                (502, "5.5.1"),
+                (500, "5.5.1"),
+                (501, "5.5.4"),
+                (501, "5.5.4"),
+            ],
+        )
+
+    def test_rset_ends_transaction(self) -> None:
+        """After RSET the transaction is gone: RCPT is out of sequence."""
+        glue = self.converse(b"EHLO c\r\nMAIL FROM:<>\r\nRSET\r\nRCPT TO:<b@x>\r\n")
+        self.assertEqual(glue.codes()[-1], (503, "5.5.1"))
+
+    def test_nested_mail(self) -> None:
+        """A second MAIL inside a transaction is C{503 5.5.1}."""
+        glue = self.converse(b"EHLO c\r\nMAIL FROM:<>\r\nMAIL FROM:<>\r\n")
+        self.assertEqual(glue.codes()[-1], (503, "5.5.1"))
+
+    def test_bad_parameters(self) -> None:
+        """Unknown MAIL parameters are C{555 5.5.4}; parameters after HELO (not EHLO) too."""
+        glue = self.converse(b"EHLO c\r\nMAIL FROM:<> FOO=1\r\nHELO c\r\nMAIL FROM:<> SIZE=1\r\n")
+        self.assertEqual(glue.codes()[2], (555, "5.5.4"))
+        self.assertEqual(glue.codes()[4], (555, "5.5.4"))
+        self.assertEqual(glue.events, [])
+
+    def test_declared_size_over_limit(self) -> None:
+        """C{MAIL FROM} with a C{SIZE=} over the limit is C{552 5.3.4}."""
+        settings = attrs.evolve(MX, max_message_size=1000)
+        glue = self.converse(
+            b"EHLO c\r\nMAIL FROM:<> SIZE=1001\r\nMAIL FROM:<> SIZE=1000\r\n", settings
+        )
+        self.assertEqual(glue.codes()[2:], [(552, "5.3.4"), (250, "2.1.0")])
+        self.assertIn("SIZE 1000", glue.replies()[1].lines)
+
+    def test_message_over_size_limit(self) -> None:
+        """
+        A message over the limit is read to its end and refused with C{552 5.3.4}.
+
+        Nothing is delivered and the session goes on.
+        """
+        settings = attrs.evolve(MX, max_message_size=100)
+        glue = self.converse(
+            ENVELOPE + b"x" * 90 + b"\r\n" + b"y" * 20 + b"\r\n.\r\nNOOP\r\n", settings
+        )
+        self.assertEqual(glue.codes()[-2:], [(552, "5.3.4"), (250, "2.0.0")])
+        self.assertEqual(_messages(glue), [])
+
+    def test_recipient_limit(self) -> None:
+        """Recipients beyond the limit get C{452 4.5.3}; the accepted ones stay."""
+        settings = attrs.evolve(MX, max_recipients=2)
+        glue = self.converse(
+            b"EHLO c\r\nMAIL FROM:<>\r\n"
+            + b"".join(b"RCPT TO:<u%d@mx.example>\r\n" % i for i in range(3))
+            + b"DATA\r\nhi\r\n.\r\n",
+            settings,
+        )
+        self.assertEqual(glue.codes()[3:6], [(250, "2.1.5"), (250, "2.1.5"), (452, "4.5.3")])
+        [message] = _messages(glue)
+        self.assertEqual(len(message.recipients), 2)
+
+    def test_smuggling_probes_do_not_end_data(self) -> None:
+        """
+        LF.LF, CR.CR, CRLF.LF, LF.CRLF and the like never end DATA.
+
+        The commands after them are part of the message, which is refused at the real end with
+        C{550 5.5.2}.
+        """
+        for probe in [b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r"]:
+            glue = self.converse(
+                ENVELOPE
+                + b"text"
+                + probe
+                + b"MAIL FROM:<ceo@bank.example>\r\nRCPT TO:<v@mx.example>\r\nDATA\r\n"
+                + b"forged\r\n.\r\nNOOP\r\n"
+            )
+            self.assertEqual(len([e for e in glue.events if isinstance(e, MailFrom)]), 1, probe)
+            self.assertEqual(_messages(glue), [], probe)
+            self.assertEqual(glue.codes()[-2:], [(550, "5.5.2"), (250, "2.0.0")], probe)
+
+    def test_nul_around_dot_is_content(self) -> None:
+        """CRLF NUL . CRLF and CRLF . NUL CRLF are content, not the end of DATA."""
+        glue = self.converse(ENVELOPE + b"a\r\n\x00.\r\nb\r\n.\x00\r\nc\r\n.\r\n")
+        [message] = _messages(glue)
+        self.assertEqual(message.body, b"a\r\n\x00.\r\nb\r\n\x00\r\nc\r\n")
+
+    def test_long_line_in_data_stays_in_data(self) -> None:
+        """
+        An over-long line in DATA does not leave DATA.
+
+        Command-like lines after it are content, and the message is refused with C{500 5.5.6} at
+        its real end.
+        """
+        glue = self.converse(
+            ENVELOPE + b"x" * 2000 + b"\r\nRSET\r\nMAIL FROM:<ceo@bank.example>\r\n.\r\nNOOP\r\n"
+        )
+        self.assertEqual(glue.codes()[-2:], [(500, "5.5.6"), (250, "2.0.0")])
+        self.assertEqual(len([e for e in glue.events if isinstance(e, MailFrom)]), 1)
+        self.assertEqual(_messages(glue), [])
+
+    def test_long_command_line(self) -> None:
+        """An over-long command line gets C{500 5.5.6} and is not executed; the session lives."""
+        glue = self.converse(b"EHLO c\r\nMAIL FROM:<" + b"a" * 600 + b"@x>\r\nNOOP\r\n")
+        self.assertEqual(glue.codes()[2:], [(500, "5.5.6"), (250, "2.0.0")])
+        self.assertEqual(glue.events, [])
+
+    def test_bare_lf_command_not_executed(self) -> None:
+        """Commands separated by a bare LF are refused with C{500 5.5.2}; neither runs."""
+        glue = self.converse(b"EHLO c\r\nMAIL FROM:<a@c>\nRCPT TO:<b@x>\r\nNOOP\r\n")
+        self.assertEqual(glue.codes()[2:], [(500, "5.5.2"), (250, "2.0.0")])
+        self.assertEqual(glue.events, [])
+
+    def test_too_many_errors(self) -> None:
+        """
+        After C{max_errors} 5xx replies the core adds C{421 4.7.0} and closes.
+
+        Later input is ignored.
+        """
+        settings = attrs.evolve(MX, max_errors=3)
+        glue = self.converse(b"FOO\r\nBAR\r\nNOOP\r\nBAZ\r\nNOOP\r\n", settings)
+        self.assertEqual(
+            glue.codes()[1:],
+            [(500, "5.5.1"), (500, "5.5.1"), (250, "2.0.0"), (500, "5.5.1"), (421, "4.7.0")],
+        )
+        self.assertTrue(glue.closed)
+
+    def test_starttls_resets_session(self) -> None:
+        """
+        After STARTTLS the HELO name and transaction are gone.
+
+        MAIL needs a new EHLO, and EHLO no longer offers STARTTLS; a second STARTTLS is C{503
+        5.5.1}.
+        """
+        glue = self.converse(
+            b"EHLO c\r\nMAIL FROM:<>\r\nSTARTTLS\r\n", SUBMISSION, answer=_accept_mail
+        )
+        glue.feed(self.chunk(b"MAIL FROM:<>\r\nEHLO c\r\nSTARTTLS\r\n"))
+        self.assertTrue(glue.core.tls_active)
+        codes = glue.codes()
+        self.assertEqual(codes[3], (220, "2.0.0"))
+        self.assertEqual(codes[4], (503, "5.5.1"))
+        self.assertNotIn("STARTTLS", glue.replies()[5].lines)
+        self.assertIn("AUTH PLAIN LOGIN", glue.replies()[5].lines)
+        self.assertEqual(codes[6], (503, "5.5.1"))
+
+    def test_auth_before_tls_refused(self) -> None:
+        """On submission without TLS, AUTH is C{538 5.7.11} and MAIL is C{530 5.7.0}."""
+        glue = self.converse(
+            b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<>\r\n", SUBMISSION
+        )
+        self.assertEqual(glue.codes()[2:], [(538, "5.7.11"), (530, "5.7.0")])
+        self.assertEqual(glue.events, [])
+
+    def test_auth_plain_initial_response(self) -> None:
+        """
+        AUTH PLAIN with an initial response yields the credentials.
+
+        C{235} authenticates and MAIL is then allowed.
+        """
+        glue = self.converse(
+            b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@mx.example>\r\n",
+            TLS_SUBMISSION,
+        )
+        self.assertEqual(glue.events[0], Authenticate("PLAIN", "", "alice", "secret"))
+        self.assertEqual(glue.codes()[2:], [(235, "2.7.0"), (250, "2.1.0")])
+        self.assertTrue(glue.core.authenticated)
+
+    def test_auth_login_exchange(self) -> None:
+        """
+        AUTH LOGIN asks for user name and password with C{334}.
+
+        A wrong password gets C{535 5.7.8} and the session stays unauthenticated.
+        """
+        glue = self.converse(b"EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\r\nd3Jvbmc=\r\n", TLS_SUBMISSION)
+        replies = glue.replies()
+        self.assertEqual([r.code for r in replies[2:]], [334, 334, 535])
+        self.assertEqual(replies[2].lines, ("VXNlcm5hbWU6",))
+        self.assertEqual(replies[3].lines, ("UGFzc3dvcmQ6",))
+        self.assertEqual(glue.events, [Authenticate("LOGIN", "", "alice", "wrong")])
+        self.assertFalse(glue.core.authenticated)
+
+    def test_auth_cancel_and_bad_base64(self) -> None:
+        """
+        C{*} cancels an exchange with C{501 5.0.0}.
+
+        Bad base64 gets C{501 5.5.2}; an unknown mechanism C{504 5.5.4}.
+        """
+        glue = self.converse(
+            b"EHLO c\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN\r\n!!!\r\nAUTH CRAM-MD5\r\n", TLS_SUBMISSION
+        )
+        self.assertEqual(
+            glue.codes()[2:],
+            [(334, None), (501, "5.0.0"), (334, None), (501, "5.5.2"), (504, "5.5.4")],
+        )
+
+    def test_second_auth_refused(self) -> None:
+        """After a successful AUTH, another AUTH is C{503 5.5.1}."""
+        glue = self.converse(
+            b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+            TLS_SUBMISSION,
+        )
+        self.assertEqual(glue.codes()[-1], (503, "5.5.1"))
+
+    def test_non_ascii_address_needs_smtputf8(self) -> None:
+        """A UTF-8 address is refused with C{553 5.6.7} unless MAIL carries C{SMTPUTF8}."""
+        glue = self.converse(
+            "EHLO c\r\nMAIL FROM:<jörg@c.example>\r\nMAIL FROM:<jörg@c.example> SMTPUTF8\r\n"
+            "RCPT TO:<zoë@mx.example>\r\n".encode()
+        )
+        self.assertEqual(glue.codes()[2:], [(553, "5.6.7"), (250, "2.1.0"), (250, "2.1.5")])
+        mail = glue.events[0]
+        assert isinstance(mail, MailFrom)
+        self.assertTrue(mail.parameters.smtputf8)
+
+    def test_binarymime_needs_bdat(self) -> None:
+        """DATA after C{BODY=BINARYMIME} is C{503 5.5.1}."""
+        glue = self.converse(
+            b"EHLO c\r\nMAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<b@x>\r\nDATA\r\n"
+        )
+        self.assertEqual(glue.codes()[-1], (503, "5.5.1"))
+
+
+def _accept_mail(event: Event) -> Reply:
+    return default_answer(event)
+
+
+def _parse(data: bytes) -> list[Reply]:
+    from tests.smtp.core.helpers import parse_replies
+
+    return parse_replies(data)
+
+
+class ServerConversationWholeTests(ServerConversationTestsMixin, SynchronousTestCase):
+    """Conversations fed in one piece."""
+
+    chunk = staticmethod(whole)
+
+
+class ServerConversationByteTests(ServerConversationTestsMixin, SynchronousTestCase):
+    """Conversations fed one byte at a time."""
+
+    chunk = staticmethod(bytewise)
+
+
+class ServerCoreTests(SynchronousTestCase):
+    """Direct tests of the L{ServerCore} API."""
+
+    def test_starttls_injection_discarded(self) -> None:
+        r"""
+        C{STARTTLS\\r\\nRSET\\r\\n} in one segment.
+
+        The RSET is discarded with the plaintext buffer and never answered.
+        """
+        core = ServerCore(SUBMISSION)
+        glue = ScriptedGlue(core)
+        glue.feed([b"EHLO c\r\n", b"STARTTLS\r\nRSET\r\nMAIL FROM:<a@b>\r\n"])
+        self.assertEqual([r.code for r in glue.replies()], [220, 250, 220])
+        self.assertEqual(core.state, SessionState.COMMAND)
+        self.assertTrue(core.tls_active)
+        self.assertIsNone(core.helo)
+        self.assertEqual(core.buffered, 0)
+
+    def test_reply_must_fit_event(self) -> None:
+        """A reply that is not due, or does not fit, raises L{LocalProtocolError}."""
+        core = ServerCore(MX)
+        core.start()
+        self.assertRaises(LocalProtocolError, core.send, reply(250, "2.0.0", "Ok"))
+        core.receive_data(b"EHLO c\r\nMAIL FROM:<>\r\n")
+        self.assertIsInstance(core.next_event(), MailFrom)
+        self.assertRaises(LocalProtocolError, core.send, reply(235, "2.7.0", "Ok"))
+        self.assertRaises(LocalProtocolError, core.send, reply(250, None, "Ok"))
+        core.send(reply(250, "2.1.0", "Ok"))
+
+    def test_start_tls_needs_220(self) -> None:
+        """C{start_tls} without a C{220} to STARTTLS raises L{LocalProtocolError}."""
+        core = ServerCore(SUBMISSION)
+        core.start()
+        self.assertRaises(LocalProtocolError, core.start_tls)
+
+    def test_refused_starttls_keeps_plaintext(self) -> None:
+        """A 4xx to STARTTLS leaves the session in plaintext and the next command is processed."""
+        core = ServerCore(SUBMISSION)
+        core.start()
+        core.receive_data(b"STARTTLS\r\nNOOP\r\n")
+        self.assertIsInstance(core.next_event(), StartTLS)
+        core.send(reply(454, "4.7.0", "TLS not available"))
+        self.assertEqual(core.next_event(), Sentinel.NEED_DATA)
+        self.assertFalse(core.tls_active)
+        self.assertIn(b"250 2.0.0", core.data_to_send())
+
+    def test_starttls_not_configured(self) -> None:
+        """Without STARTTLS in the settings, STARTTLS is C{502 5.5.1}."""
+        glue = ScriptedGlue(ServerCore(MX))
+        glue.feed([b"STARTTLS\r\n"])
+        self.assertEqual(glue.codes()[1:], [(502, "5.5.1")])
+
+    def test_busy_greeting_closes(self) -> None:
+        """A C{421} greeting closes the session at once."""
+        core = ServerCore(MX)
+        core.start(reply(421, "4.7.0", "Too many connections"))
+        self.assertEqual(core.next_event(), Sentinel.CLOSE)
+        self.assertEqual(core.data_to_send(), b"421 4.7.0 Too many connections\r\n")
+
+    def test_abort(self) -> None:
+        """C{abort} sends its reply and closes, even while an event is pending."""
+        core = ServerCore(MX)
+        core.start()
+        core.data_to_send()
+        core.receive_data(b"EHLO c\r\nMAIL FROM:<>\r\n")
+        core.next_event()
+        core.abort(reply(421, "4.4.2", "Timeout"))
+        self.assertEqual(core.next_event(), Sentinel.CLOSE)
+        self.assertTrue(core.data_to_send().endswith(b"421 4.4.2 Timeout\r\n"))
+
+    def test_before_start_paused(self) -> None:
+        """Before C{start}, C{next_event} is C{PAUSED}; C{start} twice raises."""
+        core = ServerCore(MX)
+        core.receive_data(b"NOOP\r\n")
+        self.assertEqual(core.next_event(), Sentinel.PAUSED)
+        core.start()
+        self.assertRaises(LocalProtocolError, core.start)
+
+    def test_settings_validation(self) -> None:
+        """Unknown SASL mechanisms and non-positive limits are refused."""
+        self.assertRaises(ValueError, ServerSettings, hostname="h", auth_mechanisms=("CRAM-MD5",))
+        self.assertRaises(ValueError, ServerSettings, hostname="h", max_recipients=0)

@@ -1,0 +1,67 @@
+"""Tests for L{mdtwist.smtp.core.trace}."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mdtwist.smtp.core.trace import (
+    address_literal,
+    count_received,
+    received_header,
+    with_protocol,
+)
+
+
+class TraceTests(SynchronousTestCase):
+    """Tests for hop counting and the C{Received:} header."""
+
+    def test_count_only_header_section(self) -> None:
+        """
+        Only C{Received:} lines of the header section count, in any case.
+
+        Continuation lines and body lines do not.
+        """
+        message = b"Received: a\r\n\tb\r\nRECEIVED: c\r\nSubject: x\r\n\r\nReceived: body\r\n"
+        self.assertEqual(count_received(message), 2)
+
+    def test_with_protocol(self) -> None:
+        """The C{with} keyword follows RFC 3848."""
+        cases = {
+            (False, False, False): "SMTP",
+            (True, False, False): "ESMTP",
+            (True, True, False): "ESMTPS",
+            (True, False, True): "ESMTPA",
+            (True, True, True): "ESMTPSA",
+        }
+        for (extended, tls, auth), expected in cases.items():
+            self.assertEqual(
+                with_protocol(extended=extended, tls=tls, authenticated=auth), expected
+            )
+
+    def test_literals(self) -> None:
+        """IPv6 addresses get the C{IPv6:} tag."""
+        self.assertEqual(address_literal("192.0.2.1"), "[192.0.2.1]")
+        self.assertEqual(address_literal("2001:db8:0::1"), "[IPv6:2001:db8::1]")
+
+    def test_header(self) -> None:
+        """
+        The header names HELO, IP, host, protocol, TLS, recipient and date.
+
+        It is folded with CRLF and a tab.
+        """
+        header = received_header(
+            helo="c.example",
+            client_address="192.0.2.1",
+            hostname="mx.example",
+            protocol="ESMTPS",
+            when=0.0,
+            tls="TLSv1.3 TLS_AES_128_GCM_SHA256",
+            recipient="b@mx.example",
+        )
+        self.assertEqual(
+            header,
+            b"Received: from c.example ([192.0.2.1])\r\n"
+            b"\tby mx.example (mdtwist) with ESMTPS\r\n"
+            b"\t(TLSv1.3 TLS_AES_128_GCM_SHA256)\r\n"
+            b"\tfor <b@mx.example>; Thu, 01 Jan 1970 00:00:00 +0000\r\n",
+        )
