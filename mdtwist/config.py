@@ -524,7 +524,7 @@ def _spool(reader: _Reader, top: _Table) -> SpoolConfig:
     directory = table.path("directory") or Path()
     return SpoolConfig(
         directory=directory,
-        inline_limit=table.positive("inline_limit", int, SpoolConfig.inline_limit),
+        inline_limit=table.positive("inline_limit", int, SpoolConfig(Path()).inline_limit),
     )
 
 

@@ -66,4 +66,4 @@ def makeService(options: Options) -> IService:  # noqa: N802 - the name twistd c
     """
     from twisted.internet import reactor
 
-    return build(options, reactor)  # type: ignore[arg-type]
+    return build(options, reactor)

@@ -355,3 +355,12 @@ class ConfigTests(SynchronousTestCase):
                 "(use chmod 600)",
             ],
         )
+
+    def test_defaults_are_values(self) -> None:
+        """
+        Defaults of optional keys are plain values of the right type.
+        """
+        config = load_config(self.write(GOOD))
+        self.assertEqual(config.spool.inline_limit, 65536)
+        self.assertEqual(config.delivery.concurrency, 10)
+        self.assertEqual(config.smtp.max_message_size, 52_428_800)

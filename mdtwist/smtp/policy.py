@@ -33,7 +33,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SENDER_OK = Reply(250, "2.1.0", ("Sender ok",))
 RECIPIENT_OK = Reply(250, "2.1.5", ("Recipient ok",))
-AUTH_REQUIRED = Reply(530, "5.7.0", ("Authentication required",))
 NO_SUCH_USER = Reply(550, "5.1.1", ("No such user here",))
 DISABLED = Reply(550, "5.2.1", ("Mailbox disabled",))
 BAD_ADDRESS = Reply(501, "5.1.3", ("Bad recipient address syntax",))
@@ -63,16 +62,13 @@ class ReceivePolicy:
         directory: IDirectory,
         *,
         trusted_networks: Iterable[Network] = (),
-        require_auth: bool = False,
     ) -> None:
         """
         @param directory: the account directory.
         @param trusted_networks: clients that may relay without authenticating.
-        @param require_auth: whether C{MAIL FROM} needs an authenticated session (submission).
         """
         self._directory = directory
         self._trusted = tuple(trusted_networks)
-        self._require_auth = require_auth
 
     def _trusted_client(self, client: ClientInfo) -> bool:
         try:
@@ -85,9 +81,10 @@ class ReceivePolicy:
 
     def check_sender(self, client: ClientInfo, sender: str) -> Deferred[Reply]:
         """
-        See L{IReceivePolicy.check_sender}.
+        See L{IReceivePolicy.check_sender}; any sender is accepted (listeners that need AUTH
+        before MAIL enforce it in the SMTP core).
         """
-        return succeed(AUTH_REQUIRED if self._require_auth and client.user is None else SENDER_OK)
+        return succeed(SENDER_OK)
 
     def check_recipient(self, client: ClientInfo, sender: str, recipient: str) -> Deferred[Reply]:
         """

@@ -1,0 +1,252 @@
+# -*- test-case-name: tests.test_services -*-
+"""
+Builds the service tree from the configuration and hands every object its collaborators.
+
+Children start in the order they are added and stop in the reverse order, so the listeners stop
+first, then the queue runner, then the spool is closed, and the thread pools go last:
+
+    directory            ThreadPoolService: LDAP calls and password hashing
+    spool-io             ThreadPoolService with one thread: the spool's only writer
+    delivery-io          ThreadPoolService: Maildir writes and fsyncs
+    spool                closes the spool database on shutdown
+    queue                QueueRunner: spool -> mailboxes
+    smtp-N-MODE          one StreamServerEndpointService per [[smtp.listen]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, execute
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from mdtwist.config import Config, DirectoryBackend, ListenConfig
+from mdtwist.delivery.local import ILocalDelivery, MaildirDelivery
+from mdtwist.directory.cache import CachedDirectory
+from mdtwist.directory.file import FileDirectory
+from mdtwist.directory.ldap import LDAPDirectory
+from mdtwist.errors import ConfigError
+from mdtwist.interfaces import IDirectory
+from mdtwist.smtp.core.server import ServerSettings
+from mdtwist.smtp.policy import ReceivePolicy, parse_networks
+from mdtwist.smtp.server import SessionLimits, SMTPServerFactory
+from mdtwist.smtp.tls import server_tls_options
+from mdtwist.spool.runner import QueueRunner
+from mdtwist.spool.schedule import RetryPolicy
+from mdtwist.spool.store import SQLiteSpool
+from mdtwist.threadpool import ThreadPoolService
+
+
+class SpoolService(Service):
+    """
+    Closes the spool database when the application stops.
+    """
+
+    def __init__(self, spool: SQLiteSpool) -> None:
+        """
+        @param spool: the spool, already opened.
+        """
+        self.spool = spool
+        self.setName("spool")
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.spool.close()
+
+
+class OnStop(Service):
+    """
+    Calls a function when the application stops (after the services added after it).
+    """
+
+    def __init__(self, name: str, action: Callable[[], object]) -> None:
+        """
+        @param name: the service name.
+        @param action: what to call.
+        """
+        self._action = action
+        self.setName(name)
+
+    @override
+    def stopService(self) -> None:
+        super().stopService()
+        self._action()
+
+
+def build_directory(
+    config: Config, reactor: Any, run: Callable[..., Deferred[Any]], parent: MultiService
+) -> IDirectory:
+    """
+    Build the account directory with its cache.
+
+    @param config: the configuration.
+    @param reactor: the clock for reloads and the cache.
+    @param run: runs blocking directory work on the directory's thread pool.
+    @param parent: gets any service the backend needs at shutdown.
+    @return: the directory.
+    @raise ConfigError: when the accounts file is bad.
+    """
+    settings = config.directory
+    backend: IDirectory
+    if settings.backend is DirectoryBackend.LDAP:
+        assert settings.ldap is not None
+        ldap = LDAPDirectory(settings.ldap, run)
+        OnStop("directory-close", ldap.close).setServiceParent(parent)
+        backend = ldap
+    else:
+        assert settings.file is not None
+        backend = FileDirectory(
+            settings.file.path, reactor, run, check_interval=settings.file.check_interval
+        )
+    cache = settings.cache
+    return CachedDirectory(
+        backend, reactor, ttl=cache.ttl, negative_ttl=cache.negative_ttl, size=cache.size
+    )
+
+
+def open_spool(config: Config, run: Callable[..., Deferred[Any]]) -> SQLiteSpool:
+    """
+    Open the spool at start-up, running its crash recovery before any listener opens.
+
+    The check runs synchronously (the reactor is not running yet), so a spool that cannot be
+    opened stops start-up with a clear line instead of failing later.
+
+    @param config: the configuration.
+    @param run: runs the spool's blocking work on its writer thread from now on.
+    @return: the spool.
+    @raise ConfigError: when the spool directory or database cannot be used.
+    """
+    directory = config.spool.directory
+    problem = f"{config.path}: spool.directory: cannot use {directory}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError([f"{problem}: {e.strerror}"]) from None
+    check = SQLiteSpool(directory, execute, inline_limit=config.spool.inline_limit)
+    outcome: list[None | Failure] = []
+    check.open().addBoth(outcome.append)
+    check.close()
+    if isinstance(outcome[0], Failure):
+        raise ConfigError([f"{problem}: {outcome[0].getErrorMessage()}"])
+    return SQLiteSpool(directory, run, inline_limit=config.spool.inline_limit)
+
+
+def build_local_delivery(
+    config: Config, reactor: Any, run: Callable[..., Deferred[Any]]
+) -> ILocalDelivery:
+    """
+    Build the local delivery agent.
+
+    @param config: the configuration.
+    @param reactor: the clock (Maildir file names).
+    @param run: runs blocking writes on the delivery thread pool.
+    @return: the delivery agent.
+    """
+    root = config.delivery.maildir_root
+    assert root is not None
+    return MaildirDelivery(root, run, reactor, hostname=config.server.hostname)
+
+
+def smtp_factory(
+    config: Config,
+    listen: ListenConfig,
+    directory: IDirectory,
+    spool: SQLiteSpool,
+    tls: IOpenSSLServerConnectionCreator | None,
+    reactor: Any,
+) -> SMTPServerFactory:
+    """
+    Build the protocol factory of one SMTP listener.
+
+    @param config: the configuration.
+    @param listen: the listener.
+    @param directory: the account directory.
+    @param spool: the spool.
+    @param tls: the STARTTLS context, or L{None}.
+    @param reactor: the clock for timeouts.
+    @return: the factory.
+    """
+    smtp = config.smtp
+    settings = ServerSettings(
+        hostname=config.server.hostname,
+        max_command_line=smtp.max_command_line,
+        max_text_line=smtp.max_text_line,
+        max_recipients=smtp.max_recipients,
+        max_message_size=smtp.max_message_size,
+        max_errors=smtp.max_errors,
+        auth_without_tls=smtp.allow_plaintext_auth,
+    )
+    limits = SessionLimits(
+        max_sessions_per_ip=smtp.max_sessions_per_ip,
+        auth_failures=smtp.max_auth_failures,
+        auth_failure_window=smtp.auth_failure_window,
+        idle_timeout=smtp.command_timeout,
+        data_timeout=smtp.data_timeout,
+        hop_limit=smtp.hop_limit,
+    )
+    policy = ReceivePolicy(directory, trusted_networks=parse_networks(smtp.trusted_networks))
+    return SMTPServerFactory(
+        settings=settings,
+        mode=listen.mode,
+        policy=policy,
+        spool=spool,
+        directory=directory,
+        clock=reactor,
+        tls=tls,
+        limits=limits,
+    )
+
+
+def make_service(config: Config, reactor: Any) -> MultiService:
+    """
+    Build the whole service tree.
+
+    @param config: the configuration.
+    @param reactor: the reactor everything runs on (time, threads, TCP).
+    @return: the top service, named C{mdtwist}.
+    @raise ConfigError: when a part cannot be built (a bad accounts file, an unusable spool,
+        a certificate that does not load).
+    """
+    top = MultiService()
+    top.setName("mdtwist")
+    directory_pool = ThreadPoolService(reactor, "directory", _directory_threads(config))
+    spool_pool = ThreadPoolService(reactor, "spool-io", 1)
+    delivery_pool = ThreadPoolService(reactor, "delivery-io", config.delivery.concurrency)
+    for pool in (directory_pool, spool_pool, delivery_pool):
+        pool.setServiceParent(top)
+    directory = build_directory(config, reactor, directory_pool.run, top)
+    spool = open_spool(config, spool_pool.run)
+    SpoolService(spool).setServiceParent(top)
+    runner = QueueRunner(
+        spool,
+        directory,
+        build_local_delivery(config, reactor, delivery_pool.run),
+        reactor,
+        interval=config.delivery.run_interval,
+        concurrency=config.delivery.concurrency,
+        policy=RetryPolicy(minimal_backoff=config.delivery.retry_delay),
+    )
+    runner.setName("queue")
+    runner.setServiceParent(top)
+    tls = None
+    if config.tls is not None:
+        tls = server_tls_options(config.tls.certificate, config.tls.private_key)
+    for i, listen in enumerate(config.smtp.listen):
+        factory = smtp_factory(config, listen, directory, spool, tls, reactor)
+        endpoint = serverFromString(reactor, listen.endpoint)
+        listener = StreamServerEndpointService(endpoint, factory)
+        listener.setName(f"smtp-{i}-{listen.mode.value}")
+        listener.setServiceParent(top)
+    return top
+
+
+def _directory_threads(config: Config) -> int:
+    ldap = config.directory.ldap
+    return ldap.pool_size if ldap is not None else 2

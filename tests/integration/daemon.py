@@ -1,0 +1,172 @@
+"""
+Run the real mdtwist daemon (C{python -m twisted mdtwist}) for integration tests.
+
+The daemon gets a private directory with its configuration, accounts, certificate, spool and
+mailboxes, and free loopback ports for an C{mx} and a C{submission} listener.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mdtwist.directory.passwords import hash_password
+from tests.integration.peers import free_port, start_process, stop_process
+from tests.support.tls import make_certificate
+
+#: Test accounts: address -> password. All in the domain example.test.
+PASSWORDS = {"alice@example.test": "alice-pw", "bob@example.test": "bob-pw"}
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Daemon:
+    """
+    One mdtwist process with its private directory.
+
+    @ivar directory: the private directory.
+    @ivar mx_port: the port of the C{mx} listener.
+    @ivar submission_port: the port of the C{submission} listener.
+    @ivar process: the running process, or L{None}.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        trusted_networks: Sequence[str] = (),
+        smtp_extra: str = "",
+        delivery: str = "",
+    ) -> None:
+        """
+        Write the configuration; the process starts with L{start}.
+
+        @param directory: an empty private directory.
+        @param trusted_networks: networks that may relay without AUTH.
+        @param smtp_extra: more TOML lines for the C{[smtp]} table.
+        @param delivery: the C{[delivery]} table's lines; Maildir under the directory by default.
+        """
+        directory = directory.resolve()
+        self.directory = directory
+        self.mx_port = free_port()
+        self.submission_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        self.certificate, self.key = make_certificate(directory / "tls", "mail.example.test")
+        accounts = ['domains = ["example.test"]']
+        for address, password in PASSWORDS.items():
+            accounts += ["[[account]]", f'address = "{address}"', f'password = "{hash_password(password)}"']
+        (directory / "accounts.toml").write_text("\n".join(accounts) + "\n")
+        networks = ", ".join(f'"{n}"' for n in trusted_networks)
+        self.config = directory / "mdtwist.toml"
+        self.config.write_text(
+            f"""
+[server]
+hostname = "mail.example.test"
+
+[smtp]
+trusted_networks = [{networks}]
+{smtp_extra}
+
+[tls]
+certificate = "tls/cert.pem"
+private_key = "tls/key.pem"
+
+[[smtp.listen]]
+endpoint = "tcp:{self.mx_port}:interface=127.0.0.1"
+mode = "mx"
+
+[[smtp.listen]]
+endpoint = "tcp:{self.submission_port}:interface=127.0.0.1"
+mode = "submission"
+
+[directory]
+backend = "file"
+
+[directory.file]
+path = "accounts.toml"
+
+[spool]
+directory = "spool"
+
+[delivery]
+{delivery or 'maildir_root = "mail"'}
+run_interval = 1.0
+retry_delay = 1.0
+"""
+        )
+        self.log_path = directory / "mdtwist.log"
+
+    @property
+    def spool(self) -> Path:
+        """
+        The spool directory.
+        """
+        return self.directory / "spool"
+
+    def maildir(self, address: str) -> Path:
+        """
+        @param address: a local address, such as C{alice@example.test}.
+        @return: its Maildir C{new} folder.
+        """
+        local, domain = address.split("@")
+        return self.directory / "mail" / domain / local / "Maildir" / "new"
+
+    def messages(self, address: str) -> list[bytes]:
+        """
+        @param address: a local address.
+        @return: the messages delivered to it so far.
+        """
+        folder = self.maildir(address)
+        if not folder.is_dir():
+            return []
+        return [path.read_bytes() for path in sorted(folder.iterdir())]
+
+    def command(self, *extra: str) -> list[str]:
+        """
+        @return: the command line that runs the daemon in the foreground.
+        """
+        twistd = str(Path(sys.executable).parent / "twistd")
+        return [twistd, "--nodaemon", "--pidfile=", "mdtwist", "--config", str(self.config), *extra]
+
+    def start(self) -> None:
+        """
+        Start the daemon and wait until both listeners accept connections.
+        """
+        env = dict(os.environ, PYTHONPATH=str(_ROOT))
+        self.process = start_process(
+            self.command(),
+            self.log_path,
+            ports=(self.mx_port, self.submission_port),
+            env=env,
+            cwd=_ROOT,
+            timeout=30.0,
+        )
+
+    def stop(self) -> int:
+        """
+        Stop the daemon with SIGTERM (SIGKILL after a grace period).
+
+        @return: its exit status.
+        """
+        process, self.process = self.process, None
+        return stop_process(process, grace=20.0) if process is not None else 0
+
+    def kill(self) -> None:
+        """
+        Kill the daemon at once with SIGKILL, as a crash would.
+        """
+        process, self.process = self.process, None
+        if process is not None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+
+    def log(self) -> str:
+        """
+        @return: everything the daemon wrote so far.
+        """
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
