@@ -130,7 +130,7 @@ def open_spool(config: Config, run: Callable[..., Deferred[Any]]) -> SQLiteSpool
     except OSError as e:
         raise ConfigError([f"{problem}: {e.strerror}"]) from None
     check = SQLiteSpool(directory, execute, inline_limit=config.spool.inline_limit)
-    outcome: list[None | Failure] = []
+    outcome: list[Failure | None] = []
     check.open().addBoth(outcome.append)
     check.close()
     if isinstance(outcome[0], Failure):
@@ -148,9 +148,16 @@ def build_local_delivery(
     @param reactor: the clock (Maildir file names).
     @param run: runs blocking writes on the delivery thread pool.
     @return: the delivery agent.
+    @raise ConfigError: when the Maildir root cannot be created.
     """
     root = config.delivery.maildir_root
     assert root is not None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            [f"{config.path}: delivery.maildir_root: cannot use {root}: {e.strerror}"]
+        ) from None
     return MaildirDelivery(root, run, reactor, hostname=config.server.hostname)
 
 

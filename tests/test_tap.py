@@ -72,12 +72,12 @@ class BuildTests(SynchronousTestCase):
             (port, interface): factory for port, factory, _, interface in reactor.tcpServers
         }
         self.assertEqual(sorted(listening), [(2525, "127.0.0.1"), (2587, "127.0.0.1")])
-        modes = {key: factory.mode for key, factory in listening.items()}
+        self.assertTrue(all(isinstance(f, SMTPServerFactory) for f in listening.values()))
+        modes = {key: f.mode for key, f in listening.items() if isinstance(f, SMTPServerFactory)}
         self.assertEqual(
             modes,
             {(2525, "127.0.0.1"): ListenerMode.MX, (2587, "127.0.0.1"): ListenerMode.SUBMISSION},
         )
-        self.assertTrue(all(isinstance(f, SMTPServerFactory) for f in listening.values()))
 
     def test_extra_listener(self) -> None:
         """
@@ -152,3 +152,13 @@ class BuildTests(SynchronousTestCase):
         self.assertEqual(code, 1)
         self.assertIn("spool.directory: cannot use", text)
         self.assertIn("file is not a database", text)
+
+    def test_unusable_maildir_root(self) -> None:
+        """
+        A Maildir root that cannot be created stops start-up with a clear line.
+        """
+        (self.root / "var").mkdir(exist_ok=True)
+        (self.root / "var" / "mail").write_text("a file, not a directory")
+        code, text = self.run_build()
+        self.assertEqual(code, 1)
+        self.assertIn("delivery.maildir_root: cannot use", text)
