@@ -1,0 +1,175 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+C{mdtwistctl}: look at the queue, make password hashes.
+
+Commands:
+  - C{mdtwistctl queue list --spool DIR}: one line per queued message;
+  - C{mdtwistctl queue show ID --spool DIR [--body]}: the envelope and each recipient's state;
+  - C{mdtwistctl hash-password}: read a password, print its argon2id hash.
+
+The queue commands open the spool database read-only, so they are safe while the server runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import getpass
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from mdtwist.directory.passwords import hash_password
+from mdtwist.errors import SpoolError
+from mdtwist.spool.store import QueuedMessage, SpoolReader
+
+_PROGRAM = "mdtwistctl"
+
+
+class _CommandError(Exception):
+    # A command failed; the message is for the user.
+    pass
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """
+    Run C{mdtwistctl}.
+
+    @param argv: the arguments after the program name; C{sys.argv[1:]} when L{None}.
+    @param stdin: where passwords are read from; C{sys.stdin} when L{None}.
+    @param stdout: where results go; C{sys.stdout} when L{None}.
+    @param stderr: where errors go; C{sys.stderr} when L{None}.
+    @return: the exit status: 0 on success, 1 when the command failed, 2 for bad usage.
+    """
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    parser = _parser()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            options = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        if options.command == "queue" and options.queue_command == "list":
+            _queue_list(Path(options.spool), stdout)
+        elif options.command == "queue" and options.queue_command == "show":
+            _queue_show(Path(options.spool), options.queue_id, options.body, stdout)
+        elif options.command == "hash-password":
+            _hash_password(stdin, stdout)
+        else:
+            parser.print_usage(stderr)
+            return 2
+    except (_CommandError, SpoolError) as e:
+        stderr.write(f"{_PROGRAM}: {e}\n")
+        return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=_PROGRAM, description="Manage an mdtwist server.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    queue = commands.add_parser("queue", help="look at the mail queue")
+    queue_commands = queue.add_subparsers(dest="queue_command", metavar="QUEUE-COMMAND")
+    listing = queue_commands.add_parser("list", help="list queued messages")
+    listing.add_argument("--spool", required=True, metavar="DIR", help="the spool directory")
+    show = queue_commands.add_parser("show", help="show one queued message")
+    show.add_argument("queue_id", metavar="ID", help="the queue id")
+    show.add_argument("--spool", required=True, metavar="DIR", help="the spool directory")
+    show.add_argument("--body", action="store_true", help="print the message itself too")
+    commands.add_parser(
+        "hash-password", help="read a password from standard input and print its hash"
+    )
+    return parser
+
+
+def _time(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _queue_list(spool: Path, out: TextIO) -> None:
+    reader = SpoolReader(spool)
+    try:
+        entries = reader.list()
+    finally:
+        reader.close()
+    for entry in entries:
+        out.write(
+            f"{entry.queue_id}  {_time(entry.arrival)}  {entry.size:>9}  <{entry.sender}>"
+            f"  {entry.pending}/{entry.recipients} pending\n"
+        )
+    out.write(f"{len(entries)} messages\n")
+
+
+def _queue_show(spool: Path, queue_id: str, body: bool, out: TextIO) -> None:
+    reader = SpoolReader(spool)
+    try:
+        message = reader.load(queue_id, with_body=body)
+    finally:
+        reader.close()
+    if message is None:
+        raise _CommandError(f"no message {queue_id} in {spool}")
+    for name, value in _describe(message):
+        out.write(f"{name}: {value}\n")
+    if message.body is not None:
+        out.write("\n")
+        out.flush()
+        raw = getattr(out, "buffer", None)
+        if raw is not None:
+            raw.write(message.body)
+            raw.flush()
+        else:
+            out.write(message.body.decode("utf-8", "replace"))
+
+
+def _describe(message: QueuedMessage) -> list[tuple[str, str]]:
+    envelope = message.envelope
+    client = envelope.client
+    lines = [
+        ("Queue-Id", message.queue_id),
+        ("Arrival", _time(envelope.arrival)),
+        ("Size", str(message.size)),
+        ("Sender", f"<{envelope.sender}>"),
+        ("Client", f"{client.address} helo={client.helo or '-'}"),
+        ("Authenticated", client.user or "-"),
+        ("TLS", client.tls or "-"),
+        ("Body-Type", envelope.body_type.value),
+        ("SMTPUTF8", "yes" if envelope.smtputf8 else "no"),
+        ("Declared-Size", "-" if envelope.size is None else str(envelope.size)),
+        ("DSN-Ret", envelope.ret or "-"),
+        ("DSN-Envid", envelope.envid or "-"),
+        ("Attempts", str(message.attempts)),
+        ("Next-Attempt", _time(message.next_attempt)),
+    ]
+    for recipient in envelope.recipients:
+        notify = "-" if recipient.notify is None else ",".join(sorted(recipient.notify))
+        lines.append(
+            (
+                "Recipient",
+                f"<{recipient.address}> {recipient.state.value} attempts={recipient.attempts}"
+                f" status={recipient.status or '-'} notify={notify}"
+                f" orcpt={recipient.orcpt or '-'} {recipient.diagnostic}".rstrip(),
+            )
+        )
+    return lines
+
+
+def _hash_password(stdin: TextIO, out: TextIO) -> None:
+    if stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise _CommandError("the passwords differ")
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise _CommandError("empty password")
+    out.write(hash_password(password) + "\n")

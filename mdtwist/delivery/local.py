@@ -1,0 +1,268 @@
+# -*- test-case-name: tests.delivery.test_local -*-
+"""
+Delivery into local mailboxes: the L{ILocalDelivery} seam and its Maildir implementation.
+
+A Maildir delivery (after the Maildir specification of qmail) writes the message to a file with
+a name no other delivery uses in C{tmp/}, fsyncs it, renames it into C{new/} and fsyncs C{new/},
+so a message is either complete in C{new/} or absent. Directories that a delivery creates are
+fsynced into their parents. The blocking work runs on a thread through C{run}.
+
+Stored copies have Unix line ends (C{LF}), as Maildir readers expect, and start with a
+C{Return-Path:} line with the envelope sender and a C{Delivered-To:} line naming the account.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import itertools
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+if TYPE_CHECKING:
+    from mdtwist.directory.model import Account
+
+log = Logger()
+
+#: Runs a blocking function on a thread and returns a Deferred with its result.
+Run = Callable[..., "Deferred[Any]"]
+
+
+class DeliveryStatus(enum.Enum):
+    """
+    The outcome of one delivery to one mailbox.
+
+    A temporary failure keeps the recipient queued; a permanent one fails it.
+    """
+
+    DELIVERED = "delivered"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+
+
+@attrs.frozen
+class DeliveryResult:
+    """
+    What happened to one copy of a message.
+
+    @ivar status: delivered, or a temporary or permanent failure.
+    @ivar enhanced: the enhanced status code (C{2.0.0}, C{4.3.1}, C{5.2.1}).
+    @ivar reason: a short explanation for logs and bounces; never message content.
+    """
+
+    status: DeliveryStatus
+    enhanced: str
+    reason: str = ""
+
+
+class ILocalDelivery(Interface):
+    """
+    Puts one copy of a message into one local account's mailbox.
+
+    Implementations: L{MaildirDelivery}; an LMTP client (to Dovecot) can provide it too.
+    """
+
+    def deliver(
+        account: Account,  # noqa: N805 - zope interface methods have no self
+        recipient: str,
+        body: bytes,
+        sender: str,
+    ) -> Deferred[DeliveryResult]:
+        """
+        Deliver one copy.
+
+        @param account: the account that owns the recipient address.
+        @param recipient: the envelope recipient address this copy is for.
+        @param body: the message (CRLF line ends, as received).
+        @param sender: the envelope sender (C{""} for the null sender).
+        @return: a Deferred firing with the result; expected failures (disk full) are results,
+            not errors.
+        """
+
+
+_SPOOL_FULL = frozenset({errno.ENOSPC})
+_QUOTA = frozenset({errno.EDQUOT})
+
+
+def _is_safe_component(name: str) -> bool:
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and not any(ord(c) < 0x20 or c == "\x7f" for c in name)
+    )
+
+
+def _is_safe_header_value(text: str) -> bool:
+    return bool(text) and not any(ord(c) < 0x20 or c == "\x7f" for c in text)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_directories(path: Path, stop: Path) -> None:
+    # Create path and its missing parents below stop, fsyncing each into its parent.
+    missing = []
+    current = path
+    while current != stop and not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        _fsync_directory(directory.parent)
+
+
+def write_maildir_message(root: Path, maildir: Path, name: str, content: bytes) -> None:
+    """
+    Write one message into a Maildir, durably; blocking.
+
+    @param root: the mail root; created when absent, but only its own subdirectories are
+        fsynced into their parents.
+    @param maildir: the Maildir (holding C{tmp}, C{new} and C{cur}); created when absent.
+    @param name: the unique file name.
+    @param content: the file content.
+    @raise OSError: when the message could not be written; then no part of it is left behind.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for sub in ("tmp", "new", "cur"):
+        _make_directories(maildir / sub, root)
+    temporary = maildir / "tmp" / name
+    final = maildir / "new" / name
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with open(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    try:
+        _fsync_directory(final.parent)
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+
+
+@implementer(ILocalDelivery)
+class MaildirDelivery:
+    """
+    Delivers to C{<root>/<domain>/<mailbox>/Maildir/}.
+
+    Each call writes one copy; any number may run at once on different threads.
+    """
+
+    def __init__(
+        self, root: Path, run: Run, clock: IReactorTime, hostname: str | None = None
+    ) -> None:
+        """
+        Make a Maildir delivery agent.
+
+        @param root: the directory that holds one directory per domain.
+        @param run: calls a blocking function on a thread and returns a Deferred of its result.
+        @param clock: the source of the time in file names.
+        @param hostname: the host name in file names; the system's name when L{None}.
+        """
+        self._root = root
+        self._run = run
+        self._clock = clock
+        host = socket.gethostname() if hostname is None else hostname
+        self._host = host.replace("/", "\\057").replace(":", "\\072")
+        self._pid = os.getpid()
+        self._counter = itertools.count(1)
+
+    def maildir_for(self, account: Account) -> Path | None:
+        """
+        Find the Maildir of an account.
+
+        @param account: the account.
+        @return: its Maildir path, or L{None} when the account's domain or mailbox cannot be a
+            directory name.
+        """
+        domain = account.domain.lower()
+        if not (_is_safe_component(domain) and _is_safe_component(account.mailbox)):
+            return None
+        return self._root / domain / account.mailbox / "Maildir"
+
+    def unique_name(self) -> str:
+        """
+        Make a file name that no other delivery uses.
+
+        @return: C{<seconds>.M<microseconds>P<pid>Q<counter>R<random>.<host>}.
+        """
+        now = self._clock.seconds()
+        seconds = int(now)
+        micro = int((now - seconds) * 1_000_000)
+        count = next(self._counter)
+        return f"{seconds}.M{micro}P{self._pid}Q{count}R{secrets.token_hex(4)}.{self._host}"
+
+    def deliver(
+        self, account: Account, recipient: str, body: bytes, sender: str = ""
+    ) -> Deferred[DeliveryResult]:
+        """
+        Deliver one copy into the account's Maildir, with C{Return-Path:} and C{Delivered-To:}
+        lines on top (RFC 5321 section 4.4: the final delivery records the reverse-path).
+
+        @param account: the account.
+        @param recipient: the envelope recipient, for the log.
+        @param body: the message with CRLF line ends.
+        @param sender: the envelope sender.
+        @return: a Deferred firing with the result.
+        """
+        maildir = self.maildir_for(account)
+        if (
+            maildir is None
+            or not _is_safe_header_value(account.address)
+            or not (sender == "" or _is_safe_header_value(sender))
+        ):
+            log.error("Account data unusable for Maildir delivery to {rcpt}", rcpt=recipient)
+            return succeed(
+                DeliveryResult(DeliveryStatus.TEMPORARY, "4.3.5", "account data unusable")
+            )
+        header = f"Return-Path: <{sender}>\nDelivered-To: {account.address}\n".encode()
+        d: Deferred[None] = self._run(
+            _write_copy, self._root, maildir, self.unique_name(), header, body
+        )
+
+        def delivered(_: None) -> DeliveryResult:
+            return DeliveryResult(DeliveryStatus.DELIVERED, "2.0.0", "delivered to Maildir")
+
+        def failed(reason: Failure) -> DeliveryResult:
+            reason.trap(OSError)
+            error = reason.value
+            assert isinstance(error, OSError)
+            code = error.errno
+            log.warn("Maildir delivery to {rcpt} failed: {error}", rcpt=recipient, error=error)
+            if code in _SPOOL_FULL:
+                return DeliveryResult(DeliveryStatus.TEMPORARY, "4.3.1", "mail system full")
+            if code in _QUOTA:
+                return DeliveryResult(DeliveryStatus.TEMPORARY, "4.2.2", "mailbox full")
+            return DeliveryResult(
+                DeliveryStatus.TEMPORARY, "4.3.0", f"mailbox write failed: {error.strerror}"
+            )
+
+        return d.addCallbacks(delivered, failed)
+
+
+def _write_copy(root: Path, maildir: Path, name: str, header: bytes, body: bytes) -> None:
+    write_maildir_message(root, maildir, name, header + body.replace(b"\r\n", b"\n"))

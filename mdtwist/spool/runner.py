@@ -1,0 +1,345 @@
+# -*- test-case-name: tests.spool.test_runner -*-
+"""
+The queue runner: takes messages from the spool to their mailboxes.
+
+Theory of operation: a I{pass} asks the spool for due messages (a batch at a time), delivers
+each through L{QueueRunner._process} with at most C{concurrency} messages in delivery at once,
+and asks again until no message it has not seen yet is due. Only one pass runs at a time, so a
+message is never in two deliveries at once. A pass starts:
+  - when the service starts (this resumes whatever a crash or a stop left queued) and then every
+    C{interval} seconds: these passes are the I{queue runs}, counted in L{QueueRunner.run_count}
+    and reported to run observers;
+  - when the spool reports newly committed messages (L{QueueRunner.wake}): new mail goes out at
+    once, without waiting for the next queue run. These passes are not counted.
+A trigger that comes while a pass runs starts another pass after it.
+
+For one message, each pending recipient is resolved: an invalid address fails (C{5.1.3}); a
+recipient in a local domain is looked up in the directory and delivered through the
+L{ILocalDelivery} seam, or fails when no account has it (C{5.1.1}) or it is disabled
+(C{5.2.1}); a recipient in another domain goes to the remote-delivery collaborator, or stays
+queued when there is none. A directory that cannot answer keeps the recipient pending
+(C{4.4.3}). All results of the attempt are recorded in one spool transaction; the message leaves
+the spool when no recipient is left pending. Temporary failures are retried on the schedule of
+L{mdtwist.spool.schedule}, until the message expires; then they fail with C{4.4.7}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from typing_extensions import override
+
+from mdtwist.address import parse_address
+from mdtwist.delivery.local import DeliveryStatus, ILocalDelivery
+from mdtwist.envelope import Recipient, RecipientState
+from mdtwist.errors import DirectoryUnavailable
+from mdtwist.interfaces import IDirectory
+from mdtwist.spool.schedule import RetryPolicy, expired, next_attempt
+from mdtwist.spool.store import QueuedMessage, RecipientResult, SQLiteSpool
+
+#: Delivers the given recipients (by position) of a message to other hosts; returns one result
+#: per recipient it attempted. Recipients it gives no result for stay pending.
+RemoteDelivery = Callable[[QueuedMessage, Sequence[int]], "Deferred[Sequence[RecipientResult]]"]
+
+log = Logger()
+
+_PENDING = RecipientState.PENDING
+_FAILED = RecipientState.FAILED
+
+
+class QueueRunner(Service):
+    """
+    Delivers queued messages and retries them until every recipient is final.
+
+    @ivar run_count: how many queue runs have finished.
+    """
+
+    def __init__(
+        self,
+        spool: SQLiteSpool,
+        directory: IDirectory,
+        local: ILocalDelivery,
+        clock: IReactorTime,
+        *,
+        interval: float = 300.0,
+        concurrency: int = 10,
+        batch: int = 100,
+        policy: RetryPolicy | None = None,
+        remote: RemoteDelivery | None = None,
+    ) -> None:
+        """
+        Make a queue runner; nothing happens until the service starts.
+
+        @param spool: the spool to deliver from.
+        @param directory: the account directory.
+        @param local: delivers to local mailboxes.
+        @param clock: the clock for the schedule and the periodic runs.
+        @param interval: seconds between queue runs.
+        @param concurrency: the most messages in delivery at once.
+        @param batch: the most due messages asked for at a time.
+        @param policy: the retry schedule; the defaults of L{RetryPolicy} when L{None}.
+        @param remote: delivers to other hosts; when L{None} remote recipients stay queued.
+        """
+        self.setName("queue-runner")
+        self._spool = spool
+        self._directory = directory
+        self._local = local
+        self._clock = clock
+        self._interval = interval
+        self._batch = batch
+        self._policy = RetryPolicy() if policy is None else policy
+        self._remote = remote
+        self._semaphore = DeferredSemaphore(concurrency)
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._unsubscribe: Callable[[], None] | None = None
+        self._pass: Deferred[None] | None = None
+        self._wanted = False
+        self._run_wanted = False
+        self._stop_waiters: list[Deferred[None]] = []
+        self._run_observers: list[Callable[[int], object]] = []
+        self._told_remote: set[str] = set()
+        self.run_count = 0
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        self._unsubscribe = self._spool.subscribe(lambda ids: self.wake())
+        self._loop.start(self._interval, now=True)
+
+    @override
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._pass is None:
+            return None
+        d: Deferred[None] = Deferred()
+        self._stop_waiters.append(d)
+        return d
+
+    def wake(self) -> None:
+        """
+        Deliver newly due messages now, without waiting for the next queue run.
+
+        The spool calls this after each commit. A call while a pass runs starts one more pass
+        after it.
+        """
+        if not self.running:
+            return
+        if self._pass is None:
+            self._start_pass(counted=False)
+        else:
+            self._wanted = True
+
+    def add_run_observer(self, observer: Callable[[int], object]) -> Callable[[], None]:
+        """
+        Be told when each queue run finishes (the dequeue service acts every Nth run).
+
+        @param observer: called with the new L{run_count}.
+        @return: a function that removes the observer.
+        """
+        self._run_observers.append(observer)
+        return lambda: self._run_observers.remove(observer)
+
+    def _tick(self) -> None:
+        if self._pass is None:
+            self._start_pass(counted=True)
+        else:
+            self._run_wanted = True
+
+    def _start_pass(self, counted: bool) -> None:
+        self._wanted = False
+        d = Deferred.fromCoroutine(self._run_pass())
+        self._pass = d
+        d.addErrback(lambda f: log.failure("Queue pass failed", f))
+        d.addBoth(lambda _: self._pass_done(counted))
+
+    def _pass_done(self, counted: bool) -> None:
+        self._pass = None
+        if counted:
+            self.run_count += 1
+            log.debug("Queue run {count} finished", count=self.run_count)
+            for observer in list(self._run_observers):
+                try:
+                    observer(self.run_count)
+                except Exception:
+                    log.failure("Queue run observer failed")
+        if not self.running:
+            waiters, self._stop_waiters = self._stop_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        elif self._run_wanted:
+            self._run_wanted = False
+            self._start_pass(counted=True)
+        elif self._wanted:
+            self._start_pass(counted=False)
+
+    async def _run_pass(self) -> None:
+        seen: set[str] = set()
+        while self.running:
+            due = await self._spool.due(self._clock.seconds(), self._batch)
+            fresh = [queue_id for queue_id in due if queue_id not in seen]
+            if not fresh:
+                return
+            seen.update(fresh)
+            await gatherResults(
+                [self._semaphore.run(self._process_deferred, queue_id) for queue_id in fresh],
+                consumeErrors=True,
+            )
+
+    def _process_deferred(self, queue_id: str) -> Deferred[None]:
+        if not self.running:
+            return succeed(None)
+        return Deferred.fromCoroutine(self._process(queue_id))
+
+    async def _process(self, queue_id: str) -> None:
+        try:
+            message = await self._spool.load(queue_id)
+            if message is None:
+                return
+            results = await self._attempt(message)
+            now = self._clock.seconds()
+            results = [self._expire(message, result, now) for result in results]
+            removed = await self._spool.record(
+                queue_id, results, next_attempt(self._policy, message.envelope.arrival, now)
+            )
+        except Exception:
+            log.failure("Delivery attempt for {queue_id} failed", queue_id=queue_id)
+            return
+        if removed:
+            self._told_remote.discard(queue_id)
+            log.info("Message {queue_id} left the queue", queue_id=queue_id)
+
+    async def _attempt(self, message: QueuedMessage) -> list[RecipientResult]:
+        pending = [
+            (position, recipient)
+            for position, recipient in enumerate(message.envelope.recipients)
+            if recipient.state is _PENDING
+        ]
+        try:
+            domains = await self._directory.domains()
+        except DirectoryUnavailable:
+            log.warn("Directory unavailable; {queue_id} stays queued", queue_id=message.queue_id)
+            return [_directory_down(position) for position, _ in pending]
+        results: list[RecipientResult] = []
+        remote: list[int] = []
+        for position, recipient in pending:
+            address = parse_address(recipient.address)
+            if recipient.address.lower() == "postmaster" or (
+                address is not None and address.domain in domains
+            ):
+                results.append(await self._deliver_local(message, position, recipient))
+            elif address is None:
+                results.append(RecipientResult(position, _FAILED, "5.1.3", "bad address syntax"))
+                self._log_result(message, recipient, results[-1])
+            else:
+                remote.append(position)
+        if remote:
+            results.extend(await self._deliver_remote(message, remote))
+        return results
+
+    async def _deliver_local(
+        self, message: QueuedMessage, position: int, recipient: Recipient
+    ) -> RecipientResult:
+        try:
+            account = await self._directory.find(recipient.address)
+        except DirectoryUnavailable:
+            result = _directory_down(position)
+        else:
+            if account is None:
+                result = RecipientResult(position, _FAILED, "5.1.1", "no such mailbox")
+            elif not account.enabled:
+                result = RecipientResult(position, _FAILED, "5.2.1", "mailbox disabled")
+            else:
+                assert message.body is not None
+                try:
+                    delivery = await self._local.deliver(
+                        account, recipient.address, message.body, message.envelope.sender
+                    )
+                except Exception:
+                    log.failure(
+                        "Local delivery of {queue_id} to {rcpt} failed",
+                        queue_id=message.queue_id,
+                        rcpt=recipient.address,
+                    )
+                    result = RecipientResult(position, _PENDING, "4.3.0", "local delivery error")
+                else:
+                    state = {
+                        DeliveryStatus.DELIVERED: RecipientState.DELIVERED,
+                        DeliveryStatus.TEMPORARY: _PENDING,
+                        DeliveryStatus.PERMANENT: _FAILED,
+                    }[delivery.status]
+                    result = RecipientResult(position, state, delivery.enhanced, delivery.reason)
+        self._log_result(message, recipient, result)
+        return result
+
+    async def _deliver_remote(
+        self, message: QueuedMessage, positions: list[int]
+    ) -> Sequence[RecipientResult]:
+        if self._remote is None:
+            if message.queue_id not in self._told_remote:
+                self._told_remote.add(message.queue_id)
+                log.info(
+                    "No remote delivery; {count} recipients of {queue_id} stay queued",
+                    count=len(positions),
+                    queue_id=message.queue_id,
+                )
+            return []
+        try:
+            return await self._remote(message, positions)
+        except Exception:
+            log.failure("Remote delivery of {queue_id} failed", queue_id=message.queue_id)
+            return [
+                RecipientResult(position, _PENDING, "4.3.0", "remote delivery error")
+                for position in positions
+            ]
+
+    def _expire(
+        self, message: QueuedMessage, result: RecipientResult, now: float
+    ) -> RecipientResult:
+        if result.state is not _PENDING or not expired(
+            self._policy, message.envelope.arrival, now
+        ):
+            return result
+        log.warn(
+            "Giving up on {rcpt} of {queue_id}: queued too long",
+            rcpt=message.envelope.recipients[result.position].address,
+            queue_id=message.queue_id,
+        )
+        return RecipientResult(
+            result.position,
+            _FAILED,
+            "4.4.7",
+            f"delivery time expired; last error: {result.status} {result.diagnostic}",
+        )
+
+    def _log_result(
+        self, message: QueuedMessage, recipient: Recipient, result: RecipientResult
+    ) -> None:
+        fields: dict[str, Any] = {
+            "queue_id": message.queue_id,
+            "rcpt": recipient.address,
+            "attempt": recipient.attempts + 1,
+            "enhanced": result.status,
+            "reason": result.diagnostic,
+        }
+        if result.state is RecipientState.DELIVERED:
+            log.info("Delivered {queue_id} to {rcpt} (attempt {attempt})", **fields)
+        elif result.state is _PENDING:
+            log.warn("Deferred {queue_id} to {rcpt}: {enhanced} {reason}", **fields)
+        else:
+            log.warn("Failed {queue_id} to {rcpt}: {enhanced} {reason}", **fields)
+
+
+def _directory_down(position: int) -> RecipientResult:
+    return RecipientResult(position, _PENDING, "4.4.3", "directory unavailable")

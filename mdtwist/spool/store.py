@@ -1,0 +1,797 @@
+# -*- test-case-name: tests.spool.test_store -*-
+"""
+The durable spool: one SQLite database, written by one thread, with group commit.
+
+Theory of operation: the database lives in C{<spool>/spool.sqlite3} (WAL mode,
+C{synchronous=FULL}); bodies larger than the inline limit live in C{<spool>/bodies/}. Every
+database operation runs through the C{run} callable on the single C{spool-io} thread, never on
+the reactor thread.
+
+L{SQLiteSpool.enqueue} is called on the reactor thread. It puts the message in a pending batch;
+when no write is in flight it hands the whole batch to the writer thread, which writes and
+fsyncs the body files of the batch (and their directory), then inserts every message of the
+batch in one transaction. Messages that arrive meanwhile form the next batch, written as soon as
+the current one returns. Each enqueue Deferred fires with its queue id after the commit that
+holds its message has returned, or fails with L{SpoolError} when the batch could not be stored;
+then the transaction is rolled back and the body files of the batch are deleted.
+
+Opening the database is the crash-recovery path: it creates the schema when it is absent and
+deletes body files that no row names (written by a batch that never committed, or left behind by
+a message removed just before a crash).
+
+Queue ids are the row ids (never reused: C{AUTOINCREMENT}) as ten upper-case hex digits, so they
+are short, unique within a spool, and sort in arrival order.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, RecipientState
+from mdtwist.errors import SpoolError
+from mdtwist.interfaces import ISpool
+
+T = TypeVar("T")
+
+#: Runs a function on the spool's writer thread and returns a Deferred with its result.
+Run = Callable[..., "Deferred[Any]"]
+
+#: The name of the database file inside the spool directory.
+DATABASE_NAME = "spool.sqlite3"
+
+#: The name of the directory of large bodies inside the spool directory.
+BODIES_NAME = "bodies"
+
+#: Bodies larger than this many bytes are stored in files, smaller ones inline.
+DEFAULT_INLINE_LIMIT = 64 * 1024
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS message (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender TEXT NOT NULL,
+    arrival REAL NOT NULL,
+    body_type TEXT NOT NULL,
+    smtputf8 INTEGER NOT NULL,
+    ret TEXT,
+    envid TEXT,
+    declared_size INTEGER,
+    size INTEGER NOT NULL,
+    client_address TEXT NOT NULL,
+    client_helo TEXT NOT NULL,
+    client_user TEXT,
+    client_tls TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    body BLOB,
+    body_file TEXT
+);
+CREATE TABLE IF NOT EXISTS recipient (
+    message_id INTEGER NOT NULL REFERENCES message (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    notify TEXT,
+    orcpt TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT '',
+    diagnostic TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (message_id, position)
+);
+CREATE INDEX IF NOT EXISTS message_next_attempt ON message (next_attempt);
+"""
+
+log = Logger()
+
+
+@attrs.frozen
+class QueueEntry:
+    """
+    One line of a queue listing.
+
+    @ivar queue_id: the queue id.
+    @ivar arrival: arrival time, seconds since the epoch.
+    @ivar size: the size of the stored message in bytes.
+    @ivar sender: the reverse-path (C{""} for the null sender).
+    @ivar recipients: how many recipients the message has.
+    @ivar pending: how many of them are still pending.
+    @ivar attempts: delivery attempts made so far.
+    @ivar next_attempt: when the next attempt is due, seconds since the epoch.
+    """
+
+    queue_id: str
+    arrival: float
+    size: int
+    sender: str
+    recipients: int
+    pending: int
+    attempts: int
+    next_attempt: float
+
+
+@attrs.frozen
+class QueuedMessage:
+    """
+    A message in the spool, with its envelope and the state of each recipient.
+
+    @ivar queue_id: the queue id.
+    @ivar envelope: the envelope; each recipient carries its delivery state.
+    @ivar size: the size of the stored message in bytes.
+    @ivar attempts: delivery attempts made so far.
+    @ivar next_attempt: when the next attempt is due, seconds since the epoch.
+    @ivar body: the message itself, or L{None} when it was not asked for.
+    """
+
+    queue_id: str
+    envelope: Envelope
+    size: int
+    attempts: int
+    next_attempt: float
+    body: bytes | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class RecipientResult:
+    """
+    The outcome of one delivery attempt for one recipient.
+
+    @ivar position: the recipient's index in L{Envelope.recipients}.
+    @ivar state: L{RecipientState.DELIVERED} or L{RecipientState.FAILED} (final), or
+        L{RecipientState.PENDING} for a temporary failure.
+    @ivar status: the enhanced status code (C{2.0.0}, C{4.4.1}, C{5.1.1}).
+    @ivar diagnostic: the reply text or reason.
+    """
+
+    position: int
+    state: RecipientState
+    status: str = ""
+    diagnostic: str = ""
+
+
+def format_queue_id(rowid: int) -> str:
+    """
+    Format a row id as a queue id.
+
+    @param rowid: a message row id.
+    @return: its queue id.
+    """
+    return f"{rowid:010X}"
+
+
+def parse_queue_id(queue_id: str) -> int | None:
+    """
+    Turn a queue id back into a row id.
+
+    @param queue_id: a queue id as shown to users (any case).
+    @return: the row id, or L{None} when C{queue_id} is not a queue id.
+    """
+    if not queue_id or len(queue_id) > 16:
+        return None
+    try:
+        return int(queue_id, 16)
+    except ValueError:
+        return None
+
+
+def open_database(
+    path: Path,
+    *,
+    read_only: bool = False,
+    factory: type[sqlite3.Connection] = sqlite3.Connection,
+) -> sqlite3.Connection:
+    """
+    Open a spool database.
+
+    @param path: the database file.
+    @param read_only: open it with C{mode=ro}, for tools that look while the server runs; the
+        file must exist.
+    @param factory: the connection class (tests pass a subclass that fails on purpose).
+    @return: a connection in autocommit mode (transactions are explicit), usable from any one
+        thread at a time.
+    @raise sqlite3.Error: when the database cannot be opened.
+    """
+    if read_only:
+        target = path.resolve().as_uri() + "?mode=ro"
+        db = sqlite3.connect(
+            target, uri=True, isolation_level=None, check_same_thread=False, factory=factory
+        )
+    else:
+        db = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, factory=factory
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+class SpoolReader:
+    """
+    Blocking, read-only access to a spool, for command-line tools.
+
+    It never writes and never runs crash recovery, so it is safe while the server runs.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        """
+        Open the spool database read-only.
+
+        @param directory: the spool directory.
+        @raise SpoolError: when there is no spool database there or it cannot be read.
+        """
+        self._directory = directory
+        path = directory / DATABASE_NAME
+        if not path.is_file():
+            raise SpoolError(f"{path}: no spool database here")
+        try:
+            self._db = open_database(path, read_only=True)
+        except sqlite3.Error as e:
+            raise SpoolError(f"{path}: {e}") from e
+
+    def list(self) -> list[QueueEntry]:
+        """
+        List the queue.
+
+        @return: every queued message, oldest first.
+        @raise SpoolError: when the database cannot be read.
+        """
+        try:
+            return _select_entries(self._db)
+        except sqlite3.Error as e:
+            raise SpoolError(str(e)) from e
+
+    def load(self, queue_id: str, *, with_body: bool = False) -> QueuedMessage | None:
+        """
+        Read one message.
+
+        @param queue_id: the queue id.
+        @param with_body: whether to read the message itself too.
+        @return: the message, or L{None} when the spool holds no such message.
+        @raise SpoolError: when the database or the body file cannot be read.
+        """
+        rowid = parse_queue_id(queue_id)
+        if rowid is None:
+            return None
+        try:
+            return _select_message(self._db, self._directory / BODIES_NAME, rowid, with_body)
+        except (sqlite3.Error, OSError) as e:
+            raise SpoolError(str(e)) from e
+
+    def close(self) -> None:
+        """
+        Close the database.
+
+        The reader cannot be used afterwards.
+        """
+        self._db.close()
+
+
+@implementer(ISpool)
+class SQLiteSpool:
+    """
+    The spool: messages and their per-recipient state in SQLite, written with group commit.
+
+    Methods are called on the reactor thread; the database work runs through C{run}.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        run: Run,
+        *,
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
+        factory: type[sqlite3.Connection] = sqlite3.Connection,
+    ) -> None:
+        """
+        Make a spool; nothing is opened until the first call.
+
+        @param directory: the spool directory; created when absent.
+        @param run: calls a function on the single C{spool-io} thread and returns a Deferred
+            of its result (L{mdtwist.threadpool.ThreadPoolService.run}).
+        @param inline_limit: bodies up to this many bytes are stored in the database, larger
+            ones in files.
+        @param factory: the SQLite connection class.
+        """
+        self._directory = directory
+        self._bodies = directory / BODIES_NAME
+        self._run = run
+        self._inline_limit = inline_limit
+        self._factory = factory
+        # Writer-thread state.
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        # Reactor-thread state.
+        self._batch: list[tuple[Envelope, bytes, Deferred[str]]] = []
+        self._writing = False
+        self._observers: list[Callable[[Sequence[str]], None]] = []
+
+    # Reactor side.
+
+    def open(self) -> Deferred[None]:
+        """
+        Open the database now, creating the schema and removing orphaned body files.
+
+        Every other method opens the database on first use too; calling this at start-up runs
+        crash recovery before the first message arrives.
+
+        @return: a Deferred that fires when the spool is open, or fails with L{SpoolError}.
+        """
+        d: Deferred[None] = self._run(self._guarded, _nothing)
+        return d
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the database. A later call of another method opens it again.
+
+        @return: a Deferred that fires when it is closed.
+        """
+        d: Deferred[None] = self._run(self._close)
+        return d
+
+    def enqueue(self, envelope: Envelope, body: bytes) -> Deferred[str]:
+        """
+        Store a message durably, in the next group commit.
+
+        @param envelope: the envelope; its arrival time is when the first attempt is due.
+        @param body: the message.
+        @return: a Deferred firing with the queue id once the transaction holding the message
+            has committed, or failing with L{SpoolError}; then nothing of it is kept.
+        """
+        d: Deferred[str] = Deferred()
+        self._batch.append((envelope, body, d))
+        if not self._writing:
+            self._write_next_batch()
+        return d
+
+    def subscribe(self, observer: Callable[[Sequence[str]], None]) -> Callable[[], None]:
+        """
+        Be told about newly committed messages (the queue runner wakes up on this).
+
+        @param observer: called on the reactor thread with the queue ids of each committed
+            batch, after their enqueue Deferreds have fired.
+        @return: a function that ends the subscription.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
+
+    def due(self, now: float, limit: int) -> Deferred[list[str]]:
+        """
+        Find the messages whose next attempt is due.
+
+        @param now: the current time, seconds since the epoch.
+        @param limit: the most queue ids to return.
+        @return: a Deferred firing with the ids of messages that have pending recipients and
+            whose next attempt is due at C{now}, the most overdue first.
+        """
+        d: Deferred[list[str]] = self._run(self._guarded, _select_due, now, limit)
+        return d
+
+    def load(self, queue_id: str) -> Deferred[QueuedMessage | None]:
+        """
+        Read one message with its body.
+
+        @param queue_id: the queue id.
+        @return: a Deferred firing with the message and its body, or L{None} when the spool
+            holds no such message; it fails with L{SpoolError} when it cannot be read.
+        """
+        rowid = parse_queue_id(queue_id)
+        d: Deferred[QueuedMessage | None] = self._run(
+            self._guarded, _select_message, self._bodies, rowid, True
+        )
+        return d
+
+    def record(
+        self, queue_id: str, results: Iterable[RecipientResult], next_attempt: float
+    ) -> Deferred[bool]:
+        """
+        Record the outcome of a delivery attempt, in one transaction.
+
+        Each result updates its recipient and counts one attempt for it; the message counts one
+        attempt when any result was given. When no recipient is left pending the message is
+        removed (its body file after the commit); otherwise its next attempt is set.
+
+        @param queue_id: the queue id.
+        @param results: results for pending recipients.
+        @param next_attempt: when to try the recipients that are still pending.
+        @return: a Deferred firing with whether the message left the spool; it fails with
+            L{SpoolError} when the message or a pending recipient is unknown, or the update
+            could not be stored (then nothing changed).
+        """
+        d: Deferred[bool] = self._run(self._record, queue_id, tuple(results), next_attempt)
+        return d
+
+    def count(self) -> Deferred[int]:
+        """
+        Count the queued messages.
+
+        @return: a Deferred firing with the number of queued messages.
+        """
+        d: Deferred[int] = self._run(self._guarded, _select_count)
+        return d
+
+    def list(self) -> Deferred[builtins.list[QueueEntry]]:
+        """
+        List the queue.
+
+        @return: a Deferred firing with every queued message, oldest first.
+        """
+        d: Deferred[builtins.list[QueueEntry]] = self._run(self._guarded, _select_entries)
+        return d
+
+    def _write_next_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        self._writing = True
+        items = [(envelope, body) for envelope, body, _ in batch]
+        written: Deferred[builtins.list[str]] = self._run(self._write_batch, items)
+
+        def committed(ids: builtins.list[str]) -> None:
+            for (_, _, d), queue_id in zip(batch, ids, strict=True):
+                d.callback(queue_id)
+            self._batch_done()
+            for observer in list(self._observers):
+                try:
+                    observer(ids)
+                except Exception:
+                    log.failure("Spool commit observer failed")
+
+        def failed(reason: Failure) -> None:
+            error = reason.value if reason.check(SpoolError) else SpoolError(str(reason.value))
+            log.error(
+                "Spool write of {count} messages failed: {error}", count=len(batch), error=error
+            )
+            for _, _, d in batch:
+                d.errback(error)
+            self._batch_done()
+
+        written.addCallbacks(committed, failed)
+
+    def _batch_done(self) -> None:
+        self._writing = False
+        if self._batch:
+            self._write_next_batch()
+
+    # Writer-thread side.
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = self._open_and_recover()
+        return self._db
+
+    def _open_and_recover(self) -> sqlite3.Connection:
+        self._directory.mkdir(parents=True, exist_ok=True)
+        if not self._bodies.is_dir():
+            self._bodies.mkdir()
+            _fsync_directory(self._directory)
+        db = open_database(self._directory / DATABASE_NAME, factory=self._factory)
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version not in (0, _SCHEMA_VERSION):
+                raise SpoolError(f"spool schema version {version} is not supported")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            named = {
+                name
+                for (name,) in db.execute(
+                    "SELECT body_file FROM message WHERE body_file IS NOT NULL"
+                )
+            }
+        except BaseException:
+            db.close()
+            raise
+        for entry in self._bodies.iterdir():
+            if entry.name not in named:
+                log.info("Removing orphaned spool body file {name}", name=entry.name)
+                entry.unlink()
+        return db
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _guarded(self, f: Callable[..., T], *args: Any) -> T:
+        # Call f(connection, *args) with the lock held; storage errors become SpoolError.
+        with self._lock:
+            try:
+                return f(self._connection(), *args)
+            except (sqlite3.Error, OSError) as e:
+                raise SpoolError(str(e)) from e
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.failure("Spool rollback failed")
+            raise
+        return result
+
+    def _write_batch(self, items: builtins.list[tuple[Envelope, bytes]]) -> builtins.list[str]:
+        with self._lock:
+            files: builtins.list[Path] = []
+            try:
+                self._connection()
+                names: builtins.list[str | None] = []
+                for _, body in items:
+                    if len(body) > self._inline_limit:
+                        path = self._bodies / uuid.uuid4().hex
+                        files.append(path)
+                        _write_file(path, body)
+                        names.append(path.name)
+                    else:
+                        names.append(None)
+                if files:
+                    _fsync_directory(self._bodies)
+                return self._transaction(
+                    lambda db: [
+                        _insert_message(db, envelope, body, name)
+                        for (envelope, body), name in zip(items, names, strict=True)
+                    ]
+                )
+            except (sqlite3.Error, OSError, SpoolError) as e:
+                for path in files:
+                    try:
+                        path.unlink(missing_ok=True)
+                    except OSError:
+                        log.failure("Could not remove spool body file {name}", name=path.name)
+                if isinstance(e, SpoolError):
+                    raise
+                raise SpoolError(str(e)) from e
+
+    def _record(
+        self, queue_id: str, results: tuple[RecipientResult, ...], next_attempt: float
+    ) -> bool:
+        rowid = parse_queue_id(queue_id)
+        with self._lock:
+            try:
+                removed, body_file = self._transaction(
+                    lambda db: _update_message(db, queue_id, rowid, results, next_attempt)
+                )
+            except (sqlite3.Error, OSError) as e:
+                raise SpoolError(str(e)) from e
+        if body_file:
+            try:
+                (self._bodies / body_file).unlink(missing_ok=True)
+            except OSError:
+                log.failure("Could not remove spool body file {name}", name=body_file)
+        return removed
+
+
+def _nothing(db: sqlite3.Connection) -> None:
+    pass
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _insert_message(
+    db: sqlite3.Connection, envelope: Envelope, body: bytes, body_file: str | None
+) -> str:
+    client = envelope.client
+    cursor = db.execute(
+        "INSERT INTO message (sender, arrival, body_type, smtputf8, ret, envid, declared_size,"
+        " size, client_address, client_helo, client_user, client_tls, next_attempt, body,"
+        " body_file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            envelope.sender,
+            envelope.arrival,
+            envelope.body_type.value,
+            int(envelope.smtputf8),
+            envelope.ret,
+            envelope.envid,
+            envelope.size,
+            len(body),
+            client.address,
+            client.helo,
+            client.user,
+            client.tls,
+            envelope.arrival,
+            None if body_file else body,
+            body_file,
+        ),
+    )
+    rowid = cursor.lastrowid
+    assert rowid is not None
+    db.executemany(
+        "INSERT INTO recipient (message_id, position, address, notify, orcpt, state, attempts,"
+        " status, diagnostic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                rowid,
+                position,
+                r.address,
+                None if r.notify is None else ",".join(sorted(r.notify)),
+                r.orcpt,
+                r.state.value,
+                r.attempts,
+                r.status,
+                r.diagnostic,
+            )
+            for position, r in enumerate(envelope.recipients)
+        ],
+    )
+    return format_queue_id(rowid)
+
+
+def _update_message(
+    db: sqlite3.Connection,
+    queue_id: str,
+    rowid: int | None,
+    results: tuple[RecipientResult, ...],
+    next_attempt: float,
+) -> tuple[bool, str | None]:
+    # Returns whether the message was removed, and the name of its body file to delete.
+    row = None
+    if rowid is not None:
+        row = db.execute("SELECT body_file FROM message WHERE id = ?", (rowid,)).fetchone()
+    if row is None:
+        raise SpoolError(f"no message {queue_id} in the spool")
+    for result in results:
+        cursor = db.execute(
+            "UPDATE recipient SET state = ?, status = ?, diagnostic = ?, attempts = attempts + 1"
+            " WHERE message_id = ? AND position = ? AND state = ?",
+            (
+                result.state.value,
+                result.status,
+                result.diagnostic,
+                rowid,
+                result.position,
+                RecipientState.PENDING.value,
+            ),
+        )
+        if cursor.rowcount != 1:
+            raise SpoolError(f"recipient {result.position} of {queue_id} is not pending")
+    (pending,) = db.execute(
+        "SELECT count(*) FROM recipient WHERE message_id = ? AND state = ?",
+        (rowid, RecipientState.PENDING.value),
+    ).fetchone()
+    if pending == 0:
+        db.execute("DELETE FROM message WHERE id = ?", (rowid,))
+        return True, row[0]
+    db.execute(
+        "UPDATE message SET next_attempt = ?, attempts = attempts + ? WHERE id = ?",
+        (next_attempt, 1 if results else 0, rowid),
+    )
+    return False, None
+
+
+def _select_due(db: sqlite3.Connection, now: float, limit: int) -> list[str]:
+    rows = db.execute(
+        "SELECT id FROM message WHERE next_attempt <= ? AND EXISTS (SELECT 1 FROM recipient"
+        " WHERE message_id = message.id AND state = ?) ORDER BY next_attempt, id LIMIT ?",
+        (now, RecipientState.PENDING.value, limit),
+    )
+    return [format_queue_id(rowid) for (rowid,) in rows]
+
+
+def _select_count(db: sqlite3.Connection) -> int:
+    (count,) = db.execute("SELECT count(*) FROM message").fetchone()
+    return int(count)
+
+
+def _select_entries(db: sqlite3.Connection) -> list[QueueEntry]:
+    rows = db.execute(
+        "SELECT m.id, m.arrival, m.size, m.sender, m.attempts, m.next_attempt, count(r.position),"
+        " sum(r.state = ?) FROM message AS m JOIN recipient AS r ON r.message_id = m.id"
+        " GROUP BY m.id ORDER BY m.id",
+        (RecipientState.PENDING.value,),
+    )
+    return [
+        QueueEntry(
+            queue_id=format_queue_id(rowid),
+            arrival=arrival,
+            size=size,
+            sender=sender,
+            recipients=recipients,
+            pending=pending,
+            attempts=attempts,
+            next_attempt=next_attempt,
+        )
+        for rowid, arrival, size, sender, attempts, next_attempt, recipients, pending in rows
+    ]
+
+
+def _select_message(
+    db: sqlite3.Connection, bodies: Path, rowid: int | None, with_body: bool
+) -> QueuedMessage | None:
+    if rowid is None:
+        return None
+    row = db.execute(
+        "SELECT sender, arrival, body_type, smtputf8, ret, envid, declared_size, size,"
+        " client_address, client_helo, client_user, client_tls, attempts, next_attempt,"
+        " body, body_file FROM message WHERE id = ?",
+        (rowid,),
+    ).fetchone()
+    if row is None:
+        return None
+    (
+        sender,
+        arrival,
+        body_type,
+        smtputf8,
+        ret,
+        envid,
+        declared_size,
+        size,
+        client_address,
+        client_helo,
+        client_user,
+        client_tls,
+        attempts,
+        next_attempt,
+        inline_body,
+        body_file,
+    ) = row
+    recipients = tuple(
+        Recipient(
+            address=address,
+            notify=None if notify is None else frozenset(filter(None, notify.split(","))),
+            orcpt=orcpt,
+            state=RecipientState(state),
+            attempts=r_attempts,
+            status=status,
+            diagnostic=diagnostic,
+        )
+        for address, notify, orcpt, state, r_attempts, status, diagnostic in db.execute(
+            "SELECT address, notify, orcpt, state, attempts, status, diagnostic FROM recipient"
+            " WHERE message_id = ? ORDER BY position",
+            (rowid,),
+        )
+    )
+    body: bytes | None = None
+    if with_body:
+        body = (bodies / body_file).read_bytes() if body_file else bytes(inline_body)
+    return QueuedMessage(
+        queue_id=format_queue_id(rowid),
+        envelope=Envelope(
+            sender=sender,
+            recipients=recipients,
+            client=ClientInfo(
+                address=client_address, helo=client_helo, user=client_user, tls=client_tls
+            ),
+            arrival=arrival,
+            body_type=BodyType(body_type),
+            smtputf8=bool(smtputf8),
+            ret=ret,
+            envid=envid,
+            size=declared_size,
+        ),
+        size=size,
+        attempts=attempts,
+        next_attempt=next_attempt,
+        body=body,
+    )

@@ -1,0 +1,148 @@
+"""Tests for L{mdtwist.delivery.local}."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mdtwist.delivery.local import (
+    DeliveryResult,
+    DeliveryStatus,
+    ILocalDelivery,
+    MaildirDelivery,
+    write_maildir_message,
+)
+from tests.spool.fakes import make_account, run_now
+
+BODY = b"Subject: hi\r\n\r\nline one\r\nline two\r\n"
+
+
+class MaildirDeliveryTests(SynchronousTestCase):
+    """Tests for L{MaildirDelivery}."""
+
+    def setUp(self) -> None:
+        """Make a delivery agent on a new mail root, at time 1700000000.25."""
+        self.root = Path(self.mktemp())
+        self.root.mkdir()
+        self.clock = Clock()
+        self.clock.advance(1700000000.25)
+        self.delivery = MaildirDelivery(self.root, run_now, self.clock, hostname="mx.example")
+        self.alice = make_account("alice@example.com")
+
+    def maildir(self) -> Path:
+        """@return: Alice's Maildir."""
+        return self.root / "example.com" / "alice" / "Maildir"
+
+    def test_provides_interface(self) -> None:
+        """L{MaildirDelivery} provides L{ILocalDelivery}."""
+        self.assertTrue(verifyObject(ILocalDelivery, self.delivery))
+
+    def test_delivers_into_new(self) -> None:
+        """
+        A delivered copy is a file in C{new/} with C{Return-Path:} (the envelope sender) and
+        C{Delivered-To:} lines, and LF line ends.
+
+        C{tmp/} is left empty and C{cur/} exists.
+        """
+        result = self.successResultOf(
+            self.delivery.deliver(self.alice, "Alice@example.com", BODY, "s@elsewhere.test")
+        )
+        self.assertEqual(result.status, DeliveryStatus.DELIVERED)
+        self.assertEqual(result.enhanced, "2.0.0")
+        [copy] = (self.maildir() / "new").iterdir()
+        self.assertEqual(
+            copy.read_bytes(),
+            b"Return-Path: <s@elsewhere.test>\nDelivered-To: alice@example.com\n"
+            b"Subject: hi\n\nline one\nline two\n",
+        )
+        self.assertEqual(list((self.maildir() / "tmp").iterdir()), [])
+        self.assertTrue((self.maildir() / "cur").is_dir())
+
+    def test_each_copy_own_file(self) -> None:
+        """Copies delivered at the same moment get different file names."""
+        for _ in range(3):
+            self.successResultOf(self.delivery.deliver(self.alice, "alice@example.com", BODY))
+        self.assertEqual(len(list((self.maildir() / "new").iterdir())), 3)
+
+    def test_unique_name(self) -> None:
+        """File names hold the time, process id, a counter and the escaped host name."""
+        delivery = MaildirDelivery(self.root, run_now, self.clock, hostname="a/b:c")
+        first = delivery.unique_name()
+        second = delivery.unique_name()
+        self.assertTrue(first.startswith(f"1700000000.M250000P{os.getpid()}Q1R"), first)
+        self.assertTrue(first.endswith(".a\\057b\\072c"), first)
+        self.assertIn("Q2R", second)
+
+    def test_unsafe_mailbox(self) -> None:
+        """
+        A mailbox or domain that is not a plain directory name is a temporary failure.
+
+        Nothing is written.
+        """
+        for account in [
+            make_account("../escape@example.com"),
+            make_account("a/b@example.com"),
+            make_account("x@.."),
+        ]:
+            result = self.successResultOf(self.delivery.deliver(account, "x@example.com", BODY))
+            self.assertEqual((result.status, result.enhanced), (DeliveryStatus.TEMPORARY, "4.3.5"))
+        self.assertEqual(list(self.root.iterdir()), [])
+
+    def test_disk_full(self) -> None:
+        """A full disk is a temporary failure with status C{4.3.1}."""
+
+        def full(*args: Any) -> Deferred[Any]:
+            return fail(OSError(errno.ENOSPC, "No space left on device"))
+
+        delivery = MaildirDelivery(self.root, full, self.clock, hostname="mx.example")
+        result = self.successResultOf(delivery.deliver(self.alice, "alice@example.com", BODY))
+        self.assertEqual(
+            result, DeliveryResult(DeliveryStatus.TEMPORARY, "4.3.1", "mail system full")
+        )
+
+    def test_write_error(self) -> None:
+        """A mailbox that cannot be created is a temporary failure with status C{4.3.0}."""
+        (self.root / "example.com").write_bytes(b"not a directory")
+        result = self.successResultOf(self.delivery.deliver(self.alice, "alice@example.com", BODY))
+        self.assertEqual((result.status, result.enhanced), (DeliveryStatus.TEMPORARY, "4.3.0"))
+
+    def test_unexpected_error(self) -> None:
+        """An error that is not an I/O error fails the Deferred instead of being hidden."""
+
+        def broken(*args: Any) -> Deferred[Any]:
+            return fail(ZeroDivisionError())
+
+        delivery = MaildirDelivery(self.root, broken, self.clock)
+        self.failureResultOf(
+            delivery.deliver(self.alice, "alice@example.com", BODY), ZeroDivisionError
+        )
+
+
+class WriteMaildirMessageTests(SynchronousTestCase):
+    """Tests for L{write_maildir_message}."""
+
+    def test_fsync_fails(self) -> None:
+        """When the file cannot be synced the error is raised and nothing is left behind."""
+        root = Path(self.mktemp())
+        root.mkdir()
+        maildir = root / "d" / "m" / "Maildir"
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                real_fsync(fd)
+            else:
+                raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(os, "fsync", fsync)
+        error = self.assertRaises(OSError, write_maildir_message, root, maildir, "n", b"data")
+        self.assertEqual(error.errno, errno.EIO)
+        self.assertEqual(list((maildir / "tmp").iterdir()), [])
+        self.assertEqual(list((maildir / "new").iterdir()), [])

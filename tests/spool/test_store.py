@@ -1,0 +1,543 @@
+"""Tests for L{mdtwist.spool.store}."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any, ClassVar
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, RecipientState
+from mdtwist.errors import SpoolError
+from mdtwist.interfaces import ISpool
+from mdtwist.spool.store import (
+    BODIES_NAME,
+    DATABASE_NAME,
+    RecipientResult,
+    SpoolReader,
+    SQLiteSpool,
+    format_queue_id,
+    parse_queue_id,
+)
+from tests.spool.fakes import HeldRunner, make_envelope, run_now
+
+BIG = b"Subject: big\r\n\r\n" + b"x" * 300 + b"\r\n"
+SMALL = b"Subject: small\r\n\r\nhello\r\n"
+
+
+class FlakyConnection(sqlite3.Connection):
+    """
+    A connection that counts transactions and fails a chosen statement on purpose.
+
+    The settings are class attributes: the spool makes its own connection.
+    """
+
+    fail_prefix: ClassVar[str | None] = None
+    fail_after: ClassVar[int] = 0
+    begins: ClassVar[int] = 0
+
+    def _check(self, sql: str) -> None:
+        if sql.startswith("BEGIN"):
+            type(self).begins += 1
+        prefix = type(self).fail_prefix
+        if prefix is not None and sql.startswith(prefix):
+            if type(self).fail_after == 0:
+                raise sqlite3.OperationalError("database or disk is full")
+            type(self).fail_after -= 1
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        """Run a statement, or fail it on purpose."""
+        self._check(sql)
+        return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        """Run a statement for many rows, or fail it on purpose."""
+        self._check(sql)
+        return super().executemany(sql, parameters)
+
+
+def flaky(prefix: str | None = None, after: int = 0) -> type[FlakyConnection]:
+    """
+    Make a fresh L{FlakyConnection} class.
+
+    @param prefix: fail statements that start with this, or none when L{None}.
+    @param after: let this many such statements pass first.
+    @return: the class.
+    """
+    return type(
+        "Flaky", (FlakyConnection,), {"fail_prefix": prefix, "fail_after": after, "begins": 0}
+    )
+
+
+class SQLiteSpoolTests(SynchronousTestCase):
+    """Tests for L{SQLiteSpool}."""
+
+    def setUp(self) -> None:
+        """Make a spool in a new directory."""
+        self.directory = Path(self.mktemp())
+        self.spool = SQLiteSpool(self.directory, run_now, inline_limit=100)
+        self.addCleanup(self.spool.close)
+
+    def test_provides_ispool(self) -> None:
+        """The spool provides L{ISpool}."""
+        self.assertTrue(verifyObject(ISpool, self.spool))
+
+    def test_round_trip(self) -> None:
+        """A loaded message has the envelope, DSN parameters and body that were enqueued."""
+        envelope = Envelope(
+            sender="bounce+x@remote.example",
+            recipients=(
+                Recipient(
+                    "a@local.example", notify=frozenset({"FAILURE", "DELAY"}), orcpt="rfc822;a@x"
+                ),
+                Recipient("b@local.example", notify=frozenset({"NEVER"})),
+                Recipient("c@remote.example"),
+            ),
+            client=ClientInfo("2001:db8::1", "mx.remote.example", user="alice", tls="TLSv1.3"),
+            arrival=1234.5,
+            body_type=BodyType.EIGHT_BIT_MIME,
+            smtputf8=True,
+            ret="HDRS",
+            envid="abc+2Bdef",
+            size=4096,
+        )
+        queue_id = self.successResultOf(self.spool.enqueue(envelope, SMALL))
+        message = self.successResultOf(self.spool.load(queue_id))
+        assert message is not None
+        self.assertEqual(message.queue_id, queue_id)
+        self.assertEqual(message.envelope, envelope)
+        self.assertEqual(message.body, SMALL)
+        self.assertEqual(message.size, len(SMALL))
+        self.assertEqual((message.attempts, message.next_attempt), (0, 1234.5))
+
+    def test_round_trip_null_sender_and_empty_fields(self) -> None:
+        """The null sender, an empty body and absent optional fields survive storage."""
+        envelope = Envelope("", (Recipient("a@local.example"),), ClientInfo("192.0.2.9", ""), 1.0)
+        queue_id = self.successResultOf(self.spool.enqueue(envelope, b""))
+        message = self.successResultOf(self.spool.load(queue_id))
+        assert message is not None
+        self.assertEqual((message.envelope, message.body), (envelope, b""))
+
+    def test_queue_ids_unique_and_sortable(self) -> None:
+        """Queue ids are distinct and sort in the order the messages were stored."""
+        ids = [
+            self.successResultOf(self.spool.enqueue(make_envelope("a@x"), SMALL)) for _ in "abc"
+        ]
+        self.assertEqual(len(set(ids)), 3)
+        self.assertEqual(sorted(ids), ids)
+
+    def test_queue_id_format(self) -> None:
+        """Queue ids are printable and parse back to their row ids; other text does not parse."""
+        self.assertEqual(format_queue_id(42), "000000002A")
+        self.assertEqual(parse_queue_id("000000002a"), 42)
+        self.assertIsNone(parse_queue_id("no-such-id"))
+        self.assertIsNone(parse_queue_id(""))
+
+    def test_load_unknown(self) -> None:
+        """Loading an id the spool does not hold gives L{None}."""
+        self.assertIsNone(self.successResultOf(self.spool.load("00000000FF")))
+        self.assertIsNone(self.successResultOf(self.spool.load("junk")))
+
+    def test_large_body_in_file(self) -> None:
+        """A body above the inline limit is kept in a file and read back from it."""
+        queue_id = self.successResultOf(self.spool.enqueue(make_envelope("a@x"), BIG))
+        files = list((self.directory / BODIES_NAME).iterdir())
+        self.assertEqual([f.read_bytes() for f in files], [BIG])
+        message = self.successResultOf(self.spool.load(queue_id))
+        assert message is not None
+        self.assertEqual((message.body, message.size), (BIG, len(BIG)))
+
+    def test_due(self) -> None:
+        """Only messages whose next attempt has come are due, the oldest first, up to the limit."""
+        first = self.successResultOf(self.spool.enqueue(make_envelope("a@x"), SMALL))
+        later = make_envelope("b@x")
+        second = self.successResultOf(
+            self.spool.enqueue(Envelope(later.sender, later.recipients, later.client, 2000), SMALL)
+        )
+        self.assertEqual(self.successResultOf(self.spool.due(999, 10)), [])
+        self.assertEqual(self.successResultOf(self.spool.due(1000, 10)), [first])
+        self.assertEqual(self.successResultOf(self.spool.due(5000, 10)), [first, second])
+        self.assertEqual(self.successResultOf(self.spool.due(5000, 1)), [first])
+
+    def test_count_and_list(self) -> None:
+        """The spool counts and lists its messages with their pending recipients."""
+        queue_id = self.successResultOf(self.spool.enqueue(make_envelope("a@x", "b@x"), SMALL))
+        self.successResultOf(
+            self.spool.record(queue_id, [RecipientResult(0, RecipientState.DELIVERED)], 1300)
+        )
+        self.assertEqual(self.successResultOf(self.spool.count()), 1)
+        [entry] = self.successResultOf(self.spool.list())
+        self.assertEqual(
+            (entry.queue_id, entry.sender, entry.recipients, entry.pending, entry.attempts),
+            (queue_id, "s@remote.example", 2, 1, 1),
+        )
+        self.assertEqual((entry.arrival, entry.next_attempt, entry.size), (1000, 1300, len(SMALL)))
+
+
+class RecordTests(SynchronousTestCase):
+    """Tests for L{SQLiteSpool.record}."""
+
+    def setUp(self) -> None:
+        """Make a spool in a new directory."""
+        self.directory = Path(self.mktemp())
+        self.spool = SQLiteSpool(self.directory, run_now, inline_limit=100)
+        self.addCleanup(self.spool.close)
+        self.queue_id = self.successResultOf(
+            self.spool.enqueue(make_envelope("a@x", "b@x", "c@x"), BIG)
+        )
+
+    def load(self) -> Envelope:
+        """Load the test message, which must be there."""
+        message = self.successResultOf(self.spool.load(self.queue_id))
+        assert message is not None
+        return message.envelope
+
+    def test_partial(self) -> None:
+        """Recorded results update their recipients; the message stays with its new schedule."""
+        removed = self.successResultOf(
+            self.spool.record(
+                self.queue_id,
+                [
+                    RecipientResult(0, RecipientState.DELIVERED, "2.0.0", "delivered"),
+                    RecipientResult(1, RecipientState.FAILED, "5.1.1", "no such user"),
+                    RecipientResult(2, RecipientState.PENDING, "4.2.2", "mailbox full"),
+                ],
+                1600,
+            )
+        )
+        self.assertFalse(removed)
+        envelope = self.load()
+        self.assertEqual(
+            [(r.state, r.attempts, r.status, r.diagnostic) for r in envelope.recipients],
+            [
+                (RecipientState.DELIVERED, 1, "2.0.0", "delivered"),
+                (RecipientState.FAILED, 1, "5.1.1", "no such user"),
+                (RecipientState.PENDING, 1, "4.2.2", "mailbox full"),
+            ],
+        )
+        self.assertEqual(self.successResultOf(self.spool.due(1599, 10)), [])
+        self.assertEqual(self.successResultOf(self.spool.due(1600, 10)), [self.queue_id])
+
+    def test_reschedule_without_results(self) -> None:
+        """Recording no results moves the next attempt and counts no attempt."""
+        self.assertFalse(self.successResultOf(self.spool.record(self.queue_id, [], 3000)))
+        message = self.successResultOf(self.spool.load(self.queue_id))
+        assert message is not None
+        self.assertEqual((message.attempts, message.next_attempt), (0, 3000))
+
+    def test_all_final_removes(self) -> None:
+        """When no recipient is left pending the message and its body file leave the spool."""
+        self.successResultOf(
+            self.spool.record(self.queue_id, [RecipientResult(0, RecipientState.DELIVERED)], 1)
+        )
+        removed = self.successResultOf(
+            self.spool.record(
+                self.queue_id,
+                [
+                    RecipientResult(1, RecipientState.DELIVERED),
+                    RecipientResult(2, RecipientState.FAILED, "5.1.1"),
+                ],
+                2,
+            )
+        )
+        self.assertTrue(removed)
+        self.assertIsNone(self.successResultOf(self.spool.load(self.queue_id)))
+        self.assertEqual(self.successResultOf(self.spool.count()), 0)
+        self.assertEqual(list((self.directory / BODIES_NAME).iterdir()), [])
+
+    def test_final_recipient_is_not_changed_again(self) -> None:
+        """
+        A result for a recipient that is already final fails the whole record.
+
+        Nothing changes, not even the results given for pending recipients.
+        """
+        self.successResultOf(
+            self.spool.record(self.queue_id, [RecipientResult(0, RecipientState.DELIVERED)], 1)
+        )
+        failure = self.failureResultOf(
+            self.spool.record(
+                self.queue_id,
+                [
+                    RecipientResult(1, RecipientState.DELIVERED),
+                    RecipientResult(0, RecipientState.FAILED),
+                ],
+                2,
+            ),
+            SpoolError,
+        )
+        self.assertIn("not pending", str(failure.value))
+        self.assertEqual(
+            [r.state for r in self.load().recipients],
+            [RecipientState.DELIVERED, RecipientState.PENDING, RecipientState.PENDING],
+        )
+
+    def test_unknown_message(self) -> None:
+        """Recording results for a message the spool does not hold fails with L{SpoolError}."""
+        self.failureResultOf(self.spool.record("00000000FF", [], 1), SpoolError)
+        self.failureResultOf(self.spool.record("junk", [], 1), SpoolError)
+
+
+class GroupCommitTests(SynchronousTestCase):
+    """Tests for the batching of L{SQLiteSpool.enqueue}."""
+
+    def setUp(self) -> None:
+        """Make a spool in a new directory."""
+        self.directory = Path(self.mktemp())
+        self.runner = HeldRunner()
+        self.factory = flaky()
+        self.spool = SQLiteSpool(self.directory, self.runner, factory=self.factory)
+        self.addCleanup(self.close)
+
+    def close(self) -> None:
+        """Close the spool."""
+        self.spool.close()
+        self.runner.run_all()
+
+    def visible(self, queue_id: str) -> bool:
+        """@return: whether another connection sees the message as committed."""
+        reader = SpoolReader(self.directory)
+        try:
+            return reader.load(queue_id) is not None
+        finally:
+            reader.close()
+
+    def test_batches(self) -> None:
+        """
+        Messages enqueued while a write is in flight form the next batch.
+
+        They are written together in one transaction once the write in flight returns, and
+        none of their Deferreds fires before that.
+        """
+        first = self.spool.enqueue(make_envelope("a@x"), SMALL)
+        self.assertEqual(len(self.runner.calls), 1)
+        rest = [self.spool.enqueue(make_envelope(f"{n}@x"), SMALL) for n in range(3)]
+        self.assertEqual(len(self.runner.calls), 1)
+        self.assertNoResult(first)
+        self.runner.run_next()
+        first_id = self.successResultOf(first)
+        self.assertEqual(self.factory.begins, 1)
+        for d in rest:
+            self.assertNoResult(d)
+        self.assertEqual(len(self.runner.calls), 1)
+        self.assertEqual(len(self.runner.calls[0].args[0]), 3)
+        self.runner.run_next()
+        self.assertEqual(self.factory.begins, 2)
+        ids = [self.successResultOf(d) for d in rest]
+        self.assertEqual(len({first_id, *ids}), 4)
+        self.assertEqual(self.runner.calls, [])
+
+    def test_fires_after_commit(self) -> None:
+        """When an enqueue Deferred fires, its message is committed: another connection sees it."""
+        seen: list[bool] = []
+        d = self.spool.enqueue(make_envelope("a@x"), SMALL)
+        d.addCallback(lambda queue_id: seen.append(self.visible(queue_id)))
+        self.runner.run_all()
+        self.assertEqual(seen, [True])
+
+    def test_observers(self) -> None:
+        """
+        Subscribers hear the ids of each committed batch until they unsubscribe.
+
+        They hear them after the enqueue Deferreds fired.
+        """
+        heard: list[list[str]] = []
+        fired: list[str] = []
+        unsubscribe = self.spool.subscribe(lambda ids: heard.append(list(ids)))
+        self.spool.enqueue(make_envelope("a@x"), SMALL).addCallback(fired.append)
+        self.spool.enqueue(make_envelope("b@x"), SMALL).addCallback(fired.append)
+        self.spool.enqueue(make_envelope("c@x"), SMALL).addCallback(fired.append)
+        self.runner.run_all()
+        self.assertEqual(heard, [fired[:1], fired[1:]])
+        unsubscribe()
+        self.spool.enqueue(make_envelope("d@x"), SMALL)
+        self.runner.run_all()
+        self.assertEqual(len(heard), 2)
+
+
+class FailureTests(SynchronousTestCase):
+    """Tests for storage failures: the batch fails with L{SpoolError} and nothing of it stays."""
+
+    def make_spool(self, factory: type[sqlite3.Connection]) -> SQLiteSpool:
+        """Make a spool with a held runner and a given connection class."""
+        self.directory = Path(self.mktemp())
+        self.runner = HeldRunner()
+        spool = SQLiteSpool(self.directory, self.runner, inline_limit=100, factory=factory)
+        self.addCleanup(self.runner.run_all)
+        self.addCleanup(spool.close)
+        return spool
+
+    def stored(self) -> int:
+        """Count the stored messages through another connection."""
+        reader = SpoolReader(self.directory)
+        try:
+            return len(reader.list())
+        finally:
+            reader.close()
+
+    def test_disk_full_mid_batch(self) -> None:
+        """
+        A disk-full error on the second message of a batch fails every message of the batch.
+
+        None of them is stored and the batch's body files are removed; the next batch is
+        written.
+        """
+        factory = flaky("INSERT INTO message", after=2)
+        spool = self.make_spool(factory)
+        spool.open()
+        self.runner.run_all()
+        first = spool.enqueue(make_envelope("a@x"), SMALL)  # held: the batch starts later
+        batch = [
+            spool.enqueue(make_envelope("b@x"), BIG),
+            spool.enqueue(make_envelope("c@x"), BIG),
+        ]
+        self.runner.run_next()
+        self.successResultOf(first)
+        self.runner.run_next()
+        for d in batch:
+            failure = self.failureResultOf(d, SpoolError)
+            self.assertIn("disk is full", str(failure.value))
+        self.assertEqual(self.stored(), 1)
+        self.assertEqual(list((self.directory / BODIES_NAME).iterdir()), [])
+        factory.fail_prefix = None
+        later = spool.enqueue(make_envelope("d@x"), BIG)
+        self.runner.run_all()
+        self.successResultOf(later)
+        self.assertEqual(self.stored(), 2)
+
+    def test_commit_fails(self) -> None:
+        """A failed commit fails the batch and leaves nothing of it stored."""
+        spool = self.make_spool(flaky("COMMIT"))
+        batch = [
+            spool.enqueue(make_envelope("a@x"), SMALL),
+            spool.enqueue(make_envelope("b@x"), BIG),
+        ]
+        self.runner.run_all()
+        for d in batch:
+            self.failureResultOf(d, SpoolError)
+        self.assertEqual(self.stored(), 0)
+        self.assertEqual(list((self.directory / BODIES_NAME).iterdir()), [])
+
+    def test_directory_unusable(self) -> None:
+        """A spool path that is a plain file gives L{SpoolError}; nothing is stored."""
+        path = Path(self.mktemp())
+        path.write_bytes(b"")
+        spool = SQLiteSpool(path, run_now)
+        self.failureResultOf(spool.enqueue(make_envelope("a@x"), SMALL), SpoolError)
+        self.assertEqual(path.read_bytes(), b"")
+
+    def test_not_a_database(self) -> None:
+        """A spool file that is not a database makes every operation fail with L{SpoolError}."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / DATABASE_NAME).write_bytes(b"this is not sqlite" * 100)
+        spool = SQLiteSpool(directory, run_now)
+        self.failureResultOf(spool.open(), SpoolError)
+        self.failureResultOf(spool.count(), SpoolError)
+
+
+class RecoveryTests(SynchronousTestCase):
+    """Tests for reopening a spool: crash recovery is the normal start."""
+
+    def test_orphans_removed(self) -> None:
+        """Opening removes body files that no message names and keeps the others."""
+        directory = Path(self.mktemp())
+        spool = SQLiteSpool(directory, run_now, inline_limit=100)
+        queue_id = self.successResultOf(spool.enqueue(make_envelope("a@x"), BIG))
+        self.successResultOf(spool.close())
+        (directory / BODIES_NAME / "left-by-a-crash").write_bytes(b"partial")
+        reopened = SQLiteSpool(directory, run_now, inline_limit=100)
+        self.addCleanup(reopened.close)
+        self.successResultOf(reopened.open())
+        self.assertEqual(len(list((directory / BODIES_NAME).iterdir())), 1)
+        message = self.successResultOf(reopened.load(queue_id))
+        assert message is not None
+        self.assertEqual(message.body, BIG)
+
+    def test_crash_keeps_committed(self) -> None:
+        """
+        A spool that was never closed keeps every committed message.
+
+        Its files are copied while it is open, as a crash leaves them; the copy holds every
+        message with its recipients' states.
+        """
+        directory = Path(self.mktemp())
+        spool = SQLiteSpool(directory, run_now, inline_limit=100)
+        self.addCleanup(spool.close)
+        ids = [
+            self.successResultOf(spool.enqueue(make_envelope("a@x", "b@x"), body))
+            for body in (SMALL, BIG, SMALL)
+        ]
+        self.successResultOf(
+            spool.record(ids[0], [RecipientResult(0, RecipientState.DELIVERED)], 1500)
+        )
+        copy = Path(self.mktemp())
+        shutil.copytree(directory, copy)
+        (copy / BODIES_NAME / "orphan").write_bytes(b"x")
+        recovered = SQLiteSpool(copy, run_now, inline_limit=100)
+        self.addCleanup(recovered.close)
+        self.assertEqual(self.successResultOf(recovered.due(2000, 10)), [ids[1], ids[2], ids[0]])
+        message = self.successResultOf(recovered.load(ids[1]))
+        assert message is not None
+        self.assertEqual(message.body, BIG)
+        first = self.successResultOf(recovered.load(ids[0]))
+        assert first is not None
+        self.assertEqual(
+            [r.state for r in first.envelope.recipients],
+            [RecipientState.DELIVERED, RecipientState.PENDING],
+        )
+        self.assertEqual(len(list((copy / BODIES_NAME).iterdir())), 1)
+
+    def test_unknown_schema_version(self) -> None:
+        """A database from a newer schema is refused rather than misread."""
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        db = sqlite3.connect(directory / DATABASE_NAME)
+        db.execute("PRAGMA user_version = 99")
+        db.close()
+        spool = SQLiteSpool(directory, run_now)
+        failure = self.failureResultOf(spool.open(), SpoolError)
+        self.assertIn("99", str(failure.value))
+
+
+class SpoolReaderTests(SynchronousTestCase):
+    """Tests for L{SpoolReader}."""
+
+    def test_reads_while_open(self) -> None:
+        """
+        The reader sees committed messages while the spool is open.
+
+        It reads the body only when asked.
+        """
+        directory = Path(self.mktemp())
+        spool = SQLiteSpool(directory, run_now)
+        self.addCleanup(spool.close)
+        queue_id = self.successResultOf(spool.enqueue(make_envelope("a@x"), SMALL))
+        reader = SpoolReader(directory)
+        self.addCleanup(reader.close)
+        self.assertEqual([e.queue_id for e in reader.list()], [queue_id])
+        message = reader.load(queue_id)
+        assert message is not None
+        self.assertIsNone(message.body)
+        with_body = reader.load(queue_id, with_body=True)
+        assert with_body is not None
+        self.assertEqual(with_body.body, SMALL)
+        self.assertIsNone(reader.load("nonsense"))
+
+    def test_never_writes(self) -> None:
+        """The reader's connection refuses writes."""
+        directory = Path(self.mktemp())
+        spool = SQLiteSpool(directory, run_now)
+        self.successResultOf(spool.open())
+        self.successResultOf(spool.close())
+        reader = SpoolReader(directory)
+        self.addCleanup(reader.close)
+        self.assertRaises(sqlite3.OperationalError, reader._db.execute, "DELETE FROM message")
+
+    def test_missing(self) -> None:
+        """A directory without a spool database gives a L{SpoolError} naming the file."""
+        directory = Path(self.mktemp())
+        error = self.assertRaises(SpoolError, SpoolReader, directory)
+        self.assertIn(DATABASE_NAME, str(error))
