@@ -7,7 +7,7 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
 
     directory            ThreadPoolService: LDAP calls and password hashing
     spool-io             ThreadPoolService with one thread: the spool's only writer
-    delivery-io          ThreadPoolService: Maildir writes and fsyncs
+    delivery-io          ThreadPoolService: Maildir writes and fsyncs (idle with LMTP)
     spool                closes the spool database on shutdown
     queue                QueueRunner: spool -> mailboxes
     smtp-N-MODE          one StreamServerEndpointService per [[smtp.listen]]
@@ -21,12 +21,13 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, execute
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mdtwist.config import Config, DirectoryBackend, ListenConfig
+from mdtwist.config import Config, DirectoryBackend, ListenConfig, LocalDelivery
+from mdtwist.delivery.lmtp import LMTPDelivery
 from mdtwist.delivery.local import ILocalDelivery, MaildirDelivery
 from mdtwist.directory.cache import CachedDirectory
 from mdtwist.directory.file import FileDirectory
@@ -150,6 +151,11 @@ def build_local_delivery(
     @return: the delivery agent.
     @raise ConfigError: when the Maildir root cannot be created.
     """
+    if config.delivery.local is LocalDelivery.LMTP:
+        description = config.delivery.lmtp_endpoint
+        return LMTPDelivery(
+            lambda: clientFromString(reactor, description), reactor, config.server.hostname
+        )
     root = config.delivery.maildir_root
     assert root is not None
     try:

@@ -59,7 +59,11 @@ class Daemon:
         self.certificate, self.key = make_certificate(directory / "tls", "mail.example.test")
         accounts = ['domains = ["example.test"]']
         for address, password in PASSWORDS.items():
-            accounts += ["[[account]]", f'address = "{address}"', f'password = "{hash_password(password)}"']
+            accounts += [
+                "[[account]]",
+                f'address = "{address}"',
+                f'password = "{hash_password(password)}"',
+            ]
         (directory / "accounts.toml").write_text("\n".join(accounts) + "\n")
         networks = ", ".join(f'"{n}"' for n in trusted_networks)
         self.config = directory / "mdtwist.toml"
@@ -131,7 +135,15 @@ retry_delay = 1.0
         @return: the command line that runs the daemon in the foreground.
         """
         twistd = str(Path(sys.executable).parent / "twistd")
-        return [twistd, "--nodaemon", "--pidfile=", "mdtwist", "--config", str(self.config), *extra]
+        return [
+            twistd,
+            "--nodaemon",
+            "--pidfile=",
+            "mdtwist",
+            "--config",
+            str(self.config),
+            *extra,
+        ]
 
     def start(self) -> None:
         """
