@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-LINTED := mdtwist tests twisted tools bench
+LINTED := mdtwist tests twisted tools $(wildcard bench)
 
 .PHONY: run test lint typecheck trial peers clean
 
