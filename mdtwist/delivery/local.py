@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from mdtwist.durable import fsync_directory, write_new_file
+
 if TYPE_CHECKING:
     from mdtwist.directory.model import Account
 
@@ -108,14 +110,6 @@ def _is_safe_header_value(text: str) -> bool:
     return bool(text) and not any(ord(c) < 0x20 or c == "\x7f" for c in text)
 
 
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_directories(path: Path, stop: Path) -> None:
     # Create path and its missing parents below stop, fsyncing each into its parent.
     missing = []
@@ -128,7 +122,7 @@ def _make_directories(path: Path, stop: Path) -> None:
             directory.mkdir(mode=0o700)
         except FileExistsError:
             continue
-        _fsync_directory(directory.parent)
+        fsync_directory(directory.parent)
 
 
 def write_maildir_message(root: Path, maildir: Path, name: str, content: bytes) -> None:
@@ -147,18 +141,14 @@ def write_maildir_message(root: Path, maildir: Path, name: str, content: bytes) 
         _make_directories(maildir / sub, root)
     temporary = maildir / "tmp" / name
     final = maildir / "new" / name
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    write_new_file(temporary, content)
     try:
-        with open(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
         os.rename(temporary, final)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     try:
-        _fsync_directory(final.parent)
+        fsync_directory(final.parent)
     except BaseException:
         final.unlink(missing_ok=True)
         raise

@@ -26,7 +26,6 @@ are short, unique within a spool, and sort in arrival order.
 from __future__ import annotations
 
 import builtins
-import os
 import sqlite3
 import threading
 import uuid
@@ -40,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mdtwist.durable import fsync_directory, write_new_file
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, RecipientState
 from mdtwist.errors import SpoolError
 from mdtwist.interfaces import ISpool
@@ -475,7 +475,7 @@ class SQLiteSpool:
         self._directory.mkdir(parents=True, exist_ok=True)
         if not self._bodies.is_dir():
             self._bodies.mkdir()
-            _fsync_directory(self._directory)
+            fsync_directory(self._directory)
         db = open_database(self._directory / DATABASE_NAME, factory=self._factory)
         try:
             (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -537,12 +537,12 @@ class SQLiteSpool:
                     if len(body) > self._inline_limit:
                         path = self._bodies / uuid.uuid4().hex
                         files.append(path)
-                        _write_file(path, body)
+                        write_new_file(path, body)
                         names.append(path.name)
                     else:
                         names.append(None)
                 if files:
-                    _fsync_directory(self._bodies)
+                    fsync_directory(self._bodies)
                 return self._transaction(
                     lambda db: [
                         _insert_message(db, envelope, body, name)
@@ -580,22 +580,6 @@ class SQLiteSpool:
 
 def _nothing(db: sqlite3.Connection) -> None:
     pass
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _insert_message(

@@ -1,0 +1,45 @@
+# -*- test-case-name: tests.test_durable -*-
+"""
+Blocking helpers for writing files that survive a crash. Call them off the reactor thread.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_directory(path: Path) -> None:
+    """
+    Make the entries of a directory (new files, renames) durable.
+
+    @param path: the directory.
+    @raise OSError: when it cannot be opened or synced.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_file(path: Path, data: bytes) -> None:
+    """
+    Create a file that must not exist yet (mode 0600), write it and fsync it.
+
+    The directory entry is not synced: call L{fsync_directory} once for a batch of files.
+
+    @param path: the new file.
+    @param data: its content.
+    @raise OSError: when it exists already or cannot be written; a partly written file is
+        removed again.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
