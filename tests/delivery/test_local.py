@@ -65,6 +65,14 @@ class MaildirDeliveryTests(SynchronousTestCase):
         self.assertEqual(list((self.maildir() / "tmp").iterdir()), [])
         self.assertTrue((self.maildir() / "cur").is_dir())
 
+    def test_creates_root(self) -> None:
+        """A mail root that does not exist yet is created."""
+        root = Path(self.mktemp())
+        delivery = MaildirDelivery(root, run_now, self.clock, hostname="mx.example")
+        result = self.successResultOf(delivery.deliver(self.alice, "alice@example.com", BODY))
+        self.assertEqual(result.status, DeliveryStatus.DELIVERED)
+        self.assertEqual(len(list((root / "example.com/alice/Maildir/new").iterdir())), 1)
+
     def test_each_copy_own_file(self) -> None:
         """Copies delivered at the same moment get different file names."""
         for _ in range(3):
