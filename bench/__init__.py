@@ -1,0 +1,3 @@
+"""
+Benchmarks of mdtwist against real peers; numbers are printed, never asserted.
+"""

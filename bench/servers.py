@@ -1,0 +1,432 @@
+"""
+The two servers under test: the real mdtwist daemon and a private Postfix instance.
+
+Both run on a free loopback port with every file under one parent directory, and are stopped by
+their own process ids. A server gets ready for each run with L{BenchServer.prepare} (mdtwist: a
+new daemon on a fresh spool and Maildir; Postfix: its queue drained) and is done with
+L{BenchServer.finish}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+from bench.procfs import tree_pids
+from mdtwist.directory.passwords import hash_password
+from tests.integration.peers import (
+    PeerError,
+    find_program,
+    free_port,
+    run_checked,
+    start_process,
+    stop_process,
+    wait_for_port,
+)
+
+#: The repository root: twistd runs here so that it finds the mdtwist plugin.
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The recipient of every benchmark message; its domain is local on both servers.
+RECIPIENT = "rcpt@example.test"
+
+#: The envelope sender of every benchmark message.
+SENDER = "sender@client.test"
+
+
+class BenchServer(Protocol):
+    """
+    A server that smtp-source can be pointed at, run after run.
+    """
+
+    name: str
+
+    @property
+    def port(self) -> int:
+        """
+        The loopback port to send to in the current run.
+        """
+
+    @property
+    def pid(self) -> int:
+        """
+        The process at the top of the server's process tree.
+        """
+
+    def prepare(self) -> None:
+        """
+        Get ready for a run: a fresh spool, or an empty queue.
+        """
+
+    def delivered(self, count: int) -> bool:
+        """
+        Tell whether the background delivery of the current run is done.
+
+        @param count: how many messages the run sent.
+        """
+
+    def finish(self) -> None:
+        """
+        End the current run.
+        """
+
+    def close(self) -> None:
+        """
+        Stop every process of the server.
+        """
+
+
+def _count_files(folder: Path) -> int:
+    # How many entries a directory holds (0 when it does not exist yet).
+    try:
+        with os.scandir(folder) as entries:
+            return sum(1 for _ in entries)
+    except FileNotFoundError:
+        return 0
+
+
+class MdtwistServer:
+    """
+    The real mdtwist daemon (twistd), started afresh for every run.
+
+    @ivar name: C{"mdtwist"}.
+    @ivar parent: the directory holding one subdirectory per run.
+    @ivar profile_dir: when set, the next daemon runs under L{bench.profiled_twistd} and writes
+        its profiles here.
+    """
+
+    name = "mdtwist"
+
+    def __init__(self, parent: Path) -> None:
+        """
+        @param parent: an empty directory; each run gets C{run-N} below it.
+        """
+        self.parent = parent
+        self.profile_dir: Path | None = None
+        self._runs = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._directory = parent
+        self._port = 0
+        self._hash = hash_password("bench-password")
+
+    @property
+    def port(self) -> int:
+        """
+        The mx listener's port in the current run.
+        """
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        """
+        The twistd process id in the current run.
+        """
+        if self._process is None:
+            raise PeerError("mdtwist is not running")
+        return self._process.pid
+
+    @property
+    def maildir(self) -> Path:
+        """
+        The recipient's C{Maildir/new} folder in the current run.
+        """
+        local, domain = RECIPIENT.split("@")
+        return self._directory / "mail" / domain / local / "Maildir" / "new"
+
+    @property
+    def log_path(self) -> Path:
+        """
+        The current daemon's output.
+        """
+        return self._directory / "mdtwist.log"
+
+    def prepare(self) -> None:
+        """
+        Write a fresh configuration, spool and Maildir, and start the daemon.
+        """
+        self._runs += 1
+        self._directory = self.parent / f"run-{self._runs}"
+        self._directory.mkdir()
+        self._port = free_port()
+        config = self._write_config()
+        command = [*self._launcher(), "--nodaemon", "--pidfile=", "mdtwist", "--config", config]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self._process = start_process(
+            command, self.log_path, ports=(self._port,), env=env, cwd=ROOT, timeout=60.0
+        )
+
+    def _launcher(self) -> list[str]:
+        # twistd itself, or twistd inside the profiling wrapper.
+        if self.profile_dir is None:
+            return [str(Path(sys.executable).parent / "twistd")]
+        wrapper = ROOT / "bench" / "profiled_twistd.py"
+        return [sys.executable, str(wrapper), str(self.profile_dir)]
+
+    def _write_config(self) -> str:
+        # The daemon's configuration and accounts file; returns the configuration's path.
+        domain = RECIPIENT.split("@")[1]
+        (self._directory / "accounts.toml").write_text(
+            f'domains = ["{domain}"]\n[[account]]\naddress = "{RECIPIENT}"\n'
+            f'password = "{self._hash}"\n'
+        )
+        config = self._directory / "mdtwist.toml"
+        config.write_text(
+            f"""[server]
+hostname = "mx.{domain}"
+
+[smtp]
+max_sessions_per_ip = 1000
+
+[[smtp.listen]]
+endpoint = "tcp:{self._port}:interface=127.0.0.1"
+mode = "mx"
+
+[directory]
+backend = "file"
+
+[directory.file]
+path = "accounts.toml"
+
+[spool]
+directory = "spool"
+
+[delivery]
+local = "maildir"
+maildir_root = "mail"
+"""
+        )
+        return str(config)
+
+    def delivered(self, count: int) -> bool:
+        """
+        Tell whether the Maildir holds every message of the run.
+
+        @param count: how many messages the run sent.
+        """
+        return _count_files(self.maildir) >= count
+
+    def finish(self) -> None:
+        """
+        Stop the daemon and delete the run's directory.
+        """
+        self.close()
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+    def close(self) -> None:
+        """
+        Stop the daemon (SIGTERM, SIGKILL after 60 s), if it runs.
+        """
+        process, self._process = self._process, None
+        if process is not None:
+            stop_process(process, grace=60.0)
+
+
+#: The Postfix queue folders that hold mail not yet delivered.
+_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
+
+
+class PostfixServer:
+    """
+    A private Postfix instance: configuration and queue in one directory, discard delivery.
+
+    @ivar name: C{"postfix"}.
+    @ivar directory: the instance's directory (C{etc}, C{spool}, C{data}, C{maillog}).
+    """
+
+    name = "postfix"
+
+    def __init__(self, directory: Path) -> None:
+        """
+        Write the configuration, check it, and start the instance.
+
+        @param directory: an empty directory.
+        @raise PeerError: when the configuration is refused or the port does not open.
+        """
+        self.directory = directory
+        self._port = free_port()
+        self._postfix = find_program("postfix")
+        self._write_config()
+        self._check()
+        self._master = 0
+        self._start()
+
+    @property
+    def port(self) -> int:
+        """
+        The smtpd port.
+        """
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        """
+        The master process id.
+        """
+        return self._master
+
+    def _write_config(self) -> None:
+        # main.cf and master.cf in etc/; the queue in spool/, the data in data/.
+        etc, spool, data = (self.directory / n for n in ("etc", "spool", "data"))
+        for folder in (self.directory, etc, spool, data):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o755)
+        shutil.chown(data, "postfix", "postfix")
+        (etc / "main.cf").write_text(_main_cf(self.directory))
+        (etc / "master.cf").write_text(_master_cf(self._port))
+
+    def _check(self) -> None:
+        # "postfix check" (which also creates the queue folders); its errors need a tty.
+        command = f"{self._postfix} -c {self.directory / 'etc'} check"
+        output = run_checked(["script", "-qec", command, "/dev/null"])
+        if "fatal" in output or "error" in output:
+            raise PeerError(f"postfix check: {output}")
+
+    def _start(self) -> None:
+        # "postfix start" puts master in the background; its pid is in spool/pid/master.pid.
+        run_checked(
+            ["script", "-qec", f"{self._postfix} -c {self.directory / 'etc'} start", "/dev/null"]
+        )
+        pid_file = self.directory / "spool" / "pid" / "master.pid"
+        deadline = time.monotonic() + 30.0
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            if time.monotonic() > deadline:
+                raise PeerError(f"postfix did not write {pid_file}")
+            time.sleep(0.05)
+        self._master = int(pid_file.read_text().strip())
+        wait_for_port(self._port, timeout=30.0, log_path=self.directory / "maillog")
+
+    def queued(self) -> int:
+        """
+        Count the messages in the queue.
+
+        @return: how many queue files wait in any of the queue folders.
+        """
+        total = 0
+        for queue in _QUEUES:
+            for _folder, _dirs, files in os.walk(self.directory / "spool" / queue):
+                total += len(files)
+        return total
+
+    def prepare(self) -> None:
+        """
+        Wait (at most 300 s) until the queue is empty.
+
+        @raise PeerError: when it does not drain.
+        """
+        deadline = time.monotonic() + 300.0
+        while self.queued():
+            if time.monotonic() > deadline:
+                raise PeerError(f"postfix queue still holds {self.queued()} messages")
+            time.sleep(0.1)
+
+    def delivered(self, count: int) -> bool:
+        """
+        Tell whether the queue is empty again.
+
+        @param count: how many messages the run sent (not needed: the queue is empty then).
+        """
+        return self.queued() == 0
+
+    def finish(self) -> None:
+        """
+        Nothing to do: the instance stays up for the next run.
+        """
+
+    def close(self) -> None:
+        """
+        Stop master with SIGTERM, then SIGKILL whatever of its tree is left after 20 s.
+        """
+        if not self._master:
+            return
+        pids = tree_pids(self._master)
+        _signal_all(pids, signal.SIGTERM)
+        deadline = time.monotonic() + 20.0
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal_all([pid for pid in pids if _alive(pid)], signal.SIGKILL)
+        self._master = 0
+
+
+def _signal_all(pids: list[int], number: signal.Signals) -> None:
+    # Send a signal to each of the given processes, ignoring those already gone.
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
+
+
+def _alive(pid: int) -> bool:
+    # Whether a process exists and is not a zombie.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def _main_cf(directory: Path) -> str:
+    # Postfix main.cf: private paths, example.test local, every local part accepted, discarded.
+    return f"""compatibility_level = 3.6
+queue_directory = {directory}/spool
+data_directory = {directory}/data
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.example.test
+mydomain = example.test
+myorigin = $mydomain
+mydestination = example.test, localhost
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+local_recipient_maps =
+local_transport = discard:local
+alias_maps =
+alias_database =
+biff = no
+smtputf8_enable = no
+maillog_file_prefixes = {directory}
+maillog_file = {directory}/maillog
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+default_process_limit = 100
+"""
+
+
+#: master.cf services other than smtpd: name, type, private, unpriv, wakeup, maxproc, command.
+_SERVICES = (
+    ("pickup", "unix", "n", "-", "60", "1", "pickup"),
+    ("cleanup", "unix", "n", "-", "-", "0", "cleanup"),
+    ("qmgr", "unix", "n", "-", "300", "1", "qmgr"),
+    ("rewrite", "unix", "-", "-", "-", "-", "trivial-rewrite"),
+    ("bounce", "unix", "-", "-", "-", "0", "bounce"),
+    ("defer", "unix", "-", "-", "-", "0", "bounce"),
+    ("trace", "unix", "-", "-", "-", "0", "bounce"),
+    ("verify", "unix", "-", "-", "-", "1", "verify"),
+    ("flush", "unix", "n", "-", "1000?", "0", "flush"),
+    ("proxymap", "unix", "-", "-", "-", "-", "proxymap"),
+    ("showq", "unix", "n", "-", "-", "-", "showq"),
+    ("error", "unix", "-", "-", "-", "-", "error"),
+    ("retry", "unix", "-", "-", "-", "-", "error"),
+    ("discard", "unix", "-", "-", "-", "-", "discard"),
+    ("smtp", "unix", "-", "-", "-", "-", "smtp"),
+    ("relay", "unix", "-", "-", "-", "-", "smtp"),
+    ("anvil", "unix", "-", "-", "-", "1", "anvil"),
+    ("scache", "unix", "-", "-", "-", "1", "scache"),
+    ("postlog", "unix-dgram", "n", "-", "-", "1", "postlogd"),
+)
+
+
+def _master_cf(port: int) -> str:
+    # Postfix master.cf: smtpd on the loopback port, no chroot anywhere.
+    lines = [f"127.0.0.1:{port} inet n - n - - smtpd"]
+    for name, kind, private, unpriv, wakeup, maxproc, command in _SERVICES:
+        lines.append(f"{name} {kind} {private} {unpriv} n {wakeup} {maxproc} {command}")
+    return "\n".join(lines) + "\n"
