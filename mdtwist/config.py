@@ -53,6 +53,26 @@ class LocalDelivery(enum.Enum):
     LMTP = "lmtp"
 
 
+class RouteMode(enum.Enum):
+    """
+    How outbound mail leaves (MDaemon's "Delivery" screen).
+    """
+
+    DIRECT = "direct"
+    SMARTHOST = "smarthost"
+    DIRECT_THEN_SMARTHOST = "direct_then_smarthost"
+
+
+class TLSMode(enum.Enum):
+    """
+    TLS towards a next hop: none, STARTTLS when offered, or STARTTLS required and verified.
+    """
+
+    NONE = "none"
+    OPPORTUNISTIC = "opportunistic"
+    VERIFIED = "verified"
+
+
 class DirectoryBackend(enum.Enum):
     """
     Where accounts live.
@@ -261,6 +281,60 @@ class DirectoryConfig:
 
 
 @attrs.frozen
+class OutboundConfig:
+    """
+    Outbound delivery: routing, the smart host and its credentials, the MDaemon options.
+
+    @ivar mode: direct, all through the smart host, or direct with the smart host on problems.
+    @ivar smarthost: C{host}, C{[host]} (no MX lookup) or either with C{:port}; C{""} if none.
+    @ivar smarthost_tls: TLS towards the smart host (verified by default).
+    @ivar smarthost_ca_file: CA file to verify the smart host with; L{None}: system store.
+    @ivar smarthost_login: the global smart-host AUTH login; C{""} for no AUTH.
+    @ivar smarthost_password: its password.
+    @ivar smarthost_plaintext_auth: whether AUTH may be sent before TLS.
+    @ivar per_account_auth: use the sending account's own smart-host login when it has one.
+    @ivar per_account_mailbox_password: with per-account AUTH, send the account's mailbox
+        password (MDaemon's C{ISPAUTHUsePasswords}); off by default.
+    @ivar pop_before_smtp: log in to a POP3 server before each smart-host session.
+    @ivar pop_server: C{host:port} of that POP3 server.
+    @ivar pop_login: the POP3 login.
+    @ivar pop_password: the POP3 password.
+    @ivar mx_tls: TLS towards MX hosts (opportunistic by default).
+    @ivar mx_port: the TCP port of MX hosts (25; tests point it at a free port).
+    @ivar abort_on_rcpt_5xx: a 5xx to any RCPT aborts the transaction (MDaemon option).
+    @ivar bounce_if_no_mx_or_a: bounce at once when the domain has no MX and no A record.
+    @ivar bounce_on_first_5xx: bounce at the first 5xx from any MX host.
+    @ivar dns_servers: C{address:port} of the DNS servers; empty: C{/etc/resolv.conf}.
+    @ivar ipv6: whether IPv6 addresses of MX hosts are used.
+    @ivar max_connections_per_host: parallel connections to one host.
+    @ivar connect_timeout: seconds to wait for a TCP connection.
+    """
+
+    mode: RouteMode = RouteMode.DIRECT
+    smarthost: str = ""
+    smarthost_tls: TLSMode = TLSMode.VERIFIED
+    smarthost_ca_file: Path | None = None
+    smarthost_login: str = ""
+    smarthost_password: Secret | None = None
+    smarthost_plaintext_auth: bool = False
+    per_account_auth: bool = False
+    per_account_mailbox_password: bool = False
+    pop_before_smtp: bool = False
+    pop_server: str = ""
+    pop_login: str = ""
+    pop_password: Secret | None = None
+    mx_tls: TLSMode = TLSMode.OPPORTUNISTIC
+    mx_port: int = 25
+    abort_on_rcpt_5xx: bool = False
+    bounce_if_no_mx_or_a: bool = False
+    bounce_on_first_5xx: bool = False
+    dns_servers: tuple[str, ...] = ()
+    ipv6: bool = True
+    max_connections_per_host: int = 5
+    connect_timeout: float = 30.0
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration.
@@ -275,6 +349,7 @@ class Config:
     spool: SpoolConfig
     delivery: DeliveryConfig
     tls: TLSConfig | None = None
+    outbound: OutboundConfig = OutboundConfig()
 
 
 _MISSING: Any = object()
@@ -667,6 +742,107 @@ def _directory(reader: _Reader, top: _Table) -> DirectoryConfig:
     return DirectoryConfig(backend=backend, file=file_config, ldap=ldap_config, cache=cache)
 
 
+def _host_port(text: str) -> tuple[str, int] | None:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
+    defaults = OutboundConfig()
+    table = top.subtable(
+        "outbound",
+        set(attrs.fields_dict(OutboundConfig)) | {"smarthost_password_file", "pop_password_file"},
+    )
+    assert table is not None
+    flags = {
+        name: table.value(name, bool, getattr(defaults, name))
+        for name in (
+            "smarthost_plaintext_auth",
+            "per_account_auth",
+            "per_account_mailbox_password",
+            "pop_before_smtp",
+            "abort_on_rcpt_5xx",
+            "bounce_if_no_mx_or_a",
+            "bounce_on_first_5xx",
+            "ipv6",
+        )
+    }
+    config = OutboundConfig(
+        mode=table.choice("mode", RouteMode, defaults.mode),
+        smarthost=table.string("smarthost", ""),
+        smarthost_tls=table.choice("smarthost_tls", TLSMode, defaults.smarthost_tls),
+        smarthost_ca_file=table.path("smarthost_ca_file", None),
+        smarthost_login=table.string("smarthost_login", ""),
+        smarthost_password=table.secret("smarthost_password"),
+        pop_server=table.string("pop_server", ""),
+        pop_login=table.string("pop_login", ""),
+        pop_password=table.secret("pop_password"),
+        mx_tls=table.choice("mx_tls", TLSMode, defaults.mx_tls),
+        mx_port=table.positive("mx_port", int, defaults.mx_port),
+        dns_servers=table.strings("dns_servers", ()),
+        max_connections_per_host=table.positive(
+            "max_connections_per_host", int, defaults.max_connections_per_host
+        ),
+        connect_timeout=table.positive("connect_timeout", float, defaults.connect_timeout),
+        **flags,
+    )
+    if config.mode is not RouteMode.DIRECT and not config.smarthost:
+        reader.problem(table.key("smarthost"), f"required when mode = '{config.mode.value}'")
+    if config.smarthost and parse_smarthost(config.smarthost) is None:
+        reader.problem(table.key("smarthost"), "must be host, [host], host:port or [host]:port")
+    if config.smarthost_login and config.smarthost_password is None:
+        reader.problem(table.key("smarthost_password"), "required with smarthost_login")
+    if config.pop_before_smtp:
+        if _host_port(config.pop_server) is None:
+            reader.problem(table.key("pop_server"), "must be host:port with pop_before_smtp")
+        if not config.pop_login or config.pop_password is None:
+            reader.problem(table.key("pop_login"), "pop_login and pop_password are required")
+    if config.per_account_mailbox_password and not config.per_account_auth:
+        reader.problem(
+            table.key("per_account_mailbox_password"), "only has a meaning with per_account_auth"
+        )
+    if config.mx_tls is TLSMode.VERIFIED:
+        reader.problem(
+            table.key("mx_tls"),
+            "MX hosts are not verified (no DANE/MTA-STS yet): use 'opportunistic' or 'none'",
+        )
+    for server in config.dns_servers:
+        if _host_port(server) is None:
+            reader.problem(table.key("dns_servers"), f"{server!r} is not address:port")
+    return config
+
+
+def parse_smarthost(text: str) -> tuple[str, int, bool] | None:
+    """
+    Parse a smart-host setting.
+
+    @param text: C{host}, C{[host]}, C{host:port} or C{[host]:port}.
+    @return: host, port (25 when not given) and whether the MX lookup is skipped (brackets);
+        L{None} when the text has none of these forms.
+    """
+    bracketed = text.startswith("[")
+    if bracketed:
+        host, close, rest = text[1:].partition("]")
+        if not close or not host:
+            return None
+        if not rest:
+            return host, 25, True
+        if not rest.startswith(":"):
+            return None
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.partition(":")
+        if not host or any(c in host for c in "[]/ "):
+            return None
+        if not colon:
+            return host, 25, False
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return host, int(port_text), bracketed
+
+
 def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     """
     Turn parsed TOML into a L{Config}.
@@ -677,7 +853,9 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     @raise ConfigError: with every problem found.
     """
     reader = _Reader(source)
-    top = reader.table(data, "", {"server", "smtp", "tls", "directory", "spool", "delivery"})
+    top = reader.table(
+        data, "", {"server", "smtp", "tls", "directory", "spool", "delivery", "outbound"}
+    )
     config = Config(
         path=source,
         server=_server(reader, top),
@@ -686,6 +864,7 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         directory=_directory(reader, top),
         spool=_spool(reader, top),
         delivery=_delivery(reader, top),
+        outbound=_outbound(reader, top),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

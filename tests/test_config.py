@@ -15,7 +15,10 @@ from mdtwist.config import (
     DirectoryBackend,
     LDAPAuthMethod,
     ListenerMode,
+    RouteMode,
+    TLSMode,
     load_config,
+    parse_smarthost,
 )
 from mdtwist.errors import ConfigError
 
@@ -364,3 +367,71 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.spool.inline_limit, 65536)
         self.assertEqual(config.delivery.concurrency, 10)
         self.assertEqual(config.smtp.max_message_size, 52_428_800)
+
+    def test_outbound_defaults(self) -> None:
+        """
+        Without an [outbound] table, mail goes direct with the MDaemon options off.
+        """
+        outbound = load_config(self.write(GOOD)).outbound
+        self.assertEqual(outbound.mode, RouteMode.DIRECT)
+        self.assertEqual(outbound.smarthost_tls, TLSMode.VERIFIED)
+        self.assertEqual(outbound.mx_tls, TLSMode.OPPORTUNISTIC)
+        self.assertEqual(outbound.mx_port, 25)
+        self.assertFalse(outbound.abort_on_rcpt_5xx)
+        self.assertFalse(outbound.bounce_if_no_mx_or_a)
+        self.assertFalse(outbound.bounce_on_first_5xx)
+        self.assertFalse(outbound.per_account_mailbox_password)
+
+    def test_outbound_smarthost(self) -> None:
+        """
+        A smart host with AUTH and POP-before-SMTP is read; passwords stay secret.
+        """
+        text = GOOD + (
+            '\n[outbound]\nmode = "smarthost"\nsmarthost = "[relay.test]:587"\n'
+            'smarthost_login = "me"\nsmarthost_password = "pw1"\npop_before_smtp = true\n'
+            'pop_server = "pop.test:110"\npop_login = "me"\npop_password = "pw2"\n'
+            'dns_servers = ["127.0.0.1:5353"]\n'
+        )
+        config = load_config(self.write(text))
+        outbound = config.outbound
+        self.assertEqual(outbound.mode, RouteMode.SMARTHOST)
+        self.assertEqual(parse_smarthost(outbound.smarthost), ("relay.test", 587, True))
+        assert outbound.smarthost_password is not None
+        self.assertEqual(outbound.smarthost_password.reveal(), "pw1")
+        self.assertNotIn("pw1", repr(config))
+        self.assertNotIn("pw2", repr(config))
+        self.assertEqual(outbound.dns_servers, ("127.0.0.1:5353",))
+
+    def test_smarthost_forms(self) -> None:
+        """
+        Smart-host settings accept host, [host] and either with a port, and nothing else.
+        """
+        self.assertEqual(parse_smarthost("relay.test"), ("relay.test", 25, False))
+        self.assertEqual(parse_smarthost("[relay.test]"), ("relay.test", 25, True))
+        self.assertEqual(parse_smarthost("relay.test:2525"), ("relay.test", 2525, False))
+        self.assertEqual(parse_smarthost("[127.0.0.1]:26"), ("127.0.0.1", 26, True))
+        for bad in ("", "[relay", "relay:", "relay:99999", "[r]x", "a b", "[]:25"):
+            self.assertIsNone(parse_smarthost(bad), bad)
+
+    def test_outbound_problems(self) -> None:
+        """
+        Missing smart host, bad forms and incomplete credentials are named.
+        """
+        text = GOOD + (
+            '\n[outbound]\nmode = "direct_then_smarthost"\nsmarthost_login = "me"\n'
+            'pop_before_smtp = true\nmx_tls = "verified"\ndns_servers = ["nope"]\n'
+            "per_account_mailbox_password = true\n"
+        )
+        self.assertEqual(
+            sorted(self.problems(text)),
+            [
+                "outbound.dns_servers: 'nope' is not address:port",
+                "outbound.mx_tls: MX hosts are not verified (no DANE/MTA-STS yet): "
+                "use 'opportunistic' or 'none'",
+                "outbound.per_account_mailbox_password: only has a meaning with per_account_auth",
+                "outbound.pop_login: pop_login and pop_password are required",
+                "outbound.pop_server: must be host:port with pop_before_smtp",
+                "outbound.smarthost: required when mode = 'direct_then_smarthost'",
+                "outbound.smarthost_password: required with smarthost_login",
+            ],
+        )
