@@ -3,8 +3,10 @@
 C{mdtwistctl}: look at the queue, make password hashes.
 
 Commands:
-  - C{mdtwistctl queue list --spool DIR}: one line per queued message;
-  - C{mdtwistctl queue show ID --spool DIR [--body]}: the envelope and each recipient's state;
+  - C{mdtwistctl queue list --spool DIR}: one line per queued message, the active queue first,
+    then the bad queue (parked messages, with their reason);
+  - C{mdtwistctl queue show ID --spool DIR [--body]}: the envelope, the queue (and why a message
+    is in the bad queue) and each recipient's state;
   - C{mdtwistctl hash-password}: read a password, print its argon2id hash.
 
 The queue commands open the spool database read-only, so they are safe while the server runs.
@@ -23,7 +25,7 @@ from typing import TextIO
 
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import SpoolError
-from mdtwist.spool.store import QueuedMessage, SpoolReader
+from mdtwist.spool.store import Queue, QueuedMessage, SpoolReader
 
 _PROGRAM = "mdtwistctl"
 
@@ -102,12 +104,22 @@ def _queue_list(spool: Path, out: TextIO) -> None:
         entries = reader.list()
     finally:
         reader.close()
-    for entry in entries:
+    active = [entry for entry in entries if entry.queue is Queue.ACTIVE]
+    bad = [entry for entry in entries if entry.queue is not Queue.ACTIVE]
+    for entry in active:
         out.write(
             f"{entry.queue_id}  {_time(entry.arrival)}  {entry.size:>9}  <{entry.sender}>"
             f"  {entry.pending}/{entry.recipients} pending\n"
         )
-    out.write(f"{len(entries)} messages\n")
+    out.write(f"{len(active)} messages\n")
+    if bad:
+        out.write("\nBad queue:\n")
+        for entry in bad:
+            out.write(
+                f"{entry.queue_id}  {_time(entry.arrival)}  {entry.size:>9}  <{entry.sender}>"
+                f"  {entry.reason or '-'}\n"
+            )
+        out.write(f"{len(bad)} messages in the bad queue\n")
 
 
 def _queue_show(spool: Path, queue_id: str, body: bool, out: TextIO) -> None:
@@ -136,6 +148,12 @@ def _describe(message: QueuedMessage) -> list[tuple[str, str]]:
     client = envelope.client
     lines = [
         ("Queue-Id", message.queue_id),
+        ("Queue", message.queue.value),
+    ]
+    if message.reason is not None:
+        lines.append(("Bad-Queue-Reason", message.reason))
+    lines += [
+        ("Kind", message.kind.value),
         ("Arrival", _time(envelope.arrival)),
         ("Size", str(message.size)),
         ("Sender", f"<{envelope.sender}>"),
@@ -150,14 +168,16 @@ def _describe(message: QueuedMessage) -> list[tuple[str, str]]:
         ("Attempts", str(message.attempts)),
         ("Next-Attempt", _time(message.next_attempt)),
     ]
-    for recipient in envelope.recipients:
+    for position, recipient in enumerate(envelope.recipients):
         notify = "-" if recipient.notify is None else ",".join(sorted(recipient.notify))
+        delayed = position < len(message.progress) and message.progress[position].delay_notified
         lines.append(
             (
                 "Recipient",
                 f"<{recipient.address}> {recipient.state.value} attempts={recipient.attempts}"
                 f" status={recipient.status or '-'} notify={notify}"
-                f" orcpt={recipient.orcpt or '-'} {recipient.diagnostic}".rstrip(),
+                f" orcpt={recipient.orcpt or '-'}{' delay-notified' if delayed else ''}"
+                f" {recipient.diagnostic}".rstrip(),
             )
         )
     return lines

@@ -61,6 +61,8 @@ class QueueCommandTests(CLITestCase):
         self.second = self.successResultOf(
             spool.enqueue(make_envelope("c@example.com", sender=""), BODY)
         )
+        self.parked = self.successResultOf(spool.enqueue(make_envelope("d@example.com"), BODY))
+        self.successResultOf(spool.park(self.parked, "mail loop: 101 hops"))
         self.successResultOf(
             spool.record(
                 self.first,
@@ -74,7 +76,7 @@ class QueueCommandTests(CLITestCase):
         status, out, err = self.run_cli("queue", "list", "--spool", str(self.spool_dir))
         self.assertEqual((status, err), (0, ""))
         lines = out.splitlines()
-        self.assertEqual(len(lines), 3)
+        self.assertEqual(len(lines), 7)
         self.assertEqual(
             lines[0].split(),
             [
@@ -89,13 +91,29 @@ class QueueCommandTests(CLITestCase):
         self.assertEqual(lines[1].split()[3:5], ["<>", "1/1"])
         self.assertEqual(lines[2], "2 messages")
 
+    def test_list_bad_queue(self) -> None:
+        """C{queue list} lists the bad queue apart, with each message's reason."""
+        status, out, _ = self.run_cli("queue", "list", "--spool", str(self.spool_dir))
+        self.assertEqual(status, 0)
+        lines = out.splitlines()
+        self.assertEqual(lines[3:5], ["", "Bad queue:"])
+        self.assertEqual(lines[5].split()[0], self.parked)
+        self.assertTrue(lines[5].endswith("  <s@remote.example>  mail loop: 101 hops"), lines[5])
+        self.assertEqual(lines[6], "1 messages in the bad queue")
+
+    def test_show_bad_queue(self) -> None:
+        """C{queue show} of a parked message names the bad queue and the reason."""
+        status, out, _ = self.run_cli("queue", "show", self.parked, "--spool", str(self.spool_dir))
+        self.assertEqual(status, 0)
+        self.assertIn("Queue: bad\nBad-Queue-Reason: mail loop: 101 hops\nKind: message\n", out)
+
     def test_show(self) -> None:
         """C{queue show} prints the envelope and each recipient's state, without the body."""
         status, out, err = self.run_cli(
             "queue", "show", self.first, "--spool", str(self.spool_dir)
         )
         self.assertEqual((status, err), (0, ""))
-        self.assertIn(f"Queue-Id: {self.first}\n", out)
+        self.assertIn(f"Queue-Id: {self.first}\nQueue: active\nKind: message\n", out)
         self.assertIn("Client: 192.0.2.1 helo=client.example\n", out)
         self.assertIn("Next-Attempt: 1970-01-01T00:21:40Z\n", out)
         self.assertIn(

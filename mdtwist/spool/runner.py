@@ -20,14 +20,28 @@ L{ILocalDelivery} seam, or fails when no account has it (C{5.1.1}) or it is disa
 queued when there is none. A directory that cannot answer keeps the recipient pending
 (C{4.4.3}). All results of the attempt are recorded in one spool transaction; the message leaves
 the spool when no recipient is left pending. Temporary failures are retried on the schedule of
-L{mdtwist.spool.schedule}, until the message expires; then they fail with C{4.4.7}.
+L{mdtwist.spool.schedule.QueuePolicy}, until the message expires; then every recipient still
+pending fails with C{4.4.7}.
+
+Notices (L{mdtwist.delivery.dsn}): after each attempt the runner makes at most one DSN about
+the message, reporting the recipients that failed in this attempt, the pending recipients the
+sender is told about once as the message enters the retry queue, and the recipients delivered
+when C{NOTIFY=SUCCESS} (or, when enabled, after a delay notice); each only as C{NOTIFY} allows,
+and never for a message from the null sender. The DSN is queued by the same spool transaction
+that records the attempt, so it can be neither lost nor sent twice, and is then delivered like
+any other message. A DSN we made that fails or expires is parked in the bad queue (or dropped),
+never answered by another DSN. A message that carries more trace lines than the hop limit is a
+loop: it is parked in the bad queue before any attempt.
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -36,12 +50,34 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from mdtwist.address import parse_address
+from mdtwist.delivery.dsn import (
+    Action,
+    RecipientReport,
+    build_dsn,
+    notice_envelope,
+    split_header_section,
+    wants_notice,
+)
 from mdtwist.delivery.local import DeliveryStatus, ILocalDelivery
 from mdtwist.envelope import Recipient, RecipientState
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory
-from mdtwist.spool.schedule import RetryPolicy, expired, next_attempt
-from mdtwist.spool.store import QueuedMessage, RecipientResult, SQLiteSpool
+from mdtwist.spool.schedule import (
+    QueuePolicy,
+    expired,
+    give_up_time,
+    in_retry_phase,
+    next_attempt,
+)
+from mdtwist.spool.store import (
+    MessageKind,
+    Notice,
+    Queue,
+    QueuedMessage,
+    RecipientProgress,
+    RecipientResult,
+    SQLiteSpool,
+)
 
 #: Delivers the given recipients (by position) of a message to other hosts; returns one result
 #: per recipient it attempted. Recipients it gives no result for stay pending.
@@ -51,6 +87,40 @@ log = Logger()
 
 _PENDING = RecipientState.PENDING
 _FAILED = RecipientState.FAILED
+_DELIVERED = RecipientState.DELIVERED
+_SMTP_REPLY = re.compile(r"[2-5][0-9][0-9](?:[ -]|$)")
+_TRACE = re.compile(rb"(?i)(received|delivered-to):")
+
+
+@attrs.frozen
+class AttemptOutcome:
+    """
+    What one delivery attempt leads to, ready for L{SQLiteSpool.record}.
+
+    @ivar results: the results to record, expired recipients included.
+    @ivar next_attempt: when to try the recipients still pending.
+    @ivar notices: the DSN to queue with the results, if any.
+    @ivar delay_notified: positions of the recipients the DSN tells of a delay.
+    @ivar park: the reason to park the message in the bad queue, or L{None}.
+    """
+
+    results: tuple[RecipientResult, ...]
+    next_attempt: float
+    notices: tuple[Notice, ...] = ()
+    delay_notified: tuple[int, ...] = ()
+    park: str | None = None
+
+
+def count_hops(message: bytes) -> int:
+    """
+    Count the trace lines of a message, for loop detection.
+
+    @param message: the message, CRLF line ends.
+    @return: how many lines of its header section start with C{Received:} or
+        C{Delivered-To:}, in any case.
+    """
+    headers, _ = split_header_section(message)
+    return sum(1 for line in headers.split(b"\r\n") if _TRACE.match(line))
 
 
 class QueueRunner(Service):
@@ -70,8 +140,9 @@ class QueueRunner(Service):
         interval: float = 300.0,
         concurrency: int = 10,
         batch: int = 100,
-        policy: RetryPolicy | None = None,
+        policy: QueuePolicy | None = None,
         remote: RemoteDelivery | None = None,
+        hostname: str = "localhost",
     ) -> None:
         """
         Make a queue runner; nothing happens until the service starts.
@@ -83,8 +154,10 @@ class QueueRunner(Service):
         @param interval: seconds between queue runs.
         @param concurrency: the most messages in delivery at once.
         @param batch: the most due messages asked for at a time.
-        @param policy: the retry schedule; the defaults of L{RetryPolicy} when L{None}.
+        @param policy: the retry schedule, notice switches and hop limit; the defaults of
+            L{QueuePolicy} when L{None}.
         @param remote: delivers to other hosts; when L{None} remote recipients stay queued.
+        @param hostname: our host name, the reporting MTA of our notices.
         """
         self.setName("queue-runner")
         self._spool = spool
@@ -93,8 +166,9 @@ class QueueRunner(Service):
         self._clock = clock
         self._interval = interval
         self._batch = batch
-        self._policy = RetryPolicy() if policy is None else policy
+        self._policy = QueuePolicy() if policy is None else policy
         self._remote = remote
+        self._hostname = hostname
         self._semaphore = DeferredSemaphore(concurrency)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -205,13 +279,34 @@ class QueueRunner(Service):
     async def _process(self, queue_id: str) -> None:
         try:
             message = await self._spool.load(queue_id)
-            if message is None:
+            if message is None or message.queue is not Queue.ACTIVE:
+                return
+            assert message.body is not None
+            hops = count_hops(message.body)
+            if hops > self._policy.hop_limit + 1:
+                reason = (
+                    f"mail loop: {hops} Received/Delivered-To lines, more than the hop limit"
+                    f" of {self._policy.hop_limit}"
+                )
+                log.warn("Parking {queue_id} in the bad queue: {reason}", **_park(message, reason))
+                await self._spool.park(queue_id, reason)
                 return
             results = await self._attempt(message)
             now = self._clock.seconds()
-            results = [self._expire(message, result, now) for result in results]
+            outcome = self.conclude(message, results, now)
+            if outcome.park is not None:
+                log.warn(
+                    "Parking {queue_id} in the bad queue: {reason}",
+                    **_park(message, outcome.park),
+                )
             removed = await self._spool.record(
-                queue_id, results, next_attempt(self._policy, message.envelope.arrival, now)
+                queue_id,
+                outcome.results,
+                outcome.next_attempt,
+                now=now,
+                notices=outcome.notices,
+                delay_notified=outcome.delay_notified,
+                park=outcome.park,
             )
         except Exception:
             log.failure("Delivery attempt for {queue_id} failed", queue_id=queue_id)
@@ -304,24 +399,156 @@ class QueueRunner(Service):
                 for position in positions
             ]
 
+    def conclude(
+        self, message: QueuedMessage, results: Sequence[RecipientResult], now: float
+    ) -> AttemptOutcome:
+        """
+        Work out what an attempt leads to: expiry, the next attempt, the notice, parking.
+
+        @param message: the message as it was before the attempt.
+        @param results: the results of the attempt.
+        @param now: the time after the attempt.
+        @return: what to record.
+        """
+        policy = self._policy
+        envelope = message.envelope
+        is_notice = message.kind is MessageKind.NOTICE
+        by_position = {result.position: result for result in results}
+        if expired(policy, envelope.arrival, now, notice=is_notice):
+            for position, recipient in enumerate(envelope.recipients):
+                result = by_position.get(position)
+                if recipient.state is _PENDING and (result is None or result.state is _PENDING):
+                    by_position[position] = self._expire(message, position, result)
+        final = tuple(by_position[position] for position in sorted(by_position))
+        pending = [
+            position
+            for position, recipient in enumerate(envelope.recipients)
+            if recipient.state is _PENDING
+            and (position not in by_position or by_position[position].state is _PENDING)
+        ]
+        retry_after = max(
+            (r.retry_after for r in final if r.state is _PENDING and r.retry_after is not None),
+            default=None,
+        )
+        when = next_attempt(
+            policy, envelope.arrival, now, retry_after=retry_after, notice=is_notice
+        )
+        failed = [result for result in final if result.state is _FAILED]
+        park = None
+        if failed and (is_notice or not envelope.sender):
+            first = failed[0]
+            what = envelope.recipients[first.position].address
+            detail = f"<{what}>: {first.status} {first.diagnostic}".strip()
+            if is_notice and policy.bad_queue_undeliverable_notices:
+                park = f"undeliverable delivery status notification: {detail}"
+            else:
+                log.warn(
+                    "No notice about {queue_id} from the null sender: {detail}",
+                    queue_id=message.queue_id,
+                    detail=detail,
+                )
+        reports, delay_notified = self._reports(message, final, pending, now)
+        notices: tuple[Notice, ...] = ()
+        if reports:
+            notices = (self._notice(message, reports, now),)
+        return AttemptOutcome(final, when, notices, tuple(delay_notified), park)
+
+    def _reports(
+        self,
+        message: QueuedMessage,
+        final: Sequence[RecipientResult],
+        pending: Sequence[int],
+        now: float,
+    ) -> tuple[list[RecipientReport], list[int]]:
+        policy = self._policy
+        envelope = message.envelope
+        sender = envelope.sender
+        by_position = {result.position: result for result in final}
+        reports: list[RecipientReport] = []
+        for result in final:
+            recipient = envelope.recipients[result.position]
+            progress = _progress(message, result.position)
+            if result.state is _FAILED:
+                wanted = wants_notice(sender, recipient, Action.FAILED)
+                action = Action.FAILED
+            elif result.state is _DELIVERED:
+                wanted = wants_notice(sender, recipient, Action.DELIVERED) or (
+                    policy.delivered_after_delay_notice and progress.delay_notified
+                )
+                action = Action.DELIVERED
+            else:
+                continue
+            if wanted:
+                reports.append(
+                    RecipientReport(
+                        recipient,
+                        action,
+                        result.status,
+                        result.diagnostic,
+                        result.remote_mta or progress.remote_mta,
+                        now,
+                    )
+                )
+        delay_notified: list[int] = []
+        if policy.delay_notice and in_retry_phase(policy, envelope.arrival, now):
+            until = give_up_time(policy, envelope.arrival)
+            for position in pending:
+                recipient = envelope.recipients[position]
+                progress = _progress(message, position)
+                if progress.delay_notified or not wants_notice(sender, recipient, Action.DELAYED):
+                    continue
+                latest = by_position.get(position)
+                reports.append(
+                    RecipientReport(
+                        recipient,
+                        Action.DELAYED,
+                        recipient.status if latest is None else latest.status,
+                        recipient.diagnostic if latest is None else latest.diagnostic,
+                        progress.remote_mta if latest is None else latest.remote_mta,
+                        progress.last_attempt if latest is None else now,
+                        until,
+                    )
+                )
+                delay_notified.append(position)
+        return reports, delay_notified
+
+    def _notice(
+        self, message: QueuedMessage, reports: Sequence[RecipientReport], now: float
+    ) -> Notice:
+        assert message.body is not None
+        body = build_dsn(
+            self._hostname,
+            message.envelope,
+            reports,
+            message.body,
+            now,
+            f"<{uuid.uuid4().hex}@{self._hostname}>",
+            texts=self._policy.texts,
+        )
+        log.info(
+            "Notice about {queue_id} to <{sender}>: {summary}",
+            queue_id=message.queue_id,
+            sender=message.envelope.sender,
+            summary=", ".join(f"{r.recipient.address} {r.action.value}" for r in reports),
+        )
+        return Notice(notice_envelope(message.envelope, self._hostname, now, body), body)
+
     def _expire(
-        self, message: QueuedMessage, result: RecipientResult, now: float
+        self, message: QueuedMessage, position: int, result: RecipientResult | None
     ) -> RecipientResult:
-        if result.state is not _PENDING or not expired(
-            self._policy, message.envelope.arrival, now
-        ):
-            return result
+        recipient = message.envelope.recipients[position]
+        status = recipient.status if result is None else result.status
+        diagnostic = recipient.diagnostic if result is None else result.diagnostic
+        remote_mta = None if result is None else result.remote_mta
         log.warn(
             "Giving up on {rcpt} of {queue_id}: queued too long",
-            rcpt=message.envelope.recipients[result.position].address,
+            rcpt=recipient.address,
             queue_id=message.queue_id,
         )
-        return RecipientResult(
-            result.position,
-            _FAILED,
-            "4.4.7",
-            f"delivery time expired; last error: {result.status} {result.diagnostic}",
-        )
+        if not _SMTP_REPLY.match(diagnostic):
+            last = f"{status} {diagnostic}".strip() or "none"
+            diagnostic = f"delivery time expired; last error: {last}"
+        return RecipientResult(position, _FAILED, "4.4.7", diagnostic, remote_mta)
 
     def _log_result(
         self, message: QueuedMessage, recipient: Recipient, result: RecipientResult
@@ -339,6 +566,16 @@ class QueueRunner(Service):
             log.warn("Deferred {queue_id} to {rcpt}: {enhanced} {reason}", **fields)
         else:
             log.warn("Failed {queue_id} to {rcpt}: {enhanced} {reason}", **fields)
+
+
+def _progress(message: QueuedMessage, position: int) -> RecipientProgress:
+    if position < len(message.progress):
+        return message.progress[position]
+    return RecipientProgress()
+
+
+def _park(message: QueuedMessage, reason: str) -> dict[str, Any]:
+    return {"queue_id": message.queue_id, "reason": reason}
 
 
 def _directory_down(position: int) -> RecipientResult:

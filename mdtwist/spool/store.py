@@ -15,9 +15,23 @@ the current one returns. Each enqueue Deferred fires with its queue id after the
 holds its message has returned, or fails with L{SpoolError} when the batch could not be stored;
 then the transaction is rolled back and the body files of the batch are deleted.
 
-Opening the database is the crash-recovery path: it creates the schema when it is absent and
-deletes body files that no row names (written by a batch that never committed, or left behind by
-a message removed just before a crash).
+L{SQLiteSpool.record} stores the outcome of a delivery attempt in one transaction: the new
+recipient states, the notices (DSNs) those states call for, the "delay notice sent" marks, and
+when asked the move of the message to the bad queue. So a crash can neither lose a notice nor
+send it twice: either the recipients are final and their notice is queued, or neither (qmail's
+rule: the bounce is in the queue before the recipients are marked done). Bodies of notices and
+of parked messages that are too large to be inline are written and fsynced before that
+transaction, as for new mail.
+
+Queues: a message is I{active} (delivered and retried by the queue runner) or I{bad} (parked
+for a person to look at, with a reason, never retried: loops, undeliverable notices). A parked
+message keeps its recipients' states, and its stored body starts with an
+C{X-Mdtwist-Bad-Queue-Reason:} header line.
+
+Opening the database is the crash-recovery path: it creates the schema when it is absent,
+migrates a database of an older schema (version 1: no queues, notices or delay marks), refuses
+one of a newer schema, and deletes body files that no row names (written by a batch that never
+committed, or left behind by a message removed just before a crash).
 
 Queue ids are the row ids (never reused: C{AUTOINCREMENT}) as ten upper-case hex digits, so they
 are short, unique within a spool, and sort in arrival order.
@@ -26,6 +40,8 @@ are short, unique within a spool, and sort in arrival order.
 from __future__ import annotations
 
 import builtins
+import enum
+import re
 import sqlite3
 import threading
 import uuid
@@ -58,7 +74,10 @@ BODIES_NAME = "bodies"
 #: Bodies larger than this many bytes are stored in files, smaller ones inline.
 DEFAULT_INLINE_LIMIT = 64 * 1024
 
-_SCHEMA_VERSION = 1
+#: The header line put at the top of a message parked in the bad queue.
+BAD_QUEUE_HEADER = "X-Mdtwist-Bad-Queue-Reason"
+
+_SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
@@ -78,7 +97,10 @@ CREATE TABLE IF NOT EXISTS message (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL,
     body BLOB,
-    body_file TEXT
+    body_file TEXT,
+    kind TEXT NOT NULL DEFAULT 'message',
+    queue TEXT NOT NULL DEFAULT 'active',
+    reason TEXT
 );
 CREATE TABLE IF NOT EXISTS recipient (
     message_id INTEGER NOT NULL REFERENCES message (id) ON DELETE CASCADE,
@@ -90,12 +112,47 @@ CREATE TABLE IF NOT EXISTS recipient (
     attempts INTEGER NOT NULL DEFAULT 0,
     status TEXT NOT NULL DEFAULT '',
     diagnostic TEXT NOT NULL DEFAULT '',
+    delay_notified INTEGER NOT NULL DEFAULT 0,
+    remote_mta TEXT,
+    last_attempt REAL,
     PRIMARY KEY (message_id, position)
 );
 CREATE INDEX IF NOT EXISTS message_next_attempt ON message (next_attempt);
 """
 
+# From version 1 (this week's first spool): queues, message kinds, per-recipient delay marks.
+_MIGRATE_FROM_1 = (
+    "ALTER TABLE message ADD COLUMN kind TEXT NOT NULL DEFAULT 'message'",
+    "ALTER TABLE message ADD COLUMN queue TEXT NOT NULL DEFAULT 'active'",
+    "ALTER TABLE message ADD COLUMN reason TEXT",
+    "ALTER TABLE recipient ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE recipient ADD COLUMN remote_mta TEXT",
+    "ALTER TABLE recipient ADD COLUMN last_attempt REAL",
+)
+
 log = Logger()
+
+
+class Queue(enum.Enum):
+    """
+    The queue a message is in.
+    """
+
+    #: Delivered and retried by the queue runner.
+    ACTIVE = "active"
+    #: Parked with a reason for a person to look at; never retried.
+    BAD = "bad"
+
+
+class MessageKind(enum.Enum):
+    """
+    Where a queued message comes from.
+    """
+
+    #: Mail handed to us by a client.
+    MESSAGE = "message"
+    #: A delivery status notification we generated; never answered by another one.
+    NOTICE = "notice"
 
 
 @attrs.frozen
@@ -111,6 +168,9 @@ class QueueEntry:
     @ivar pending: how many of them are still pending.
     @ivar attempts: delivery attempts made so far.
     @ivar next_attempt: when the next attempt is due, seconds since the epoch.
+    @ivar queue: the queue it is in.
+    @ivar reason: why it is in the bad queue, or L{None}.
+    @ivar kind: where it comes from.
     """
 
     queue_id: str
@@ -121,6 +181,24 @@ class QueueEntry:
     pending: int
     attempts: int
     next_attempt: float
+    queue: Queue = Queue.ACTIVE
+    reason: str | None = None
+    kind: MessageKind = MessageKind.MESSAGE
+
+
+@attrs.frozen
+class RecipientProgress:
+    """
+    What the queue remembers about one recipient besides its envelope state.
+
+    @ivar delay_notified: whether the sender was told that delivery to it is delayed.
+    @ivar remote_mta: the server that gave the last result, or L{None}.
+    @ivar last_attempt: when delivery to it was last tried, or L{None}.
+    """
+
+    delay_notified: bool = False
+    remote_mta: str | None = None
+    last_attempt: float | None = None
 
 
 @attrs.frozen
@@ -134,6 +212,11 @@ class QueuedMessage:
     @ivar attempts: delivery attempts made so far.
     @ivar next_attempt: when the next attempt is due, seconds since the epoch.
     @ivar body: the message itself, or L{None} when it was not asked for.
+    @ivar kind: where it comes from.
+    @ivar queue: the queue it is in.
+    @ivar reason: why it is in the bad queue, or L{None}.
+    @ivar progress: per recipient, in the order of L{Envelope.recipients}, what the queue
+        remembers besides its state; empty when not known.
     """
 
     queue_id: str
@@ -142,6 +225,10 @@ class QueuedMessage:
     attempts: int
     next_attempt: float
     body: bytes | None = attrs.field(default=None, repr=False)
+    kind: MessageKind = MessageKind.MESSAGE
+    queue: Queue = Queue.ACTIVE
+    reason: str | None = None
+    progress: tuple[RecipientProgress, ...] = ()
 
 
 @attrs.frozen
@@ -153,13 +240,38 @@ class RecipientResult:
     @ivar state: L{RecipientState.DELIVERED} or L{RecipientState.FAILED} (final), or
         L{RecipientState.PENDING} for a temporary failure.
     @ivar status: the enhanced status code (C{2.0.0}, C{4.4.1}, C{5.1.1}).
-    @ivar diagnostic: the reply text or reason.
+    @ivar diagnostic: the reply or reason. For an SMTP reply, the whole reply as received
+        (C{550 5.1.1 no such user}): notices report a diagnostic that starts with a reply code
+        as C{Diagnostic-Code: smtp; ...}.
+    @ivar remote_mta: the host name of the server that gave the result, or L{None}.
+    @ivar retry_after: for a temporary failure, the least wait in seconds before this
+        recipient is tried again, or L{None} for the normal schedule. A remote delivery sets it
+        to L{QueuePolicy.delay_after_temp_error
+        <mdtwist.spool.schedule.QueuePolicy.delay_after_temp_error>} after an SMTP 4xx reply;
+        the message's next attempt is then no sooner.
     """
 
     position: int
     state: RecipientState
     status: str = ""
     diagnostic: str = ""
+    remote_mta: str | None = None
+    retry_after: float | None = None
+
+
+@attrs.frozen
+class Notice:
+    """
+    A message the spool queues in the same transaction as a L{SQLiteSpool.record}.
+
+    @ivar envelope: its envelope (for a DSN: from the null sender to the original sender).
+    @ivar body: the message.
+    @ivar kind: where it comes from.
+    """
+
+    envelope: Envelope
+    body: bytes = attrs.field(repr=False)
+    kind: MessageKind = MessageKind.NOTICE
 
 
 def format_queue_id(rowid: int) -> str:
@@ -239,8 +351,16 @@ class SpoolReader:
             raise SpoolError(f"{path}: no spool database here")
         try:
             self._db = open_database(path, read_only=True)
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
         except sqlite3.Error as e:
             raise SpoolError(f"{path}: {e}") from e
+        if version != _SCHEMA_VERSION:
+            self._db.close()
+            raise SpoolError(
+                f"{path}: spool schema version {version}, this mdtwist reads version"
+                f" {_SCHEMA_VERSION}"
+                + ("; start the server once to migrate it" if version < _SCHEMA_VERSION else "")
+            )
 
     def list(self) -> list[QueueEntry]:
         """
@@ -395,24 +515,76 @@ class SQLiteSpool:
         return d
 
     def record(
-        self, queue_id: str, results: Iterable[RecipientResult], next_attempt: float
+        self,
+        queue_id: str,
+        results: Iterable[RecipientResult],
+        next_attempt: float,
+        *,
+        now: float | None = None,
+        notices: Sequence[Notice] = (),
+        delay_notified: Iterable[int] = (),
+        park: str | None = None,
     ) -> Deferred[bool]:
         """
         Record the outcome of a delivery attempt, in one transaction.
 
         Each result updates its recipient and counts one attempt for it; the message counts one
-        attempt when any result was given. When no recipient is left pending the message is
-        removed (its body file after the commit); otherwise its next attempt is set.
+        attempt when any result was given. The notices are queued as new messages, and the
+        recipients in C{delay_notified} are marked as told of the delay, in the same
+        transaction: all of it is stored, or none. Then, when C{park} is given, the message
+        moves to the bad queue with that reason; otherwise, when no recipient is left pending,
+        it is removed (its body file after the commit), else its next attempt is set.
+
+        Spool observers are told of the queued notices after the commit.
 
         @param queue_id: the queue id.
         @param results: results for pending recipients.
         @param next_attempt: when to try the recipients that are still pending.
+        @param now: the time of the attempt, kept as each result's last attempt; not kept when
+            L{None}.
+        @param notices: messages to queue with the outcome (the DSNs it calls for).
+        @param delay_notified: positions of recipients whose sender has now been told that
+            delivery is delayed.
+        @param park: the reason to move the message to the bad queue, or L{None}.
         @return: a Deferred firing with whether the message left the spool; it fails with
-            L{SpoolError} when the message or a pending recipient is unknown, or the update
-            could not be stored (then nothing changed).
+            L{SpoolError} when the message or a pending recipient is unknown, the message is
+            not in the active queue, or the update could not be stored (then nothing changed).
         """
-        d: Deferred[bool] = self._run(self._record, queue_id, tuple(results), next_attempt)
-        return d
+        d: Deferred[tuple[bool, builtins.list[str]]] = self._run(
+            self._record,
+            queue_id,
+            tuple(results),
+            next_attempt,
+            now,
+            tuple(notices),
+            tuple(delay_notified),
+            park,
+        )
+
+        def committed(outcome: tuple[bool, builtins.list[str]]) -> bool:
+            removed, ids = outcome
+            if ids:
+                log.info(
+                    "Queued {count} notices about {queue_id}: {ids}",
+                    count=len(ids),
+                    queue_id=queue_id,
+                    ids=" ".join(ids),
+                )
+                self._tell_observers(ids)
+            return removed
+
+        return d.addCallback(committed)
+
+    def park(self, queue_id: str, reason: str) -> Deferred[bool]:
+        """
+        Move a message to the bad queue.
+
+        @param queue_id: the queue id.
+        @param reason: why, one line for people.
+        @return: a Deferred firing with C{False} once it is stored; it fails with L{SpoolError}
+            as L{record} does.
+        """
+        return self.record(queue_id, (), 0.0, park=reason)
 
     def count(self) -> Deferred[int]:
         """
@@ -442,11 +614,7 @@ class SQLiteSpool:
             for (_, _, d), queue_id in zip(batch, ids, strict=True):
                 d.callback(queue_id)
             self._batch_done()
-            for observer in list(self._observers):
-                try:
-                    observer(ids)
-                except Exception:
-                    log.failure("Spool commit observer failed")
+            self._tell_observers(ids)
 
         def failed(reason: Failure) -> None:
             error = reason.value if reason.check(SpoolError) else SpoolError(str(reason.value))
@@ -458,6 +626,13 @@ class SQLiteSpool:
             self._batch_done()
 
         written.addCallbacks(committed, failed)
+
+    def _tell_observers(self, ids: builtins.list[str]) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(ids)
+            except Exception:
+                log.failure("Spool commit observer failed")
 
     def _batch_done(self) -> None:
         self._writing = False
@@ -479,10 +654,17 @@ class SQLiteSpool:
         db = open_database(self._directory / DATABASE_NAME, factory=self._factory)
         try:
             (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version not in (0, _SCHEMA_VERSION):
-                raise SpoolError(f"spool schema version {version} is not supported")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            if version > _SCHEMA_VERSION or version < 0:
+                raise SpoolError(
+                    f"spool schema version {version} is not supported (this mdtwist knows"
+                    f" versions up to {_SCHEMA_VERSION}; was the spool written by a newer one?)"
+                )
+            if version == 1:
+                log.info("Migrating the spool schema from version 1 to {to}", to=_SCHEMA_VERSION)
+                _migrate(db, _MIGRATE_FROM_1)
+            else:
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             named = {
                 name
                 for (name,) in db.execute(
@@ -527,20 +709,30 @@ class SQLiteSpool:
             raise
         return result
 
+    def _store_body(self, body: bytes, files: builtins.list[Path]) -> str | None:
+        # Write a large body to a new file (fsynced; the caller fsyncs the directory) and
+        # return its name; None for a body that goes inline.
+        if len(body) <= self._inline_limit:
+            return None
+        path = self._bodies / uuid.uuid4().hex
+        files.append(path)
+        write_new_file(path, body)
+        return path.name
+
+    @staticmethod
+    def _discard(files: builtins.list[Path]) -> None:
+        for path in files:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                log.failure("Could not remove spool body file {name}", name=path.name)
+
     def _write_batch(self, items: builtins.list[tuple[Envelope, bytes]]) -> builtins.list[str]:
         with self._lock:
             files: builtins.list[Path] = []
             try:
                 self._connection()
-                names: builtins.list[str | None] = []
-                for _, body in items:
-                    if len(body) > self._inline_limit:
-                        path = self._bodies / uuid.uuid4().hex
-                        files.append(path)
-                        write_new_file(path, body)
-                        names.append(path.name)
-                    else:
-                        names.append(None)
+                names = [self._store_body(body, files) for _, body in items]
                 if files:
                     fsync_directory(self._bodies)
                 return self._transaction(
@@ -550,46 +742,119 @@ class SQLiteSpool:
                     ]
                 )
             except (sqlite3.Error, OSError, SpoolError) as e:
-                for path in files:
-                    try:
-                        path.unlink(missing_ok=True)
-                    except OSError:
-                        log.failure("Could not remove spool body file {name}", name=path.name)
+                self._discard(files)
                 if isinstance(e, SpoolError):
                     raise
                 raise SpoolError(str(e)) from e
 
     def _record(
-        self, queue_id: str, results: tuple[RecipientResult, ...], next_attempt: float
-    ) -> bool:
+        self,
+        queue_id: str,
+        results: tuple[RecipientResult, ...],
+        next_attempt: float,
+        now: float | None,
+        notices: tuple[Notice, ...],
+        delay_notified: tuple[int, ...],
+        park: str | None,
+    ) -> tuple[bool, builtins.list[str]]:
         rowid = parse_queue_id(queue_id)
         with self._lock:
+            files: builtins.list[Path] = []
             try:
-                removed, body_file = self._transaction(
-                    lambda db: _update_message(db, queue_id, rowid, results, next_attempt)
+                db = self._connection()
+                notice_files = [self._store_body(notice.body, files) for notice in notices]
+                parked: tuple[bytes, str | None] | None = None
+                if park is not None:
+                    body = _read_body(db, self._bodies, queue_id, rowid)
+                    parked_body = bad_queue_body(body, park)
+                    parked = (parked_body, self._store_body(parked_body, files))
+                if files:
+                    fsync_directory(self._bodies)
+                update = _Update(
+                    queue_id=queue_id,
+                    rowid=rowid,
+                    results=results,
+                    next_attempt=next_attempt,
+                    now=now,
+                    delay_notified=delay_notified,
+                    park=park,
+                    parked=parked,
                 )
-            except (sqlite3.Error, OSError) as e:
+                outcome = self._transaction(
+                    lambda db: _update_message(db, update, notices, notice_files)
+                )
+            except (sqlite3.Error, OSError, SpoolError) as e:
+                self._discard(files)
+                if isinstance(e, SpoolError):
+                    raise
                 raise SpoolError(str(e)) from e
-        if body_file:
-            try:
-                (self._bodies / body_file).unlink(missing_ok=True)
-            except OSError:
-                log.failure("Could not remove spool body file {name}", name=body_file)
-        return removed
+        if outcome.old_body_file:
+            self._discard([self._bodies / outcome.old_body_file])
+        return outcome.removed, outcome.ids
+
+
+def bad_queue_body(body: bytes, reason: str) -> bytes:
+    """
+    The stored form of a message parked in the bad queue: its reason as the first header line.
+
+    @param body: the message, CRLF line ends.
+    @param reason: why it is parked; made one line of printable ASCII.
+    @return: the message with an C{X-Mdtwist-Bad-Queue-Reason:} line in front.
+    """
+    return f"{BAD_QUEUE_HEADER}: {clean_reason(reason)}\r\n".encode("ascii") + body
+
+
+def clean_reason(reason: str) -> str:
+    """
+    Make a reason fit for a header line and a log line.
+
+    @param reason: any text.
+    @return: the text on one line, printable ASCII only (others become C{?}), at most 900
+        characters.
+    """
+    text = " ".join(reason.split())
+    return re.sub(r"[^\x20-\x7e]", "?", text)[:900] or "unknown"
+
+
+def _migrate(db: sqlite3.Connection, statements: Sequence[str]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in statements:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _nothing(db: sqlite3.Connection) -> None:
     pass
 
 
+def _read_body(db: sqlite3.Connection, bodies: Path, queue_id: str, rowid: int | None) -> bytes:
+    row = None
+    if rowid is not None:
+        row = db.execute("SELECT body, body_file FROM message WHERE id = ?", (rowid,)).fetchone()
+    if row is None:
+        raise SpoolError(f"no message {queue_id} in the spool")
+    inline, body_file = row
+    return (bodies / body_file).read_bytes() if body_file else bytes(inline)
+
+
 def _insert_message(
-    db: sqlite3.Connection, envelope: Envelope, body: bytes, body_file: str | None
+    db: sqlite3.Connection,
+    envelope: Envelope,
+    body: bytes,
+    body_file: str | None,
+    kind: MessageKind = MessageKind.MESSAGE,
 ) -> str:
     client = envelope.client
     cursor = db.execute(
         "INSERT INTO message (sender, arrival, body_type, smtputf8, ret, envid, declared_size,"
         " size, client_address, client_helo, client_user, client_tls, next_attempt, body,"
-        " body_file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " body_file, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             envelope.sender,
             envelope.arrival,
@@ -606,6 +871,7 @@ def _insert_message(
             envelope.arrival,
             None if body_file else body,
             body_file,
+            kind.value,
         ),
     )
     rowid = cursor.lastrowid
@@ -631,27 +897,54 @@ def _insert_message(
     return format_queue_id(rowid)
 
 
+@attrs.frozen
+class _Update:
+    # The arguments of one record, for the writer thread.
+    queue_id: str
+    rowid: int | None
+    results: tuple[RecipientResult, ...]
+    next_attempt: float
+    now: float | None
+    delay_notified: tuple[int, ...]
+    park: str | None
+    parked: tuple[bytes, str | None] | None
+
+
+@attrs.frozen
+class _Outcome:
+    # What a record did: whether the message left the spool, the body file to delete after the
+    # commit, and the ids of the notices queued.
+    removed: bool
+    old_body_file: str | None
+    ids: list[str]
+
+
 def _update_message(
     db: sqlite3.Connection,
-    queue_id: str,
-    rowid: int | None,
-    results: tuple[RecipientResult, ...],
-    next_attempt: float,
-) -> tuple[bool, str | None]:
-    # Returns whether the message was removed, and the name of its body file to delete.
+    update: _Update,
+    notices: tuple[Notice, ...],
+    notice_files: list[str | None],
+) -> _Outcome:
+    queue_id, rowid = update.queue_id, update.rowid
     row = None
     if rowid is not None:
-        row = db.execute("SELECT body_file FROM message WHERE id = ?", (rowid,)).fetchone()
+        row = db.execute("SELECT body_file, queue FROM message WHERE id = ?", (rowid,)).fetchone()
     if row is None:
         raise SpoolError(f"no message {queue_id} in the spool")
-    for result in results:
+    body_file, queue = row
+    if queue != Queue.ACTIVE.value:
+        raise SpoolError(f"message {queue_id} is in the {queue} queue")
+    for result in update.results:
         cursor = db.execute(
-            "UPDATE recipient SET state = ?, status = ?, diagnostic = ?, attempts = attempts + 1"
+            "UPDATE recipient SET state = ?, status = ?, diagnostic = ?, attempts = attempts + 1,"
+            " remote_mta = ?, last_attempt = coalesce(?, last_attempt)"
             " WHERE message_id = ? AND position = ? AND state = ?",
             (
                 result.state.value,
                 result.status,
                 result.diagnostic,
+                result.remote_mta,
+                update.now,
                 rowid,
                 result.position,
                 RecipientState.PENDING.value,
@@ -659,25 +952,54 @@ def _update_message(
         )
         if cursor.rowcount != 1:
             raise SpoolError(f"recipient {result.position} of {queue_id} is not pending")
+    for position in update.delay_notified:
+        cursor = db.execute(
+            "UPDATE recipient SET delay_notified = 1 WHERE message_id = ? AND position = ?",
+            (rowid, position),
+        )
+        if cursor.rowcount != 1:
+            raise SpoolError(f"no recipient {position} in {queue_id}")
+    ids = [
+        _insert_message(db, notice.envelope, notice.body, name, notice.kind)
+        for notice, name in zip(notices, notice_files, strict=True)
+    ]
+    if update.park is not None:
+        assert update.parked is not None
+        parked_body, parked_file = update.parked
+        db.execute(
+            "UPDATE message SET queue = ?, reason = ?, body = ?, body_file = ?, size = ?,"
+            " attempts = attempts + ? WHERE id = ?",
+            (
+                Queue.BAD.value,
+                clean_reason(update.park),
+                None if parked_file else parked_body,
+                parked_file,
+                len(parked_body),
+                1 if update.results else 0,
+                rowid,
+            ),
+        )
+        return _Outcome(False, body_file, ids)
     (pending,) = db.execute(
         "SELECT count(*) FROM recipient WHERE message_id = ? AND state = ?",
         (rowid, RecipientState.PENDING.value),
     ).fetchone()
     if pending == 0:
         db.execute("DELETE FROM message WHERE id = ?", (rowid,))
-        return True, row[0]
+        return _Outcome(True, body_file, ids)
     db.execute(
         "UPDATE message SET next_attempt = ?, attempts = attempts + ? WHERE id = ?",
-        (next_attempt, 1 if results else 0, rowid),
+        (update.next_attempt, 1 if update.results else 0, rowid),
     )
-    return False, None
+    return _Outcome(False, None, ids)
 
 
 def _select_due(db: sqlite3.Connection, now: float, limit: int) -> list[str]:
     rows = db.execute(
-        "SELECT id FROM message WHERE next_attempt <= ? AND EXISTS (SELECT 1 FROM recipient"
-        " WHERE message_id = message.id AND state = ?) ORDER BY next_attempt, id LIMIT ?",
-        (now, RecipientState.PENDING.value, limit),
+        "SELECT id FROM message WHERE queue = ? AND next_attempt <= ? AND EXISTS (SELECT 1"
+        " FROM recipient WHERE message_id = message.id AND state = ?)"
+        " ORDER BY next_attempt, id LIMIT ?",
+        (Queue.ACTIVE.value, now, RecipientState.PENDING.value, limit),
     )
     return [format_queue_id(rowid) for (rowid,) in rows]
 
@@ -690,8 +1012,8 @@ def _select_count(db: sqlite3.Connection) -> int:
 def _select_entries(db: sqlite3.Connection) -> list[QueueEntry]:
     rows = db.execute(
         "SELECT m.id, m.arrival, m.size, m.sender, m.attempts, m.next_attempt, count(r.position),"
-        " sum(r.state = ?) FROM message AS m JOIN recipient AS r ON r.message_id = m.id"
-        " GROUP BY m.id ORDER BY m.id",
+        " sum(r.state = ?), m.queue, m.reason, m.kind FROM message AS m"
+        " JOIN recipient AS r ON r.message_id = m.id GROUP BY m.id ORDER BY m.id",
         (RecipientState.PENDING.value,),
     )
     return [
@@ -704,8 +1026,23 @@ def _select_entries(db: sqlite3.Connection) -> list[QueueEntry]:
             pending=pending,
             attempts=attempts,
             next_attempt=next_attempt,
+            queue=Queue(queue),
+            reason=reason,
+            kind=MessageKind(kind),
         )
-        for rowid, arrival, size, sender, attempts, next_attempt, recipients, pending in rows
+        for (
+            rowid,
+            arrival,
+            size,
+            sender,
+            attempts,
+            next_attempt,
+            recipients,
+            pending,
+            queue,
+            reason,
+            kind,
+        ) in rows
     ]
 
 
@@ -717,7 +1054,7 @@ def _select_message(
     row = db.execute(
         "SELECT sender, arrival, body_type, smtputf8, ret, envid, declared_size, size,"
         " client_address, client_helo, client_user, client_tls, attempts, next_attempt,"
-        " body, body_file FROM message WHERE id = ?",
+        " body, body_file, kind, queue, reason FROM message WHERE id = ?",
         (rowid,),
     ).fetchone()
     if row is None:
@@ -739,7 +1076,15 @@ def _select_message(
         next_attempt,
         inline_body,
         body_file,
+        kind,
+        queue,
+        reason,
     ) = row
+    recipient_rows = db.execute(
+        "SELECT address, notify, orcpt, state, attempts, status, diagnostic, delay_notified,"
+        " remote_mta, last_attempt FROM recipient WHERE message_id = ? ORDER BY position",
+        (rowid,),
+    ).fetchall()
     recipients = tuple(
         Recipient(
             address=address,
@@ -750,11 +1095,13 @@ def _select_message(
             status=status,
             diagnostic=diagnostic,
         )
-        for address, notify, orcpt, state, r_attempts, status, diagnostic in db.execute(
-            "SELECT address, notify, orcpt, state, attempts, status, diagnostic FROM recipient"
-            " WHERE message_id = ? ORDER BY position",
-            (rowid,),
+        for address, notify, orcpt, state, r_attempts, status, diagnostic, *_ in recipient_rows
+    )
+    progress = tuple(
+        RecipientProgress(
+            delay_notified=bool(delay_notified), remote_mta=remote_mta, last_attempt=last_attempt
         )
+        for *_, delay_notified, remote_mta, last_attempt in recipient_rows
     )
     body: bytes | None = None
     if with_body:
@@ -778,4 +1125,8 @@ def _select_message(
         attempts=attempts,
         next_attempt=next_attempt,
         body=body,
+        kind=MessageKind(kind),
+        queue=Queue(queue),
+        reason=reason,
+        progress=progress,
     )

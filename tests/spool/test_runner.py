@@ -23,11 +23,14 @@ from mdtwist.directory.model import Account
 from mdtwist.envelope import Envelope, RecipientState
 from mdtwist.interfaces import IDirectory
 from mdtwist.spool.runner import QueueRunner, RemoteDelivery
-from mdtwist.spool.schedule import RetryPolicy
-from mdtwist.spool.store import QueuedMessage, RecipientResult, SQLiteSpool
+from mdtwist.spool.schedule import QueuePolicy
+from mdtwist.spool.store import MessageKind, QueuedMessage, RecipientResult, SQLiteSpool
 from tests.spool.fakes import FakeDirectory, make_account, make_envelope, run_now
 
 BODY = b"Subject: test\r\n\r\nhello\r\n"
+
+#: Retries every 300 seconds at first, as the tests of the schedule-independent behaviour expect.
+QUICK = QueuePolicy(remote_interval=300)
 
 
 @implementer(ILocalDelivery)
@@ -94,7 +97,7 @@ class QueueRunnerTests(SynchronousTestCase):
         self,
         local: ILocalDelivery | None = None,
         concurrency: int = 10,
-        policy: RetryPolicy | None = None,
+        policy: QueuePolicy = QUICK,
         remote: RemoteDelivery | None = None,
     ) -> QueueRunner:
         """
@@ -218,7 +221,11 @@ class QueueRunnerTests(SynchronousTestCase):
                 (RecipientState.PENDING, ""),
             ],
         )
-        told = [e for e in events if e["log_format"].startswith("No remote delivery")]
+        told = [
+            e
+            for e in events
+            if e["log_format"].startswith("No remote delivery") and e["queue_id"] == queue_id
+        ]
         self.assertEqual(len(told), 1)
 
     def test_restart_delivers_pending(self) -> None:
@@ -294,10 +301,16 @@ class QueueRunnerTests(SynchronousTestCase):
         A temporary local failure keeps the recipient queued on the retry schedule.
 
         Once the message is older than its lifetime, the recipient fails with C{4.4.7} and the
-        message leaves the spool.
+        message leaves the spool; the failure notice to the (remote) sender stays queued.
         """
         held = HeldDelivery()
-        policy = RetryPolicy(minimal_backoff=100, maximal_backoff=100, lifetime=250)
+        policy = QueuePolicy(
+            remote_residency=0,
+            minimal_backoff=100,
+            maximal_backoff=100,
+            lifetime=250,
+            delay_notice=False,
+        )
         queue_id = self.enqueue(make_envelope("alice@example.com"))
         self.runner(local=held, policy=policy).startService()
         held.answer(DeliveryStatus.TEMPORARY)
@@ -309,16 +322,24 @@ class QueueRunnerTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.spool.count()), 1)
         self.clock.advance(180)
         held.answer(DeliveryStatus.TEMPORARY)
-        self.assertEqual(self.successResultOf(self.spool.count()), 0)
+        self.assertIsNone(self.successResultOf(self.spool.load(queue_id)))
+        [notice] = self.successResultOf(self.spool.list())
+        self.assertEqual((notice.kind, notice.sender), (MessageKind.NOTICE, ""))
         self.assertEqual(held.delivered, 3)
 
     def test_permanent_local_failure(self) -> None:
-        """A permanent failure from the local delivery fails the recipient."""
+        """
+        A permanent failure from the local delivery fails the recipient.
+
+        The message leaves the spool; a notice to its remote sender takes its place.
+        """
         held = HeldDelivery()
-        self.enqueue(make_envelope("alice@example.com"))
+        queue_id = self.enqueue(make_envelope("alice@example.com"))
         self.runner(local=held).startService()
         held.answer(DeliveryStatus.PERMANENT)
-        self.assertEqual(self.successResultOf(self.spool.count()), 0)
+        self.assertIsNone(self.successResultOf(self.spool.load(queue_id)))
+        [notice] = self.successResultOf(self.spool.list())
+        self.assertEqual(notice.kind, MessageKind.NOTICE)
 
     def test_remote_delivery_seam(self) -> None:
         """

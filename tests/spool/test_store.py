@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,6 +17,10 @@ from mdtwist.interfaces import ISpool
 from mdtwist.spool.store import (
     BODIES_NAME,
     DATABASE_NAME,
+    MessageKind,
+    Notice,
+    Queue,
+    RecipientProgress,
     RecipientResult,
     SpoolReader,
     SQLiteSpool,
@@ -541,3 +546,166 @@ class SpoolReaderTests(SynchronousTestCase):
         directory = Path(self.mktemp())
         error = self.assertRaises(SpoolError, SpoolReader, directory)
         self.assertIn(DATABASE_NAME, str(error))
+
+
+_SCHEMA_V1 = """
+CREATE TABLE message (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, arrival REAL NOT NULL,
+    body_type TEXT NOT NULL, smtputf8 INTEGER NOT NULL, ret TEXT, envid TEXT,
+    declared_size INTEGER, size INTEGER NOT NULL, client_address TEXT NOT NULL,
+    client_helo TEXT NOT NULL, client_user TEXT, client_tls TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL, body BLOB, body_file TEXT
+);
+CREATE TABLE recipient (
+    message_id INTEGER NOT NULL REFERENCES message (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL, address TEXT NOT NULL, notify TEXT, orcpt TEXT,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT '', diagnostic TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (message_id, position)
+);
+CREATE INDEX message_next_attempt ON message (next_attempt);
+PRAGMA user_version = 1;
+INSERT INTO message (sender, arrival, body_type, smtputf8, size, client_address, client_helo,
+    next_attempt, body) VALUES ('s@x', 1000, '7BIT', 0, 5, '192.0.2.1', 'h', 1000, x'6869');
+INSERT INTO recipient (message_id, position, address, state) VALUES (1, 0, 'a@x', 'pending');
+"""
+
+
+class NoticeRecordTests(SynchronousTestCase):
+    """Tests for the notices, delay marks and parking of L{SQLiteSpool.record}."""
+
+    def setUp(self) -> None:
+        """Make a spool with one message for two recipients."""
+        self.directory = Path(self.mktemp())
+        self.factory = flaky()
+        self.spool = SQLiteSpool(self.directory, run_now, inline_limit=100, factory=self.factory)
+        self.addCleanup(self.spool.close)
+        self.queue_id = self.successResultOf(
+            self.spool.enqueue(make_envelope("a@x", "b@x"), SMALL)
+        )
+        self.committed: list[Sequence[str]] = []
+        self.spool.subscribe(self.committed.append)
+
+    def notice(self, body: bytes = SMALL) -> Notice:
+        """@return: a notice to the test sender."""
+        return Notice(make_envelope("s@remote.example", sender=""), body)
+
+    def test_notice_with_results(self) -> None:
+        """
+        Notices are queued with the results, marked as notices; observers hear of them.
+
+        The delay mark and the time of the attempt are kept for their recipients.
+        """
+        removed = self.successResultOf(
+            self.spool.record(
+                self.queue_id,
+                [
+                    RecipientResult(0, RecipientState.FAILED, "5.1.1", "550 no", "mx.y"),
+                    RecipientResult(1, RecipientState.PENDING, "4.3.0", "451 later"),
+                ],
+                2000,
+                now=1500,
+                notices=[self.notice(BIG)],
+                delay_notified=[1],
+            )
+        )
+        self.assertFalse(removed)
+        entries = self.successResultOf(self.spool.list())
+        self.assertEqual(
+            [(e.kind, e.sender) for e in entries],
+            [(MessageKind.MESSAGE, "s@remote.example"), (MessageKind.NOTICE, "")],
+        )
+        self.assertEqual(self.committed, [[entries[1].queue_id]])
+        notice = self.successResultOf(self.spool.load(entries[1].queue_id))
+        assert notice is not None
+        self.assertEqual(notice.body, BIG)
+        message = self.successResultOf(self.spool.load(self.queue_id))
+        assert message is not None
+        self.assertEqual(
+            message.progress,
+            (RecipientProgress(False, "mx.y", 1500), RecipientProgress(True, None, 1500)),
+        )
+
+    def test_atomic(self) -> None:
+        """When the notice cannot be stored, the results are not stored either."""
+        self.factory.fail_prefix = "INSERT INTO message"
+        self.failureResultOf(
+            self.spool.record(
+                self.queue_id,
+                [RecipientResult(0, RecipientState.FAILED, "5.1.1")],
+                2000,
+                notices=[self.notice(BIG)],
+                delay_notified=[1],
+            ),
+            SpoolError,
+        )
+        self.factory.fail_prefix = None
+        message = self.successResultOf(self.spool.load(self.queue_id))
+        assert message is not None
+        self.assertEqual(
+            [r.state for r in message.envelope.recipients], [RecipientState.PENDING] * 2
+        )
+        self.assertFalse(message.progress[1].delay_notified)
+        self.assertEqual(self.successResultOf(self.spool.count()), 1)
+        self.assertEqual(list((self.directory / BODIES_NAME).iterdir()), [])
+        self.assertEqual(self.committed, [])
+
+    def test_park(self) -> None:
+        """
+        A parked message keeps its recipients, is never due, and starts with the reason.
+
+        Recording for it again is refused.
+        """
+        self.assertFalse(self.successResultOf(self.spool.park(self.queue_id, "loop\r\nx")))
+        message = self.successResultOf(self.spool.load(self.queue_id))
+        assert message is not None
+        self.assertEqual((message.queue, message.reason), (Queue.BAD, "loop x"))
+        self.assertEqual(message.body, b"X-Mdtwist-Bad-Queue-Reason: loop x\r\n" + SMALL)
+        self.assertEqual(message.size, len(message.body or b""))
+        self.assertEqual(self.successResultOf(self.spool.due(1e12, 10)), [])
+        [entry] = self.successResultOf(self.spool.list())
+        self.assertEqual((entry.queue, entry.reason), (Queue.BAD, "loop x"))
+        self.failureResultOf(self.spool.record(self.queue_id, [], 1), SpoolError)
+
+    def test_park_large_body(self) -> None:
+        """Parking a message whose body is a file replaces the file; the old one goes."""
+        big_id = self.successResultOf(self.spool.enqueue(make_envelope("a@x"), BIG))
+        before = set((self.directory / BODIES_NAME).iterdir())
+        self.successResultOf(self.spool.park(big_id, "why"))
+        after = set((self.directory / BODIES_NAME).iterdir())
+        self.assertEqual((len(before), len(after)), (1, 1))
+        self.assertNotEqual(before, after)
+        message = self.successResultOf(self.spool.load(big_id))
+        assert message is not None
+        self.assertEqual(message.body, b"X-Mdtwist-Bad-Queue-Reason: why\r\n" + BIG)
+
+
+class MigrationTests(SynchronousTestCase):
+    """Tests for opening a spool of an older schema."""
+
+    def test_from_version_1(self) -> None:
+        """
+        A version 1 spool is migrated: its messages are active, with no delay marks.
+
+        The read-only reader refuses a version 1 spool, asking for the server to migrate it.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        db = sqlite3.connect(directory / DATABASE_NAME)
+        db.executescript(_SCHEMA_V1)
+        db.commit()
+        db.close()
+        error = self.assertRaises(SpoolError, SpoolReader, directory)
+        self.assertIn("migrate", str(error))
+        spool = SQLiteSpool(directory, run_now)
+        self.addCleanup(spool.close)
+        self.assertEqual(self.successResultOf(spool.due(2000, 10)), ["0000000001"])
+        message = self.successResultOf(spool.load("0000000001"))
+        assert message is not None
+        self.assertEqual(
+            (message.queue, message.kind, message.body, message.progress),
+            (Queue.ACTIVE, MessageKind.MESSAGE, b"hi", (RecipientProgress(),)),
+        )
+        check = sqlite3.connect(directory / DATABASE_NAME)
+        self.addCleanup(check.close)
+        self.assertEqual(check.execute("PRAGMA user_version").fetchone(), (2,))
