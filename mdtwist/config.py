@@ -27,8 +27,10 @@ import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from mdtwist.delivery.router import HostSpecError, parse_host_spec
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
+from mdtwist.spool.schedule import QueuePolicy
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
@@ -183,7 +185,6 @@ class DeliveryConfig:
     @ivar lmtp_endpoint: a Twisted client endpoint string for the LMTP server.
     @ivar concurrency: messages delivered at the same time.
     @ivar run_interval: seconds between periodic queue runs.
-    @ivar retry_delay: seconds before a temporarily failed delivery is tried again.
     """
 
     local: LocalDelivery = LocalDelivery.MAILDIR
@@ -191,7 +192,6 @@ class DeliveryConfig:
     lmtp_endpoint: str = ""
     concurrency: int = 10
     run_interval: float = 60.0
-    retry_delay: float = 300.0
 
 
 @attrs.frozen
@@ -340,6 +340,7 @@ class Config:
     The whole configuration.
 
     @ivar path: the file it was read from.
+    @ivar queue: the retry queue and notice settings (C{[queue]}).
     """
 
     path: Path
@@ -350,6 +351,7 @@ class Config:
     delivery: DeliveryConfig
     tls: TLSConfig | None = None
     outbound: OutboundConfig = OutboundConfig()
+    queue: QueuePolicy = attrs.field(factory=QueuePolicy)
 
 
 _MISSING: Any = object()
@@ -606,7 +608,7 @@ def _spool(reader: _Reader, top: _Table) -> SpoolConfig:
 def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
     table = top.subtable(
         "delivery",
-        {"local", "maildir_root", "lmtp_endpoint", "concurrency", "run_interval", "retry_delay"},
+        {"local", "maildir_root", "lmtp_endpoint", "concurrency", "run_interval"},
     )
     assert table is not None
     defaults = DeliveryConfig()
@@ -626,7 +628,6 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
         lmtp_endpoint=lmtp_endpoint,
         concurrency=table.positive("concurrency", int, defaults.concurrency),
         run_interval=table.positive("run_interval", float, defaults.run_interval),
-        retry_delay=table.positive("retry_delay", float, defaults.retry_delay),
     )
 
 
@@ -790,8 +791,11 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
     )
     if config.mode is not RouteMode.DIRECT and not config.smarthost:
         reader.problem(table.key("smarthost"), f"required when mode = '{config.mode.value}'")
-    if config.smarthost and parse_smarthost(config.smarthost) is None:
-        reader.problem(table.key("smarthost"), "must be host, [host], host:port or [host]:port")
+    if config.smarthost:
+        try:
+            parse_host_spec(config.smarthost)
+        except HostSpecError as e:
+            reader.problem(table.key("smarthost"), str(e))
     if config.smarthost_login and config.smarthost_password is None:
         reader.problem(table.key("smarthost_password"), "required with smarthost_login")
     if config.pop_before_smtp:
@@ -814,33 +818,43 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
     return config
 
 
-def parse_smarthost(text: str) -> tuple[str, int, bool] | None:
-    """
-    Parse a smart-host setting.
+_DAY = 86400.0
+_QUEUE_SECONDS = (
+    "remote_residency",
+    "remote_interval",
+    "minimal_backoff",
+    "maximal_backoff",
+    "delay_after_temp_error",
+)
+_QUEUE_FLAGS = ("delay_notice", "delivered_after_delay_notice", "bad_queue_undeliverable_notices")
+_QUEUE_TEXTS = ("failure_subject", "delay_subject", "success_subject")
 
-    @param text: C{host}, C{[host]}, C{host:port} or C{[host]:port}.
-    @return: host, port (25 when not given) and whether the MX lookup is skipped (brackets);
-        L{None} when the text has none of these forms.
-    """
-    bracketed = text.startswith("[")
-    if bracketed:
-        host, close, rest = text[1:].partition("]")
-        if not close or not host:
-            return None
-        if not rest:
-            return host, 25, True
-        if not rest.startswith(":"):
-            return None
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = text.partition(":")
-        if not host or any(c in host for c in "[]/ "):
-            return None
-        if not colon:
-            return host, 25, False
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        return None
-    return host, int(port_text), bracketed
+
+def _queue(reader: _Reader, top: _Table, hop_limit: int) -> QueuePolicy:
+    defaults = QueuePolicy()
+    keys = {*_QUEUE_SECONDS, *_QUEUE_FLAGS, *_QUEUE_TEXTS, "lifetime_days", "notice_lifetime_days"}
+    table = top.subtable("queue", keys)
+    assert table is not None
+    values: dict[str, Any] = {
+        name: table.value(name, float, getattr(defaults, name)) for name in _QUEUE_SECONDS
+    }
+    values.update(
+        {name: table.value(name, bool, getattr(defaults, name)) for name in _QUEUE_FLAGS}
+    )
+    for name in ("lifetime", "notice_lifetime"):
+        values[name] = table.value(f"{name}_days", float, getattr(defaults, name) / _DAY) * _DAY
+    texts = attrs.evolve(
+        defaults.texts,
+        **{
+            name: table.string(name, getattr(defaults.texts, name), empty_ok=False)
+            for name in _QUEUE_TEXTS
+        },
+    )
+    try:
+        return QueuePolicy(**values, hop_limit=hop_limit, texts=texts)
+    except ValueError as e:
+        reader.problem("queue", str(e))
+        return defaults
 
 
 def parse_config(data: Mapping[str, Any], source: Path) -> Config:
@@ -854,17 +868,21 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     """
     reader = _Reader(source)
     top = reader.table(
-        data, "", {"server", "smtp", "tls", "directory", "spool", "delivery", "outbound"}
+        data,
+        "",
+        {"server", "smtp", "tls", "directory", "spool", "delivery", "outbound", "queue"},
     )
+    smtp = _smtp(reader, top)
     config = Config(
         path=source,
         server=_server(reader, top),
-        smtp=_smtp(reader, top),
+        smtp=smtp,
         tls=_tls(reader, top),
         directory=_directory(reader, top),
         spool=_spool(reader, top),
         delivery=_delivery(reader, top),
         outbound=_outbound(reader, top),
+        queue=_queue(reader, top, smtp.hop_limit),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

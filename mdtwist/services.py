@@ -39,7 +39,6 @@ from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import SessionLimits, SMTPServerFactory
 from mdtwist.smtp.tls import server_tls_options
 from mdtwist.spool.runner import QueueRunner
-from mdtwist.spool.schedule import RetryPolicy
 from mdtwist.spool.store import SQLiteSpool
 from mdtwist.threadpool import ThreadPoolService
 
@@ -244,7 +243,8 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         reactor,
         interval=config.delivery.run_interval,
         concurrency=config.delivery.concurrency,
-        policy=RetryPolicy(minimal_backoff=config.delivery.retry_delay),
+        policy=config.queue,
+        hostname=config.server.hostname,
     )
     runner.setName("queue")
     runner.setServiceParent(top)

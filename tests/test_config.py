@@ -18,7 +18,6 @@ from mdtwist.config import (
     RouteMode,
     TLSMode,
     load_config,
-    parse_smarthost,
 )
 from mdtwist.errors import ConfigError
 
@@ -395,23 +394,12 @@ class ConfigTests(SynchronousTestCase):
         config = load_config(self.write(text))
         outbound = config.outbound
         self.assertEqual(outbound.mode, RouteMode.SMARTHOST)
-        self.assertEqual(parse_smarthost(outbound.smarthost), ("relay.test", 587, True))
+        self.assertEqual(outbound.smarthost, "[relay.test]:587")
         assert outbound.smarthost_password is not None
         self.assertEqual(outbound.smarthost_password.reveal(), "pw1")
         self.assertNotIn("pw1", repr(config))
         self.assertNotIn("pw2", repr(config))
         self.assertEqual(outbound.dns_servers, ("127.0.0.1:5353",))
-
-    def test_smarthost_forms(self) -> None:
-        """
-        Smart-host settings accept host, [host] and either with a port, and nothing else.
-        """
-        self.assertEqual(parse_smarthost("relay.test"), ("relay.test", 25, False))
-        self.assertEqual(parse_smarthost("[relay.test]"), ("relay.test", 25, True))
-        self.assertEqual(parse_smarthost("relay.test:2525"), ("relay.test", 2525, False))
-        self.assertEqual(parse_smarthost("[127.0.0.1]:26"), ("127.0.0.1", 26, True))
-        for bad in ("", "[relay", "relay:", "relay:99999", "[r]x", "a b", "[]:25"):
-            self.assertIsNone(parse_smarthost(bad), bad)
 
     def test_outbound_problems(self) -> None:
         """
@@ -419,6 +407,7 @@ class ConfigTests(SynchronousTestCase):
         """
         text = GOOD + (
             '\n[outbound]\nmode = "direct_then_smarthost"\nsmarthost_login = "me"\n'
+            'smarthost = "[relay:x"\n'
             'pop_before_smtp = true\nmx_tls = "verified"\ndns_servers = ["nope"]\n'
             "per_account_mailbox_password = true\n"
         )
@@ -431,7 +420,31 @@ class ConfigTests(SynchronousTestCase):
                 "outbound.per_account_mailbox_password: only has a meaning with per_account_auth",
                 "outbound.pop_login: pop_login and pop_password are required",
                 "outbound.pop_server: must be host:port with pop_before_smtp",
-                "outbound.smarthost: required when mode = 'direct_then_smarthost'",
+                "outbound.smarthost: '[relay:x': '[' without ']'",
                 "outbound.smarthost_password: required with smarthost_login",
             ],
+        )
+
+    def test_queue_settings(self) -> None:
+        """
+        [queue] sets the retry schedule and notices; the hop limit comes from [smtp].
+        """
+        text = GOOD.replace("[[smtp.listen]]", "[smtp]\nhop_limit = 30\n\n[[smtp.listen]]") + (
+            '\n[queue]\nlifetime_days = 2\ndelay_notice = false\nfailure_subject = "Bounced"\n'
+        )
+        policy = load_config(self.write(text)).queue
+        self.assertEqual(policy.lifetime, 2 * 86400.0)
+        self.assertFalse(policy.delay_notice)
+        self.assertEqual(policy.hop_limit, 30)
+        self.assertEqual(policy.texts.failure_subject, "Bounced")
+        self.assertEqual(policy.remote_interval, 900.0)
+
+    def test_queue_problems(self) -> None:
+        """
+        A maximal backoff below the minimal one is refused with the reason.
+        """
+        text = GOOD + "\n[queue]\nminimal_backoff = 600\nmaximal_backoff = 60\n"
+        [problem] = self.problems(text)
+        self.assertTrue(
+            problem.startswith("queue: maximal_backoff (60.0) must not be less"), problem
         )

@@ -100,7 +100,10 @@ directory = "spool"
 [delivery]
 {delivery or 'maildir_root = "mail"'}
 run_interval = 1.0
-retry_delay = 1.0
+
+[queue]
+remote_interval = 1.0
+delay_after_temp_error = 1.0
 """
         )
         self.log_path = directory / "mdtwist.log"
