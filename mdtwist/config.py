@@ -27,7 +27,7 @@ import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 
-from mdtwist.delivery.router import HostSpecError, parse_host_spec
+from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
 from mdtwist.spool.schedule import QueuePolicy
@@ -53,16 +53,6 @@ class LocalDelivery(enum.Enum):
 
     MAILDIR = "maildir"
     LMTP = "lmtp"
-
-
-class RouteMode(enum.Enum):
-    """
-    How outbound mail leaves (MDaemon's "Delivery" screen).
-    """
-
-    DIRECT = "direct"
-    SMARTHOST = "smarthost"
-    DIRECT_THEN_SMARTHOST = "direct_then_smarthost"
 
 
 class TLSMode(enum.Enum):
@@ -310,7 +300,7 @@ class OutboundConfig:
     @ivar connect_timeout: seconds to wait for a TCP connection.
     """
 
-    mode: RouteMode = RouteMode.DIRECT
+    mode: Mode = Mode.DIRECT
     smarthost: str = ""
     smarthost_tls: TLSMode = TLSMode.VERIFIED
     smarthost_ca_file: Path | None = None
@@ -771,7 +761,7 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
         )
     }
     config = OutboundConfig(
-        mode=table.choice("mode", RouteMode, defaults.mode),
+        mode=table.choice("mode", Mode, defaults.mode),
         smarthost=table.string("smarthost", ""),
         smarthost_tls=table.choice("smarthost_tls", TLSMode, defaults.smarthost_tls),
         smarthost_ca_file=table.path("smarthost_ca_file", None),
@@ -789,7 +779,7 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
         connect_timeout=table.positive("connect_timeout", float, defaults.connect_timeout),
         **flags,
     )
-    if config.mode is not RouteMode.DIRECT and not config.smarthost:
+    if config.mode is not Mode.DIRECT and not config.smarthost:
         reader.problem(table.key("smarthost"), f"required when mode = '{config.mode.value}'")
     if config.smarthost:
         try:

@@ -15,10 +15,10 @@ from mdtwist.config import (
     DirectoryBackend,
     LDAPAuthMethod,
     ListenerMode,
-    RouteMode,
     TLSMode,
     load_config,
 )
+from mdtwist.delivery.router import Mode
 from mdtwist.errors import ConfigError
 
 GOOD = """
@@ -372,7 +372,7 @@ class ConfigTests(SynchronousTestCase):
         Without an [outbound] table, mail goes direct with the MDaemon options off.
         """
         outbound = load_config(self.write(GOOD)).outbound
-        self.assertEqual(outbound.mode, RouteMode.DIRECT)
+        self.assertEqual(outbound.mode, Mode.DIRECT)
         self.assertEqual(outbound.smarthost_tls, TLSMode.VERIFIED)
         self.assertEqual(outbound.mx_tls, TLSMode.OPPORTUNISTIC)
         self.assertEqual(outbound.mx_port, 25)
@@ -393,7 +393,7 @@ class ConfigTests(SynchronousTestCase):
         )
         config = load_config(self.write(text))
         outbound = config.outbound
-        self.assertEqual(outbound.mode, RouteMode.SMARTHOST)
+        self.assertEqual(outbound.mode, Mode.SMARTHOST)
         self.assertEqual(outbound.smarthost, "[relay.test]:587")
         assert outbound.smarthost_password is not None
         self.assertEqual(outbound.smarthost_password.reveal(), "pw1")

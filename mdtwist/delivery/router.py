@@ -85,7 +85,7 @@ class Mode(enum.Enum):
 
     DIRECT = "direct"
     SMARTHOST = "smarthost"
-    DIRECT_THEN_SMARTHOST = "direct-then-smarthost"
+    DIRECT_THEN_SMARTHOST = "direct_then_smarthost"
 
 
 class DomainKind(enum.Enum):
