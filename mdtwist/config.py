@@ -30,6 +30,7 @@ from twisted.internet.testing import MemoryReactor
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
+from mdtwist.smtp.client import TLSMode
 from mdtwist.spool.schedule import QueuePolicy
 
 T = TypeVar("T")
@@ -53,16 +54,6 @@ class LocalDelivery(enum.Enum):
 
     MAILDIR = "maildir"
     LMTP = "lmtp"
-
-
-class TLSMode(enum.Enum):
-    """
-    TLS towards a next hop: none, STARTTLS when offered, or STARTTLS required and verified.
-    """
-
-    NONE = "none"
-    OPPORTUNISTIC = "opportunistic"
-    VERIFIED = "verified"
 
 
 class DirectoryBackend(enum.Enum):

@@ -8,7 +8,8 @@ For JSON::
 
 Event fields use a fixed vocabulary: C{session}, C{peer}, C{listener}, C{helo}, C{tls}, C{user},
 C{mail_from}, C{rcpt}, C{code}, C{enhanced}, C{queue_id}, C{msg_size}, C{mx}, C{attempt},
-C{dn}, C{elapsed_ms}. Passwords, SASL payloads and message bodies never appear in any field.
+C{dn}, C{elapsed_ms}, C{status}, C{detail}. Passwords, SASL payloads and message bodies never
+appear in any field.
 """
 
 from __future__ import annotations

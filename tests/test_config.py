@@ -15,11 +15,11 @@ from mdtwist.config import (
     DirectoryBackend,
     LDAPAuthMethod,
     ListenerMode,
-    TLSMode,
     load_config,
 )
 from mdtwist.delivery.router import Mode
 from mdtwist.errors import ConfigError
+from mdtwist.smtp.client import TLSMode
 
 GOOD = """
 [server]
