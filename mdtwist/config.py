@@ -724,11 +724,17 @@ def _directory(reader: _Reader, top: _Table) -> DirectoryConfig:
     return DirectoryConfig(backend=backend, file=file_config, ldap=ldap_config, cache=cache)
 
 
-def _host_port(text: str) -> tuple[str, int] | None:
+def parse_host_port(text: str) -> tuple[str, int] | None:
+    """
+    Parse C{host:port} (C{[address]:port} for IPv6).
+
+    @param text: the setting.
+    @return: host (without brackets) and port, or L{None} when it is not of that form.
+    """
     host, colon, port = text.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         return None
-    return host, int(port)
+    return host.strip("[]"), int(port)
 
 
 def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
@@ -780,7 +786,7 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
     if config.smarthost_login and config.smarthost_password is None:
         reader.problem(table.key("smarthost_password"), "required with smarthost_login")
     if config.pop_before_smtp:
-        if _host_port(config.pop_server) is None:
+        if parse_host_port(config.pop_server) is None:
             reader.problem(table.key("pop_server"), "must be host:port with pop_before_smtp")
         if not config.pop_login or config.pop_password is None:
             reader.problem(table.key("pop_login"), "pop_login and pop_password are required")
@@ -794,7 +800,7 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
             "MX hosts are not verified (no DANE/MTA-STS yet): use 'opportunistic' or 'none'",
         )
     for server in config.dns_servers:
-        if _host_port(server) is None:
+        if parse_host_port(server) is None:
             reader.problem(table.key("dns_servers"), f"{server!r} is not address:port")
     return config
 

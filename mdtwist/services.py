@@ -9,7 +9,8 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
     spool-io             ThreadPoolService with one thread: the spool's only writer
     delivery-io          ThreadPoolService: Maildir writes and fsyncs (idle with LMTP)
     spool                closes the spool database on shutdown
-    queue                QueueRunner: spool -> mailboxes
+    smtp-client-close    closes idle outbound SMTP connections on shutdown
+    queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     smtp-N-MODE          one StreamServerEndpointService per [[smtp.listen]]
 """
 
@@ -21,19 +22,38 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, execute
-from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    clientFromString,
+    serverFromString,
+)
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamClientEndpoint
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mdtwist.config import Config, DirectoryBackend, ListenConfig, LocalDelivery
+from mdtwist.config import (
+    Config,
+    DirectoryBackend,
+    ListenConfig,
+    LocalDelivery,
+    parse_host_port,
+)
+from mdtwist.delivery.hosts import FailedHosts
 from mdtwist.delivery.lmtp import LMTPDelivery
 from mdtwist.delivery.local import ILocalDelivery, MaildirDelivery
+from mdtwist.delivery.mx import AddressPolicy, MXResolver, make_resolver
+from mdtwist.delivery.popauth import pop_before_smtp
+from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
+from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.directory.cache import CachedDirectory
 from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
 from mdtwist.errors import ConfigError
 from mdtwist.interfaces import IDirectory
+from mdtwist.smtp.client import ClientTimeouts, SMTPClient, trust_root_from_pem
+from mdtwist.smtp.core.client import Credentials
 from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import SessionLimits, SMTPServerFactory
@@ -166,6 +186,98 @@ def build_local_delivery(
     return MaildirDelivery(root, run, reactor, hostname=config.server.hostname)
 
 
+def build_remote_delivery(
+    config: Config, reactor: Any, directory: IDirectory, parent: MultiService
+) -> RemoteDelivery:
+    """
+    Build remote delivery: the router's policy, MX resolution, the SMTP client and the
+    smart-host access.
+
+    @param config: the configuration.
+    @param reactor: the reactor (time, TCP, UDP for DNS).
+    @param directory: finds sending accounts for per-account smart-host AUTH.
+    @param parent: gets the service that closes idle client connections at shutdown.
+    @return: the remote delivery for the queue runner.
+    @raise ConfigError: when the smart host's CA file cannot be read.
+    """
+    outbound = config.outbound
+    smart_host = parse_host_spec(outbound.smarthost) if outbound.smarthost else None
+    policy = RoutingPolicy(
+        mode=outbound.mode,
+        smart_host=smart_host,
+        port=outbound.mx_port,
+        bounce_no_address=outbound.bounce_if_no_mx_or_a,
+        bounce_on_first_5xx=outbound.bounce_on_first_5xx,
+    )
+    servers = [_checked(parse_host_port(text)) for text in outbound.dns_servers] or None
+    resolver = MXResolver(
+        make_resolver(servers, reactor),
+        reactor,
+        addresses=AddressPolicy.IPV4_FIRST if outbound.ipv6 else AddressPolicy.IPV4_ONLY,
+        own_names=frozenset({config.server.hostname}),
+    )
+    trust_root = None
+    if outbound.smarthost_ca_file is not None:
+        try:
+            trust_root = trust_root_from_pem(outbound.smarthost_ca_file)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                [f"{config.path}: outbound.smarthost_ca_file: cannot use it: {e}"]
+            ) from None
+    client = SMTPClient(
+        clock=reactor,
+        hostname=config.server.hostname,
+        timeouts=ClientTimeouts(connect=outbound.connect_timeout),
+        max_per_host=outbound.max_connections_per_host,
+        trust_root=trust_root,
+    )
+    OnStop("smtp-client-close", client.close_idle).setServiceParent(parent)
+    credentials = None
+    if outbound.smarthost_login and outbound.smarthost_password is not None:
+        credentials = Credentials(outbound.smarthost_login, outbound.smarthost_password)
+    pop_login = None
+    if outbound.pop_before_smtp:
+        assert outbound.pop_password is not None
+        pop_host, pop_port = _checked(parse_host_port(outbound.pop_server))
+        login, password = outbound.pop_login, outbound.pop_password
+        pop_login = lambda: pop_before_smtp(  # noqa: E731 - a small closure is clearest here
+            HostnameEndpoint(reactor, pop_host, pop_port), login, password, reactor
+        )
+    access = SmartHostAccess(
+        tls=outbound.smarthost_tls,
+        credentials=credentials,
+        plaintext_auth=outbound.smarthost_plaintext_auth,
+        per_account=outbound.per_account_auth,
+        pop_login=pop_login,
+    )
+
+    def connect(address: str, port: int) -> IStreamClientEndpoint:
+        if ":" in address:
+            return TCP6ClientEndpoint(
+                reactor, address, port, timeout=int(outbound.connect_timeout)
+            )
+        return TCP4ClientEndpoint(reactor, address, port, timeout=int(outbound.connect_timeout))
+
+    return RemoteDelivery(
+        policy=policy,
+        resolver=resolver,
+        client=client,
+        failed_hosts=FailedHosts(reactor),
+        connect=connect,
+        directory=directory,
+        smart_host=access,
+        mx_tls=outbound.mx_tls,
+        abort_on_rcpt_5xx=outbound.abort_on_rcpt_5xx,
+        delay_after_temp_error=config.queue.delay_after_temp_error,
+    )
+
+
+def _checked(value: tuple[str, int] | None) -> tuple[str, int]:
+    # The configuration has validated these already.
+    assert value is not None
+    return value
+
+
 def smtp_factory(
     config: Config,
     listen: ListenConfig,
@@ -245,6 +357,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
         concurrency=config.delivery.concurrency,
         policy=config.queue,
         hostname=config.server.hostname,
+        remote=build_remote_delivery(config, reactor, directory, top),
     )
     runner.setName("queue")
     runner.setServiceParent(top)

@@ -54,6 +54,7 @@ class BuildTests(SynchronousTestCase):
                 "spool-io",
                 "delivery-io",
                 "spool",
+                "smtp-client-close",
                 "queue",
                 "smtp-0-mx",
                 "smtp-1-submission",

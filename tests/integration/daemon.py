@@ -41,6 +41,8 @@ class Daemon:
         trusted_networks: Sequence[str] = (),
         smtp_extra: str = "",
         delivery: str = "",
+        queue: str = "",
+        extra: str = "",
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -49,6 +51,8 @@ class Daemon:
         @param trusted_networks: networks that may relay without AUTH.
         @param smtp_extra: more TOML lines for the C{[smtp]} table.
         @param delivery: the C{[delivery]} table's lines; Maildir under the directory by default.
+        @param queue: more lines for the C{[queue]} table.
+        @param extra: more TOML tables (such as C{[outbound]}).
         """
         directory = directory.resolve()
         self.directory = directory
@@ -104,6 +108,9 @@ run_interval = 1.0
 [queue]
 remote_interval = 1.0
 delay_after_temp_error = 1.0
+{queue}
+
+{extra}
 """
         )
         self.log_path = directory / "mdtwist.log"
