@@ -1,0 +1,293 @@
+"""
+Tests for L{mdtwist.delivery.remote} with a fake resolver and a fake SMTP client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from mdtwist.delivery.hosts import FailedHosts, MXHost, MXResult, MXResultKind
+from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
+from mdtwist.delivery.router import Mode, RoutingPolicy, parse_host_spec
+from mdtwist.directory.model import Account
+from mdtwist.envelope import ClientInfo, Envelope, Recipient, RecipientState
+from mdtwist.secret import Secret
+from mdtwist.smtp.client import DeliveryReport, Destination, TLSMode
+from mdtwist.smtp.core.client import (
+    Credentials,
+    Phase,
+    RecipientOutcome,
+    RecipientStatus,
+    SessionOutcome,
+    SessionStatus,
+    Transaction,
+    TransactionOutcome,
+)
+from mdtwist.spool.store import QueuedMessage, RecipientResult
+from tests.spool.fakes import FakeDirectory
+
+#: How a fake host answers a recipient address: (status, code, enhanced, text).
+Answer = tuple[RecipientStatus, int | None, str, str]
+
+
+@attrs.define
+class FakeResolver:
+    """
+    Answers every domain with the same MX hosts.
+    """
+
+    hosts: tuple[MXHost, ...]
+
+    def resolve(self, domain: str) -> Deferred[MXResult]:
+        return succeed(MXResult(MXResultKind.MX, self.hosts))
+
+    def resolve_address(self, name: str) -> Deferred[MXResult]:
+        return succeed(
+            MXResult(MXResultKind.ADDRESS, (MXHost(name.strip("[]"), 0, ("192.0.2.99",)),))
+        )
+
+
+@attrs.define
+class FakeClient:
+    """
+    An SMTP client whose hosts answer from a script, and that records every session.
+
+    @ivar answers: address -> function from recipient address to its answer; an address
+        missing here refuses connections.
+    """
+
+    answers: dict[str, Callable[[str], Answer]]
+    sessions: list[tuple[str, Destination, tuple[str, ...]]] = attrs.Factory(list)
+
+    def deliver(
+        self,
+        endpoint: IStreamClientEndpoint,
+        destination: Destination,
+        transactions: Sequence[Transaction],
+        *,
+        queue_id: str | None = None,
+    ) -> Deferred[DeliveryReport]:
+        address = endpoint.address  # type: ignore[attr-defined]
+        [transaction] = transactions
+        rcpts = tuple(r.address for r in transaction.recipients)
+        self.sessions.append((address, destination, rcpts))
+        script = self.answers.get(address)
+        if script is None:
+            session = SessionOutcome(SessionStatus.CONNECTION_FAILED, Phase.CONNECT)
+            return succeed(DeliveryReport((), session))
+        outcomes = tuple(RecipientOutcome(rcpt, *script(rcpt), phase=Phase.RCPT) for rcpt in rcpts)
+        report = DeliveryReport(
+            (TransactionOutcome(transaction, outcomes, True),),
+            SessionOutcome(SessionStatus.COMPLETED, Phase.QUIT),
+        )
+        return succeed(report)
+
+
+@attrs.frozen
+class FakeEndpoint:
+    """
+    Stands for a client endpoint; only its address is looked at.
+    """
+
+    address: str
+    port: int
+
+
+ACCEPT: Answer = (RecipientStatus.DELIVERED, 250, "2.0.0", "ok")
+
+
+def message(*recipients: str, user: str | None = None) -> QueuedMessage:
+    envelope = Envelope(
+        sender="alice@local.test",
+        recipients=tuple(Recipient(r) for r in recipients),
+        client=ClientInfo("192.0.2.1", "client.test", user=user),
+        arrival=0.0,
+    )
+    return QueuedMessage("0000000001", envelope, 10, 0, 0.0, b"Subject: x\r\n\r\nbody\r\n")
+
+
+class RemoteDeliveryTests(SynchronousTestCase):
+    """
+    Recipients get one result each, from the hosts' answers and the routing rules.
+    """
+
+    def remote(
+        self,
+        answers: dict[str, Callable[[str], Answer]],
+        *,
+        policy: RoutingPolicy | None = None,
+        access: SmartHostAccess | None = None,
+        abort: bool = False,
+        directory: FakeDirectory | None = None,
+    ) -> tuple[RemoteDelivery, FakeClient, FailedHosts]:
+        hosts = (
+            MXHost("mx1.remote.test", 10, ("192.0.2.1",)),
+            MXHost("mx2.remote.test", 20, ("192.0.2.2",)),
+        )
+        client = FakeClient(answers)
+        failed = FailedHosts(Clock())
+        remote = RemoteDelivery(
+            policy=policy or RoutingPolicy(),
+            resolver=FakeResolver(hosts),  # type: ignore[arg-type]
+            client=client,  # type: ignore[arg-type]
+            failed_hosts=failed,
+            connect=lambda address, port: FakeEndpoint(address, port),  # type: ignore[arg-type,return-value]
+            directory=directory or FakeDirectory([], ["local.test"]),
+            smart_host=access or SmartHostAccess(),
+            abort_on_rcpt_5xx=abort,
+            delay_after_temp_error=180.0,
+        )
+        return remote, client, failed
+
+    def deliver(self, remote: RemoteDelivery, msg: QueuedMessage) -> list[RecipientResult]:
+        positions = list(range(len(msg.envelope.recipients)))
+        results: Sequence[RecipientResult] = self.successResultOf(remote(msg, positions))
+        return list(results)
+
+    def test_delivered_by_best_mx(self) -> None:
+        """
+        The best MX takes the message; the result names it as the remote MTA.
+        """
+        remote, client, _ = self.remote({"192.0.2.1": lambda r: ACCEPT})
+        [result] = self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual((result.state, result.status), (RecipientState.DELIVERED, "2.0.0"))
+        self.assertEqual(result.remote_mta, "mx1.remote.test")
+        self.assertEqual([s[0] for s in client.sessions], ["192.0.2.1"])
+
+    def test_unreachable_host_is_remembered(self) -> None:
+        """
+        A host that refuses connections is marked down and the next MX takes the message.
+        """
+        remote, client, failed = self.remote({"192.0.2.2": lambda r: ACCEPT})
+        [result] = self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual(result.state, RecipientState.DELIVERED)
+        self.assertTrue(failed.is_down("192.0.2.1", 25))
+        self.assertEqual([s[0] for s in client.sessions], ["192.0.2.1", "192.0.2.2"])
+
+    def test_4xx_defers_with_delay(self) -> None:
+        """
+        A 4xx from every host keeps the recipient pending, asks for the delay after a 4xx, and
+        keeps the full reply as the diagnostic.
+        """
+        soft: Answer = (RecipientStatus.TEMPORARY, 451, "4.3.0", "try later")
+        remote, _, _ = self.remote({"192.0.2.1": lambda r: soft, "192.0.2.2": lambda r: soft})
+        [result] = self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual(result.state, RecipientState.PENDING)
+        self.assertEqual(result.retry_after, 180.0)
+        self.assertEqual(result.diagnostic, "451 4.3.0 try later")
+
+    def test_mixed_5xx_and_4xx_defers(self) -> None:
+        """
+        A 5xx from one MX and a 4xx from the other defers (bounce only when no host gave a
+        4xx, MDaemon's default).
+        """
+        hard: Answer = (RecipientStatus.PERMANENT, 550, "5.7.1", "no")
+        soft: Answer = (RecipientStatus.TEMPORARY, 450, "4.2.0", "busy")
+        remote, _, _ = self.remote({"192.0.2.1": lambda r: hard, "192.0.2.2": lambda r: soft})
+        [result] = self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual(result.state, RecipientState.PENDING)
+
+    def test_abort_on_rcpt_5xx_retries_the_others_at_once(self) -> None:
+        """
+        With abort-on-5xx, the refused recipient fails and the others go out at once in a
+        new transaction to the same host.
+        """
+        calls: list[str] = []
+
+        def answer(rcpt: str) -> Answer:
+            calls.append(rcpt)
+            if rcpt == "bad@remote.test":
+                return (RecipientStatus.PERMANENT, 550, "5.1.1", "unknown")
+            if len(calls) <= 2:
+                return (RecipientStatus.RETRY_NOW, None, "4.0.0", "aborted")
+            return ACCEPT
+
+        remote, client, _ = self.remote(
+            {"192.0.2.1": answer}, policy=RoutingPolicy(bounce_on_first_5xx=True), abort=True
+        )
+        results = self.deliver(remote, message("bad@remote.test", "good@remote.test"))
+        self.assertEqual(
+            [(r.position, r.state) for r in results],
+            [(0, RecipientState.FAILED), (1, RecipientState.DELIVERED)],
+        )
+        self.assertEqual(
+            [s[2] for s in client.sessions],
+            [("bad@remote.test", "good@remote.test"), ("good@remote.test",)],
+        )
+        self.assertTrue(all(s[1].abort_on_rcpt_5xx for s in client.sessions))
+
+    def smart_policy(self) -> RoutingPolicy:
+        return RoutingPolicy(mode=Mode.SMARTHOST, smart_host=parse_host_spec("[relay.test]:587"))
+
+    def test_smarthost_global_credentials(self) -> None:
+        """
+        In smart-host mode all recipients go in one transaction with the global login.
+        """
+        access = SmartHostAccess(
+            tls=TLSMode.VERIFIED, credentials=Credentials("relay", Secret("pw"))
+        )
+        remote, client, _ = self.remote(
+            {"192.0.2.99": lambda r: ACCEPT}, policy=self.smart_policy(), access=access
+        )
+        results = self.deliver(remote, message("a@one.test", "b@two.test"))
+        self.assertEqual({r.state for r in results}, {RecipientState.DELIVERED})
+        [(_, destination, rcpts)] = client.sessions
+        self.assertEqual(rcpts, ("a@one.test", "b@two.test"))
+        self.assertEqual(
+            (destination.host, destination.port, destination.tls),
+            ("relay.test", 587, TLSMode.VERIFIED),
+        )
+        assert destination.credentials is not None
+        self.assertEqual(destination.credentials.login, "relay")
+
+    def test_per_account_credentials(self) -> None:
+        """
+        With per-account AUTH, the sending account's own smart-host login is used; an
+        account without one falls back to the global login.
+        """
+        directory = FakeDirectory(
+            [
+                Account(
+                    address="alice@local.test",
+                    mailbox="alice",
+                    domain="local.test",
+                    login="alice@local.test",
+                    smarthost_login="alice-relay",
+                    smarthost_password=Secret("alice-pw"),
+                )
+            ],
+            ["local.test"],
+        )
+        access = SmartHostAccess(credentials=Credentials("global", Secret("g")), per_account=True)
+        remote, client, _ = self.remote(
+            {"192.0.2.99": lambda r: ACCEPT},
+            policy=self.smart_policy(),
+            access=access,
+            directory=directory,
+        )
+        self.deliver(remote, message("x@one.test", user="alice@local.test"))
+        other = attrs.evolve(
+            message("y@one.test"),
+            envelope=attrs.evolve(message("y@one.test").envelope, sender="carol@local.test"),
+        )
+        self.deliver(remote, other)
+        logins = [s[1].credentials.login if s[1].credentials else None for s in client.sessions]
+        self.assertEqual(logins, ["alice-relay", "global"])
+
+    def test_pop_before_smtp_refused_defers(self) -> None:
+        """
+        A refused POP3 login defers every recipient (4.7.0) without contacting the smart host.
+        """
+        access = SmartHostAccess(pop_login=lambda: succeed(False))
+        remote, client, _ = self.remote(
+            {"192.0.2.99": lambda r: ACCEPT}, policy=self.smart_policy(), access=access
+        )
+        [result] = self.deliver(remote, message("x@one.test"))
+        self.assertEqual((result.state, result.status), (RecipientState.PENDING, "4.7.0"))
+        self.assertEqual(client.sessions, [])
