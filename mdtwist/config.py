@@ -790,9 +790,11 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
             reader.problem(table.key("pop_server"), "must be host:port with pop_before_smtp")
         if not config.pop_login or config.pop_password is None:
             reader.problem(table.key("pop_login"), "pop_login and pop_password are required")
-    if config.per_account_mailbox_password and not config.per_account_auth:
+    if config.per_account_mailbox_password:
         reader.problem(
-            table.key("per_account_mailbox_password"), "only has a meaning with per_account_auth"
+            table.key("per_account_mailbox_password"),
+            "not supported: mdtwist stores only password hashes, so it has no mailbox password "
+            "to send; give accounts their own smart-host login instead",
         )
     if config.mx_tls is TLSMode.VERIFIED:
         reader.problem(

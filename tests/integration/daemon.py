@@ -43,6 +43,7 @@ class Daemon:
         delivery: str = "",
         queue: str = "",
         extra: str = "",
+        domain: str = "example.test",
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -53,6 +54,8 @@ class Daemon:
         @param delivery: the C{[delivery]} table's lines; Maildir under the directory by default.
         @param queue: more lines for the C{[queue]} table.
         @param extra: more TOML tables (such as C{[outbound]}).
+        @param domain: the local domain; its accounts are alice and bob with the passwords of
+            L{PASSWORDS}.
         """
         directory = directory.resolve()
         self.directory = directory
@@ -61,8 +64,9 @@ class Daemon:
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
         self.certificate, self.key = make_certificate(directory / "tls", "mail.example.test")
-        accounts = ['domains = ["example.test"]']
+        accounts = [f'domains = ["{domain}"]']
         for address, password in PASSWORDS.items():
+            address = address.replace("example.test", domain)
             accounts += [
                 "[[account]]",
                 f'address = "{address}"',

@@ -208,6 +208,35 @@ class OutboundTests(SynchronousTestCase):
         self.assertEqual(queued.pending, 1)  # type: ignore[attr-defined]
         self.assertEqual(patient.messages(ALICE), [])
 
+    def test_abort_on_rcpt_5xx_against_mdtwist(self) -> None:
+        """
+        With abort_on_rcpt_5xx, against a second mdtwist as the MX of example.org: the
+        unknown recipient (550 5.1.1 at RCPT) bounces and the known one is still delivered,
+        in a new transaction.
+        """
+        destination = Daemon(Path(self.mktemp()), domain="example.org")
+        destination.start()
+        self.addCleanup(destination.stop)
+
+        def zone(d: DNSServer) -> None:
+            d.mx("example.org", 10, "mx1.example.org")
+            d.address("mx1.example.org", "127.0.0.1")
+
+        daemon = self.daemon(
+            self.dns(zone), destination.mx_port, outbound="abort_on_rcpt_5xx = true"
+        )
+        self.send(daemon, "nobody@example.org", "bob@example.org")
+        self.assertTrue(
+            wait_for(lambda: len(destination.messages("bob@example.org")) == 1),
+            daemon.log()[-3000:],
+        )
+        [entry] = self.status_fields(self.bounce(daemon))
+        self.assertEqual(entry["final-recipient"], "rfc822; nobody@example.org")
+        self.assertEqual(entry["status"], "5.1.1")
+        # The first transaction was aborted (RSET, no DATA) because of the 550.
+        self.assertIn("not delivered to bob@example.org via mx1.example.org", daemon.log())
+        self.assertIn("retry-now", daemon.log())
+
     def test_temporary_failure_gives_up_with_dsn(self) -> None:
         """
         A 4xx keeps the message queued; when its lifetime is over, the sender gets a failure
