@@ -42,7 +42,7 @@ class Daemon:
         smtp_extra: str = "",
         delivery: str = "",
         queue: str = "",
-        extra: str = "",
+        outbound: str = "",
         domain: str = "example.test",
     ) -> None:
         """
@@ -53,7 +53,9 @@ class Daemon:
         @param smtp_extra: more TOML lines for the C{[smtp]} table.
         @param delivery: the C{[delivery]} table's lines; Maildir under the directory by default.
         @param queue: more lines for the C{[queue]} table.
-        @param extra: more TOML tables (such as C{[outbound]}).
+        @param outbound: lines for the C{[outbound]} table. Unless they name C{dns_servers},
+            DNS goes to a loopback port where nothing listens (every lookup fails at once and
+            temporarily), so no test ever asks a resolver outside this machine.
         @param domain: the local domain; its accounts are alice and bob with the passwords of
             L{PASSWORDS}.
         """
@@ -114,7 +116,8 @@ remote_interval = 1.0
 delay_after_temp_error = 1.0
 {queue}
 
-{extra}
+[outbound]
+{outbound if "dns_servers" in outbound else 'dns_servers = ["127.0.0.1:9"]' + chr(10) + outbound}
 """
         )
         self.log_path = directory / "mdtwist.log"

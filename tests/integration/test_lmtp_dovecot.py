@@ -9,7 +9,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.spool.store import SpoolReader
+from mdtwist.spool.store import MessageKind, SpoolReader
 from tests.integration.daemon import Daemon
 from tests.integration.dovecot import Dovecot
 from tests.integration.test_smtp_daemon import wait_for
@@ -23,8 +23,8 @@ class LMTPDovecotTests(SynchronousTestCase):
     def test_delivery_and_refusal(self) -> None:
         """
         The account known to Dovecot (alice) gets the message; bob, in our directory but
-        unknown to Dovecot, is refused by Dovecot with 550 5.1.1, which fails only that recipient;
-        the message then leaves the spool.
+        unknown to Dovecot, is refused by Dovecot with 550 5.1.1, which fails only that
+        recipient: the message leaves the spool and a bounce for bob to the sender is queued.
         """
         root = Path(self.mktemp())
         dovecot = Dovecot(root / "dovecot", {"alice@example.test": "x"})
@@ -52,12 +52,18 @@ class LMTPDovecotTests(SynchronousTestCase):
         self.assertIn(b"\n.dot line\n", message)
         self.assertIn(b"by mail.example.test (mdtwist)", message)
 
-        def spool_empty() -> bool:
-            reader = SpoolReader(daemon.spool)
-            try:
-                return reader.list() == []
-            finally:
-                reader.close()
+        reader = SpoolReader(daemon.spool)
+        self.addCleanup(reader.close)
 
-        self.assertTrue(wait_for(spool_empty), daemon.log()[-2000:])
-        self.assertIn("5.1.1", daemon.log())
+        def only_the_bounce_left() -> bool:
+            entries = reader.list()
+            return len(entries) == 1 and entries[0].kind is MessageKind.NOTICE
+
+        self.assertTrue(wait_for(only_the_bounce_left), daemon.log()[-2000:])
+        [entry] = reader.list()
+        self.assertEqual(entry.sender, "")
+        notice = reader.load(entry.queue_id, with_body=True)
+        assert notice is not None and notice.body is not None
+        self.assertEqual([r.address for r in notice.envelope.recipients], ["s@elsewhere.test"])
+        self.assertIn(b"Final-Recipient: rfc822; bob@example.test", notice.body)
+        self.assertIn(b"Status: 5.1.1", notice.body)

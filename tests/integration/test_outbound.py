@@ -56,7 +56,7 @@ class OutboundTests(SynchronousTestCase):
             Path(self.mktemp()),
             trusted_networks=["127.0.0.0/8"],
             queue=queue,
-            extra=f'[outbound]\ndns_servers = ["{host}:{port}"]\nmx_port = {mx_port}\n{outbound}',
+            outbound=f'dns_servers = ["{host}:{port}"]\nmx_port = {mx_port}\n{outbound}',
         )
         daemon.start()
         self.addCleanup(daemon.stop)
@@ -275,7 +275,7 @@ class SmartHostTests(SynchronousTestCase):
         daemon = Daemon(
             Path(self.mktemp()),
             trusted_networks=["127.0.0.0/8"],
-            extra="[outbound]\n" + "\n".join(lines) + "\n",
+            outbound="\n".join(lines) + "\n",
         )
         daemon.start()
         self.addCleanup(daemon.stop)
