@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pstats
-import resource
 import shutil
 import signal
 import statistics
@@ -32,18 +30,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import (
+    RunFailed,
+    children_cpu,
+    filesystem_of,
+    load_average,
+    print_stats,
+    print_thread_shares,
+    settle,
+)
 from bench.procfs import machine_busy, thread_cpu, tree_cpu
 from bench.servers import RECIPIENT, SENDER, BenchServer, MdtwistServer, PostfixServer
 from tests.integration.peers import PeerError, find_program
 
 #: Seconds to wait for background delivery after smtp-source is done.
 DRAIN_LIMIT = 300.0
-
-
-class RunFailed(Exception):
-    """
-    A run did not complete: smtp-source failed, or a server did not start or deliver.
-    """
 
 
 @dataclass(frozen=True)
@@ -132,22 +133,6 @@ def source_command(case: Case, messages: int, sessions: int, port: int) -> list[
         "-s", str(sessions), "-m", str(messages), "-l", "1024",
         "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}",
     ]  # fmt: skip
-
-
-def settle() -> None:
-    """
-    Flush dirty pages to disk and rest 1.5 s, so that runs start from the same state.
-    """
-    os.sync()
-    time.sleep(1.5)
-
-
-def children_cpu() -> float:
-    """
-    @return: user plus system seconds of this process's reaped children so far.
-    """
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def wait_delivered(server: BenchServer, messages: int, started: float) -> float:
@@ -300,28 +285,6 @@ def _ratio_row(case: str, servers: Sequence[str], groups: dict[tuple[str, str], 
     )
 
 
-def filesystem_of(path: Path) -> str:
-    """
-    Describe the filesystem a path is on, from C{/proc/mounts}.
-
-    @return: for example C{/dev/vda on / (ext4, rw,relatime)}.
-    """
-    best = ("?", "/", "?", "?")
-    for line in Path("/proc/mounts").read_text().splitlines():
-        device, mount, kind, options = line.split()[:4]
-        inside = str(path).startswith(mount.rstrip("/") + "/") or str(path) == mount
-        if inside and len(mount) >= len(best[1]):
-            best = (device, mount, kind, options)
-    return f"{best[0]} on {best[1]} ({best[2]}, {best[3]})"
-
-
-def load_average() -> str:
-    """
-    @return: the 1, 5 and 15 minute load averages, as C{/proc/loadavg} gives them.
-    """
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     """
     Read the command line.
@@ -424,45 +387,6 @@ def profile_run(server: MdtwistServer, out: Path, messages: int, sessions: int) 
     print_stats(out / "main.prof", "main (reactor) thread")
     for path in sorted(out.glob("thread-PoolThread-spool-io-*.prof")):
         print_stats(path, f"spool-io thread ({path.name}; wall-clock, idle waits included)", 12)
-
-
-def print_thread_shares(before: dict[int, float], after: dict[int, float], names: Path) -> None:
-    """
-    Print each thread group's CPU seconds during the profiled run and its share of the process.
-
-    @param before: thread id -> CPU seconds at the start.
-    @param after: thread id -> CPU seconds at the end.
-    @param names: the wrapper's C{threads.txt} (thread id and name per line).
-    """
-    labels: dict[int, str] = {}
-    for line in names.read_text().splitlines():
-        number, name = line.split(" ", 1)
-        labels[int(number)] = name.rsplit("-", 1)[0] if name.startswith("PoolThread-") else name
-    groups: dict[str, float] = defaultdict(float)
-    for thread, seconds in after.items():
-        groups[labels.get(thread, "other")] += seconds - before.get(thread, 0.0)
-    total = sum(groups.values()) or 1.0
-    print("\nCPU per thread group during the profiled run:")
-    for name, seconds in sorted(groups.items(), key=lambda item: -item[1]):
-        print(f"  {name:28} {seconds:7.2f} s  {100 * seconds / total:5.1f}%")
-
-
-def print_stats(path: Path, title: str, limit: int = 25) -> None:
-    """
-    Print a profile's top functions by cumulative and by own (total) time.
-
-    @param path: a pstats file.
-    @param title: what the profile is of.
-    @param limit: how many functions per listing.
-    """
-    if not path.exists():
-        print(f"\n(no profile at {path})")
-        return
-    for key in ("cumulative", "tottime"):
-        print(f"\n=== {title}: top {limit} by {key} ===", flush=True)
-        stats = pstats.Stats(str(path), stream=sys.stdout)
-        stats.strip_dirs().sort_stats(key).print_stats(limit)
-        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -13,14 +13,17 @@ import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from bench.procfs import tree_pids
 from mdtwist.directory.passwords import hash_password
+from mdtwist.spool.store import DATABASE_NAME
 from tests.integration.peers import (
     PeerError,
     find_program,
@@ -104,11 +107,19 @@ class MdtwistServer:
 
     name = "mdtwist"
 
-    def __init__(self, parent: Path) -> None:
+    def __init__(
+        self, parent: Path, *, smtp_extra: str = "", delivery_extra: str = "", extra: str = ""
+    ) -> None:
         """
         @param parent: an empty directory; each run gets C{run-N} below it.
+        @param smtp_extra: more TOML lines for the C{[smtp]} table.
+        @param delivery_extra: more TOML lines for the C{[delivery]} table.
+        @param extra: more TOML tables, appended to the configuration (such as C{[outbound]}).
         """
         self.parent = parent
+        self._smtp_extra = smtp_extra
+        self._delivery_extra = delivery_extra
+        self._extra = extra
         self.profile_dir: Path | None = None
         self._runs = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -147,6 +158,22 @@ class MdtwistServer:
         """
         return self._directory / "mdtwist.log"
 
+    def queued(self) -> int:
+        """
+        Count the messages in the current run's spool, with a read-only SQLite connection.
+
+        @return: how many messages the spool holds (in any queue); 0 before the spool exists.
+        """
+        database = self._directory / "spool" / DATABASE_NAME
+        if not database.exists():
+            return 0
+        db = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=10.0)
+        try:
+            (count,) = db.execute("SELECT count(*) FROM message").fetchone()
+        finally:
+            db.close()
+        return int(count)
+
     def prepare(self) -> None:
         """
         Write a fresh configuration, spool and Maildir, and start the daemon.
@@ -183,6 +210,7 @@ hostname = "mx.{domain}"
 
 [smtp]
 max_sessions_per_ip = 1000
+{self._smtp_extra}
 
 [[smtp.listen]]
 endpoint = "tcp:{self._port}:interface=127.0.0.1"
@@ -200,6 +228,9 @@ directory = "spool"
 [delivery]
 local = "maildir"
 maildir_root = "mail"
+{self._delivery_extra}
+
+{self._extra}
 """
         )
         return str(config)
@@ -242,14 +273,17 @@ class PostfixServer:
 
     name = "postfix"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, extra_main_cf: str = "") -> None:
         """
         Write the configuration, check it, and start the instance.
 
         @param directory: an empty directory.
+        @param extra_main_cf: more main.cf lines, appended (a later line overrides an earlier
+            one), such as C{relayhost = ...}.
         @raise PeerError: when the configuration is refused or the port does not open.
         """
         self.directory = directory
+        self._extra_main_cf = extra_main_cf
         self._port = free_port()
         self._postfix = find_program("postfix")
         self._write_config()
@@ -278,7 +312,7 @@ class PostfixServer:
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o755)
         shutil.chown(data, "postfix", "postfix")
-        (etc / "main.cf").write_text(_main_cf(self.directory))
+        (etc / "main.cf").write_text(_main_cf(self.directory) + self._extra_main_cf)
         (etc / "master.cf").write_text(_master_cf(self._port))
 
     def _check(self) -> None:
@@ -302,14 +336,15 @@ class PostfixServer:
         self._master = int(pid_file.read_text().strip())
         wait_for_port(self._port, timeout=30.0, log_path=self.directory / "maillog")
 
-    def queued(self) -> int:
+    def queued(self, queues: Sequence[str] = _QUEUES) -> int:
         """
         Count the messages in the queue.
 
-        @return: how many queue files wait in any of the queue folders.
+        @param queues: the queue folders to count, by default all that hold undelivered mail.
+        @return: how many queue files wait in those folders.
         """
         total = 0
-        for queue in _QUEUES:
+        for queue in queues:
             for _folder, _dirs, files in os.walk(self.directory / "spool" / queue):
                 total += len(files)
         return total
@@ -333,6 +368,16 @@ class PostfixServer:
         @param count: how many messages the run sent (not needed: the queue is empty then).
         """
         return self.queued() == 0
+
+    def flush(self) -> None:
+        """
+        Ask for the delivery of every deferred message now (C{postqueue -f}), which also ends
+        the qmgr's "dead destination" throttles.
+
+        @raise PeerError: when postqueue fails.
+        """
+        postqueue = find_program("postqueue")
+        run_checked(["script", "-qec", f"{postqueue} -c {self.directory / 'etc'} -f", "/dev/null"])
 
     def finish(self) -> None:
         """
