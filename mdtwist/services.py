@@ -7,6 +7,7 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
 
     directory            ThreadPoolService: LDAP calls and password hashing
     spool-io             ThreadPoolService with one thread: the spool's only writer
+    spool-read           ThreadPoolService: message loads on read-only connections
     delivery-io          ThreadPoolService: Maildir writes and fsyncs (idle with LMTP)
     spool                closes the spool database on shutdown
     smtp-client-close    closes idle outbound SMTP connections on shutdown
@@ -131,7 +132,11 @@ def build_directory(
     )
 
 
-def open_spool(config: Config, run: Callable[..., Deferred[Any]]) -> SQLiteSpool:
+def open_spool(
+    config: Config,
+    run: Callable[..., Deferred[Any]],
+    read: Callable[..., Deferred[Any]] | None = None,
+) -> SQLiteSpool:
     """
     Open the spool at start-up, running its crash recovery before any listener opens.
 
@@ -140,6 +145,7 @@ def open_spool(config: Config, run: Callable[..., Deferred[Any]]) -> SQLiteSpool
 
     @param config: the configuration.
     @param run: runs the spool's blocking work on its writer thread from now on.
+    @param read: runs message loads on reading threads with connections of their own.
     @return: the spool.
     @raise ConfigError: when the spool directory or database cannot be used.
     """
@@ -155,7 +161,7 @@ def open_spool(config: Config, run: Callable[..., Deferred[Any]]) -> SQLiteSpool
     check.close()
     if isinstance(outcome[0], Failure):
         raise ConfigError([f"{problem}: {outcome[0].getErrorMessage()}"])
-    return SQLiteSpool(directory, run, inline_limit=config.spool.inline_limit)
+    return SQLiteSpool(directory, run, inline_limit=config.spool.inline_limit, read=read)
 
 
 def build_local_delivery(
@@ -342,11 +348,12 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     top.setName("mdtwist")
     directory_pool = ThreadPoolService(reactor, "directory", _directory_threads(config))
     spool_pool = ThreadPoolService(reactor, "spool-io", 1)
+    read_pool = ThreadPoolService(reactor, "spool-read", 2)
     delivery_pool = ThreadPoolService(reactor, "delivery-io", config.delivery.concurrency)
-    for pool in (directory_pool, spool_pool, delivery_pool):
+    for pool in (directory_pool, spool_pool, read_pool, delivery_pool):
         pool.setServiceParent(top)
     directory = build_directory(config, reactor, directory_pool.run, top)
-    spool = open_spool(config, spool_pool.run)
+    spool = open_spool(config, spool_pool.run, read_pool.run)
     SpoolService(spool).setServiceParent(top)
     runner = QueueRunner(
         spool,

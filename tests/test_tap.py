@@ -52,6 +52,7 @@ class BuildTests(SynchronousTestCase):
             [
                 "directory",
                 "spool-io",
+                "spool-read",
                 "delivery-io",
                 "spool",
                 "smtp-client-close",

@@ -415,6 +415,7 @@ class SQLiteSpool:
         *,
         inline_limit: int = DEFAULT_INLINE_LIMIT,
         factory: type[sqlite3.Connection] = sqlite3.Connection,
+        read: Run | None = None,
     ) -> None:
         """
         Make a spool; nothing is opened until the first call.
@@ -422,6 +423,10 @@ class SQLiteSpool:
         @param directory: the spool directory; created when absent.
         @param run: calls a function on the single C{spool-io} thread and returns a Deferred
             of its result (L{mdtwist.threadpool.ThreadPoolService.run}).
+        @param read: calls a function on another thread pool, for L{load}: each of its
+            threads reads through a read-only connection of its own, so loads never wait
+            behind writes (WAL readers see every committed transaction). L{None}: loads run
+            on the writer thread too.
         @param inline_limit: bodies up to this many bytes are stored in the database, larger
             ones in files.
         @param factory: the SQLite connection class.
@@ -436,7 +441,11 @@ class SQLiteSpool:
         self._db: sqlite3.Connection | None = None
         # Reactor-thread state.
         self._batch: list[tuple[Envelope, bytes, Deferred[str]]] = []
+        self._records: list[tuple[_Update, tuple[Notice, ...], Deferred[_RecordDone]]] = []
         self._writing = False
+        self._read = read
+        self._readers = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
         self._observers: list[Callable[[Sequence[str]], None]] = []
 
     # Reactor side.
@@ -509,10 +518,13 @@ class SQLiteSpool:
             holds no such message; it fails with L{SpoolError} when it cannot be read.
         """
         rowid = parse_queue_id(queue_id)
-        d: Deferred[QueuedMessage | None] = self._run(
-            self._guarded, _select_message, self._bodies, rowid, True
-        )
-        return d
+        if self._read is None:
+            d: Deferred[QueuedMessage | None] = self._run(
+                self._guarded, _select_message, self._bodies, rowid, True
+            )
+            return d
+        read: Deferred[QueuedMessage | None] = self._read(self._read_message, rowid)
+        return read
 
     def record(
         self,
@@ -550,16 +562,20 @@ class SQLiteSpool:
             L{SpoolError} when the message or a pending recipient is unknown, the message is
             not in the active queue, or the update could not be stored (then nothing changed).
         """
-        d: Deferred[tuple[bool, builtins.list[str]]] = self._run(
-            self._record,
-            queue_id,
-            tuple(results),
-            next_attempt,
-            now,
-            tuple(notices),
-            tuple(delay_notified),
-            park,
+        update = _Update(
+            queue_id=queue_id,
+            rowid=parse_queue_id(queue_id),
+            results=tuple(results),
+            next_attempt=next_attempt,
+            now=now,
+            delay_notified=tuple(delay_notified),
+            park=park,
+            parked=None,
         )
+        d: Deferred[_RecordDone] = Deferred()
+        self._records.append((update, tuple(notices), d))
+        if not self._writing:
+            self._write_next_batch()
 
         def committed(outcome: tuple[bool, builtins.list[str]]) -> bool:
             removed, ids = outcome
@@ -605,24 +621,43 @@ class SQLiteSpool:
         return d
 
     def _write_next_batch(self) -> None:
+        # One writer cycle: every message and every delivery outcome that arrived since the
+        # last one, in one transaction (group commit for both).
         batch, self._batch = self._batch, []
+        records, self._records = self._records, []
         self._writing = True
         items = [(envelope, body) for envelope, body, _ in batch]
-        written: Deferred[builtins.list[str]] = self._run(self._write_batch, items)
+        requests = [(update, notices) for update, notices, _ in records]
+        written: Deferred[tuple[builtins.list[str], builtins.list[_RecordDone | SpoolError]]]
+        written = self._run(self._write_batch, items, requests)
 
-        def committed(ids: builtins.list[str]) -> None:
+        def committed(
+            outcome: tuple[builtins.list[str], builtins.list[_RecordDone | SpoolError]],
+        ) -> None:
+            ids, done = outcome
             for (_, _, d), queue_id in zip(batch, ids, strict=True):
                 d.callback(queue_id)
+            for (_, _, waiting), result in zip(records, done, strict=True):
+                if isinstance(result, SpoolError):
+                    waiting.errback(result)
+                else:
+                    waiting.callback(result)
             self._batch_done()
-            self._tell_observers(ids)
+            if ids:
+                self._tell_observers(ids)
 
         def failed(reason: Failure) -> None:
             error = reason.value if reason.check(SpoolError) else SpoolError(str(reason.value))
             log.error(
-                "Spool write of {count} messages failed: {error}", count=len(batch), error=error
+                "Spool write of {count} messages and {records} outcomes failed: {error}",
+                count=len(batch),
+                records=len(records),
+                error=error,
             )
             for _, _, d in batch:
                 d.errback(error)
+            for _, _, waiting in records:
+                waiting.errback(error)
             self._batch_done()
 
         written.addCallbacks(committed, failed)
@@ -636,7 +671,7 @@ class SQLiteSpool:
 
     def _batch_done(self) -> None:
         self._writing = False
-        if self._batch:
+        if self._batch or self._records:
             self._write_next_batch()
 
     # Writer-thread side.
@@ -685,6 +720,9 @@ class SQLiteSpool:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            readers, self._reader_connections = self._reader_connections, []
+        for reader in readers:
+            reader.close()
 
     def _guarded(self, f: Callable[..., T], *args: Any) -> T:
         # Call f(connection, *args) with the lock held; storage errors become SpoolError.
@@ -727,70 +765,111 @@ class SQLiteSpool:
             except OSError:
                 log.failure("Could not remove spool body file {name}", name=path.name)
 
-    def _write_batch(self, items: builtins.list[tuple[Envelope, bytes]]) -> builtins.list[str]:
-        with self._lock:
-            files: builtins.list[Path] = []
-            try:
-                self._connection()
-                names = [self._store_body(body, files) for _, body in items]
-                if files:
-                    fsync_directory(self._bodies)
-                return self._transaction(
-                    lambda db: [
-                        _insert_message(db, envelope, body, name)
-                        for (envelope, body), name in zip(items, names, strict=True)
-                    ]
-                )
-            except (sqlite3.Error, OSError, SpoolError) as e:
-                self._discard(files)
-                if isinstance(e, SpoolError):
-                    raise
-                raise SpoolError(str(e)) from e
-
-    def _record(
+    def _write_batch(
         self,
-        queue_id: str,
-        results: tuple[RecipientResult, ...],
-        next_attempt: float,
-        now: float | None,
-        notices: tuple[Notice, ...],
-        delay_notified: tuple[int, ...],
-        park: str | None,
-    ) -> tuple[bool, builtins.list[str]]:
-        rowid = parse_queue_id(queue_id)
+        items: builtins.list[tuple[Envelope, bytes]],
+        requests: builtins.list[tuple[_Update, tuple[Notice, ...]]],
+    ) -> tuple[builtins.list[str], builtins.list[_RecordDone | SpoolError]]:
+        # Insert the new messages and apply the delivery outcomes in ONE transaction. Each
+        # outcome runs in a savepoint of its own, so a bad one (an unknown message) fails alone;
+        # a failing commit fails them all and nothing is kept.
         with self._lock:
             files: builtins.list[Path] = []
             try:
                 db = self._connection()
-                notice_files = [self._store_body(notice.body, files) for notice in notices]
-                parked: tuple[bytes, str | None] | None = None
-                if park is not None:
-                    body = _read_body(db, self._bodies, queue_id, rowid)
-                    parked_body = bad_queue_body(body, park)
-                    parked = (parked_body, self._store_body(parked_body, files))
+                names = [self._store_body(body, files) for _, body in items]
+                prepared = [
+                    self._prepare_record(db, update, notices) for update, notices in requests
+                ]
+                for entry in prepared:
+                    if not isinstance(entry, SpoolError):
+                        files.extend(entry[2])
                 if files:
                     fsync_directory(self._bodies)
-                update = _Update(
-                    queue_id=queue_id,
-                    rowid=rowid,
-                    results=results,
-                    next_attempt=next_attempt,
-                    now=now,
-                    delay_notified=delay_notified,
-                    park=park,
-                    parked=parked,
-                )
-                outcome = self._transaction(
-                    lambda db: _update_message(db, update, notices, notice_files)
-                )
+
+                def work(db: sqlite3.Connection) -> tuple[list[str], list[_Outcome | SpoolError]]:
+                    ids = [
+                        _insert_message(db, envelope, body, name)
+                        for (envelope, body), name in zip(items, names, strict=True)
+                    ]
+                    return ids, [_apply_record(db, entry) for entry in prepared]
+
+                ids, outcomes = self._transaction(work)
             except (sqlite3.Error, OSError, SpoolError) as e:
                 self._discard(files)
                 if isinstance(e, SpoolError):
                     raise
                 raise SpoolError(str(e)) from e
-        if outcome.old_body_file:
-            self._discard([self._bodies / outcome.old_body_file])
-        return outcome.removed, outcome.ids
+        done: builtins.list[_RecordDone | SpoolError] = []
+        for entry, outcome in zip(prepared, outcomes, strict=True):
+            if isinstance(outcome, SpoolError):
+                # Its savepoint was rolled back: the files it wrote belong to nobody.
+                if not isinstance(entry, SpoolError):
+                    self._discard(entry[2])
+                done.append(outcome)
+                continue
+            if outcome.old_body_file:
+                self._discard([self._bodies / outcome.old_body_file])
+            done.append((outcome.removed, outcome.ids))
+        return ids, done
+
+    def _prepare_record(
+        self, db: sqlite3.Connection, update: _Update, notices: tuple[Notice, ...]
+    ) -> _Prepared | SpoolError:
+        # Write the bodies one outcome needs (notices, a parked copy) before the transaction.
+        files: builtins.list[Path] = []
+        try:
+            notice_files = [self._store_body(notice.body, files) for notice in notices]
+            if update.park is not None:
+                body = _read_body(db, self._bodies, update.queue_id, update.rowid)
+                parked_body = bad_queue_body(body, update.park)
+                update = attrs.evolve(
+                    update, parked=(parked_body, self._store_body(parked_body, files))
+                )
+        except (sqlite3.Error, OSError, SpoolError) as e:
+            self._discard(files)
+            return e if isinstance(e, SpoolError) else SpoolError(str(e))
+        return (update, (notices, notice_files), files)
+
+    def _read_message(self, rowid: int | None) -> QueuedMessage | None:
+        # On a reading thread: its own read-only connection.
+        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
+        with self._lock:
+            if db is not None and db not in self._reader_connections:
+                db = None  # closed with the spool since this thread last read
+        try:
+            if db is None:
+                db = open_database(self._directory / DATABASE_NAME, read_only=True)
+                self._readers.db = db
+                with self._lock:
+                    self._reader_connections.append(db)
+            return _select_message(db, self._bodies, rowid, True)
+        except (sqlite3.Error, OSError) as e:
+            raise SpoolError(str(e)) from e
+
+
+#: A finished record: whether the message left the spool, and the ids of notices queued.
+_RecordDone = tuple[bool, list[str]]
+
+#: An outcome ready for the writer: the update, its notices with their body files, and every
+#: body file written for it (to delete if it fails).
+_Prepared = tuple["_Update", tuple[tuple[Notice, ...], list[str | None]], list[Path]]
+
+
+def _apply_record(db: sqlite3.Connection, entry: _Prepared | SpoolError) -> _Outcome | SpoolError:
+    # Apply one outcome inside a savepoint of the open transaction.
+    if isinstance(entry, SpoolError):
+        return entry
+    update, (notices, notice_files), _ = entry
+    db.execute("SAVEPOINT record")
+    try:
+        outcome = _update_message(db, update, notices, notice_files)
+    except (sqlite3.Error, SpoolError) as e:
+        db.execute("ROLLBACK TO record")
+        db.execute("RELEASE record")
+        return e if isinstance(e, SpoolError) else SpoolError(str(e))
+    db.execute("RELEASE record")
+    return outcome
 
 
 def bad_queue_body(body: bytes, reason: str) -> bytes:

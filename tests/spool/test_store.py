@@ -361,6 +361,82 @@ class GroupCommitTests(SynchronousTestCase):
         self.runner.run_all()
         self.assertEqual(len(heard), 2)
 
+    def queued(self, count: int) -> list[str]:
+        """Enqueue C{count} messages and commit them; return their ids."""
+        ds = [self.spool.enqueue(make_envelope(f"{n}@x"), SMALL) for n in range(count)]
+        self.runner.run_all()
+        return [self.successResultOf(d) for d in ds]
+
+    def test_outcomes_batched_with_messages(self) -> None:
+        """
+        Delivery outcomes recorded while a write is in flight are committed in the next
+        transaction together with newly enqueued messages, and their Deferreds fire only then.
+        """
+        first, second = self.queued(2)
+        begins = self.factory.begins
+        holder = self.spool.enqueue(make_envelope("held@x"), SMALL)
+        done = RecipientResult(0, RecipientState.DELIVERED, "2.0.0", "ok")
+        records = [self.spool.record(q, [done], 0.0) for q in (first, second)]
+        late = self.spool.enqueue(make_envelope("late@x"), SMALL)
+        self.runner.run_next()
+        self.successResultOf(holder)
+        for d in (*records, late):
+            self.assertNoResult(d)
+        self.runner.run_next()
+        self.assertEqual(self.factory.begins, begins + 2)
+        self.assertEqual([self.successResultOf(d) for d in records], [True, True])
+        self.assertFalse(self.visible(first))
+        self.assertTrue(self.visible(self.successResultOf(late)))
+
+    def test_bad_outcome_fails_alone(self) -> None:
+        """
+        An outcome for an unknown message fails with SpoolError; the outcomes and messages
+        written in the same transaction are kept.
+        """
+        [known] = self.queued(1)
+        done = RecipientResult(0, RecipientState.DELIVERED, "2.0.0", "ok")
+        pending = RecipientResult(0, RecipientState.PENDING, "4.0.0", "later")
+        bad = self.spool.record("00000000FF", [done], 0.0)
+        good = self.spool.record(known, [pending], 99.0)
+        new = self.spool.enqueue(make_envelope("new@x"), SMALL)
+        self.runner.run_all()
+        self.failureResultOf(bad, SpoolError)
+        self.assertFalse(self.successResultOf(good))
+        self.assertTrue(self.visible(self.successResultOf(new)))
+        reader = SpoolReader(self.directory)
+        self.addCleanup(reader.close)
+        loaded = reader.load(known)
+        assert loaded is not None
+        self.assertEqual(loaded.next_attempt, 99.0)
+
+
+class ReadConnectionTests(SynchronousTestCase):
+    """
+    With a read runner, loads use read-only connections of their own.
+    """
+
+    def test_load_while_a_write_is_in_flight(self) -> None:
+        """
+        A message is loaded while the writer is busy with another write, and it is read
+        through a connection that cannot write.
+        """
+        directory = Path(self.mktemp())
+        writer = HeldRunner()
+        spool = SQLiteSpool(directory, writer, read=run_now)
+        d = spool.enqueue(make_envelope("a@x"), SMALL)
+        writer.run_all()
+        queue_id = self.successResultOf(d)
+        spool.enqueue(make_envelope("b@x"), SMALL)
+        self.assertEqual(len(writer.calls), 1)
+        message = self.successResultOf(spool.load(queue_id))
+        assert message is not None
+        self.assertEqual(message.body, SMALL)
+        [reader] = spool._reader_connections
+        self.assertRaises(sqlite3.OperationalError, reader.execute, "DELETE FROM message")
+        spool.close()
+        writer.run_all()
+        self.assertEqual(spool._reader_connections, [])
+
 
 class FailureTests(SynchronousTestCase):
     """Tests for storage failures: the batch fails with L{SpoolError} and nothing of it stays."""
