@@ -31,7 +31,14 @@ TLS_CONTEXT = object()
 
 
 class GlueTestsBase(SynchronousTestCase):
-    """Shared set-up: a factory with fakes and a clock."""
+    """
+    Shared set-up: a factory with fakes and a clock.
+
+    @cvar bytewise: when true, every C{dataReceived} of a connected protocol is fed one byte
+        at a time, so each conversation also runs with the worst possible framing.
+    """
+
+    bytewise = False
 
     def setUp(self) -> None:
         """Make the fakes and the clock."""
@@ -65,6 +72,14 @@ class GlueTestsBase(SynchronousTestCase):
         protocol = factory.buildProtocol(IPv4Address("TCP", host, 1234))
         transport = TLSStringTransport(peerAddress=IPv4Address("TCP", host, 1234))
         protocol.makeConnection(transport)
+        if self.bytewise:
+            whole = protocol.dataReceived
+
+            def one_byte_at_a_time(data: bytes) -> None:
+                for i in range(len(data)):
+                    whole(data[i : i + 1])
+
+            protocol.dataReceived = one_byte_at_a_time  # type: ignore[method-assign]
         return protocol, transport
 
     def replies(self, transport: TLSStringTransport) -> list[tuple[int, str | None]]:
@@ -220,7 +235,9 @@ class TLSAndAuthTests(GlueTestsBase):
         TLS starts with the configured context and the session must say EHLO again.
         """
         protocol, transport = self.connect(self.factory(ListenerMode.SUBMISSION, TLS_CONTEXT))
-        protocol.dataReceived(b"EHLO c\r\nSTARTTLS\r\nRSET\r\n")
+        # The injection is one TCP segment by definition: fed whole even in bytewise runs
+        # (byte by byte, the RSET would arrive after the switch, as a legitimate command).
+        SMTPServerProtocol.dataReceived(protocol, b"EHLO c\r\nSTARTTLS\r\nRSET\r\n")
         self.assertEqual([c for c, _ in self.replies(transport)], [220, 250, 220])
         self.assertIs(transport.tls_context, TLS_CONTEXT)
         self.assertTrue(protocol.core.tls_active)
@@ -385,3 +402,21 @@ class LimitTests(GlueTestsBase):
         self.policy.held[0].callback(Reply(250, "2.1.0", ("Ok",)))
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(self.replies(transport).count((250, "2.0.0")), 50)
+
+
+class TransactionBytewiseTests(TransactionTests):
+    """L{TransactionTests}, every input fed one byte at a time."""
+
+    bytewise = True
+
+
+class TLSAndAuthBytewiseTests(TLSAndAuthTests):
+    """L{TLSAndAuthTests}, every input fed one byte at a time."""
+
+    bytewise = True
+
+
+class LimitBytewiseTests(LimitTests):
+    """L{LimitTests}, every input fed one byte at a time."""
+
+    bytewise = True
