@@ -350,9 +350,11 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     spool_pool = ThreadPoolService(reactor, "spool-io", 1)
     read_pool = ThreadPoolService(reactor, "spool-read", 2)
     delivery_pool = ThreadPoolService(reactor, "delivery-io", config.delivery.concurrency)
+    # Built before the pools join the tree: a backend's close step (LDAP unbind) must come
+    # first so that, in reverse order at shutdown, it runs after its pool has stopped.
+    directory = build_directory(config, reactor, directory_pool.run, top)
     for pool in (directory_pool, spool_pool, read_pool, delivery_pool):
         pool.setServiceParent(top)
-    directory = build_directory(config, reactor, directory_pool.run, top)
     spool = open_spool(config, spool_pool.run, read_pool.run)
     SpoolService(spool).setServiceParent(top)
     runner = QueueRunner(

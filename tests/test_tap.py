@@ -164,3 +164,18 @@ class BuildTests(SynchronousTestCase):
         code, text = self.run_build()
         self.assertEqual(code, 1)
         self.assertIn("delivery.maildir_root: cannot use", text)
+
+    def test_ldap_closed_after_its_pool(self) -> None:
+        """
+        With the LDAP backend, the step that unbinds LDAP connections comes before the
+        directory pool, so that it runs after the pool has stopped (children stop in reverse).
+        """
+        text = self.config.read_text().replace('backend = "file"', 'backend = "ldap"')
+        text += (
+            '\n[directory.ldap]\nurl = "ldap://127.0.0.1:3890"\n'
+            'base_dn = "dc=example,dc=com"\ndomains = ["example.test"]\n'
+        )
+        self.config.write_text(text)
+        service, _ = self.build()
+        names = [child.name for child in service]
+        self.assertEqual(names[:2], ["directory-close", "directory"])
