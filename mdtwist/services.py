@@ -152,7 +152,7 @@ def open_spool(
     directory = config.spool.directory
     problem = f"{config.path}: spool.directory: cannot use {directory}"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError([f"{problem}: {e.strerror}"]) from None
     check = SQLiteSpool(directory, execute, inline_limit=config.spool.inline_limit)

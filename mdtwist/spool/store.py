@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import os
 import re
 import sqlite3
 import threading
@@ -682,11 +683,16 @@ class SQLiteSpool:
         return self._db
 
     def _open_and_recover(self) -> sqlite3.Connection:
-        self._directory.mkdir(parents=True, exist_ok=True)
+        # Queued mail is private: the spool directory is 0700 and the database is created
+        # 0600 before SQLite opens it (its -wal and -shm files take the same mode).
+        self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self._directory, 0o700)
         if not self._bodies.is_dir():
-            self._bodies.mkdir()
+            self._bodies.mkdir(mode=0o700)
             fsync_directory(self._directory)
-        db = open_database(self._directory / DATABASE_NAME, factory=self._factory)
+        path = self._directory / DATABASE_NAME
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        db = open_database(path, factory=self._factory)
         try:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             if version > _SCHEMA_VERSION or version < 0:

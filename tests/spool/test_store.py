@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -408,6 +409,30 @@ class GroupCommitTests(SynchronousTestCase):
         loaded = reader.load(known)
         assert loaded is not None
         self.assertEqual(loaded.next_attempt, 99.0)
+
+
+class PrivacyTests(SynchronousTestCase):
+    """
+    Queued mail is readable by its owner only.
+    """
+
+    def test_modes(self) -> None:
+        """
+        The spool directory and its bodies directory are 0700; the database and its WAL
+        file are 0600, also when the directory existed with a looser mode.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir(mode=0o755)
+        spool = SQLiteSpool(directory, run_now)
+        self.successResultOf(spool.enqueue(make_envelope("a@x"), BIG * 1000))
+        self.addCleanup(spool.close)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [directory, *directory.iterdir()]}
+        self.assertEqual(modes[directory.name], 0o700)
+        self.assertEqual(modes[BODIES_NAME], 0o700)
+        self.assertEqual(modes[DATABASE_NAME], 0o600)
+        self.assertEqual(modes[DATABASE_NAME + "-wal"], 0o600)
+        [body] = (directory / BODIES_NAME).iterdir()
+        self.assertEqual(stat.S_IMODE(body.stat().st_mode), 0o600)
 
 
 class ReadConnectionTests(SynchronousTestCase):
