@@ -274,8 +274,10 @@ class OutboundConfig:
     @ivar smarthost_password: its password.
     @ivar smarthost_plaintext_auth: whether AUTH may be sent before TLS.
     @ivar per_account_auth: use the sending account's own smart-host login when it has one.
-    @ivar per_account_mailbox_password: with per-account AUTH, send the account's mailbox
-        password (MDaemon's C{ISPAUTHUsePasswords}); off by default.
+    @ivar per_account_mailbox_password: with per-account AUTH, send the password the sender
+        authenticated with (MDaemon's C{ISPAUTHUsePasswords}); off by default. mdtwist stores
+        only password hashes, so this keeps each authenticated sender's plaintext password
+        with the message in the (private) spool until it leaves the queue.
     @ivar pop_before_smtp: log in to a POP3 server before each smart-host session.
     @ivar pop_server: C{host:port} of that POP3 server.
     @ivar pop_login: the POP3 login.
@@ -790,11 +792,9 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
             reader.problem(table.key("pop_server"), "must be host:port with pop_before_smtp")
         if not config.pop_login or config.pop_password is None:
             reader.problem(table.key("pop_login"), "pop_login and pop_password are required")
-    if config.per_account_mailbox_password:
+    if config.per_account_mailbox_password and not config.per_account_auth:
         reader.problem(
-            table.key("per_account_mailbox_password"),
-            "not supported: mdtwist stores only password hashes, so it has no mailbox password "
-            "to send; give accounts their own smart-host login instead",
+            table.key("per_account_mailbox_password"), "only has a meaning with per_account_auth"
         )
     if config.mx_tls is TLSMode.VERIFIED:
         reader.problem(

@@ -11,6 +11,8 @@ import enum
 
 import attrs
 
+from mdtwist.secret import Secret
+
 
 class RecipientState(enum.Enum):
     """
@@ -65,12 +67,16 @@ class ClientInfo:
     @ivar helo: the name given in HELO/EHLO.
     @ivar user: the authenticated login, or L{None}.
     @ivar tls: a short description of the TLS session (protocol and cipher), or L{None}.
+    @ivar password: the password the client authenticated with; kept only when the
+        configuration sends mailbox passwords to the smart host (MDaemon's
+        C{ISPAUTHUsePasswords}), else L{None}.
     """
 
     address: str
     helo: str
     user: str | None = None
     tls: str | None = None
+    password: Secret | None = None
 
 
 @attrs.frozen

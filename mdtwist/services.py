@@ -254,6 +254,7 @@ def build_remote_delivery(
         credentials=credentials,
         plaintext_auth=outbound.smarthost_plaintext_auth,
         per_account=outbound.per_account_auth,
+        mailbox_password=outbound.per_account_mailbox_password,
         pop_login=pop_login,
     )
 
@@ -331,6 +332,7 @@ def smtp_factory(
         clock=reactor,
         tls=tls,
         limits=limits,
+        keep_auth_password=config.outbound.per_account_mailbox_password,
     )
 
 

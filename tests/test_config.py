@@ -417,9 +417,7 @@ class ConfigTests(SynchronousTestCase):
                 "outbound.dns_servers: 'nope' is not address:port",
                 "outbound.mx_tls: MX hosts are not verified (no DANE/MTA-STS yet): "
                 "use 'opportunistic' or 'none'",
-                "outbound.per_account_mailbox_password: not supported: mdtwist stores only "
-                "password hashes, so it has no mailbox password to send; give accounts their "
-                "own smart-host login instead",
+                "outbound.per_account_mailbox_password: only has a meaning with per_account_auth",
                 "outbound.pop_login: pop_login and pop_password are required",
                 "outbound.pop_server: must be host:port with pop_before_smtp",
                 "outbound.smarthost: '[relay:x': '[' without ']'",

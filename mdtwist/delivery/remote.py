@@ -50,7 +50,6 @@ from mdtwist.delivery.router import (
 )
 from mdtwist.envelope import RecipientState
 from mdtwist.interfaces import IDirectory
-from mdtwist.secret import Secret
 from mdtwist.smtp.client import Destination as SMTPDestination
 from mdtwist.smtp.client import SMTPClient, TLSMode
 from mdtwist.smtp.core.client import (
@@ -76,6 +75,9 @@ class SmartHostAccess:
     @ivar credentials: the global AUTH login, or L{None}.
     @ivar plaintext_auth: whether AUTH may be sent before TLS.
     @ivar per_account: use the sending account's own smart-host login when it has one.
+    @ivar mailbox_password: with C{per_account}, send the password the sender authenticated
+        with (kept with the message) instead of the account's smart-host password (MDaemon's
+        C{ISPAUTHUsePasswords}).
     @ivar pop_login: logs in to the POP3 server before a smart-host session and fires with
         whether that worked (POP-before-SMTP), or L{None}.
     """
@@ -84,6 +86,7 @@ class SmartHostAccess:
     credentials: Credentials | None = None
     plaintext_auth: bool = False
     per_account: bool = False
+    mailbox_password: bool = False
     pop_login: Callable[[], Deferred[bool]] | None = None
 
 
@@ -372,21 +375,23 @@ class RemoteDelivery:
         )
 
     async def _credentials(self, message: QueuedMessage) -> Credentials | None:
-        if self._smart.per_account:
-            client = message.envelope.client
-            for who in (client.user, message.envelope.sender):
-                if not who:
-                    continue
+        if not self._smart.per_account:
+            return self._smart.credentials
+        client = message.envelope.client
+        account = None
+        for who in (client.user, message.envelope.sender):
+            if who:
                 try:
                     account = await self._directory.find(who)
                 except Exception:
                     account = None
-                if account is not None and account.smarthost_login and account.smarthost_password:
-                    return Credentials(
-                        account.smarthost_login, Secret(account.smarthost_password.reveal())
-                    )
                 if account is not None:
                     break
+        if self._smart.mailbox_password and client.user and client.password is not None:
+            login = account.smarthost_login if account and account.smarthost_login else client.user
+            return Credentials(login, client.password)
+        if account is not None and account.smarthost_login and account.smarthost_password:
+            return Credentials(account.smarthost_login, account.smarthost_password)
         return self._smart.credentials
 
 

@@ -38,6 +38,7 @@ from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
 from mdtwist.errors import DirectoryUnavailable, SpoolError
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
+from mdtwist.secret import Secret
 from mdtwist.smtp.core.events import (
     Authenticate,
     Event,
@@ -129,6 +130,7 @@ class SMTPServerFactory(Factory):
     @ivar clock: the clock for timeouts and delays.
     @ivar tls: the context factory for STARTTLS, or L{None}.
     @ivar limits: the session limits.
+    @ivar keep_auth_password: whether AUTH passwords are kept with the messages.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class SMTPServerFactory(Factory):
         clock: IReactorTime,
         tls: IOpenSSLServerConnectionCreator | None = None,
         limits: SessionLimits | None = None,
+        keep_auth_password: bool = False,
     ) -> None:
         """
         Set up a listener.
@@ -155,6 +158,9 @@ class SMTPServerFactory(Factory):
         @param clock: every timeout and delay uses it.
         @param tls: the server TLS context for STARTTLS; without it STARTTLS is not offered.
         @param limits: the session limits; L{SessionLimits} defaults when L{None}.
+        @param keep_auth_password: keep the password of a successful AUTH with the session's
+            messages (in L{ClientInfo.password}), for smart hosts that want the sender's own
+            mailbox password (MDaemon's C{ISPAUTHUsePasswords}); off by default.
         """
         self.settings = listener_settings(settings, mode, tls is not None)
         self.mode = mode
@@ -164,6 +170,7 @@ class SMTPServerFactory(Factory):
         self.clock = clock
         self.tls = tls
         self.limits = limits or SessionLimits()
+        self.keep_auth_password = keep_auth_password
         self._sessions: defaultdict[str, int] = defaultdict(int)
         self._auth_failures: defaultdict[str, list[float]] = defaultdict(list)
         self._ids = itertools.count(1)
@@ -254,6 +261,7 @@ class SMTPServerProtocol(Protocol):
         self._peer = ""
         self._counted = False
         self._user: str | None = None
+        self._password: Secret | None = None
         self._waiting = False
         self._processing = False
         self._paused = False
@@ -347,6 +355,7 @@ class SMTPServerProtocol(Protocol):
             ITLSTransport(self.transport).startTLS(self._factory.tls)
             self.core.start_tls()
             self._user = None
+            self._password = None
             self.log.info("STARTTLS", session=self.session, peer=self._peer)
         if self._paused:
             self._paused = False
@@ -390,6 +399,7 @@ class SMTPServerProtocol(Protocol):
             helo=self.core.helo or "",
             user=self._user,
             tls=self._tls_description(),
+            password=self._password,
         )
 
     def _sender(self) -> str:
@@ -499,7 +509,17 @@ class SMTPServerProtocol(Protocol):
         d: Deferred[Account | None] = maybeDeferred(
             factory.directory.authenticate, event.login, event.password
         )
-        return d.addCallbacks(self._auth_result, self._auth_error, callbackArgs=(event.login,))
+        replied = d.addCallbacks(self._auth_result, self._auth_error, callbackArgs=(event.login,))
+        if factory.keep_auth_password:
+            password = Secret(event.password)
+
+            def keep(answer: Reply) -> Reply:
+                if answer.code == 235:
+                    self._password = password
+                return answer
+
+            replied.addCallback(keep)
+        return replied
 
     def _auth_result(self, account: Account | None, login: str) -> Reply:
         if account is None:

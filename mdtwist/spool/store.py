@@ -60,6 +60,7 @@ from mdtwist.durable import fsync_directory, write_new_file
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, RecipientState
 from mdtwist.errors import SpoolError
 from mdtwist.interfaces import ISpool
+from mdtwist.secret import Secret
 
 T = TypeVar("T")
 
@@ -78,7 +79,7 @@ DEFAULT_INLINE_LIMIT = 64 * 1024
 #: The header line put at the top of a message parked in the bad queue.
 BAD_QUEUE_HEADER = "X-Mdtwist-Bad-Queue-Reason"
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
@@ -95,6 +96,7 @@ CREATE TABLE IF NOT EXISTS message (
     client_helo TEXT NOT NULL,
     client_user TEXT,
     client_tls TEXT,
+    client_password TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL,
     body BLOB,
@@ -130,6 +132,9 @@ _MIGRATE_FROM_1 = (
     "ALTER TABLE recipient ADD COLUMN remote_mta TEXT",
     "ALTER TABLE recipient ADD COLUMN last_attempt REAL",
 )
+
+# From version 2: the password kept for MDaemon's ISPAUTHUsePasswords.
+_MIGRATE_FROM_2 = ("ALTER TABLE message ADD COLUMN client_password TEXT",)
 
 log = Logger()
 
@@ -700,9 +705,13 @@ class SQLiteSpool:
                     f"spool schema version {version} is not supported (this mdtwist knows"
                     f" versions up to {_SCHEMA_VERSION}; was the spool written by a newer one?)"
                 )
-            if version == 1:
-                log.info("Migrating the spool schema from version 1 to {to}", to=_SCHEMA_VERSION)
-                _migrate(db, _MIGRATE_FROM_1)
+            if version in (1, 2):
+                log.info(
+                    "Migrating the spool schema from version {version} to {to}",
+                    version=version,
+                    to=_SCHEMA_VERSION,
+                )
+                _migrate(db, (_MIGRATE_FROM_1 if version == 1 else ()) + _MIGRATE_FROM_2)
             else:
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
@@ -938,8 +947,9 @@ def _insert_message(
     client = envelope.client
     cursor = db.execute(
         "INSERT INTO message (sender, arrival, body_type, smtputf8, ret, envid, declared_size,"
-        " size, client_address, client_helo, client_user, client_tls, next_attempt, body,"
-        " body_file, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " size, client_address, client_helo, client_user, client_tls, client_password,"
+        " next_attempt, body, body_file, kind)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             envelope.sender,
             envelope.arrival,
@@ -953,6 +963,7 @@ def _insert_message(
             client.helo,
             client.user,
             client.tls,
+            None if client.password is None else client.password.reveal(),
             envelope.arrival,
             None if body_file else body,
             body_file,
@@ -1053,7 +1064,7 @@ def _update_message(
         parked_body, parked_file = update.parked
         db.execute(
             "UPDATE message SET queue = ?, reason = ?, body = ?, body_file = ?, size = ?,"
-            " attempts = attempts + ? WHERE id = ?",
+            " client_password = NULL, attempts = attempts + ? WHERE id = ?",
             (
                 Queue.BAD.value,
                 clean_reason(update.park),
@@ -1138,8 +1149,8 @@ def _select_message(
         return None
     row = db.execute(
         "SELECT sender, arrival, body_type, smtputf8, ret, envid, declared_size, size,"
-        " client_address, client_helo, client_user, client_tls, attempts, next_attempt,"
-        " body, body_file, kind, queue, reason FROM message WHERE id = ?",
+        " client_address, client_helo, client_user, client_tls, client_password, attempts,"
+        " next_attempt, body, body_file, kind, queue, reason FROM message WHERE id = ?",
         (rowid,),
     ).fetchone()
     if row is None:
@@ -1157,6 +1168,7 @@ def _select_message(
         client_helo,
         client_user,
         client_tls,
+        client_password,
         attempts,
         next_attempt,
         inline_body,
@@ -1197,7 +1209,11 @@ def _select_message(
             sender=sender,
             recipients=recipients,
             client=ClientInfo(
-                address=client_address, helo=client_helo, user=client_user, tls=client_tls
+                address=client_address,
+                helo=client_helo,
+                user=client_user,
+                tls=client_tls,
+                password=None if client_password is None else Secret(client_password),
             ),
             arrival=arrival,
             body_type=BodyType(body_type),

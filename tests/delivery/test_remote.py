@@ -291,3 +291,31 @@ class RemoteDeliveryTests(SynchronousTestCase):
         [result] = self.deliver(remote, message("x@one.test"))
         self.assertEqual((result.state, result.status), (RecipientState.PENDING, "4.7.0"))
         self.assertEqual(client.sessions, [])
+
+    def test_mailbox_password(self) -> None:
+        """
+        With mailbox passwords (ISPAUTHUsePasswords), the login of the session and the
+        password it authenticated with are sent; without a kept password, the global login.
+        """
+        access = SmartHostAccess(
+            credentials=Credentials("global", Secret("g")), per_account=True, mailbox_password=True
+        )
+        remote, client, _ = self.remote(
+            {"192.0.2.99": lambda r: ACCEPT}, policy=self.smart_policy(), access=access
+        )
+        kept = message("x@one.test", user="alice@local.test")
+        kept = attrs.evolve(
+            kept,
+            envelope=attrs.evolve(
+                kept.envelope,
+                client=attrs.evolve(kept.envelope.client, password=Secret("mailbox-pw")),
+            ),
+        )
+        self.deliver(remote, kept)
+        self.deliver(remote, message("y@one.test"))
+        sent = [s[1].credentials for s in client.sessions]
+        assert sent[0] is not None and sent[1] is not None
+        self.assertEqual(
+            (sent[0].login, sent[0].password.reveal()), ("alice@local.test", "mailbox-pw")
+        )
+        self.assertEqual(sent[1].login, "global")

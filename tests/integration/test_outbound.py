@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
+import ssl
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.spool.store import SpoolReader
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import PASSWORDS, Daemon
 from tests.integration.dns import DNSServer, start_dns_server
 from tests.integration.dovecot import Dovecot
 from tests.integration.peers import free_port
@@ -378,3 +379,37 @@ class SmartHostTests(SynchronousTestCase):
         )
         self.assertIn(b"carol@missing.example.org", self.smarthost.messages()[0])
         self.assertNotIn(b"bob@example.org", self.smarthost.messages()[0])
+
+
+class MailboxPasswordTests(SynchronousTestCase):
+    """
+    MDaemon's ISPAUTHUsePasswords: the smart host gets the sender's own login and password.
+    """
+
+    def test_sender_credentials_reach_the_smarthost(self) -> None:
+        """
+        Alice authenticates on submission; the smart host, which knows only alice's
+        credentials, accepts her message; the password is in no log line.
+        """
+        smarthost = SmartHost(Path(self.mktemp()), ALICE, PASSWORDS[ALICE])
+        smarthost.start()
+        self.addCleanup(smarthost.stop)
+        daemon = Daemon(
+            Path(self.mktemp()),
+            outbound=(
+                f'mode = "smarthost"\nsmarthost = "[127.0.0.1]:{smarthost.port}"\n'
+                f'smarthost_ca_file = "{smarthost.certificate}"\n'
+                "per_account_auth = true\nper_account_mailbox_password = true\n"
+            ),
+        )
+        daemon.start()
+        self.addCleanup(daemon.stop)
+        context = ssl.create_default_context(cafile=str(daemon.certificate))
+        with smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=20) as client:
+            client.starttls(context=context)
+            client.login(ALICE, PASSWORDS[ALICE])
+            client.sendmail(ALICE, ["bob@one.test"], b"Subject: own login\r\n\r\nhi\r\n")
+        self.assertTrue(wait_for(lambda: len(smarthost.messages()) == 1), daemon.log()[-3000:])
+        [received] = smarthost.messages()
+        self.assertIn(f"X-Test-Auth: {ALICE}".encode(), received)
+        self.assertNotIn(PASSWORDS[ALICE], daemon.log())

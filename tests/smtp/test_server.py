@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mdtwist.config import ListenerMode
+from mdtwist.envelope import Envelope
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
 from mdtwist.smtp.core.replies import Reply
@@ -23,6 +24,7 @@ from tests.smtp.fakes import (
     TLSStringTransport,
     spool_error,
 )
+from tests.support.logs import capture_logs
 
 ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
 PLAIN_ALICE = b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"
@@ -420,3 +422,38 @@ class LimitBytewiseTests(LimitTests):
     """L{LimitTests}, every input fed one byte at a time."""
 
     bytewise = True
+
+
+class KeptPasswordTests(GlueTestsBase):
+    """
+    The AUTH password travels with the messages only when the listener is told to keep it.
+    """
+
+    def send_after_auth(self, keep: bool) -> Envelope:
+        factory = self.factory(ListenerMode.MX, TLS_CONTEXT)
+        factory.keep_auth_password = keep
+        protocol, _ = self.connect(factory)
+        protocol.dataReceived(b"EHLO c\r\nSTARTTLS\r\n")
+        protocol.dataReceived(b"EHLO c\r\n" + PLAIN_ALICE + ENVELOPE[16:] + b"x\r\n.\r\n")
+        [(envelope, _)] = self.spool.messages
+        return envelope
+
+    def test_not_kept_by_default(self) -> None:
+        """
+        By default the envelope carries the login but no password.
+        """
+        envelope = self.send_after_auth(keep=False)
+        self.assertIsNotNone(envelope.client.user)
+        self.assertIsNone(envelope.client.password)
+
+    def test_kept_when_asked(self) -> None:
+        """
+        With keep_auth_password, the envelope carries the password as a Secret, and no log
+        event shows it.
+        """
+        events = capture_logs(self)
+        envelope = self.send_after_auth(keep=True)
+        assert envelope.client.password is not None
+        self.assertEqual(envelope.client.password.reveal(), "secret")
+        self.assertNotIn("secret", repr(envelope))
+        self.assertFalse(any("secret" in repr(event) for event in events))

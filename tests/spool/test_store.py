@@ -9,13 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, RecipientState
 from mdtwist.errors import SpoolError
 from mdtwist.interfaces import ISpool
+from mdtwist.secret import Secret
 from mdtwist.spool.store import (
+    _MIGRATE_FROM_1,
     BODIES_NAME,
     DATABASE_NAME,
     MessageKind,
@@ -768,6 +771,21 @@ class NoticeRecordTests(SynchronousTestCase):
         self.assertEqual((entry.queue, entry.reason), (Queue.BAD, "loop x"))
         self.failureResultOf(self.spool.record(self.queue_id, [], 1), SpoolError)
 
+    def test_park_drops_kept_password(self) -> None:
+        """
+        A message parked in the bad queue no longer holds the sender's kept password.
+        """
+        envelope = attrs.evolve(
+            make_envelope("a@x"),
+            client=ClientInfo("192.0.2.1", "h", user="alice", password=Secret("kept")),
+        )
+        d = self.spool.enqueue(envelope, SMALL)
+        queue_id = self.successResultOf(d)
+        self.successResultOf(self.spool.park(queue_id, "loop"))
+        message = self.successResultOf(self.spool.load(queue_id))
+        assert message is not None
+        self.assertIsNone(message.envelope.client.password)
+
     def test_park_large_body(self) -> None:
         """Parking a message whose body is a file replaces the file; the old one goes."""
         big_id = self.successResultOf(self.spool.enqueue(make_envelope("a@x"), BIG))
@@ -807,6 +825,39 @@ class MigrationTests(SynchronousTestCase):
             (message.queue, message.kind, message.body, message.progress),
             (Queue.ACTIVE, MessageKind.MESSAGE, b"hi", (RecipientProgress(),)),
         )
+        self.assertIsNone(message.envelope.client.password)
         check = sqlite3.connect(directory / DATABASE_NAME)
         self.addCleanup(check.close)
-        self.assertEqual(check.execute("PRAGMA user_version").fetchone(), (2,))
+        self.assertEqual(check.execute("PRAGMA user_version").fetchone(), (3,))
+
+    def test_from_version_2(self) -> None:
+        """
+        A version 2 spool gains the column for kept passwords; its messages stay as they were.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        db = sqlite3.connect(directory / DATABASE_NAME)
+        db.executescript(_SCHEMA_V1)
+        for statement in _MIGRATE_FROM_1:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+        db.close()
+        spool = SQLiteSpool(directory, run_now)
+        self.addCleanup(spool.close)
+        message = self.successResultOf(spool.load("0000000001"))
+        assert message is not None
+        self.assertEqual(message.body, b"hi")
+        self.assertIsNone(message.envelope.client.password)
+        queue_id = self.successResultOf(
+            spool.enqueue(
+                attrs.evolve(
+                    make_envelope("a@x"),
+                    client=ClientInfo("192.0.2.1", "h", user="alice", password=Secret("pw")),
+                ),
+                SMALL,
+            )
+        )
+        kept = self.successResultOf(spool.load(queue_id))
+        assert kept is not None and kept.envelope.client.password is not None
+        self.assertEqual(kept.envelope.client.password.reveal(), "pw")
