@@ -241,14 +241,18 @@ def build_remote_delivery(
     credentials = None
     if outbound.smarthost_login and outbound.smarthost_password is not None:
         credentials = Credentials(outbound.smarthost_login, outbound.smarthost_password)
-    pop_login = None
+    pop_login: Callable[[], Deferred[bool]] | None = None
     if outbound.pop_before_smtp:
         assert outbound.pop_password is not None
         pop_host, pop_port = _checked(parse_host_port(outbound.pop_server))
         login, password = outbound.pop_login, outbound.pop_password
-        pop_login = lambda: pop_before_smtp(  # noqa: E731 - a small closure is clearest here
-            HostnameEndpoint(reactor, pop_host, pop_port), login, password, reactor
-        )
+
+        def log_in_to_pop() -> Deferred[bool]:
+            endpoint = HostnameEndpoint(reactor, pop_host, pop_port)
+            return pop_before_smtp(endpoint, login, password, reactor)
+
+        pop_login = log_in_to_pop
+
     access = SmartHostAccess(
         tls=outbound.smarthost_tls,
         credentials=credentials,
