@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
-from email.message import EmailMessage, Message
 from typing import Any
 
 import attrs
@@ -23,6 +22,7 @@ from mdtwist.delivery.dsn import (
     wants_notice,
 )
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
+from tests.support.dsn import parse, parts
 
 ORIGINAL = (
     b"Received: from client.example ([192.0.2.1]) by mx.example\r\n"
@@ -55,24 +55,6 @@ def failed(recipient: Recipient, diagnostic: str = "550 5.1.1 no such user") -> 
     return RecipientReport(
         recipient, Action.FAILED, "5.1.1", diagnostic, "mx.far.example", NOW - 10
     )
-
-
-def parse(data: bytes) -> EmailMessage:
-    """@return: the message parsed by the standard library."""
-    message = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
-def parts(message: Message) -> list[EmailMessage]:
-    """@return: the parts of a multipart message (or the blocks of a delivery-status part)."""
-    payload = message.get_payload()
-    assert isinstance(payload, list)
-    found: list[EmailMessage] = []
-    for part in payload:
-        assert isinstance(part, EmailMessage)
-        found.append(part)
-    return found
 
 
 class WantsNoticeTests(SynchronousTestCase):

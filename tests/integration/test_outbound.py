@@ -6,8 +6,6 @@ POP-before-SMTP.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from tests.integration.dovecot import Dovecot
 from tests.integration.peers import free_port
 from tests.integration.sink import Sink, SmartHost
 from tests.integration.test_smtp_daemon import wait_for
+from tests.support.dsn import parse, recipient_blocks
 
 ALICE = "alice@example.test"
 
@@ -33,6 +32,15 @@ def one_mx(dns: DNSServer) -> None:
     """
     dns.mx("example.org", 10, "mx1.example.org")
     dns.address("mx1.example.org", "127.0.0.2")
+
+
+def two_mx(dns: DNSServer) -> None:
+    """
+    example.org has mx1 (preference 10, 127.0.0.2) and mx2 (preference 20, 127.0.0.3).
+    """
+    one_mx(dns)
+    dns.mx("example.org", 20, "mx2.example.org")
+    dns.address("mx2.example.org", "127.0.0.3")
 
 
 class OutboundTests(SynchronousTestCase):
@@ -85,27 +93,11 @@ class OutboundTests(SynchronousTestCase):
             wait_for(lambda: len(daemon.messages(ALICE)) >= 1, 30), daemon.log()[-3000:]
         )
         [raw] = daemon.messages(ALICE)
-        message = email.message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
+        message = parse(raw)
         self.assertEqual(message.get_content_type(), "multipart/report")
         self.assertEqual(message.get_param("report-type"), "delivery-status")
-        self.assertIn("Return-Path: <>", raw.decode(errors="replace"))
+        self.assertEqual(message["Return-Path"], "<>")
         return message
-
-    def status_fields(self, message: EmailMessage) -> list[dict[str, str]]:
-        """
-        @return: the per-recipient fields of the delivery-status part.
-        """
-        [part] = [p for p in message.walk() if p.get_content_type() == "message/delivery-status"]
-        blocks = [str(sub) for sub in part.get_payload()]
-        fields = []
-        for block in blocks[1:]:
-            entry = {}
-            for line in block.strip().splitlines():
-                name, _, value = line.partition(":")
-                entry[name.strip().lower()] = value.strip()
-            fields.append(entry)
-        return fields
 
     def test_direct_to_best_mx(self) -> None:
         """
@@ -131,13 +123,7 @@ class OutboundTests(SynchronousTestCase):
         port = free_port("127.0.0.3")
         mx2 = self.sink("127.0.0.3", port=port)
 
-        def zone(d: DNSServer) -> None:
-            d.mx("example.org", 10, "mx1.example.org")
-            d.mx("example.org", 20, "mx2.example.org")
-            d.address("mx1.example.org", "127.0.0.2")
-            d.address("mx2.example.org", "127.0.0.3")
-
-        daemon = self.daemon(self.dns(zone), port)
+        daemon = self.daemon(self.dns(two_mx), port)
         self.send(daemon, "bob@example.org")
         self.assertTrue(wait_for(lambda: len(mx2.messages()) == 1), daemon.log()[-3000:])
 
@@ -148,10 +134,10 @@ class OutboundTests(SynchronousTestCase):
         dns = self.dns(lambda d: d.null_mx("nullmx.test"))
         daemon = self.daemon(dns, free_port())
         self.send(daemon, "bob@nullmx.test")
-        [entry] = self.status_fields(self.bounce(daemon))
-        self.assertEqual(entry["action"], "failed")
-        self.assertEqual(entry["status"], "5.1.10")
-        self.assertEqual(entry["final-recipient"], "rfc822; bob@nullmx.test")
+        [entry] = recipient_blocks(self.bounce(daemon))
+        self.assertEqual(entry["Action"], "failed")
+        self.assertEqual(entry["Status"], "5.1.10")
+        self.assertEqual(entry["Final-Recipient"], "rfc822; bob@nullmx.test")
         self.assertTrue(wait_for(lambda: self.spool_entries(daemon) == []))
 
     def test_rcpt_5xx_bounces_with_the_remote_reply(self) -> None:
@@ -163,10 +149,10 @@ class OutboundTests(SynchronousTestCase):
         dns = self.dns(one_mx)
         daemon = self.daemon(dns, port)
         self.send(daemon, "nobody@example.org")
-        [entry] = self.status_fields(self.bounce(daemon))
-        self.assertEqual(entry["status"], "5.1.1")
-        self.assertIn("smtp; 550 5.1.1", entry["diagnostic-code"])
-        self.assertEqual(entry["remote-mta"], "dns; mx1.example.org")
+        [entry] = recipient_blocks(self.bounce(daemon))
+        self.assertEqual(entry["Status"], "5.1.1")
+        self.assertIn("smtp; 550 5.1.1", entry["Diagnostic-Code"])
+        self.assertEqual(entry["Remote-MTA"], "dns; mx1.example.org")
 
     def test_bounce_on_first_5xx_option(self) -> None:
         """
@@ -177,20 +163,14 @@ class OutboundTests(SynchronousTestCase):
         self.sink("127.0.0.2", "-f", "RCPT", "-B", "550 5.7.1 not here", port=port)
         mx2 = self.sink("127.0.0.3", port=port)
 
-        def zone(d: DNSServer) -> None:
-            d.mx("example.org", 10, "mx1.example.org")
-            d.mx("example.org", 20, "mx2.example.org")
-            d.address("mx1.example.org", "127.0.0.2")
-            d.address("mx2.example.org", "127.0.0.3")
-
-        dns = self.dns(zone)
+        dns = self.dns(two_mx)
         daemon = self.daemon(dns, port)
         self.send(daemon, "bob@example.org")
         self.assertTrue(wait_for(lambda: len(mx2.messages()) == 1), daemon.log()[-3000:])
         strict = self.daemon(dns, port, outbound="bounce_on_first_5xx = true")
         self.send(strict, "carol@example.org")
-        [entry] = self.status_fields(self.bounce(strict))
-        self.assertEqual(entry["status"], "5.7.1")
+        [entry] = recipient_blocks(self.bounce(strict))
+        self.assertEqual(entry["Status"], "5.7.1")
         self.assertEqual(len(mx2.messages()), 1)
 
     def test_no_address_defers_or_bounces(self) -> None:
@@ -203,8 +183,8 @@ class OutboundTests(SynchronousTestCase):
         self.send(patient, "bob@noaddr.example.org")
         strict = self.daemon(dns, free_port(), outbound="bounce_if_no_mx_or_a = true")
         self.send(strict, "bob@noaddr.example.org")
-        [entry] = self.status_fields(self.bounce(strict))
-        self.assertEqual(entry["status"], "5.4.4")
+        [entry] = recipient_blocks(self.bounce(strict))
+        self.assertEqual(entry["Status"], "5.4.4")
         [queued] = self.spool_entries(patient)
         self.assertEqual(queued.pending, 1)  # type: ignore[attr-defined]
         self.assertEqual(patient.messages(ALICE), [])
@@ -231,9 +211,9 @@ class OutboundTests(SynchronousTestCase):
             wait_for(lambda: len(destination.messages("bob@example.org")) == 1),
             daemon.log()[-3000:],
         )
-        [entry] = self.status_fields(self.bounce(daemon))
-        self.assertEqual(entry["final-recipient"], "rfc822; nobody@example.org")
-        self.assertEqual(entry["status"], "5.1.1")
+        [entry] = recipient_blocks(self.bounce(daemon))
+        self.assertEqual(entry["Final-Recipient"], "rfc822; nobody@example.org")
+        self.assertEqual(entry["Status"], "5.1.1")
         # The first transaction was aborted (RSET, no DATA) because of the 550.
         self.assertIn("not delivered to bob@example.org via mx1.example.org", daemon.log())
         self.assertIn("retry-now", daemon.log())
@@ -248,10 +228,10 @@ class OutboundTests(SynchronousTestCase):
         dns = self.dns(one_mx)
         daemon = self.daemon(dns, port, queue="lifetime_days = 0.00005")
         self.send(daemon, "bob@example.org")
-        [entry] = self.status_fields(self.bounce(daemon))
-        self.assertEqual(entry["action"], "failed")
-        self.assertEqual(entry["status"], "4.4.7")
-        self.assertIn("smtp; 4", entry["diagnostic-code"])
+        [entry] = recipient_blocks(self.bounce(daemon))
+        self.assertEqual(entry["Action"], "failed")
+        self.assertEqual(entry["Status"], "4.4.7")
+        self.assertIn("smtp; 4", entry["Diagnostic-Code"])
 
 
 class SmartHostTests(SynchronousTestCase):
@@ -360,11 +340,7 @@ class SmartHostTests(SynchronousTestCase):
         mx.start()
         self.addCleanup(mx.stop)
 
-        def zone(d: DNSServer) -> None:
-            d.mx("example.org", 10, "mx1.example.org")
-            d.address("mx1.example.org", "127.0.0.2")
-
-        dns = start_dns_server(self, ["example.org"], zone)
+        dns = start_dns_server(self, ["example.org"], one_mx)
         daemon = self.daemon(
             'mode = "direct_then_smarthost"\nsmarthost_login = "relay-user"\n'
             'smarthost_password = "relay-pass"',

@@ -93,6 +93,34 @@ class SMTPDaemonTests(SynchronousTestCase):
             check=False,
         )
 
+    def submit(
+        self,
+        *extra: str,
+        tls: bool = True,
+        mechanism: str = "PLAIN",
+        password: str = PASSWORDS[ALICE],
+        to: str = BOB,
+    ) -> subprocess.CompletedProcess[str]:
+        """
+        Run swaks on the submission listener, logging in as alice, sending from her.
+        """
+        return self.swaks(
+            "--port",
+            str(self.daemon.submission_port),
+            *(["--tls"] if tls else []),
+            "--auth",
+            mechanism,
+            "--auth-user",
+            ALICE,
+            "--auth-password",
+            password,
+            "--from",
+            ALICE,
+            "--to",
+            to,
+            *extra,
+        )
+
     def delivered(self, address: str, count: int = 1) -> list[bytes]:
         self.assertTrue(
             wait_for(lambda: len(self.daemon.messages(address)) >= count),
@@ -139,23 +167,7 @@ class SMTPDaemonTests(SynchronousTestCase):
         delivered; the Received line says ESMTPSA with the TLS version.
         """
         for mechanism in ("PLAIN", "LOGIN"):
-            result = self.swaks(
-                "--port",
-                str(self.daemon.submission_port),
-                "--tls",
-                "--auth",
-                mechanism,
-                "--auth-user",
-                ALICE,
-                "--auth-password",
-                PASSWORDS[ALICE],
-                "--from",
-                ALICE,
-                "--to",
-                BOB,
-                "--header",
-                f"Subject: via {mechanism}",
-            )
+            result = self.submit("--header", f"Subject: via {mechanism}", mechanism=mechanism)
             self.assertEqual(result.returncode, 0, result.stdout)
         messages = self.delivered(BOB, 2)
         self.assertEqual(len(messages), 2)
@@ -168,20 +180,7 @@ class SMTPDaemonTests(SynchronousTestCase):
         Without TLS the submission listener offers no AUTH (swaks exits 28: auth failed), and
         MAIL without AUTH is refused (swaks exits 23); nothing is queued.
         """
-        result = self.swaks(
-            "--port",
-            str(self.daemon.submission_port),
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            ALICE,
-            "--auth-password",
-            PASSWORDS[ALICE],
-            "--from",
-            ALICE,
-            "--to",
-            BOB,
-        )
+        result = self.submit(tls=False)
         self.assertEqual(result.returncode, 28, result.stdout)
         result = self.swaks(
             "--port", str(self.daemon.submission_port), "--from", ALICE, "--to", BOB
@@ -194,21 +193,7 @@ class SMTPDaemonTests(SynchronousTestCase):
         """
         A wrong password gets 535 5.7.8 (swaks exits 28) and the password is not logged.
         """
-        result = self.swaks(
-            "--port",
-            str(self.daemon.submission_port),
-            "--tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            ALICE,
-            "--auth-password",
-            "not-the-password-xyz",
-            "--from",
-            ALICE,
-            "--to",
-            BOB,
-        )
+        result = self.submit(password="not-the-password-xyz")
         self.assertEqual(result.returncode, 28, result.stdout)
         self.assertIn("535 5.7.8", result.stdout)
         self.assertNotIn("not-the-password-xyz", self.daemon.log())
@@ -316,21 +301,7 @@ class SMTPDaemonTests(SynchronousTestCase):
         The same foreign recipient is accepted after AUTH: the refusal above is a rule, not a
         blanket "no" (the message stays queued for remote delivery).
         """
-        result = self.swaks(
-            "--port",
-            str(self.daemon.submission_port),
-            "--tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            ALICE,
-            "--auth-password",
-            PASSWORDS[ALICE],
-            "--from",
-            ALICE,
-            "--to",
-            "victim@foreign.test",
-        )
+        result = self.submit(to="victim@foreign.test")
         self.assertEqual(result.returncode, 0, result.stdout)
         self.assertEqual(len(self.queue()), 1)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 from collections.abc import Sequence
-from email.message import EmailMessage, Message
+from email.message import EmailMessage
 from pathlib import Path
 
 from twisted.internet.defer import Deferred, succeed
@@ -27,6 +25,7 @@ from mdtwist.spool.store import (
 )
 from tests.spool.fakes import FakeDirectory, make_account, make_envelope, run_now
 from tests.spool.test_store import flaky
+from tests.support.dsn import parse, parts, recipient_blocks
 
 BODY = b"Message-ID: <m1@client.example>\r\nSubject: test\r\n\r\nhello\r\n"
 DAY = 86400.0
@@ -70,29 +69,6 @@ class FakeRemote:
                 for p in positions
             ]
         )
-
-
-def parse(data: bytes) -> EmailMessage:
-    """@return: a message parsed by the standard library."""
-    message = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
-
-
-def parts(message: Message) -> list[EmailMessage]:
-    """@return: the parts of a multipart message (or the blocks of a delivery-status part)."""
-    payload = message.get_payload()
-    assert isinstance(payload, list)
-    found: list[EmailMessage] = []
-    for part in payload:
-        assert isinstance(part, EmailMessage)
-        found.append(part)
-    return found
-
-
-def recipient_blocks(message: Message) -> list[EmailMessage]:
-    """@return: the per-recipient blocks of a delivery-status report."""
-    return parts(parts(message)[1])[1:]
 
 
 class NoticeTests(SynchronousTestCase):
