@@ -106,6 +106,11 @@ class Phase(enum.Enum):
     RSET = "rset"
     QUIT = "quit"
 
+    # Phases key dictionaries on hot paths (the reply handlers, the glue's timeouts). Members
+    # are singletons and compare by identity, so the identity hash, computed in C, is as good
+    # as Enum's hash of the name, a Python call.
+    __hash__ = object.__hash__
+
 
 class StartTLSPolicy(enum.Enum):
     """
@@ -492,6 +497,11 @@ class _Job:
 
     def __init__(self, transaction: Transaction) -> None:
         self.transaction = transaction
+        addresses = [transaction.sender, *(r.address for r in transaction.recipients)]
+        # Whether an address is not ASCII, and whether the transaction needs SMTPUTF8:
+        # decided once, not for every command.
+        self.non_ascii = not all(a.isascii() for a in addresses)
+        self.utf8 = transaction.smtputf8 or self.non_ascii
         self.results: list[RecipientOutcome | None] = [None] * len(transaction.recipients)
         self.dsn = False
         self.reported = False
@@ -686,6 +696,8 @@ class ClientCore:
 
         @return: the bytes (possibly empty).
         """
+        if not self._out:
+            return b""
         data = bytes(self._out)
         self._out.clear()
         return data
@@ -792,8 +804,7 @@ class ClientCore:
                 return None
             if line.overflow:
                 raise RemoteProtocolError("reply line too long")
-            self._parser.feed(line.content + b"\r\n")
-            answer = self._parser.next_reply()
+            answer = self._parser.feed_line(line.content)
             if answer is not None:
                 return answer
 
@@ -1093,11 +1104,6 @@ class ClientCore:
                 ),
             )
 
-    def _needs_utf8(self, transaction: Transaction) -> tuple[bool, bool]:
-        addresses = [transaction.sender, *(r.address for r in transaction.recipients)]
-        non_ascii = not all(a.isascii() for a in addresses)
-        return transaction.smtputf8 or non_ascii, non_ascii
-
     def _check(self, attempt: _Attempt) -> bool:
         caps = self._capabilities
         assert caps is not None
@@ -1111,9 +1117,8 @@ class ClientCore:
             text = "8-bit content and the server does not offer 8BITMIME"
             self._decide_local(attempt, attempt.indices, permanent, "5.6.3", text, Phase.MAIL)
             return False
-        utf8, non_ascii = self._needs_utf8(transaction)
-        if utf8 and not caps.smtputf8:
-            enhanced = "5.6.7" if non_ascii else "5.6.9"
+        if attempt.job.utf8 and not caps.smtputf8:
+            enhanced = "5.6.7" if attempt.job.non_ascii else "5.6.9"
             text = "the message needs SMTPUTF8 and the server does not offer it"
             self._decide_local(attempt, attempt.indices, permanent, enhanced, text, Phase.MAIL)
             return False
@@ -1123,7 +1128,7 @@ class ClientCore:
         caps = self._capabilities
         assert caps is not None
         transaction = attempt.job.transaction
-        utf8, _ = self._needs_utf8(transaction)
+        utf8 = attempt.job.utf8
         attempt.job.dsn = caps.dsn
         mail = f"MAIL FROM:<{transaction.sender}>"
         if caps.size is not None:
@@ -1160,8 +1165,7 @@ class ClientCore:
                 rcpt += f" NOTIFY={_xtext_notify(recipient.notify)}"
             if recipient.orcpt is not None:
                 rcpt += f" ORCPT={recipient.orcpt}"
-        utf8, _ = self._needs_utf8(attempt.job.transaction)
-        self._command(Phase.RCPT, rcpt, index, utf8=utf8)
+        self._command(Phase.RCPT, rcpt, index, utf8=attempt.job.utf8)
 
     def _mail(self, answer: Reply, index: int) -> None:
         attempt = self._attempt

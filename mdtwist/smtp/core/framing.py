@@ -30,6 +30,15 @@ MAX_TEXT_LINE = 1000
 
 _CRLF = b"\r\n"
 
+#: The end of DATA, from the CRLF of the line before it.
+_END_MARKER = b"\r\n.\r\n"
+
+#: The end of DATA as the first line (an empty message).
+_END_FIRST = b".\r\n"
+
+#: A stuffed dot: a CRLF and the dot that opens the next line.
+_STUFFED = b"\r\n."
+
 
 @attrs.frozen
 class Line:
@@ -47,6 +56,10 @@ class Line:
     def has_bare_cr_or_lf(self) -> bool:
         """Whether the line holds a CR or LF that is not part of its terminating CRLF."""
         return b"\r" in self.content or b"\n" in self.content
+
+
+#: The one value every over-long line is reported as.
+_OVERFLOW = Line(b"", overflow=True)
 
 
 class LineBuffer:
@@ -92,24 +105,67 @@ class LineBuffer:
         @param max_length: the longest line allowed, CRLF included.
         @return: the line; or L{None} when no complete line is buffered.
         """
-        end = self._buffer.find(_CRLF, max(0, self._searched - 1))
+        buffer = self._buffer
+        searched = self._searched
+        # Resume one byte early: a CR at the end of the last search may start a CRLF.
+        end = buffer.find(_CRLF, searched - 1 if searched else 0)
         if end < 0:
-            self._searched = len(self._buffer)
-            if len(self._buffer) > max_length - 1 or self._overflowing:
+            self._searched = len(buffer)
+            if len(buffer) > max_length - 1 or self._overflowing:
                 # Too long already: drop what we have, but keep a final CR that may be the
                 # start of the CRLF that ends the line.
-                keep = 1 if self._buffer.endswith(b"\r") else 0
-                del self._buffer[: len(self._buffer) - keep]
+                keep = 1 if buffer.endswith(b"\r") else 0
+                del buffer[: len(buffer) - keep]
                 self._searched = keep
                 self._overflowing = True
             return None
-        content = bytes(self._buffer[:end])
-        del self._buffer[: end + 2]
         self._searched = 0
         if self._overflowing or end + 2 > max_length:
+            del buffer[: end + 2]
             self._overflowing = False
-            return Line(b"", overflow=True)
+            return _OVERFLOW
+        content = bytes(buffer[:end])
+        del buffer[: end + 2]
         return Line(content)
+
+    def _take_clean_lines(self, max_length: int) -> tuple[bytes, bool] | None:
+        """
+        Take, in one piece, every complete line up to the end marker of DATA, if all are clean.
+
+        This is L{DataReader}'s fast path: the lines are taken only when none of them is too
+        long or holds a bare CR or LF and the buffer does not start inside an over-long line;
+        otherwise nothing is taken and the caller reads line by line.
+
+        @param max_length: the longest line allowed, CRLF included.
+        @return: the lines with their CRLFs and whether the end marker (taken too) followed
+            them; or L{None} when nothing was taken.
+        """
+        buffer = self._buffer
+        if self._overflowing:
+            return None
+        searched = self._searched
+        if buffer.find(_CRLF, searched - 1 if searched else 0) < 0:
+            return None  # no complete line: read_line knows what to do with a partial one
+        if buffer.startswith(_END_FIRST):
+            del buffer[:3]
+            self._searched = 0
+            return b"", True
+        marker = buffer.find(_END_MARKER)
+        if marker >= 0:
+            stop, taken, done = marker + 2, marker + 5, True
+        else:
+            stop = buffer.rfind(_CRLF) + 2
+            taken, done = stop, False
+        lines = bytes(buffer[:stop])
+        crlf = lines.count(_CRLF)
+        if lines.count(b"\r") != crlf or lines.count(b"\n") != crlf:
+            return None
+        if stop > max_length and max(map(len, lines.split(_CRLF))) + 2 > max_length:
+            return None
+        del buffer[:taken]
+        # Without the end marker, what is left holds no CRLF: the next search starts after it.
+        self._searched = 0 if done else len(buffer)
+        return lines, done
 
 
 class DataProblem(enum.Enum):
@@ -127,6 +183,11 @@ class DataReader:
     The reader keeps reading to the real end marker whatever goes wrong; problems are recorded
     and reported when the message ends, so that nothing inside a refused message is ever taken
     for a command.
+
+    While nothing went wrong, the reader takes every complete line buffered in one piece (one
+    search for the end marker, one count of CR and LF, one unstuffing C{replace}); a piece with
+    an over-long line or a bare CR or LF, or one that makes the message too big, is read line by
+    line instead, so the outcome never depends on how the bytes were cut.
 
     @ivar problems: the problems seen so far.
     @ivar size: the number of message bytes seen (unstuffed, CRLF line ends).
@@ -152,6 +213,26 @@ class DataReader:
         @param lines: the connection's receive buffer.
         @return: whether the end marker was reached (the bytes after it stay in C{lines}).
         """
+        if not self.problems:
+            # Fast path: every complete line at once, while nothing went wrong. A line that is
+            # too long or holds a bare CR or LF leaves the work to the line-by-line reader.
+            taken = lines._take_clean_lines(self._max_line)
+            if taken is not None:
+                text, done = taken
+                if text.startswith(b"."):
+                    text = text[1:]
+                if _STUFFED in text:
+                    text = text.replace(_STUFFED, _CRLF)
+                size = self.size + len(text)
+                if size <= self._max_size:
+                    self.size = size
+                    self._body += text
+                else:
+                    # Too big: count and refuse line by line, like the reader below.
+                    for content in text.split(_CRLF)[:-1]:
+                        self._add(content)
+                if done:
+                    return True
         while True:
             line = lines.read_line(self._max_line)
             if line is None:
@@ -166,13 +247,17 @@ class DataReader:
                 content = content[1:]
             if line.has_bare_cr_or_lf:
                 self.problems.add(DataProblem.BARE_CR_LF)
-            self.size += len(content) + 2
-            if self.size > self._max_size:
-                self.problems.add(DataProblem.TOO_BIG)
-                self._body.clear()
-            if not self.problems:
-                self._body += content
-                self._body += _CRLF
+            self._add(content)
+
+    def _add(self, content: bytes) -> None:
+        # One unstuffed line, without its CRLF.
+        self.size += len(content) + 2
+        if self.size > self._max_size:
+            self.problems.add(DataProblem.TOO_BIG)
+            self._body.clear()
+        if not self.problems:
+            self._body += content
+            self._body += _CRLF
 
     @property
     def body(self) -> bytes:
@@ -212,7 +297,11 @@ class DotStuffer:
             self._held_cr = True
         if not chunk:
             return b""
-        text = _LINE_ENDS.sub(_CRLF, chunk)
+        crlf = chunk.count(_CRLF)
+        if chunk.count(b"\r") == crlf and chunk.count(b"\n") == crlf:
+            text = chunk  # every line end is a CRLF already (the usual case)
+        else:
+            text = _LINE_ENDS.sub(_CRLF, chunk)
         if self._at_line_start and text.startswith(b"."):
             text = b"." + text
         text = text.replace(b"\r\n.", b"\r\n..")

@@ -120,6 +120,10 @@ def _split_path(text: str) -> tuple[str, str] | None:
     """
     if not text.startswith("<"):
         return None
+    if '"' not in text:
+        # Nothing is quoted (the usual case): the first closing bracket ends the path.
+        end = text.find(">")
+        return None if end < 0 else (text[1:end], text[end + 1 :])
     quoted = escaped = False
     for index in range(1, len(text)):
         char = text[index]
@@ -259,20 +263,23 @@ def _rcpt_parameter(keyword: str, value: str | None, fields: dict[str, object]) 
     return None
 
 
+def _syntax(prefix: str) -> Reply:
+    return reply(501, "5.5.4", f"Syntax: {prefix}<address> [parameters]")
+
+
 def _parse(
     text: str, prefix: str, allowed: frozenset[str], *, mail: bool
 ) -> tuple[str, dict[str, object]] | Reply:
-    syntax = reply(501, "5.5.4", f"Syntax: {prefix}<address> [parameters]")
     head = text[: len(prefix)]
     if head.upper() != prefix:
-        return syntax
+        return _syntax(prefix)
     text = text[len(prefix) :].lstrip(" ")
     split = _split_path(text)
     if split is None:
-        return syntax
+        return _syntax(prefix)
     path_text, rest = split
     if rest and not rest.startswith(" "):
-        return syntax
+        return _syntax(prefix)
     path = _parse_path(path_text, null_ok=mail, postmaster_ok=not mail)
     if path is None:
         return reply(501, "5.1.7" if mail else "5.1.3", "Bad address syntax")

@@ -19,7 +19,15 @@ from mdtwist.smtp.core.errors import RemoteProtocolError
 from mdtwist.smtp.core.framing import LineBuffer
 
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
-_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?", re.DOTALL)
+
+#: Every valid reply code as it opens a reply line, and its value.
+_CODES = {b"%d" % code: code for code in range(200, 600)}
+
+#: What may follow the code: a space (last line), a hyphen (more lines follow) or nothing.
+_SEPARATORS = frozenset({b" ", b"-", b""})
+
+#: The class digit of an enhanced status code, by the category of the reply code.
+_CLASS_DIGITS = {2: "2", 3: "3", 4: "4", 5: "5"}
 
 #: The longest reply line the parser accepts, CRLF included. RFC 5321 4.5.3.1.5 says 512, but
 #: real servers send longer lines, so the client is lenient up to this many octets.
@@ -93,9 +101,14 @@ class Reply:
         @return: the reply lines, each ending in CRLF, UTF-8 encoded (the text is ASCII unless a
             caller put UTF-8 in it on purpose).
         """
+        lines = self.lines
+        if len(lines) == 1:
+            if self.enhanced is None:
+                return f"{self.code} {lines[0]}\r\n".encode()
+            return f"{self.code} {self.enhanced} {lines[0]}\r\n".encode()
         out = []
-        last = len(self.lines) - 1
-        for index, line in enumerate(self.lines):
+        last = len(lines) - 1
+        for index, line in enumerate(lines):
             separator = " " if index == last else "-"
             text = line if self.enhanced is None else f"{self.enhanced} {line}"
             out.append(f"{self.code}{separator}{text}")
@@ -129,7 +142,8 @@ class ReplyParser:
         """@param max_line: the longest line accepted, CRLF included."""
         self._buffer = LineBuffer()
         self._max_line = max_line
-        self._pending: list[tuple[int, bytes]] = []
+        self._code = 0
+        self._pending: list[bytes] = []
 
     def feed(self, data: bytes) -> None:
         """
@@ -152,33 +166,59 @@ class ReplyParser:
                 return None
             if line.overflow:
                 raise RemoteProtocolError("reply line too long")
-            match = _REPLY_LINE.fullmatch(line.content)
-            if match is None:
-                raise RemoteProtocolError("malformed reply line")
-            code = int(match.group(1))
-            if self._pending and self._pending[0][0] != code:
-                raise RemoteProtocolError("reply code changed inside a multi-line reply")
-            self._pending.append((code, match.group(3) or b""))
-            if match.group(2) != b"-":
-                return self._finish()
+            answer = self.feed_line(line.content)
+            if answer is not None:
+                return answer
 
-    def _finish(self) -> Reply:
-        code = self._pending[0][0]
-        try:
-            texts = [text.decode("utf-8") for _, text in self._pending]
-        except UnicodeDecodeError:
-            raise RemoteProtocolError("reply text is not UTF-8") from None
-        finally:
-            self._pending = []
-        enhanced: str | None = None
-        first, _, _ = texts[0].partition(" ")
-        if _ENHANCED.fullmatch(first) and first[0] == str(code)[0]:
-            enhanced = first
-            prefix = first + " "
-            texts = [
-                t[len(prefix) :] if t.startswith(prefix) else ("" if t == first else t)
-                for t in texts
-            ]
-        if any("\r" in t or "\n" in t for t in texts):
-            raise RemoteProtocolError("bare CR or LF in reply")
-        return Reply(code, enhanced, tuple(texts))
+    def feed_line(self, content: bytes) -> Reply | None:
+        """
+        Take one reply line that the caller framed itself, instead of bytes from L{feed}.
+
+        @param content: the line without its CRLF; the caller enforces the length limit.
+        @return: the reply this line completes, or L{None} when more lines are needed.
+        @raise RemoteProtocolError: the line is malformed, or completes a malformed reply.
+        """
+        code = _CODES.get(content[:3])
+        separator = content[3:4]
+        if code is None or separator not in _SEPARATORS:
+            raise RemoteProtocolError("malformed reply line")
+        if not self._pending:
+            self._code = code
+        elif code != self._code:
+            raise RemoteProtocolError("reply code changed inside a multi-line reply")
+        self._pending.append(content[4:])
+        if separator == b"-":
+            return None
+        return self._finish(code)
+
+    def _finish(self, code: int) -> Reply:
+        lines, self._pending = self._pending, []
+        texts = _decode(lines)
+        first, _, rest = texts[0].partition(" ")
+        if first[:1] != _CLASS_DIGITS[code // 100] or not _ENHANCED.fullmatch(first):
+            return Reply(code, None, tuple(texts))
+        if len(texts) == 1:
+            return Reply(code, first, (rest,))  # the usual reply: one line
+        prefix = first + " "
+        texts = [
+            t[len(prefix) :] if t.startswith(prefix) else ("" if t == first else t) for t in texts
+        ]
+        return Reply(code, first, tuple(texts))
+
+
+def _decode(lines: list[bytes]) -> list[str]:
+    """
+    Decode the texts of the lines of one reply.
+
+    @param lines: the text of each line, after the code and the separator.
+    @return: the texts.
+    @raise RemoteProtocolError: a text is not UTF-8, or holds a bare CR or LF.
+    """
+    try:
+        texts = [line.decode("utf-8") for line in lines]
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("reply text is not UTF-8") from None
+    joined = lines[0] if len(lines) == 1 else b"".join(lines)
+    if b"\r" in joined or b"\n" in joined:
+        raise RemoteProtocolError("bare CR or LF in reply")
+    return texts

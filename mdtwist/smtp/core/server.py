@@ -152,6 +152,12 @@ class SessionState(enum.Enum):
 
 TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 
+# Replies and parameter sets used for every session, built once.
+_GO_AHEAD = reply(354, None, "End data with <CR><LF>.<CR><LF>")
+_OK = reply(250, "2.0.0", "Ok")
+_NO_PARAMETERS: frozenset[str] = frozenset()
+_DSN_RCPT_PARAMETERS = frozenset({"NOTIFY", "ORCPT"})
+
 _ReplyCheck = Callable[[Reply], bool]
 
 
@@ -189,6 +195,7 @@ class ServerCore:
         self._mail: MailFrom | None = None
         self._recipients: list[RcptTo] = []
         self._data: DataReader | None = None
+        self._encoding = "utf-8" if settings.smtputf8 else "ascii"
 
     # -- what the glue may read --
 
@@ -293,6 +300,8 @@ class ServerCore:
 
         @return: the bytes (possibly empty).
         """
+        if not self._out:
+            return b""
         data = bytes(self._out)
         self._out.clear()
         return data
@@ -304,22 +313,26 @@ class ServerCore:
         @return: an event to answer with L{send}, or a L{Sentinel}.
         """
         while True:
-            if self._state in (SessionState.NEW, SessionState.WAITING, SessionState.TLS_PENDING):
-                return Sentinel.PAUSED
-            if self._state is SessionState.CLOSED:
-                return Sentinel.CLOSE
-            if self._state is SessionState.DATA:
+            state = self._state
+            if state is SessionState.COMMAND:
+                line = self._lines.read_line(self._settings.max_command_line)
+                if line is None:
+                    return Sentinel.NEED_DATA
+                event = self._command(line)
+            elif state is SessionState.DATA:
                 assert self._data is not None
                 if not self._data.read(self._lines):
                     return Sentinel.NEED_DATA
                 event = self._end_of_data(self._data)
-            else:
-                in_auth = self._state is SessionState.AUTH
-                limit = MAX_AUTH_LINE if in_auth else self._settings.max_command_line
-                line = self._lines.read_line(limit)
+            elif state is SessionState.AUTH:
+                line = self._lines.read_line(MAX_AUTH_LINE)
                 if line is None:
                     return Sentinel.NEED_DATA
-                event = self._auth_line(line) if in_auth else self._command(line)
+                event = self._auth_line(line)
+            elif state is SessionState.CLOSED:
+                return Sentinel.CLOSE
+            else:  # NEW, WAITING, TLS_PENDING
+                return Sentinel.PAUSED
             if event is not None:
                 self._pending = event
                 self._state = SessionState.WAITING
@@ -339,9 +352,10 @@ class ServerCore:
             raise LocalProtocolError(f"reply {answer.code} does not fit {type(event).__name__}")
         self._pending = None
         self._state = SessionState.COMMAND
-        if isinstance(event, MailFrom) and answer.is_positive:
+        positive = answer.is_positive
+        if isinstance(event, MailFrom) and positive:
             self._mail = event
-        elif isinstance(event, RcptTo) and answer.is_positive:
+        elif isinstance(event, RcptTo) and positive:
             self._recipients.append(event)
         elif isinstance(event, MessageReceived):
             self._reset_transaction()
@@ -409,9 +423,8 @@ class ServerCore:
         self._data = None
 
     def _decode(self, content: bytes) -> str | None:
-        encoding = "utf-8" if self._settings.smtputf8 else "ascii"
         try:
-            return content.decode(encoding)
+            return content.decode(self._encoding)
         except UnicodeDecodeError:
             return None
 
@@ -452,7 +465,7 @@ class ServerCore:
 
     def _mail_parameters(self) -> frozenset[str]:
         if not self._extended:
-            return frozenset()
+            return _NO_PARAMETERS
         s = self._settings
         allowed = {"SIZE"}
         if s.eight_bit_mime:
@@ -487,8 +500,8 @@ class ServerCore:
             return self._refuse(503, "5.5.1", "Need MAIL before RCPT")
         if len(self._recipients) >= self._settings.max_recipients:
             return self._refuse(452, "4.5.3", "Too many recipients")
-        allowed = frozenset({"NOTIFY", "ORCPT"}) if self._settings.dsn and self._extended else None
-        parsed = parse_rcpt(args, allowed or frozenset())
+        allowed = _DSN_RCPT_PARAMETERS if self._settings.dsn and self._extended else _NO_PARAMETERS
+        parsed = parse_rcpt(args, allowed)
         if isinstance(parsed, Reply):
             return self._reply(parsed)
         if not parsed.recipient.isascii() and not self._mail.parameters.smtputf8:
@@ -507,7 +520,7 @@ class ServerCore:
         s = self._settings
         self._data = DataReader(s.max_message_size, s.max_text_line)
         self._state = SessionState.DATA
-        self._reply(reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+        self._reply(_GO_AHEAD)
         return None
 
     def _end_of_data(self, reader: DataReader) -> Event | None:
@@ -529,10 +542,10 @@ class ServerCore:
         if args:
             return self._refuse(501, "5.5.4", "Syntax: RSET")
         self._reset_transaction()
-        return self._refuse(250, "2.0.0", "Ok")
+        return self._reply(_OK)
 
     def _noop(self, args: str) -> Event | None:
-        return self._refuse(250, "2.0.0", "Ok")
+        return self._reply(_OK)
 
     def _help(self, args: str) -> Event | None:
         return self._reply(

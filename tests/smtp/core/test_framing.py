@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.smtp.core.framing import (
@@ -147,3 +149,133 @@ class DotStufferTests(SynchronousTestCase):
         self.assertEqual(dot_stuff(b"a\r"), b"a\r\n.\r\n")
         self.assertEqual(dot_stuff(b""), b".\r\n")
         self.assertEqual(dot_stuff(b"a\n.b"), b"a\r\n..b\r\n.\r\n")
+
+
+def _reference_read(
+    chunks: list[bytes], max_size: int, max_line: int
+) -> tuple[bool, bytes, int, set[DataProblem], list[Line | bytes]]:
+    """
+    Read a message line by line with L{LineBuffer.read_line}, the way L{DataReader} reads it
+    without its fast path: the rules of the module docstring, one line at a time.
+    """
+    buffer = LineBuffer()
+    body = bytearray()
+    size = 0
+    problems: set[DataProblem] = set()
+    done = False
+    for chunk in chunks:
+        buffer.feed(chunk)
+        while not done and (line := buffer.read_line(max_line)) is not None:
+            if line.overflow:
+                problems.add(DataProblem.LINE_TOO_LONG)
+                continue
+            content = line.content
+            if content == b".":
+                done = True
+                break
+            if content.startswith(b"."):
+                content = content[1:]
+            if line.has_bare_cr_or_lf:
+                problems.add(DataProblem.BARE_CR_LF)
+            size += len(content) + 2
+            if size > max_size:
+                problems.add(DataProblem.TOO_BIG)
+                body.clear()
+            if not problems:
+                body += content + b"\r\n"
+    return done, bytes(body), size, problems, _rest(buffer)
+
+
+def _rest(buffer: LineBuffer) -> list[Line | bytes]:
+    """What follows the message: the complete lines, then the bytes of an incomplete one."""
+    rest: list[Line | bytes] = []
+    while (line := buffer.read_line(100)) is not None:
+        rest.append(line)
+    rest.append(buffer.take_all())
+    return rest
+
+
+class DataReaderFastPathTests(SynchronousTestCase):
+    """
+    L{DataReader} takes every complete clean line at once; it must read exactly like the
+    line-by-line reader, wherever the chunks are cut.
+    """
+
+    def check(self, chunks: list[bytes], max_size: int = 1000, max_line: int = 20) -> None:
+        """Read C{chunks} with L{DataReader} and with the reference; compare everything."""
+        buffer = LineBuffer()
+        reader = DataReader(max_size, max_line)
+        done = False
+        for chunk in chunks:
+            buffer.feed(chunk)
+            if not done:
+                done = reader.read(buffer)
+        got = (done, reader.body, reader.size, reader.problems, _rest(buffer))
+        self.assertEqual(got, _reference_read(chunks, max_size, max_line), chunks)
+
+    def test_every_cut(self) -> None:
+        """Cutting a message at any one or two offsets does not change what is read."""
+        message = b"a\r\n..b\r\n\r\n.c\r\nxyz\r\n.\r\nQUIT\r\n"
+        for cut in range(len(message) + 1):
+            self.check([message[:cut], message[cut:]])
+            for second in range(cut, len(message) + 1, 3):
+                self.check([message[:cut], message[cut:second], message[second:]])
+
+    def test_problem_after_clean_lines(self) -> None:
+        """
+        Clean lines are taken at once; a bare LF, a bare CR or an over-long line in the same
+        chunk or in a later one is still recorded, and reading goes on to the end marker.
+        """
+        for bad in [b"b\nc\r\n", b"b\rc\r\n", b"y" * 30 + b"\r\n", b"\r\r\n", b"z\n\r\n"]:
+            message = b"a\r\n.a\r\n" + bad + b"d\r\n.\r\nNOOP\r\n"
+            self.check([message])
+            self.check([b"a\r\n.a\r\n", bad + b"d\r\n.\r\nNOOP\r\n"])
+            self.check(bytewise(message))
+
+    def test_line_at_the_limit(self) -> None:
+        """A line exactly as long as the limit is clean; one byte more is too long."""
+        for length in (17, 18, 19, 20):
+            message = b"a\r\n" + b"x" * length + b"\r\nb\r\n.\r\n"
+            self.check([message])
+            self.check([message[:5], message[5:]])
+
+    def test_too_big_inside_a_chunk(self) -> None:
+        """
+        The size limit crossed inside a chunk of clean lines: counted line by line, the body
+        is dropped, and later lines are counted but not kept.
+        """
+        message = b"0123456789\r\n" * 5 + b".\r\n"
+        for max_size in (11, 12, 13, 24, 59, 60, 61):
+            self.check([message], max_size=max_size)
+            self.check([message[:30], message[30:]], max_size=max_size)
+
+    def test_overflow_across_chunks(self) -> None:
+        """An over-long line cut across chunks is dropped as it arrives, then the rest reads."""
+        message = b"a\r\n" + b"x" * 45 + b"\r\n.b\r\n.\r\n"
+        for cut in range(len(message) + 1):
+            self.check([message[:cut], message[cut:]])
+
+    def test_random_messages(self) -> None:
+        """Random messages made of awkward pieces, cut at random, read like the reference."""
+        pieces = [b".", b"..", b"\r", b"\n", b"\r\n", b"x", b"yy" * 5, b"\r\n.\r\n", b"\r\n."]
+        rng = random.Random(5321)
+        for _ in range(400):
+            message = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 25)))
+            message += rng.choice([b"\r\n.\r\n", b"", b"\r\n.\r\nRSET\r\n"])
+            cuts = sorted(rng.randrange(len(message) + 1) for _ in range(rng.randrange(4)))
+            chunks = [message[a:b] for a, b in zip([0, *cuts], [*cuts, len(message)], strict=True)]
+            self.check(chunks, max_size=rng.choice([8, 40, 1000]), max_line=20)
+
+
+class DotStufferFastPathTests(SynchronousTestCase):
+    """L{DotStuffer} leaves a chunk whose line ends are all CRLF alone, apart from the dots."""
+
+    def test_crlf_only(self) -> None:
+        """A CRLF-only chunk comes out as it went in, with its leading dots doubled."""
+        self.assertEqual(dot_stuff(b"a\r\nb\r\n"), b"a\r\nb\r\n.\r\n")
+        self.assertEqual(dot_stuff(b".a\r\n.\r\n"), b"..a\r\n..\r\n.\r\n")
+
+    def test_as_many_cr_as_lf(self) -> None:
+        """As many CRs as LFs, but not in pairs, are still bare line ends."""
+        self.assertEqual(dot_stuff(b"a\n\rb"), b"a\r\n\r\nb\r\n.\r\n")
+        self.assertEqual(dot_stuff(b"a\r\n\n\rb"), b"a\r\n\r\n\r\nb\r\n.\r\n")

@@ -63,6 +63,19 @@ class PathTests(SynchronousTestCase):
         )
         self.assertEqual(self._recipient('TO:<"a>b"@d.example>'), '"a>b"@d.example')
 
+    def test_closing_bracket(self) -> None:
+        """
+        Without a quote the path ends at the first C{>}; a quote anywhere, even in a parameter
+        after the path, is honoured the same way.
+        """
+        self.assertEqual(_codes(parse_mail("FROM:<a@b.example>> SIZE=1")), (501, "5.5.4"))
+        self.assertEqual(_codes(parse_mail("FROM:<a@b.example SIZE=1")), (501, "5.5.4"))
+        self.assertEqual(_codes(parse_mail("FROM:<a>b@c.example>")), (501, "5.5.4"))
+        parsed = parse_mail('FROM:<a@b.example> ENVID="x>"')
+        assert isinstance(parsed, MailCommand), parsed
+        self.assertEqual((parsed.sender, parsed.parameters.envid), ("a@b.example", '"x>"'))
+        self.assertEqual(_codes(parse_rcpt('TO:<"a>b@d.example>')), (501, "5.5.4"))
+
     def test_routing_tricks_stay_local(self) -> None:
         """C{%} and C{!} stay in the local part; a double C{@} and a missing domain are refused."""
         self.assertEqual(self._recipient("TO:<v%t.example@d.example>"), "v%t.example@d.example")

@@ -87,3 +87,97 @@ class ReplyParserTests(SynchronousTestCase):
         self.assertIsNone(parser.next_reply())
         parser.feed(b"250 b\r\n")
         self.assertEqual(parser.next_reply(), Reply(250, None, ("a", "b")))
+
+
+class ReplyEncodingTests(SynchronousTestCase):
+    """L{Reply.to_bytes} for one-line replies matches the general multi-line form."""
+
+    def test_single_line_forms(self) -> None:
+        """Empty text, no enhanced code, and UTF-8 text encode like the multi-line form."""
+        self.assertEqual(reply(250, None, "").to_bytes(), b"250 \r\n")
+        self.assertEqual(reply(334, None).to_bytes(), b"334 \r\n")
+        self.assertEqual(reply(250, "2.0.0", "").to_bytes(), b"250 2.0.0 \r\n")
+        self.assertEqual(
+            reply(250, "2.1.5", "J\u00f6rg ok").to_bytes(), "250 2.1.5 J\u00f6rg ok\r\n".encode()
+        )
+        self.assertEqual(
+            Reply(250, None, ("a", "b", "c")).to_bytes(), b"250-a\r\n250-b\r\n250 c\r\n"
+        )
+
+
+class FeedLineTests(SynchronousTestCase):
+    """Tests for L{ReplyParser.feed_line}: lines framed by the caller."""
+
+    def _feed(self, *lines: bytes) -> list[Reply | None]:
+        parser = ReplyParser()
+        return [parser.feed_line(line) for line in lines]
+
+    def test_single_line(self) -> None:
+        """
+        A one-line reply: the enhanced code is taken off the text when its class matches; an
+        enhanced code alone leaves an empty text.
+        """
+        self.assertEqual(self._feed(b"250 2.1.0 Sender ok"), [reply(250, "2.1.0", "Sender ok")])
+        self.assertEqual(self._feed(b"250 2.1.0"), [reply(250, "2.1.0", "")])
+        self.assertEqual(self._feed(b"250 5.1.0 odd"), [reply(250, None, "5.1.0 odd")])
+        self.assertEqual(self._feed(b"354 3.0.0 go"), [reply(354, None, "3.0.0 go")])
+        self.assertEqual(self._feed(b"250 2.1.0x"), [reply(250, None, "2.1.0x")])
+        self.assertEqual(self._feed(b"250"), [reply(250, None, "")])
+        self.assertEqual(self._feed(b"250 "), [reply(250, None, "")])
+
+    def test_multi_line(self) -> None:
+        """
+        A multi-line reply completes on its last line; the enhanced code of the first line is
+        taken off every line that carries it.
+        """
+        self.assertEqual(
+            self._feed(b"550-5.7.1 a", b"550-5.7.1", b"550-b", b"550 5.7.1 c"),
+            [None, None, None, Reply(550, "5.7.1", ("a", "", "b", "c"))],
+        )
+        self.assertEqual(
+            self._feed(b"250-mx", b"250-2.0.0 x", b"250 SIZE 10"),
+            [None, None, Reply(250, None, ("mx", "2.0.0 x", "SIZE 10"))],
+        )
+
+    def test_multi_line_in_pieces(self) -> None:
+        """
+        A multi-line reply with enhanced codes, fed in pieces cut anywhere, parses like the
+        same reply fed whole, and the parser is ready for the next reply afterwards.
+        """
+        data = b"250-2.0.0 mx\r\n250-2.0.0 PIPELINING\r\n250 2.0.0 SIZE 10\r\n251 2.1.5 ok\r\n"
+        expected = [
+            Reply(250, "2.0.0", ("mx", "PIPELINING", "SIZE 10")),
+            reply(251, "2.1.5", "ok"),
+        ]
+        for cut in range(len(data) + 1):
+            self.assertEqual(_parse([data[:cut], data[cut:]]), expected, cut)
+        self.assertEqual(_parse(bytewise(data)), expected)
+
+    def test_malformed(self) -> None:
+        """Codes outside 200-599, a bad separator or too short a line raise."""
+        for line in [b"199 x", b"600 x", b"2a0 x", b"25", b"250x", b"", b" 250 x", b"\xff50 x"]:
+            parser = ReplyParser()
+            self.assertRaises(RemoteProtocolError, parser.feed_line, line)
+
+    def test_errors_forget_the_reply(self) -> None:
+        """
+        A reply refused for its text (not UTF-8, bare CR or LF) is forgotten: the next reply
+        parses on its own, even with another code.
+        """
+        for bad in [b"250 \xff", b"250 a\rb", b"250 a\nb"]:
+            parser = ReplyParser()
+            self.assertIsNone(parser.feed_line(b"250-first"))
+            self.assertRaises(RemoteProtocolError, parser.feed_line, bad)
+            self.assertEqual(parser.feed_line(b"451 4.3.0 later"), reply(451, "4.3.0", "later"))
+
+    def test_error_order(self) -> None:
+        """Text that is not UTF-8 is reported before a bare CR or LF, whichever line holds it."""
+        parser = ReplyParser()
+        parser.feed_line(b"250-a\rb")
+        with self.assertRaises(RemoteProtocolError) as caught:
+            parser.feed_line(b"250 \xff")
+        self.assertEqual(str(caught.exception), "reply text is not UTF-8")
+        parser = ReplyParser()
+        with self.assertRaises(RemoteProtocolError) as caught:
+            parser.feed_line(b"250 a\nb")
+        self.assertEqual(str(caught.exception), "bare CR or LF in reply")
