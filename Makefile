@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml requirements-dev.txt
 
 run: $(STAMP) var/tls/cert.pem
 	mkdir -p var
-	$(VENV)/bin/twistd --nodaemon --pidfile= mdtwist --config etc/mdtwist.toml
+	$(VENV)/bin/twistd --nodaemon --pidfile= --logger mdtwist.logging.text_observer mdtwist --config etc/mdtwist.toml
 
 peers:
 	sh tools/install-peers.sh

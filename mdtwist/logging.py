@@ -1,6 +1,11 @@
 # -*- test-case-name: tests.test_logging -*-
 """
-Log output choices: text (twistd's default) or JSON, one object per line.
+Log output choices: text (twistd's default format, or our cheaper observer of the same lines) or
+JSON, one object per line.
+
+For text, written by L{text_observer} (what C{make run} uses)::
+
+    twistd --logger mdtwist.logging.text_observer -n mdtwist --config etc/mdtwist.toml
 
 For JSON::
 
@@ -10,14 +15,43 @@ Event fields use a fixed vocabulary: C{session}, C{peer}, C{listener}, C{helo}, 
 C{mail_from}, C{rcpt}, C{code}, C{enhanced}, C{queue_id}, C{msg_size}, C{mx}, C{attempt},
 C{dn}, C{elapsed_ms}, C{status}, C{detail}. Passwords, SASL payloads and message bodies never
 appear in any field.
+
+Theory of operation of L{TextObserver}: it writes exactly the lines of Twisted's
+C{textFileLogObserver} (C{formatEventAsClassicLogText}), but takes two shortcuts for the common
+event. The timestamp has a resolution of one second, so the text of the last second is kept and
+reused. An event whose C{log_format} only names fields (C{"{queue_id} to {rcpt}"}: no
+conversion, format spec, attribute, index or call) is formatted by C{str.format_map} on the event,
+which gives the same text as Twisted's formatter for such a format; whether a format qualifies is
+decided once per format string. Everything else (failures, flattened events, other format
+syntax, missing fields, values that fail to format) goes through Twisted's own formatter.
 """
 
 from __future__ import annotations
 
+import string
 import sys
 from typing import TextIO
 
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+    jsonFileLogObserver,
+)
+from zope.interface import implementer
+
+#: How many format strings L{TextObserver} remembers a verdict for; when full it starts afresh.
+_PLANS_MAX = 1024
+
+#: Fractions of a second from which C{datetime} may round a timestamp up to the next second
+#: (it rounds to microseconds); such timestamps are formatted without the cache.
+_ROUNDING_EDGE = 0.999999
+
+#: Timestamps from here on are formatted without the cache (C{int()} of a float stays exact).
+_TIME_MAX = float(2**52)
+
+_parse = string.Formatter().parse
 
 
 def json_observer(stream: TextIO | None = None) -> ILogObserver:
@@ -28,3 +62,118 @@ def json_observer(stream: TextIO | None = None) -> ILogObserver:
     @return: the observer.
     """
     return jsonFileLogObserver(stream if stream is not None else sys.stdout, recordSeparator="")
+
+
+def text_observer(stream: TextIO | None = None) -> ILogObserver:
+    """
+    The observer factory for C{twistd --logger}: twistd's default text lines
+    (C{2026-11-21T16:33:02+0000 [namespace#info] message}), written at less cost.
+
+    @param stream: where to write; standard output by default (like twistd's own text logger
+        when it runs in the foreground without C{--logfile}).
+    @return: the observer.
+    """
+    return TextObserver(stream if stream is not None else sys.stdout)
+
+
+def _names_only(log_format: str) -> bool:
+    # Whether every replacement field of the format is a plain name: {name}, nothing more.
+    try:
+        return all(
+            name is None or (name.isidentifier() and conversion is None and not spec)
+            for _, name, spec, conversion in _parse(log_format)
+        )
+    except ValueError:  # not a valid format string: Twisted reports it
+        return False
+
+
+@implementer(ILogObserver)
+class TextObserver:
+    """
+    Writes each event as Twisted's C{textFileLogObserver} would, one C{write} (and C{flush}) per
+    event, nothing held back between events.
+
+    @ivar _plans: for each format string seen, whether C{str.format_map} can format it.
+    @ivar _second: the whole second whose timestamp text is in C{_second_text}, or C{-1}.
+    @ivar _second_text: the formatted timestamp of C{_second}.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        """
+        @param stream: where to write the lines.
+        """
+        self._write = stream.write
+        self._flush = stream.flush
+        self._plans: dict[str, bool] = {}
+        self._second = -1
+        self._second_text = ""
+
+    def __call__(self, event: LogEvent) -> None:
+        """
+        Write one event.
+
+        @param event: the event.
+        """
+        text = None
+        log_format = event.get("log_format")
+        if (
+            log_format.__class__ is str
+            and "log_failure" not in event
+            and "log_flattened" not in event
+        ):
+            plan = self._plans.get(log_format)
+            if plan is None:
+                plan = self._learn(log_format)
+            if plan:
+                try:
+                    text = log_format.format_map(event)
+                except Exception:  # Twisted's formatter tells what went wrong
+                    text = None
+        if text is None:
+            line = formatEventAsClassicLogText(event, formatTime=self.format_time)
+            if not line:
+                return
+        elif not text:
+            return  # Twisted writes nothing for an empty message
+        else:
+            system = event.get("log_system")
+            if system is None:
+                level = event.get("log_level")
+                system = (
+                    f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+                )
+            elif system.__class__ is not str:
+                try:
+                    system = str(system)
+                except Exception:
+                    system = "UNFORMATTABLE"
+            line = f"{self.format_time(event.get('log_time'))} [{system}] {text}".replace(
+                "\n", "\n\t"
+            )
+            line += "\n"
+        self._write(line)
+        self._flush()
+
+    def _learn(self, log_format: str) -> bool:
+        # Decide, and remember, whether str.format_map can format log_format.
+        if len(self._plans) >= _PLANS_MAX:
+            self._plans.clear()
+        plan = self._plans[log_format] = _names_only(log_format)
+        return plan
+
+    def format_time(self, when: float | None) -> str:
+        """
+        The timestamp text of Twisted's L{formatTime} (RFC 3339, local time zone, whole
+        seconds), computed once per second.
+
+        @param when: the event's C{log_time}.
+        @return: its text; C{"-"} when there is none.
+        """
+        if when.__class__ is float and 0.0 <= when < _TIME_MAX:
+            second = int(when)
+            if when - second < _ROUNDING_EDGE:
+                if second != self._second:
+                    self._second_text = formatTime(when)
+                    self._second = second
+                return self._second_text
+        return formatTime(when)

@@ -6,11 +6,31 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import sys
+import time
+from collections.abc import Callable
 
-from twisted.logger import Logger
+from twisted.application.app import ServerOptions
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    Logger,
+    LogLevel,
+    LogPublisher,
+    eventAsJSON,
+    eventFromJSON,
+    formatEventAsClassicLogText,
+    formatTime,
+    textFileLogObserver,
+)
+from twisted.python.failure import Failure
+from twisted.python.log import LogPublisher as LegacyLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
-from mdtwist.logging import json_observer
+import mdtwist.logging
+from mdtwist.logging import TextObserver, json_observer, text_observer
 
 
 class JSONObserverTests(SynchronousTestCase):
@@ -32,3 +52,263 @@ class JSONObserverTests(SynchronousTestCase):
         self.assertEqual(first["log_format"], "delivered {queue_id} to {rcpt}")
         self.assertEqual((first["queue_id"], first["rcpt"]), ("Q1", "a@b.test"))
         self.assertEqual(json.loads(lines[1])["log_format"], "second")
+
+
+class _Point:
+    """
+    A value with an attribute, for C{{p.x}} formats.
+    """
+
+    x = 7
+
+
+class _Unformattable:
+    """
+    A value that cannot be formatted.
+    """
+
+    def __format__(self, spec: str) -> str:
+        raise ValueError("no text for you")
+
+
+def _both() -> tuple[io.StringIO, io.StringIO, LogPublisher]:
+    # Twisted's text observer and ours, both listening to one publisher.
+    theirs, ours = io.StringIO(), io.StringIO()
+    publisher = LogPublisher(textFileLogObserver(theirs), text_observer(ours))
+    return theirs, ours, publisher
+
+
+#: Events logged through a Logger: (format, fields).
+_LOGGED: list[tuple[str, dict[str, object]]] = [
+    (
+        "message {queue_id} queued from {mail_from}",
+        {"session": "S1", "peer": "192.0.2.1", "queue_id": "Q1", "mail_from": "a@b.test"},
+    ),
+    (
+        "Delivered {queue_id} to {rcpt} (attempt {attempt})",
+        {"queue_id": "Q", "rcpt": "r@x", "attempt": 2},
+    ),
+    ("numbers {n} {f} {big} {neg}", {"n": 42, "f": 1.5, "big": 10**20, "neg": -3.25}),
+    ("none {x}", {"x": None}),
+    ("from {mail_from} to {rcpt}", {"mail_from": "jörg@bücher.test", "rcpt": "δ@例え.テスト"}),
+    ("größe {größe} bytes", {"größe": 12}),
+    ("no fields at all", {}),
+    ("{{escaped}} braces and {x} }}", {"x": "v"}),
+    ("", {}),
+    ("{x}", {"x": ""}),
+    ("two\nlines {x}", {"x": "and\nthree"}),
+    ("right {x:>5}|", {"x": "ab"}),
+    ("repr {x!r} str {x!s} ascii {x!a}", {"x": "é"}),
+    ("attribute {p.x}", {"p": _Point()}),
+    ("index {d[k]} {seq[1]}", {"d": {"k": "v"}, "seq": ["a", "b"]}),
+    ("called {f()} and {g.x}", {"f": lambda: "result", "g": _Point()}),
+    ("missing {absent}", {}),
+    ("unformattable {u}", {"u": _Unformattable()}),
+    ("bad format {x", {"x": 1}),
+    ("positional {} and {0}", {}),
+    ("level {log_level.name} of {log_namespace}", {}),
+    ("level {log_level} of {log_namespace}, logger {log_logger}", {}),
+]
+
+
+class TextObserverTests(SynchronousTestCase):
+    """
+    L{text_observer} writes the same lines as twistd's default text observer.
+    """
+
+    def assert_same(self, theirs: io.StringIO, ours: io.StringIO) -> None:
+        """
+        Both observers wrote the same, and wrote something.
+        """
+        self.assertTrue(theirs.getvalue())
+        self.assertEqual(ours.getvalue().splitlines(), theirs.getvalue().splitlines())
+        self.assertEqual(ours.getvalue(), theirs.getvalue())
+
+    def test_logged_events(self) -> None:
+        """
+        Plain fields, numbers, C{None}, non-ASCII text, escaped braces, multi-line values, format
+        specs and conversions, attribute and index access, calls, missing fields, values that do
+        not format, broken formats, and all levels come out as Twisted writes them.
+        """
+        theirs, ours, publisher = _both()
+        log = Logger(observer=publisher, namespace="mdtwist.test")
+        for log_format, fields in _LOGGED:
+            for emit in (log.debug, log.info, log.warn, log.error, log.critical):
+                emit(log_format, **fields)
+        self.assert_same(theirs, ours)
+        self.assertIn(" [mdtwist.test#info] message Q1 queued from a@b.test\n", ours.getvalue())
+        self.assertIn("] Unable to format event ", ours.getvalue())
+        self.assertIn("] right    ab|\n", ours.getvalue())
+        self.assertIn("] called result and 7\n", ours.getvalue())
+        self.assertIn("] two\n\tlines and\n\tthree\n", ours.getvalue())
+
+    def test_failure(self) -> None:
+        """
+        An event with a failure has the traceback appended, each line indented by a tab.
+        """
+        theirs, ours, publisher = _both()
+        log = Logger(observer=publisher, namespace="mdtwist.test")
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            log.failure("delivery of {queue_id} broke", queue_id="Q1")
+            log.failure("")
+        self.assert_same(theirs, ours)
+        self.assertIn("\tbuiltins.ZeroDivisionError: division by zero\n", ours.getvalue())
+
+    def test_raw_events(self) -> None:
+        """
+        Events that did not come from a L{Logger}: a C{log_system}, no namespace or level, no
+        time, a byte-string format, a flattened event (as read back from JSON), no format at all.
+        """
+        events: list[dict[str, object]] = [
+            {"log_format": "sys {x}", "x": 1, "log_system": "mdtwist,12,192.0.2.1"},
+            {"log_format": "sys {x}", "x": 1, "log_system": 3, "log_time": 1.0e9},
+            {"log_format": "bare {x}", "x": 1},
+            {"log_format": "ns {x}", "x": 1, "log_namespace": None, "log_level": LogLevel.warn},
+            {"log_format": b"bytes {x}", "x": 1, "log_time": 1.5e9},
+            {"message": ("no format",), "log_time": 1.5e9},
+            {"log_time": 1.5e9, "log_level": LogLevel.info},
+        ]
+        flat = eventFromJSON(
+            eventAsJSON({"log_format": "flat {x!r}", "x": "y", "log_time": 1.5e9})
+        )
+        self.assertIn("log_flattened", flat)
+        events.append(flat)
+        theirs, ours = io.StringIO(), io.StringIO()
+        twisted_observer, our_observer = textFileLogObserver(theirs), text_observer(ours)
+        for event in events:
+            twisted_observer(event)
+            our_observer(event)
+        self.assert_same(theirs, ours)
+        self.assertIn("- [mdtwist,12,192.0.2.1] sys 1\n", ours.getvalue())
+        self.assertIn("- [None#warn] ns 1\n", ours.getvalue())
+        self.assertIn("] flat 'y'\n", ours.getvalue())
+        self.assertNotIn("no format", ours.getvalue())
+
+    def test_legacy_events(self) -> None:
+        """
+        Events of the legacy L{twisted.python.log} API (C{msg} with or without a system,
+        C{err}) come out as Twisted writes them.
+        """
+        theirs, ours, publisher = _both()
+        legacy = LegacyLogPublisher(observerPublisher=publisher, publishPublisher=publisher)
+        legacy.msg("legacy message {not a field}")
+        legacy.msg("several", "parts", system="mdtwist,3,192.0.2.9")
+        legacy.msg(format="%(count)d old-style %(what)s", count=3, what="items")
+        legacy.msg(failure=Failure(ValueError("bad value")), why="while testing", isError=1)
+        self.assert_same(theirs, ours)
+        self.assertIn(" [-] legacy message {not a field}\n", ours.getvalue())
+        self.assertIn(" [mdtwist,3,192.0.2.9] several parts\n", ours.getvalue())
+        self.assertIn(" [-] 3 old-style items\n", ours.getvalue())
+        self.assertIn("] while testing\n\tTraceback", ours.getvalue())
+
+    def test_fast_path(self) -> None:
+        """
+        Formats of plain names do without Twisted's formatter; others use it.
+        """
+        calls: list[object] = []
+
+        def counting(
+            event: LogEvent,
+            formatTime: Callable[[float | None], str],  # noqa: N803 - Twisted's name
+        ) -> str | None:
+            calls.append(event["log_format"])
+            return formatEventAsClassicLogText(event, formatTime=formatTime)
+
+        self.patch(mdtwist.logging, "formatEventAsClassicLogText", counting)
+        stream = io.StringIO()
+        log = Logger(observer=text_observer(stream), namespace="test")
+        log.info("plain {a} and {b}", a=1, b=2)
+        log.info("no fields")
+        log.info("spec {a:>3}", a=1)
+        log.info("missing {c}")
+        self.assertEqual(calls, ["spec {a:>3}", "missing {c}"])
+        self.assertEqual(len(stream.getvalue().splitlines()), 4)
+
+    def test_time_same_second(self) -> None:
+        """
+        Two times in the same second give Twisted's text, computed once.
+        """
+        calls: list[float | None] = []
+
+        def counting(when: float | None) -> str:
+            calls.append(when)
+            return formatTime(when)
+
+        self.patch(mdtwist.logging, "formatTime", counting)
+        observer = TextObserver(io.StringIO())
+        first, second = 1774745000.125, 1774745000.875
+        self.assertEqual(observer.format_time(first), formatTime(first))
+        self.assertEqual(observer.format_time(second), formatTime(second))
+        self.assertEqual(observer.format_time(second), "2026-03-29T00:43:20+0000")
+        self.assertEqual(calls, [first])
+
+    def test_time_across_seconds(self) -> None:
+        """
+        The cached text changes with the second, also for a time that C{datetime} rounds up to
+        the next second, for older events, and for no time at all.
+        """
+        observer = TextObserver(io.StringIO())
+        edge = 1774745999.9999998  # datetime rounds it to the microsecond: 00:00:00 next
+        self.assertNotEqual(formatTime(edge), formatTime(edge - 0.5))
+        for when in (
+            1774745999.5,
+            1774745999.9,
+            edge,
+            1774745999.6,
+            1774746000.0,
+            1774746000.5,
+            1774745999.5,
+            0.0,
+            0.5,
+        ):
+            self.assertEqual(observer.format_time(when), formatTime(when), when)
+        self.assertEqual(observer.format_time(None), "-")
+        self.assertEqual(observer.format_time(1), formatTime(1))
+
+    def test_time_zone(self) -> None:
+        """
+        Times are given in the local time zone, as Twisted does, across a change of offset.
+        """
+        self.addCleanup(time.tzset)
+        old = os.environ.get("TZ")
+        self.addCleanup(lambda: os.environ.pop("TZ") if old is None else os.environ.update(TZ=old))
+        os.environ["TZ"] = "Europe/Berlin"
+        time.tzset()
+        observer = TextObserver(io.StringIO())
+        before, after = 1774745999.5, 1774746000.5
+        self.assertEqual(observer.format_time(before), "2026-03-29T01:59:59+0100")
+        self.assertEqual(observer.format_time(after), "2026-03-29T03:00:00+0200")
+        self.assertEqual(observer.format_time(after), formatTime(after))
+
+    def test_one_write_per_event(self) -> None:
+        """
+        Each event is written at once, with one write, and flushed.
+        """
+        writes: list[str] = []
+        stream = io.StringIO()
+        flushes = []
+        self.patch(stream, "write", writes.append)
+        self.patch(stream, "flush", lambda: flushes.append(len(writes)))
+        log = Logger(observer=text_observer(stream), namespace="test")
+        log.info("one {x}", x=1)
+        log.info("two\nlines")
+        self.assertEqual(len(writes), 2)
+        self.assertTrue(writes[1].endswith(" [test#info] two\n\tlines\n"))
+        self.assertEqual(flushes, [1, 2])
+
+    def test_twistd_logger_option(self) -> None:
+        """
+        C{twistd --logger mdtwist.logging.text_observer} names a factory of log observers that
+        writes to standard output by default.
+        """
+        options = ServerOptions()
+        options.parseOptions(["--logger", "mdtwist.logging.text_observer"])
+        self.assertIs(options["logger"], text_observer)
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        observer = options["logger"]()
+        self.assertTrue(verifyObject(ILogObserver, observer))
+        observer({"log_format": "hello {x}", "x": 1, "log_time": None})
+        self.assertEqual(stdout.getvalue(), "- [-#-] hello 1\n")

@@ -156,6 +156,8 @@ delay_after_temp_error = 1.0
             twistd,
             "--nodaemon",
             "--pidfile=",
+            "--logger",
+            "mdtwist.logging.text_observer",
             "mdtwist",
             "--config",
             str(self.config),
