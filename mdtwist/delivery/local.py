@@ -17,6 +17,7 @@ import enum
 import errno
 import itertools
 import os
+import re
 import secrets
 import socket
 from collections.abc import Callable
@@ -97,17 +98,15 @@ _SPOOL_FULL = frozenset({errno.ENOSPC})
 _QUOTA = frozenset({errno.EDQUOT})
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def _is_safe_component(name: str) -> bool:
-    return (
-        bool(name)
-        and name not in (".", "..")
-        and "/" not in name
-        and not any(ord(c) < 0x20 or c == "\x7f" for c in name)
-    )
+    return bool(name) and name not in (".", "..") and "/" not in name and not _CONTROL.search(name)
 
 
 def _is_safe_header_value(text: str) -> bool:
-    return bool(text) and not any(ord(c) < 0x20 or c == "\x7f" for c in text)
+    return bool(text) and not _CONTROL.search(text)
 
 
 def _make_directories(path: Path, stop: Path) -> None:
@@ -125,7 +124,9 @@ def _make_directories(path: Path, stop: Path) -> None:
         fsync_directory(directory.parent)
 
 
-def write_maildir_message(root: Path, maildir: Path, name: str, content: bytes) -> None:
+def write_maildir_message(
+    root: Path, maildir: Path, name: str, content: bytes, known: set[Path] | None = None
+) -> None:
     """
     Write one message into a Maildir, durably; blocking.
 
@@ -134,11 +135,25 @@ def write_maildir_message(root: Path, maildir: Path, name: str, content: bytes) 
     @param maildir: the Maildir (holding C{tmp}, C{new} and C{cur}); created when absent.
     @param name: the unique file name.
     @param content: the file content.
+    @param known: Maildirs known to exist, which are not checked again; this one is added once
+        it exists, and dropped again when it turns out to be gone (then it is made anew).
     @raise OSError: when the message could not be written; then no part of it is left behind.
     """
+    if known is not None and maildir in known:
+        try:
+            _write_into(maildir, name, content)
+            return
+        except FileNotFoundError:
+            known.discard(maildir)
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("tmp", "new", "cur"):
         _make_directories(maildir / sub, root)
+    _write_into(maildir, name, content)
+    if known is not None:
+        known.add(maildir)
+
+
+def _write_into(maildir: Path, name: str, content: bytes) -> None:
     temporary = maildir / "tmp" / name
     final = maildir / "new" / name
     write_new_file(temporary, content)
@@ -180,6 +195,8 @@ class MaildirDelivery:
         self._host = host.replace("/", "\\057").replace(":", "\\072")
         self._pid = os.getpid()
         self._counter = itertools.count(1)
+        # Maildirs that exist: shared by the delivery threads (set operations are atomic).
+        self._known: set[Path] = set()
 
     def maildir_for(self, account: Account) -> Path | None:
         """
@@ -231,7 +248,7 @@ class MaildirDelivery:
             )
         header = f"Return-Path: <{sender}>\nDelivered-To: {account.address}\n".encode()
         d: Deferred[None] = self._run(
-            _write_copy, self._root, maildir, self.unique_name(), header, body
+            _write_copy, self._root, maildir, self.unique_name(), header, body, self._known
         )
 
         def delivered(_: None) -> DeliveryResult:
@@ -254,5 +271,7 @@ class MaildirDelivery:
         return d.addCallbacks(delivered, failed)
 
 
-def _write_copy(root: Path, maildir: Path, name: str, header: bytes, body: bytes) -> None:
-    write_maildir_message(root, maildir, name, header + body.replace(b"\r\n", b"\n"))
+def _write_copy(
+    root: Path, maildir: Path, name: str, header: bytes, body: bytes, known: set[Path]
+) -> None:
+    write_maildir_message(root, maildir, name, header + body.replace(b"\r\n", b"\n"), known)

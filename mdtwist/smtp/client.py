@@ -128,20 +128,25 @@ class ClientTimeouts:
         @param phase: what the reply answers.
         @return: seconds.
         """
-        return {
-            Phase.CONNECT: self.connect,
-            Phase.GREETING: self.greeting,
-            Phase.EHLO: self.helo,
-            Phase.HELO: self.helo,
-            Phase.STARTTLS: self.starttls,
-            Phase.AUTH: self.auth,
-            Phase.MAIL: self.mail,
-            Phase.RCPT: self.rcpt,
-            Phase.DATA: self.data,
-            Phase.MESSAGE: self.data_end,
-            Phase.RSET: self.rset,
-            Phase.QUIT: self.quit,
-        }[phase]
+        seconds: float = getattr(self, _TIMEOUT_FIELDS[phase])
+        return seconds
+
+
+#: The L{Timeouts} field for the reply to each phase.
+_TIMEOUT_FIELDS = {
+    Phase.CONNECT: "connect",
+    Phase.GREETING: "greeting",
+    Phase.EHLO: "helo",
+    Phase.HELO: "helo",
+    Phase.STARTTLS: "starttls",
+    Phase.AUTH: "auth",
+    Phase.MAIL: "mail",
+    Phase.RCPT: "rcpt",
+    Phase.DATA: "data",
+    Phase.MESSAGE: "data_end",
+    Phase.RSET: "rset",
+    Phase.QUIT: "quit",
+}
 
 
 @attrs.frozen
@@ -456,17 +461,22 @@ class SMTPClientProtocol(Protocol):
         self._timer = None
 
     def _schedule(self) -> None:
-        self._cancel_timer()
         if self._gone or self.core.state is ClientState.CLOSED:
+            self._cancel_timer()
             return
         if self.core.sending_body:
             delay = self._timeouts.data_block
         else:
             phase = self.core.waiting_for
             if phase is None:
+                self._cancel_timer()
                 return
             delay = self._timeouts.for_phase(phase)
-        self._timer = self._clock.callLater(delay, self._timed_out)
+        # Moving a running timer is much cheaper than cancelling it and making a new one.
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self._clock.callLater(delay, self._timed_out)
 
     def _timed_out(self) -> None:
         self._timer = None

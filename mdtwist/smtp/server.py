@@ -375,17 +375,30 @@ class SMTPServerProtocol(Protocol):
         self._timer = None
 
     def _schedule_timeout(self) -> None:
-        self._cancel_timer()
-        if self._gone or self._waiting or self.core.state is SessionState.CLOSED:
+        if self._gone or self.core.state is SessionState.CLOSED:
+            self._cancel_timer()
             return
+        if self._waiting:
+            # Our own collaborator is busy, not the client: the timer runs on, but when it
+            # comes due it starts afresh (_timed_out), and the answer resets it anyway.
+            return
+        # Moving a running timer is much cheaper than cancelling it and making a new one.
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._timeout())
+        else:
+            self._timer = self._factory.clock.callLater(self._timeout(), self._timed_out)
+
+    def _timeout(self) -> float:
         limits = self._factory.limits
-        delay = (
-            limits.data_timeout if self.core.state is SessionState.DATA else limits.idle_timeout
-        )
-        self._timer = self._factory.clock.callLater(delay, self._timed_out)
+        if self.core.state is SessionState.DATA:
+            return limits.data_timeout
+        return limits.idle_timeout
 
     def _timed_out(self) -> None:
         self._timer = None
+        if self._waiting:
+            self._timer = self._factory.clock.callLater(self._timeout(), self._timed_out)
+            return
         self.log.info("SMTP session timed out", session=self.session, peer=self._peer)
         self.core.abort(TIMEOUT)
         self._flush()

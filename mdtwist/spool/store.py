@@ -449,6 +449,8 @@ class SQLiteSpool:
         self._batch: list[tuple[Envelope, bytes, Deferred[str]]] = []
         self._records: list[tuple[_Update, tuple[Notice, ...], Deferred[_RecordDone]]] = []
         self._writing = False
+        self._loads: list[tuple[int | None, Deferred[QueuedMessage | None]]] = []
+        self._loading = False
         self._read = read
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
@@ -519,18 +521,18 @@ class SQLiteSpool:
         """
         Read one message with its body.
 
+        Loads are batched like writes: while one read runs, the loads asked for meanwhile
+        wait and are then read together, in one call on a reading thread.
+
         @param queue_id: the queue id.
         @return: a Deferred firing with the message and its body, or L{None} when the spool
             holds no such message; it fails with L{SpoolError} when it cannot be read.
         """
-        rowid = parse_queue_id(queue_id)
-        if self._read is None:
-            d: Deferred[QueuedMessage | None] = self._run(
-                self._guarded, _select_message, self._bodies, rowid, True
-            )
-            return d
-        read: Deferred[QueuedMessage | None] = self._read(self._read_message, rowid)
-        return read
+        d: Deferred[QueuedMessage | None] = Deferred()
+        self._loads.append((parse_queue_id(queue_id), d))
+        if not self._loading:
+            self._read_next_loads()
+        return d
 
     def record(
         self,
@@ -667,6 +669,36 @@ class SQLiteSpool:
             self._batch_done()
 
         written.addCallbacks(committed, failed)
+
+    def _read_next_loads(self) -> None:
+        loads, self._loads = self._loads, []
+        self._loading = True
+        rowids = [rowid for rowid, _ in loads]
+        read: Deferred[builtins.list[QueuedMessage | SpoolError | None]]
+        if self._read is None:
+            read = self._run(self._guarded, _select_messages, self._bodies, rowids)
+        else:
+            read = self._read(self._read_messages, rowids)
+
+        def loaded(messages: builtins.list[QueuedMessage | SpoolError | None]) -> None:
+            self._loads_done()
+            for (_, waiting), message in zip(loads, messages, strict=True):
+                if isinstance(message, SpoolError):
+                    waiting.errback(message)
+                else:
+                    waiting.callback(message)
+
+        def failed(reason: Failure) -> None:
+            self._loads_done()
+            for _, waiting in loads:
+                waiting.errback(reason)
+
+        read.addCallbacks(loaded, failed)
+
+    def _loads_done(self) -> None:
+        self._loading = False
+        if self._loads:
+            self._read_next_loads()
 
     def _tell_observers(self, ids: builtins.list[str]) -> None:
         for observer in list(self._observers):
@@ -846,7 +878,9 @@ class SQLiteSpool:
             return e if isinstance(e, SpoolError) else SpoolError(str(e))
         return (update, (notices, notice_files), files)
 
-    def _read_message(self, rowid: int | None) -> QueuedMessage | None:
+    def _read_messages(
+        self, rowids: builtins.list[int | None]
+    ) -> builtins.list[QueuedMessage | SpoolError | None]:
         # On a reading thread: its own read-only connection.
         db: sqlite3.Connection | None = getattr(self._readers, "db", None)
         with self._lock:
@@ -858,7 +892,7 @@ class SQLiteSpool:
                 self._readers.db = db
                 with self._lock:
                     self._reader_connections.append(db)
-            return _select_message(db, self._bodies, rowid, True)
+            return _select_messages(db, self._bodies, rowids)
         except (sqlite3.Error, OSError) as e:
             raise SpoolError(str(e)) from e
 
@@ -1140,6 +1174,24 @@ def _select_entries(db: sqlite3.Connection) -> list[QueueEntry]:
             kind,
         ) in rows
     ]
+
+
+def _select_messages(
+    db: sqlite3.Connection, bodies: Path, rowids: list[int | None]
+) -> list[QueuedMessage | SpoolError | None]:
+    # Several messages with their bodies in one read transaction; a body that cannot be read
+    # fails its own message only.
+    db.execute("BEGIN")
+    try:
+        messages: list[QueuedMessage | SpoolError | None] = []
+        for rowid in rowids:
+            try:
+                messages.append(_select_message(db, bodies, rowid, True))
+            except OSError as e:
+                messages.append(SpoolError(str(e)))
+        return messages
+    finally:
+        db.execute("COMMIT")
 
 
 def _select_message(

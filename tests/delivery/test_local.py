@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,20 @@ class WriteMaildirMessageTests(SynchronousTestCase):
         self.assertEqual(error.errno, errno.EIO)
         self.assertEqual(list((maildir / "tmp").iterdir()), [])
         self.assertEqual(list((maildir / "new").iterdir()), [])
+
+    def test_known_maildir_removed(self) -> None:
+        """
+        A Maildir remembered as existing is not checked again, and is made anew when it has
+        been removed since.
+        """
+        root = Path(self.mktemp())
+        maildir = root / "d" / "m" / "Maildir"
+        known: set[Path] = set()
+        write_maildir_message(root, maildir, "one", b"1", known)
+        self.assertEqual(known, {maildir})
+        shutil.rmtree(root / "d")
+        write_maildir_message(root, maildir, "two", b"2", known)
+        self.assertEqual(known, {maildir})
+        self.assertEqual([p.name for p in (maildir / "new").iterdir()], ["two"])
+        self.assertEqual(list((maildir / "tmp").iterdir()), [])
+        self.assertTrue((maildir / "cur").is_dir())

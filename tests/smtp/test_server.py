@@ -382,14 +382,22 @@ class LimitTests(GlueTestsBase):
         self.assertEqual(self.spool.messages, [])
 
     def test_no_timeout_while_we_are_busy(self) -> None:
-        """While our own answer is pending, the client is not timed out."""
+        """
+        While our own answer is pending, the client is not timed out; after the answer the
+        idle timeout counts afresh.
+        """
         self.spool.hold = True
         protocol, transport = self.connect(self.factory())
         protocol.dataReceived(ENVELOPE + b"x\r\n.\r\n")
-        self.clock.advance(3600)
+        self.clock.advance(3601)
         self.assertFalse(transport.disconnecting)
         self.spool.held[0].callback("Q9")
         self.assertEqual(self.replies(transport)[-1], (250, "2.0.0"))
+        self.clock.advance(299)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertEqual(self.replies(transport)[-1], (421, "4.4.2"))
+        self.assertTrue(transport.disconnecting)
 
     def test_pause_when_buffer_grows(self) -> None:
         """

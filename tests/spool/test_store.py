@@ -465,6 +465,38 @@ class ReadConnectionTests(SynchronousTestCase):
         writer.run_all()
         self.assertEqual(spool._reader_connections, [])
 
+    def test_loads_batched(self) -> None:
+        """
+        Loads asked for while a read runs are read together in one call, and a message
+        whose body cannot be read fails alone.
+        """
+        directory = Path(self.mktemp())
+        reader = HeldRunner()
+        spool = SQLiteSpool(directory, run_now, inline_limit=100, read=reader)
+        ids = [
+            self.successResultOf(spool.enqueue(make_envelope(f"{n}@x"), BIG)) for n in "abc"
+        ] + [self.successResultOf(spool.enqueue(make_envelope("d@x"), SMALL))]
+        first = spool.load(ids[0])
+        rest = [spool.load(queue_id) for queue_id in ids[1:]]
+        unknown = spool.load("00000000FF")
+        self.assertEqual(len(reader.calls), 1)
+        (body_of_b,) = (
+            spool._connection()
+            .execute("SELECT body_file FROM message WHERE id = ?", (parse_queue_id(ids[1]),))
+            .fetchone()
+        )
+        (directory / BODIES_NAME / body_of_b).unlink()
+        reader.run_next()
+        self.assertEqual(self.successResultOf(first).body, BIG)  # type: ignore[union-attr]
+        self.assertEqual(len(reader.calls), 1)
+        reader.run_next()
+        self.failureResultOf(rest[0], SpoolError)
+        self.assertEqual(self.successResultOf(rest[1]).body, BIG)  # type: ignore[union-attr]
+        self.assertEqual(self.successResultOf(rest[2]).body, SMALL)  # type: ignore[union-attr]
+        self.assertIsNone(self.successResultOf(unknown))
+        self.assertEqual(reader.calls, [])
+        spool.close()
+
 
 class FailureTests(SynchronousTestCase):
     """Tests for storage failures: the batch fails with L{SpoolError} and nothing of it stays."""
