@@ -40,7 +40,14 @@ from bench.common import (
     settle,
 )
 from bench.procfs import machine_busy, thread_cpu, tree_cpu
-from bench.servers import RECIPIENT, SENDER, BenchServer, MdtwistServer, PostfixServer
+from bench.servers import (
+    RECIPIENT,
+    SENDER,
+    BenchServer,
+    MdtwistServer,
+    PostfixMaildirServer,
+    PostfixServer,
+)
 from tests.integration.peers import PeerError, find_program
 
 #: Seconds to wait for background delivery after smtp-source is done.
@@ -245,7 +252,8 @@ def summary_table(results: Sequence[Run], servers: Sequence[str], cases: Sequenc
     for case in cases:
         for name in servers:
             lines.append(_row(case.label, name, groups[name, case.label]))
-        lines.append(_ratio_row(case.label, servers, groups))
+        for reference in servers[1:]:
+            lines.append(_ratio_row(case.label, [servers[0], reference], groups))
     return "\n".join(lines)
 
 
@@ -299,6 +307,10 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
     parser.add_argument("--keep", action="store_true", help="keep the private directory")
+    parser.add_argument(
+        "--postfix-maildir", action="store_true",
+        help="also run a second Postfix that delivers into a Maildir, as mdtwist does",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -317,17 +329,19 @@ def main(argv: Sequence[str]) -> int:
     mdtwist_parent = base / "mdtwist"
     mdtwist_parent.mkdir()
     mdtwist = MdtwistServer(mdtwist_parent)
-    postfix: PostfixServer | None = None
+    references: list[PostfixServer] = []
     try:
-        postfix = PostfixServer(base / "postfix")
-        run_everything(options, mdtwist, postfix, base)
+        references.append(PostfixServer(base / "postfix"))
+        if options.postfix_maildir:
+            references.append(PostfixMaildirServer(base / "postfix-maildir"))
+        run_everything(options, mdtwist, references, base)
     except (RunFailed, PeerError) as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
         mdtwist.close()
-        if postfix is not None:
-            postfix.close()
+        for reference in references:
+            reference.close()
         if options.keep:
             print(f"kept {base}")
         else:
@@ -336,15 +350,19 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run_everything(
-    options: argparse.Namespace, mdtwist: MdtwistServer, postfix: PostfixServer, base: Path
+    options: argparse.Namespace,
+    mdtwist: MdtwistServer,
+    references: Sequence[PostfixServer],
+    base: Path,
 ) -> None:
     """
     The run series, its table, then the profile run.
     """
     cases = [Case("-s N", reuse=False), Case("-s N -d", reuse=True)]
-    servers: list[BenchServer] = [mdtwist, postfix]
+    servers: list[BenchServer] = [mdtwist, *references]
     print(
-        f"{options.runs} runs x {len(cases)} cases x 2 servers, {options.messages} messages,"
+        f"{options.runs} runs x {len(cases)} cases x {len(servers)} servers,"
+        f" {options.messages} messages,"
         f" {options.sessions} sessions, 1 KiB body; ms/msg = server CPU (accept window / until"
         " delivered)",
         flush=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import sqlite3
@@ -183,7 +184,16 @@ class MdtwistServer:
         self._directory.mkdir()
         self._port = free_port()
         config = self._write_config()
-        command = [*self._launcher(), "--nodaemon", "--pidfile=", "mdtwist", "--config", config]
+        command = [
+            *self._launcher(),
+            "--nodaemon",
+            "--pidfile=",
+            "--logger",
+            "mdtwist.logging.text_observer",
+            "mdtwist",
+            "--config",
+            config,
+        ]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self._process = start_process(
             command, self.log_path, ports=(self._port,), env=env, cwd=ROOT, timeout=60.0
@@ -399,6 +409,58 @@ class PostfixServer:
         self._master = 0
 
 
+class PostfixMaildirServer(PostfixServer):
+    """
+    A private Postfix like L{PostfixServer}, but delivering into a Maildir as mdtwist does:
+    C{example.test} is a virtual mailbox domain, and virtual(8) writes every message for it
+    into one Maildir under the instance's C{mail/} folder.
+    """
+
+    name = "postfix-maildir"
+
+    def __init__(self, directory: Path) -> None:
+        """
+        Write the configuration, check it, and start the instance.
+
+        @param directory: an empty directory.
+        @raise PeerError: when the configuration is refused or the port does not open.
+        """
+        owner = pwd.getpwnam("postfix")
+        mail = directory / "mail"
+        mail.mkdir(parents=True)
+        os.chown(mail, owner.pw_uid, owner.pw_gid)
+        super().__init__(
+            directory,
+            extra_main_cf=(
+                "mydestination = localhost\n"
+                "virtual_mailbox_domains = example.test\n"
+                f"virtual_mailbox_base = {mail}\n"
+                "virtual_mailbox_maps = static:example.test/rcpt/Maildir/\n"
+                f"virtual_minimum_uid = {owner.pw_uid}\n"
+                f"virtual_uid_maps = static:{owner.pw_uid}\n"
+                f"virtual_gid_maps = static:{owner.pw_gid}\n"
+            ),
+        )
+        self.maildir = mail / "example.test" / "rcpt" / "Maildir"
+
+    def prepare(self) -> None:
+        """
+        Wait until the queue is empty, then empty the Maildir.
+
+        @raise PeerError: when the queue does not drain.
+        """
+        super().prepare()
+        shutil.rmtree(self.maildir, ignore_errors=True)
+
+    def delivered(self, count: int) -> bool:
+        """
+        Tell whether the Maildir holds every message of the run.
+
+        @param count: how many messages the run sent.
+        """
+        return _count_files(self.maildir / "new") >= count and self.queued() == 0
+
+
 def _signal_all(pids: list[int], number: signal.Signals) -> None:
     # Send a signal to each of the given processes, ignoring those already gone.
     for pid in pids:
@@ -461,6 +523,7 @@ _SERVICES = (
     ("error", "unix", "-", "-", "-", "-", "error"),
     ("retry", "unix", "-", "-", "-", "-", "error"),
     ("discard", "unix", "-", "-", "-", "-", "discard"),
+    ("virtual", "unix", "-", "n", "-", "-", "virtual"),
     ("smtp", "unix", "-", "-", "-", "-", "smtp"),
     ("relay", "unix", "-", "-", "-", "-", "smtp"),
     ("anvil", "unix", "-", "-", "-", "1", "anvil"),
