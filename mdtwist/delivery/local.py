@@ -195,6 +195,9 @@ class MaildirDelivery:
         self._host = host.replace("/", "\\057").replace(":", "\\072")
         self._pid = os.getpid()
         self._counter = itertools.count(1)
+        # Random per delivery agent, not per file: together with the time, the process id
+        # and the counter it keeps names unique even across a restart that reuses the pid.
+        self._token = secrets.token_hex(4)
         # Maildirs that exist: shared by the delivery threads (set operations are atomic).
         self._known: set[Path] = set()
 
@@ -221,7 +224,7 @@ class MaildirDelivery:
         seconds = int(now)
         micro = int((now - seconds) * 1_000_000)
         count = next(self._counter)
-        return f"{seconds}.M{micro}P{self._pid}Q{count}R{secrets.token_hex(4)}.{self._host}"
+        return f"{seconds}.M{micro}P{self._pid}Q{count}R{self._token}.{self._host}"
 
     def deliver(
         self, account: Account, recipient: str, body: bytes, sender: str = ""
