@@ -43,6 +43,8 @@ Rules:
    recipient was accepted is answered with an empty message (C{.}) whose reply is ignored;
  - a transaction that did not end with a final reply is followed by C{RSET}; a connection
    taken up again after being idle starts with C{RSET} too (it checks that the peer is alive);
+   with PIPELINING the next transaction follows that C{RSET} in the same write (RFC 2920 3.1),
+   and when the C{RSET} fails, so does the transaction behind it, temporarily;
  - checks before MAIL, decided here without asking the server, all permanent: a message larger
    than the server's C{SIZE} (C{5.3.4}); a message with 8-bit bytes and no C{8BITMIME}
    (C{5.6.3}: no downgrade is attempted); non-ASCII addresses (C{5.6.7}) or a transaction
@@ -1063,7 +1065,10 @@ class ClientCore:
         if self._needs_rset or self._was_idle:
             self._needs_rset = self._was_idle = False
             self._command(Phase.RSET, "RSET")
-            return
+            assert self._capabilities is not None
+            if not self._capabilities.pipelining:
+                return
+            # RSET may open a pipelined group (RFC 2920 3.1): the transaction follows at once.
         attempt = self._queue.popleft()
         self._attempt = attempt
         if not self._check(attempt):
@@ -1252,7 +1257,8 @@ class ClientCore:
 
     def _rset(self, answer: Reply, index: int) -> None:
         if answer.is_positive:
-            self._start_next()
+            if self._attempt is None:  # else the next transaction was pipelined behind it
+                self._start_next()
         else:
             self._end(SessionStatus.PROTOCOL_ERROR, Phase.RSET, answer, "RSET refused", quit=True)
 

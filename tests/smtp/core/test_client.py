@@ -235,15 +235,16 @@ class ClientConversationTestsMixin(_Base):
     def test_pipelined_data_refused_without_recipients(self) -> None:
         """
         With PIPELINING and every RCPT refused, the DATA reply (503/554) is only read, no
-        message is sent, and RSET follows.
+        message is sent, and RSET follows, pipelined with the next transaction.
         """
         d = self.drive(tx("a@d.example"), tx("b@d.example"))
         self.greet(d)
         d.take()
         d.server(b"250 2.1.0 Ok\r\n550 5.1.1 Nope\r\n554 5.5.1 No valid recipients\r\n")
-        self.assertEqual(d.take(), b"RSET\r\n")
-        d.server(b"250 2.0.0 Ok\r\n")
-        self.assertTrue(d.take().startswith(b"MAIL FROM:"))
+        self.assertEqual(
+            d.take(),
+            b"RSET\r\nMAIL FROM:<s@c.example> SIZE=22\r\nRCPT TO:<b@d.example>\r\nDATA\r\n",
+        )
         self.assertEqual(
             d.statuses(),
             [("a@d.example", RecipientStatus.PERMANENT, 550, "5.1.1", Phase.RCPT)],
@@ -260,7 +261,7 @@ class ClientConversationTestsMixin(_Base):
         d.server(b"250 2.1.0 Ok\r\n550 5.1.1 Nope\r\n354 go\r\n")
         self.assertEqual(d.take(), b".\r\n")
         d.server(b"554 5.5.1 No recipients\r\n")
-        self.assertEqual(d.take(), b"RSET\r\n")
+        self.assertTrue(d.take().startswith(b"RSET\r\nMAIL FROM:"))
         self.assertEqual(d.statuses()[0][1], RecipientStatus.PERMANENT)
 
     def test_mail_refused(self) -> None:
@@ -733,7 +734,9 @@ class ClientConversationTestsMixin(_Base):
             b"RCPT TO:<b@d.example>\r\nRCPT TO:<c@d.example>\r\n",
         )
         d.server(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 No\r\n450 4.2.1 Later\r\n")
-        self.assertEqual(d.take(), b"RSET\r\n")
+        self.assertEqual(
+            d.take(), b"RSET\r\nMAIL FROM:<s@c.example> SIZE=22\r\nRCPT TO:<e@d.example>\r\n"
+        )
         self.assertNotIn(b"DATA", bytes(d.all_sent))
         self.assertEqual(
             [(s[1], s[2]) for s in d.statuses()],
@@ -818,7 +821,8 @@ class ClientConversationTestsMixin(_Base):
 
     def test_reuse_after_idle_starts_with_rset(self) -> None:
         """
-        A transaction added to an idle session starts with RSET, which checks the connection.
+        A transaction added to an idle session starts with RSET, which checks the connection;
+        with PIPELINING the transaction follows in the same write.
         """
         d = self.drive(tx("a@d.example"))
         self.greet(d)
@@ -829,10 +833,60 @@ class ClientConversationTestsMixin(_Base):
         d.take()
         d.core.add_transaction(tx("b@d.example"))
         d.pump()
-        self.assertEqual(d.take(), b"RSET\r\n")
+        self.assertEqual(
+            d.take(),
+            b"RSET\r\nMAIL FROM:<s@c.example> SIZE=22\r\nRCPT TO:<b@d.example>\r\nDATA\r\n",
+        )
         self.assertEqual(d.core.waiting_for, Phase.RSET)
+        d.server(b"250 2.0.0 Ok\r\n250 Ok\r\n250 Ok\r\n354 go\r\n")
+        self.assertTrue(d.take().endswith(b"\r\n.\r\n"))
         d.server(b"250 2.0.0 Ok\r\n")
-        self.assertTrue(d.take().startswith(b"MAIL FROM:"))
+        self.assertEqual(
+            [s[:2] for s in d.statuses()],
+            [
+                ("a@d.example", RecipientStatus.DELIVERED),
+                ("b@d.example", RecipientStatus.DELIVERED),
+            ],
+        )
+
+    def test_reuse_without_pipelining_waits_for_rset(self) -> None:
+        """
+        Without PIPELINING the RSET that opens a reused connection is answered before MAIL.
+        """
+        d = self.drive(tx("a@d.example"))
+        self.greet(d, EHLO_PLAIN)
+        d.take()
+        d.server(b"250 Ok\r\n")
+        d.take()
+        d.server(b"250 Ok\r\n")
+        d.take()
+        d.server(b"354 go\r\n")
+        d.take()
+        d.server(b"250 Ok\r\n")
+        self.assertIsInstance(d.events[-1], Idle)
+        d.core.add_transaction(tx("b@d.example"))
+        d.pump()
+        self.assertEqual(d.take(), b"RSET\r\n")
+        d.server(b"250 2.0.0 Ok\r\n")
+        self.assertEqual(d.take(), b"MAIL FROM:<s@c.example>\r\n")
+
+    def test_reuse_closed_by_peer(self) -> None:
+        """
+        When the peer answers the RSET of a reused connection with 421, the transaction
+        pipelined behind it is a temporary failure and the session ends.
+        """
+        d = self.drive(tx("a@d.example"))
+        self.greet(d)
+        d.take()
+        d.server(b"250 Ok\r\n250 Ok\r\n354 go\r\n250 Ok\r\n")
+        d.core.add_transaction(tx("b@d.example"))
+        d.pump()
+        d.take()
+        d.server(b"421 4.4.2 Idle too long\r\n")
+        self.assertEqual(d.statuses()[1][:3], ("b@d.example", RecipientStatus.TEMPORARY, 421))
+        session = d.session()
+        assert session is not None
+        self.assertEqual(session.status, SessionStatus.SERVICE_CLOSING)
 
     def test_421_while_idle(self) -> None:
         """
