@@ -390,7 +390,7 @@ class SMTPServerProtocol(Protocol):
 
     def _timeout(self) -> float:
         limits = self._factory.limits
-        if self.core.state is SessionState.DATA:
+        if self.core.state is SessionState.DATA or self.core.state is SessionState.CHUNK:
             return limits.data_timeout
         return limits.idle_timeout
 

@@ -340,6 +340,28 @@ class SMTPDaemonTests(SynchronousTestCase):
         self.assertEqual(self.daemon.messages(BOB), [])
         self.assertEqual(self.queue(), [])
 
+    def test_bdat_chunks_reach_the_maildir(self) -> None:
+        """
+        A message sent in pipelined BDAT chunks (RFC 3030), one of them holding what looks like
+        an end-of-data marker and a second transaction, arrives whole as one message.
+        """
+        conversation = Conversation(self.daemon.mx_port)
+        self.addCleanup(conversation.close)
+        conversation.reply()
+        self.assertIn(b"CHUNKING", conversation.command(b"EHLO chunker.test"))
+        first = b"Subject: chunked\r\n\r\nhello\r\n.\r\nMAIL FROM:<ceo@bank.test>\r\n"
+        last = b"bye\r\n"
+        conversation.send(
+            b"MAIL FROM:<a@elsewhere.test>\r\nRCPT TO:<" + ALICE.encode() + b">\r\n"
+            b"BDAT %d\r\n" % len(first) + first + b"BDAT %d LAST\r\n" % len(last) + last
+        )
+        replies = [conversation.reply() for _ in range(4)]
+        self.assertEqual([r[:9] for r in replies[:3]], [b"250 2.1.0", b"250 2.1.5", b"250 2.0.0"])
+        self.assertTrue(replies[3].startswith(b"250 2.0.0 Ok: queued as "), replies[3])
+        [stored] = self.delivered(ALICE)
+        self.assertIn(b"\nhello\n.\nMAIL FROM:<ceo@bank.test>\nbye\n", stored)
+        self.assertTrue(conversation.command(b"QUIT").startswith(b"221"))
+
     def test_starttls_injection(self) -> None:
         """
         A command pipelined after STARTTLS in the same packet is discarded: after the

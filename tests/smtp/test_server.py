@@ -381,6 +381,16 @@ class LimitTests(GlueTestsBase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.spool.messages, [])
 
+    def test_chunk_timeout(self) -> None:
+        """While a BDAT chunk is read, the wait is the data timeout too."""
+        protocol, transport = self.connect(self.factory())
+        protocol.dataReceived(ENVELOPE.replace(b"DATA\r\n", b"BDAT 10 LAST\r\nabc"))
+        self.clock.advance(599)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.spool.messages, [])
+
     def test_no_timeout_while_we_are_busy(self) -> None:
         """
         While our own answer is pending, the client is not timed out; after the answer the

@@ -98,6 +98,19 @@ class LineBuffer:
         self.clear()
         return data
 
+    def take(self, count: int) -> bytes:
+        """
+        Remove and return up to C{count} bytes as they are, lines or not (a BDAT chunk).
+
+        @param count: the most bytes to take.
+        @return: the bytes; fewer than C{count} (or none) when fewer are buffered.
+        """
+        buffer = self._buffer
+        data = bytes(buffer[:count])
+        del buffer[:count]
+        self._searched = max(0, self._searched - len(data))
+        return data
+
     def read_line(self, max_length: int) -> Line | None:
         """
         Take the next line.
@@ -174,6 +187,24 @@ class DataProblem(enum.Enum):
     TOO_BIG = "too-big"
     LINE_TOO_LONG = "line-too-long"
     BARE_CR_LF = "bare-cr-lf"
+
+
+def message_problems(message: bytes, max_line: int = MAX_TEXT_LINE) -> set[DataProblem]:
+    """
+    Check a message that arrived in one piece (BDAT chunks) by the rules DATA enforces line by
+    line: CRLF line ends only, no line longer than the limit.
+
+    @param message: the message as received.
+    @param max_line: the longest text line, CRLF included.
+    @return: the problems found (never L{DataProblem.TOO_BIG}: the size is checked on arrival).
+    """
+    problems: set[DataProblem] = set()
+    crlf = message.count(_CRLF)
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
+        problems.add(DataProblem.BARE_CR_LF)
+    if len(message) + 2 > max_line and max(map(len, message.split(_CRLF))) + 2 > max_line:
+        problems.add(DataProblem.LINE_TOO_LONG)
+    return problems
 
 
 class DataReader:

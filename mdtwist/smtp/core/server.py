@@ -33,6 +33,14 @@ Rules:
  - DATA ends only at CRLF.CRLF; a message with a bare CR or LF (C{550 5.5.2}), an over-long line
    (C{500 5.5.6}) or too many bytes (C{552 5.3.4}) is read to its real end and then refused,
    so nothing inside it is ever taken for a command;
+ - CHUNKING (RFC 3030): C{BDAT <size> [LAST]} is followed by exactly that many bytes, which are
+   always read, even when the command is refused, and never looked at for commands. The reply
+   comes after the chunk: C{250} for a chunk taken, the refusal otherwise (no transaction, no
+   valid recipient: the chunk is dropped; too big: the transaction ends with C{552 5.3.4}). The
+   message made of the chunks obeys the rules of DATA (CRLF line ends, line length) and gets a
+   final CRLF when it lacks one; C{LAST} turns it into a L{MessageReceived}. DATA after BDAT in
+   one transaction is refused; a BDAT whose size cannot be read ends the session after
+   C{501 5.5.4}, since the end of its chunk is unknown;
  - every reply after the greeting and the HELO/EHLO reply carries an enhanced status code
    (RFC 2034); 3xx replies cannot carry one (RFC 3463 has no class 3);
  - after C{max_errors} 5xx replies the core adds C{421 4.7.0} and closes;
@@ -68,6 +76,7 @@ from mdtwist.smtp.core.framing import (
     DataReader,
     Line,
     LineBuffer,
+    message_problems,
 )
 from mdtwist.smtp.core.params import parse_mail, parse_rcpt
 from mdtwist.smtp.core.replies import Reply, reply
@@ -108,6 +117,7 @@ class ServerSettings:
     @ivar eight_bit_mime: whether 8BITMIME is advertised and C{BODY=} accepted.
     @ivar smtputf8: whether SMTPUTF8 is advertised (command lines are then read as UTF-8).
     @ivar dsn: whether DSN is advertised and C{RET}, C{ENVID}, C{NOTIFY}, C{ORCPT} accepted.
+    @ivar chunking: whether CHUNKING is advertised and C{BDAT} accepted.
     """
 
     hostname: str
@@ -126,6 +136,7 @@ class ServerSettings:
     eight_bit_mime: bool = True
     smtputf8: bool = True
     dsn: bool = True
+    chunking: bool = True
 
 
 class SessionState(enum.Enum):
@@ -136,6 +147,7 @@ class SessionState(enum.Enum):
     @cvar COMMAND: reading commands.
     @cvar AUTH: in a SASL exchange, reading base64 responses.
     @cvar DATA: reading message text after C{354}.
+    @cvar CHUNK: reading the bytes of a C{BDAT} chunk.
     @cvar WAITING: an event awaits its reply.
     @cvar TLS_PENDING: the C{220} to STARTTLS went out; waiting for C{start_tls}.
     @cvar CLOSED: the session is over.
@@ -145,6 +157,7 @@ class SessionState(enum.Enum):
     COMMAND = "command"
     AUTH = "auth"
     DATA = "data"
+    CHUNK = "chunk"
     WAITING = "waiting"
     TLS_PENDING = "tls-pending"
     CLOSED = "closed"
@@ -156,6 +169,9 @@ TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
 _GO_AHEAD = reply(354, None, "End data with <CR><LF>.<CR><LF>")
 _OK = reply(250, "2.0.0", "Ok")
 _NO_PARAMETERS: frozenset[str] = frozenset()
+_BDAT_SYNTAX = reply(501, "5.5.4", "Syntax: BDAT size [LAST]")
+#: The most digits of a BDAT size (more than any message size limit can need).
+_MAX_SIZE_DIGITS = 15
 _DSN_RCPT_PARAMETERS = frozenset({"NOTIFY", "ORCPT"})
 
 _ReplyCheck = Callable[[Reply], bool]
@@ -195,6 +211,12 @@ class ServerCore:
         self._mail: MailFrom | None = None
         self._recipients: list[RcptTo] = []
         self._data: DataReader | None = None
+        # BDAT: the message so far (None outside a BDAT transaction), and the chunk being read.
+        self._chunks: bytearray | None = None
+        self._chunk_size = 0
+        self._chunk_left = 0
+        self._chunk_last = False
+        self._chunk_refusal: Reply | None = None
         self._encoding = "utf-8" if settings.smtputf8 else "ascii"
 
     # -- what the glue may read --
@@ -265,6 +287,8 @@ class ServerCore:
             result.append("DSN")
         if s.smtputf8:
             result.append("SMTPUTF8")
+        if s.chunking:
+            result.append("CHUNKING")
         return result
 
     # -- the driving calls --
@@ -324,6 +348,15 @@ class ServerCore:
                 if not self._data.read(self._lines):
                     return Sentinel.NEED_DATA
                 event = self._end_of_data(self._data)
+            elif state is SessionState.CHUNK:
+                if self._chunk_left:
+                    data = self._lines.take(self._chunk_left)
+                    self._chunk_left -= len(data)
+                    if self._chunk_refusal is None and self._chunks is not None:
+                        self._chunks += data
+                    if self._chunk_left:
+                        return Sentinel.NEED_DATA
+                event = self._end_of_chunk()
             elif state is SessionState.AUTH:
                 line = self._lines.read_line(MAX_AUTH_LINE)
                 if line is None:
@@ -421,6 +454,7 @@ class ServerCore:
         self._mail = None
         self._recipients = []
         self._data = None
+        self._chunks = None
 
     def _decode(self, content: bytes) -> str | None:
         try:
@@ -515,6 +549,8 @@ class ServerCore:
             return self._refuse(503, "5.5.1", "Need MAIL command")
         if not self._recipients:
             return self._refuse(554, "5.5.1", "No valid recipients")
+        if self._chunks is not None:
+            return self._refuse(503, "5.5.1", "DATA not allowed after BDAT")
         if self._mail.parameters.body == "BINARYMIME":
             return self._refuse(503, "5.5.1", "BINARYMIME needs BDAT")
         s = self._settings
@@ -527,16 +563,70 @@ class ServerCore:
         self._state = SessionState.COMMAND
         mail, recipients = self._mail, tuple(self._recipients)
         assert mail is not None
-        problems = reader.problems
-        if problems:
-            self._reset_transaction()
-            if DataProblem.TOO_BIG in problems:
-                return self._refuse(552, "5.3.4", "Message size exceeds fixed limit")
-            if DataProblem.LINE_TOO_LONG in problems:
-                return self._refuse(500, "5.5.6", "Line too long")
-            return self._refuse(550, "5.5.2", "Bare CR or LF not allowed in message")
+        if reader.problems:
+            return self._refuse_message(reader.problems)
         self._data = None
         return MessageReceived(mail.sender, mail.parameters, recipients, reader.body)
+
+    def _refuse_message(self, problems: set[DataProblem]) -> Event | None:
+        self._reset_transaction()
+        if DataProblem.TOO_BIG in problems:
+            return self._refuse(552, "5.3.4", "Message size exceeds fixed limit")
+        if DataProblem.LINE_TOO_LONG in problems:
+            return self._refuse(500, "5.5.6", "Line too long")
+        return self._refuse(550, "5.5.2", "Bare CR or LF not allowed in message")
+
+    def _bdat(self, args: str) -> Event | None:
+        words = args.split(" ")
+        size_text = words[0]
+        if (
+            len(words) > 2
+            or not (size_text.isascii() and size_text.isdigit())
+            or len(size_text) > _MAX_SIZE_DIGITS
+            or (len(words) == 2 and words[1].upper() != "LAST")
+        ):
+            # Where the chunk ends is unknown: nothing after it can be read as a command.
+            self._reply(_BDAT_SYNTAX)
+            self._state = SessionState.CLOSED
+            return None
+        size = int(size_text)
+        s = self._settings
+        refusal: Reply | None = None
+        if not s.chunking:
+            refusal = reply(502, "5.5.1", "BDAT not available")
+        elif self._mail is None:
+            refusal = reply(503, "5.5.1", "Need MAIL command")
+        elif not self._recipients:
+            refusal = reply(554, "5.5.1", "No valid recipients")
+        elif (0 if self._chunks is None else len(self._chunks)) + size > s.max_message_size:
+            refusal = reply(552, "5.3.4", "Message size exceeds fixed limit")
+        elif self._chunks is None:
+            self._chunks = bytearray()
+        self._chunk_size = self._chunk_left = size
+        self._chunk_last = len(words) == 2
+        self._chunk_refusal = refusal
+        self._state = SessionState.CHUNK
+        return None
+
+    def _end_of_chunk(self) -> Event | None:
+        self._state = SessionState.COMMAND
+        refusal, self._chunk_refusal = self._chunk_refusal, None
+        if refusal is not None:
+            if refusal.code == 552:
+                self._reset_transaction()
+            return self._reply(refusal)
+        if not self._chunk_last:
+            return self._reply(reply(250, "2.0.0", f"{self._chunk_size} octets received"))
+        mail, recipients, chunks = self._mail, tuple(self._recipients), self._chunks
+        assert mail is not None and chunks is not None
+        self._chunks = None
+        body = bytes(chunks)
+        problems = message_problems(body, self._settings.max_text_line)
+        if problems:
+            return self._refuse_message(problems)
+        if body and not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        return MessageReceived(mail.sender, mail.parameters, recipients, body)
 
     def _rset(self, args: str) -> Event | None:
         if args:
@@ -553,8 +643,8 @@ class ServerCore:
                 214,
                 "2.0.0",
                 (
-                    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
-                    "See RFC 5321",
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+                    "STARTTLS AUTH; see RFC 5321",
                 ),
             )
         )
@@ -648,6 +738,7 @@ _COMMANDS: dict[str, _Handler] = {
     "MAIL": ServerCore._mail_command,
     "RCPT": ServerCore._rcpt_command,
     "DATA": ServerCore._data_command,
+    "BDAT": ServerCore._bdat,
     "RSET": ServerCore._rset,
     "NOOP": ServerCore._noop,
     "HELP": ServerCore._help,

@@ -13,6 +13,7 @@ from mdtwist.smtp.core.framing import (
     Line,
     LineBuffer,
     dot_stuff,
+    message_problems,
 )
 from tests.smtp.core.helpers import bytewise, whole
 
@@ -279,3 +280,34 @@ class DotStufferFastPathTests(SynchronousTestCase):
         """As many CRs as LFs, but not in pairs, are still bare line ends."""
         self.assertEqual(dot_stuff(b"a\n\rb"), b"a\r\n\r\nb\r\n.\r\n")
         self.assertEqual(dot_stuff(b"a\r\n\n\rb"), b"a\r\n\r\n\r\nb\r\n.\r\n")
+
+
+class TakeTests(SynchronousTestCase):
+    """L{LineBuffer.take}: raw bytes for BDAT chunks, between line reads."""
+
+    def test_take_then_read_line(self) -> None:
+        """
+        Taking bytes from the front keeps the line search right: a CRLF found after the
+        take ends the line that is left.
+        """
+        buffer = LineBuffer()
+        buffer.feed(b"abcd")
+        self.assertIsNone(buffer.read_line(100))
+        self.assertEqual(buffer.take(2), b"ab")
+        buffer.feed(b"\r\nrest")
+        self.assertEqual(buffer.read_line(100), Line(b"cd"))
+        self.assertEqual(buffer.take(10), b"rest")
+        self.assertEqual(buffer.take(10), b"")
+
+
+class MessageProblemsTests(SynchronousTestCase):
+    """L{message_problems}: the rules of DATA for a message that came in one piece."""
+
+    def test_problems(self) -> None:
+        """Bare CR, bare LF and over-long lines are found; clean messages have none."""
+        self.assertEqual(message_problems(b"a\r\nb\r\n"), set())
+        self.assertEqual(message_problems(b"a\r\nb"), set())
+        self.assertEqual(message_problems(b"a\nb\r\n"), {DataProblem.BARE_CR_LF})
+        self.assertEqual(message_problems(b"a\rb\r\n"), {DataProblem.BARE_CR_LF})
+        self.assertEqual(message_problems(b"x" * 9 + b"\r\n", 10), {DataProblem.LINE_TOO_LONG})
+        self.assertEqual(message_problems(b"x" * 8 + b"\r\n", 10), set())

@@ -30,6 +30,7 @@ SUBMISSION = ServerSettings(hostname="mx.example", starttls=True, require_auth=T
 TLS_SUBMISSION = attrs.evolve(SUBMISSION, starttls=False, tls_active=True)
 
 ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@mx.example>\r\nDATA\r\n"
+BDAT_ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@mx.example>\r\n"
 
 
 def _messages(glue: ScriptedGlue) -> list[MessageReceived]:
@@ -48,7 +49,7 @@ class ServerConversationTestsMixin(ConversationMixin):
 
     def test_ehlo_advertises_extensions(self) -> None:
         """
-        EHLO lists PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, DSN and SMTPUTF8.
+        EHLO lists PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, DSN, SMTPUTF8 and CHUNKING.
 
         STARTTLS only when configured; AUTH not before TLS by default.
         """
@@ -65,6 +66,7 @@ class ServerConversationTestsMixin(ConversationMixin):
                 "ENHANCEDSTATUSCODES",
                 "DSN",
                 "SMTPUTF8",
+                "CHUNKING",
             ),
         )
         glue = self.converse(b"EHLO c.example\r\n", SUBMISSION)
@@ -369,6 +371,122 @@ class ServerConversationTestsMixin(ConversationMixin):
             b"EHLO c\r\nMAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<b@x>\r\nDATA\r\n"
         )
         self.assertEqual(glue.codes()[-1], (503, "5.5.1"))
+
+
+class ChunkingTestsMixin(ConversationMixin):
+    """BDAT (RFC 3030), each conversation fed whole and one byte at a time."""
+
+    def test_chunks_make_one_message(self) -> None:
+        """
+        Pipelined chunks are each answered with C{250} and joined; C{LAST} ends the message.
+
+        Chunk bytes that look like SMTP (a dot line, commands) are message content.
+        """
+        first = b"Subject: x\r\n\r\n.\r\nMAIL FROM:<ceo@bank.example>\r\n"
+        last = b"DATA\r\nend\r\n"
+        glue = self.converse(
+            BDAT_ENVELOPE
+            + b"BDAT %d\r\n" % len(first)
+            + first
+            + b"BDAT %d LAST\r\n" % len(last)
+            + last
+            + b"NOOP\r\n"
+        )
+        self.assertEqual(
+            glue.codes()[1:],
+            [(250, None), (250, "2.1.0"), (250, "2.1.5"), (250, "2.0.0"), (250, "2.0.0"),
+             (250, "2.0.0")],
+        )  # fmt: skip
+        self.assertEqual(glue.replies()[4].text, f"{len(first)} octets received")
+        [message] = _messages(glue)
+        self.assertEqual(message.body, first + last)
+        self.assertEqual(len([e for e in glue.events if isinstance(e, MailFrom)]), 1)
+
+    def test_bdat_zero_last_and_final_crlf(self) -> None:
+        """
+        C{BDAT 0 LAST} ends a message; a message that lacks a final CRLF gets one.
+        """
+        glue = self.converse(BDAT_ENVELOPE + b"BDAT 4\r\nab\r\nBDAT 2\r\ncdBDAT 0 LAST\r\n")
+        [message] = _messages(glue)
+        self.assertEqual(message.body, b"ab\r\ncd\r\n")
+
+    def test_refused_bdat_chunk_is_still_read(self) -> None:
+        """
+        BDAT without MAIL, or without an accepted recipient, is refused after its chunk is
+        read: nothing in the chunk is run as a command.
+        """
+        chunk = b"RSET\r\nMAIL FROM:<ceo@bank.example>\r\n"
+        glue = self.converse(b"EHLO c\r\nBDAT %d LAST\r\n" % len(chunk) + chunk + b"NOOP\r\n")
+        self.assertEqual(glue.codes()[2:], [(503, "5.5.1"), (250, "2.0.0")])
+        self.assertEqual(glue.events, [])
+        glue = self.converse(
+            b"EHLO c\r\nMAIL FROM:<a@c>\r\nBDAT %d LAST\r\n" % len(chunk) + chunk + b"NOOP\r\n"
+        )
+        self.assertEqual(glue.codes()[3:], [(554, "5.5.1"), (250, "2.0.0")])
+        self.assertEqual(len(glue.events), 1)
+
+    def test_chunks_over_size_limit(self) -> None:
+        """
+        A chunk that takes the message over the limit is read and refused with C{552 5.3.4};
+        the transaction ends, so later chunks get C{503 5.5.1}.
+        """
+        settings = attrs.evolve(MX, max_message_size=10)
+        glue = self.converse(
+            BDAT_ENVELOPE + b"BDAT 6\r\n123456BDAT 6\r\n7890abBDAT 1 LAST\r\nxNOOP\r\n",
+            settings,
+        )
+        self.assertEqual(
+            glue.codes()[4:], [(250, "2.0.0"), (552, "5.3.4"), (503, "5.5.1"), (250, "2.0.0")]
+        )
+        self.assertEqual(_messages(glue), [])
+
+    def test_bad_line_ends_in_chunks(self) -> None:
+        """
+        A message whose chunks hold a bare LF or an over-long line is refused as in DATA; a
+        CRLF split across two chunks is fine.
+        """
+        glue = self.converse(BDAT_ENVELOPE + b"BDAT 5 LAST\r\na\nb\r\nNOOP\r\n")
+        self.assertEqual(glue.codes()[-2:], [(550, "5.5.2"), (250, "2.0.0")])
+        glue = self.converse(BDAT_ENVELOPE + b"BDAT 1002 LAST\r\n" + b"x" * 1000 + b"\r\n")
+        self.assertEqual(glue.codes()[-1], (500, "5.5.6"))
+        glue = self.converse(BDAT_ENVELOPE + b"BDAT 2\r\na\rBDAT 1 LAST\r\n\n")
+        [message] = _messages(glue)
+        self.assertEqual(message.body, b"a\r\n")
+
+    def test_bdat_syntax_error_closes(self) -> None:
+        """A BDAT whose size cannot be read gets C{501 5.5.4} and the session ends."""
+        for command in [b"BDAT", b"BDAT x", b"BDAT -1", b"BDAT 1 FIRST", b"BDAT 1 LAST more"]:
+            glue = self.converse(BDAT_ENVELOPE + command + b"\r\nNOOP\r\n")
+            self.assertEqual(glue.codes()[-1], (501, "5.5.4"), command)
+            self.assertTrue(glue.closed, command)
+
+    def test_data_after_bdat_refused(self) -> None:
+        """DATA in a transaction that began with BDAT is C{503 5.5.1}; RSET starts afresh."""
+        glue = self.converse(BDAT_ENVELOPE + b"BDAT 3\r\nab\nDATA\r\nRSET\r\nMAIL FROM:<a@c>\r\n")
+        self.assertEqual(
+            glue.codes()[-4:], [(250, "2.0.0"), (503, "5.5.1"), (250, "2.0.0"), (250, "2.1.0")]
+        )
+
+    def test_not_offered_when_disabled(self) -> None:
+        """
+        Without CHUNKING, EHLO does not list it and BDAT is refused after its chunk is read.
+        """
+        settings = attrs.evolve(MX, chunking=False)
+        glue = self.converse(BDAT_ENVELOPE + b"BDAT 4 LAST\r\nQUITNOOP\r\n", settings)
+        self.assertNotIn("CHUNKING", glue.replies()[1].lines)
+        self.assertEqual(glue.codes()[-2:], [(502, "5.5.1"), (250, "2.0.0")])
+
+
+class ChunkingWholeTests(ChunkingTestsMixin, SynchronousTestCase):
+    """BDAT conversations fed in one piece."""
+
+    chunk = staticmethod(whole)
+
+
+class ChunkingByteTests(ChunkingTestsMixin, SynchronousTestCase):
+    """BDAT conversations fed one byte at a time."""
+
+    chunk = staticmethod(bytewise)
 
 
 def _accept_mail(event: Event) -> Reply:
