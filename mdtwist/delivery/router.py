@@ -60,6 +60,7 @@ peer, gateway recipients by domain, local recipients together.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from collections.abc import Collection, Iterable, Sequence
@@ -155,8 +156,10 @@ class HostSpec:
         return f"{host}:{self.port}"
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    # The IP address `text` is, or None.
+    # The IP address `text` is, or None; remembered, since the same hosts come up for every
+    # message.
     try:
         return ipaddress.ip_address(text)
     except ValueError:
