@@ -311,6 +311,9 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "--postfix-maildir", action="store_true",
         help="also run a second Postfix that delivers into a Maildir, as mdtwist does",
     )  # fmt: skip
+    parser.add_argument(
+        "--processes", type=int, default=1, help="mdtwist's server.processes (default: 1)"
+    )
     return parser.parse_args(argv)
 
 
@@ -328,7 +331,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"load average at start: {load_average()}", flush=True)
     mdtwist_parent = base / "mdtwist"
     mdtwist_parent.mkdir()
-    mdtwist = MdtwistServer(mdtwist_parent)
+    mdtwist = MdtwistServer(mdtwist_parent, processes=options.processes)
     references: list[PostfixServer] = []
     try:
         references.append(PostfixServer(base / "postfix"))

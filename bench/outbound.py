@@ -111,18 +111,20 @@ class MdtwistRelay(MdtwistServer):
     The mdtwist daemon with the smart host as its only route out, retrying every second.
     """
 
-    def __init__(self, parent: Path, sink_port: int) -> None:
+    def __init__(self, parent: Path, sink_port: int, processes: int = 1) -> None:
         """
         @param parent: an empty directory; each run gets C{run-N} below it.
         @param sink_port: the smart host's port on 127.0.0.1.
+        @param processes: the daemon's C{server.processes}.
         """
         super().__init__(
             parent,
+            processes=processes,
             smtp_extra='trusted_networks = ["127.0.0.0/8"]',
             delivery_extra="run_interval = 1.0",
             extra=(
                 f'[outbound]\nmode = "smarthost"\nsmarthost = "[127.0.0.1]:{sink_port}"\n'
-                'smarthost_tls = "none"\n\n'
+                'smarthost_tls = "none"\nmax_connections_per_host = 20\n\n'
                 "[queue]\nremote_interval = 1.0\ndelay_after_temp_error = 0.0\n"
             ),
         )
@@ -246,31 +248,34 @@ class RelayRun:
         )
 
 
-def source_command(messages: int, port: int) -> list[str]:
+def source_command(messages: int, port: int, reuse: bool) -> list[str]:
     """
     Build the smtp-source command of the queue phase, bounded by C{timeout}.
 
     @param messages: how many messages to send.
     @param port: the server's loopback port.
-    @return: the command: L{SESSIONS} sessions, connections reused, 1 KiB body, 1 recipient.
+    @param reuse: whether the sessions reuse their connections (C{-d}) instead of opening one
+        per message.
+    @return: the command: L{SESSIONS} sessions, 1 KiB body, 1 recipient.
     """
     return [
-        "timeout", str(int(LIMIT)), find_program("smtp-source"), "-d",
+        "timeout", str(int(LIMIT)), find_program("smtp-source"), *(["-d"] if reuse else []),
         "-s", str(SESSIONS), "-m", str(messages), "-l", "1024",
         "-f", SENDER, "-t", REMOTE_RECIPIENT, f"127.0.0.1:{port}",
     ]  # fmt: skip
 
 
-def queue_phase(server: RelayServer, messages: int) -> float:
+def queue_phase(server: RelayServer, messages: int, reuse: bool = False) -> float:
     """
     Send the messages while the sink is down and wait until they are all queued.
 
     @param server: the prepared server.
     @param messages: how many messages to send.
+    @param reuse: whether smtp-source reuses its connections.
     @return: smtp-source's wall time.
     @raise RunFailed: when smtp-source fails or the messages are not all queued in time.
     """
-    command = source_command(messages, server.port)
+    command = source_command(messages, server.port, reuse)
     started = time.perf_counter()
     result = subprocess.run(
         command, capture_output=True, text=True, check=False, timeout=LIMIT + 30
@@ -337,11 +342,13 @@ def one_run(
     sink: CountingSink,
     messages: int,
     on_start: Callable[[], None] = lambda: None,
+    reuse: bool = False,
 ) -> RelayRun:
     """
     Prepare a server, queue the messages, settle, relay them, and end the run.
 
     @param on_start: called right before the relay window opens.
+    @param reuse: whether smtp-source reuses its connections in the queue phase.
     @return: the measurements.
     @raise RunFailed: when the server does not start or the run fails.
     """
@@ -352,7 +359,10 @@ def one_run(
         raise RunFailed(f"{server.name} did not start or drain: {e}") from e
     try:
         settle()
-        queue_s = queue_phase(server, messages)
+        queue_s = queue_phase(server, messages, reuse)
+        shards = getattr(server, "shard_counts", None)
+        if shards is not None and server.processes > 1:  # type: ignore[attr-defined]
+            print(f"  {server.name}: messages per spool shard {shards()}", flush=True)
         settle()
         run = relay_phase(server, sink, messages, on_start)
     finally:
@@ -362,7 +372,11 @@ def one_run(
 
 
 def series(
-    servers: Sequence[RelayServer], sink: CountingSink, runs: int, messages: int
+    servers: Sequence[RelayServer],
+    sink: CountingSink,
+    runs: int,
+    messages: int,
+    reuse: bool = False,
 ) -> list[RelayRun]:
     """
     Run every server, interleaved: run 1 of each, then run 2 of each, ...
@@ -372,7 +386,7 @@ def series(
     results: list[RelayRun] = []
     for number in range(1, runs + 1):
         for server in servers:
-            run = one_run(server, sink, messages)
+            run = one_run(server, sink, messages, reuse=reuse)
             print(f"run {number}: {run.describe()}", flush=True)
             results.append(run)
     return results
@@ -434,7 +448,9 @@ def summary_table(results: Sequence[RelayRun], names: Sequence[str]) -> str:
     return "\n".join([_HEADER, _row(names[0], first), _row(names[1], second), ratio_row])
 
 
-def profile_run(server: MdtwistRelay, sink: CountingSink, out: Path, messages: int) -> None:
+def profile_run(
+    server: MdtwistRelay, sink: CountingSink, out: Path, messages: int, reuse: bool
+) -> None:
     """
     One more mdtwist run with the relay window under cProfile; print where the time went.
 
@@ -464,7 +480,7 @@ def profile_run(server: MdtwistRelay, sink: CountingSink, out: Path, messages: i
 
     server.finish = finish  # type: ignore[method-assign]
     try:
-        run = one_run(server, sink, messages, start_profiling)
+        run = one_run(server, sink, messages, start_profiling, reuse)
     finally:
         server.finish = original_finish  # type: ignore[method-assign]
         server.profile_dir = None
@@ -490,6 +506,14 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "--profile", action="store_true", help="one more mdtwist run under cProfile at the end"
     )
     parser.add_argument("--keep", action="store_true", help="keep the private directory")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="mdtwist's server.processes (default: 1)"
+    )
+    parser.add_argument(
+        "--reuse-connections", action="store_true",
+        help="queue phase: 20 sessions that reuse their connections (smtp-source -d) instead"
+        " of a connection per message; with several processes, 20 connections split unevenly",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -508,7 +532,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"sink dump under {sink.dump}: {filesystem_of(sink.dump)}", flush=True)
     print(f"load average at start: {load_average()}", flush=True)
     (base / "mdtwist").mkdir()
-    mdtwist = MdtwistRelay(base / "mdtwist", sink.port)
+    mdtwist = MdtwistRelay(base / "mdtwist", sink.port, options.processes)
     postfix: PostfixRelay | None = None
     try:
         postfix = PostfixRelay(base / "postfix", sink.port)
@@ -542,17 +566,18 @@ def run_everything(
     print(
         f"{options.runs} runs x 2 servers, {options.messages} messages (1 KiB body, 1 recipient)"
         f" queued with the smart host down, then relayed to smtp-sink on port {sink.port};"
-        " ms/msg = server CPU (relay window / until drained)",
+        " ms/msg = server CPU (relay window / until drained); queue phase:"
+        + (" 20 reused connections" if options.reuse_connections else " a connection per message"),
         flush=True,
     )
-    results = series(servers, sink, options.runs, options.messages)
+    results = series(servers, sink, options.runs, options.messages, options.reuse_connections)
     print(f"\nload average at the end of the series: {load_average()}")
     print(summary_table(results, [s.name for s in servers]), flush=True)
     odd = [r for r in results if r.received != r.messages]
     for run in odd:
         print(f"note: {run.server}: the sink got {run.received} of {run.messages} messages")
     if options.profile:
-        profile_run(mdtwist, sink, base / "profile", options.messages)
+        profile_run(mdtwist, sink, base / "profile", options.messages, options.reuse_connections)
 
 
 if __name__ == "__main__":

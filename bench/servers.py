@@ -24,7 +24,7 @@ from typing import Protocol
 
 from bench.procfs import tree_pids
 from mdtwist.directory.passwords import hash_password
-from mdtwist.spool.store import DATABASE_NAME
+from mdtwist.spool.store import DATABASE_NAME, existing_shards, shard_directory
 from tests.integration.peers import (
     PeerError,
     find_program,
@@ -109,15 +109,25 @@ class MdtwistServer:
     name = "mdtwist"
 
     def __init__(
-        self, parent: Path, *, smtp_extra: str = "", delivery_extra: str = "", extra: str = ""
+        self,
+        parent: Path,
+        *,
+        smtp_extra: str = "",
+        delivery_extra: str = "",
+        extra: str = "",
+        processes: int = 1,
     ) -> None:
         """
         @param parent: an empty directory; each run gets C{run-N} below it.
         @param smtp_extra: more TOML lines for the C{[smtp]} table.
         @param delivery_extra: more TOML lines for the C{[delivery]} table.
         @param extra: more TOML tables, appended to the configuration (such as C{[outbound]}).
+        @param processes: the daemon's C{server.processes}.
         """
         self.parent = parent
+        self.processes = processes
+        if processes > 1:
+            self.name = f"mdtwist-{processes}p"
         self._smtp_extra = smtp_extra
         self._delivery_extra = delivery_extra
         self._extra = extra
@@ -163,17 +173,30 @@ class MdtwistServer:
         """
         Count the messages in the current run's spool, with a read-only SQLite connection.
 
-        @return: how many messages the spool holds (in any queue); 0 before the spool exists.
+        @return: how many messages the spool holds (in any queue and shard); 0 before the spool
+            exists.
         """
-        database = self._directory / "spool" / DATABASE_NAME
-        if not database.exists():
-            return 0
+        return sum(self.shard_counts())
+
+    @staticmethod
+    def _count(directory: Path) -> int:
+        # The messages in one spool shard, with a read-only connection.
+        database = directory / DATABASE_NAME
         db = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=10.0)
         try:
             (count,) = db.execute("SELECT count(*) FROM message").fetchone()
         finally:
             db.close()
         return int(count)
+
+    def shard_counts(self) -> list[int]:
+        """
+        Count the messages in each spool shard of the current run.
+
+        @return: the counts, shard 0 first.
+        """
+        root = self._directory / "spool"
+        return [self._count(shard_directory(root, k)) for k in existing_shards(root)]
 
     def prepare(self) -> None:
         """
@@ -217,6 +240,7 @@ class MdtwistServer:
         config.write_text(
             f"""[server]
 hostname = "mx.{domain}"
+processes = {self.processes}
 
 [smtp]
 max_sessions_per_ip = 1000

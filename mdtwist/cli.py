@@ -10,6 +10,9 @@ Commands:
   - C{mdtwistctl hash-password}: read a password, print its argon2id hash.
 
 The queue commands open the spool database read-only, so they are safe while the server runs.
+A server of several processes keeps one spool shard per process (C{DIR} itself and its
+C{shard-<k>} subdirectories): C{queue list} lists every shard there is, in queue id order within
+each queue, and C{queue show} reads the shard its id names.
 """
 
 from __future__ import annotations
@@ -25,7 +28,16 @@ from typing import TextIO
 
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import SpoolError
-from mdtwist.spool.store import Queue, QueuedMessage, SpoolReader
+from mdtwist.spool.store import (
+    DATABASE_NAME,
+    Queue,
+    QueuedMessage,
+    QueueEntry,
+    SpoolReader,
+    existing_shards,
+    shard_directory,
+    shard_of,
+)
 
 _PROGRAM = "mdtwistctl"
 
@@ -99,11 +111,7 @@ def _time(seconds: float) -> str:
 
 
 def _queue_list(spool: Path, out: TextIO) -> None:
-    reader = SpoolReader(spool)
-    try:
-        entries = reader.list()
-    finally:
-        reader.close()
+    entries = _list_shards(spool)
     active = [entry for entry in entries if entry.queue is Queue.ACTIVE]
     bad = [entry for entry in entries if entry.queue is not Queue.ACTIVE]
     for entry in active:
@@ -122,12 +130,21 @@ def _queue_list(spool: Path, out: TextIO) -> None:
         out.write(f"{len(bad)} messages in the bad queue\n")
 
 
+def _list_shards(spool: Path) -> list[QueueEntry]:
+    # Every shard's messages; shards in ascending order, so the ids stay in ascending order.
+    # With no shard at all, the reader of the spool directory says there is no database.
+    entries: list[QueueEntry] = []
+    for shard in existing_shards(spool) or [0]:
+        reader = SpoolReader(shard_directory(spool, shard))
+        try:
+            entries += reader.list()
+        finally:
+            reader.close()
+    return entries
+
+
 def _queue_show(spool: Path, queue_id: str, body: bool, out: TextIO) -> None:
-    reader = SpoolReader(spool)
-    try:
-        message = reader.load(queue_id, with_body=body)
-    finally:
-        reader.close()
+    message = _load(spool, queue_id, body)
     if message is None:
         raise _CommandError(f"no message {queue_id} in {spool}")
     for name, value in _describe(message):
@@ -141,6 +158,21 @@ def _queue_show(spool: Path, queue_id: str, body: bool, out: TextIO) -> None:
             raw.flush()
         else:
             out.write(message.body.decode("utf-8", "replace"))
+
+
+def _load(spool: Path, queue_id: str, body: bool) -> QueuedMessage | None:
+    # Read the message from the shard its id names. A shard without a database holds no
+    # message; when the spool has no shard at all, the reader of the spool directory says so.
+    directory = shard_directory(spool, shard_of(queue_id) or 0)
+    if not (directory / DATABASE_NAME).is_file():
+        if existing_shards(spool):
+            return None
+        directory = spool
+    reader = SpoolReader(directory)
+    try:
+        return reader.load(queue_id, with_body=body)
+    finally:
+        reader.close()
 
 
 def _describe(message: QueuedMessage) -> list[tuple[str, str]]:

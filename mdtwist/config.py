@@ -30,6 +30,7 @@ from twisted.internet.testing import MemoryReactor
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
+from mdtwist.shards import listen_spec
 from mdtwist.smtp.client import TLSMode
 from mdtwist.spool.schedule import QueuePolicy
 
@@ -78,9 +79,12 @@ class LDAPAuthMethod(enum.Enum):
 class ServerConfig:
     """
     @ivar hostname: the name this server gives in greetings and C{Received:} lines.
+    @ivar processes: how many processes serve mail; each owns a shard of the spool, and all
+        share the SMTP listeners (see L{mdtwist.shards}).
     """
 
     hostname: str
+    processes: int = 1
 
 
 @attrs.frozen
@@ -499,11 +503,19 @@ def _check_client_endpoint(reader: _Reader, key: str, description: str) -> None:
         reader.problem(key, f"not a valid client endpoint: {e or type(e).__name__}")
 
 
+#: The most processes C{server.processes} allows: one spool shard each, and a queue id has room
+#: for 256 shards.
+MAX_PROCESSES = 64
+
+
 def _server(reader: _Reader, top: _Table) -> ServerConfig:
-    table = top.subtable("server", {"hostname"}, required=True)
+    table = top.subtable("server", {"hostname", "processes"}, required=True)
     if table is None:
         return ServerConfig(hostname="")
-    return ServerConfig(hostname=table.string("hostname", empty_ok=False))
+    processes = table.positive("processes", int, 1)
+    if processes > MAX_PROCESSES:
+        reader.problem(table.key("processes"), f"must be at most {MAX_PROCESSES}")
+    return ServerConfig(hostname=table.string("hostname", empty_ok=False), processes=processes)
 
 
 _SMTP_LIMITS = {
@@ -873,9 +885,26 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         outbound=_outbound(reader, top),
         queue=_queue(reader, top, smtp.hop_limit),
     )
+    _check_shared_listeners(reader, config)
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
+
+
+def _check_shared_listeners(reader: _Reader, config: Config) -> None:
+    # Several processes share a listener through SO_REUSEPORT sockets, which needs TCP.
+    if config.server.processes == 1:
+        return
+    for i, listen in enumerate(config.smtp.listen):
+        try:
+            spec = listen_spec(listen.endpoint)
+        except Exception:
+            continue
+        if spec is None:
+            reader.problem(
+                f"smtp.listen[{i}].endpoint",
+                "with server.processes above 1, use a tcp:, tcp6: or ssl: endpoint",
+            )
 
 
 def load_config(

@@ -13,11 +13,16 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
     smtp-client-close    closes idle outbound SMTP connections on shutdown
     queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     smtp-N-MODE          one StreamServerEndpointService per [[smtp.listen]]
+
+With C{server.processes} above 1 (see L{mdtwist.shards}), the first process has C{shards}
+instead of the C{smtp-N-MODE} listeners: its SO_REUSEPORT sockets and the child processes. A
+child has C{parent-watch} and one adopted C{smtp-N-MODE} listener per socket it was handed. A
+process that only has spool shards left over to drain has C{shards} after its listeners.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -51,8 +56,18 @@ from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.directory.cache import CachedDirectory
 from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
-from mdtwist.errors import ConfigError
+from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory
+from mdtwist.shards import (
+    AdoptedListener,
+    ChildSpec,
+    ListenSpec,
+    ParentWatch,
+    ShardSupervisor,
+    child_argv,
+    listen_spec,
+    tls_of,
+)
 from mdtwist.smtp.client import ClientTimeouts, SMTPClient, trust_root_from_pem
 from mdtwist.smtp.core.client import Credentials
 from mdtwist.smtp.core.server import ServerSettings
@@ -60,7 +75,13 @@ from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import SessionLimits, SMTPServerFactory
 from mdtwist.smtp.tls import server_tls_options
 from mdtwist.spool.runner import QueueRunner
-from mdtwist.spool.store import SQLiteSpool
+from mdtwist.spool.store import (
+    Queue,
+    SpoolReader,
+    SQLiteSpool,
+    existing_shards,
+    shard_directory,
+)
 from mdtwist.threadpool import ThreadPoolService
 
 
@@ -136,6 +157,8 @@ def open_spool(
     config: Config,
     run: Callable[..., Deferred[Any]],
     read: Callable[..., Deferred[Any]] | None = None,
+    *,
+    shard: int = 0,
 ) -> SQLiteSpool:
     """
     Open the spool at start-up, running its crash recovery before any listener opens.
@@ -146,22 +169,25 @@ def open_spool(
     @param config: the configuration.
     @param run: runs the spool's blocking work on its writer thread from now on.
     @param read: runs message loads on reading threads with connections of their own.
+    @param shard: the spool shard to open (0: the configured spool directory itself).
     @return: the spool.
     @raise ConfigError: when the spool directory or database cannot be used.
     """
-    directory = config.spool.directory
+    directory = shard_directory(config.spool.directory, shard)
     problem = f"{config.path}: spool.directory: cannot use {directory}"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError([f"{problem}: {e.strerror}"]) from None
-    check = SQLiteSpool(directory, execute, inline_limit=config.spool.inline_limit)
+    check = SQLiteSpool(directory, execute, inline_limit=config.spool.inline_limit, shard=shard)
     outcome: list[Failure | None] = []
     check.open().addBoth(outcome.append)
     check.close()
     if isinstance(outcome[0], Failure):
         raise ConfigError([f"{problem}: {outcome[0].getErrorMessage()}"])
-    return SQLiteSpool(directory, run, inline_limit=config.spool.inline_limit, read=read)
+    return SQLiteSpool(
+        directory, run, inline_limit=config.spool.inline_limit, read=read, shard=shard
+    )
 
 
 def build_local_delivery(
@@ -234,7 +260,8 @@ def build_remote_delivery(
         clock=reactor,
         hostname=config.server.hostname,
         timeouts=ClientTimeouts(connect=outbound.connect_timeout),
-        max_per_host=outbound.max_connections_per_host,
+        # The limit is the server's: each process has its share.
+        max_per_host=-(-outbound.max_connections_per_host // config.server.processes),
         trust_root=trust_root,
     )
     OnStop("smtp-client-close", client.close_idle).setServiceParent(parent)
@@ -340,12 +367,27 @@ def smtp_factory(
     )
 
 
-def make_service(config: Config, reactor: Any) -> MultiService:
+def make_service(
+    config: Config,
+    reactor: Any,
+    *,
+    shard: int = 0,
+    listen_fds: Sequence[int] = (),
+    argv: Sequence[str] = (),
+) -> MultiService:
     """
     Build the whole service tree.
 
+    With C{server.processes} above 1, or spool shards left over from a larger setting that
+    still hold mail, shard 0 (the process twistd started) also runs the other processes (see
+    L{mdtwist.shards}); a child (C{shard} above 0) serves the sockets it was handed.
+
     @param config: the configuration.
     @param reactor: the reactor everything runs on (time, threads, TCP).
+    @param shard: the spool shard this process owns.
+    @param listen_fds: a child's listening sockets, one per C{[[smtp.listen]]}; none for a
+        child that only drains its spool.
+    @param argv: twistd's command line, from which the children's is made.
     @return: the top service, named C{mdtwist}.
     @raise ConfigError: when a part cannot be built (a bad accounts file, an unusable spool,
         a certificate that does not load).
@@ -361,7 +403,7 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     directory = build_directory(config, reactor, directory_pool.run, top)
     for pool in (directory_pool, spool_pool, read_pool, delivery_pool):
         pool.setServiceParent(top)
-    spool = open_spool(config, spool_pool.run, read_pool.run)
+    spool = open_spool(config, spool_pool.run, read_pool.run, shard=shard)
     SpoolService(spool).setServiceParent(top)
     runner = QueueRunner(
         spool,
@@ -379,13 +421,100 @@ def make_service(config: Config, reactor: Any) -> MultiService:
     tls = None
     if config.tls is not None:
         tls = server_tls_options(config.tls.certificate, config.tls.private_key)
-    for i, listen in enumerate(config.smtp.listen):
-        factory = smtp_factory(config, listen, directory, spool, tls, reactor)
+    factories = [
+        smtp_factory(config, listen, directory, spool, tls, reactor)
+        for listen in config.smtp.listen
+    ]
+    if shard > 0:
+        _add_child_listeners(config, reactor, factories, listen_fds, top)
+        return top
+    processes = config.server.processes
+    children = [ChildSpec(k, listens=True) for k in range(1, processes)]
+    children += [ChildSpec(k, listens=False) for k in leftover_shards(config)]
+    shared: list[tuple[ListenSpec, SMTPServerFactory]] = []
+    for i, (listen, factory) in enumerate(zip(config.smtp.listen, factories, strict=True)):
+        if processes > 1:
+            shared.append((_checked_spec(listen_spec(listen.endpoint)), factory))
+            continue
         endpoint = serverFromString(reactor, listen.endpoint)
         listener = StreamServerEndpointService(endpoint, factory)
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
+    if children:
+        config_path = str(config.path.absolute())
+        supervisor = ShardSupervisor(
+            reactor,
+            shared,
+            children,
+            lambda spec, sockets: child_argv(config_path, spec, sockets, argv),
+        )
+        supervisor.setName("shards")
+        supervisor.setServiceParent(top)
     return top
+
+
+def _checked_spec(spec: ListenSpec | None) -> ListenSpec:
+    # The configuration has checked that every listener is TCP when there are processes.
+    assert spec is not None
+    return spec
+
+
+def _add_child_listeners(
+    config: Config,
+    reactor: Any,
+    factories: Sequence[SMTPServerFactory],
+    fds: Sequence[int],
+    top: MultiService,
+) -> None:
+    # A child serves the sockets its parent handed over, and stops when the parent is gone.
+    if fds and len(fds) != len(factories):
+        raise ConfigError(
+            [
+                f"{config.path}: smtp.listen: this child process was handed {len(fds)}"
+                f" listening sockets for {len(factories)} listeners"
+            ]
+        )
+    watch = ParentWatch(reactor)
+    watch.setName("parent-watch")
+    watch.setServiceParent(top)
+    if not fds:
+        return  # a draining child: no listeners
+    for i, (listen, factory, fd) in enumerate(
+        zip(config.smtp.listen, factories, fds, strict=True)
+    ):
+        listener = AdoptedListener(reactor, fd, factory, tls_of(listen.endpoint))
+        listener.setName(f"smtp-{i}-{listen.mode.value}")
+        listener.setServiceParent(top)
+
+
+def leftover_shards(config: Config) -> list[int]:
+    """
+    Find the spool shards beyond C{server.processes} that still hold mail to deliver.
+
+    A shard whose database cannot be read counts as holding mail: its draining process will
+    say what is wrong with it.
+
+    @param config: the configuration.
+    @return: their numbers.
+    """
+    found = []
+    root = config.spool.directory
+    for shard in existing_shards(root):
+        if shard < config.server.processes:
+            continue
+        try:
+            reader = SpoolReader(shard_directory(root, shard))
+        except SpoolError:
+            found.append(shard)
+            continue
+        try:
+            if any(entry.queue is Queue.ACTIVE for entry in reader.list()):
+                found.append(shard)
+        except SpoolError:
+            found.append(shard)
+        finally:
+            reader.close()
+    return found
 
 
 def _directory_threads(config: Config) -> int:

@@ -8,6 +8,7 @@ This is the only module that imports the global reactor, and only inside L{makeS
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from twisted.application.service import IService
@@ -17,6 +18,8 @@ from twisted.python import usage
 from mdtwist.config import Config, load_config
 from mdtwist.errors import ConfigError
 from mdtwist.services import make_service
+from mdtwist.shards import parse_fds
+from mdtwist.spool.store import MAX_SHARDS
 
 
 class Options(usage.Options):
@@ -26,13 +29,43 @@ class Options(usage.Options):
 
     optParameters = [  # noqa: RUF012, N815 - the name Twisted reads
         ["config", "c", "etc/mdtwist.toml", "The configuration file (TOML)."],
+        ["shard", None, "0", "Internal: the spool shard of a child process (server.processes)."],
+        [
+            "listen-fds",
+            None,
+            "",
+            "Internal: a child's listening sockets, handed over by its parent.",
+        ],
     ]
     optFlags = [  # noqa: RUF012, N815 - the name Twisted reads
         ["check", None, "Check the configuration, print every problem, and exit."],
     ]
 
+    def postOptions(self) -> None:  # noqa: N802 - the name Twisted calls
+        """
+        Check the internal options of a child process.
 
-def build(options: Options, reactor: IReactorCore, stderr: TextIO = sys.stderr) -> IService:
+        @raise usage.UsageError: when C{--shard} or C{--listen-fds} is malformed.
+        """
+        try:
+            shard = int(self["shard"])
+            fds = parse_fds(self["listen-fds"])
+        except ValueError as e:
+            raise usage.UsageError(f"--shard/--listen-fds: {e}") from None
+        if not 0 <= shard < MAX_SHARDS:
+            raise usage.UsageError(f"--shard: must be from 0 to {MAX_SHARDS - 1}")
+        if fds and shard == 0:
+            raise usage.UsageError("--listen-fds: only for a child process (--shard above 0)")
+        self["shard"] = shard
+        self["listen-fds"] = fds
+
+
+def build(
+    options: Options,
+    reactor: IReactorCore,
+    stderr: TextIO = sys.stderr,
+    argv: Sequence[str] = (),
+) -> IService:
     """
     Load the configuration and build the service tree, or report why not.
 
@@ -41,12 +74,19 @@ def build(options: Options, reactor: IReactorCore, stderr: TextIO = sys.stderr) 
     @param options: the parsed command line.
     @param reactor: the reactor the services run on.
     @param stderr: where problems are written.
+    @param argv: twistd's command line, for the child processes of C{server.processes}.
     @return: the top service.
     @raise SystemExit: on a bad configuration (status 1), and after C{--check} (status 0).
     """
     try:
         config: Config = load_config(options["config"])
-        service = make_service(config, reactor)
+        service = make_service(
+            config,
+            reactor,
+            shard=options["shard"],
+            listen_fds=options["listen-fds"],
+            argv=argv,
+        )
     except ConfigError as e:
         for line in e.problems:
             print(line, file=stderr)
@@ -66,4 +106,4 @@ def makeService(options: Options) -> IService:  # noqa: N802 - the name twistd c
     """
     from twisted.internet import reactor
 
-    return build(options, reactor)
+    return build(options, reactor, argv=sys.argv)

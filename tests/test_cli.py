@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mdtwist.cli import main
 from mdtwist.directory.passwords import verify_password
 from mdtwist.envelope import Recipient, RecipientState
-from mdtwist.spool.store import RecipientResult, SQLiteSpool
+from mdtwist.spool.store import RecipientResult, SQLiteSpool, shard_directory
 from tests.spool.fakes import make_envelope, run_now
 
 BODY = b"Subject: secret stuff\r\n\r\nbody text\r\n"
@@ -157,6 +157,91 @@ class QueueCommandTests(CLITestCase):
         status, out, err = self.run_cli("queue", "list")
         self.assertEqual((status, out), (2, ""))
         self.assertIn("--spool", err)
+
+
+class ShardedQueueCommandTests(CLITestCase):
+    """Tests for C{mdtwistctl queue} on a spool of several shards (one per server process)."""
+
+    def setUp(self) -> None:
+        """
+        Make shards 0 and 1 of a spool, each with an active and a parked message.
+
+        Shard 1 gets its messages first; they stay open, as they are while the server runs.
+        """
+        self.spool_dir = Path(self.mktemp())
+        shards = [
+            SQLiteSpool(shard_directory(self.spool_dir, shard), run_now, shard=shard)
+            for shard in (1, 0)
+        ]
+        self.active: list[str] = []
+        self.parked: list[str] = []
+        for spool in shards:
+            self.addCleanup(spool.close)
+            self.active.append(
+                self.successResultOf(spool.enqueue(make_envelope("a@example.com"), BODY))
+            )
+            parked = self.successResultOf(spool.enqueue(make_envelope("b@example.com"), BODY))
+            self.successResultOf(spool.park(parked, f"parked in shard {spool.shard}"))
+            self.parked.append(parked)
+
+    def test_list(self) -> None:
+        """
+        C{queue list} lists every shard's messages: the active queue first, then the bad queue.
+
+        Within each queue the messages are in queue id order, so shard 0's come first.
+        """
+        status, out, err = self.run_cli("queue", "list", "--spool", str(self.spool_dir))
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.active, ["010000000001", "000000000001"])
+        lines = out.splitlines()
+        self.assertEqual(
+            [line.split()[0] for line in lines[:2]] + lines[2:4],
+            ["000000000001", "010000000001", "2 messages", ""],
+        )
+        self.assertEqual(lines[4], "Bad queue:")
+        self.assertEqual(
+            [(line.split()[0], line.split()[-1]) for line in lines[5:7]],
+            [("000000000002", "0"), ("010000000002", "1")],
+        )
+        self.assertEqual(lines[7:], ["2 messages in the bad queue"])
+
+    def test_show(self) -> None:
+        """C{queue show} reads a message from the shard its id names."""
+        for queue_id in self.active + self.parked:
+            status, out, err = self.run_cli(
+                "queue", "show", queue_id, "--spool", str(self.spool_dir)
+            )
+            self.assertEqual((status, err), (0, ""))
+            self.assertIn(f"Queue-Id: {queue_id}\n", out)
+        status, out, _ = self.run_cli(
+            "queue", "show", "010000000002", "--spool", str(self.spool_dir)
+        )
+        self.assertIn("Bad-Queue-Reason: parked in shard 1\n", out)
+
+    def test_show_unknown_in_shard(self) -> None:
+        """An id of an existing shard that holds no such message is no message."""
+        status, out, err = self.run_cli(
+            "queue", "show", "010000000009", "--spool", str(self.spool_dir)
+        )
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, f"mdtwistctl: no message 010000000009 in {self.spool_dir}\n")
+
+    def test_show_missing_shard(self) -> None:
+        """An id of a shard that does not exist is no message, as for an unknown id."""
+        (self.spool_dir / "shard-5").mkdir()
+        for queue_id in ("020000000001", "050000000001"):
+            status, out, err = self.run_cli(
+                "queue", "show", queue_id, "--spool", str(self.spool_dir)
+            )
+            self.assertEqual((status, out), (1, ""))
+            self.assertEqual(err, f"mdtwistctl: no message {queue_id} in {self.spool_dir}\n")
+
+    def test_show_no_spool(self) -> None:
+        """In a directory without any spool, C{queue show} names the missing database."""
+        missing = self.mktemp()
+        status, out, err = self.run_cli("queue", "show", "010000000001", "--spool", missing)
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("no spool database", err)
 
 
 class HashPasswordTests(CLITestCase):

@@ -63,6 +63,18 @@ class ConfigTests(SynchronousTestCase):
             self.assertTrue(line.startswith(prefix), line)
         return [line[len(prefix) :] for line in error.problems]
 
+    def test_processes(self) -> None:
+        """
+        C{server.processes} is 1 by default, and from 1 to 64.
+        """
+        self.assertEqual(load_config(self.write(GOOD)).server.processes, 1)
+        host = 'hostname = "mx.example.test"'
+        text = GOOD.replace(host, host + "\nprocesses = 4")
+        self.assertEqual(load_config(self.write(text)).server.processes, 4)
+        for value, problem in (("0", "must be greater than 0"), ("65", "must be at most 64")):
+            text = GOOD.replace(host, host + f"\nprocesses = {value}")
+            self.assertEqual(self.problems(text), [f"server.processes: {problem}"])
+
     def test_good_file(self) -> None:
         """
         A valid file gives typed values, with relative paths taken from the file's directory.

@@ -7,24 +7,27 @@ from __future__ import annotations
 import io
 import shutil
 from pathlib import Path
+from socket import AF_INET
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import execute
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.config import ListenerMode
+from mdtwist.config import ListenerMode, load_config
+from mdtwist.services import leftover_shards
 from mdtwist.smtp.server import SMTPServerFactory
-from mdtwist.spool.store import DATABASE_NAME
+from mdtwist.spool.store import DATABASE_NAME, SQLiteSpool, shard_directory
 from mdtwist.tap import Options, build
+from tests.spool.fakes import make_envelope
 from tests.support.tls import make_certificate
 
 _ETC = Path(__file__).resolve().parent.parent / "etc"
 
 
-class BuildTests(SynchronousTestCase):
-    """
-    makeService builds the named children and opens exactly the configured listeners.
-    """
+class _DemoCase(SynchronousTestCase):
+    # A private copy of the demo configuration, with its accounts and a certificate.
 
     def setUp(self) -> None:
         self.root = Path(self.mktemp())
@@ -33,6 +36,12 @@ class BuildTests(SynchronousTestCase):
         make_certificate(self.root / "var" / "tls")
         self.config = self.root / "etc" / "mdtwist.toml"
         self.config.write_text((_ETC / "mdtwist.toml").read_text())
+
+
+class BuildTests(_DemoCase):
+    """
+    makeService builds the named children and opens exactly the configured listeners.
+    """
 
     def build(self, *args: str) -> tuple[MultiService, MemoryReactorClock]:
         options = Options()
@@ -179,3 +188,105 @@ class BuildTests(SynchronousTestCase):
         service, _ = self.build()
         names = [child.name for child in service]
         self.assertEqual(names[:2], ["directory-close", "directory"])
+
+
+class ProcessesTests(_DemoCase):
+    """
+    What the tree looks like with C{server.processes}, in the parent and in a child.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        host = 'hostname = "mail.example.test"'
+        self.config.write_text(self.config.read_text().replace(host, host + "\nprocesses = 2"))
+        self.spool = self.root / "var" / "spool"
+
+    def build(self, *args: str) -> tuple[MultiService, MemoryReactorClock]:
+        options = Options()
+        options.parseOptions(["--config", str(self.config), *args])
+        reactor = MemoryReactorClock()
+        service = build(options, reactor, stderr=io.StringIO(), argv=["twistd", "mdtwist"])
+        assert isinstance(service, MultiService)
+        return service, reactor
+
+    def test_parent(self) -> None:
+        """
+        The parent listens through its supervisor (the last child of the tree, so it stops
+        first): one socket per listener for itself, served by the reactor.
+        """
+        text = self.config.read_text()
+        self.config.write_text(text.replace("tcp:2525", "tcp:0").replace("tcp:2587", "tcp:0"))
+        service, reactor = self.build()
+        names = [child.name for child in service]
+        self.assertEqual(names[-2:], ["queue", "shards"])
+        self.assertFalse([name for name in names if name.startswith("smtp-0")])
+        supervisor = service.getServiceNamed("shards")
+        supervisor.privilegedStartService()
+        self.addCleanup(supervisor.stopService)
+        self.assertEqual([family for _, family, _ in reactor.adoptedPorts], [AF_INET, AF_INET])
+
+    def test_child(self) -> None:
+        """
+        A child owns its shard's spool, serves the sockets it was handed and watches its parent.
+        """
+        service, _ = self.build("--shard", "1", "--listen-fds", "3,4")
+        names = [child.name for child in service]
+        self.assertEqual(names[-3:], ["parent-watch", "smtp-0-mx", "smtp-1-submission"])
+        self.assertTrue((self.spool / "shard-1" / DATABASE_NAME).is_file())
+
+    def test_draining_child(self) -> None:
+        """
+        A child without sockets only drains its spool.
+        """
+        service, _ = self.build("--shard", "3")
+        names = [child.name for child in service]
+        self.assertEqual(names[-2:], ["queue", "parent-watch"])
+
+    def test_wrong_number_of_sockets(self) -> None:
+        """
+        A child handed fewer sockets than there are listeners does not start.
+        """
+        options = Options()
+        options.parseOptions(["--config", str(self.config), "--shard", "1", "--listen-fds", "3"])
+        stderr = io.StringIO()
+        error = self.assertRaises(SystemExit, build, options, MemoryReactorClock(), stderr)
+        self.assertEqual(error.code, 1)
+        self.assertIn("handed 1 listening sockets for 2 listeners", stderr.getvalue())
+
+    def test_bad_internal_options(self) -> None:
+        """
+        --shard out of range, --listen-fds that are not descriptors, and sockets for shard 0
+        are usage errors.
+        """
+        for args in (
+            ["--shard", "256"],
+            ["--shard", "x"],
+            ["--shard", "1", "--listen-fds", "1"],
+            ["--listen-fds", "3"],
+        ):
+            self.assertRaises(
+                UsageError, Options().parseOptions, ["--config", str(self.config), *args]
+            )
+
+    def test_leftover_shards(self) -> None:
+        """
+        A shard beyond C{processes} gets a draining child when its active queue holds mail or
+        its database cannot be read; an empty one, or one with only parked mail, does not.
+        """
+        config = load_config(self.config)
+        for shard, action in ((2, "queue"), (3, "park"), (4, "empty"), (5, "garbage")):
+            directory = shard_directory(self.spool, shard)
+            if action == "garbage":
+                directory.mkdir(parents=True)
+                (directory / DATABASE_NAME).write_bytes(b"not a database" * 100)
+                continue
+            spool = SQLiteSpool(directory, execute, shard=shard)
+            spool.open()
+            if action != "empty":
+                queued = self.successResultOf(
+                    spool.enqueue(make_envelope("alice@example.test"), b"x\r\n")
+                )
+                if action == "park":
+                    self.successResultOf(spool.park(queued, "test"))
+            spool.close()
+        self.assertEqual(leftover_shards(config), [2, 5])

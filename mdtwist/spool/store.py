@@ -33,20 +33,29 @@ migrates a database of an older schema (version 1: no queues, notices or delay m
 one of a newer schema, and deletes body files that no row names (written by a batch that never
 committed, or left behind by a message removed just before a crash).
 
-Queue ids are the row ids (never reused: C{AUTOINCREMENT}) as ten upper-case hex digits, so they
+Queue ids are the row ids (never reused: C{AUTOINCREMENT}) as twelve upper-case hex digits, so they
 are short, unique within a spool, and sort in arrival order.
+
+Shards: a server of several processes gives each process a spool of its own, a I{shard}. Shard 0
+is the spool directory itself; shard M{k > 0} is its C{shard-<k>} subdirectory, with the same
+layout inside. Shard M{k} numbers its rows from M{k << 40} upward (L{SHARD_BITS}), so the first
+two hex digits of a queue id name its shard (L{shard_of}) and ids are unique across shards.
+Opening a shard makes sure the C{AUTOINCREMENT} sequence starts at its base, in the same
+transaction that checks that the database holds no ids of another shard (a shard pointed at the
+wrong directory is refused rather than mixed up with another one).
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import enum
 import os
 import re
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,6 +87,18 @@ DEFAULT_INLINE_LIMIT = 64 * 1024
 
 #: The header line put at the top of a message parked in the bad queue.
 BAD_QUEUE_HEADER = "X-Mdtwist-Bad-Queue-Reason"
+
+#: How many low bits of a row id number the messages of one shard; the bits above name the shard.
+SHARD_BITS = 40
+
+#: How many spool shards there can be: shards 0 to C{MAX_SHARDS - 1}, one per process.
+MAX_SHARDS = 256
+
+#: The name of shard k's directory inside the spool directory is this followed by k (k > 0).
+SHARD_PREFIX = "shard-"
+
+# A shard directory's name: k in decimal, 1 to 255, no leading zero.
+_SHARD_NAME = re.compile(re.escape(SHARD_PREFIX) + r"([1-9][0-9]{0,2})")
 
 _SCHEMA_VERSION = 3
 
@@ -287,7 +308,7 @@ def format_queue_id(rowid: int) -> str:
     @param rowid: a message row id.
     @return: its queue id.
     """
-    return f"{rowid:010X}"
+    return f"{rowid:012X}"
 
 
 def parse_queue_id(queue_id: str) -> int | None:
@@ -303,6 +324,62 @@ def parse_queue_id(queue_id: str) -> int | None:
         return int(queue_id, 16)
     except ValueError:
         return None
+
+
+def shard_directory(root: Path, shard: int) -> Path:
+    """
+    Find the directory of a spool shard.
+
+    @param root: the configured spool directory.
+    @param shard: the shard number, 0 to C{MAX_SHARDS - 1}.
+    @return: C{root} itself for shard 0, else its C{shard-<shard>} subdirectory.
+    @raise ValueError: when C{shard} is out of range.
+    """
+    _check_shard_number(shard)
+    return root if shard == 0 else root / f"{SHARD_PREFIX}{shard}"
+
+
+def shard_of(queue_id: str) -> int | None:
+    """
+    Find the shard a queue id belongs to.
+
+    @param queue_id: a queue id as shown to users (any case).
+    @return: the shard number, or L{None} when C{queue_id} is not a queue id.
+    """
+    rowid = parse_queue_id(queue_id)
+    if rowid is None:
+        return None
+    shard = rowid >> SHARD_BITS
+    return shard if shard < MAX_SHARDS else None
+
+
+def existing_shards(root: Path) -> list[int]:
+    """
+    Find the shards of a spool that have a database on disk.
+
+    Only the names L{shard_directory} gives count: other entries of C{root} (C{shard-x},
+    C{shard-999}, C{shard-01}) are ignored, as are shard directories without a database.
+
+    @param root: the configured spool directory.
+    @return: the shard numbers, ascending; empty when there is no spool at all.
+    """
+    shards = [0] if (root / DATABASE_NAME).is_file() else []
+    try:
+        entries = list(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return shards
+    for entry in entries:
+        match = _SHARD_NAME.fullmatch(entry.name)
+        if match is None or int(match.group(1)) >= MAX_SHARDS:
+            continue
+        if (entry / DATABASE_NAME).is_file():
+            shards.append(int(match.group(1)))
+    return sorted(shards)
+
+
+def _check_shard_number(shard: int) -> None:
+    if not 0 <= shard < MAX_SHARDS:
+        raise ValueError(f"spool shard {shard} is out of range (0 to {MAX_SHARDS - 1})")
 
 
 def open_database(
@@ -422,11 +499,13 @@ class SQLiteSpool:
         inline_limit: int = DEFAULT_INLINE_LIMIT,
         factory: type[sqlite3.Connection] = sqlite3.Connection,
         read: Run | None = None,
+        shard: int = 0,
     ) -> None:
         """
         Make a spool; nothing is opened until the first call.
 
-        @param directory: the spool directory; created when absent.
+        @param directory: the spool directory (of the shard: see L{shard_directory}); created
+            when absent.
         @param run: calls a function on the single C{spool-io} thread and returns a Deferred
             of its result (L{mdtwist.threadpool.ThreadPoolService.run}).
         @param read: calls a function on another thread pool, for L{load}: each of its
@@ -436,7 +515,12 @@ class SQLiteSpool:
         @param inline_limit: bodies up to this many bytes are stored in the database, larger
             ones in files.
         @param factory: the SQLite connection class.
+        @param shard: the spool shard this is: its queue ids start at C{shard << SHARD_BITS},
+            and a database holding ids of another shard is refused when opened.
+        @raise ValueError: when C{shard} is out of range.
         """
+        _check_shard_number(shard)
+        self._shard = shard
         self._directory = directory
         self._bodies = directory / BODIES_NAME
         self._run = run
@@ -455,6 +539,13 @@ class SQLiteSpool:
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
         self._observers: list[Callable[[Sequence[str]], None]] = []
+
+    @property
+    def shard(self) -> int:
+        """
+        The spool shard this is.
+        """
+        return self._shard
 
     # Reactor side.
 
@@ -747,6 +838,7 @@ class SQLiteSpool:
             else:
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            _claim_shard(db, path, self._shard)
             named = {
                 name
                 for (name,) in db.execute(
@@ -839,7 +931,9 @@ class SQLiteSpool:
                         _insert_message(db, envelope, body, name)
                         for (envelope, body), name in zip(items, names, strict=True)
                     ]
-                    return ids, [_apply_record(db, entry) for entry in prepared]
+                    outcomes = [_apply_record(db, entry) for entry in prepared]
+                    _check_room(db, self._directory / DATABASE_NAME, self._shard)
+                    return ids, outcomes
 
                 ids, outcomes = self._transaction(work)
             except (sqlite3.Error, OSError, SpoolError) as e:
@@ -944,17 +1038,59 @@ def clean_reason(reason: str) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", text)[:900] or "unknown"
 
 
-def _migrate(db: sqlite3.Connection, statements: Sequence[str]) -> None:
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    # One explicit write transaction (the connection is in autocommit mode here).
     db.execute("BEGIN IMMEDIATE")
     try:
-        for statement in statements:
-            db.execute(statement)
-        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        yield
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def _migrate(db: sqlite3.Connection, statements: Sequence[str]) -> None:
+    with _immediate(db):
+        for statement in statements:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+
+def _claim_shard(db: sqlite3.Connection, path: Path, shard: int) -> None:
+    # In one write transaction: refuse a database holding ids of another shard, then make
+    # AUTOINCREMENT continue from the shard's base at least. Shard 0 never writes here.
+    base = shard << SHARD_BITS
+    with _immediate(db):
+        (highest,) = db.execute("SELECT max(id) FROM message").fetchone()
+        sequence = _sequence(db)
+        for value in (highest or 0, sequence):
+            if value and value >> SHARD_BITS != shard:
+                raise SpoolError(
+                    f"{path}: holds queue ids of spool shard {value >> SHARD_BITS}, not of"
+                    f" shard {shard}; is this the right spool directory?"
+                )
+        if sequence < base:
+            cursor = db.execute(
+                "UPDATE sqlite_sequence SET seq = ? WHERE name = 'message'", (base,)
+            )
+            if cursor.rowcount == 0:
+                db.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('message', ?)", (base,)
+                )
+
+
+def _check_room(db: sqlite3.Connection, path: Path, shard: int) -> None:
+    # After inserts, in their transaction: the ids must not have run into the next shard's.
+    if _sequence(db) >> SHARD_BITS != shard:
+        raise SpoolError(f"{path}: spool shard {shard} has used up its queue ids")
+
+
+def _sequence(db: sqlite3.Connection) -> int:
+    # The last row id AUTOINCREMENT handed out for messages (0: none yet).
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'message'").fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
 
 
 def _nothing(db: sqlite3.Connection) -> None:

@@ -44,6 +44,7 @@ class Daemon:
         queue: str = "",
         outbound: str = "",
         domain: str = "example.test",
+        server_extra: str = "",
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -58,6 +59,7 @@ class Daemon:
             temporarily), so no test ever asks a resolver outside this machine.
         @param domain: the local domain; its accounts are alice and bob with the passwords of
             L{PASSWORDS}.
+        @param server_extra: more TOML lines for the C{[server]} table.
         """
         directory = directory.resolve()
         self.directory = directory
@@ -81,6 +83,7 @@ class Daemon:
             f"""
 [server]
 hostname = "mail.example.test"
+{server_extra}
 
 [smtp]
 trusted_networks = [{networks}]

@@ -21,6 +21,8 @@ from mdtwist.spool.store import (
     _MIGRATE_FROM_1,
     BODIES_NAME,
     DATABASE_NAME,
+    MAX_SHARDS,
+    SHARD_BITS,
     MessageKind,
     Notice,
     Queue,
@@ -28,8 +30,11 @@ from mdtwist.spool.store import (
     RecipientResult,
     SpoolReader,
     SQLiteSpool,
+    existing_shards,
     format_queue_id,
     parse_queue_id,
+    shard_directory,
+    shard_of,
 )
 from tests.spool.fakes import HeldRunner, make_envelope, run_now
 
@@ -140,7 +145,7 @@ class SQLiteSpoolTests(SynchronousTestCase):
 
     def test_queue_id_format(self) -> None:
         """Queue ids are printable and parse back to their row ids; other text does not parse."""
-        self.assertEqual(format_queue_id(42), "000000002A")
+        self.assertEqual(format_queue_id(42), "00000000002A")
         self.assertEqual(parse_queue_id("000000002a"), 42)
         self.assertIsNone(parse_queue_id("no-such-id"))
         self.assertIsNone(parse_queue_id(""))
@@ -327,13 +332,14 @@ class GroupCommitTests(SynchronousTestCase):
         self.assertNoResult(first)
         self.runner.run_next()
         first_id = self.successResultOf(first)
-        self.assertEqual(self.factory.begins, 1)
+        # One transaction opened the spool (the shard check), one wrote the first batch.
+        self.assertEqual(self.factory.begins, 2)
         for d in rest:
             self.assertNoResult(d)
         self.assertEqual(len(self.runner.calls), 1)
         self.assertEqual(len(self.runner.calls[0].args[0]), 3)
         self.runner.run_next()
-        self.assertEqual(self.factory.begins, 2)
+        self.assertEqual(self.factory.begins, 3)
         ids = [self.successResultOf(d) for d in rest]
         self.assertEqual(len({first_id, *ids}), 4)
         self.assertEqual(self.runner.calls, [])
@@ -840,18 +846,13 @@ class MigrationTests(SynchronousTestCase):
 
         The read-only reader refuses a version 1 spool, asking for the server to migrate it.
         """
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        db = sqlite3.connect(directory / DATABASE_NAME)
-        db.executescript(_SCHEMA_V1)
-        db.commit()
-        db.close()
+        directory = _version_1_spool(Path(self.mktemp()))
         error = self.assertRaises(SpoolError, SpoolReader, directory)
         self.assertIn("migrate", str(error))
         spool = SQLiteSpool(directory, run_now)
         self.addCleanup(spool.close)
-        self.assertEqual(self.successResultOf(spool.due(2000, 10)), ["0000000001"])
-        message = self.successResultOf(spool.load("0000000001"))
+        self.assertEqual(self.successResultOf(spool.due(2000, 10)), ["000000000001"])
+        message = self.successResultOf(spool.load("000000000001"))
         assert message is not None
         self.assertEqual(
             (message.queue, message.kind, message.body, message.progress),
@@ -877,7 +878,7 @@ class MigrationTests(SynchronousTestCase):
         db.close()
         spool = SQLiteSpool(directory, run_now)
         self.addCleanup(spool.close)
-        message = self.successResultOf(spool.load("0000000001"))
+        message = self.successResultOf(spool.load("000000000001"))
         assert message is not None
         self.assertEqual(message.body, b"hi")
         self.assertIsNone(message.envelope.client.password)
@@ -893,3 +894,214 @@ class MigrationTests(SynchronousTestCase):
         kept = self.successResultOf(spool.load(queue_id))
         assert kept is not None and kept.envelope.client.password is not None
         self.assertEqual(kept.envelope.client.password.reveal(), "pw")
+
+
+class ShardTests(SynchronousTestCase):
+    """Tests for spool shards: one spool per process, with queue ids unique across them."""
+
+    def open_spool(self, directory: Path, shard: int) -> SQLiteSpool:
+        """
+        Open a spool shard, closed again when the test ends.
+
+        @return: the spool.
+        """
+        spool = SQLiteSpool(directory, run_now, shard=shard)
+        self.addCleanup(spool.close)
+        self.successResultOf(spool.open())
+        return spool
+
+    def enqueue(self, spool: SQLiteSpool) -> str:
+        """
+        Queue a small message.
+
+        @return: its queue id.
+        """
+        return self.successResultOf(spool.enqueue(make_envelope("a@x"), SMALL))
+
+    def test_first_id_of_shard(self) -> None:
+        """
+        Shard 1 numbers its messages from C{1 << 40}: its first id is C{010000000001}.
+
+        The ids keep increasing when the shard is opened again, and the messages are found.
+        """
+        directory = Path(self.mktemp())
+        spool = self.open_spool(directory, 1)
+        self.assertEqual(spool.shard, 1)
+        self.assertEqual([self.enqueue(spool) for _ in "ab"], ["010000000001", "010000000002"])
+        self.successResultOf(spool.close())
+        reopened = self.open_spool(directory, 1)
+        self.assertEqual(self.enqueue(reopened), "010000000003")
+        message = self.successResultOf(reopened.load("010000000001"))
+        assert message is not None
+        self.assertEqual(message.body, SMALL)
+
+    def test_shard_zero_unchanged(self) -> None:
+        """Shard 0, the default, numbers its messages from 1 as before."""
+        directory = Path(self.mktemp())
+        spool = self.open_spool(directory, 0)
+        self.assertEqual(spool.shard, 0)
+        self.assertEqual([self.enqueue(spool) for _ in "ab"], ["000000000001", "000000000002"])
+
+    def test_last_shard(self) -> None:
+        """The last shard's ids start with C{FF}; a shard out of range is refused."""
+        spool = self.open_spool(Path(self.mktemp()), MAX_SHARDS - 1)
+        self.assertEqual(self.enqueue(spool), "FF0000000001")
+        directory = Path(self.mktemp())
+        self.assertRaises(ValueError, SQLiteSpool, directory, run_now, shard=MAX_SHARDS)
+        self.assertRaises(ValueError, SQLiteSpool, directory, run_now, shard=-1)
+
+    def test_existing_database_keeps_its_ids(self) -> None:
+        """
+        A database made before shards existed opens as shard 0 with its ids unchanged.
+
+        Nothing is written into it for the shard, and new ids follow the old ones.
+        """
+        directory = _version_1_spool(Path(self.mktemp()))
+        spool = self.open_spool(directory, 0)
+        message = self.successResultOf(spool.load("000000000001"))
+        assert message is not None
+        self.assertEqual(message.body, b"hi")
+        self.assertEqual(self.enqueue(spool), "000000000002")
+
+    def test_existing_empty_database_as_shard(self) -> None:
+        """
+        An empty spool database of the current schema, never used, opens as any shard.
+
+        Opening it again does not move its sequence: the claim is idempotent.
+        """
+        directory = Path(self.mktemp())
+        self.successResultOf(SQLiteSpool(directory, run_now).close())
+        self.successResultOf(SQLiteSpool(directory, run_now).open())
+        spool = self.open_spool(directory, 2)
+        self.successResultOf(spool.close())
+        spool = self.open_spool(directory, 2)
+        self.assertEqual(self.enqueue(spool), "020000000001")
+        check = sqlite3.connect(directory / DATABASE_NAME)
+        self.addCleanup(check.close)
+        self.assertEqual(
+            check.execute("SELECT seq FROM sqlite_sequence WHERE name = 'message'").fetchall(),
+            [((2 << SHARD_BITS) + 1,)],
+        )
+
+    def test_wrong_shard_refused(self) -> None:
+        """
+        A shard pointed at another shard's directory is refused, naming the database file.
+
+        The database is left as it was: its own shard still opens it.
+        """
+        directory = Path(self.mktemp())
+        spool = self.open_spool(directory, 0)
+        queue_id = self.enqueue(spool)
+        self.successResultOf(spool.close())
+        wrong = SQLiteSpool(directory, run_now, shard=1)
+        self.addCleanup(wrong.close)
+        failure = self.failureResultOf(wrong.open(), SpoolError)
+        self.assertIn(str(directory / DATABASE_NAME), str(failure.value))
+        self.assertIn("shard 0, not of shard 1", str(failure.value))
+        self.failureResultOf(wrong.enqueue(make_envelope("a@x"), SMALL), SpoolError)
+        again = self.open_spool(directory, 0)
+        self.assertIsNotNone(self.successResultOf(again.load(queue_id)))
+        self.assertEqual(self.enqueue(again), "000000000002")
+
+    def test_higher_shard_refused_as_lower(self) -> None:
+        """Shard 0 refuses the directory of shard 1."""
+        directory = Path(self.mktemp())
+        self.enqueue(self.open_spool(directory, 1))
+        wrong = SQLiteSpool(directory, run_now)
+        self.addCleanup(wrong.close)
+        failure = self.failureResultOf(wrong.open(), SpoolError)
+        self.assertIn("shard 1, not of shard 0", str(failure.value))
+
+    def test_emptied_shard_refused(self) -> None:
+        """
+        A shard's database that holds no message any more still belongs to that shard.
+
+        Its sequence says which shard used it.
+        """
+        directory = Path(self.mktemp())
+        spool = self.open_spool(directory, 0)
+        queue_id = self.enqueue(spool)
+        self.successResultOf(
+            spool.record(queue_id, [RecipientResult(0, RecipientState.DELIVERED)], 1300)
+        )
+        self.assertEqual(self.successResultOf(spool.count()), 0)
+        self.successResultOf(spool.close())
+        wrong = SQLiteSpool(directory, run_now, shard=1)
+        self.addCleanup(wrong.close)
+        self.failureResultOf(wrong.open(), SpoolError)
+
+    def test_ids_used_up(self) -> None:
+        """
+        A shard whose ids ran out refuses new messages rather than use the next shard's ids.
+
+        Nothing of the refused batch is kept.
+        """
+        directory = Path(self.mktemp())
+        spool = self.open_spool(directory, 1)
+        self.successResultOf(spool.close())
+        db = sqlite3.connect(directory / DATABASE_NAME)
+        db.execute(
+            "UPDATE sqlite_sequence SET seq = ? WHERE name = 'message'",
+            ((2 << SHARD_BITS) - 2,),
+        )
+        db.commit()
+        db.close()
+        self.assertEqual(self.enqueue(spool), "01FFFFFFFFFF")
+        failure = self.failureResultOf(spool.enqueue(make_envelope("a@x"), SMALL), SpoolError)
+        self.assertIn("used up its queue ids", str(failure.value))
+        self.assertEqual(self.successResultOf(spool.count()), 1)
+
+    def test_shard_directory(self) -> None:
+        """Shard 0 is the spool directory itself, shard k its C{shard-<k>} subdirectory."""
+        root = Path("/var/spool/mdtwist")
+        self.assertEqual(shard_directory(root, 0), root)
+        self.assertEqual(shard_directory(root, 7), root / "shard-7")
+        self.assertEqual(shard_directory(root, 255), root / "shard-255")
+        self.assertRaises(ValueError, shard_directory, root, MAX_SHARDS)
+        self.assertRaises(ValueError, shard_directory, root, -1)
+
+    def test_shard_of(self) -> None:
+        """The first two of the twelve hex digits of a queue id name its shard."""
+        self.assertEqual(shard_of("000000000001"), 0)
+        self.assertEqual(shard_of("0000000001"), 0)  # an id of ten digits, from before shards
+        self.assertEqual(shard_of("00FFFFFFFFFF"), 0)
+        self.assertEqual(shard_of("010000000001"), 1)
+        self.assertEqual(shard_of("0a0000000001"), 10)
+        self.assertEqual(shard_of("FF0000000001"), 255)
+        self.assertEqual(shard_of("2A"), 0)
+        self.assertIsNone(shard_of("1000000000000"))
+        self.assertIsNone(shard_of("junk"))
+        self.assertIsNone(shard_of(""))
+
+    def test_existing_shards(self) -> None:
+        """
+        The shards with a database are found, in order; other names and empty shards are not.
+        """
+        root = Path(self.mktemp())
+        self.assertEqual(existing_shards(root), [])
+        self.open_spool(shard_directory(root, 2), 2)
+        self.assertEqual(existing_shards(root), [2])
+        self.open_spool(root, 0)
+        self.open_spool(shard_directory(root, 10), 10)
+        for name in ("shard-x", "shard-999", "shard-256", "shard-0", "shard-02", "shard-"):
+            (root / name).mkdir()
+            (root / name / DATABASE_NAME).write_bytes(b"")
+        (root / "shard-3").mkdir()
+        (root / "shard-4").write_bytes(b"")
+        self.assertEqual(existing_shards(root), [0, 2, 10])
+
+    def test_existing_shards_not_a_directory(self) -> None:
+        """A spool path that is a file has no shards."""
+        path = Path(self.mktemp())
+        path.write_bytes(b"")
+        self.assertEqual(existing_shards(path), [])
+
+
+def _version_1_spool(directory: Path) -> Path:
+    # Make a spool directory holding an empty database of schema version 1.
+    directory.mkdir()
+    db = sqlite3.connect(directory / DATABASE_NAME)
+    db.executescript(_SCHEMA_V1)
+    db.commit()
+    db.close()
+    return directory

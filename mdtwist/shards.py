@@ -1,0 +1,541 @@
+# -*- test-case-name: tests.test_shards -*-
+"""
+Several processes serving one mail server: C{[server] processes = N}.
+
+Theory of operation. The process twistd starts (the I{parent}) is shard 0: a complete mdtwist
+with the configured spool directory. It listens on every SMTP endpoint itself and then starts
+shards 1 to N-1 as child twistd processes, handing each the listening sockets (the kernel gives
+every new connection to one of the processes that wait on a socket). A child is a complete
+mdtwist too, with a spool of its own (C{<spool>/shard-K}) and its own queue runner, so a
+message is received, stored and delivered by one process and never crosses a process boundary.
+Queue ids carry their shard (L{mdtwist.spool.store.shard_of}), so they stay unique.
+
+A shard above N-1 that still holds mail (the administrator lowered C{processes}) gets a
+I{draining} child: no listeners, only its queue runner, until the next start finds it empty.
+
+The parent restarts a child that dies (after a delay that grows while it keeps dying young),
+sends every child C{SIGTERM} when it stops and waits for them (C{SIGKILL} after a grace
+period). A child stops by itself when its standard input (a pipe from the parent) reaches end
+of file, so no child outlives a parent that was killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import fdesc
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import (
+    CannotListenError,
+    ProcessDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IOpenSSLServerConnectionCreator,
+    IProcessTransport,
+    IProtocolFactory,
+)
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+_log = Logger()
+
+#: The file descriptor of the first listening socket in a child; the others follow.
+FIRST_LISTEN_FD = 3
+
+#: How long a child must live to count as started well (its restart delay starts afresh).
+HEALTHY_AFTER = 30.0
+
+#: The first and the longest delay before a child that died is started again.
+RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 60.0
+
+#: How long a stopping parent waits for its children before it kills them.
+STOP_GRACE = 30.0
+
+
+@attrs.frozen
+class ChildSpec:
+    """
+    One child process to run.
+
+    @ivar shard: its spool shard.
+    @ivar listens: whether it shares the listening sockets (C{False}: it only drains its spool).
+    """
+
+    shard: int
+    listens: bool
+
+
+def child_argv(
+    config_path: str, spec: ChildSpec, listeners: int, parent_argv: Sequence[str]
+) -> list[str]:
+    """
+    The command line of a child: twistd in the foreground running the mdtwist plugin.
+
+    @param config_path: the configuration file, as the parent was given it.
+    @param spec: the child.
+    @param listeners: how many listening sockets it gets.
+    @param parent_argv: the parent's C{sys.argv}; its C{--logger} choice is passed on.
+    @return: the arguments, the program first.
+    """
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    argv += ["--nodaemon", "--pidfile="]
+    logger = twistd_logger(parent_argv)
+    if logger:
+        argv.append(f"--logger={logger}")
+    argv += ["mdtwist", "--config", config_path, "--shard", str(spec.shard)]
+    if spec.listens and listeners:
+        fds = range(FIRST_LISTEN_FD, FIRST_LISTEN_FD + listeners)
+        argv += ["--listen-fds", ",".join(str(fd) for fd in fds)]
+    return argv
+
+
+def twistd_logger(argv: Sequence[str]) -> str:
+    """
+    Find the C{--logger} option of a twistd command line.
+
+    @param argv: the command line.
+    @return: the logger's name, or C{""} when there is none.
+    """
+    found = ""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--logger="):
+            found = arg.partition("=")[2]
+        elif arg == "--logger" and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg == "mdtwist":
+            break  # the plugin's own options follow
+    return found
+
+
+def parse_fds(text: str) -> list[int]:
+    """
+    Parse C{--listen-fds}: file descriptors separated by commas.
+
+    @param text: the option's value.
+    @return: the descriptors.
+    @raise ValueError: when a part is not a descriptor number.
+    """
+    fds = [int(part) for part in text.split(",") if part.strip()]
+    if any(fd < FIRST_LISTEN_FD for fd in fds):
+        raise ValueError(f"listening sockets start at descriptor {FIRST_LISTEN_FD}")
+    return fds
+
+
+@attrs.frozen
+class ListenSpec:
+    """
+    Where a TCP listener listens, as its endpoint string says.
+
+    @ivar family: C{AF_INET} or C{AF_INET6}.
+    @ivar interface: the address to bind.
+    @ivar port: the port (0: any free port).
+    @ivar backlog: the listen queue's length.
+    @ivar tls: the TLS context of an implicit-TLS (C{ssl:}) endpoint, or L{None}.
+    """
+
+    family: socket.AddressFamily
+    interface: str
+    port: int
+    backlog: int
+    tls: IOpenSSLServerConnectionCreator | None
+
+
+def listen_spec(description: str) -> ListenSpec | None:
+    """
+    Read a server endpoint string the way Twisted does, without listening.
+
+    @param description: the endpoint, such as C{tcp:25:interface=127.0.0.1} or
+        C{ssl:465:privateKey=key.pem}.
+    @return: where it listens, or L{None} for an endpoint that is not TCP (C{unix:},
+        C{systemd:}).
+    @raise Exception: whatever Twisted's parser raises for a bad string.
+    """
+    reactor = MemoryReactor()
+    serverFromString(reactor, description).listen(_NoFactory())
+    tls: IOpenSSLServerConnectionCreator | None = None
+    if reactor.tcpServers:
+        port, _, backlog, interface = reactor.tcpServers[0]
+    elif reactor.sslServers:
+        port, _, tls, backlog, interface = reactor.sslServers[0]
+    else:
+        return None
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    return ListenSpec(family, interface, port, backlog, tls)
+
+
+def tls_of(description: str) -> IOpenSSLServerConnectionCreator | None:
+    """
+    The TLS context of a server endpoint string, for a child that adopts its socket.
+
+    @param description: the endpoint.
+    @return: its TLS context, or L{None} for a plain endpoint.
+    """
+    spec = listen_spec(description)
+    return None if spec is None else spec.tls
+
+
+def reuseport_sockets(spec: ListenSpec, count: int) -> list[socket.socket]:
+    """
+    Open listening sockets that share one address with C{SO_REUSEPORT}: the kernel spreads
+    new connections evenly over them, one socket per process.
+
+    @param spec: where to listen.
+    @param count: how many sockets.
+    @return: the sockets, listening and non-blocking.
+    @raise CannotListenError: when the address cannot be bound.
+    """
+    sockets: list[socket.socket] = []
+    port = spec.port
+    try:
+        for _ in range(count):
+            sock = socket.socket(spec.family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((spec.interface, port))
+            port = sock.getsockname()[1]  # the port chosen for port 0, for the next sockets
+            sock.listen(spec.backlog)
+            sock.setblocking(False)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise CannotListenError(spec.interface, port, e) from None
+    return sockets
+
+
+class _NoFactory:
+    # Stands in for a factory while an endpoint is listened on by a MemoryReactor.
+    pass
+
+
+class AdoptedListener(Service):
+    """
+    Serves connections on a listening socket the parent handed over.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int,
+        factory: IProtocolFactory,
+        tls: IOpenSSLServerConnectionCreator | None,
+        *,
+        close: bool = True,
+    ) -> None:
+        """
+        @param reactor: an C{IReactorSocket}.
+        @param fd: the listening socket.
+        @param factory: builds the protocols.
+        @param tls: wraps every connection in TLS when given (an implicit-TLS listener).
+        @param close: whether to close C{fd} once the reactor has its own duplicate (C{False}
+            when its owner keeps it open).
+        """
+        self._reactor = reactor
+        self._fd = fd
+        self._close = close
+        self._factory: IProtocolFactory = (
+            factory if tls is None else TLSMemoryBIOFactory(tls, False, factory)
+        )
+        self._port: IListeningPort | None = None
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        family = socket.socket(fileno=self._fd)
+        try:
+            kind = family.family
+        finally:
+            family.detach()
+        self._port = self._reactor.adoptStreamPort(self._fd, kind, self._factory)
+        if self._close:
+            os.close(self._fd)
+
+    @override
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._port is None:
+            return None
+        port, self._port = self._port, None
+        stopped: Deferred[None] | None = port.stopListening()
+        return stopped
+
+
+class ParentWatch(Service):
+    """
+    Stops the reactor of a child when its standard input, a pipe from the parent, closes.
+    """
+
+    def __init__(self, reactor: Any, fd: int = 0) -> None:
+        """
+        @param reactor: an C{IReactorFDSet} and C{IReactorCore}.
+        @param fd: the pipe from the parent.
+        """
+        self._reactor = reactor
+        self._fd = fd
+
+    def fileno(self) -> int:
+        """
+        @return: the pipe's descriptor.
+        """
+        return self._fd
+
+    def logPrefix(self) -> str:  # noqa: N802 - the name Twisted calls
+        """
+        @return: the name of this reader in logs.
+        """
+        return "ParentWatch"
+
+    def doRead(self) -> None:  # noqa: N802 - the name Twisted calls
+        """
+        Read what is there; at end of file, stop.
+        """
+        try:
+            data = os.read(self._fd, 512)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._parent_gone()
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - the name Twisted calls
+        """
+        The pipe hung up (epoll reports a closed pipe that way, not as readable).
+
+        @param reason: why.
+        """
+        if self.running:
+            self._parent_gone()
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        fdesc.setNonBlocking(self._fd)
+        self._reactor.addReader(self)
+
+    @override
+    def stopService(self) -> None:
+        super().stopService()
+        self._reactor.removeReader(self)
+
+    def _parent_gone(self) -> None:
+        self.running = False
+        self._reactor.removeReader(self)
+        _log.warn("The parent process is gone; stopping")
+        self._reactor.stop()
+
+
+class _Child(ProcessProtocol):
+    # One running child; tells its supervisor when it ends.
+
+    def __init__(self, ended: Callable[[_Child, Failure], None]) -> None:
+        self._ended = ended
+        self.started = 0.0
+
+    @override
+    def processEnded(self, reason: Failure) -> None:
+        self._ended(self, reason)
+
+
+class ShardSupervisor(Service):
+    """
+    In the parent: listens on the SMTP addresses, then starts and watches the children.
+
+    Every listener gets one C{SO_REUSEPORT} socket per listening process, all opened here
+    (before twistd gives up its privileges) and kept open by the parent: a child that is
+    restarted gets the same sockets again, and the connections that waited in its socket's
+    queue meanwhile are served then.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        listeners: Sequence[tuple[ListenSpec, IProtocolFactory]],
+        children: Sequence[ChildSpec],
+        argv: Callable[[ChildSpec, int], list[str]],
+    ) -> None:
+        """
+        @param reactor: an C{IReactorProcess}, C{IReactorSocket}, C{IReactorTime} and
+            C{IReactorCore}.
+        @param listeners: where to listen, with the parent's own factories.
+        @param children: the children to run.
+        @param argv: makes a child's command line from its spec and number of sockets.
+        """
+        self._reactor = reactor
+        self._listeners = listeners
+        self._specs = children
+        self._argv = argv
+        listening = [spec.shard for spec in children if spec.listens]
+        self._socket_index = {shard: i for i, shard in enumerate(listening, 1)}
+        self._listened = False
+        self._sockets: list[list[socket.socket]] = []
+        self._ports: list[IListeningPort] = []
+        self._running: dict[int, tuple[_Child, IProcessTransport]] = {}
+        self._delays: dict[int, float] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
+        self._stopped: dict[int, Deferred[None]] = {}
+
+    @override
+    def privilegedStartService(self) -> None:
+        # Listen before twistd gives up its privileges (port 25), as Twisted's own listeners do.
+        super().privilegedStartService()
+        self._listen()
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        if not self._listened:
+            self._listen()
+        if len(self._sockets) < len(self._listeners):
+            _log.error("Not starting the other processes: not every listener could listen")
+            return
+        for spec in self._specs:
+            self._spawn(spec)
+
+    @override
+    def stopService(self) -> Deferred[object]:
+        super().stopService()
+        for call in self._restarts.values():
+            call.cancel()
+        self._restarts.clear()
+        waits: list[Deferred[Any]] = []
+        for port in self._ports:
+            stopped = port.stopListening()
+            if stopped is not None:
+                waits.append(stopped)
+        self._ports = []
+        for sockets in self._sockets:
+            for sock in sockets:
+                sock.close()
+        for shard, (_, process) in list(self._running.items()):
+            waits.append(self._stop_child(shard, process))
+        return DeferredList(waits).addCallback(lambda _: None)
+
+    def _listen(self) -> None:
+        self._listened = True
+        count = 1 + len(self._socket_index)
+        for spec, factory in self._listeners:
+            try:
+                sockets = reuseport_sockets(spec, count)
+            except CannotListenError:
+                _log.failure(
+                    "Cannot listen on {interface} port {port}",
+                    interface=spec.interface,
+                    port=spec.port,
+                )
+                return
+            self._sockets.append(sockets)
+            fd = sockets[0].fileno()
+            if spec.tls is not None:
+                factory = TLSMemoryBIOFactory(spec.tls, False, factory)
+            self._ports.append(self._reactor.adoptStreamPort(fd, spec.family, factory))
+            _log.info(
+                "Listening on {interface} port {port} in {count} processes",
+                interface=spec.interface,
+                port=sockets[0].getsockname()[1],
+                count=count,
+            )
+
+    def pids(self) -> dict[int, int]:
+        """
+        @return: the process id of every running child, by shard.
+        """
+        return {
+            shard: process.pid
+            for shard, (_, process) in self._running.items()
+            if process.pid is not None
+        }
+
+    def _spawn(self, spec: ChildSpec) -> None:
+        self._restarts.pop(spec.shard, None)
+        fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        if spec.listens:
+            index = self._socket_index[spec.shard]
+            for i, sockets in enumerate(self._sockets):
+                fds[FIRST_LISTEN_FD + i] = sockets[index].fileno()
+        argv = self._argv(spec, len(self._sockets) if spec.listens else 0)
+        child = _Child(lambda c, reason: self._ended(spec, c, reason))
+        child.started = self._reactor.seconds()
+        process = self._reactor.spawnProcess(
+            child, argv[0], argv, env=os.environ.copy(), childFDs=fds
+        )
+        self._running[spec.shard] = (child, process)
+        _log.info(
+            "Started process {pid} for spool shard {shard}{what}",
+            pid=process.pid,
+            shard=spec.shard,
+            what="" if spec.listens else " (draining: no listeners)",
+        )
+
+    def _stop_child(self, shard: int, process: IProcessTransport) -> Deferred[None]:
+        stopped: Deferred[None] = Deferred()
+        self._stopped[shard] = stopped
+        _signal(process, "TERM")
+        kill = self._reactor.callLater(STOP_GRACE, _signal, process, "KILL")
+
+        def done(result: None) -> None:
+            if kill.active():
+                kill.cancel()
+
+        return stopped.addCallback(done)
+
+    def _ended(self, spec: ChildSpec, child: _Child, reason: Failure) -> None:
+        entry = self._running.get(spec.shard)
+        if entry is not None and entry[0] is child:
+            del self._running[spec.shard]
+        stopped = self._stopped.pop(spec.shard, None)
+        if stopped is not None:
+            stopped.callback(None)
+            return
+        if not self.running:
+            return
+        lived = self._reactor.seconds() - child.started
+        delay = RESTART_DELAY
+        if lived < HEALTHY_AFTER:
+            delay = min(self._delays.get(spec.shard, RESTART_DELAY / 2) * 2, MAX_RESTART_DELAY)
+        self._delays[spec.shard] = delay
+        _log.error(
+            "The process of spool shard {shard} ended ({status}); starting it again in"
+            " {delay:.0f} s",
+            shard=spec.shard,
+            status=_status(reason),
+            delay=delay,
+        )
+        self._restarts[spec.shard] = self._reactor.callLater(delay, self._spawn, spec)
+
+
+def _signal(process: IProcessTransport, name: str) -> None:
+    with contextlib.suppress(OSError, ProcessExitedAlready):  # it ended meanwhile
+        process.signalProcess(name)
+
+
+def _status(reason: Failure) -> str:
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return "exit status 0"
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            try:
+                return f"signal {signal.Signals(value.signal).name}"
+            except ValueError:
+                return f"signal {value.signal}"
+        return f"exit status {value.exitCode}"
+    return reason.getErrorMessage()

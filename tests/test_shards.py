@@ -1,0 +1,332 @@
+"""
+Tests for L{mdtwist.shards}: the child command line, the supervisor's start, restart and stop
+decisions on a fake reactor, and the parent watch on a real pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from mdtwist.shards import (
+    FIRST_LISTEN_FD,
+    HEALTHY_AFTER,
+    MAX_RESTART_DELAY,
+    STOP_GRACE,
+    ChildSpec,
+    ListenSpec,
+    ParentWatch,
+    ShardSupervisor,
+    child_argv,
+    listen_spec,
+    parse_fds,
+    tls_of,
+    twistd_logger,
+)
+from tests.support.tls import make_certificate
+
+
+class _Process:
+    # A spawned process as the supervisor sees it.
+
+    def __init__(self, protocol: Any, argv: list[str], fds: dict[int, Any], pid: int) -> None:
+        self.protocol = protocol
+        self.argv = argv
+        self.fds = fds
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:  # noqa: N802 - Twisted's name
+        self.signals.append(name)
+
+    def end(self, reason: Exception) -> None:
+        self.protocol.processEnded(Failure(reason))
+
+
+class _Reactor(MemoryReactorClock):
+    # A clock that records spawned processes.
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list[_Process] = []
+        self.stopped = False
+        self.readers_added: list[object] = []
+
+    def spawnProcess(  # noqa: N802 - Twisted's name
+        self,
+        protocol: Any,
+        executable: str,
+        args: list[str],
+        env: Any,
+        childFDs: Any,  # noqa: N803 - Twisted's name
+    ) -> _Process:
+        process = _Process(protocol, args, childFDs, 1000 + len(self.processes))
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class ArgvTests(SynchronousTestCase):
+    """
+    The command line of a child.
+    """
+
+    def test_listening_child(self) -> None:
+        """
+        A child runs twistd in the foreground with the parent's logger, the absolute
+        configuration, its shard and one descriptor per listener from 3 up.
+        """
+        argv = child_argv(
+            "/etc/mdtwist.toml",
+            ChildSpec(2, listens=True),
+            2,
+            ["twistd", "-n", "--logger", "mdtwist.logging.json_observer", "mdtwist", "-c", "x"],
+        )
+        self.assertIn("--nodaemon", argv)
+        self.assertIn("--pidfile=", argv)
+        self.assertIn("--logger=mdtwist.logging.json_observer", argv)
+        tail = argv[argv.index("mdtwist") :]
+        self.assertEqual(
+            tail,
+            ["mdtwist", "--config", "/etc/mdtwist.toml", "--shard", "2", "--listen-fds", "3,4"],
+        )
+
+    def test_draining_child(self) -> None:
+        """
+        A draining child gets no sockets, and no logger when the parent named none.
+        """
+        argv = child_argv("/c.toml", ChildSpec(5, listens=False), 2, ["twistd", "mdtwist"])
+        self.assertNotIn("--listen-fds", argv)
+        self.assertFalse([a for a in argv if a.startswith("--logger")])
+        self.assertEqual(argv[-2:], ["--shard", "5"])
+
+    def test_twistd_logger(self) -> None:
+        """
+        The logger is found in both spellings, and not among the plugin's own options.
+        """
+        self.assertEqual(twistd_logger(["twistd", "--logger=a.b", "mdtwist"]), "a.b")
+        self.assertEqual(twistd_logger(["twistd", "--logger", "a.c", "mdtwist"]), "a.c")
+        self.assertEqual(twistd_logger(["twistd", "mdtwist", "--logger", "x"]), "")
+
+    def test_parse_fds(self) -> None:
+        """
+        Descriptors are numbers from 3 up; anything else is refused.
+        """
+        self.assertEqual(parse_fds("3,4"), [3, 4])
+        self.assertEqual(parse_fds(""), [])
+        self.assertRaises(ValueError, parse_fds, "3,x")
+        self.assertRaises(ValueError, parse_fds, "0")
+
+    def test_tls_of(self) -> None:
+        """
+        An ssl: endpoint gives its TLS context (for the adopted socket); tcp: gives none.
+        """
+        certificate, key = make_certificate(Path(self.mktemp()))
+        self.assertIsNotNone(tls_of(f"ssl:0:privateKey={key}:certKey={certificate}"))
+        self.assertIsNone(tls_of("tcp:0:interface=127.0.0.1"))
+
+
+class SupervisorTests(SynchronousTestCase):
+    """
+    L{ShardSupervisor} on a fake reactor.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = _Reactor()
+        certificate, key = make_certificate(Path(self.mktemp()))
+        tls = listen_spec(f"ssl:0:privateKey={key}:certKey={certificate}:interface=127.0.0.1")
+        assert tls is not None
+        self.specs = [ListenSpec(socket.AF_INET, "127.0.0.1", 0, 50, None), tls]
+        self.factories = [Factory(), Factory()]
+        self.supervisor = ShardSupervisor(
+            self.reactor,
+            list(zip(self.specs, self.factories, strict=True)),
+            [ChildSpec(1, listens=True), ChildSpec(3, listens=False)],
+            lambda spec, sockets: ["prog", str(spec.shard), str(sockets)],
+        )
+        self.addCleanup(self.stop_quietly)
+
+    def stop_quietly(self) -> None:
+        if self.supervisor.running:
+            self.supervisor.stopService()
+            for process in self.reactor.processes:
+                process.end(ProcessDone(0))
+
+    def start(self) -> None:
+        self.supervisor.privilegedStartService()
+        self.supervisor.startService()
+
+    def test_listens_then_starts_children(self) -> None:
+        """
+        The parent opens two SO_REUSEPORT sockets on one port per listener (one for itself,
+        one for the listening child) and serves the first itself, TLS-wrapped for an ssl:
+        listener; the listening child gets the second ones at descriptors 3 and up, the
+        draining child only its standard streams.
+        """
+        self.start()
+        (fd0, family0, factory0), (fd1, _, factory1) = self.reactor.adoptedPorts
+        self.assertEqual(family0, socket.AF_INET)
+        self.assertIs(factory0, self.factories[0])
+        self.assertIsInstance(factory1, TLSMemoryBIOFactory)
+        listening, draining = self.reactor.processes
+        self.assertEqual(listening.argv, ["prog", "1", "2"])
+        self.assertEqual(sorted(listening.fds), [0, 1, 2, FIRST_LISTEN_FD, FIRST_LISTEN_FD + 1])
+        self.assertEqual([listening.fds[i] for i in (0, 1, 2)], ["w", 1, 2])
+        for parent_fd, child_fd in ((fd0, FIRST_LISTEN_FD), (fd1, FIRST_LISTEN_FD + 1)):
+            mine = socket.socket(fileno=os.dup(parent_fd))
+            theirs = socket.socket(fileno=os.dup(listening.fds[child_fd]))
+            self.addCleanup(mine.close)
+            self.addCleanup(theirs.close)
+            self.assertNotEqual(parent_fd, listening.fds[child_fd])
+            self.assertEqual(mine.getsockname(), theirs.getsockname())
+            self.assertEqual(theirs.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 1)
+        self.assertEqual(draining.argv, ["prog", "3", "0"])
+        self.assertEqual(draining.fds, {0: "w", 1: 1, 2: 2})
+        self.assertEqual(self.supervisor.pids(), {1: 1000, 3: 1001})
+
+    def test_restart_delay_grows_while_children_die_young(self) -> None:
+        """
+        A child that dies is started again after 1 s, then 2 s, 4 s ... up to the maximum
+        while it keeps dying soon after its start.
+        """
+        self.start()
+        delays = []
+        for i in range(9):
+            process = self.reactor.processes[0 if i == 0 else -1]
+            before = len(self.reactor.processes)
+            process.end(ProcessTerminated(exitCode=1))
+            waited = 0.0
+            while len(self.reactor.processes) == before:
+                self.reactor.advance(0.5)
+                waited += 0.5
+            delays.append(waited)
+        self.assertEqual(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60])
+        self.assertEqual(self.reactor.processes[-1].argv, ["prog", "1", "2"])
+
+    def test_restart_delay_starts_afresh_after_a_healthy_run(self) -> None:
+        """
+        A child that ran long enough is restarted after the first delay again.
+        """
+        self.start()
+        first = self.reactor.processes[0]
+        first.end(ProcessTerminated(exitCode=1))
+        self.reactor.advance(1)
+        second = self.reactor.processes[-1]
+        second.end(ProcessTerminated(exitCode=1))
+        self.reactor.advance(2)
+        third = self.reactor.processes[-1]
+        self.reactor.advance(HEALTHY_AFTER + 1)
+        third.end(ProcessDone(0))
+        before = len(self.reactor.processes)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.processes), before + 1)
+
+    def test_stop(self) -> None:
+        """
+        Stopping closes the listener and every socket, sends every child SIGTERM and fires
+        when all ended; a child that ends then is not restarted.
+        """
+        self.start()
+        listening = self.reactor.processes[0]
+        fd = int(listening.fds[FIRST_LISTEN_FD])
+        stopped = self.supervisor.stopService()
+        self.assertRaises(OSError, os.fstat, fd)
+        self.assertEqual([p.signals for p in self.reactor.processes], [["TERM"], ["TERM"]])
+        self.assertNoResult(stopped)
+        for process in self.reactor.processes:
+            process.end(ProcessDone(0))
+        self.successResultOf(stopped)
+        self.reactor.advance(MAX_RESTART_DELAY)
+        self.assertEqual(len(self.reactor.processes), 2)
+
+    def test_stop_kills_after_grace(self) -> None:
+        """
+        A child still there after the grace period gets SIGKILL.
+        """
+        self.start()
+        stopped = self.supervisor.stopService()
+        self.reactor.advance(STOP_GRACE)
+        self.assertEqual(self.reactor.processes[0].signals, ["TERM", "KILL"])
+        for process in self.reactor.processes:
+            process.end(ProcessTerminated(signal=9))
+        self.successResultOf(stopped)
+
+    def test_no_children_when_a_listener_fails(self) -> None:
+        """
+        When an address cannot be bound, the failure is logged and no child starts.
+        """
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        supervisor = ShardSupervisor(
+            self.reactor,
+            [(ListenSpec(socket.AF_INET, "127.0.0.1", port, 50, None), Factory())],
+            [ChildSpec(1, listens=True)],
+            lambda spec, sockets: ["prog"],
+        )
+        supervisor.privilegedStartService()
+        supervisor.startService()
+        self.assertEqual(self.reactor.processes, [])
+        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+        supervisor.stopService()
+
+
+class ParentWatchTests(SynchronousTestCase):
+    """
+    L{ParentWatch} on a real pipe.
+    """
+
+    def setUp(self) -> None:
+        self.read, self.write = os.pipe()
+        self.addCleanup(os.close, self.read)
+        self.reactor = _Reactor()
+        self.watch = ParentWatch(self.reactor, self.read)
+        self.watch.startService()
+
+    def test_data_is_ignored(self) -> None:
+        """
+        Bytes from the parent (or none yet) do not stop anything.
+        """
+        self.assertIn(self.watch, self.reactor.readers)
+        os.write(self.write, b"x")
+        self.watch.doRead()
+        self.watch.doRead()  # nothing to read: not an end
+        self.assertFalse(self.reactor.stopped)
+        os.close(self.write)
+
+    def test_end_of_file_stops(self) -> None:
+        """
+        The pipe's end of file stops the reactor.
+        """
+        os.close(self.write)
+        self.watch.doRead()
+        self.assertTrue(self.reactor.stopped)
+        self.assertNotIn(self.watch, self.reactor.readers)
+
+    def test_hang_up_stops(self) -> None:
+        """
+        The epoll reactor reports a closed pipe as a lost connection; that stops the reactor
+        too, but not when the service stopped first (the reactor's own shutdown).
+        """
+        os.close(self.write)
+        self.watch.connectionLost(Failure(Exception("hang up")))
+        self.assertTrue(self.reactor.stopped)
+        other = _Reactor()
+        watch = ParentWatch(other, self.read)
+        watch.startService()
+        watch.stopService()
+        watch.connectionLost(Failure(Exception("shutdown")))
+        self.assertFalse(other.stopped)
