@@ -3,9 +3,12 @@
 Several processes serving one mail server: C{[server] processes = N}.
 
 Theory of operation. The process twistd starts (the I{parent}) is shard 0: a complete mdtwist
-with the configured spool directory. It listens on every SMTP endpoint itself and then starts
-shards 1 to N-1 as child twistd processes, handing each the listening sockets (the kernel gives
-every new connection to one of the processes that wait on a socket). A child is a complete
+with the configured spool directory. For every SMTP listener it opens N sockets bound to the
+same address with C{SO_REUSEPORT}, serves the first itself, and starts shards 1 to N-1 as child
+twistd processes, handing each its own socket of every listener. The kernel spreads new
+connections evenly over the sockets by their addresses (a shared socket would go to whichever
+process accepts first, which splits a burst unevenly). The parent keeps every socket open, so
+connections that reach the socket of a child being restarted wait for it. A child is a complete
 mdtwist too, with a spool of its own (C{<spool>/shard-K}) and its own queue runner, so a
 message is received, stored and delivered by one process and never crosses a process boundary.
 Queue ids carry their shard (L{mdtwist.spool.store.shard_of}), so they stay unique.
@@ -237,20 +240,15 @@ class AdoptedListener(Service):
         fd: int,
         factory: IProtocolFactory,
         tls: IOpenSSLServerConnectionCreator | None,
-        *,
-        close: bool = True,
     ) -> None:
         """
         @param reactor: an C{IReactorSocket}.
         @param fd: the listening socket.
         @param factory: builds the protocols.
         @param tls: wraps every connection in TLS when given (an implicit-TLS listener).
-        @param close: whether to close C{fd} once the reactor has its own duplicate (C{False}
-            when its owner keeps it open).
         """
         self._reactor = reactor
         self._fd = fd
-        self._close = close
         self._factory: IProtocolFactory = (
             factory if tls is None else TLSMemoryBIOFactory(tls, False, factory)
         )
@@ -265,8 +263,7 @@ class AdoptedListener(Service):
         finally:
             family.detach()
         self._port = self._reactor.adoptStreamPort(self._fd, kind, self._factory)
-        if self._close:
-            os.close(self._fd)
+        os.close(self._fd)  # the port has a duplicate
 
     @override
     def stopService(self) -> Deferred[None] | None:

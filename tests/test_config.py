@@ -75,6 +75,20 @@ class ConfigTests(SynchronousTestCase):
             text = GOOD.replace(host, host + f"\nprocesses = {value}")
             self.assertEqual(self.problems(text), [f"server.processes: {problem}"])
 
+    def test_processes_need_tcp_listeners(self) -> None:
+        """
+        With more than one process every listener must be TCP (each process gets its own
+        SO_REUSEPORT socket); a unix: endpoint is refused then, and accepted with one process.
+        """
+        host = 'hostname = "mx.example.test"'
+        unix = GOOD.replace("tcp:2525:interface=127.0.0.1", "unix:/tmp/mdtwist-test.sock")
+        self.assertEqual(load_config(self.write(unix)).server.processes, 1)
+        self.assertEqual(
+            self.problems(unix.replace(host, host + "\nprocesses = 2")),
+            ["smtp.listen[0].endpoint: with server.processes above 1, use a tcp:, tcp6: or ssl:"
+             " endpoint"],
+        )  # fmt: skip
+
     def test_good_file(self) -> None:
         """
         A valid file gives typed values, with relative paths taken from the file's directory.

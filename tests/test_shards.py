@@ -22,6 +22,7 @@ from mdtwist.shards import (
     HEALTHY_AFTER,
     MAX_RESTART_DELAY,
     STOP_GRACE,
+    AdoptedListener,
     ChildSpec,
     ListenSpec,
     ParentWatch,
@@ -282,6 +283,46 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(self.reactor.processes, [])
         self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
         supervisor.stopService()
+
+
+class AdoptedListenerTests(SynchronousTestCase):
+    """
+    L{AdoptedListener} in a child, on a real socket.
+    """
+
+    def adopt(self, tls: Any) -> tuple[MemoryReactorClock, int, Factory, AdoptedListener]:
+        listening = socket.socket(socket.AF_INET6)
+        listening.bind(("::1", 0))
+        listening.listen(5)
+        fd = listening.detach()
+        reactor = MemoryReactorClock()
+        factory = Factory()
+        listener = AdoptedListener(reactor, fd, factory, tls)
+        listener.startService()
+        return reactor, fd, factory, listener
+
+    def test_adopts_with_the_socket_family_and_closes_its_descriptor(self) -> None:
+        """
+        The socket is adopted with its own address family, and the handed-over descriptor is
+        closed (the reactor has a duplicate).
+        """
+        reactor, fd, factory, listener = self.adopt(None)
+        self.assertEqual(reactor.adoptedPorts, [(fd, socket.AF_INET6, factory)])
+        self.assertRaises(OSError, os.fstat, fd)
+        listener.stopService()
+
+    def test_implicit_tls(self) -> None:
+        """
+        With a TLS context, every connection is wrapped in TLS around the SMTP factory.
+        """
+        certificate, key = make_certificate(Path(self.mktemp()))
+        spec = listen_spec(f"ssl:0:privateKey={key}:certKey={certificate}")
+        assert spec is not None
+        reactor, _, factory, listener = self.adopt(spec.tls)
+        ((_, _, wrapped),) = reactor.adoptedPorts
+        self.assertIsInstance(wrapped, TLSMemoryBIOFactory)
+        self.assertIs(wrapped.wrappedFactory, factory)
+        listener.stopService()
 
 
 class ParentWatchTests(SynchronousTestCase):
