@@ -61,6 +61,7 @@ from mdtwist.interfaces import IDirectory
 from mdtwist.shards import (
     AdoptedListener,
     ChildSpec,
+    DrainWatch,
     ListenSpec,
     ParentWatch,
     ShardSupervisor,
@@ -427,6 +428,10 @@ def make_service(
     ]
     if shard > 0:
         _add_child_listeners(config, reactor, factories, listen_fds, top)
+        if not listen_fds:
+            drain = DrainWatch(reactor, runner.add_run_observer, lambda: _active(spool))
+            drain.setName("drain-watch")
+            drain.setServiceParent(top)
         return top
     processes = config.server.processes
     children = [ChildSpec(k, listens=True) for k in range(1, processes)]
@@ -451,6 +456,13 @@ def make_service(
         supervisor.setName("shards")
         supervisor.setServiceParent(top)
     return top
+
+
+def _active(spool: SQLiteSpool) -> Deferred[int]:
+    # The number of messages in the active queue.
+    return spool.list().addCallback(
+        lambda entries: sum(entry.queue is Queue.ACTIVE for entry in entries)
+    )
 
 
 def _checked_spec(spec: ListenSpec | None) -> ListenSpec:

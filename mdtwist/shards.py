@@ -14,7 +14,8 @@ message is received, stored and delivered by one process and never crosses a pro
 Queue ids carry their shard (L{mdtwist.spool.store.shard_of}), so they stay unique.
 
 A shard above N-1 that still holds mail (the administrator lowered C{processes}) gets a
-I{draining} child: no listeners, only its queue runner, until the next start finds it empty.
+I{draining} child: no listeners, only its queue runner; it exits once the shard's active queue
+is empty (mail parked in its bad queue stays there, listed by C{mdtwistctl}).
 
 The parent restarts a child that dies (after a delay that grows while it keeps dying young),
 sends every child C{SIGTERM} when it stops and waits for them (C{SIGKILL} after a grace
@@ -340,6 +341,51 @@ class ParentWatch(Service):
         self._reactor.stop()
 
 
+class DrainWatch(Service):
+    """
+    Stops a draining child once its spool shard has no active mail left (after a queue run).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        observe: Callable[[Callable[[int], object]], Callable[[], None]],
+        active: Callable[[], Deferred[int]],
+    ) -> None:
+        """
+        @param reactor: an C{IReactorCore}.
+        @param observe: registers a function called after every queue run
+            (L{mdtwist.spool.runner.QueueRunner.add_run_observer}); returns its remover.
+        @param active: counts the messages of the active queue.
+        """
+        self._reactor = reactor
+        self._observe = observe
+        self._active = active
+        self._forget: Callable[[], None] | None = None
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        self._forget = self._observe(self._after_run)
+
+    @override
+    def stopService(self) -> None:
+        super().stopService()
+        if self._forget is not None:
+            self._forget()
+            self._forget = None
+
+    def _after_run(self, run: int) -> None:
+        self._active().addCallbacks(self._counted, lambda f: _log.failure("Counting failed", f))
+
+    def _counted(self, count: int) -> None:
+        if count or not self.running:
+            return
+        _log.info("The spool shard is drained; stopping")
+        self.stopService()
+        self._reactor.stop()
+
+
 class _Child(ProcessProtocol):
     # One running child; tells its supervisor when it ends.
 
@@ -503,6 +549,9 @@ class ShardSupervisor(Service):
             stopped.callback(None)
             return
         if not self.running:
+            return
+        if not spec.listens and isinstance(reason.value, ProcessDone):
+            _log.info("Spool shard {shard} is drained", shard=spec.shard)
             return
         lived = self._reactor.seconds() - child.started
         delay = RESTART_DELAY

@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
@@ -24,6 +25,7 @@ from mdtwist.shards import (
     STOP_GRACE,
     AdoptedListener,
     ChildSpec,
+    DrainWatch,
     ListenSpec,
     ParentWatch,
     ShardSupervisor,
@@ -233,6 +235,28 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor.advance(1)
         self.assertEqual(len(self.reactor.processes), before + 1)
 
+    def test_drained_child_is_not_restarted(self) -> None:
+        """
+        A draining child that exits with status 0 has emptied its shard and is not started
+        again; a listening child that exits with status 0 is.
+        """
+        self.start()
+        listening, draining = self.reactor.processes
+        draining.end(ProcessDone(0))
+        listening.end(ProcessDone(0))
+        self.reactor.advance(MAX_RESTART_DELAY)
+        self.assertEqual([p.argv[1] for p in self.reactor.processes[2:]], ["1"])
+        self.assertEqual(self.supervisor.pids(), {1: 1002})
+
+    def test_draining_child_that_fails_is_restarted(self) -> None:
+        """
+        A draining child that dies (not status 0) still has mail to deliver: it is restarted.
+        """
+        self.start()
+        self.reactor.processes[1].end(ProcessTerminated(exitCode=1))
+        self.reactor.advance(1)
+        self.assertEqual(self.reactor.processes[-1].argv, ["prog", "3", "0"])
+
     def test_stop(self) -> None:
         """
         Stopping closes the listener and every socket, sends every child SIGTERM and fires
@@ -323,6 +347,62 @@ class AdoptedListenerTests(SynchronousTestCase):
         self.assertIsInstance(wrapped, TLSMemoryBIOFactory)
         self.assertIs(wrapped.wrappedFactory, factory)
         listener.stopService()
+
+
+class DrainWatchTests(SynchronousTestCase):
+    """
+    L{DrainWatch}: a draining child stops once its active queue is empty.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = _Reactor()
+        self.observers: list[Any] = []
+        self.counts: list[Deferred[int]] = []
+
+        def observe(observer: Any) -> Any:
+            self.observers.append(observer)
+            return lambda: self.observers.remove(observer)
+
+        def active() -> Deferred[int]:
+            d: Deferred[int] = Deferred()
+            self.counts.append(d)
+            return d
+
+        self.watch = DrainWatch(self.reactor, observe, active)
+        self.watch.startService()
+
+    def test_stops_when_empty(self) -> None:
+        """
+        After a queue run, mail still active keeps the child running; none stops it, and
+        the watch stops observing.
+        """
+        (observer,) = self.observers
+        observer(1)
+        self.counts[0].callback(2)
+        self.assertFalse(self.reactor.stopped)
+        observer(2)
+        self.counts[1].callback(0)
+        self.assertTrue(self.reactor.stopped)
+        self.assertEqual(self.observers, [])
+
+    def test_count_failure_is_logged(self) -> None:
+        """
+        A count that fails is logged and stops nothing.
+        """
+        self.observers[0](1)
+        self.counts[0].errback(RuntimeError("locked"))
+        self.assertFalse(self.reactor.stopped)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_stop_service_stops_observing(self) -> None:
+        """
+        Stopping the service removes its observer; a count that arrives later stops nothing.
+        """
+        self.observers[0](1)
+        self.watch.stopService()
+        self.assertEqual(self.observers, [])
+        self.counts[0].callback(0)
+        self.assertFalse(self.reactor.stopped)
 
 
 class ParentWatchTests(SynchronousTestCase):

@@ -236,11 +236,11 @@ class ProcessesTests(_DemoCase):
 
     def test_draining_child(self) -> None:
         """
-        A child without sockets only drains its spool.
+        A child without sockets only drains its spool, and watches for it to be empty.
         """
         service, _ = self.build("--shard", "3")
         names = [child.name for child in service]
-        self.assertEqual(names[-2:], ["queue", "parent-watch"])
+        self.assertEqual(names[-3:], ["queue", "parent-watch", "drain-watch"])
 
     def test_wrong_number_of_sockets(self) -> None:
         """

@@ -170,7 +170,7 @@ class LeftoverShardTests(SynchronousTestCase):
     def test_leftover_shard_is_drained(self) -> None:
         """
         Mail left in shard 1 by an earlier two-process run is delivered by a draining child
-        when the server runs with one process.
+        when the server runs with one process; the child then ends and is not restarted.
         """
         daemon = Daemon(Path(self.mktemp()))
         self.addCleanup(daemon.stop)
@@ -184,3 +184,6 @@ class LeftoverShardTests(SynchronousTestCase):
         _wait_for(lambda: daemon.messages("alice@example.test"), "the delivery")
         self.assertIn(b"Subject: left over", daemon.messages("alice@example.test")[0])
         self.assertIn("for spool shard 1 (draining: no listeners)", daemon.log())
+        _wait_for(lambda: "Spool shard 1 is drained" in daemon.log(), "the child to end")
+        assert daemon.process is not None
+        self.assertEqual(_children(daemon.process.pid), [])
