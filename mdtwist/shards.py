@@ -497,16 +497,6 @@ class ShardSupervisor(Service):
                 count=count,
             )
 
-    def pids(self) -> dict[int, int]:
-        """
-        @return: the process id of every running child, by shard.
-        """
-        return {
-            shard: process.pid
-            for shard, (_, process) in self._running.items()
-            if process.pid is not None
-        }
-
     def _spawn(self, spec: ChildSpec) -> None:
         self._restarts.pop(spec.shard, None)
         fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2}

@@ -169,19 +169,19 @@ class ShardedQueueCommandTests(CLITestCase):
         Shard 1 gets its messages first; they stay open, as they are while the server runs.
         """
         self.spool_dir = Path(self.mktemp())
-        shards = [
-            SQLiteSpool(shard_directory(self.spool_dir, shard), run_now, shard=shard)
+        shards = {
+            shard: SQLiteSpool(shard_directory(self.spool_dir, shard), run_now, shard=shard)
             for shard in (1, 0)
-        ]
+        }
         self.active: list[str] = []
         self.parked: list[str] = []
-        for spool in shards:
+        for shard, spool in shards.items():
             self.addCleanup(spool.close)
             self.active.append(
                 self.successResultOf(spool.enqueue(make_envelope("a@example.com"), BODY))
             )
             parked = self.successResultOf(spool.enqueue(make_envelope("b@example.com"), BODY))
-            self.successResultOf(spool.park(parked, f"parked in shard {spool.shard}"))
+            self.successResultOf(spool.park(parked, f"parked in shard {shard}"))
             self.parked.append(parked)
 
     def test_list(self) -> None:

@@ -540,13 +540,6 @@ class SQLiteSpool:
         self._reader_connections: list[sqlite3.Connection] = []
         self._observers: list[Callable[[Sequence[str]], None]] = []
 
-    @property
-    def shard(self) -> int:
-        """
-        The spool shard this is.
-        """
-        return self._shard
-
     # Reactor side.
 
     def open(self) -> Deferred[None]:
