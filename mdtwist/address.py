@@ -8,6 +8,8 @@ MDaemon and LDAP's C{mail} attribute do, in the local part too.
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 
 #: Characters that never occur in an address we look up: controls, spaces, and the characters
@@ -38,6 +40,7 @@ class Address:
         return f"{self.local}@{self.domain}"
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> Address | None:
     """
     Split a plain address (no angle brackets, no comments) into local part and domain.

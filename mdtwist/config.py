@@ -168,14 +168,15 @@ class DeliveryConfig:
     @ivar local: Maildir folders of our own, or an LMTP server.
     @ivar maildir_root: the root of the Maildir tree (C{ROOT/domain/mailbox/Maildir}).
     @ivar lmtp_endpoint: a Twisted client endpoint string for the LMTP server.
-    @ivar concurrency: messages delivered at the same time.
+    @ivar concurrency: messages in delivery at the same time (per process), counted from the
+        load to the spool's commit of the outcome, so more than the connections to one host.
     @ivar run_interval: seconds between periodic queue runs.
     """
 
     local: LocalDelivery = LocalDelivery.MAILDIR
     maildir_root: Path | None = None
     lmtp_endpoint: str = ""
-    concurrency: int = 10
+    concurrency: int = 20
     run_interval: float = 60.0
 
 

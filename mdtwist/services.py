@@ -67,6 +67,7 @@ from mdtwist.shards import (
     ShardSupervisor,
     child_argv,
     listen_spec,
+    share,
     tls_of,
 )
 from mdtwist.smtp.client import ClientTimeouts, SMTPClient, trust_root_from_pem
@@ -220,7 +221,7 @@ def build_local_delivery(
 
 
 def build_remote_delivery(
-    config: Config, reactor: Any, directory: IDirectory, parent: MultiService
+    config: Config, reactor: Any, directory: IDirectory, parent: MultiService, shard: int = 0
 ) -> RemoteDelivery:
     """
     Build remote delivery: the router's policy, MX resolution, the SMTP client and the
@@ -230,6 +231,7 @@ def build_remote_delivery(
     @param reactor: the reactor (time, TCP, UDP for DNS).
     @param directory: finds sending accounts for per-account smart-host AUTH.
     @param parent: gets the service that closes idle client connections at shutdown.
+    @param shard: this process's shard, for its share of the per-host connection limit.
     @return: the remote delivery for the queue runner.
     @raise ConfigError: when the smart host's CA file cannot be read.
     """
@@ -262,7 +264,7 @@ def build_remote_delivery(
         hostname=config.server.hostname,
         timeouts=ClientTimeouts(connect=outbound.connect_timeout),
         # The limit is the server's: each process has its share.
-        max_per_host=-(-outbound.max_connections_per_host // config.server.processes),
+        max_per_host=share(outbound.max_connections_per_host, config.server.processes, shard),
         trust_root=trust_root,
     )
     OnStop("smtp-client-close", client.close_idle).setServiceParent(parent)
@@ -290,12 +292,18 @@ def build_remote_delivery(
         pop_login=pop_login,
     )
 
+    endpoints: dict[tuple[str, int], IStreamClientEndpoint] = {}
+
     def connect(address: str, port: int) -> IStreamClientEndpoint:
-        if ":" in address:
-            return TCP6ClientEndpoint(
-                reactor, address, port, timeout=int(outbound.connect_timeout)
-            )
-        return TCP4ClientEndpoint(reactor, address, port, timeout=int(outbound.connect_timeout))
+        # Asked once per message and host tried; an endpoint can connect any number of times.
+        endpoint = endpoints.get((address, port))
+        if endpoint is None:
+            if len(endpoints) >= 4096:
+                endpoints.clear()
+            kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+            timeout = int(outbound.connect_timeout)
+            endpoint = endpoints[address, port] = kind(reactor, address, port, timeout=timeout)
+        return endpoint
 
     return RemoteDelivery(
         policy=policy,
@@ -415,7 +423,7 @@ def make_service(
         concurrency=config.delivery.concurrency,
         policy=config.queue,
         hostname=config.server.hostname,
-        remote=build_remote_delivery(config, reactor, directory, top),
+        remote=build_remote_delivery(config, reactor, directory, top, shard),
     )
     runner.setName("queue")
     runner.setServiceParent(top)

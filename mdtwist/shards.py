@@ -129,6 +129,23 @@ def twistd_logger(argv: Sequence[str]) -> str:
     return found
 
 
+def share(total: int, processes: int, shard: int) -> int:
+    """
+    One process's part of a limit that belongs to the whole server.
+
+    The parts add up to C{total} exactly: the first C{total % processes} shards get one more.
+    Every process gets at least 1, so with fewer than C{processes} to share out the sum is
+    C{processes}. A draining shard (C{shard >= processes}) gets the smallest part.
+
+    @param total: the server's limit, at least 1.
+    @param processes: C{server.processes}.
+    @param shard: this process's shard.
+    @return: this process's part.
+    """
+    base, extra = divmod(total, processes)
+    return max(1, base + (1 if shard < extra else 0))
+
+
 def parse_fds(text: str) -> list[int]:
     """
     Parse C{--listen-fds}: file descriptors separated by commas.

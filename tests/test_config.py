@@ -390,7 +390,7 @@ class ConfigTests(SynchronousTestCase):
         """
         config = load_config(self.write(GOOD))
         self.assertEqual(config.spool.inline_limit, 65536)
-        self.assertEqual(config.delivery.concurrency, 10)
+        self.assertEqual(config.delivery.concurrency, 20)
         self.assertEqual(config.smtp.max_message_size, 52_428_800)
 
     def test_outbound_defaults(self) -> None:

@@ -32,6 +32,7 @@ from mdtwist.shards import (
     child_argv,
     listen_spec,
     parse_fds,
+    share,
     tls_of,
     twistd_logger,
 )
@@ -138,6 +139,34 @@ class ArgvTests(SynchronousTestCase):
         certificate, key = make_certificate(Path(self.mktemp()))
         self.assertIsNotNone(tls_of(f"ssl:0:privateKey={key}:certKey={certificate}"))
         self.assertIsNone(tls_of("tcp:0:interface=127.0.0.1"))
+
+
+class ShareTests(SynchronousTestCase):
+    """
+    A server-wide limit shared out between the processes.
+    """
+
+    def test_parts_add_up(self) -> None:
+        """
+        The parts add up to the limit, the first shards taking the remainder, one each.
+        """
+        self.assertEqual([share(5, 4, k) for k in range(4)], [2, 1, 1, 1])
+        self.assertEqual([share(20, 4, k) for k in range(4)], [5, 5, 5, 5])
+        self.assertEqual([share(20, 3, k) for k in range(3)], [7, 7, 6])
+        self.assertEqual([share(7, 1, 0)], [7])
+
+    def test_at_least_one(self) -> None:
+        """
+        With fewer to share than processes, every process still gets one.
+        """
+        self.assertEqual([share(2, 4, k) for k in range(4)], [1, 1, 1, 1])
+
+    def test_draining_shard(self) -> None:
+        """
+        A draining shard (beyond the processes) gets the smallest part.
+        """
+        self.assertEqual(share(5, 2, 3), 2)
+        self.assertEqual(share(1, 2, 5), 1)
 
 
 class SupervisorTests(SynchronousTestCase):

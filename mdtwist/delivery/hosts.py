@@ -184,6 +184,8 @@ class FailedHosts:
             a probably dead host beats never delivering).
         """
         candidates = tuple(addresses)
+        if not self._hosts:
+            return candidates
         up = tuple(a for a in candidates if not self.is_down(a, port))
         return up or candidates
 

@@ -32,6 +32,7 @@ retransmission timeouts, so a dead server cannot hold a delivery forever.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import random
 import socket
@@ -39,7 +40,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime, IResolver
 from twisted.logger import Logger
 from twisted.names import client, dns
@@ -140,6 +141,7 @@ def make_resolver(
     return resolver
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_address_literal(domain: str) -> str | None:
     """
     Read an address literal (RFC 5321 section 4.1.3).
@@ -221,12 +223,12 @@ class MXResolver:
             L{MXResultKind.LITERAL} result with one host, or L{MXResultKind.NO_DOMAIN},
             L{MXResultKind.NO_ADDRESS} or L{MXResultKind.TEMPORARY}.
         """
+        literal = self._literal(name)
+        if literal is not None:
+            return succeed(literal)  # a smart host given as [address]: once per message
         return Deferred.fromCoroutine(self._resolve_address(name))
 
     async def _resolve_address(self, name: str) -> MXResult:
-        literal = self._literal(name)
-        if literal is not None:
-            return literal
         host = _name(name.strip("[]"))
         if not host:
             return MXResult(MXResultKind.NO_DOMAIN, detail="empty host name")

@@ -132,19 +132,17 @@ class RemoteDelivery:
         self._abort = abort_on_rcpt_5xx
         self._delay_after_4xx = delay_after_temp_error
 
-    def __call__(
+    async def __call__(
         self, message: QueuedMessage, positions: Sequence[int]
-    ) -> Deferred[Sequence[RecipientResult]]:
+    ) -> Sequence[RecipientResult]:
         """
         Attempt delivery of the given recipients (by position in the envelope).
 
+        A coroutine: the queue runner awaits it in its own coroutine, without a Deferred in
+        between (this runs once per message).
+
         @return: one result per recipient.
         """
-        return Deferred.fromCoroutine(self._deliver(message, positions))
-
-    async def _deliver(
-        self, message: QueuedMessage, positions: Sequence[int]
-    ) -> Sequence[RecipientResult]:
         recipients = message.envelope.recipients
         labelled = []
         for position in positions:

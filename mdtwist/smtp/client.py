@@ -565,9 +565,16 @@ class SMTPClient:
         """
         if not transactions:
             raise ValueError("nothing to deliver")
+        key = destination.key
+        if key not in self._waiting:
+            # Nobody waits before us: an idle connection, if there is one, is ours at once.
+            reusable = self._idle_for(key, destination)
+            if reusable is not None:
+                self._take_idle(reusable)
+                return reusable.run(transactions, queue_id)
         pending = _Pending(endpoint, destination, transactions, queue_id)
-        self._waiting[destination.key].append(pending)
-        self._dispatch(destination.key)
+        self._waiting[key].append(pending)
+        self._dispatch(key)
         return pending.result
 
     def open_connections(self, destination: Destination) -> int:
@@ -600,9 +607,7 @@ class SMTPClient:
         waiting = self._waiting[key]
         while waiting:
             pending = waiting[0]
-            reusable = next(
-                (p for p in self._idle[key] if p.destination == pending.destination), None
-            )
+            reusable = self._idle_for(key, pending.destination)
             if reusable is not None:
                 waiting.popleft()
                 self._take_idle(reusable)
@@ -619,6 +624,17 @@ class SMTPClient:
             break
         if not waiting:
             self._waiting.pop(key, None)
+
+    def _idle_for(
+        self, key: tuple[str, int], destination: Destination
+    ) -> SMTPClientProtocol | None:
+        # An idle connection to this host and port made with the same settings.
+        idle = self._idle.get(key)
+        if idle:
+            for protocol in idle:
+                if protocol.destination == destination:
+                    return protocol
+        return None
 
     def _connect(self, key: tuple[str, int], pending: _Pending) -> None:
         destination = pending.destination

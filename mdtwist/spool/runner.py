@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -81,7 +81,7 @@ from mdtwist.spool.store import (
 
 #: Delivers the given recipients (by position) of a message to other hosts; returns one result
 #: per recipient it attempted. Recipients it gives no result for stay pending.
-RemoteDelivery = Callable[[QueuedMessage, Sequence[int]], "Deferred[Sequence[RecipientResult]]"]
+RemoteDelivery = Callable[[QueuedMessage, Sequence[int]], Awaitable[Sequence[RecipientResult]]]
 
 log = Logger()
 
@@ -138,7 +138,7 @@ class QueueRunner(Service):
         clock: IReactorTime,
         *,
         interval: float = 300.0,
-        concurrency: int = 10,
+        concurrency: int = 20,
         batch: int = 100,
         policy: QueuePolicy | None = None,
         remote: RemoteDelivery | None = None,

@@ -147,7 +147,9 @@ class RemoteDeliveryTests(SynchronousTestCase):
 
     def deliver(self, remote: RemoteDelivery, msg: QueuedMessage) -> list[RecipientResult]:
         positions = list(range(len(msg.envelope.recipients)))
-        results: Sequence[RecipientResult] = self.successResultOf(remote(msg, positions))
+        results: Sequence[RecipientResult] = self.successResultOf(
+            Deferred.fromCoroutine(remote(msg, positions))
+        )
         return list(results)
 
     def test_delivered_by_best_mx(self) -> None:
