@@ -118,6 +118,8 @@ class SMTPConfig:
     @ivar hop_limit: the most C{Received:} lines a message may already carry.
     @ivar max_command_line: the longest command line, in bytes with CRLF.
     @ivar max_text_line: the longest message line, in bytes with CRLF.
+    @ivar forbid_unauth_pipelining: close with C{554 5.5.0} a client that does not wait for a
+        reply it must wait for (RFC 2920; Postfix's C{smtpd_forbid_unauth_pipelining}).
     """
 
     listen: tuple[ListenConfig, ...]
@@ -134,6 +136,7 @@ class SMTPConfig:
     hop_limit: int = 100
     max_command_line: int = 512
     max_text_line: int = 1000
+    forbid_unauth_pipelining: bool = True
 
 
 @attrs.frozen
@@ -536,7 +539,14 @@ _SMTP_LIMITS = {
 
 def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
     table = top.subtable(
-        "smtp", {"listen", "trusted_networks", "allow_plaintext_auth", *_SMTP_LIMITS}
+        "smtp",
+        {
+            "listen",
+            "trusted_networks",
+            "allow_plaintext_auth",
+            "forbid_unauth_pipelining",
+            *_SMTP_LIMITS,
+        },
     )
     assert table is not None
     raw = table.value("listen", list, [])
@@ -571,6 +581,7 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
         listen=tuple(listeners),
         trusted_networks=networks,
         allow_plaintext_auth=table.value("allow_plaintext_auth", bool, False),
+        forbid_unauth_pipelining=table.value("forbid_unauth_pipelining", bool, True),
         **limits,
     )
 

@@ -353,6 +353,7 @@ def smtp_factory(
         max_message_size=smtp.max_message_size,
         max_errors=smtp.max_errors,
         auth_without_tls=smtp.allow_plaintext_auth,
+        forbid_unauth_pipelining=smtp.forbid_unauth_pipelining,
     )
     limits = SessionLimits(
         max_sessions_per_ip=smtp.max_sessions_per_ip,

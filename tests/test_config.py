@@ -392,6 +392,21 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.spool.inline_limit, 65536)
         self.assertEqual(config.delivery.concurrency, 20)
         self.assertEqual(config.smtp.max_message_size, 52_428_800)
+        self.assertIs(config.smtp.forbid_unauth_pipelining, True)
+
+    def test_unauth_pipelining_switch(self) -> None:
+        """
+        C{smtp.forbid_unauth_pipelining} can be switched off; a value that is not a boolean
+        is named.
+        """
+        smtp = '[[smtp.listen]]\nendpoint = "tcp:2525:interface=127.0.0.1"\nmode = "mx"\n'
+        off = GOOD.replace(smtp, "[smtp]\nforbid_unauth_pipelining = false\n\n" + smtp)
+        self.assertIs(load_config(self.write(off)).smtp.forbid_unauth_pipelining, False)
+        bad = off.replace("= false", '= "no"')
+        self.assertEqual(
+            self.problems(bad),
+            ["smtp.forbid_unauth_pipelining: expected true or false, got a string"],
+        )
 
     def test_outbound_defaults(self) -> None:
         """

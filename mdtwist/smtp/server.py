@@ -307,6 +307,13 @@ class SMTPServerProtocol(Protocol):
                 event = self.core.next_event()
                 self._flush()
                 if event is Sentinel.CLOSE:
+                    if self.core.sync_error is not None:
+                        self.log.warn(
+                            "improper command pipelining after {command} from {peer}",
+                            session=self.session,
+                            peer=self._peer,
+                            command=self.core.sync_error,
+                        )
                     self._cancel_timer()
                     self.transport.loseConnection()  # type: ignore[union-attr]
                     return

@@ -383,6 +383,27 @@ class SMTPDaemonTests(SynchronousTestCase):
         self.assertNotIn(b"STARTTLS", ehlo)
         self.assertTrue(conversation.command(b"STARTTLS").startswith(b"503 5.5.1"))
 
+    def test_client_that_does_not_wait_is_cut_off(self) -> None:
+        """
+        A client that sends its message before the 354 gets C{554 5.5.0} and is disconnected;
+        nothing is delivered, and the log names the command and the client.
+        """
+        conversation = Conversation(self.daemon.mx_port)
+        self.addCleanup(conversation.close)
+        conversation.reply()
+        conversation.command(b"EHLO hasty.test")
+        conversation.send(
+            b"MAIL FROM:<a@elsewhere.test>\r\nRCPT TO:<" + ALICE.encode() + b">\r\nDATA\r\n"
+            b"Subject: too soon\r\n\r\nhello\r\n.\r\n"
+        )
+        replies = [conversation.reply() for _ in range(3)]
+        self.assertEqual([r[:9] for r in replies], [b"250 2.1.0", b"250 2.1.5", b"554 5.5.0"])
+        self.assertEqual(conversation.sock.recv(4096), b"")
+        time.sleep(0.5)
+        self.assertEqual(self.daemon.messages(ALICE), [])
+        self.assertEqual(self.queue(), [])
+        self.assertIn("improper command pipelining after DATA from 127.0.0.1", self.daemon.log())
+
     def test_bad_command_lines(self) -> None:
         """
         A bare LF command, an over-long line and an unknown command each get a reply with an

@@ -30,6 +30,9 @@ ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@example.com
 PLAIN_ALICE = b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"
 PLAIN_WRONG = b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n"
 TLS_CONTEXT = object()
+#: Most conversations here send the client's side in one segment (ENVELOPE alone holds EHLO and
+#: the body-less DATA), so they run without command synchronisation; SyncTests checks it.
+PIPELINING_UNCHECKED = ServerSettings(hostname="mx.example", forbid_unauth_pipelining=False)
 
 
 class GlueTestsBase(SynchronousTestCase):
@@ -54,10 +57,11 @@ class GlueTestsBase(SynchronousTestCase):
         mode: ListenerMode = ListenerMode.MX,
         tls: object = None,
         limits: SessionLimits | None = None,
+        settings: ServerSettings = PIPELINING_UNCHECKED,
     ) -> SMTPServerFactory:
         """Make a factory around the fakes."""
         return SMTPServerFactory(
-            settings=ServerSettings(hostname="mx.example"),
+            settings=settings,
             mode=mode,
             policy=self.policy,
             spool=self.spool,
@@ -214,7 +218,9 @@ class TransactionTests(GlueTestsBase):
     def test_body_over_size(self) -> None:
         """A message over the size limit is refused with C{552 5.3.4} and nothing is queued."""
         factory = SMTPServerFactory(
-            settings=ServerSettings(hostname="mx.example", max_message_size=50),
+            settings=ServerSettings(
+                hostname="mx.example", max_message_size=50, forbid_unauth_pipelining=False
+            ),
             mode=ListenerMode.MX,
             policy=self.policy,
             spool=self.spool,
@@ -331,6 +337,26 @@ class TLSAndAuthTests(GlueTestsBase):
         for event in events:
             self.assertNotIn("secret", repr(event))
             self.assertNotIn("AGFsaWNl", repr(event))
+
+
+class SyncTests(GlueTestsBase):
+    """Command synchronisation through the glue, with the default settings."""
+
+    def test_body_before_go_ahead(self) -> None:
+        """
+        A message sent before the 354 ends the session with C{554 5.5.0}; nothing is queued,
+        and the log says after which command and from whom.
+        """
+        events = capture_logs(self)
+        factory = self.factory(settings=ServerSettings(hostname="mx.example"))
+        protocol, transport = self.connect(factory)
+        protocol.dataReceived(b"EHLO c.example\r\n")
+        protocol.dataReceived(ENVELOPE[len(b"EHLO c.example\r\n") :] + b"hi\r\n.\r\n")
+        self.assertEqual(self.replies(transport)[-1], (554, "5.5.0"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.spool.messages, [])
+        [warning] = [e for e in events if e.get("log_format", "").startswith("improper")]
+        self.assertEqual((warning["command"], warning["peer"]), ("DATA", "192.0.2.1"))
 
 
 class LimitTests(GlueTestsBase):

@@ -45,7 +45,15 @@ Rules:
    (RFC 2034); 3xx replies cannot carry one (RFC 3463 has no class 3);
  - after C{max_errors} 5xx replies the core adds C{421 4.7.0} and closes;
  - the C{220} to STARTTLS and C{start_tls()} forget the buffered plaintext, the HELO name, the
-   authentication and the transaction (RFC 3207 section 4.2).
+   authentication and the transaction (RFC 3207 section 4.2);
+ - command synchronisation (RFC 2920 section 3.1, RFC 5321 section 4.3.2; Postfix's
+   C{smtpd_forbid_unauth_pipelining}): when a command that must end a pipelined group (EHLO,
+   HELO, DATA, VRFY, EXPN, NOOP, QUIT) is read while more bytes are already buffered, or any
+   command is in a session that was not offered PIPELINING (before EHLO, or after HELO), the
+   client did not wait for a reply: the core answers C{554 5.5.0}, executes nothing more and
+   closes. A message body sent before the C{354} is the common case: without the check its
+   lines would be read as commands. The end of DATA is not a command: a QUIT that follows the
+   final dot at once is fine.
 
 Pure: standard library and attrs only.
 """
@@ -118,6 +126,9 @@ class ServerSettings:
     @ivar smtputf8: whether SMTPUTF8 is advertised (command lines are then read as UTF-8).
     @ivar dsn: whether DSN is advertised and C{RET}, C{ENVID}, C{NOTIFY}, C{ORCPT} accepted.
     @ivar chunking: whether CHUNKING is advertised and C{BDAT} accepted.
+    @ivar forbid_unauth_pipelining: end the session with C{554 5.5.0} when a client sends
+        more before the reply to a command that must end a pipelined group, or pipelines
+        without having been offered PIPELINING (see L{ServerCore.sync_error}).
     """
 
     hostname: str
@@ -137,6 +148,7 @@ class ServerSettings:
     smtputf8: bool = True
     dsn: bool = True
     chunking: bool = True
+    forbid_unauth_pipelining: bool = True
 
 
 class SessionState(enum.Enum):
@@ -164,6 +176,13 @@ class SessionState(enum.Enum):
 
 
 TOO_MANY_ERRORS = reply(421, "4.7.0", "Too many errors, closing connection")
+
+#: The reply to a client that did not wait for a reply it had to wait for.
+OUT_OF_SYNC = reply(554, "5.5.0", "SMTP protocol synchronization error")
+
+#: Commands that may only end a pipelined group (RFC 2920 section 3.1). STARTTLS is stricter
+#: still: what follows it is dropped (RFC 3207 section 4.2).
+_LAST_IN_GROUP = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "NOOP", "QUIT"})
 
 # Replies and parameter sets used for every session, built once.
 _GO_AHEAD = reply(354, None, "End data with <CR><LF>.<CR><LF>")
@@ -218,6 +237,7 @@ class ServerCore:
         self._chunk_last = False
         self._chunk_refusal: Reply | None = None
         self._encoding = "utf-8" if settings.smtputf8 else "ascii"
+        self._sync_error: str | None = None
 
     # -- what the glue may read --
 
@@ -255,6 +275,14 @@ class ServerCore:
     def sender(self) -> str | None:
         """The reverse-path of the open transaction, or L{None} outside a transaction."""
         return None if self._mail is None else self._mail.sender
+
+    @property
+    def sync_error(self) -> str | None:
+        """
+        The command (upper case) after which the client sent too early, when the session was
+        closed for it (C{"an unknown command"} for a verb we do not know); else L{None}.
+        """
+        return self._sync_error
 
     @property
     def buffered(self) -> int:
@@ -471,7 +499,17 @@ class ServerCore:
         if text is None:
             return self._refuse(500, "5.5.2", "Invalid characters in command")
         verb, _, args = text.partition(" ")
-        handler = _COMMANDS.get(verb.upper())
+        name = verb.upper()
+        handler = _COMMANDS.get(name)
+        if (
+            self._settings.forbid_unauth_pipelining
+            and len(self._lines)
+            and (name in _LAST_IN_GROUP or not self._extended)
+        ):
+            self._sync_error = name if handler is not None else "an unknown command"
+            self._out += OUT_OF_SYNC.to_bytes()
+            self._state = SessionState.CLOSED
+            return None
         if handler is None:
             return self._refuse(500, "5.5.1", "Command unrecognized")
         return handler(self, args)

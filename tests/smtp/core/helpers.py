@@ -170,11 +170,14 @@ class ConversationMixin(_Base):
         Run a whole conversation.
 
         @param data: everything the client sends.
-        @param settings: the core settings (a plain MX on C{mx.example} by default).
+        @param settings: the core settings (by default a plain MX on C{mx.example} without
+            command synchronisation, since C{data} may hold the client's whole side).
         @param answer: how the glue answers events.
         @return: the glue, with events and output.
         """
-        core = ServerCore(settings or ServerSettings(hostname="mx.example"))
+        core = ServerCore(
+            settings or ServerSettings(hostname="mx.example", forbid_unauth_pipelining=False)
+        )
         glue = ScriptedGlue(core, answer)
         glue.feed(self.chunk(data))
         return glue

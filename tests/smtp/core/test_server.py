@@ -25,8 +25,12 @@ from tests.smtp.core.helpers import (
     whole,
 )
 
-MX = ServerSettings(hostname="mx.example")
-SUBMISSION = ServerSettings(hostname="mx.example", starttls=True, require_auth=True)
+# The conversations below send the client's whole side at once, so they switch command
+# synchronisation off; SyncTests checks it with the default settings.
+MX = ServerSettings(hostname="mx.example", forbid_unauth_pipelining=False)
+SUBMISSION = ServerSettings(
+    hostname="mx.example", starttls=True, require_auth=True, forbid_unauth_pipelining=False
+)
 TLS_SUBMISSION = attrs.evolve(SUBMISSION, starttls=False, tls_active=True)
 
 ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@mx.example>\r\nDATA\r\n"
@@ -509,6 +513,106 @@ class ServerConversationByteTests(ServerConversationTestsMixin, SynchronousTestC
     """Conversations fed one byte at a time."""
 
     chunk = staticmethod(bytewise)
+
+
+class SyncTests(SynchronousTestCase):
+    """
+    Command synchronisation (RFC 2920 section 3.1), on by default: each list item below is one
+    TCP segment, as the glue would receive it.
+    """
+
+    def talk(self, segments: list[bytes], settings: ServerSettings | None = None) -> ScriptedGlue:
+        glue = ScriptedGlue(ServerCore(settings or ServerSettings(hostname="mx.example")))
+        glue.feed(segments)
+        return glue
+
+    def test_body_before_go_ahead(self) -> None:
+        """
+        A message sent with DATA, before the 354, gets C{554 5.5.0}: no 354, no message, closed.
+        """
+        glue = self.talk(
+            [
+                b"EHLO c\r\n",
+                b"MAIL FROM:<a@c>\r\nRCPT TO:<b@mx.example>\r\nDATA\r\n"
+                b"Subject: x\r\n\r\nhi\r\n.\r\n",
+            ]
+        )
+        self.assertEqual(
+            glue.codes()[1:], [(250, None), (250, "2.1.0"), (250, "2.1.5"), (554, "5.5.0")]
+        )
+        self.assertTrue(glue.closed)
+        self.assertFalse([e for e in glue.events if isinstance(e, MessageReceived)])
+        self.assertEqual(glue.core.sync_error, "DATA")
+
+    def test_more_after_ehlo(self) -> None:
+        """
+        A command in the same segment as EHLO is not executed: the session ends with 554.
+        """
+        glue = self.talk([b"EHLO c\r\nMAIL FROM:<a@c>\r\n"])
+        self.assertEqual(glue.codes()[1:], [(554, "5.5.0")])
+        self.assertEqual(glue.events, [])
+        self.assertEqual(glue.core.sync_error, "EHLO")
+
+    def test_more_after_noop(self) -> None:
+        """
+        NOOP must end a group too.
+        """
+        glue = self.talk([b"EHLO c\r\n", b"NOOP\r\nMAIL FROM:<a@c>\r\n"])
+        self.assertEqual(glue.codes()[-1], (554, "5.5.0"))
+        self.assertEqual(glue.core.sync_error, "NOOP")
+
+    def test_no_pipelining_after_helo(self) -> None:
+        """
+        HELO offers no PIPELINING: two commands in one segment end the session.
+        """
+        glue = self.talk([b"HELO c\r\n", b"MAIL FROM:<a@c>\r\nRCPT TO:<b@mx.example>\r\n"])
+        self.assertEqual(glue.codes()[1:], [(250, None), (554, "5.5.0")])
+        self.assertEqual(glue.events, [])
+        self.assertEqual(glue.core.sync_error, "MAIL")
+
+    def test_unknown_command_not_named(self) -> None:
+        """
+        A verb we do not know is not repeated (it would go into the log).
+        """
+        glue = self.talk([b"HELO c\r\n", b"XYZZY\r\nQUIT\r\n"])
+        self.assertEqual(glue.codes()[-1], (554, "5.5.0"))
+        self.assertEqual(glue.core.sync_error, "an unknown command")
+
+    def test_legal_pipelining(self) -> None:
+        """
+        After EHLO, MAIL, RCPT and DATA may share a segment; the message follows the 354, and
+        QUIT may follow the final dot at once.
+        """
+        glue = self.talk(
+            [
+                b"EHLO c\r\n",
+                b"MAIL FROM:<a@c>\r\nRCPT TO:<b@mx.example>\r\nDATA\r\n",
+                b"Subject: x\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+            ]
+        )
+        self.assertEqual([c for c, _ in glue.codes()], [220, 250, 250, 250, 354, 250, 221])
+        self.assertEqual(len([e for e in glue.events if isinstance(e, MessageReceived)]), 1)
+        self.assertIsNone(glue.core.sync_error)
+
+    def test_helo_session_one_command_at_a_time(self) -> None:
+        """
+        Without PIPELINING, a client that waits for every reply delivers its message.
+        """
+        segments = [b"HELO c\r\n", b"MAIL FROM:<a@c>\r\n", b"RCPT TO:<b@mx.example>\r\n"]
+        glue = self.talk([*segments, b"DATA\r\n", b"hi\r\n.\r\nQUIT\r\n"])
+        self.assertEqual([c for c, _ in glue.codes()], [220, 250, 250, 250, 354, 250, 221])
+        self.assertIsNone(glue.core.sync_error)
+
+    def test_switched_off(self) -> None:
+        """
+        With C{forbid_unauth_pipelining=False}, a command after EHLO in one segment is executed.
+        """
+        glue = self.talk(
+            [b"EHLO c\r\nMAIL FROM:<a@c>\r\n"],
+            ServerSettings(hostname="mx.example", forbid_unauth_pipelining=False),
+        )
+        self.assertEqual([c for c, _ in glue.codes()], [220, 250, 250])
+        self.assertIsNone(glue.core.sync_error)
 
 
 class ServerCoreTests(SynchronousTestCase):
