@@ -24,10 +24,16 @@ conversion, format spec, attribute, index or call) is formatted by C{str.format_
 which gives the same text as Twisted's formatter for such a format; whether a format qualifies is
 decided once per format string. Everything else (failures, flattened events, other format
 syntax, missing fields, values that fail to format) goes through Twisted's own formatter.
+
+With C{server.processes} above 1 the child processes log to the same output as the first. Each
+child has its shard number in the environment (L{SHARD_VARIABLE}, set by the first process),
+and both observers mark its events with it: text lines as C{[shard-2 namespace#info]}, JSON
+events with a C{shard} field. The first process's lines are unchanged.
 """
 
 from __future__ import annotations
 
+import os
 import string
 import sys
 from typing import TextIO
@@ -53,27 +59,61 @@ _TIME_MAX = float(2**52)
 
 _parse = string.Formatter().parse
 
+#: The environment variable in which a child process finds its spool shard (internal).
+SHARD_VARIABLE = "MDTWIST_SHARD"
+
+
+def child_shard() -> int | None:
+    """
+    @return: the shard of this process when it is a child of C{server.processes}, from
+        L{SHARD_VARIABLE}; L{None} in the first process (or when the value is not a number).
+    """
+    value = os.environ.get(SHARD_VARIABLE, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
 
 def json_observer(stream: TextIO | None = None) -> ILogObserver:
     """
-    The observer factory for C{twistd --logger}: JSON events, one per line.
+    The observer factory for C{twistd --logger}: JSON events, one per line; a child process's
+    events carry its C{shard}.
 
     @param stream: where to write; standard output by default.
     @return: the observer.
     """
-    return jsonFileLogObserver(stream if stream is not None else sys.stdout, recordSeparator="")
+    observer = jsonFileLogObserver(
+        stream if stream is not None else sys.stdout, recordSeparator=""
+    )
+    shard = child_shard()
+    return observer if shard is None else _ShardTagged(observer, shard)
+
+
+@implementer(ILogObserver)
+class _ShardTagged:
+    # Passes each event on with a shard field added (the event itself is left as it is).
+
+    def __init__(self, observer: ILogObserver, shard: int) -> None:
+        self._observer = observer
+        self._shard = shard
+
+    def __call__(self, event: LogEvent) -> None:
+        self._observer({**event, "shard": self._shard})
 
 
 def text_observer(stream: TextIO | None = None) -> ILogObserver:
     """
     The observer factory for C{twistd --logger}: twistd's default text lines
-    (C{2026-11-21T16:33:02+0000 [namespace#info] message}), written at less cost.
+    (C{2026-11-21T16:33:02+0000 [namespace#info] message}), written at less cost; a child
+    process's lines read C{[shard-2 namespace#info]}.
 
     @param stream: where to write; standard output by default (like twistd's own text logger
         when it runs in the foreground without C{--logfile}).
     @return: the observer.
     """
-    return TextObserver(stream if stream is not None else sys.stdout)
+    shard = child_shard()
+    return TextObserver(
+        stream if stream is not None else sys.stdout,
+        tag="" if shard is None else f"shard-{shard}",
+    )
 
 
 def _names_only(log_format: str) -> bool:
@@ -87,6 +127,18 @@ def _names_only(log_format: str) -> bool:
         return False
 
 
+def _system(event: LogEvent) -> str:
+    # The bracketed part of a line, as Twisted's formatEventAsClassicLogText makes it.
+    system = event.get("log_system")
+    if system is None:
+        level = event.get("log_level")
+        return f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+    try:
+        return str(system)
+    except Exception:
+        return "UNFORMATTABLE"
+
+
 @implementer(ILogObserver)
 class TextObserver:
     """
@@ -96,12 +148,15 @@ class TextObserver:
     @ivar _plans: for each format string seen, whether C{str.format_map} can format it.
     @ivar _second: the whole second whose timestamp text is in C{_second_text}, or C{-1}.
     @ivar _second_text: the formatted timestamp of C{_second}.
+    @ivar _tag: put before the system in the brackets (a child process's shard), or empty.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, tag: str = "") -> None:
         """
         @param stream: where to write the lines.
+        @param tag: a word put before the system in every line (C{[tag system]}), or empty.
         """
+        self._tag = f"{tag} " if tag else ""
         self._write = stream.write
         self._flush = stream.flush
         self._plans: dict[str, bool] = {}
@@ -130,23 +185,15 @@ class TextObserver:
                 except Exception:  # Twisted's formatter tells what went wrong
                     text = None
         if text is None:
+            if self._tag:
+                event = {**event, "log_system": self._tag + _system(event)}
             line = formatEventAsClassicLogText(event, formatTime=self.format_time)
             if not line:
                 return
         elif not text:
             return  # Twisted writes nothing for an empty message
         else:
-            system = event.get("log_system")
-            if system is None:
-                level = event.get("log_level")
-                system = (
-                    f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
-                )
-            elif system.__class__ is not str:
-                try:
-                    system = str(system)
-                except Exception:
-                    system = "UNFORMATTABLE"
+            system = self._tag + _system(event)
             line = f"{self.format_time(event.get('log_time'))} [{system}] {text}".replace(
                 "\n", "\n\t"
             )

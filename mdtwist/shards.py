@@ -58,6 +58,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from mdtwist.logging import SHARD_VARIABLE
+
 _log = Logger()
 
 #: The file descriptor of the first listening socket in a child; the others follow.
@@ -524,9 +526,9 @@ class ShardSupervisor(Service):
         argv = self._argv(spec, len(self._sockets) if spec.listens else 0)
         child = _Child(lambda c, reason: self._ended(spec, c, reason))
         child.started = self._reactor.seconds()
-        process = self._reactor.spawnProcess(
-            child, argv[0], argv, env=os.environ.copy(), childFDs=fds
-        )
+        # The child's log lines carry its shard (mdtwist.logging reads the variable).
+        env = dict(os.environ, **{SHARD_VARIABLE: str(spec.shard)})
+        process = self._reactor.spawnProcess(child, argv[0], argv, env=env, childFDs=fds)
         self._running[spec.shard] = (child, process)
         _log.info(
             "Started process {pid} for spool shard {shard}{what}",

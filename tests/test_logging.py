@@ -111,6 +111,63 @@ _LOGGED: list[tuple[str, dict[str, object]]] = [
 ]
 
 
+class ShardTagTests(SynchronousTestCase):
+    """
+    A child process of C{server.processes} marks its log events with its shard.
+    """
+
+    def environment(self, value: str | None) -> None:
+        """
+        Run the test with L{mdtwist.logging.SHARD_VARIABLE} set to C{value} (unset for None).
+        """
+        env = {k: v for k, v in os.environ.items() if k != mdtwist.logging.SHARD_VARIABLE}
+        if value is not None:
+            env[mdtwist.logging.SHARD_VARIABLE] = value
+        self.patch(os, "environ", env)
+
+    def test_text_lines(self) -> None:
+        """
+        Every line of a child, formatted by our shortcut or by Twisted's formatter, is
+        Twisted's line with C{shard-K} put before the system.
+        """
+        self.environment("2")
+        theirs, ours, publisher = _both()
+        log = Logger(observer=publisher, namespace="mdtwist.test")
+        log.info("message {queue_id} queued", queue_id="Q1")
+        log.info("odd {x!r}", x="y")
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            log.failure("broke")
+        expected = theirs.getvalue().replace(" [mdtwist.test#", " [shard-2 mdtwist.test#")
+        self.assertEqual(ours.getvalue(), expected)
+        self.assertEqual(ours.getvalue().count("[shard-2 mdtwist.test#"), 3)
+
+    def test_first_process_untagged(self) -> None:
+        """
+        Without the variable, or with shard 0 or a value that is not a number, lines are as
+        Twisted writes them.
+        """
+        for value in (None, "0", "x", ""):
+            self.environment(value)
+            theirs, ours, publisher = _both()
+            Logger(observer=publisher, namespace="n").info("hello")
+            self.assertEqual(ours.getvalue(), theirs.getvalue(), value)
+
+    def test_json_field(self) -> None:
+        """
+        A child's JSON events carry C{shard}; the first process's do not.
+        """
+        self.environment("3")
+        stream = io.StringIO()
+        Logger(observer=json_observer(stream), namespace="n").info("a {b}", b=1)
+        self.environment(None)
+        Logger(observer=json_observer(stream), namespace="n").info("c")
+        first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+        self.assertEqual((first["shard"], first["b"]), (3, 1))
+        self.assertNotIn("shard", second)
+
+
 class TextObserverTests(SynchronousTestCase):
     """
     L{text_observer} writes the same lines as twistd's default text observer.

@@ -18,6 +18,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from mdtwist.logging import SHARD_VARIABLE
 from mdtwist.shards import (
     FIRST_LISTEN_FD,
     HEALTHY_AFTER,
@@ -42,10 +43,13 @@ from tests.support.tls import make_certificate
 class _Process:
     # A spawned process as the supervisor sees it.
 
-    def __init__(self, protocol: Any, argv: list[str], fds: dict[int, Any], pid: int) -> None:
+    def __init__(
+        self, protocol: Any, argv: list[str], fds: dict[int, Any], pid: int, env: dict[str, str]
+    ) -> None:
         self.protocol = protocol
         self.argv = argv
         self.fds = fds
+        self.env = env
         self.pid = pid
         self.signals: list[str] = []
 
@@ -73,7 +77,7 @@ class _Reactor(MemoryReactorClock):
         env: Any,
         childFDs: Any,  # noqa: N803 - Twisted's name
     ) -> _Process:
-        process = _Process(protocol, args, childFDs, 1000 + len(self.processes))
+        process = _Process(protocol, args, childFDs, 1000 + len(self.processes), env)
         self.processes.append(process)
         return process
 
@@ -225,6 +229,9 @@ class SupervisorTests(SynchronousTestCase):
             self.assertEqual(theirs.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 1)
         self.assertEqual(draining.argv, ["prog", "3", "0"])
         self.assertEqual(draining.fds, {0: "w", 1: 1, 2: 2})
+        # Each child finds its shard in the environment, for its log lines.
+        self.assertEqual([p.env[SHARD_VARIABLE] for p in (listening, draining)], ["1", "3"])
+        self.assertEqual(listening.env["PATH"], os.environ["PATH"])
 
     def test_restart_delay_grows_while_children_die_young(self) -> None:
         """

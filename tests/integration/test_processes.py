@@ -118,12 +118,15 @@ class ProcessesTests(SynchronousTestCase):
         Twenty messages over twenty connections each land in the Maildir exactly once, and
         both processes took some: the kernel spreads connections over the two SO_REUSEPORT
         sockets by their addresses (all twenty on one side would happen about twice in a
-        million runs), and the child stores its messages in shard 1.
+        million runs), and the child stores its messages in shard 1. The child's log lines
+        say so; the parent's look as with one process.
         """
         self._send_and_check(20)
         log = self.daemon.log()
-        self.assertRegex(log, r"message 00[0-9A-F]{10} queued from sender@")
-        self.assertRegex(log, r"message 01[0-9A-F]{10} queued from sender@")
+        self.assertRegex(log, r"\[mdtwist\.[\w.]+#info\] message 00[0-9A-F]{10} queued from")
+        self.assertRegex(
+            log, r"\[shard-1 mdtwist\.[\w.]+#info\] message 01[0-9A-F]{10} queued from"
+        )
         self.assertTrue((self.daemon.spool / "shard-1").is_dir())
 
     def test_child_that_dies_is_started_again(self) -> None:
