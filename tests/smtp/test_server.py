@@ -13,6 +13,8 @@ from mdtwist.config import ListenerMode
 from mdtwist.envelope import Envelope
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
+from mdtwist.login_limits import LoginLimits
+from mdtwist.portal import build_login_portal
 from mdtwist.smtp.core.replies import Reply
 from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.server import SessionLimits, SMTPServerFactory, SMTPServerProtocol
@@ -51,6 +53,7 @@ class GlueTestsBase(SynchronousTestCase):
         self.policy = FakePolicy()
         self.spool = FakeSpool()
         self.directory = FakeDirectory()
+        self.login_limits = LoginLimits()
 
     def factory(
         self,
@@ -65,7 +68,7 @@ class GlueTestsBase(SynchronousTestCase):
             mode=mode,
             policy=self.policy,
             spool=self.spool,
-            directory=self.directory,
+            portal=build_login_portal(self.directory, self.clock, limits=self.login_limits),
             clock=self.clock,
             tls=tls,  # type: ignore[arg-type]
             limits=limits,
@@ -224,7 +227,7 @@ class TransactionTests(GlueTestsBase):
             mode=ListenerMode.MX,
             policy=self.policy,
             spool=self.spool,
-            directory=self.directory,
+            portal=build_login_portal(self.directory, self.clock),
             clock=self.clock,
         )
         protocol, transport = self.connect(factory)
@@ -304,13 +307,13 @@ class TLSAndAuthTests(GlueTestsBase):
 
     def test_auth_failures_block_address(self) -> None:
         """
-        Too many AUTH failures block the address for a while.
+        Too many AUTH failures block the address for a while (the portal's limit).
 
         Further AUTH is delayed and refused with C{454 4.7.0} without asking the directory;
         the block expires with the window.
         """
-        limits = SessionLimits(auth_failures=2, auth_failure_window=60, auth_failure_delay=5)
-        factory = self.factory(ListenerMode.SMTPS, limits=limits)
+        self.login_limits = LoginLimits(max_failures=2, window=60, delay=5)
+        factory = self.factory(ListenerMode.SMTPS)
         protocol, transport = self.connect(factory)
         protocol.dataReceived(b"EHLO c\r\n" + PLAIN_WRONG + PLAIN_WRONG + PLAIN_ALICE)
         self.assertEqual(self.replies(transport)[-2:], [(535, "5.7.8"), (535, "5.7.8")])
