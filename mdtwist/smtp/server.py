@@ -9,9 +9,10 @@ no further event, so pipelined commands wait in the core's buffer and replies le
 When the buffer grows past L{SessionLimits.max_buffer} while we wait, the transport is paused.
 Failures of the collaborators become 4xx replies: C{451 4.3.0} for the policy, C{452 4.3.1}
 for a L{SpoolError}, C{454 4.7.0} for the directory during AUTH. AUTH goes through the
-L{LoginPortal} (service C{"smtp"}), which also holds the brute-force limit shared with every
-other protocol: C{535 5.7.8} for wrong credentials, C{454 4.7.0} when the login is throttled or
-the directory cannot answer. Every timeout runs on the injected clock.
+L{LoginPortal} (service C{"smtp"} unless the factory says otherwise), which also holds the
+brute-force limit shared with every other protocol: C{535 5.7.8} for wrong credentials,
+C{454 4.7.0} when the login is throttled or the directory cannot answer. Every timeout runs
+on the injected clock.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class SMTPServerFactory(Factory):
     @ivar tls: the context factory for STARTTLS, or L{None}.
     @ivar limits: the session limits.
     @ivar keep_auth_password: whether AUTH passwords are kept with the messages.
+    @ivar login_service: the service label AUTH logs in with at the portal.
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class SMTPServerFactory(Factory):
         tls: IOpenSSLServerConnectionCreator | None = None,
         limits: SessionLimits | None = None,
         keep_auth_password: bool = False,
+        login_service: str = "smtp",
     ) -> None:
         """
         Set up a listener.
@@ -163,6 +166,9 @@ class SMTPServerFactory(Factory):
         @param keep_auth_password: keep the password of a successful AUTH with the session's
             messages (in L{ClientInfo.password}), for smart hosts that want the sender's own
             mailbox password (MDaemon's C{ISPAUTHUsePasswords}); off by default.
+        @param login_service: the service label of AUTH at the portal: C{"smtp"} (directory
+            accounts), or C{"gateway"} for a listener where gateways log in (there CRAM-MD5
+            can be offered, as the gateway checker holds cleartext secrets).
         """
         self.settings = listener_settings(settings, mode, tls is not None)
         self.mode = mode
@@ -173,6 +179,7 @@ class SMTPServerFactory(Factory):
         self.tls = tls
         self.limits = limits or SessionLimits()
         self.keep_auth_password = keep_auth_password
+        self.login_service = login_service
         self._sessions: defaultdict[str, int] = defaultdict(int)
         self._ids = itertools.count(1)
 
@@ -509,7 +516,7 @@ class SMTPServerProtocol(Protocol):
                 event.login.encode("utf-8"), event.password.encode("utf-8")
             )
         d: Deferred[Account] = maybeDeferred(
-            factory.portal.login_with, self._peer, credentials, service="smtp"
+            factory.portal.login_with, self._peer, credentials, service=factory.login_service
         )
         replied = d.addCallbacks(self._auth_result, self._auth_error)
         if factory.keep_auth_password and event.challenge is None:
