@@ -32,8 +32,15 @@ To give a service its own checkers, pass C{services={"gateway": Portal(AccountRe
 C{"gateway"}); a login with C{service="gateway"} then goes to that portal and every other
 service to the default portal. The limiter is shared by all services.
 
+HTTP Basic (client settings) should call L{LoginPortal.login} with the request's client address
+and C{service="http"} (401 for L{UnauthorizedLogin}, 503 for L{LoginThrottled} and
+L{DirectoryUnavailable}) rather than put C{twisted.web.guard} before it: guard's checkers never
+see the client address, so the limit could count only per login name.
+
 The limiter lives in memory: with C{server.processes} above 1 each process counts its own
-failures (like C{smtp.max_sessions_per_ip}).
+failures (like C{smtp.max_sessions_per_ip}). Attempts already being checked are not counted
+until they fail, so a client with many parallel sessions gets one round of guesses in flight
+beyond the limit before every further attempt is throttled.
 """
 
 from __future__ import annotations
@@ -318,7 +325,8 @@ class LoginPortal:
         @return: a Deferred firing with the enabled account; failing with
             L{UnauthorizedLogin} (wrong login or password, disabled account),
             L{LoginThrottled} (too many recent failures, after the delay) or
-            L{mdtwist.errors.DirectoryUnavailable}.
+            L{mdtwist.errors.DirectoryUnavailable}; any other failure of a checker passes
+            through unchanged.
         """
         credentials = UsernamePassword(login.encode("utf-8"), password.encode("utf-8"))
         return self.login_with(client_address, credentials, service=service)
