@@ -28,11 +28,11 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
+from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
 from mdtwist.shards import listen_spec
 from mdtwist.smtp.client import TLSMode
-from mdtwist.spool.schedule import QueuePolicy
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)

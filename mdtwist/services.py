@@ -53,6 +53,7 @@ from mdtwist.delivery.mx import AddressPolicy, MXResolver, make_resolver
 from mdtwist.delivery.popauth import pop_before_smtp
 from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
+from mdtwist.delivery.runner import QueueRunner
 from mdtwist.directory.cache import CachedDirectory
 from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
@@ -76,14 +77,8 @@ from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import SessionLimits, SMTPServerFactory
 from mdtwist.smtp.tls import server_tls_options
-from mdtwist.spool.runner import QueueRunner
-from mdtwist.spool.store import (
-    Queue,
-    SpoolReader,
-    SQLiteSpool,
-    existing_shards,
-    shard_directory,
-)
+from mdtwist.spool.model import Queue
+from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
 from mdtwist.threadpool import ThreadPoolService
 
 

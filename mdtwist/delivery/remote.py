@@ -59,7 +59,7 @@ from mdtwist.smtp.core.client import (
     SessionStatus,
     Transaction,
 )
-from mdtwist.spool.store import QueuedMessage, RecipientResult
+from mdtwist.spool.model import QueuedMessage, RecipientResult
 
 log = Logger()
 

@@ -29,7 +29,7 @@ from mdtwist.smtp.core.client import (
     Transaction,
     TransactionOutcome,
 )
-from mdtwist.spool.store import QueuedMessage, RecipientResult
+from mdtwist.spool.model import QueuedMessage, RecipientResult
 from tests.spool.fakes import FakeDirectory
 
 #: How a fake host answers a recipient address: (status, code, enhanced, text).

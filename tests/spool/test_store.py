@@ -17,17 +17,13 @@ from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, Recipien
 from mdtwist.errors import SpoolError
 from mdtwist.interfaces import ISpool
 from mdtwist.secret import Secret
+from mdtwist.spool.model import MessageKind, Notice, Queue, RecipientProgress, RecipientResult
+from mdtwist.spool.schema import MIGRATE_FROM_1
 from mdtwist.spool.store import (
-    _MIGRATE_FROM_1,
     BODIES_NAME,
     DATABASE_NAME,
     MAX_SHARDS,
     SHARD_BITS,
-    MessageKind,
-    Notice,
-    Queue,
-    RecipientProgress,
-    RecipientResult,
     SpoolReader,
     SQLiteSpool,
     existing_shards,
@@ -871,7 +867,7 @@ class MigrationTests(SynchronousTestCase):
         directory.mkdir()
         db = sqlite3.connect(directory / DATABASE_NAME)
         db.executescript(_SCHEMA_V1)
-        for statement in _MIGRATE_FROM_1:
+        for statement in MIGRATE_FROM_1:
             db.execute(statement)
         db.execute("PRAGMA user_version = 2")
         db.commit()

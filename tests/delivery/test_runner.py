@@ -1,4 +1,4 @@
-"""Tests for L{mdtwist.spool.runner}."""
+"""Tests for L{mdtwist.delivery.runner}."""
 
 from __future__ import annotations
 
@@ -19,12 +19,13 @@ from mdtwist.delivery.local import (
     ILocalDelivery,
     MaildirDelivery,
 )
+from mdtwist.delivery.runner import QueueRunner, RemoteDelivery
+from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.directory.model import Account
 from mdtwist.envelope import Envelope, RecipientState
 from mdtwist.interfaces import IDirectory
-from mdtwist.spool.runner import QueueRunner, RemoteDelivery
-from mdtwist.spool.schedule import QueuePolicy
-from mdtwist.spool.store import MessageKind, QueuedMessage, RecipientResult, SQLiteSpool
+from mdtwist.spool.model import MessageKind, QueuedMessage, RecipientResult
+from mdtwist.spool.store import SQLiteSpool
 from tests.spool.fakes import FakeDirectory, make_account, make_envelope, run_now
 
 BODY = b"Subject: test\r\n\r\nhello\r\n"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.spool.test_runner -*-
+# -*- test-case-name: tests.delivery.test_runner,tests.delivery.test_runner_notices -*-
 """
 The queue runner: takes messages from the spool to their mailboxes.
 
@@ -20,7 +20,7 @@ L{ILocalDelivery} seam, or fails when no account has it (C{5.1.1}) or it is disa
 queued when there is none. A directory that cannot answer keeps the recipient pending
 (C{4.4.3}). All results of the attempt are recorded in one spool transaction; the message leaves
 the spool when no recipient is left pending. Temporary failures are retried on the schedule of
-L{mdtwist.spool.schedule.QueuePolicy}, until the message expires; then every recipient still
+L{mdtwist.delivery.schedule.QueuePolicy}, until the message expires; then every recipient still
 pending fails with C{4.4.7}.
 
 Notices (L{mdtwist.delivery.dsn}): after each attempt the runner makes at most one DSN about
@@ -59,25 +59,25 @@ from mdtwist.delivery.dsn import (
     wants_notice,
 )
 from mdtwist.delivery.local import DeliveryStatus, ILocalDelivery
-from mdtwist.envelope import Recipient, RecipientState
-from mdtwist.errors import DirectoryUnavailable
-from mdtwist.interfaces import IDirectory
-from mdtwist.spool.schedule import (
+from mdtwist.delivery.schedule import (
     QueuePolicy,
     expired,
     give_up_time,
     in_retry_phase,
     next_attempt,
 )
-from mdtwist.spool.store import (
+from mdtwist.envelope import Recipient, RecipientState
+from mdtwist.errors import DirectoryUnavailable
+from mdtwist.interfaces import IDirectory
+from mdtwist.spool.model import (
     MessageKind,
     Notice,
     Queue,
     QueuedMessage,
     RecipientProgress,
     RecipientResult,
-    SQLiteSpool,
 )
+from mdtwist.spool.store import SQLiteSpool
 
 #: Delivers the given recipients (by position) of a message to other hosts; returns one result
 #: per recipient it attempted. Recipients it gives no result for stay pending.
