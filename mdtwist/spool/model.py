@@ -3,7 +3,8 @@
 The values of the queue: what the spool stores and the queue runner reads and writes.
 
 Pure: standard library and attrs only. The spool store and the delivery code both import
-these values from here, so neither needs the other.
+these values from here, so neither needs the other. L{Route} and L{RouteKind} (defined in
+L{mdtwist.route}, beside the envelope that carries them) are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,19 @@ import enum
 import attrs
 
 from mdtwist.envelope import Envelope, RecipientState
+from mdtwist.route import Route, RouteKind
+
+__all__ = [
+    "MessageKind",
+    "Notice",
+    "Queue",
+    "QueueEntry",
+    "QueuedMessage",
+    "RecipientProgress",
+    "RecipientResult",
+    "Route",
+    "RouteKind",
+]
 
 
 class Queue(enum.Enum):

@@ -6,7 +6,8 @@ Pure C{sqlite3}: no Twisted. The store (L{mdtwist.spool.store}) calls L{upgrade}
 opens a database, in one write transaction.
 
 Versions: 1 had no queues, notices or delay marks; 2 added the kept password (MDaemon's
-C{ISPAUTHUsePasswords}); 3 is the current one.
+C{ISPAUTHUsePasswords}); 3 is the release before routes; 4 stores each recipient's route
+(L{mdtwist.route.Route}), NULL for recipients queued under version 3.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 #: The schema version this mdtwist writes (C{PRAGMA user_version}).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: The current schema, for a new database.
 SCHEMA = """
@@ -57,6 +58,8 @@ CREATE TABLE IF NOT EXISTS recipient (
     delay_notified INTEGER NOT NULL DEFAULT 0,
     remote_mta TEXT,
     last_attempt REAL,
+    route_kind TEXT,
+    route_target TEXT,
     PRIMARY KEY (message_id, position)
 );
 CREATE INDEX IF NOT EXISTS message_next_attempt ON message (next_attempt);
@@ -74,6 +77,13 @@ MIGRATE_FROM_1 = (
 
 #: From version 2: the password kept for MDaemon's ISPAUTHUsePasswords.
 MIGRATE_FROM_2 = ("ALTER TABLE message ADD COLUMN client_password TEXT",)
+
+#: From version 3: each recipient's route. Recipients queued before keep NULL there and are
+#: classified when the queue runner loads them.
+MIGRATE_FROM_3 = (
+    "ALTER TABLE recipient ADD COLUMN route_kind TEXT",
+    "ALTER TABLE recipient ADD COLUMN route_target TEXT",
+)
 
 
 def open_database(
@@ -144,8 +154,9 @@ def upgrade(db: sqlite3.Connection, version: int) -> bool:
     """
     if version > SCHEMA_VERSION or version < 0:
         raise ValueError(version)
-    if version in (1, 2):
-        _migrate(db, (MIGRATE_FROM_1 if version == 1 else ()) + MIGRATE_FROM_2)
+    if 0 < version < SCHEMA_VERSION:
+        steps = {1: MIGRATE_FROM_1, 2: MIGRATE_FROM_2, 3: MIGRATE_FROM_3}
+        _migrate(db, tuple(s for v in range(version, SCHEMA_VERSION) for s in steps[v]))
         return True
     db.executescript(SCHEMA)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

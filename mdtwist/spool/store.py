@@ -76,6 +76,8 @@ from mdtwist.spool.model import (
     QueueEntry,
     RecipientProgress,
     RecipientResult,
+    Route,
+    RouteKind,
 )
 from mdtwist.spool.schema import SCHEMA_VERSION, immediate, open_database, upgrade
 
@@ -892,7 +894,7 @@ def _insert_message(
     assert rowid is not None
     db.executemany(
         "INSERT INTO recipient (message_id, position, address, notify, orcpt, state, attempts,"
-        " status, diagnostic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " status, diagnostic, route_kind, route_target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 rowid,
@@ -904,6 +906,8 @@ def _insert_message(
                 r.attempts,
                 r.status,
                 r.diagnostic,
+                None if r.route is None else r.route.kind.value,
+                None if r.route is None else r.route.target,
             )
             for position, r in enumerate(envelope.recipients)
         ],
@@ -1114,8 +1118,9 @@ def _select_message(
         reason,
     ) = row
     recipient_rows = db.execute(
-        "SELECT address, notify, orcpt, state, attempts, status, diagnostic, delay_notified,"
-        " remote_mta, last_attempt FROM recipient WHERE message_id = ? ORDER BY position",
+        "SELECT address, notify, orcpt, state, attempts, status, diagnostic, route_kind,"
+        " route_target, delay_notified, remote_mta, last_attempt FROM recipient"
+        " WHERE message_id = ? ORDER BY position",
         (rowid,),
     ).fetchall()
     recipients = tuple(
@@ -1127,8 +1132,20 @@ def _select_message(
             attempts=r_attempts,
             status=status,
             diagnostic=diagnostic,
+            route=None if route_kind is None else Route(RouteKind(route_kind), route_target),
         )
-        for address, notify, orcpt, state, r_attempts, status, diagnostic, *_ in recipient_rows
+        for (
+            address,
+            notify,
+            orcpt,
+            state,
+            r_attempts,
+            status,
+            diagnostic,
+            route_kind,
+            route_target,
+            *_,
+        ) in recipient_rows
     )
     progress = tuple(
         RecipientProgress(

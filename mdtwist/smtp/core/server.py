@@ -399,11 +399,14 @@ class ServerCore:
                 self._state = SessionState.WAITING
                 return event
 
-    def send(self, answer: Reply) -> None:
+    def send(self, answer: Reply, *, add_recipient: bool = True) -> None:
         """
         Answer the pending event.
 
         @param answer: the reply.
+        @param add_recipient: for a 2xx to L{RcptTo}, whether the recipient joins the
+            transaction; C{False} answers a recipient the transaction already has (the same
+            mailbox again) without adding it a second time.
         @raise LocalProtocolError: no event is pending, or the reply does not fit it.
         """
         event = self._pending
@@ -417,7 +420,8 @@ class ServerCore:
         if isinstance(event, MailFrom) and positive:
             self._mail = event
         elif isinstance(event, RcptTo) and positive:
-            self._recipients.append(event)
+            if add_recipient:
+                self._recipients.append(event)
         elif isinstance(event, MessageReceived):
             self._reset_transaction()
         elif isinstance(event, Authenticate) and answer.code == 235:
