@@ -697,3 +697,37 @@ class ServerCoreTests(SynchronousTestCase):
         """Unknown SASL mechanisms and non-positive limits are refused."""
         self.assertRaises(ValueError, ServerSettings, hostname="h", auth_mechanisms=("CRAM-MD5",))
         self.assertRaises(ValueError, ServerSettings, hostname="h", max_recipients=0)
+
+
+class DuplicateRecipientTests(SynchronousTestCase):
+    """
+    The glue can accept a recipient without adding it (the same mailbox again).
+    """
+
+    def test_not_added(self) -> None:
+        """
+        A recipient answered 250 with C{add_recipient=False} is not in the message, nor does
+        it count towards the recipient limit.
+        """
+        core = ServerCore(attrs.evolve(MX, max_recipients=2))
+        core.start()
+        core.receive_data(
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@x>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\n"
+            b"DATA\r\nhi\r\n.\r\n"
+        )
+        events = []
+        adds = iter([True, False, True])
+        while True:
+            event = core.next_event()
+            if not isinstance(event, Event):
+                break
+            events.append(event)
+            if isinstance(event, RcptTo):
+                core.send(reply(250, "2.1.5", "Ok"), add_recipient=next(adds))
+            elif isinstance(event, MessageReceived):
+                core.send(reply(250, "2.0.0", "Ok"))
+            else:
+                core.send(reply(250, "2.0.0", "Ok"))
+        [message] = [e for e in events if isinstance(e, MessageReceived)]
+        self.assertEqual([r.recipient for r in message.recipients], ["a@x", "b@x"])
+        self.assertNotIn(b"452", core.data_to_send())
