@@ -358,7 +358,11 @@ def smtp_factory(
         data_timeout=smtp.data_timeout,
         hop_limit=smtp.hop_limit,
     )
-    policy = ReceivePolicy(directory, trusted_networks=parse_networks(smtp.trusted_networks))
+    policy = ReceivePolicy(
+        directory,
+        trusted_networks=parse_networks(smtp.trusted_networks),
+        postmaster=config.server.postmaster,
+    )
     return SMTPServerFactory(
         settings=settings,
         mode=listen.mode,
@@ -420,6 +424,7 @@ def make_service(
         policy=config.queue,
         hostname=config.server.hostname,
         remote=build_remote_delivery(config, reactor, directory, top, shard),
+        postmaster=config.server.postmaster,
     )
     runner.setName("queue")
     runner.setServiceParent(top)
