@@ -29,9 +29,12 @@ message keeps its recipients' states, and its stored body starts with an
 C{X-Mdtwist-Bad-Queue-Reason:} header line.
 
 Opening the database is the crash-recovery path: it creates the schema when it is absent,
-migrates a database of an older schema (version 1: no queues, notices or delay marks), refuses
-one of a newer schema, and deletes body files that no row names (written by a batch that never
+migrates a database of an older schema in place (L{mdtwist.spool.schema}), refuses one of a
+newer schema, and deletes body files that no row names (written by a batch that never
 committed, or left behind by a message removed just before a crash).
+
+Each recipient row keeps the route the receive policy decided for it (L{mdtwist.route.Route});
+rows written before routes were stored have none, and the queue runner classifies them.
 
 Queue ids are the row ids (never reused: C{AUTOINCREMENT}) as twelve upper-case hex digits, so they
 are short, unique within a spool, and sort in arrival order.
