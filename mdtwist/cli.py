@@ -28,11 +28,9 @@ from typing import TextIO
 
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import SpoolError
+from mdtwist.spool.model import Queue, QueuedMessage, QueueEntry
 from mdtwist.spool.store import (
     DATABASE_NAME,
-    Queue,
-    QueuedMessage,
-    QueueEntry,
     SpoolReader,
     existing_shards,
     shard_directory,

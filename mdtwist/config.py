@@ -27,12 +27,13 @@ import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from mdtwist.address import parse_address
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
+from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
 from mdtwist.shards import listen_spec
 from mdtwist.smtp.client import TLSMode
-from mdtwist.spool.schedule import QueuePolicy
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
@@ -81,10 +82,13 @@ class ServerConfig:
     @ivar hostname: the name this server gives in greetings and C{Received:} lines.
     @ivar processes: how many processes serve mail; each owns a shard of the spool, and all
         share the SMTP listeners (see L{mdtwist.shards}).
+    @ivar postmaster: the mailbox that receives mail for C{postmaster} (bare and at every
+        local domain) unless an account has that address itself; L{None}: not set.
     """
 
     hostname: str
     processes: int = 1
+    postmaster: str | None = None
 
 
 @attrs.frozen
@@ -346,6 +350,22 @@ class Config:
     queue: QueuePolicy = attrs.field(factory=QueuePolicy)
 
 
+def config_warnings(config: Config) -> list[str]:
+    """
+    Find what is allowed but probably not meant: lines for C{--check} to print.
+
+    @param config: a valid configuration.
+    @return: one line per warning, each C{file: key: warning: reason}.
+    """
+    warnings = []
+    if config.server.postmaster is None:
+        warnings.append(
+            f"{config.path}: server.postmaster: warning: not set, so RCPT TO:<postmaster> is"
+            " refused, and postmaster@<local domain> too unless an account has that address"
+        )
+    return warnings
+
+
 _MISSING: Any = object()
 
 
@@ -514,13 +534,22 @@ MAX_PROCESSES = 64
 
 
 def _server(reader: _Reader, top: _Table) -> ServerConfig:
-    table = top.subtable("server", {"hostname", "processes"}, required=True)
+    table = top.subtable("server", {"hostname", "processes", "postmaster"}, required=True)
     if table is None:
         return ServerConfig(hostname="")
     processes = table.positive("processes", int, 1)
     if processes > MAX_PROCESSES:
         reader.problem(table.key("processes"), f"must be at most {MAX_PROCESSES}")
-    return ServerConfig(hostname=table.string("hostname", empty_ok=False), processes=processes)
+    postmaster: str | None = table.string("postmaster", "") or None
+    if postmaster is not None and parse_address(postmaster) is None:
+        reader.problem(table.key("postmaster"), f"{postmaster!r} is not a mail address")
+    elif table.data.get("postmaster") == "":
+        reader.problem(table.key("postmaster"), "must not be empty")
+    return ServerConfig(
+        hostname=table.string("hostname", empty_ok=False),
+        processes=processes,
+        postmaster=postmaster,
+    )
 
 
 _SMTP_LIMITS = {

@@ -11,6 +11,7 @@ import enum
 
 import attrs
 
+from mdtwist.route import Route
 from mdtwist.secret import Secret
 
 
@@ -47,6 +48,8 @@ class Recipient:
     @ivar attempts: delivery attempts made so far.
     @ivar status: the last enhanced status code seen (C{5.1.1}), or C{""}.
     @ivar diagnostic: the last reply text from the next hop, or C{""}.
+    @ivar route: where it goes, as the receive policy decided when it was accepted; L{None}
+        for a recipient queued before routes were stored (the queue runner classifies it).
     """
 
     address: str
@@ -56,6 +59,7 @@ class Recipient:
     attempts: int = 0
     status: str = ""
     diagnostic: str = ""
+    route: Route | None = None
 
 
 @attrs.frozen

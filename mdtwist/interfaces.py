@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
     from mdtwist.directory.model import Account
     from mdtwist.envelope import ClientInfo, Envelope
+    from mdtwist.route import SharingAnswer
     from mdtwist.smtp.core.replies import Reply
+    from mdtwist.smtp.policy import RecipientDecision
 
 
 class IDirectory(Interface):
@@ -71,8 +73,8 @@ class IReceivePolicy(Interface):
     """
     Decides, for one listener, which senders and recipients an SMTP session may use.
 
-    Every answer is a L{Reply} to send as it is: a 2xx accepts, a 4xx or 5xx refuses. A directory
-    that cannot answer gives C{451 4.3.0}, never a 5xx.
+    Every reply is sent as it is: a 2xx accepts, a 4xx or 5xx refuses. A directory that cannot
+    answer gives C{451 4.3.0}, never a 5xx.
     """
 
     def check_sender(client: ClientInfo, sender: str) -> Deferred[Reply]:
@@ -82,10 +84,31 @@ class IReceivePolicy(Interface):
         @return: a Deferred firing with the reply to C{MAIL FROM}.
         """
 
-    def check_recipient(client: ClientInfo, sender: str, recipient: str) -> Deferred[Reply]:
+    def check_recipient(
+        client: ClientInfo, sender: str, recipient: str
+    ) -> Deferred[RecipientDecision]:
         """
+        Decide one recipient: the reply, and where the recipient goes when it is accepted.
+
         @param client: the session's client.
         @param sender: the reverse-path of the transaction.
         @param recipient: the forward-path without brackets (a bare C{postmaster} is allowed).
-        @return: a Deferred firing with the reply to C{RCPT TO}.
+        @return: a Deferred firing with the decision: the reply to C{RCPT TO} and, for a 2xx,
+            the recipient's route (L{mdtwist.route.Route}), stored with it in the spool.
+        """
+
+
+class ISharingLookup(Interface):
+    """
+    Domain Sharing: finds the peer server that has the mailbox of an address in one of our
+    domains when no local account has it.
+    """
+
+    def lookup(address: str, client: ClientInfo) -> Deferred[SharingAnswer]:
+        """
+        @param address: the recipient, in a local domain, with no local account.
+        @param client: the SMTP client asking (for logs and rate limits).
+        @return: a Deferred firing with the answer: found on a peer (its C{host:port}), found
+            nowhere, or cannot tell now. It does not fail: a lookup that cannot be made is
+            L{mdtwist.route.SharingStatus.UNAVAILABLE}.
         """

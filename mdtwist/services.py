@@ -53,6 +53,7 @@ from mdtwist.delivery.mx import AddressPolicy, MXResolver, make_resolver
 from mdtwist.delivery.popauth import pop_before_smtp
 from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
+from mdtwist.delivery.runner import QueueRunner
 from mdtwist.directory.cache import CachedDirectory
 from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
@@ -78,14 +79,8 @@ from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import SessionLimits, SMTPServerFactory
 from mdtwist.smtp.tls import server_tls_options
-from mdtwist.spool.runner import QueueRunner
-from mdtwist.spool.store import (
-    Queue,
-    SpoolReader,
-    SQLiteSpool,
-    existing_shards,
-    shard_directory,
-)
+from mdtwist.spool.model import Queue
+from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
 from mdtwist.threadpool import ThreadPoolService
 
 
@@ -365,7 +360,11 @@ def smtp_factory(
         data_timeout=smtp.data_timeout,
         hop_limit=smtp.hop_limit,
     )
-    policy = ReceivePolicy(directory, trusted_networks=parse_networks(smtp.trusted_networks))
+    policy = ReceivePolicy(
+        directory,
+        trusted_networks=parse_networks(smtp.trusted_networks),
+        postmaster=config.server.postmaster,
+    )
     return SMTPServerFactory(
         settings=settings,
         mode=listen.mode,
@@ -444,6 +443,7 @@ def make_service(
         policy=config.queue,
         hostname=config.server.hostname,
         remote=build_remote_delivery(config, reactor, directory, top, shard),
+        postmaster=config.server.postmaster,
     )
     runner.setName("queue")
     runner.setServiceParent(top)

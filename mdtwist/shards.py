@@ -374,7 +374,7 @@ class DrainWatch(Service):
         """
         @param reactor: an C{IReactorCore}.
         @param observe: registers a function called after every queue run
-            (L{mdtwist.spool.runner.QueueRunner.add_run_observer}); returns its remover.
+            (L{mdtwist.delivery.runner.QueueRunner.add_run_observer}); returns its remover.
         @param active: counts the messages of the active queue.
         """
         self._reactor = reactor

@@ -15,7 +15,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
-from mdtwist.config import Config, load_config
+from mdtwist.config import Config, config_warnings, load_config
 from mdtwist.errors import ConfigError
 from mdtwist.services import make_service
 from mdtwist.shards import parse_fds
@@ -92,6 +92,8 @@ def build(
             print(line, file=stderr)
         raise SystemExit(1) from None
     if options["check"]:
+        for line in config_warnings(config):
+            print(line, file=stderr)
         print(f"{options['config']}: configuration is valid", file=stderr)
         raise SystemExit(0)
     return service

@@ -11,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from mdtwist.cli import main
 from mdtwist.directory.passwords import verify_password
 from mdtwist.envelope import Recipient, RecipientState
-from mdtwist.spool.store import RecipientResult, SQLiteSpool, shard_directory
+from mdtwist.spool.model import RecipientResult
+from mdtwist.spool.store import SQLiteSpool, shard_directory
 from tests.spool.fakes import make_envelope, run_now
 
 BODY = b"Subject: secret stuff\r\n\r\nbody text\r\n"

@@ -15,6 +15,7 @@ from mdtwist.config import (
     DirectoryBackend,
     LDAPAuthMethod,
     ListenerMode,
+    config_warnings,
     load_config,
 )
 from mdtwist.delivery.router import Mode
@@ -74,6 +75,27 @@ class ConfigTests(SynchronousTestCase):
         for value, problem in (("0", "must be greater than 0"), ("65", "must be at most 64")):
             text = GOOD.replace(host, host + f"\nprocesses = {value}")
             self.assertEqual(self.problems(text), [f"server.processes: {problem}"])
+
+    def test_postmaster(self) -> None:
+        """
+        C{server.postmaster} is a mail address; unset, it is L{None} and the check warns.
+        """
+        config = load_config(self.write(GOOD))
+        self.assertIsNone(config.server.postmaster)
+        [warning] = config_warnings(config)
+        self.assertTrue(warning.startswith(f"{config.path}: server.postmaster: warning: "))
+        host = 'hostname = "mx.example.test"'
+        text = GOOD.replace(host, host + '\npostmaster = "alice@example.test"')
+        config = load_config(self.write(text))
+        self.assertEqual(config.server.postmaster, "alice@example.test")
+        self.assertEqual(config_warnings(config), [])
+        for value, problem in (
+            ('"alice"', "'alice' is not a mail address"),
+            ('""', "must not be empty"),
+            ("1", "expected a string, got an integer"),
+        ):
+            text = GOOD.replace(host, host + f"\npostmaster = {value}")
+            self.assertEqual(self.problems(text), [f"server.postmaster: {problem}"], value)
 
     def test_processes_need_tcp_listeners(self) -> None:
         """

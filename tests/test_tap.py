@@ -117,6 +117,20 @@ class BuildTests(_DemoCase):
         code, text = self.run_build("--check")
         self.assertEqual((code, text), (0, f"{self.config}: configuration is valid\n"))
 
+    def test_check_warns_without_postmaster(self) -> None:
+        """
+        Without C{server.postmaster}, --check still passes but says first that mail to
+        postmaster will be refused.
+        """
+        text = self.config.read_text()
+        self.assertIn('postmaster = "alice@example.test"', text)
+        self.config.write_text(text.replace('postmaster = "alice@example.test"', ""))
+        code, text = self.run_build("--check")
+        warning, valid = text.splitlines()
+        self.assertEqual(code, 0)
+        self.assertTrue(warning.startswith(f"{self.config}: server.postmaster: warning: not set"))
+        self.assertEqual(valid, f"{self.config}: configuration is valid")
+
     def test_check_bad(self) -> None:
         """
         A bad file exits 1 with one line per problem, with or without --check.

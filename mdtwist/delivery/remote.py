@@ -2,10 +2,13 @@
 """
 Remote delivery: the queue runner's C{RemoteDelivery} for recipients in other domains.
 
-Theory of operation: the recipients of one attempt are grouped as the router says (one group
-per domain when delivering directly; one group for everything when all mail goes to the smart
-host). For each group a fresh L{Progress} starts and L{route} is asked for the next step until
-it gives a final answer:
+Theory of operation: each recipient goes where its stored route (L{mdtwist.route.Route}) says:
+C{REMOTE} to its domain's servers (or the smart host), C{SHARING_PEER} to that Domain Sharing
+peer (its address records on its port, never MX, never the smart host). The recipients of one
+attempt are grouped as the router says (one group per domain or peer when delivering directly;
+one group for every C{REMOTE} recipient when all mail goes to the smart host). For each group
+a fresh L{Progress} starts and L{route} is asked for the next step until it gives a final
+answer:
   - L{Resolve}: ask the L{MXResolver} (MX lookup, or address records for C{[host]} and
     sharing peers) and put the result into the progress;
   - L{Connect}: try the hops in order. A hop is one host; its addresses are tried until one
@@ -37,8 +40,10 @@ from mdtwist.delivery.router import (
     Connect,
     Defer,
     Destination,
+    DomainKind,
     Hop,
     HostOutcome,
+    HostSpecError,
     Lookup,
     Progress,
     Resolve,
@@ -46,10 +51,12 @@ from mdtwist.delivery.router import (
     Verdict,
     group_recipients,
     judge_recipient,
+    parse_host_spec,
     route,
 )
 from mdtwist.envelope import RecipientState
 from mdtwist.interfaces import IDirectory
+from mdtwist.route import Route, RouteKind
 from mdtwist.smtp.client import Destination as SMTPDestination
 from mdtwist.smtp.client import SMTPClient, TLSMode
 from mdtwist.smtp.core.client import (
@@ -59,7 +66,7 @@ from mdtwist.smtp.core.client import (
     SessionStatus,
     Transaction,
 )
-from mdtwist.spool.store import QueuedMessage, RecipientResult
+from mdtwist.spool.model import QueuedMessage, RecipientResult
 
 log = Logger()
 
@@ -145,12 +152,22 @@ class RemoteDelivery:
         """
         recipients = message.envelope.recipients
         labelled = []
-        for position in positions:
-            address = parse_address(recipients[position].address)
-            domain = address.domain if address is not None else ""
-            # The router groups opaque labels; the position is ours to get back.
-            labelled.append((str(position), Destination(domain)))
         results: list[RecipientResult] = []
+        for position in positions:
+            recipient = recipients[position]
+            try:
+                destination = _destination(recipient.address, recipient.route)
+            except HostSpecError as e:
+                log.warn(
+                    "Bad sharing peer for {rcpt} of {queue_id}: {error}",
+                    rcpt=recipient.address,
+                    queue_id=message.queue_id,
+                    error=str(e),
+                )
+                results.append(RecipientResult(position, _PENDING, "4.3.5", "bad sharing peer"))
+                continue
+            # The router groups opaque labels; the position is ours to get back.
+            labelled.append((str(position), destination))
         for group in group_recipients(self._policy, labelled):
             members = [int(label) for label in group.recipients]
             results.extend(await self._deliver_group(message, group.destination, members))
@@ -391,6 +408,21 @@ class RemoteDelivery:
         if account is not None and account.smarthost_login and account.smarthost_password:
             return Credentials(account.smarthost_login, account.smarthost_password)
         return self._smart.credentials
+
+
+def _destination(address: str, route: Route | None) -> Destination:
+    # The router's view of a recipient's stored route (the queue runner has classified any
+    # recipient queued before routes were stored, so None only comes from other callers).
+    parsed = parse_address(address)
+    domain = parsed.domain if parsed is not None else ""
+    if route is None or route.kind is RouteKind.REMOTE:
+        return Destination(domain)
+    if route.kind is RouteKind.SHARING_PEER:
+        assert route.target is not None
+        return Destination(domain, DomainKind.SHARING_PEER, parse_host_spec(route.target))
+    if route.kind is RouteKind.GATEWAY_HOLD:
+        return Destination(domain, DomainKind.GATEWAY)
+    return Destination(domain, DomainKind.LOCAL)
 
 
 def _bare(host: str) -> str:

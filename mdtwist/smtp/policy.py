@@ -1,32 +1,44 @@
 # -*- test-case-name: tests.smtp.test_policy -*-
 """
-Who may send to whom: the receive policy of an SMTP listener.
+Who may send to whom, and where each accepted recipient goes: the receive policy of a listener.
 
-Rules, in order, for a recipient:
-  1. A bare C{postmaster}, and C{postmaster} at any local domain, is always accepted
-     (RFC 5321 section 4.5.1).
-  2. A recipient in a local domain is accepted when the directory has an enabled account for it;
-     an unknown one is refused with C{550 5.1.1}, a disabled one with C{550 5.2.1}; a directory
+Each recipient gets a L{RecipientDecision}: the reply and, when accepted, its route
+(L{mdtwist.route.Route}), which the SMTP glue stores with the recipient. Rules, in order:
+  1. The route kind comes from L{mdtwist.route.classify}, by the domain after the last C{@}
+     only; something that is no address gets C{501 5.1.3}. Address tricks (C{%}, C{!}, quoted
+     C{@}, source routes) never route mail off the server: C{user%foreign@local} is a local
+     address.
+  2. A recipient in a gateway domain is accepted and held for the gateway (route
+     C{GATEWAY_HOLD}).
+  3. A recipient in a local domain is accepted when a mailbox receives it
+     (L{mdtwist.directory.mailbox.find_mailbox}: the account with that address; for a bare
+     C{postmaster} or C{postmaster} at a local domain without an account of its own, the
+     configured postmaster mailbox); the route is C{LOCAL} to that account's primary address.
+     A disabled account gives C{550 5.2.1}. With no mailbox: a C{postmaster} address is refused
+     with C{550 5.1.1} (never accepted to bounce later); another address is asked of the
+     Domain Sharing lookup when there is one (found: route C{SHARING_PEER}; found nowhere:
+     C{550 5.1.1}; cannot tell: C{451 4.4.3}), else refused with C{550 5.1.1}. A directory
      that cannot answer gives C{451 4.3.0} (never a 5xx).
-  3. Any other recipient is relayed only for an authenticated session or a client in a trusted
-     network; otherwise C{554 5.7.1}. Address tricks (C{%}, C{!}, quoted C{@}, source routes)
-     never route mail off the server: the forward-path has already lost its source route, and
-     only the domain after the last C{@} decides, so C{user%foreign@local} is a local address.
+  4. Any other recipient is relayed (route C{REMOTE}) only for an authenticated session or a
+     client in a trusted network; otherwise C{554 5.7.1}.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mdtwist.address import parse_address
+from mdtwist.directory.mailbox import find_mailbox
 from mdtwist.envelope import ClientInfo
 from mdtwist.errors import DirectoryUnavailable
-from mdtwist.interfaces import IDirectory, IReceivePolicy
+from mdtwist.interfaces import IDirectory, IReceivePolicy, ISharingLookup
+from mdtwist.route import POSTMASTER, Route, RouteKind, SharingStatus, classify, is_postmaster
 from mdtwist.smtp.core.replies import Reply
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -38,6 +50,41 @@ DISABLED = Reply(550, "5.2.1", ("Mailbox disabled",))
 BAD_ADDRESS = Reply(501, "5.1.3", ("Bad recipient address syntax",))
 RELAY_DENIED = Reply(554, "5.7.1", ("Relay access denied",))
 TRY_LATER = Reply(451, "4.3.0", ("Directory unavailable, try again later",))
+SHARING_UNAVAILABLE = Reply(451, "4.4.3", ("Mailbox lookup unavailable, try again later",))
+
+
+@attrs.frozen
+class RecipientDecision:
+    """
+    The answer to one C{RCPT TO}.
+
+    @ivar reply: the reply to send.
+    @ivar route: where the recipient goes; set exactly when the reply accepts it (2xx).
+    @raise ValueError: when the route does not fit the reply.
+    """
+
+    reply: Reply
+    route: Route | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.reply.is_positive != (self.route is not None):
+            raise ValueError("a recipient decision has a route exactly when it accepts")
+
+    @classmethod
+    def refuse(cls, reply: Reply) -> RecipientDecision:
+        """
+        @param reply: a 4xx or 5xx reply.
+        @return: the decision that refuses the recipient with it.
+        """
+        return cls(reply)
+
+    @classmethod
+    def accept(cls, route: Route) -> RecipientDecision:
+        """
+        @param route: where the recipient goes.
+        @return: the decision that accepts it with C{250 2.1.5}.
+        """
+        return cls(RECIPIENT_OK, route)
 
 
 def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
@@ -62,13 +109,24 @@ class ReceivePolicy:
         directory: IDirectory,
         *,
         trusted_networks: Iterable[Network] = (),
+        postmaster: str | None = None,
+        sharing: ISharingLookup | None = None,
+        gateway_domains: Collection[str] = frozenset(),
     ) -> None:
         """
         @param directory: the account directory.
         @param trusted_networks: clients that may relay without authenticating.
+        @param postmaster: the mailbox that receives mail for C{postmaster} (bare and at every
+            local domain) unless an account has that address itself; L{None}: none.
+        @param sharing: finds the Domain Sharing peer of a local address without a local
+            account; L{None}: such an address is unknown.
+        @param gateway_domains: domains whose mail is accepted and held for their gateway.
         """
         self._directory = directory
         self._trusted = tuple(trusted_networks)
+        self._postmaster = postmaster
+        self._sharing = sharing
+        self._gateways = frozenset(domain.lower() for domain in gateway_domains)
 
     def _trusted_client(self, client: ClientInfo) -> bool:
         try:
@@ -86,31 +144,54 @@ class ReceivePolicy:
         """
         return succeed(SENDER_OK)
 
-    def check_recipient(self, client: ClientInfo, sender: str, recipient: str) -> Deferred[Reply]:
+    def check_recipient(
+        self, client: ClientInfo, sender: str, recipient: str
+    ) -> Deferred[RecipientDecision]:
         """
         See L{IReceivePolicy.check_recipient}.
         """
         return Deferred.fromCoroutine(self._check_recipient(client, recipient))
 
-    async def _check_recipient(self, client: ClientInfo, recipient: str) -> Reply:
-        if recipient.lower() == "postmaster":
-            return RECIPIENT_OK
-        address = parse_address(recipient)
-        if address is None:
-            return BAD_ADDRESS
+    async def _check_recipient(self, client: ClientInfo, recipient: str) -> RecipientDecision:
+        if recipient.lower() != POSTMASTER and parse_address(recipient) is None:
+            return RecipientDecision.refuse(BAD_ADDRESS)
         try:
             domains = await self._directory.domains()
-            if address.domain in domains:
-                if address.local.lower() == "postmaster":
-                    return RECIPIENT_OK
-                account = await self._directory.find(recipient)
-                if account is None:
-                    return NO_SUCH_USER
-                return RECIPIENT_OK if account.enabled else DISABLED
+            route = classify(recipient, domains, self._gateways)
+            assert route is not None
+            if route.kind is RouteKind.LOCAL:
+                return await self._local(client, recipient, domains)
         except DirectoryUnavailable:
             self.log.warn("directory unavailable for {rcpt}", rcpt=recipient)
-            return TRY_LATER
+            return RecipientDecision.refuse(TRY_LATER)
+        if route.kind is RouteKind.GATEWAY_HOLD:
+            return RecipientDecision.accept(route)
         if client.user is not None or self._trusted_client(client):
-            return RECIPIENT_OK
+            return RecipientDecision.accept(route)
         self.log.info("relay denied from {peer} to {rcpt}", peer=client.address, rcpt=recipient)
-        return RELAY_DENIED
+        return RecipientDecision.refuse(RELAY_DENIED)
+
+    async def _local(
+        self, client: ClientInfo, recipient: str, domains: frozenset[str]
+    ) -> RecipientDecision:
+        account = await find_mailbox(
+            self._directory, recipient, postmaster=self._postmaster, local_domains=domains
+        )
+        if account is not None:
+            if not account.enabled:
+                return RecipientDecision.refuse(DISABLED)
+            return RecipientDecision.accept(Route.local(account.address))
+        if self._sharing is None or is_postmaster(recipient, domains):
+            return RecipientDecision.refuse(NO_SUCH_USER)
+        try:
+            answer = await self._sharing.lookup(recipient, client)
+        except Exception:
+            self.log.failure("sharing lookup for {rcpt} failed", rcpt=recipient)
+            return RecipientDecision.refuse(SHARING_UNAVAILABLE)
+        if answer.status is SharingStatus.FOUND:
+            assert answer.peer is not None
+            return RecipientDecision.accept(Route.sharing_peer(answer.peer))
+        if answer.status is SharingStatus.NOT_FOUND:
+            return RecipientDecision.refuse(NO_SUCH_USER)
+        self.log.warn("sharing lookup unavailable for {rcpt}", rcpt=recipient)
+        return RecipientDecision.refuse(SHARING_UNAVAILABLE)

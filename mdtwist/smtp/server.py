@@ -45,6 +45,7 @@ from mdtwist.errors import DirectoryUnavailable, LoginThrottled, SpoolError
 from mdtwist.interfaces import IReceivePolicy, ISpool
 from mdtwist.logging import escape_text
 from mdtwist.portal import CramMD5Response, LoginPortal
+from mdtwist.route import Route, duplicate_key
 from mdtwist.secret import Secret
 from mdtwist.smtp.core.events import (
     Authenticate,
@@ -60,6 +61,7 @@ from mdtwist.smtp.core.replies import Reply, reply
 from mdtwist.smtp.core.sasl import HashedCredentials
 from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
+from mdtwist.smtp.policy import RecipientDecision
 
 BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")
 TIMEOUT = reply(421, "4.4.2", "Timeout, closing connection")
@@ -250,6 +252,11 @@ class SMTPServerProtocol(Protocol):
         self._paused = False
         self._gone = False
         self._timer: IDelayedCall | None = None
+        # The routes of the transaction's recipients, in the core's order, and their
+        # duplicate keys; both start afresh with each accepted MAIL FROM.
+        self._routes: list[Route] = []
+        self._accepted: set[tuple[str, str]] = set()
+        self._add_recipient = True
 
     # -- Twisted callbacks --
 
@@ -319,12 +326,7 @@ class SMTPServerProtocol(Protocol):
         if isinstance(event, MailFrom):
             return self._check(self._factory.policy.check_sender, self._client(), event.sender)
         if isinstance(event, RcptTo):
-            return self._check(
-                self._factory.policy.check_recipient,
-                self._client(),
-                self._sender(),
-                event.recipient,
-            )
+            return self._check_recipient(event)
         if isinstance(event, MessageReceived):
             return self._enqueue(event)
         if isinstance(event, Authenticate):
@@ -338,7 +340,11 @@ class SMTPServerProtocol(Protocol):
         self._waiting = False
         if self._gone:
             return
-        self.core.send(answer)
+        if isinstance(event, MailFrom) and answer.is_positive:
+            self._routes = []
+            self._accepted = set()
+        add, self._add_recipient = self._add_recipient, True
+        self.core.send(answer, add_recipient=add)
         self._flush()
         if isinstance(event, StartTLS) and answer.code == 220:
             assert self._factory.tls is not None
@@ -422,6 +428,31 @@ class SMTPServerProtocol(Protocol):
         d: Deferred[Reply] = maybeDeferred(method, *args)
         return d.addErrback(self._lookup_failed)
 
+    def _check_recipient(self, event: RcptTo) -> Deferred[Reply]:
+        d: Deferred[RecipientDecision] = maybeDeferred(
+            self._factory.policy.check_recipient, self._client(), self._sender(), event.recipient
+        )
+        return d.addCallback(self._decided, event).addErrback(self._lookup_failed)
+
+    def _decided(self, decision: RecipientDecision, event: RcptTo) -> Reply:
+        # Keep the route of an accepted recipient; a second recipient that reaches the same
+        # mailbox is answered the same but not added again (one copy is delivered).
+        if decision.route is None or not decision.reply.is_positive:
+            return decision.reply
+        key = duplicate_key(event.recipient, decision.route)
+        if key in self._accepted:
+            self.log.info(
+                "duplicate recipient {rcpt} not added again",
+                session=self.session,
+                peer=self._peer,
+                rcpt=event.recipient,
+            )
+            self._add_recipient = False
+        else:
+            self._accepted.add(key)
+            self._routes.append(decision.route)
+        return decision.reply
+
     def _lookup_failed(self, failure: Failure) -> Reply:
         if not failure.check(DirectoryUnavailable):
             self.log.failure(
@@ -446,8 +477,10 @@ class SMTPServerProtocol(Protocol):
         envelope = Envelope(
             sender=event.sender,
             recipients=tuple(
-                Recipient(r.recipient, notify=r.parameters.notify, orcpt=r.parameters.orcpt)
-                for r in event.recipients
+                Recipient(
+                    r.recipient, notify=r.parameters.notify, orcpt=r.parameters.orcpt, route=route
+                )
+                for r, route in zip(event.recipients, self._routes, strict=True)
             ),
             client=client,
             arrival=now,

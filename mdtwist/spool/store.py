@@ -29,9 +29,12 @@ message keeps its recipients' states, and its stored body starts with an
 C{X-Mdtwist-Bad-Queue-Reason:} header line.
 
 Opening the database is the crash-recovery path: it creates the schema when it is absent,
-migrates a database of an older schema (version 1: no queues, notices or delay marks), refuses
-one of a newer schema, and deletes body files that no row names (written by a batch that never
+migrates a database of an older schema in place (L{mdtwist.spool.schema}), refuses one of a
+newer schema, and deletes body files that no row names (written by a batch that never
 committed, or left behind by a message removed just before a crash).
+
+Each recipient row keeps the route the receive policy decided for it (L{mdtwist.route.Route});
+rows written before routes were stored have none, and the queue runner classifies them.
 
 Queue ids are the row ids (never reused: C{AUTOINCREMENT}) as twelve upper-case hex digits, so they
 are short, unique within a spool, and sort in arrival order.
@@ -48,14 +51,12 @@ wrong directory is refused rather than mixed up with another one).
 from __future__ import annotations
 
 import builtins
-import contextlib
-import enum
 import os
 import re
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,6 +71,18 @@ from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, Recipien
 from mdtwist.errors import SpoolError
 from mdtwist.interfaces import ISpool
 from mdtwist.secret import Secret
+from mdtwist.spool.model import (
+    MessageKind,
+    Notice,
+    Queue,
+    QueuedMessage,
+    QueueEntry,
+    RecipientProgress,
+    RecipientResult,
+    Route,
+    RouteKind,
+)
+from mdtwist.spool.schema import SCHEMA_VERSION, immediate, open_database, upgrade
 
 T = TypeVar("T")
 
@@ -100,205 +113,7 @@ SHARD_PREFIX = "shard-"
 # A shard directory's name: k in decimal, 1 to 255, no leading zero.
 _SHARD_NAME = re.compile(re.escape(SHARD_PREFIX) + r"([1-9][0-9]{0,2})")
 
-_SCHEMA_VERSION = 3
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS message (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sender TEXT NOT NULL,
-    arrival REAL NOT NULL,
-    body_type TEXT NOT NULL,
-    smtputf8 INTEGER NOT NULL,
-    ret TEXT,
-    envid TEXT,
-    declared_size INTEGER,
-    size INTEGER NOT NULL,
-    client_address TEXT NOT NULL,
-    client_helo TEXT NOT NULL,
-    client_user TEXT,
-    client_tls TEXT,
-    client_password TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    body BLOB,
-    body_file TEXT,
-    kind TEXT NOT NULL DEFAULT 'message',
-    queue TEXT NOT NULL DEFAULT 'active',
-    reason TEXT
-);
-CREATE TABLE IF NOT EXISTS recipient (
-    message_id INTEGER NOT NULL REFERENCES message (id) ON DELETE CASCADE,
-    position INTEGER NOT NULL,
-    address TEXT NOT NULL,
-    notify TEXT,
-    orcpt TEXT,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL DEFAULT '',
-    diagnostic TEXT NOT NULL DEFAULT '',
-    delay_notified INTEGER NOT NULL DEFAULT 0,
-    remote_mta TEXT,
-    last_attempt REAL,
-    PRIMARY KEY (message_id, position)
-);
-CREATE INDEX IF NOT EXISTS message_next_attempt ON message (next_attempt);
-"""
-
-# From version 1 (this week's first spool): queues, message kinds, per-recipient delay marks.
-_MIGRATE_FROM_1 = (
-    "ALTER TABLE message ADD COLUMN kind TEXT NOT NULL DEFAULT 'message'",
-    "ALTER TABLE message ADD COLUMN queue TEXT NOT NULL DEFAULT 'active'",
-    "ALTER TABLE message ADD COLUMN reason TEXT",
-    "ALTER TABLE recipient ADD COLUMN delay_notified INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE recipient ADD COLUMN remote_mta TEXT",
-    "ALTER TABLE recipient ADD COLUMN last_attempt REAL",
-)
-
-# From version 2: the password kept for MDaemon's ISPAUTHUsePasswords.
-_MIGRATE_FROM_2 = ("ALTER TABLE message ADD COLUMN client_password TEXT",)
-
 log = Logger()
-
-
-class Queue(enum.Enum):
-    """
-    The queue a message is in.
-    """
-
-    #: Delivered and retried by the queue runner.
-    ACTIVE = "active"
-    #: Parked with a reason for a person to look at; never retried.
-    BAD = "bad"
-
-
-class MessageKind(enum.Enum):
-    """
-    Where a queued message comes from.
-    """
-
-    #: Mail handed to us by a client.
-    MESSAGE = "message"
-    #: A delivery status notification we generated; never answered by another one.
-    NOTICE = "notice"
-
-
-@attrs.frozen
-class QueueEntry:
-    """
-    One line of a queue listing.
-
-    @ivar queue_id: the queue id.
-    @ivar arrival: arrival time, seconds since the epoch.
-    @ivar size: the size of the stored message in bytes.
-    @ivar sender: the reverse-path (C{""} for the null sender).
-    @ivar recipients: how many recipients the message has.
-    @ivar pending: how many of them are still pending.
-    @ivar attempts: delivery attempts made so far.
-    @ivar next_attempt: when the next attempt is due, seconds since the epoch.
-    @ivar queue: the queue it is in.
-    @ivar reason: why it is in the bad queue, or L{None}.
-    @ivar kind: where it comes from.
-    """
-
-    queue_id: str
-    arrival: float
-    size: int
-    sender: str
-    recipients: int
-    pending: int
-    attempts: int
-    next_attempt: float
-    queue: Queue = Queue.ACTIVE
-    reason: str | None = None
-    kind: MessageKind = MessageKind.MESSAGE
-
-
-@attrs.frozen
-class RecipientProgress:
-    """
-    What the queue remembers about one recipient besides its envelope state.
-
-    @ivar delay_notified: whether the sender was told that delivery to it is delayed.
-    @ivar remote_mta: the server that gave the last result, or L{None}.
-    @ivar last_attempt: when delivery to it was last tried, or L{None}.
-    """
-
-    delay_notified: bool = False
-    remote_mta: str | None = None
-    last_attempt: float | None = None
-
-
-@attrs.frozen
-class QueuedMessage:
-    """
-    A message in the spool, with its envelope and the state of each recipient.
-
-    @ivar queue_id: the queue id.
-    @ivar envelope: the envelope; each recipient carries its delivery state.
-    @ivar size: the size of the stored message in bytes.
-    @ivar attempts: delivery attempts made so far.
-    @ivar next_attempt: when the next attempt is due, seconds since the epoch.
-    @ivar body: the message itself, or L{None} when it was not asked for.
-    @ivar kind: where it comes from.
-    @ivar queue: the queue it is in.
-    @ivar reason: why it is in the bad queue, or L{None}.
-    @ivar progress: per recipient, in the order of L{Envelope.recipients}, what the queue
-        remembers besides its state; empty when not known.
-    """
-
-    queue_id: str
-    envelope: Envelope
-    size: int
-    attempts: int
-    next_attempt: float
-    body: bytes | None = attrs.field(default=None, repr=False)
-    kind: MessageKind = MessageKind.MESSAGE
-    queue: Queue = Queue.ACTIVE
-    reason: str | None = None
-    progress: tuple[RecipientProgress, ...] = ()
-
-
-@attrs.frozen
-class RecipientResult:
-    """
-    The outcome of one delivery attempt for one recipient.
-
-    @ivar position: the recipient's index in L{Envelope.recipients}.
-    @ivar state: L{RecipientState.DELIVERED} or L{RecipientState.FAILED} (final), or
-        L{RecipientState.PENDING} for a temporary failure.
-    @ivar status: the enhanced status code (C{2.0.0}, C{4.4.1}, C{5.1.1}).
-    @ivar diagnostic: the reply or reason. For an SMTP reply, the whole reply as received
-        (C{550 5.1.1 no such user}): notices report a diagnostic that starts with a reply code
-        as C{Diagnostic-Code: smtp; ...}.
-    @ivar remote_mta: the host name of the server that gave the result, or L{None}.
-    @ivar retry_after: for a temporary failure, the least wait in seconds before this
-        recipient is tried again, or L{None} for the normal schedule. A remote delivery sets it
-        to L{QueuePolicy.delay_after_temp_error
-        <mdtwist.spool.schedule.QueuePolicy.delay_after_temp_error>} after an SMTP 4xx reply;
-        the message's next attempt is then no sooner.
-    """
-
-    position: int
-    state: RecipientState
-    status: str = ""
-    diagnostic: str = ""
-    remote_mta: str | None = None
-    retry_after: float | None = None
-
-
-@attrs.frozen
-class Notice:
-    """
-    A message the spool queues in the same transaction as a L{SQLiteSpool.record}.
-
-    @ivar envelope: its envelope (for a DSN: from the null sender to the original sender).
-    @ivar body: the message.
-    @ivar kind: where it comes from.
-    """
-
-    envelope: Envelope
-    body: bytes = attrs.field(repr=False)
-    kind: MessageKind = MessageKind.NOTICE
 
 
 def format_queue_id(rowid: int) -> str:
@@ -382,38 +197,6 @@ def _check_shard_number(shard: int) -> None:
         raise ValueError(f"spool shard {shard} is out of range (0 to {MAX_SHARDS - 1})")
 
 
-def open_database(
-    path: Path,
-    *,
-    read_only: bool = False,
-    factory: type[sqlite3.Connection] = sqlite3.Connection,
-) -> sqlite3.Connection:
-    """
-    Open a spool database.
-
-    @param path: the database file.
-    @param read_only: open it with C{mode=ro}, for tools that look while the server runs; the
-        file must exist.
-    @param factory: the connection class (tests pass a subclass that fails on purpose).
-    @return: a connection in autocommit mode (transactions are explicit), usable from any one
-        thread at a time.
-    @raise sqlite3.Error: when the database cannot be opened.
-    """
-    if read_only:
-        target = path.resolve().as_uri() + "?mode=ro"
-        db = sqlite3.connect(
-            target, uri=True, isolation_level=None, check_same_thread=False, factory=factory
-        )
-    else:
-        db = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, factory=factory
-        )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA foreign_keys=ON")
-    return db
-
-
 class SpoolReader:
     """
     Blocking, read-only access to a spool, for command-line tools.
@@ -437,12 +220,12 @@ class SpoolReader:
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
         except sqlite3.Error as e:
             raise SpoolError(f"{path}: {e}") from e
-        if version != _SCHEMA_VERSION:
+        if version != SCHEMA_VERSION:
             self._db.close()
             raise SpoolError(
                 f"{path}: spool schema version {version}, this mdtwist reads version"
-                f" {_SCHEMA_VERSION}"
-                + ("; start the server once to migrate it" if version < _SCHEMA_VERSION else "")
+                f" {SCHEMA_VERSION}"
+                + ("; start the server once to migrate it" if version < SCHEMA_VERSION else "")
             )
 
     def list(self) -> list[QueueEntry]:
@@ -816,21 +599,18 @@ class SQLiteSpool:
         db = open_database(path, factory=self._factory)
         try:
             (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version > _SCHEMA_VERSION or version < 0:
+            if version > SCHEMA_VERSION or version < 0:
                 raise SpoolError(
                     f"spool schema version {version} is not supported (this mdtwist knows"
-                    f" versions up to {_SCHEMA_VERSION}; was the spool written by a newer one?)"
+                    f" versions up to {SCHEMA_VERSION}; was the spool written by a newer one?)"
                 )
-            if version in (1, 2):
+            if 0 < version < SCHEMA_VERSION:
                 log.info(
                     "Migrating the spool schema from version {version} to {to}",
                     version=version,
-                    to=_SCHEMA_VERSION,
+                    to=SCHEMA_VERSION,
                 )
-                _migrate(db, (_MIGRATE_FROM_1 if version == 1 else ()) + _MIGRATE_FROM_2)
-            else:
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            upgrade(db, version)
             _claim_shard(db, path, self._shard)
             named = {
                 name
@@ -1031,31 +811,11 @@ def clean_reason(reason: str) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", text)[:900] or "unknown"
 
 
-@contextlib.contextmanager
-def _immediate(db: sqlite3.Connection) -> Iterator[None]:
-    # One explicit write transaction (the connection is in autocommit mode here).
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-def _migrate(db: sqlite3.Connection, statements: Sequence[str]) -> None:
-    with _immediate(db):
-        for statement in statements:
-            db.execute(statement)
-        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-
-
 def _claim_shard(db: sqlite3.Connection, path: Path, shard: int) -> None:
     # In one write transaction: refuse a database holding ids of another shard, then make
     # AUTOINCREMENT continue from the shard's base at least. Shard 0 never writes here.
     base = shard << SHARD_BITS
-    with _immediate(db):
+    with immediate(db):
         (highest,) = db.execute("SELECT max(id) FROM message").fetchone()
         sequence = _sequence(db)
         for value in (highest or 0, sequence):
@@ -1137,7 +897,7 @@ def _insert_message(
     assert rowid is not None
     db.executemany(
         "INSERT INTO recipient (message_id, position, address, notify, orcpt, state, attempts,"
-        " status, diagnostic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " status, diagnostic, route_kind, route_target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 rowid,
@@ -1149,6 +909,8 @@ def _insert_message(
                 r.attempts,
                 r.status,
                 r.diagnostic,
+                None if r.route is None else r.route.kind.value,
+                None if r.route is None else r.route.target,
             )
             for position, r in enumerate(envelope.recipients)
         ],
@@ -1359,8 +1121,9 @@ def _select_message(
         reason,
     ) = row
     recipient_rows = db.execute(
-        "SELECT address, notify, orcpt, state, attempts, status, diagnostic, delay_notified,"
-        " remote_mta, last_attempt FROM recipient WHERE message_id = ? ORDER BY position",
+        "SELECT address, notify, orcpt, state, attempts, status, diagnostic, route_kind,"
+        " route_target, delay_notified, remote_mta, last_attempt FROM recipient"
+        " WHERE message_id = ? ORDER BY position",
         (rowid,),
     ).fetchall()
     recipients = tuple(
@@ -1372,8 +1135,20 @@ def _select_message(
             attempts=r_attempts,
             status=status,
             diagnostic=diagnostic,
+            route=None if route_kind is None else Route(RouteKind(route_kind), route_target),
         )
-        for address, notify, orcpt, state, r_attempts, status, diagnostic, *_ in recipient_rows
+        for (
+            address,
+            notify,
+            orcpt,
+            state,
+            r_attempts,
+            status,
+            diagnostic,
+            route_kind,
+            route_target,
+            *_,
+        ) in recipient_rows
     )
     progress = tuple(
         RecipientProgress(

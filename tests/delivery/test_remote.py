@@ -17,6 +17,7 @@ from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import Mode, RoutingPolicy, parse_host_spec
 from mdtwist.directory.model import Account
 from mdtwist.envelope import ClientInfo, Envelope, Recipient, RecipientState
+from mdtwist.route import Route
 from mdtwist.secret import Secret
 from mdtwist.smtp.client import DeliveryReport, Destination, TLSMode
 from mdtwist.smtp.core.client import (
@@ -29,8 +30,9 @@ from mdtwist.smtp.core.client import (
     Transaction,
     TransactionOutcome,
 )
-from mdtwist.spool.store import QueuedMessage, RecipientResult
+from mdtwist.spool.model import QueuedMessage, RecipientResult
 from tests.spool.fakes import FakeDirectory
+from tests.support.logs import capture_logs
 
 #: How a fake host answers a recipient address: (status, code, enhanced, text).
 Answer = tuple[RecipientStatus, int | None, str, str]
@@ -321,3 +323,78 @@ class RemoteDeliveryTests(SynchronousTestCase):
             (sent[0].login, sent[0].password.reveal()), ("alice@local.test", "mailbox-pw")
         )
         self.assertEqual(sent[1].login, "global")
+
+
+def routed(*recipients: Recipient) -> QueuedMessage:
+    """
+    @return: a queued message for recipients that carry their routes.
+    """
+    plain = message()
+    return attrs.evolve(plain, envelope=attrs.evolve(plain.envelope, recipients=recipients))
+
+
+class RouteTests(SynchronousTestCase):
+    """
+    Remote delivery acts on each recipient's stored route.
+    """
+
+    def test_sharing_peer(self) -> None:
+        """
+        A sharing-peer recipient goes to the peer's address records on the peer's port, never
+        through MX and never to the smart host; a remote one in the same message still goes to
+        the smart host.
+        """
+        client = FakeClient({"192.0.2.99": lambda r: ACCEPT})
+        # No MX host at all: a recipient routed through MX could not be delivered.
+        resolver = FakeResolver(())
+        remote = RemoteDelivery(
+            policy=RoutingPolicy(mode=Mode.SMARTHOST, smart_host=parse_host_spec("[smart.test]")),
+            resolver=resolver,  # type: ignore[arg-type]
+            client=client,  # type: ignore[arg-type]
+            failed_hosts=FailedHosts(Clock()),
+            connect=lambda address, port: FakeEndpoint(address, port),  # type: ignore[arg-type,return-value]
+            directory=FakeDirectory([], ["local.test"]),
+            smart_host=SmartHostAccess(),
+        )
+        msg = routed(
+            Recipient("carol@local.test", route=Route.sharing_peer("peer.test:2526")),
+            Recipient("bob@remote.test", route=Route.remote()),
+        )
+        results = self.successResultOf(Deferred.fromCoroutine(remote(msg, [0, 1])))
+        self.assertEqual(
+            sorted((r.position, r.state, r.remote_mta) for r in results),
+            [
+                (0, RecipientState.DELIVERED, "peer.test"),
+                (1, RecipientState.DELIVERED, "smart.test"),
+            ],
+        )
+        self.assertEqual(
+            [(d.host, d.port, rcpts) for _, d, rcpts in client.sessions],
+            [("peer.test", 2526, ("carol@local.test",)), ("smart.test", 25, ("bob@remote.test",))],
+        )
+
+    def test_bad_peer_stays_pending(self) -> None:
+        """
+        A stored peer that is not a host specification keeps its recipient pending (C{4.3.5})
+        and does not hold up the others.
+        """
+        capture_logs(self)
+        client = FakeClient({"192.0.2.1": lambda r: ACCEPT})
+        remote = RemoteDelivery(
+            policy=RoutingPolicy(),
+            resolver=FakeResolver((MXHost("mx1.remote.test", 10, ("192.0.2.1",)),)),  # type: ignore[arg-type]
+            client=client,  # type: ignore[arg-type]
+            failed_hosts=FailedHosts(Clock()),
+            connect=lambda address, port: FakeEndpoint(address, port),  # type: ignore[arg-type,return-value]
+            directory=FakeDirectory([], ["local.test"]),
+            smart_host=SmartHostAccess(),
+        )
+        msg = routed(
+            Recipient("carol@local.test", route=Route.sharing_peer("bad host:x")),
+            Recipient("bob@remote.test"),
+        )
+        results = self.successResultOf(Deferred.fromCoroutine(remote(msg, [0, 1])))
+        self.assertEqual(
+            sorted((r.position, r.state, r.status) for r in results),
+            [(0, RecipientState.PENDING, "4.3.5"), (1, RecipientState.DELIVERED, "2.0.0")],
+        )

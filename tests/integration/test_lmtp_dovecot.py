@@ -9,7 +9,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.spool.store import MessageKind, SpoolReader
+from mdtwist.spool.model import MessageKind
+from mdtwist.spool.store import SpoolReader
 from tests.integration.daemon import Daemon
 from tests.integration.dovecot import Dovecot
 from tests.integration.test_smtp_daemon import wait_for

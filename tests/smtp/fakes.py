@@ -11,7 +11,9 @@ from mdtwist.directory.model import Account
 from mdtwist.envelope import ClientInfo, Envelope
 from mdtwist.errors import DirectoryUnavailable, SpoolError
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
+from mdtwist.route import Route
 from mdtwist.smtp.core.replies import Reply, reply
+from mdtwist.smtp.policy import RecipientDecision
 
 
 @implementer(IReceivePolicy)
@@ -24,6 +26,7 @@ class FakePolicy:
     @ivar held: the pending Deferreds.
     @ivar error: an exception to fail every call with, or L{None}.
     @ivar recipient_reply: the reply to every recipient.
+    @ivar routes: the route of each recipient address accepted (others are remote).
     """
 
     def __init__(self) -> None:
@@ -32,6 +35,7 @@ class FakePolicy:
         self.held: list[Deferred[Reply]] = []
         self.error: Exception | None = None
         self.recipient_reply = reply(250, "2.1.5", "Recipient ok")
+        self.routes: dict[str, Route] = {}
 
     def _answer(self, answer: Reply) -> Deferred[Reply]:
         if self.error is not None:
@@ -53,9 +57,12 @@ class FakePolicy:
         self.calls.append(("sender", client, sender))
         return self._answer(reply(250, "2.1.0", "Sender ok"))
 
-    def check_recipient(self, client: ClientInfo, sender: str, recipient: str) -> Deferred[Reply]:
+    def check_recipient(
+        self, client: ClientInfo, sender: str, recipient: str
+    ) -> Deferred[RecipientDecision]:
         """
-        Record the call and answer with L{recipient_reply}.
+        Record the call and answer with L{recipient_reply}; an accepted recipient gets the
+        route L{routes} has for it, else a remote route.
 
         @param client: the client.
         @param sender: the sender.
@@ -63,7 +70,13 @@ class FakePolicy:
         @return: the answer.
         """
         self.calls.append(("recipient", client, sender, recipient))
-        return self._answer(self.recipient_reply)
+
+        def decide(answer: Reply) -> RecipientDecision:
+            if not answer.is_positive:
+                return RecipientDecision(answer)
+            return RecipientDecision(answer, self.routes.get(recipient, Route.remote()))
+
+        return self._answer(self.recipient_reply).addCallback(decide)
 
 
 @implementer(ISpool)

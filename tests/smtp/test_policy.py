@@ -12,9 +12,17 @@ from zope.interface.verify import verifyObject
 from mdtwist.directory.model import Account
 from mdtwist.envelope import ClientInfo
 from mdtwist.errors import DirectoryUnavailable
-from mdtwist.interfaces import IDirectory, IReceivePolicy
+from mdtwist.interfaces import IDirectory, IReceivePolicy, ISharingLookup
+from mdtwist.route import Route, SharingAnswer
 from mdtwist.smtp.core.replies import Reply
-from mdtwist.smtp.policy import ReceivePolicy, parse_networks
+from mdtwist.smtp.policy import (
+    NO_SUCH_USER,
+    RECIPIENT_OK,
+    SHARING_UNAVAILABLE,
+    ReceivePolicy,
+    RecipientDecision,
+    parse_networks,
+)
 from tests.support.logs import capture_logs
 
 ALICE = Account(address="alice@local.test", mailbox="alice", domain="local.test", login="alice")
@@ -23,21 +31,27 @@ GONE = Account(
 )
 STRANGER = ClientInfo(address="203.0.113.9", helo="stranger.test")
 FRIEND = ClientInfo(address="192.0.2.7", helo="friend.test")
+BOB = Account(address="bob@second.test", mailbox="bob", domain="second.test", login="bob")
 AUTHED = ClientInfo(address="203.0.113.9", helo="laptop", user="alice")
 
 
 @implementer(IDirectory)
 class TwoAccounts:
     """
-    A directory for local.test with alice and a disabled account; can be switched off.
+    A directory for local.test (alice, her alias a.l, and a disabled account) and second.test;
+    can be switched off.
     """
 
     down = False
 
+    def __init__(self) -> None:
+        self.extra: dict[str, Account] = {}
+
     def find(self, address: str) -> Deferred[Account | None]:
         if self.down:
             return fail(DirectoryUnavailable("down"))
-        return succeed({"alice@local.test": ALICE, "gone@local.test": GONE}.get(address.lower()))
+        known = {"alice@local.test": ALICE, "a.l@local.test": ALICE, "gone@local.test": GONE}
+        return succeed({**known, **self.extra}.get(address.lower()))
 
     def authenticate(self, login: str, password: str) -> Deferred[Account | None]:
         return succeed(None)
@@ -45,7 +59,7 @@ class TwoAccounts:
     def domains(self) -> Deferred[frozenset[str]]:
         if self.down:
             return fail(DirectoryUnavailable("down"))
-        return succeed(frozenset({"local.test"}))
+        return succeed(frozenset({"local.test", "second.test"}))
 
 
 class ReceivePolicyTests(SynchronousTestCase):
@@ -59,10 +73,17 @@ class ReceivePolicyTests(SynchronousTestCase):
             self.directory, trusted_networks=parse_networks(["192.0.2.0/24", "::1"])
         )
 
+    def decide(self, recipient: str, client: ClientInfo = STRANGER) -> RecipientDecision:
+        """
+        @return: the policy's decision for a recipient.
+        """
+        return self.successResultOf(self.policy.check_recipient(client, "s@x.test", recipient))
+
     def rcpt(self, recipient: str, client: ClientInfo = STRANGER) -> tuple[int, str | None]:
-        reply: Reply = self.successResultOf(
-            self.policy.check_recipient(client, "s@x.test", recipient)
-        )
+        """
+        @return: the code and enhanced status of the reply to a recipient.
+        """
+        reply: Reply = self.decide(recipient, client).reply
         return reply.code, reply.enhanced
 
     def test_interface(self) -> None:
@@ -81,13 +102,89 @@ class ReceivePolicyTests(SynchronousTestCase):
         self.assertEqual(self.rcpt("nobody@local.test"), (550, "5.1.1"))
         self.assertEqual(self.rcpt("gone@local.test"), (550, "5.2.1"))
 
-    def test_postmaster_always(self) -> None:
+    def test_local_route(self) -> None:
         """
-        Bare postmaster and postmaster at a local domain are accepted from anyone.
+        An accepted local recipient goes to its account's primary address, whatever case or
+        alias it was given in.
         """
-        self.assertEqual(self.rcpt("postmaster"), (250, "2.1.5"))
-        self.assertEqual(self.rcpt("PostMaster"), (250, "2.1.5"))
-        self.assertEqual(self.rcpt("postmaster@local.test"), (250, "2.1.5"))
+        self.assertEqual(self.decide("ALICE@Local.Test").route, Route.local("alice@local.test"))
+        self.assertEqual(self.decide("a.l@local.test").route, Route.local("alice@local.test"))
+        self.assertIsNone(self.decide("nobody@local.test").route)
+
+    def test_postmaster_without_mailbox(self) -> None:
+        """
+        With no postmaster mailbox configured and no postmaster account, postmaster cannot be
+        delivered, so it is refused at RCPT (never accepted to bounce later).
+        """
+        self.assertEqual(self.rcpt("postmaster"), (550, "5.1.1"))
+        self.assertEqual(self.rcpt("PostMaster@local.test"), (550, "5.1.1"))
+
+    def test_postmaster_mailbox(self) -> None:
+        """
+        Bare postmaster and postmaster at every local domain, in any case, reach the configured
+        mailbox, from anyone.
+        """
+        policy = ReceivePolicy(self.directory, postmaster="alice@local.test")
+        for rcpt in (
+            "postmaster",
+            "PostMaster",
+            "postmaster@local.test",
+            "POSTMASTER@second.test",
+        ):
+            decision = self.successResultOf(policy.check_recipient(STRANGER, "s@x.test", rcpt))
+            self.assertEqual(decision, RecipientDecision.accept(Route.local("alice@local.test")))
+
+    def test_postmaster_account_wins(self) -> None:
+        """
+        An account that has a postmaster address itself receives its mail, not the configured
+        mailbox.
+        """
+        self.directory.extra["postmaster@second.test"] = BOB
+        policy = ReceivePolicy(self.directory, postmaster="alice@local.test")
+        decision = self.successResultOf(
+            policy.check_recipient(STRANGER, "s@x.test", "postmaster@second.test")
+        )
+        self.assertEqual(decision.route, Route.local("bob@second.test"))
+        decision = self.successResultOf(
+            policy.check_recipient(STRANGER, "s@x.test", "postmaster@local.test")
+        )
+        self.assertEqual(decision.route, Route.local("alice@local.test"))
+
+    def test_postmaster_not_relayed(self) -> None:
+        """
+        Postmaster at a foreign domain is an ordinary remote address.
+        """
+        capture_logs(self)
+        policy = ReceivePolicy(self.directory, postmaster="alice@local.test")
+        decision = self.successResultOf(
+            policy.check_recipient(STRANGER, "s@x.test", "postmaster@foreign.test")
+        )
+        self.assertEqual(decision.reply.code, 554)
+
+    def test_remote_route(self) -> None:
+        """
+        A relayed recipient gets the remote route.
+        """
+        self.assertEqual(
+            self.decide("x@foreign.test", FRIEND), RecipientDecision.accept(Route.remote())
+        )
+
+    def test_gateway_domain(self) -> None:
+        """
+        A recipient in a gateway domain is accepted from anyone and held for the gateway.
+        """
+        policy = ReceivePolicy(self.directory, gateway_domains=["Gate.Test"])
+        decision = self.successResultOf(
+            policy.check_recipient(STRANGER, "s@x.test", "anyone@gate.test")
+        )
+        self.assertEqual(decision, RecipientDecision.accept(Route.gateway_hold("gate.test")))
+
+    def test_decision_needs_route_when_accepting(self) -> None:
+        """
+        A decision carries a route exactly when its reply accepts.
+        """
+        self.assertRaises(ValueError, RecipientDecision, RECIPIENT_OK)
+        self.assertRaises(ValueError, RecipientDecision, NO_SUCH_USER, Route.remote())
 
     def test_directory_down(self) -> None:
         """
@@ -147,3 +244,92 @@ class ReceivePolicyTests(SynchronousTestCase):
         for sender in ("", "a@b.test", "alice@local.test"):
             reply = self.successResultOf(self.policy.check_sender(STRANGER, sender))
             self.assertEqual((reply.code, reply.enhanced), (250, "2.1.0"))
+
+
+@implementer(ISharingLookup)
+class FakeSharing:
+    """
+    A Domain Sharing lookup with fixed answers.
+
+    @ivar answers: the answer per address; others are not found.
+    @ivar calls: the addresses looked up.
+    @ivar error: an exception to fail with, or L{None}.
+    """
+
+    def __init__(self) -> None:
+        self.answers: dict[str, SharingAnswer] = {}
+        self.calls: list[str] = []
+        self.error: Exception | None = None
+
+    def lookup(self, address: str, client: ClientInfo) -> Deferred[SharingAnswer]:
+        self.calls.append(address)
+        if self.error is not None:
+            return fail(self.error)
+        return succeed(self.answers.get(address, SharingAnswer.not_found()))
+
+
+class SharingTests(SynchronousTestCase):
+    """
+    A local address without a local account is asked of the Domain Sharing lookup.
+    """
+
+    def setUp(self) -> None:
+        self.sharing = FakeSharing()
+        self.policy = ReceivePolicy(TwoAccounts(), sharing=self.sharing)
+
+    def decide(self, recipient: str) -> RecipientDecision:
+        """
+        @return: the policy's decision for a recipient from a stranger.
+        """
+        return self.successResultOf(self.policy.check_recipient(STRANGER, "s@x.test", recipient))
+
+    def test_interface(self) -> None:
+        """
+        The fake provides L{ISharingLookup}, so the tests use the interface as it is.
+        """
+        self.assertTrue(verifyObject(ISharingLookup, self.sharing))
+
+    def test_found(self) -> None:
+        """
+        An address a peer has is accepted with a route to that peer.
+        """
+        self.sharing.answers["carol@local.test"] = SharingAnswer.found("peer.test:2525")
+        self.assertEqual(
+            self.decide("carol@local.test"),
+            RecipientDecision.accept(Route.sharing_peer("peer.test:2525")),
+        )
+
+    def test_not_found(self) -> None:
+        """
+        An address no peer has is refused with 550 5.1.1.
+        """
+        self.assertEqual(self.decide("nobody@local.test"), RecipientDecision(NO_SUCH_USER))
+        self.assertEqual(self.sharing.calls, ["nobody@local.test"])
+
+    def test_unavailable(self) -> None:
+        """
+        A lookup that cannot tell, or fails, gives 451 4.4.3: the client tries again later.
+        """
+        capture_logs(self)
+        self.sharing.answers["dan@local.test"] = SharingAnswer.unavailable()
+        self.assertEqual(self.decide("dan@local.test"), RecipientDecision(SHARING_UNAVAILABLE))
+        self.sharing.error = RuntimeError("boom")
+        self.assertEqual(self.decide("eve@local.test"), RecipientDecision(SHARING_UNAVAILABLE))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_local_accounts_first(self) -> None:
+        """
+        Local accounts, disabled ones and remote addresses never reach the lookup.
+        """
+        capture_logs(self)
+        self.assertEqual(self.decide("alice@local.test").route, Route.local("alice@local.test"))
+        self.assertEqual(self.decide("gone@local.test").reply.enhanced, "5.2.1")
+        self.assertEqual(self.decide("x@foreign.test").reply.code, 554)
+        self.assertEqual(self.sharing.calls, [])
+
+    def test_postmaster_not_shared(self) -> None:
+        """
+        Postmaster is never looked up on peers: without a mailbox here it is refused.
+        """
+        self.assertEqual(self.decide("postmaster@local.test").reply.code, 550)
+        self.assertEqual(self.sharing.calls, [])

@@ -18,6 +18,7 @@ from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
 from mdtwist.login_limits import LoginLimits
 from mdtwist.portal import build_login_portal
+from mdtwist.route import Route
 from mdtwist.secret import Secret
 from mdtwist.smtp.core.replies import Reply
 from mdtwist.smtp.core.server import ServerSettings
@@ -135,6 +136,76 @@ class TransactionTests(GlueTestsBase):
         self.assertTrue(body.startswith(b"Received: from c.example ([192.0.2.1])\r\n"))
         self.assertIn(b"with ESMTP\r\n\tfor <b@example.com>; ", body)
         self.assertTrue(body.endswith(b"\r\nSubject: hi\r\n\r\nbody\r\n"))
+
+    def test_routes_kept_with_recipients(self) -> None:
+        """
+        Each accepted recipient carries the route the policy decided into the envelope; a
+        refused one leaves no trace.
+        """
+        self.policy.routes = {
+            "b@example.com": Route.local("bob@example.com"),
+            "p@example.com": Route.sharing_peer("peer.example:25"),
+        }
+        protocol, transport = self.connect(self.factory())
+        protocol.dataReceived(
+            b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@example.com>\r\n"
+            b"RCPT TO:<p@example.com>\r\nRCPT TO:<x@remote.example>\r\nDATA\r\nhi\r\n.\r\n"
+        )
+        self.assertEqual(self.replies(transport)[-1], (250, "2.0.0"))
+        [(envelope, _)] = self.spool.messages
+        self.assertEqual(
+            [(r.address, r.route) for r in envelope.recipients],
+            [
+                ("b@example.com", Route.local("bob@example.com")),
+                ("p@example.com", Route.sharing_peer("peer.example:25")),
+                ("x@remote.example", Route.remote()),
+            ],
+        )
+
+    def test_duplicate_recipients_once(self) -> None:
+        """
+        A hundred RCPTs (the limit) of one address, aliases or other spellings that reach the
+        same mailbox, are each answered 250, but the message is queued for that mailbox once.
+        Remote addresses are the same when only the domain's case differs.
+        """
+        alice = Route.local("alice@example.com")
+        self.policy.routes = {"alice@example.com": alice, "Al@Example.com": alice}
+        protocol, transport = self.connect(self.factory())
+        rcpts = [b"alice@example.com"] * 96 + [
+            b"Al@Example.com",
+            b"Bob@Remote.Example",
+            b"Bob@remote.example",
+            b"bob@remote.example",
+        ]
+        protocol.dataReceived(
+            b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\n"
+            + b"".join(b"RCPT TO:<" + r + b">\r\n" for r in rcpts)
+            + b"DATA\r\nhi\r\n.\r\n"
+        )
+        replies = self.replies(transport)
+        self.assertEqual(replies[3:-2], [(250, "2.1.5")] * len(rcpts))
+        self.assertEqual(replies[-1], (250, "2.0.0"))
+        [(envelope, _)] = self.spool.messages
+        self.assertEqual(
+            [(r.address, r.route) for r in envelope.recipients],
+            [
+                ("alice@example.com", alice),
+                ("Bob@Remote.Example", Route.remote()),
+                ("bob@remote.example", Route.remote()),
+            ],
+        )
+
+    def test_duplicates_counted_per_transaction(self) -> None:
+        """
+        After a message, the same recipient in the next transaction is accepted afresh.
+        """
+        protocol, _ = self.connect(self.factory())
+        transaction = b"MAIL FROM:<a@c.example>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nx\r\n.\r\n"
+        protocol.dataReceived(b"EHLO c.example\r\n" + transaction + b"RSET\r\n" + transaction)
+        self.assertEqual(
+            [[r.address for r in envelope.recipients] for envelope, _ in self.spool.messages],
+            [["b@example.com"], ["b@example.com"]],
+        )
 
     def test_pipelined_commands_wait_for_slow_policy(self) -> None:
         """

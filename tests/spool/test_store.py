@@ -16,18 +16,15 @@ from zope.interface.verify import verifyObject
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, RecipientState
 from mdtwist.errors import SpoolError
 from mdtwist.interfaces import ISpool
+from mdtwist.route import Route
 from mdtwist.secret import Secret
+from mdtwist.spool.model import MessageKind, Notice, Queue, RecipientProgress, RecipientResult
+from mdtwist.spool.schema import MIGRATE_FROM_1, SCHEMA_VERSION
 from mdtwist.spool.store import (
-    _MIGRATE_FROM_1,
     BODIES_NAME,
     DATABASE_NAME,
     MAX_SHARDS,
     SHARD_BITS,
-    MessageKind,
-    Notice,
-    Queue,
-    RecipientProgress,
-    RecipientResult,
     SpoolReader,
     SQLiteSpool,
     existing_shards,
@@ -36,7 +33,7 @@ from mdtwist.spool.store import (
     shard_directory,
     shard_of,
 )
-from tests.spool.fakes import HeldRunner, make_envelope, run_now
+from tests.spool.fakes import HeldRunner, make_envelope, run_now, write_v3_spool
 
 BIG = b"Subject: big\r\n\r\n" + b"x" * 300 + b"\r\n"
 SMALL = b"Subject: small\r\n\r\nhello\r\n"
@@ -861,7 +858,7 @@ class MigrationTests(SynchronousTestCase):
         self.assertIsNone(message.envelope.client.password)
         check = sqlite3.connect(directory / DATABASE_NAME)
         self.addCleanup(check.close)
-        self.assertEqual(check.execute("PRAGMA user_version").fetchone(), (3,))
+        self.assertEqual(check.execute("PRAGMA user_version").fetchone(), (SCHEMA_VERSION,))
 
     def test_from_version_2(self) -> None:
         """
@@ -871,7 +868,7 @@ class MigrationTests(SynchronousTestCase):
         directory.mkdir()
         db = sqlite3.connect(directory / DATABASE_NAME)
         db.executescript(_SCHEMA_V1)
-        for statement in _MIGRATE_FROM_1:
+        for statement in MIGRATE_FROM_1:
             db.execute(statement)
         db.execute("PRAGMA user_version = 2")
         db.commit()
@@ -894,6 +891,63 @@ class MigrationTests(SynchronousTestCase):
         kept = self.successResultOf(spool.load(queue_id))
         assert kept is not None and kept.envelope.client.password is not None
         self.assertEqual(kept.envelope.client.password.reveal(), "pw")
+
+
+class RouteTests(SynchronousTestCase):
+    """Tests for the route stored with each recipient (schema version 4)."""
+
+    def test_round_trip(self) -> None:
+        """
+        Every kind of route comes back as it was stored; a recipient without one stays without.
+        """
+        routes = [
+            Route.local("alice@example.com"),
+            Route.remote(),
+            Route.sharing_peer("peer.example:2525"),
+            Route.gateway_hold("gate.example"),
+            None,
+        ]
+        envelope = make_envelope(
+            *(Recipient(f"r{n}@example.com", route=route) for n, route in enumerate(routes))
+        )
+        spool = SQLiteSpool(Path(self.mktemp()), run_now)
+        self.addCleanup(spool.close)
+        message = self.successResultOf(
+            spool.load(self.successResultOf(spool.enqueue(envelope, SMALL)))
+        )
+        assert message is not None
+        self.assertEqual([r.route for r in message.envelope.recipients], routes)
+
+    def test_from_version_3(self) -> None:
+        """
+        A spool written by the release before routes opens and is upgraded in place: its
+        recipients have no route (the queue runner classifies them), new ones keep theirs, and
+        the reader of command-line tools reads it.
+        """
+        directory = Path(self.mktemp())
+        queue_id = write_v3_spool(directory, ["a@example.com", "b@remote.test"], SMALL)
+        spool = SQLiteSpool(directory, run_now)
+        self.addCleanup(spool.close)
+        old = self.successResultOf(spool.load(queue_id))
+        assert old is not None
+        self.assertEqual(
+            [(r.address, r.route) for r in old.envelope.recipients],
+            [("a@example.com", None), ("b@remote.test", None)],
+        )
+        self.assertEqual(old.body, SMALL)
+        self.assertEqual(self.successResultOf(spool.due(1e12, 10)), [queue_id])
+        new_id = self.successResultOf(
+            spool.enqueue(make_envelope(Recipient("c@remote.test", route=Route.remote())), SMALL)
+        )
+        new = self.successResultOf(spool.load(new_id))
+        assert new is not None
+        self.assertEqual(new.envelope.recipients[0].route, Route.remote())
+        check = sqlite3.connect(directory / DATABASE_NAME)
+        self.addCleanup(check.close)
+        self.assertEqual(check.execute("PRAGMA user_version").fetchone(), (SCHEMA_VERSION,))
+        reader = SpoolReader(directory)
+        self.addCleanup(reader.close)
+        self.assertEqual([e.queue_id for e in reader.list()], [queue_id, new_id])
 
 
 class ShardTests(SynchronousTestCase):

@@ -118,7 +118,8 @@ class ServerSettings:
     @ivar hostname: our name, in the greeting and the EHLO reply.
     @ivar max_command_line: the longest command line, CRLF included.
     @ivar max_text_line: the longest message line, CRLF included.
-    @ivar max_recipients: recipients per transaction; the next one gets C{452 4.5.3}.
+    @ivar max_recipients: recipients accepted per transaction, a duplicate the glue does not
+        add counted too; the next one gets C{452 4.5.3}.
     @ivar max_message_size: the largest message, in bytes; advertised with C{SIZE}.
     @ivar max_errors: 5xx replies after which the session is closed with C{421 4.7.0}.
     @ivar starttls: whether STARTTLS is offered (only while TLS is not active).
@@ -241,6 +242,7 @@ class ServerCore:
         self._mechanism_name = ""
         self._mail: MailFrom | None = None
         self._recipients: list[RcptTo] = []
+        self._accepted = 0
         self._data: DataReader | None = None
         # BDAT: the message so far (None outside a BDAT transaction), and the chunk being read.
         self._chunks: bytearray | None = None
@@ -411,11 +413,15 @@ class ServerCore:
                 self._state = SessionState.WAITING
                 return event
 
-    def send(self, answer: Reply) -> None:
+    def send(self, answer: Reply, *, add_recipient: bool = True) -> None:
         """
         Answer the pending event.
 
         @param answer: the reply.
+        @param add_recipient: for a 2xx to L{RcptTo}, whether the recipient joins the
+            transaction; C{False} answers a recipient the transaction already has (the same
+            mailbox again) without adding it a second time (it still counts towards
+            L{ServerSettings.max_recipients}).
         @raise LocalProtocolError: no event is pending, or the reply does not fit it.
         """
         event = self._pending
@@ -429,7 +435,9 @@ class ServerCore:
         if isinstance(event, MailFrom) and positive:
             self._mail = event
         elif isinstance(event, RcptTo) and positive:
-            self._recipients.append(event)
+            self._accepted += 1
+            if add_recipient:
+                self._recipients.append(event)
         elif isinstance(event, MessageReceived):
             self._reset_transaction()
         elif isinstance(event, Authenticate) and answer.code == 235:
@@ -493,6 +501,7 @@ class ServerCore:
     def _reset_transaction(self) -> None:
         self._mail = None
         self._recipients = []
+        self._accepted = 0
         self._data = None
         self._chunks = None
 
@@ -582,7 +591,7 @@ class ServerCore:
     def _rcpt_command(self, args: str) -> Event | None:
         if self._mail is None:
             return self._refuse(503, "5.5.1", "Need MAIL before RCPT")
-        if len(self._recipients) >= self._settings.max_recipients:
+        if self._accepted >= self._settings.max_recipients:
             return self._refuse(452, "4.5.3", "Too many recipients")
         allowed = _DSN_RCPT_PARAMETERS if self._settings.dsn and self._extended else _NO_PARAMETERS
         parsed = parse_rcpt(args, allowed)

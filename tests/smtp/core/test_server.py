@@ -736,3 +736,35 @@ class ServerCoreTests(SynchronousTestCase):
             ValueError, ServerSettings, hostname="h", auth_mechanisms=("DIGEST-MD5",)
         )
         self.assertRaises(ValueError, ServerSettings, hostname="h", max_recipients=0)
+
+
+class DuplicateRecipientTests(SynchronousTestCase):
+    """
+    The glue can accept a recipient without adding it (the same mailbox again).
+    """
+
+    def test_not_added(self) -> None:
+        """
+        A recipient answered 250 with C{add_recipient=False} is not in the message, but it
+        counts towards the recipient limit, so duplicates cannot make a transaction endless.
+        """
+        core = ServerCore(attrs.evolve(MX, max_recipients=3))
+        core.start()
+        core.receive_data(
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@x>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\n"
+            b"RCPT TO:<c@x>\r\nDATA\r\nhi\r\n.\r\n"
+        )
+        events = []
+        adds = iter([True, False, True])
+        while True:
+            event = core.next_event()
+            if not isinstance(event, Event):
+                break
+            events.append(event)
+            if isinstance(event, RcptTo):
+                core.send(reply(250, "2.1.5", "Ok"), add_recipient=next(adds))
+            else:
+                core.send(reply(250, "2.0.0", "Ok"))
+        [message] = [e for e in events if isinstance(e, MessageReceived)]
+        self.assertEqual([r.recipient for r in message.recipients], ["a@x", "b@x"])
+        self.assertIn(b"452 4.5.3", core.data_to_send())

@@ -1,8 +1,8 @@
-"""Tests for L{mdtwist.spool.runner}."""
+"""Tests for L{mdtwist.delivery.runner}."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -19,13 +19,21 @@ from mdtwist.delivery.local import (
     ILocalDelivery,
     MaildirDelivery,
 )
+from mdtwist.delivery.runner import QueueRunner, RemoteDelivery
+from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.directory.model import Account
-from mdtwist.envelope import Envelope, RecipientState
+from mdtwist.envelope import Envelope, Recipient, RecipientState
 from mdtwist.interfaces import IDirectory
-from mdtwist.spool.runner import QueueRunner, RemoteDelivery
-from mdtwist.spool.schedule import QueuePolicy
-from mdtwist.spool.store import MessageKind, QueuedMessage, RecipientResult, SQLiteSpool
-from tests.spool.fakes import FakeDirectory, make_account, make_envelope, run_now
+from mdtwist.route import Route
+from mdtwist.spool.model import MessageKind, QueuedMessage, RecipientResult
+from mdtwist.spool.store import SQLiteSpool
+from tests.spool.fakes import (
+    FakeDirectory,
+    make_account,
+    make_envelope,
+    run_now,
+    write_v3_spool,
+)
 
 BODY = b"Subject: test\r\n\r\nhello\r\n"
 
@@ -365,6 +373,103 @@ class QueueRunnerTests(SynchronousTestCase):
         self.assertEqual(asked, [(queue_id, [0, 2])])
         self.assertEqual(len(self.copies("alice")), 1)
         self.assertEqual(self.successResultOf(self.spool.count()), 0)
+
+    def recording_remote(
+        self, asked: list[QueuedMessage]
+    ) -> Callable[[QueuedMessage, Sequence[int]], Deferred[Sequence[RecipientResult]]]:
+        """
+        @param asked: gets each message handed to the remote delivery.
+        @return: a remote delivery that delivers every recipient it is given.
+        """
+
+        def remote(
+            message: QueuedMessage, positions: Sequence[int]
+        ) -> Deferred[Sequence[RecipientResult]]:
+            asked.append(message)
+            return succeed(
+                [
+                    RecipientResult(p, RecipientState.DELIVERED, "2.0.0", "250 ok")
+                    for p in positions
+                ]
+            )
+
+        return remote
+
+    def test_stored_routes(self) -> None:
+        """
+        The runner acts on each recipient's stored route, never on its domain: a local route
+        goes to the mailbox it names, remote and sharing-peer routes go to the remote delivery
+        (even in a local domain), and a gateway-held recipient is never attempted: it stays
+        pending, so the message stays queued.
+        """
+        asked: list[QueuedMessage] = []
+        recipients = (
+            Recipient("whoever@example.com", route=Route.local("alice@example.com")),
+            Recipient("x@example.com", route=Route.remote()),
+            Recipient("carol@example.com", route=Route.sharing_peer("peer.test:2525")),
+            Recipient("g@gate.test", route=Route.gateway_hold("gate.test")),
+        )
+        queue_id = self.enqueue(make_envelope(*recipients))
+        self.runner(remote=self.recording_remote(asked)).startService()
+        self.assertEqual(len(self.copies("alice")), 1)
+        self.assertEqual(self.directory.lookups, ["alice@example.com"])
+        [message] = asked
+        self.assertEqual(message.envelope.recipients, recipients)
+        left = self.message(queue_id)
+        self.assertEqual(
+            [r.state for r in left.envelope.recipients],
+            [RecipientState.DELIVERED] * 3 + [RecipientState.PENDING],
+        )
+        self.clock.advance(3600)
+        self.assertEqual([m.queue_id for m in asked].count(queue_id), 1)
+        self.assertEqual(self.message(queue_id).envelope.recipients[3].attempts, 0)
+
+    def test_version_3_spool_delivers(self) -> None:
+        """
+        A spool written by the release before routes opens, upgrades and delivers: its
+        recipients are classified when loaded (local, remote, bare postmaster to the
+        configured mailbox), and the remote delivery gets them with their routes.
+        """
+        self.spool_dir = Path(self.mktemp())
+        queue_id = write_v3_spool(
+            self.spool_dir, ["alice@example.com", "x@remote.test", "postmaster"], BODY
+        )
+        self.spool = SQLiteSpool(self.spool_dir, run_now)
+        self.addCleanup(lambda: self.spool.close())
+        asked: list[QueuedMessage] = []
+        runner = QueueRunner(
+            self.spool,
+            self.directory,
+            self.local,
+            self.clock,
+            remote=self.recording_remote(asked),
+            postmaster="bob@example.com",
+        )
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        self.assertEqual(len(self.copies("alice")), 1)
+        self.assertEqual(len(self.copies("bob")), 1)
+        [message] = asked
+        self.assertEqual(message.queue_id, queue_id)
+        self.assertEqual(
+            [r.route for r in message.envelope.recipients],
+            [Route.local("alice@example.com"), Route.remote(), Route.local("postmaster")],
+        )
+        self.assertEqual(self.successResultOf(self.spool.count()), 0)
+
+    def test_postmaster_account_wins(self) -> None:
+        """
+        A postmaster address that an account has itself goes to that account, not to the
+        configured postmaster mailbox.
+        """
+        self.directory.accounts.append(make_account("pm@example.com", "postmaster@example.com"))
+        runner = QueueRunner(
+            self.spool, self.directory, self.local, self.clock, postmaster="bob@example.com"
+        )
+        self.enqueue(make_envelope("postmaster@example.com"))
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        self.assertEqual((len(self.copies("pm")), len(self.copies("bob"))), (1, 0))
 
     def test_stop_waits_for_deliveries(self) -> None:
         """Stopping the runner waits for the deliveries in flight and starts no new ones."""

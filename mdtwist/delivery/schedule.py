@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.spool.test_schedule -*-
+# -*- test-case-name: tests.delivery.test_schedule -*-
 """
 When to try a queued message again, and when to give up: pure functions of time.
 
@@ -55,7 +55,7 @@ class QueuePolicy:
         (MDaemon: "retry sending undeliverable mail once every N minutes").
     @ivar maximal_backoff: the longest wait after a temporary failure in the retry queue.
     @ivar delay_after_temp_error: the least wait after an SMTP 4xx reply, given by the remote
-        delivery in L{mdtwist.spool.store.RecipientResult.retry_after}; 0 disables it.
+        delivery in L{mdtwist.spool.model.RecipientResult.retry_after}; 0 disables it.
     @ivar lifetime: how long a message may stay queued before its pending recipients fail
         (MDaemon: "if a message is still undeliverable after N days"; 0 gives up after the
         first temporary failure).

@@ -1,10 +1,10 @@
-"""Tests for L{mdtwist.spool.schedule}."""
+"""Tests for L{mdtwist.delivery.schedule}."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.spool.schedule import (
+from mdtwist.delivery.schedule import (
     MDAEMON_COMPATIBLE,
     QueuePolicy,
     RetryPolicy,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.spool.test_runner -*-
+# -*- test-case-name: tests.delivery.test_runner,tests.delivery.test_runner_notices -*-
 """
 The queue runner: takes messages from the spool to their mailboxes.
 
@@ -13,15 +13,18 @@ message is never in two deliveries at once. A pass starts:
     once, without waiting for the next queue run. These passes are not counted.
 A trigger that comes while a pass runs starts another pass after it.
 
-For one message, each pending recipient is resolved: an invalid address fails (C{5.1.3}); a
-recipient in a local domain is looked up in the directory and delivered through the
-L{ILocalDelivery} seam, or fails when no account has it (C{5.1.1}) or it is disabled
-(C{5.2.1}); a recipient in another domain goes to the remote-delivery collaborator, or stays
-queued when there is none. A directory that cannot answer keeps the recipient pending
-(C{4.4.3}). All results of the attempt are recorded in one spool transaction; the message leaves
-the spool when no recipient is left pending. Temporary failures are retried on the schedule of
-L{mdtwist.spool.schedule.QueuePolicy}, until the message expires; then every recipient still
-pending fails with C{4.4.7}.
+For one message, each pending recipient goes where its stored route says (L{mdtwist.route}; a
+recipient queued before routes were stored is classified by L{mdtwist.route.classify} when it
+is loaded, and an invalid address fails with C{5.1.3}): a C{LOCAL} recipient's mailbox is
+looked up in the directory (L{mdtwist.directory.mailbox.find_mailbox}) and delivered through
+the L{ILocalDelivery} seam, or fails when no account has it (C{5.1.1}) or it is disabled
+(C{5.2.1}); C{REMOTE} and C{SHARING_PEER} recipients go to the remote-delivery collaborator
+(which acts on the route), or stay queued when there is none; C{GATEWAY_HOLD} recipients are
+never attempted here: they stay pending until the gateway dequeues them. A directory that
+cannot answer keeps the recipient pending (C{4.4.3}). All results of the attempt are recorded
+in one spool transaction; the message leaves the spool when no recipient is left pending.
+Temporary failures are retried on the schedule of L{mdtwist.delivery.schedule.QueuePolicy},
+until the message expires; then every recipient still pending fails with C{4.4.7}.
 
 Notices (L{mdtwist.delivery.dsn}): after each attempt the runner makes at most one DSN about
 the message, reporting the recipients that failed in this attempt, the pending recipients the
@@ -49,7 +52,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from typing_extensions import override
 
-from mdtwist.address import parse_address
 from mdtwist.delivery.dsn import (
     Action,
     RecipientReport,
@@ -59,25 +61,27 @@ from mdtwist.delivery.dsn import (
     wants_notice,
 )
 from mdtwist.delivery.local import DeliveryStatus, ILocalDelivery
-from mdtwist.envelope import Recipient, RecipientState
-from mdtwist.errors import DirectoryUnavailable
-from mdtwist.interfaces import IDirectory
-from mdtwist.spool.schedule import (
+from mdtwist.delivery.schedule import (
     QueuePolicy,
     expired,
     give_up_time,
     in_retry_phase,
     next_attempt,
 )
-from mdtwist.spool.store import (
+from mdtwist.directory.mailbox import find_mailbox
+from mdtwist.envelope import Recipient, RecipientState
+from mdtwist.errors import DirectoryUnavailable
+from mdtwist.interfaces import IDirectory
+from mdtwist.route import Route, RouteKind, classify
+from mdtwist.spool.model import (
     MessageKind,
     Notice,
     Queue,
     QueuedMessage,
     RecipientProgress,
     RecipientResult,
-    SQLiteSpool,
 )
+from mdtwist.spool.store import SQLiteSpool
 
 #: Delivers the given recipients (by position) of a message to other hosts; returns one result
 #: per recipient it attempted. Recipients it gives no result for stay pending.
@@ -143,6 +147,7 @@ class QueueRunner(Service):
         policy: QueuePolicy | None = None,
         remote: RemoteDelivery | None = None,
         hostname: str = "localhost",
+        postmaster: str | None = None,
     ) -> None:
         """
         Make a queue runner; nothing happens until the service starts.
@@ -158,6 +163,8 @@ class QueueRunner(Service):
             L{QueuePolicy} when L{None}.
         @param remote: delivers to other hosts; when L{None} remote recipients stay queued.
         @param hostname: our host name, the reporting MTA of our notices.
+        @param postmaster: the mailbox that receives postmaster's mail (see
+            L{mdtwist.directory.mailbox.find_mailbox}), or L{None}.
         """
         self.setName("queue-runner")
         self._spool = spool
@@ -169,6 +176,7 @@ class QueueRunner(Service):
         self._policy = QueuePolicy() if policy is None else policy
         self._remote = remote
         self._hostname = hostname
+        self._postmaster = postmaster
         self._semaphore = DeferredSemaphore(concurrency)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -328,26 +336,46 @@ class QueueRunner(Service):
             return [_directory_down(position) for position, _ in pending]
         results: list[RecipientResult] = []
         remote: list[int] = []
+        classified: dict[int, Route] = {}
         for position, recipient in pending:
-            address = parse_address(recipient.address)
-            if recipient.address.lower() == "postmaster" or (
-                address is not None and address.domain in domains
-            ):
-                results.append(await self._deliver_local(message, position, recipient))
-            elif address is None:
+            # The route stored when the recipient was accepted; one queued before routes were
+            # stored is classified now, by the same function the receive policy uses.
+            route = recipient.route
+            if route is None:
+                route = classify(recipient.address, domains)
+                if route is not None:
+                    classified[position] = route
+            if route is None:
                 results.append(RecipientResult(position, _FAILED, "5.1.3", "bad address syntax"))
                 self._log_result(message, recipient, results[-1])
+            elif route.kind is RouteKind.LOCAL:
+                assert route.target is not None
+                results.append(
+                    await self._deliver_local(message, position, recipient, route.target, domains)
+                )
+            elif route.kind is RouteKind.GATEWAY_HOLD:
+                # Held until the gateway dequeues it: no attempt, it stays pending.
+                continue
             else:
                 remote.append(position)
         if remote:
+            if classified:
+                message = _with_routes(message, classified)
             results.extend(await self._deliver_remote(message, remote))
         return results
 
     async def _deliver_local(
-        self, message: QueuedMessage, position: int, recipient: Recipient
+        self,
+        message: QueuedMessage,
+        position: int,
+        recipient: Recipient,
+        mailbox: str,
+        domains: frozenset[str],
     ) -> RecipientResult:
         try:
-            account = await self._directory.find(recipient.address)
+            account = await find_mailbox(
+                self._directory, mailbox, postmaster=self._postmaster, local_domains=domains
+            )
         except DirectoryUnavailable:
             result = _directory_down(position)
         else:
@@ -576,6 +604,15 @@ def _progress(message: QueuedMessage, position: int) -> RecipientProgress:
 
 def _park(message: QueuedMessage, reason: str) -> dict[str, Any]:
     return {"queue_id": message.queue_id, "reason": reason}
+
+
+def _with_routes(message: QueuedMessage, routes: dict[int, Route]) -> QueuedMessage:
+    # The message with the routes found for recipients queued before routes were stored.
+    recipients = tuple(
+        attrs.evolve(recipient, route=routes[position]) if position in routes else recipient
+        for position, recipient in enumerate(message.envelope.recipients)
+    )
+    return attrs.evolve(message, envelope=attrs.evolve(message.envelope, recipients=recipients))
 
 
 def _directory_down(position: int) -> RecipientResult:

@@ -11,18 +11,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.delivery.local import MaildirDelivery
+from mdtwist.delivery.runner import QueueRunner
+from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.envelope import Recipient, RecipientState
 from mdtwist.errors import SpoolError
-from mdtwist.spool.runner import QueueRunner
-from mdtwist.spool.schedule import QueuePolicy
-from mdtwist.spool.store import (
-    BAD_QUEUE_HEADER,
-    MessageKind,
-    Queue,
-    QueuedMessage,
-    RecipientResult,
-    SQLiteSpool,
-)
+from mdtwist.spool.model import MessageKind, Queue, QueuedMessage, RecipientResult
+from mdtwist.spool.store import BAD_QUEUE_HEADER, SQLiteSpool
 from tests.spool.fakes import FakeDirectory, make_account, make_envelope, run_now
 from tests.spool.test_store import flaky
 from tests.support.dsn import parse, parts, recipient_blocks
