@@ -51,7 +51,7 @@ from mdtwist.delivery.router import (
 from mdtwist.envelope import RecipientState
 from mdtwist.interfaces import IDirectory
 from mdtwist.smtp.client import Destination as SMTPDestination
-from mdtwist.smtp.client import SMTPClient, TLSMode
+from mdtwist.smtp.client import SMTPClient
 from mdtwist.smtp.core.client import (
     Credentials,
     RecipientOutcome,
@@ -59,6 +59,7 @@ from mdtwist.smtp.core.client import (
     SessionStatus,
     Transaction,
 )
+from mdtwist.smtp.modes import TLSMode
 from mdtwist.spool.store import QueuedMessage, RecipientResult
 
 log = Logger()

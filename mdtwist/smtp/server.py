@@ -33,7 +33,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mdtwist.config import ListenerMode
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
 from mdtwist.errors import DirectoryUnavailable, SpoolError
@@ -52,6 +51,7 @@ from mdtwist.smtp.core.events import (
 from mdtwist.smtp.core.replies import Reply, reply
 from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
+from mdtwist.smtp.modes import ListenerMode
 
 BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")
 TIMEOUT = reply(421, "4.4.2", "Timeout, closing connection")

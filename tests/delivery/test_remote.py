@@ -18,7 +18,7 @@ from mdtwist.delivery.router import Mode, RoutingPolicy, parse_host_spec
 from mdtwist.directory.model import Account
 from mdtwist.envelope import ClientInfo, Envelope, Recipient, RecipientState
 from mdtwist.secret import Secret
-from mdtwist.smtp.client import DeliveryReport, Destination, TLSMode
+from mdtwist.smtp.client import DeliveryReport, Destination
 from mdtwist.smtp.core.client import (
     Credentials,
     Phase,
@@ -29,6 +29,7 @@ from mdtwist.smtp.core.client import (
     Transaction,
     TransactionOutcome,
 )
+from mdtwist.smtp.modes import TLSMode
 from mdtwist.spool.store import QueuedMessage, RecipientResult
 from tests.spool.fakes import FakeDirectory
 

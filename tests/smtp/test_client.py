@@ -19,7 +19,6 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from mdtwist.config import ListenerMode
 from mdtwist.envelope import ClientInfo, Recipient
 from mdtwist.secret import Secret
 from mdtwist.smtp.client import (
@@ -39,6 +38,7 @@ from mdtwist.smtp.core.client import (
     Transaction,
 )
 from mdtwist.smtp.core.server import ServerSettings
+from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.server import SMTPServerFactory
 from tests.smtp.fakes import FakeDirectory, FakePolicy, FakeSpool
 from tests.support.logs import capture_logs
