@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,6 +29,24 @@ LEAF_MODULES = (
     "mdtwist.secret",
     "mdtwist.smtp.modes",
     "mdtwist.spool.schedule",
+)
+
+#: Packages whose every module is a pure core.
+PURE_PACKAGES = ("mdtwist.smtp.core",)
+
+#: Pure modules outside those packages: standard library and attrs only, never Twisted. Each
+#: must exist; C{pyproject.toml} bans Twisted imports in the same files (keep the two lists
+#: alike).
+PURE_MODULES = LEAF_MODULES
+
+#: Pure modules other branches are about to add. Each must NOT exist yet: when one appears,
+#: the test below fails until it is moved into L{PURE_MODULES} (and its file into the ruff
+#: rule), so no module is ever left out of the check without a failure saying so.
+COMING_PURE_MODULES = (
+    "mdtwist.minger.codec",
+    "mdtwist.settings.model",
+    "mdtwist.spool.model",
+    "mdtwist.spool.schema",
 )
 
 _SCRIPT = """
@@ -61,9 +80,18 @@ def imported_by(*names: str) -> dict[str, list[str]]:
     return report
 
 
+def _source(name: str) -> Path:
+    return Path(mdtwist.__file__).parents[1] / (name.replace(".", "/") + ".py")
+
+
 def _is_package(name: str) -> bool:
     # A package's __init__ holds only its docstring; its modules are checked by name.
-    return (Path(mdtwist.__file__).parents[1] / name.replace(".", "/") / "__init__.py").exists()
+    return _source(name + ".__init__").exists()
+
+
+def _package_modules(package: str) -> list[str]:
+    directory = _source(package + ".__init__").parent
+    return sorted(f"{package}.{path.stem}" for path in directory.glob("*.py"))
 
 
 class ConfigLeafTests(SynchronousTestCase):
@@ -93,3 +121,64 @@ class ConfigLeafTests(SynchronousTestCase):
             or m.startswith("twisted.trial")
         )
         self.assertEqual(unwanted, [])
+
+
+class PureModuleTests(SynchronousTestCase):
+    """
+    Tests that the pure modules stay free of Twisted.
+    """
+
+    def test_listed_modules_exist(self) -> None:
+        """
+        Every listed pure module exists, so none is checked in name only.
+        """
+        missing = [name for name in PURE_MODULES if not _source(name).exists()]
+        self.assertEqual(missing, [])
+        self.assertGreaterEqual(len(_package_modules("mdtwist.smtp.core")), 9)
+
+    def test_ruff_bans_twisted_in_the_same_files(self) -> None:
+        """
+        The ruff rule in C{pyproject.toml} names the same pure files as this test.
+        """
+        root = Path(mdtwist.__file__).parents[1]
+        config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+        ignores = config["tool"]["ruff"]["lint"]["per-file-ignores"]
+        [pattern] = [key for key, codes in ignores.items() if codes == ["TID251"]]
+        self.assertTrue(pattern.startswith("!{") and pattern.endswith("}"), pattern)
+        files = set(pattern[2:-1].split(","))
+        expected = {name.replace(".", "/") + ".py" for name in PURE_MODULES}
+        expected |= {p.replace(".", "/") + "/*.py" for p in PURE_PACKAGES}
+        self.assertEqual(files, expected)
+
+    def test_coming_modules_not_yet_listed(self) -> None:
+        """
+        A coming pure module that now exists must be moved into L{PURE_MODULES}.
+        """
+        arrived = [name for name in COMING_PURE_MODULES if _source(name).exists()]
+        self.assertEqual(arrived, [], "move these into PURE_MODULES and the ruff rule")
+
+    def test_no_twisted_import(self) -> None:
+        """
+        No pure module imports Twisted: each imports only the standard library, attrs and
+        other pure modules of ours.
+
+        Every module of the pure packages and every listed pure module is imported in a fresh
+        interpreter.
+        """
+        names = [m for p in PURE_PACKAGES for m in _package_modules(p)] + list(PURE_MODULES)
+        report = imported_by(*names)
+        self.assertEqual(sorted(report), sorted(names))
+        allowed = set(sys.stdlib_module_names) | {"attr", "attrs"}
+        impure = {}
+        for name, loaded in report.items():
+            found = sorted(
+                {
+                    m if m.startswith("mdtwist.") else m.split(".")[0]
+                    for m in loaded
+                    if m.split(".")[0] not in allowed | {"mdtwist"}
+                    or (m.startswith("mdtwist.") and m not in names and not _is_package(m))
+                }
+            )
+            if found:
+                impure[name] = found
+        self.assertEqual(impure, {})
