@@ -91,7 +91,11 @@ def _is_package(name: str) -> bool:
 
 def _package_modules(package: str) -> list[str]:
     directory = _source(package + ".__init__").parent
-    return sorted(f"{package}.{path.stem}" for path in directory.glob("*.py"))
+    names = (
+        package if path.stem == "__init__" else f"{package}.{path.stem}"
+        for path in directory.glob("*.py")
+    )
+    return sorted(names)
 
 
 class ConfigLeafTests(SynchronousTestCase):
