@@ -24,29 +24,26 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    clientFromString,
+    serverFromString,
+)
+from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableNameResolver
+from zope.interface import implementer
 
 from mdtwist.address import parse_address
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
-from mdtwist.shards import listen_spec
-from mdtwist.smtp.client import TLSMode
+from mdtwist.smtp.modes import ListenerMode as ListenerMode  # re-exported: its old home
+from mdtwist.smtp.modes import TLSMode
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.Enum)
-
-
-class ListenerMode(enum.Enum):
-    """
-    The role of an SMTP listener.
-    """
-
-    MX = "mx"
-    SUBMISSION = "submission"
-    SMTPS = "smtps"
 
 
 class LocalDelivery(enum.Enum):
@@ -514,16 +511,36 @@ def _read_secret_file(reader: _Reader, key: str, path: Path) -> Secret | None:
     return Secret(value.rstrip("\r\n"))
 
 
+@implementer(IReactorPluggableNameResolver)
+class _ParseOnlyReactor:
+    """
+    Stands in for the reactor while Twisted parses an endpoint string; parsing never runs it.
+
+    @ivar nameResolver: never used: resolving happens only when an endpoint connects.
+    """
+
+    nameResolver: IHostnameResolver | None = None  # noqa: N815 (Twisted's interface)
+
+    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:  # noqa: N802
+        """
+        Refuse: nothing is ever resolved while parsing.
+
+        @param resolver: unused.
+        @raise NotImplementedError: always.
+        """
+        raise NotImplementedError("a parse-only reactor resolves nothing")
+
+
 def _check_endpoint(reader: _Reader, key: str, description: str) -> None:
     try:
-        serverFromString(MemoryReactor(), description)
+        serverFromString(_ParseOnlyReactor(), description)
     except Exception as e:  # Twisted's parsers raise many kinds; each is a config problem.
         reader.problem(key, f"not a valid server endpoint: {e or type(e).__name__}")
 
 
 def _check_client_endpoint(reader: _Reader, key: str, description: str) -> None:
     try:
-        clientFromString(MemoryReactor(), description)
+        clientFromString(_ParseOnlyReactor(), description)
     except Exception as e:  # Twisted's parsers raise many kinds; each is a config problem.
         reader.problem(key, f"not a valid client endpoint: {e or type(e).__name__}")
 
@@ -933,16 +950,20 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     return config
 
 
+#: The endpoints whose sockets several processes can share (C{SO_REUSEPORT} needs TCP).
+_SHAREABLE_ENDPOINTS = (TCP4ServerEndpoint, TCP6ServerEndpoint, SSL4ServerEndpoint)
+
+
 def _check_shared_listeners(reader: _Reader, config: Config) -> None:
     # Several processes share a listener through SO_REUSEPORT sockets, which needs TCP.
     if config.server.processes == 1:
         return
     for i, listen in enumerate(config.smtp.listen):
         try:
-            spec = listen_spec(listen.endpoint)
+            endpoint = serverFromString(_ParseOnlyReactor(), listen.endpoint)
         except Exception:
-            continue
-        if spec is None:
+            continue  # already reported by _check_endpoint
+        if not isinstance(endpoint, _SHAREABLE_ENDPOINTS):
             reader.problem(
                 f"smtp.listen[{i}].endpoint",
                 "with server.processes above 1, use a tcp:, tcp6: or ssl: endpoint",

@@ -204,7 +204,10 @@ def build_local_delivery(
     if config.delivery.local is LocalDelivery.LMTP:
         description = config.delivery.lmtp_endpoint
         return LMTPDelivery(
-            lambda: clientFromString(reactor, description), reactor, config.server.hostname
+            lambda: clientFromString(reactor, description),
+            reactor,
+            config.server.hostname,
+            server=description,
         )
     root = config.delivery.maildir_root
     assert root is not None

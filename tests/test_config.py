@@ -20,7 +20,7 @@ from mdtwist.config import (
 )
 from mdtwist.delivery.router import Mode
 from mdtwist.errors import ConfigError
-from mdtwist.smtp.client import TLSMode
+from mdtwist.smtp.modes import TLSMode
 
 GOOD = """
 [server]

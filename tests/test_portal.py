@@ -189,9 +189,9 @@ class LimitTests(PortalTestsBase):
         throttled = self.login(address="198.51.100.9")
         self.clock.advance(LIMITS.delay)
         self.failureResultOf(throttled, LoginThrottled)
-        self.directory.account = Account(
-            address="bob@example.com", mailbox="bob", domain="example.com", login="bob"
-        )
+        self.directory.accounts = [
+            Account(address="bob@example.com", mailbox="bob", domain="example.com", login="bob")
+        ]
         self.failureResultOf(self.login("x", "bob", "192.0.2.0"), UnauthorizedLogin)
 
     def test_window(self) -> None:

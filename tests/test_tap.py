@@ -15,8 +15,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.config import ListenerMode, load_config
+from mdtwist.config import load_config
 from mdtwist.services import leftover_shards
+from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.server import SMTPServerFactory
 from mdtwist.spool.store import DATABASE_NAME, SQLiteSpool, shard_directory
 from mdtwist.tap import Options, build

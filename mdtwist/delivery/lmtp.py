@@ -2,22 +2,27 @@
 """
 Local delivery over LMTP (RFC 2033) to a mailbox server such as Dovecot.
 
-Theory of operation: each copy is one short LMTP session on a client endpoint: greeting,
-C{LHLO}, C{MAIL FROM}, C{RCPT TO}, C{DATA}, the dot-stuffed message, then the recipient's own
-reply (LMTP answers per recipient after the end of data). Replies are read with the SMTP core's
-L{ReplyParser}; the message is encoded with its L{DotStuffer}, so no bare CR or LF reaches the
-wire and dots are stuffed at every line. A 2xx final reply is a delivery, 4xx is temporary and
-5xx is permanent; a refused connection, a dropped connection, a malformed reply or the timeout
-are temporary, so the message stays queued.
+Theory of operation: each copy is one short session on a client endpoint, run by the SMTP
+client glue (L{SMTPClientProtocol}) over a client core in LMTP mode, which says C{LHLO},
+stuffs the message and reads one reply per accepted recipient after the data. This module only
+starts the session, hands it one transaction, turns the recipient's verdict into a
+L{DeliveryResult} and says C{QUIT}. A 2xx final reply is a delivery, 4xx is temporary and 5xx
+permanent; a refused or dropped connection, a malformed reply or a timeout (each reply is
+waited for at most C{timeout} seconds) are temporary, so the message stays queued.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -25,37 +30,60 @@ from zope.interface import implementer
 
 from mdtwist.delivery.local import DeliveryResult, DeliveryStatus, ILocalDelivery
 from mdtwist.directory.model import Account
-from mdtwist.smtp.core.errors import RemoteProtocolError
-from mdtwist.smtp.core.framing import dot_stuff
-from mdtwist.smtp.core.replies import Reply, ReplyParser
+from mdtwist.envelope import Recipient
+from mdtwist.smtp.client import ClientTimeouts, DeliveryReport, Destination, SMTPClientProtocol
+from mdtwist.smtp.core.client import (
+    ClientCore,
+    ClientSettings,
+    RecipientOutcome,
+    RecipientStatus,
+    StartTLSPolicy,
+    Transaction,
+)
 
 log = Logger()
 
-#: What each step of the session waits for, and what it sends on success.
-_EXPECTED = {"greeting": 220, "lhlo": 250, "mail": 250, "rcpt": 250, "data": 354, "final": 250}
 
-
-def result_of(reply: Reply, step: str) -> DeliveryResult:
+@attrs.frozen
+class LMTPServer(Destination):
     """
-    Turn a failing reply into a delivery result.
-
-    @param reply: the reply that ended the session.
-    @param step: the step it answered, for the reason text.
-    @return: a temporary result for 4xx (and anything odd), a permanent one for 5xx.
+    The LMTP server, named for the logs by its endpoint rather than C{host:port}.
     """
-    permanent = reply.code >= 500
-    enhanced = reply.enhanced or ("5.0.0" if permanent else "4.0.0")
-    status = DeliveryStatus.PERMANENT if permanent else DeliveryStatus.TEMPORARY
-    if not permanent and not enhanced.startswith("4."):
-        enhanced = "4.0.0"
-    return DeliveryResult(status, enhanced, f"LMTP {step}: {reply.code} {reply.text}"[:300])
+
+    @property
+    def label(self) -> str:
+        """C{LMTP} and the endpoint, for logs."""
+        return f"LMTP {self.host}"
 
 
-class LMTPSession(Protocol):
+def result_of(outcome: RecipientOutcome) -> DeliveryResult:
+    """
+    Turn the verdict of the LMTP session on the recipient into a delivery result.
+
+    @param outcome: the verdict.
+    @return: delivered for 2xx, permanent for 5xx (or a permanent check before MAIL),
+        temporary for everything else (always with a C{4.x.x} code).
+    """
+    if outcome.status is RecipientStatus.DELIVERED:
+        return DeliveryResult(DeliveryStatus.DELIVERED, outcome.enhanced, "delivered over LMTP")
+    code = "" if outcome.code is None else f"{outcome.code} "
+    reason = f"LMTP {outcome.phase.value}: {code}{outcome.text}"[:300]
+    if outcome.status is RecipientStatus.PERMANENT:
+        return DeliveryResult(DeliveryStatus.PERMANENT, outcome.enhanced, reason)
+    enhanced = outcome.enhanced if outcome.enhanced.startswith("4.") else "4.0.0"
+    return DeliveryResult(DeliveryStatus.TEMPORARY, enhanced, reason)
+
+
+def _no_tls() -> IOpenSSLClientConnectionCreator:
+    raise AssertionError("LMTP sessions never start TLS")  # StartTLSPolicy.NEVER
+
+
+class LMTPSession(SMTPClientProtocol):
     """
     One LMTP session that delivers one copy to one recipient.
 
-    @ivar result: fires once with the L{DeliveryResult}.
+    @ivar result: fires once with the L{DeliveryResult}, as soon as the recipient's reply is
+        in (C{QUIT} follows).
     """
 
     def __init__(
@@ -66,107 +94,34 @@ class LMTPSession(Protocol):
         body: bytes,
         clock: IReactorTime,
         timeout: float,
+        server: str = "server",
     ) -> None:
         """
         @param hostname: our name, for C{LHLO}.
         @param sender: the envelope sender (C{""} for the null sender).
         @param recipient: the recipient address.
         @param body: the message, CRLF line ends.
-        @param clock: drives the timeout.
-        @param timeout: seconds the whole session may take.
+        @param clock: drives the timeouts.
+        @param timeout: seconds to wait for each reply (and for each block of the message).
+        @param server: names the LMTP server in logs.
+        @raise ValueError: an address holds a space, a control character or a bracket.
         """
+        settings = ClientSettings(hostname, starttls=StartTLSPolicy.NEVER, lmtp=True)
+        timeouts = ClientTimeouts(**dict.fromkeys(attrs.fields_dict(ClientTimeouts), timeout))
+        super().__init__(ClientCore(settings), LMTPServer(server, 0), clock, timeouts, _no_tls)
         self.result: Deferred[DeliveryResult] = Deferred()
-        self._hostname = hostname
-        self._sender = sender
-        self._recipient = recipient
-        self._body = body
-        self._clock = clock
-        self._timeout = timeout
-        self._parser = ReplyParser()
-        self._step = "greeting"
-        self._timer: IDelayedCall | None = None
+        self._transaction = Transaction(sender, [Recipient(recipient)], body)
 
     @override
     def connectionMade(self) -> None:
-        self._timer = self._clock.callLater(self._timeout, self._timed_out)
+        super().connectionMade()
+        self.run([self._transaction]).addCallback(self._done)
 
-    @override
-    def dataReceived(self, data: bytes) -> None:
-        self._parser.feed(data)
-        try:
-            while not self.result.called and (reply := self._parser.next_reply()) is not None:
-                self._answer(reply)
-        except RemoteProtocolError as e:
-            self._finish(
-                DeliveryResult(DeliveryStatus.TEMPORARY, "4.5.0", f"LMTP {self._step}: {e}")
-            )
-
-    def _answer(self, reply: Reply) -> None:
-        if reply.code != _EXPECTED[self._step]:
-            self._finish(result_of(reply, self._step))
-            return
-        step = self._step
-        if step == "final":
-            self._finish(
-                DeliveryResult(
-                    DeliveryStatus.DELIVERED, reply.enhanced or "2.0.0", "delivered over LMTP"
-                )
-            )
-            return
-        following = {
-            "greeting": "lhlo",
-            "lhlo": "mail",
-            "mail": "rcpt",
-            "rcpt": "data",
-            "data": "final",
-        }
-        self._step = following[step]
-        assert self.transport is not None
-        if self._step == "lhlo":
-            self.transport.write(b"LHLO " + self._hostname.encode("ascii") + b"\r\n")
-        elif self._step == "mail":
-            self.transport.write(self._path_command(b"MAIL FROM:", self._sender))
-        elif self._step == "rcpt":
-            self.transport.write(self._path_command(b"RCPT TO:", self._recipient))
-        elif self._step == "data":
-            self.transport.write(b"DATA\r\n")
-        else:
-            self.transport.write(dot_stuff(self._body))
-
-    def _path_command(self, verb: bytes, address: str) -> bytes:
-        wire = address.encode("utf-8")
-        extra = b" SMTPUTF8" if verb.startswith(b"MAIL") and not address.isascii() else b""
-        return verb + b"<" + wire + b">" + extra + b"\r\n"
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        self._finish(
-            DeliveryResult(DeliveryStatus.TEMPORARY, "4.4.2", f"LMTP {self._step}: timeout")
-        )
-
-    def _finish(self, result: DeliveryResult) -> None:
-        if self.result.called:
-            return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self.transport is not None:
-            if result.status is not DeliveryStatus.TEMPORARY or self._step != "greeting":
-                self.transport.write(b"QUIT\r\n")
-            self.transport.loseConnection()
-        self.result.callback(result)
-
-    @override
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if not self.result.called:
-            self.result.callback(
-                DeliveryResult(
-                    DeliveryStatus.TEMPORARY, "4.4.2", f"LMTP {self._step}: connection lost"
-                )
-            )
+    def _done(self, report: DeliveryReport) -> None:
+        [transaction] = report.transactions
+        [outcome] = transaction.recipients
+        self.result.callback(result_of(outcome))
+        self.quit()
 
 
 @implementer(ILocalDelivery)
@@ -181,17 +136,20 @@ class LMTPDelivery:
         clock: IReactorTime,
         hostname: str,
         timeout: float = 300.0,
+        server: str = "server",
     ) -> None:
         """
         @param endpoint: makes the client endpoint of the LMTP server.
-        @param clock: drives the session timeout.
+        @param clock: drives the timeouts.
         @param hostname: our name, for C{LHLO}.
-        @param timeout: seconds one session may take.
+        @param timeout: seconds to wait for each reply.
+        @param server: names the LMTP server in logs (its endpoint description).
         """
         self._endpoint = endpoint
         self._clock = clock
         self._hostname = hostname
         self._timeout = timeout
+        self._server = server
 
     def deliver(
         self, account: Account, recipient: str, body: bytes, sender: str = ""
@@ -205,9 +163,19 @@ class LMTPDelivery:
         @param sender: the envelope sender.
         @return: a Deferred firing with the result (never failing).
         """
-        session = LMTPSession(
-            self._hostname, sender, account.address, body, self._clock, self._timeout
-        )
+        try:
+            session = LMTPSession(
+                self._hostname,
+                sender,
+                account.address,
+                body,
+                self._clock,
+                self._timeout,
+                self._server,
+            )
+        except ValueError as e:
+            result = DeliveryResult(DeliveryStatus.PERMANENT, "5.1.3", f"LMTP: {e}")
+            return succeed(result)
         connecting = self._endpoint().connect(Factory.forProtocol(lambda: session))
 
         def refused(reason: Failure) -> DeliveryResult:

@@ -58,7 +58,7 @@ from mdtwist.envelope import RecipientState
 from mdtwist.interfaces import IDirectory
 from mdtwist.route import Route, RouteKind
 from mdtwist.smtp.client import Destination as SMTPDestination
-from mdtwist.smtp.client import SMTPClient, TLSMode
+from mdtwist.smtp.client import SMTPClient
 from mdtwist.smtp.core.client import (
     Credentials,
     RecipientOutcome,
@@ -66,6 +66,7 @@ from mdtwist.smtp.core.client import (
     SessionStatus,
     Transaction,
 )
+from mdtwist.smtp.modes import TLSMode
 from mdtwist.spool.model import QueuedMessage, RecipientResult
 
 log = Logger()

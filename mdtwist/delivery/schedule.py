@@ -2,8 +2,7 @@
 """
 When to try a queued message again, and when to give up: pure functions of time.
 
-Rules (MDaemon's retry queue on Postfix's backoff; C{research/delivery.md} sections 1.4, 2.6,
-3.1 and 6):
+Rules (MDaemon's retry queue, with Postfix's backoff for the retry phase):
   - I{remote-queue phase}: for its first C{remote_residency} seconds a message that failed
     temporarily is retried every C{remote_interval} seconds;
   - I{retry phase}: afterwards it waits as long as it has already been queued, but never less

@@ -18,7 +18,6 @@ Nothing here ever logs a password or a message body.
 
 from __future__ import annotations
 
-import enum
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,25 +60,12 @@ from mdtwist.smtp.core.client import (
     TransactionOutcome,
 )
 from mdtwist.smtp.core.events import Sentinel
+from mdtwist.smtp.modes import TLSMode as TLSMode  # re-exported: its home before smtp.modes
 
 log = Logger()
 
 #: How many message bytes are taken from the core per write.
 BODY_BLOCK = 65536
-
-
-class TLSMode(enum.Enum):
-    """
-    How a destination is protected.
-
-    @cvar NONE: plaintext, STARTTLS never used.
-    @cvar OPPORTUNISTIC: STARTTLS when offered, certificate not checked; plaintext otherwise.
-    @cvar VERIFIED: STARTTLS required, the certificate checked for the host name.
-    """
-
-    NONE = "none"
-    OPPORTUNISTIC = "opportunistic"
-    VERIFIED = "verified"
 
 
 _POLICIES = {

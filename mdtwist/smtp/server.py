@@ -38,7 +38,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mdtwist.config import ListenerMode
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
 from mdtwist.errors import DirectoryUnavailable, LoginThrottled, SpoolError
@@ -61,6 +60,7 @@ from mdtwist.smtp.core.replies import Reply, reply
 from mdtwist.smtp.core.sasl import HashedCredentials
 from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
+from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.policy import RecipientDecision
 
 BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")

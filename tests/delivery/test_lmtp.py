@@ -4,14 +4,18 @@ Tests for L{mdtwist.delivery.lmtp} on an in-memory transport.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
-from mdtwist.delivery.lmtp import LMTPSession
-from mdtwist.delivery.local import DeliveryResult, DeliveryStatus
+from mdtwist.delivery.lmtp import LMTPDelivery, LMTPSession
+from mdtwist.delivery.local import DeliveryResult, DeliveryStatus, ILocalDelivery
+from mdtwist.directory.model import Account
 
 BODY = b"Subject: hi\r\n\r\n.leading dot\r\nlast line"
 
@@ -38,7 +42,7 @@ class LMTPSessionTests(SynchronousTestCase):
     def run_to_data(self) -> None:
         self.assertEqual(self.exchange(b"220 lmtp ready\r\n"), b"LHLO mx.example.test\r\n")
         self.assertEqual(
-            self.exchange(b"250-lmtp\r\n250 PIPELINING\r\n"), b"MAIL FROM:<s@elsewhere.test>\r\n"
+            self.exchange(b"250-lmtp\r\n250 8BITMIME\r\n"), b"MAIL FROM:<s@elsewhere.test>\r\n"
         )
         self.assertEqual(self.exchange(b"250 2.1.0 OK\r\n"), b"RCPT TO:<alice@example.test>\r\n")
         self.assertEqual(self.exchange(b"250 2.1.5 OK\r\n"), b"DATA\r\n")
@@ -61,7 +65,23 @@ class LMTPSessionTests(SynchronousTestCase):
         self.assertEqual(
             self.result(), DeliveryResult(DeliveryStatus.DELIVERED, "2.0.0", "delivered over LMTP")
         )
+        self.assertFalse(self.transport.disconnecting)
+        self.exchange(b"221 2.0.0 Bye\r\n")
         self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pipelined(self) -> None:
+        """
+        When the server offers PIPELINING, MAIL, RCPT and DATA leave in one write.
+        """
+        self.exchange(b"220 lmtp ready\r\n")
+        self.assertEqual(
+            self.exchange(b"250-lmtp\r\n250 PIPELINING\r\n"),
+            b"MAIL FROM:<s@elsewhere.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n",
+        )
+        self.exchange(b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 go\r\n")
+        self.exchange(b"250 2.0.0 Saved\r\n")
+        self.assertEqual(self.result().status, DeliveryStatus.DELIVERED)
 
     def test_delivered_fed_byte_by_byte(self) -> None:
         """
@@ -92,7 +112,7 @@ class LMTPSessionTests(SynchronousTestCase):
         )
         result = self.result()
         self.assertEqual((result.status, result.enhanced), (DeliveryStatus.PERMANENT, "5.1.1"))
-        self.assertIn("rcpt", result.reason)
+        self.assertEqual(result.reason, "LMTP rcpt: 550 <alice@example.test> User doesn't exist")
 
     def test_final_4xx_is_temporary(self) -> None:
         """
@@ -102,13 +122,16 @@ class LMTPSessionTests(SynchronousTestCase):
         self.exchange(b"452 4.2.2 Quota exceeded\r\n")
         result = self.result()
         self.assertEqual((result.status, result.enhanced), (DeliveryStatus.TEMPORARY, "4.2.2"))
+        self.assertEqual(result.reason, "LMTP message: 452 Quota exceeded")
 
     def test_garbage_is_temporary(self) -> None:
         """
         A malformed reply ends the session with a temporary result.
         """
         self.exchange(b"hello there\r\n")
-        self.assertEqual(self.result().status, DeliveryStatus.TEMPORARY)
+        result = self.result()
+        self.assertEqual((result.status, result.enhanced), (DeliveryStatus.TEMPORARY, "4.5.0"))
+        self.assertTrue(self.transport.disconnecting)
 
     def test_connection_lost(self) -> None:
         """
@@ -126,7 +149,7 @@ class LMTPSessionTests(SynchronousTestCase):
         self.clock.advance(59)
         self.assertNoResult(self.session.result)
         self.clock.advance(1)
-        self.assertEqual(self.result().reason, "LMTP greeting: timeout")
+        self.assertEqual(self.result().reason, "LMTP greeting: timeout waiting for greeting")
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -145,3 +168,45 @@ class ResultTests(SynchronousTestCase):
         session.connectionLost(Failure(ConnectionError()))
         d: Deferred[DeliveryResult] = session.result
         self.assertIsInstance(self.successResultOf(d), DeliveryResult)
+
+
+class LMTPDeliveryTests(SynchronousTestCase):
+    """
+    L{LMTPDelivery} runs one session per copy and never fails its Deferred.
+    """
+
+    def deliver(self, endpoint: IStreamClientEndpoint, address: str) -> DeliveryResult:
+        delivery = LMTPDelivery(lambda: endpoint, Clock(), "mx.example.test", server="tcp:x:24")
+        verifyObject(ILocalDelivery, delivery)
+        account = Account(address, "alice", "example.test", address)
+        d = delivery.deliver(account, "alice@example.test", BODY, "s@elsewhere.test")
+        result: DeliveryResult = self.successResultOf(d)
+        return result
+
+    def test_unreachable(self) -> None:
+        """
+        A server that cannot be reached is a temporary failure.
+        """
+        endpoint = _FailingEndpoint()
+        result = self.deliver(endpoint, "alice@example.test")
+        self.assertEqual(
+            result, DeliveryResult(DeliveryStatus.TEMPORARY, "4.4.1", "LMTP server unreachable")
+        )
+
+    def test_unsafe_address(self) -> None:
+        """
+        An address that cannot be written in an LMTP command fails permanently, unsent.
+        """
+        endpoint = _FailingEndpoint()
+        result = self.deliver(endpoint, "al ice@example.test")
+        self.assertEqual((result.status, result.enhanced), (DeliveryStatus.PERMANENT, "5.1.3"))
+        self.assertEqual(endpoint.attempts, 0)
+
+
+@implementer(IStreamClientEndpoint)
+class _FailingEndpoint:
+    attempts = 0
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        self.attempts += 1
+        return fail(ConnectionRefusedError("refused"))

@@ -19,7 +19,7 @@ from mdtwist.directory.model import Account
 from mdtwist.envelope import ClientInfo, Envelope, Recipient, RecipientState
 from mdtwist.route import Route
 from mdtwist.secret import Secret
-from mdtwist.smtp.client import DeliveryReport, Destination, TLSMode
+from mdtwist.smtp.client import DeliveryReport, Destination
 from mdtwist.smtp.core.client import (
     Credentials,
     Phase,
@@ -30,6 +30,7 @@ from mdtwist.smtp.core.client import (
     Transaction,
     TransactionOutcome,
 )
+from mdtwist.smtp.modes import TLSMode
 from mdtwist.spool.model import QueuedMessage, RecipientResult
 from tests.spool.fakes import FakeDirectory
 from tests.support.logs import capture_logs

@@ -28,7 +28,7 @@ class QueuePolicyTests(SynchronousTestCase):
     """Tests for L{QueuePolicy}."""
 
     def test_defaults(self) -> None:
-        """The defaults are those of C{research/delivery.md} section 6."""
+        """The documented defaults do not change unnoticed."""
         policy = QueuePolicy()
         self.assertEqual(
             (

@@ -53,7 +53,8 @@ def main(argv: list[str]) -> None:
             login,
             password,
         )
-        # handled=False makes aiosmtpd send the 535 itself (see research/peers.md pitfall 11).
+        # handled=False makes aiosmtpd send the 535 itself; a failure marked handled sends
+        # nothing and leaves the client waiting.
         return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
 
     controller = Controller(

@@ -7,13 +7,13 @@ from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from mdtwist.directory.model import Account
 from mdtwist.envelope import ClientInfo, Envelope
-from mdtwist.errors import DirectoryUnavailable, SpoolError
-from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
+from mdtwist.errors import SpoolError
+from mdtwist.interfaces import IReceivePolicy, ISpool
 from mdtwist.route import Route
 from mdtwist.smtp.core.replies import Reply, reply
 from mdtwist.smtp.policy import RecipientDecision
+from tests.support.directory import FakeDirectory as FakeDirectory  # re-exported: now shared
 
 
 @implementer(IReceivePolicy)
@@ -118,56 +118,6 @@ class FakeSpool:
             return d.addCallback(store)
         self.messages.append((envelope, body))
         return succeed(f"Q{len(self.messages)}")
-
-
-@implementer(IDirectory)
-class FakeDirectory:
-    """
-    A directory with one account C{alice@example.com}, password C{secret}.
-
-    @ivar unavailable: when true, every call fails with L{DirectoryUnavailable}.
-    @ivar logins: the logins passed to L{authenticate}.
-    """
-
-    def __init__(self) -> None:
-        self.account = Account(
-            address="alice@example.com", mailbox="alice", domain="example.com", login="alice"
-        )
-        self.unavailable = False
-        self.logins: list[str] = []
-
-    def find(self, address: str) -> Deferred[Account | None]:
-        """
-        Find an account.
-
-        @param address: the address.
-        @return: the account when the address is alice's.
-        """
-        if self.unavailable:
-            return fail(DirectoryUnavailable("down"))
-        return succeed(self.account if address.lower() in self.account.addresses else None)
-
-    def authenticate(self, login: str, password: str) -> Deferred[Account | None]:
-        """
-        Check a password.
-
-        @param login: the login.
-        @param password: the password.
-        @return: the account when both are right.
-        """
-        self.logins.append(login)
-        if self.unavailable:
-            return fail(DirectoryUnavailable("down"))
-        ok = login in ("alice", self.account.address) and password == "secret"
-        return succeed(self.account if ok else None)
-
-    def domains(self) -> Deferred[frozenset[str]]:
-        """
-        The local domains.
-
-        @return: C{example.com}.
-        """
-        return succeed(frozenset({"example.com"}))
 
 
 @implementer(ITLSTransport)

@@ -19,7 +19,6 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from mdtwist.config import ListenerMode
 from mdtwist.envelope import ClientInfo, Recipient
 from mdtwist.portal import build_login_portal
 from mdtwist.secret import Secret
@@ -40,6 +39,7 @@ from mdtwist.smtp.core.client import (
     Transaction,
 )
 from mdtwist.smtp.core.server import ServerSettings
+from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.server import SMTPServerFactory
 from tests.smtp.fakes import FakeDirectory, FakePolicy, FakeSpool
 from tests.support.logs import capture_logs

@@ -12,7 +12,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from mdtwist.config import ListenerMode
 from mdtwist.envelope import Envelope
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
@@ -22,6 +21,7 @@ from mdtwist.route import Route
 from mdtwist.secret import Secret
 from mdtwist.smtp.core.replies import Reply
 from mdtwist.smtp.core.server import ServerSettings
+from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.server import SessionLimits, SMTPServerFactory, SMTPServerProtocol
 from tests.smtp.core.helpers import parse_replies
 from tests.smtp.fakes import (

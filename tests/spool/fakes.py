@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from zope.interface import implementer
+from twisted.internet.defer import Deferred, maybeDeferred
 
-from mdtwist.address import address_key
 from mdtwist.directory.model import Account
 from mdtwist.envelope import ClientInfo, Envelope, Recipient
-from mdtwist.errors import DirectoryUnavailable
-from mdtwist.interfaces import IDirectory
+from tests.support.directory import FakeDirectory as FakeDirectory  # re-exported: now shared
 
 
 def run_now(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
@@ -88,59 +85,6 @@ def make_account(address: str, *aliases: str, enabled: bool = True) -> Account:
         aliases=aliases,
         enabled=enabled,
     )
-
-
-@implementer(IDirectory)
-class FakeDirectory:
-    """
-    An in-memory directory.
-
-    @ivar accounts: the accounts.
-    @ivar local_domains: the local domains.
-    @ivar unavailable: when set, every call fails with L{DirectoryUnavailable}.
-    @ivar lookups: the addresses given to L{find}, in order.
-    """
-
-    def __init__(self, accounts: Iterable[Account], domains: Iterable[str]) -> None:
-        self.accounts = list(accounts)
-        self.local_domains = frozenset(domains)
-        self.unavailable = False
-        self.lookups: list[str] = []
-
-    def find(self, address: str) -> Deferred[Account | None]:
-        """
-        Find the account that has C{address} among its addresses, ignoring case.
-
-        @return: a Deferred with the account or L{None}.
-        """
-        self.lookups.append(address)
-        if self.unavailable:
-            return fail(DirectoryUnavailable("directory down"))
-        key = address_key(address)
-        for account in self.accounts:
-            if key in {address_key(a) for a in account.addresses}:
-                return succeed(account)
-        return succeed(None)
-
-    def authenticate(self, login: str, password: str) -> Deferred[Account | None]:
-        """
-        Refuse every login; the runner never logs in.
-
-        @return: a Deferred with L{None}.
-        """
-        if self.unavailable:
-            return fail(DirectoryUnavailable("directory down"))
-        return succeed(None)
-
-    def domains(self) -> Deferred[frozenset[str]]:
-        """
-        List the local domains.
-
-        @return: a Deferred with the domains.
-        """
-        if self.unavailable:
-            return fail(DirectoryUnavailable("directory down"))
-        return succeed(self.local_domains)
 
 
 def make_envelope(*recipients: str | Recipient, sender: str = "s@remote.example") -> Envelope:

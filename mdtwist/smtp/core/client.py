@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.smtp.core.test_client -*-
 """
-The client role of the sans-IO SMTP core: one outbound session, many transactions.
+The client role of the sans-IO SMTP core: one outbound session, many transactions, over SMTP
+or LMTP.
 
 Theory of operation
 ===================
@@ -31,6 +32,13 @@ A transaction: C{MAIL FROM} (with C{SIZE=}, C{BODY=8BITMIME}, C{SMTPUTF8}, C{RET
 as needed and offered), one C{RCPT TO} per recipient (C{NOTIFY=}, C{ORCPT=} only when DSN is
 offered), C{DATA}, the dot-stuffed message, and the final reply. With PIPELINING, MAIL, all
 RCPTs and DATA leave in one write and the replies are matched in order (RFC 2920).
+
+LMTP (RFC 2033) is a mode of the same session (C{ClientSettings(lmtp=True)}): the client says
+C{LHLO} where SMTP says C{EHLO} (also after STARTTLS; there is no C{HELO} fallback, so a 5xx
+to LHLO refuses the session), and after the end of the message the server answers once per
+accepted recipient, in the order of the RCPT commands; each of those replies decides its own
+recipient. A C{354} to DATA although no recipient was accepted breaks RFC 2033 (such a DATA
+must fail with 503) and ends the session as a protocol error.
 
 Rules:
  - each RCPT reply decides its recipient: 2xx accepted (decided later by the final reply), 4xx
@@ -97,7 +105,7 @@ class Phase(enum.Enum):
 
     CONNECT = "connect"
     GREETING = "greeting"
-    EHLO = "ehlo"
+    EHLO = "ehlo"  # or LHLO in LMTP mode
     HELO = "helo"
     STARTTLS = "starttls"
     AUTH = "auth"
@@ -313,6 +321,7 @@ class ClientSettings:
     @ivar auth_without_tls: whether credentials may be sent over plaintext.
     @ivar abort_on_rcpt_5xx: end a transaction with RSET at the first 5xx to RCPT.
     @ivar auth_mechanisms: the mechanisms we may use, in order of preference.
+    @ivar lmtp: speak LMTP (RFC 2033): C{LHLO}, and one reply per recipient after the data.
     """
 
     hostname: str
@@ -324,6 +333,7 @@ class ClientSettings:
     auth_mechanisms: tuple[str, ...] = attrs.field(
         default=CLIENT_MECHANISMS, converter=tuple, validator=_check_mechanisms
     )
+    lmtp: bool = False
 
 
 def _check_address(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -753,7 +763,7 @@ class ClientCore:
         self._tls = True
         self._capabilities = None
         self._state = ClientState.NEGOTIATING
-        self._command(Phase.EHLO, f"EHLO {self._settings.hostname}")
+        self._hello()
 
     def tls_failed(self, detail: str) -> None:
         """
@@ -917,7 +927,7 @@ class ClientCore:
     def _greeting(self, answer: Reply, index: int) -> None:
         if answer.code == 220:
             self._state = ClientState.NEGOTIATING
-            self._command(Phase.EHLO, f"EHLO {self._settings.hostname}")
+            self._hello()
         elif answer.category in (4, 5):
             self._end(
                 SessionStatus.GREETING_REFUSED,
@@ -928,10 +938,16 @@ class ClientCore:
         else:
             self._end(SessionStatus.PROTOCOL_ERROR, Phase.GREETING, answer, "odd greeting")
 
+    def _hello(self) -> None:
+        verb = "LHLO" if self._settings.lmtp else "EHLO"
+        self._command(Phase.EHLO, f"{verb} {self._settings.hostname}")
+
     def _ehlo(self, answer: Reply, index: int) -> None:
         if answer.is_positive:
             self._capabilities = Capabilities.from_ehlo(answer)
             self._negotiate()
+        elif answer.category == 5 and self._settings.lmtp:
+            self._end(SessionStatus.GREETING_REFUSED, Phase.EHLO, answer, quit=True)
         elif answer.category == 5:
             self._command(Phase.HELO, f"HELO {self._settings.hostname}")
         elif answer.category == 4:
@@ -1215,6 +1231,14 @@ class ClientCore:
         attempt = self._attempt
         assert attempt is not None
         if answer.code == 354:
+            if self._settings.lmtp and (attempt.mail_failed or not attempt.accepted):
+                self._end(
+                    SessionStatus.PROTOCOL_ERROR,
+                    Phase.DATA,
+                    answer,
+                    "354 to DATA without an accepted recipient",
+                )
+                return
             if attempt.mail_failed or not attempt.accepted:
                 attempt.data = _DataState.DISCARDING
                 self._out += b".\r\n"
@@ -1223,7 +1247,11 @@ class ClientCore:
             else:
                 attempt.data = _DataState.SENDING_BODY
                 self._body = _Body(attempt.job.transaction.body)
-                self._expect.append(_Expect(Phase.MESSAGE))
+                if self._settings.lmtp:
+                    # One reply per accepted recipient, in RCPT order (RFC 2033 4.2).
+                    self._expect.extend(_Expect(Phase.MESSAGE, i) for i in attempt.accepted)
+                else:
+                    self._expect.append(_Expect(Phase.MESSAGE))
                 self._last_phase = Phase.DATA
             return
         if answer.category not in (4, 5):
@@ -1246,8 +1274,10 @@ class ClientCore:
         if attempt.data is _DataState.DISCARDING:
             attempt.data = _DataState.FAILED
         elif answer.category in (2, 4, 5):
+            # Once every reply to the message is in, _advance finishes the transaction.
             attempt.data = _DataState.DONE
-            self._decide(attempt, attempt.accepted, answer, Phase.MESSAGE)
+            decided = attempt.accepted if index < 0 else [index]
+            self._decide(attempt, decided, answer, Phase.MESSAGE)
         else:
             self._end(
                 SessionStatus.PROTOCOL_ERROR, Phase.MESSAGE, answer, "odd reply to the message"

@@ -901,6 +901,182 @@ class ClientConversationTestsMixin(_Base):
         self.assertEqual(session.status, SessionStatus.SERVICE_CLOSING)
 
 
+LHLO_PIPELINING = (
+    b"250-lmtp.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+)
+
+
+class LMTPConversationTestsMixin(_Base):
+    """Conversations of the client core in LMTP mode (RFC 2033) with a scripted server."""
+
+    chunk: Chunker
+
+    def drive(self, *transactions: Transaction, **settings: object) -> Driver:
+        """Make an LMTP core with the transactions queued; run the greeting and LHLO."""
+        core = ClientCore(
+            ClientSettings("client.example", lmtp=True, **settings)  # type: ignore[arg-type]
+        )
+        for transaction in transactions:
+            core.add_transaction(transaction)
+        driver = Driver(core, self.chunk)
+        driver.pump()
+        driver.server(GREETING)
+        self.assertEqual(driver.take(), b"LHLO client.example\r\n")
+        return driver
+
+    def test_one_reply_per_accepted_recipient(self) -> None:
+        """
+        After the end of the message the server answers once per accepted recipient, in RCPT
+        order; each reply decides its own recipient, and a recipient refused at RCPT gets no
+        reply after the data. The transaction is reported once the last reply is in.
+        """
+        d = self.drive(tx("a@d.example", "b@d.example", "c@d.example"))
+        d.server(LHLO_PIPELINING)
+        self.assertEqual(
+            d.take(),
+            b"MAIL FROM:<s@c.example>\r\nRCPT TO:<a@d.example>\r\n"
+            b"RCPT TO:<b@d.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n",
+        )
+        d.server(
+            b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 No such user\r\n250 2.1.5 Ok\r\n354 Go\r\n"
+        )
+        self.assertEqual(d.take(), BODY + b".\r\n")
+        d.server(b"250 2.0.0 <a@d.example> Saved\r\n")
+        self.assertEqual(d.outcomes(), [])
+        self.assertEqual(d.core.waiting_for, Phase.MESSAGE)
+        d.server(b"452 4.2.2 <c@d.example> Quota exceeded\r\n")
+        self.assertEqual(
+            d.statuses(),
+            [
+                ("a@d.example", RecipientStatus.DELIVERED, 250, "2.0.0", Phase.MESSAGE),
+                ("b@d.example", RecipientStatus.PERMANENT, 550, "5.1.1", Phase.RCPT),
+                ("c@d.example", RecipientStatus.TEMPORARY, 452, "4.2.2", Phase.MESSAGE),
+            ],
+        )
+        self.assertIsInstance(d.events[-1], Idle)
+        d.core.quit()
+        d.pump()
+        self.assertEqual(d.take(), b"QUIT\r\n")
+        d.server(b"221 2.0.0 Bye\r\n")
+        session = d.session()
+        assert session is not None
+        self.assertTrue(session.ok)
+
+    def test_without_pipelining(self) -> None:
+        """
+        Without PIPELINING each command waits for its reply, and the one reply after the data
+        decides the one recipient.
+        """
+        d = self.drive(tx("a@d.example"))
+        d.server(b"250 lmtp.example\r\n")
+        self.assertEqual(d.take(), b"MAIL FROM:<s@c.example>\r\n")
+        d.server(b"250 2.1.0 Ok\r\n")
+        self.assertEqual(d.take(), b"RCPT TO:<a@d.example>\r\n")
+        d.server(b"250 2.1.5 Ok\r\n")
+        self.assertEqual(d.take(), b"DATA\r\n")
+        d.server(b"354 Go\r\n")
+        self.assertEqual(d.take(), BODY + b".\r\n")
+        d.server(b"250 2.0.0 Saved\r\n")
+        self.assertEqual(
+            d.statuses(),
+            [("a@d.example", RecipientStatus.DELIVERED, 250, "2.0.0", Phase.MESSAGE)],
+        )
+
+    def test_second_transaction_after_replies(self) -> None:
+        """
+        The next transaction starts only once every reply to the message is in.
+        """
+        d = self.drive(tx("a@d.example", "b@d.example"), tx("c@d.example"))
+        d.server(LHLO_PIPELINING)
+        d.take()
+        d.server(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 Go\r\n")
+        d.take()
+        d.server(b"250 2.0.0 Saved\r\n")
+        self.assertEqual(d.take(), b"")
+        d.server(b"250 2.0.0 Saved\r\n")
+        self.assertEqual(d.take(), b"MAIL FROM:<s@c.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n")
+        self.assertEqual(len(d.outcomes()), 1)
+
+    def test_lhlo_refused_no_helo(self) -> None:
+        """
+        LMTP has no HELO: a 5xx to LHLO refuses the session, which ends with QUIT and leaves
+        the recipients temporary.
+        """
+        d = self.drive(tx("a@d.example"))
+        d.server(b"500 5.5.1 Unknown command\r\n")
+        self.assertEqual(d.take(), b"QUIT\r\n")
+        self.assertEqual(
+            [(r[1], r[4]) for r in d.statuses()], [(RecipientStatus.TEMPORARY, Phase.EHLO)]
+        )
+        d.server(b"221 Bye\r\n")
+        session = d.session()
+        assert session is not None
+        self.assertEqual(session.status, SessionStatus.GREETING_REFUSED)
+
+    def test_354_without_accepted_recipient(self) -> None:
+        """
+        A 354 to a pipelined DATA after every RCPT was refused breaks RFC 2033 (DATA must get
+        503): the session ends as a protocol error and no message is sent.
+        """
+        d = self.drive(tx("a@d.example"))
+        d.server(LHLO_PIPELINING)
+        d.take()
+        d.server(b"250 2.1.0 Ok\r\n550 5.1.1 No such user\r\n354 Go\r\n")
+        self.assertEqual(d.take(), b"")
+        session = d.session()
+        assert session is not None
+        self.assertEqual(
+            (session.status, session.phase), (SessionStatus.PROTOCOL_ERROR, Phase.DATA)
+        )
+        self.assertEqual([r[1] for r in d.statuses()], [RecipientStatus.PERMANENT])
+
+    def test_421_among_the_replies(self) -> None:
+        """
+        A 421 instead of a recipient's reply after the data ends the session: recipients
+        already answered keep their verdict, the others are temporary.
+        """
+        d = self.drive(tx("a@d.example", "b@d.example"))
+        d.server(LHLO_PIPELINING)
+        d.take()
+        d.server(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 Go\r\n")
+        d.take()
+        d.server(b"250 2.0.0 Saved\r\n421 4.3.2 Shutting down\r\n")
+        self.assertEqual(
+            d.statuses(),
+            [
+                ("a@d.example", RecipientStatus.DELIVERED, 250, "2.0.0", Phase.MESSAGE),
+                ("b@d.example", RecipientStatus.TEMPORARY, 421, "4.3.2", Phase.MESSAGE),
+            ],
+        )
+        session = d.session()
+        assert session is not None
+        self.assertEqual(session.status, SessionStatus.SERVICE_CLOSING)
+
+    def test_starttls_then_lhlo_again(self) -> None:
+        """
+        After STARTTLS the client says LHLO again, not EHLO.
+        """
+        d = self.drive(tx("a@d.example"))
+        d.server(EHLO_TLS)
+        self.assertEqual(d.take(), b"STARTTLS\r\n")
+        d.server(b"220 2.0.0 Go ahead\r\n")
+        d.core.tls_started()
+        d.pump()
+        self.assertEqual(d.take(), b"LHLO client.example\r\n")
+
+
+class LMTPConversationWholeTests(LMTPConversationTestsMixin, SynchronousTestCase):
+    """The LMTP conversations, with each server write fed at once."""
+
+    chunk = staticmethod(whole)
+
+
+class LMTPConversationByteTests(LMTPConversationTestsMixin, SynchronousTestCase):
+    """The LMTP conversations, with each server write fed one byte at a time."""
+
+    chunk = staticmethod(bytewise)
+
+
 class ClientConversationWholeTests(ClientConversationTestsMixin, SynchronousTestCase):
     """The conversations, with each server write fed at once."""
 
