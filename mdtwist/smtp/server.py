@@ -10,25 +10,31 @@ When the buffer grows past L{SessionLimits.max_buffer} while we wait, the transp
 Failures of the collaborators become 4xx replies: C{451 4.3.0} for the policy, C{452 4.3.1}
 for a L{SpoolError}, C{454 4.7.0} for the directory during AUTH. Every timeout runs on the
 injected clock.
+
+Extension commands (ETRN, ATRN ...) go to the handler registered for their verb with the
+factory; an answer with C{turn_to} and a C{250} turns the connection round: once the reply is
+written the session detaches (L{SMTPServerProtocol.detach}) and the
+L{mdtwist.smtp.switch.SwitchingProtocol} it runs in continues with the protocol C{turn_to}
+builds, fed the bytes that followed the command.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias, cast
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLServerConnectionCreator,
+    IProtocol,
     IReactorTime,
     ITLSTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -42,6 +48,7 @@ from mdtwist.secret import Secret
 from mdtwist.smtp.core.events import (
     Authenticate,
     Event,
+    ExtensionCommand,
     MailFrom,
     MessageReceived,
     Quit,
@@ -52,6 +59,7 @@ from mdtwist.smtp.core.events import (
 from mdtwist.smtp.core.replies import Reply, reply
 from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
+from mdtwist.smtp.switch import switcher_of
 
 BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")
 TIMEOUT = reply(421, "4.4.2", "Timeout, closing connection")
@@ -66,6 +74,30 @@ AUTH_BLOCKED = reply(454, "4.7.0", "Too many authentication failures, try again 
 TLS_READY = reply(220, "2.0.0", "Ready to start TLS")
 TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
 BYE = reply(221, "2.0.0", "Bye")
+COMMAND_FAILED = reply(451, "4.3.0", "Local error in processing, try again later")
+CANNOT_TURN = reply(451, "4.3.0", "Cannot turn this connection round")
+
+
+@attrs.frozen
+class CommandAnswer:
+    """
+    What an extension command's handler answers.
+
+    @ivar reply: the reply (2xx, 4xx or 5xx, with an enhanced status code).
+    @ivar turn_to: when set and the reply is C{250}: builds the protocol that takes the
+        connection over right after the reply (ATRN's provider becomes an SMTP client). The
+        session must run inside a L{mdtwist.smtp.switch.SwitchingProtocol}.
+    """
+
+    reply: Reply
+    turn_to: Callable[[], IProtocol] | None = None
+
+
+#: An extension command's handler: called with the session and the command, answers with a
+#: L{CommandAnswer} or a Deferred of one.
+CommandHandler: TypeAlias = Callable[
+    ["SMTPServerProtocol", ExtensionCommand], "CommandAnswer | Deferred[CommandAnswer]"
+]
 
 
 @attrs.frozen
@@ -145,6 +177,7 @@ class SMTPServerFactory(Factory):
         tls: IOpenSSLServerConnectionCreator | None = None,
         limits: SessionLimits | None = None,
         keep_auth_password: bool = False,
+        commands: Mapping[str, CommandHandler] | None = None,
     ) -> None:
         """
         Set up a listener.
@@ -161,8 +194,15 @@ class SMTPServerFactory(Factory):
         @param keep_auth_password: keep the password of a successful AUTH with the session's
             messages (in L{ClientInfo.password}), for smart hosts that want the sender's own
             mailbox password (MDaemon's C{ISPAUTHUsePasswords}); off by default.
+        @param commands: handlers of extension commands by verb (case does not matter); the
+            verbs are advertised in the EHLO reply.
         """
         self.settings = listener_settings(settings, mode, tls is not None)
+        self.commands = {verb.upper(): h for verb, h in (commands or {}).items()}
+        if self.commands:
+            self.settings = attrs.evolve(
+                self.settings, commands=(*self.settings.commands, *self.commands)
+            )
         self.mode = mode
         self.policy = policy
         self.spool = spool
@@ -266,7 +306,52 @@ class SMTPServerProtocol(Protocol):
         self._processing = False
         self._paused = False
         self._gone = False
+        self._detached = False
         self._timer: IDelayedCall | None = None
+        self._delay: IDelayedCall | None = None
+        self._turn_to: Callable[[], IProtocol] | None = None
+
+    @property
+    def peer(self) -> str:
+        """The client's address."""
+        return self._peer
+
+    @property
+    def client(self) -> ClientInfo:
+        """What is known of the client now (address, HELO name, login, TLS)."""
+        return self._client()
+
+    def detach(self) -> bytes:
+        """
+        Let go of the connection without closing it, for another protocol to take it over:
+        timers are cancelled, the session stops counting against its address, a paused
+        transport is resumed, and no further event is processed or reply written; a later
+        C{connectionLost} releases nothing twice.
+
+        @return: the bytes received and not yet read by the core.
+        """
+        if self._detached:
+            return b""
+        self._detached = True
+        self._gone = True
+        self._cancel_timer()
+        if self._delay is not None and self._delay.active():
+            self._delay.cancel()
+        self._delay = None
+        self._release()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        unread = self.core.detach()
+        self.log.info(
+            "SMTP session handed over", session=self.session, peer=self._peer, unread=len(unread)
+        )
+        return unread
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._factory.session_closed(self._peer)
 
     # -- Twisted callbacks --
 
@@ -292,9 +377,10 @@ class SMTPServerProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
         self._cancel_timer()
-        if self._counted:
-            self._counted = False
-            self._factory.session_closed(self._peer)
+        if self._delay is not None and self._delay.active():
+            self._delay.cancel()
+        self._delay = None
+        self._release()
 
     # -- the event loop --
 
@@ -303,7 +389,7 @@ class SMTPServerProtocol(Protocol):
             return
         self._processing = True
         try:
-            while not self._waiting:
+            while not self._waiting and not self._gone:
                 event = self.core.next_event()
                 self._flush()
                 if event is Sentinel.CLOSE:
@@ -348,6 +434,8 @@ class SMTPServerProtocol(Protocol):
             return self._authenticate(event)
         if isinstance(event, StartTLS):
             return _now(TLS_READY if self._factory.tls is not None else TLS_UNAVAILABLE)
+        if isinstance(event, ExtensionCommand):
+            return self._extension(event)
         assert isinstance(event, Quit)
         return _now(BYE)
 
@@ -364,6 +452,10 @@ class SMTPServerProtocol(Protocol):
             self._user = None
             self._password = None
             self.log.info("STARTTLS", session=self.session, peer=self._peer)
+        turn_to, self._turn_to = self._turn_to, None
+        if turn_to is not None and answer.code == 250:
+            self._turn(turn_to)
+            return
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
@@ -373,6 +465,52 @@ class SMTPServerProtocol(Protocol):
         data = self.core.data_to_send()
         if data and not self._gone:
             self.transport.write(data)  # type: ignore[union-attr]
+
+    def _extension(self, event: ExtensionCommand) -> Deferred[Reply]:
+        handler = self._factory.commands[event.verb]
+        # A handler answers at once or with a Deferred; maybeDeferred takes either.
+        call = cast(Callable[..., Any], handler)
+        d: Deferred[CommandAnswer] = maybeDeferred(call, self, event)
+
+        def answered(answer: CommandAnswer) -> Reply:
+            if answer.reply.category not in (2, 4, 5) or answer.reply.enhanced is None:
+                self.log.error(
+                    "{command} handler gave an unfit reply {code}",
+                    session=self.session,
+                    peer=self._peer,
+                    command=event.verb,
+                    code=answer.reply.code,
+                )
+                return COMMAND_FAILED
+            if answer.turn_to is not None and answer.reply.code == 250:
+                if switcher_of(self) is None:
+                    self.log.error(
+                        "cannot turn the connection round: no switching protocol",
+                        session=self.session,
+                        peer=self._peer,
+                        command=event.verb,
+                    )
+                    return CANNOT_TURN
+                self._turn_to = answer.turn_to
+            return answer.reply
+
+        def failed(failure: Failure) -> Reply:
+            self.log.failure(
+                "{command} failed",
+                failure,
+                session=self.session,
+                peer=self._peer,
+                command=event.verb,
+            )
+            return COMMAND_FAILED
+
+        return d.addCallbacks(answered, failed)
+
+    def _turn(self, turn_to: Callable[[], IProtocol]) -> None:
+        switcher = switcher_of(self)
+        assert switcher is not None
+        unread = self.detach()
+        switcher.switch_to(turn_to(), unread)
 
     # -- timeouts --
 
@@ -521,9 +659,11 @@ class SMTPServerProtocol(Protocol):
                 session=self.session,
                 peer=self._peer,
             )
-            return deferLater(
-                factory.clock, factory.limits.auth_failure_delay, lambda: AUTH_BLOCKED
+            blocked: Deferred[Reply] = Deferred()
+            self._delay = factory.clock.callLater(
+                factory.limits.auth_failure_delay, blocked.callback, AUTH_BLOCKED
             )
+            return blocked
         if event.authzid and event.authzid != event.login:
             return _now(self._auth_result(None, event.login))
         d: Deferred[Account | None] = maybeDeferred(
