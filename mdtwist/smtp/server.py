@@ -32,6 +32,7 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IProtocol,
     IReactorTime,
+    ISSLTransport,
     ITLSTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
@@ -357,6 +358,10 @@ class SMTPServerProtocol(Protocol):
 
     @override
     def connectionMade(self) -> None:
+        if not self.core.tls_active and ISSLTransport.providedBy(self.transport):
+            # Already encrypted (a connection turned round inside TLS): say so in the trace
+            # and offer no STARTTLS.
+            self.core = ServerCore(attrs.evolve(self.core.settings, tls_active=True))
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._peer = str(getattr(peer, "host", peer))
         self._counted = self._factory.session_opened(self._peer)

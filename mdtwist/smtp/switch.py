@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import directlyProvides, providedBy
 
 log = Logger()
 
@@ -67,6 +68,8 @@ class SwitchingProtocol(ProtocolWrapper):
             raise RuntimeError("cannot switch protocols on a lost connection")
         self.wrappedProtocol = new
         self.switches += 1
+        # Provide what the transport provides now: after STARTTLS that includes ISSLTransport.
+        directlyProvides(self, providedBy(self.transport))
         log.debug(
             "connection switched to {protocol}",
             protocol=type(new).__name__,

@@ -10,13 +10,20 @@ from typing import cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocol,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvides
 
 from mdtwist.config import ListenerMode
 from mdtwist.envelope import Recipient
@@ -103,7 +110,13 @@ class Sides:
     connection, delivering a message to the customer's SMTP server.
     """
 
-    def __init__(self, clock: Clock, *, tls_active: bool = False) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        tls_active: bool = False,
+        provider_tls: IOpenSSLServerConnectionCreator | None = None,
+    ) -> None:
         self.clock = clock
         self.provider_spool = FakeSpool()
         self.customer_spool = FakeSpool()
@@ -118,6 +131,7 @@ class Sides:
             spool=self.provider_spool,
             directory=FakeDirectory(),
             clock=clock,
+            tls=provider_tls,
             commands={"turn": self.turn},
         )
         self.customer_server = SMTPServerFactory(
@@ -477,6 +491,34 @@ class ServerTurnTests(SynchronousTestCase):
         protocol.dataReceived(b"TURN\r\n")
         self.assertEqual(parse_replies(transport.value())[-1].code, 451)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_encrypted_connection_known(self) -> None:
+        """
+        A session started on a connection that is already encrypted (turned round inside TLS)
+        offers no STARTTLS and records TLS for its messages.
+        """
+        factory = SMTPServerFactory(
+            settings=ServerSettings(hostname="customer.example"),
+            mode=ListenerMode.MX,
+            policy=FakePolicy(),
+            spool=FakeSpool(),
+            directory=FakeDirectory(),
+            clock=self.clock,
+            tls=object(),  # type: ignore[arg-type]
+        )
+        transport = StringTransport(peerAddress=CUSTOMER_ADDRESS)
+        protocol = factory.buildProtocol(CUSTOMER_ADDRESS)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"EHLO c.example\r\n")
+        self.assertIn("STARTTLS", parse_replies(transport.value())[1].lines)
+
+        secure = StringTransport(peerAddress=CUSTOMER_ADDRESS)
+        directlyProvides(secure, ISSLTransport)
+        protocol = factory.buildProtocol(CUSTOMER_ADDRESS)
+        protocol.makeConnection(secure)
+        protocol.dataReceived(b"EHLO c.example\r\n")
+        self.assertNotIn("STARTTLS", parse_replies(secure.value())[1].lines)
+        self.assertTrue(protocol.core.tls_active)
 
 
 class ServerTurnBytewiseTests(ServerTurnTests):
