@@ -21,6 +21,11 @@ writes commands, and does no I/O. The glue drives it with these calls:
  5. C{tls_started()} after L{TLSRequested}; C{quit()} when it has nothing more to send;
     C{connection_lost()}, C{timed_out()}, C{tls_failed()} or C{connection_failed()} when the
     network says so. C{waiting_for} names the phase whose timeout applies.
+ 6. C{add_command(text, turns=...)} for a single command outside transactions (ETRN, ATRN,
+    QSND): sent in turn with the transactions, never pipelined, answered by L{CommandReplied};
+    with C{turns}, a single-line C{250} is L{Turned} instead and the core stops reading (ATRN,
+    RFC 2645: the roles swap on the connection). C{detach()} then, or at any time, ends the
+    session without a word to the server and returns the bytes received and not read.
 
 The session: greeting (C{220}, anything else is L{SessionStatus.GREETING_REFUSED}); C{EHLO}
 (C{HELO} after a 5xx); C{STARTTLS} when the policy asks and the server offers it, then C{EHLO}

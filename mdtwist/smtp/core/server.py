@@ -23,6 +23,12 @@ with four calls:
     recipient, any reply to L{MessageReceived} ends the transaction, a C{220} to L{StartTLS}
     drops every buffered byte and waits for C{start_tls()}, any C{421} closes.
 
+Extension commands (ETRN, ATRN ...) are verbs named in C{ServerSettings.commands}: advertised
+in the EHLO reply and handed out as L{ExtensionCommand} events whatever their argument; the
+glue's reply leaves the session state as it was. C{detach()} ends the session without a word
+and returns the bytes received and not processed, for the protocol that takes the connection
+over (after the C{250} to ATRN the server becomes the client).
+
 After each call the glue writes C{data_to_send()}. Because the core never looks at the next
 command before the current event is answered, the glue may take as long as it likes (a pending
 Deferred) and replies still leave in command order, as PIPELINING requires.
