@@ -77,6 +77,7 @@ TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
 BYE = reply(221, "2.0.0", "Bye")
 COMMAND_FAILED = reply(451, "4.3.0", "Local error in processing, try again later")
 CANNOT_TURN = reply(451, "4.3.0", "Cannot turn this connection round")
+NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
 
 
 @attrs.frozen
@@ -313,11 +314,6 @@ class SMTPServerProtocol(Protocol):
         self._turn_to: Callable[[], IProtocol] | None = None
 
     @property
-    def peer(self) -> str:
-        """The client's address."""
-        return self._peer
-
-    @property
     def client(self) -> ClientInfo:
         """What is known of the client now (address, HELO name, login, TLS)."""
         return self._client()
@@ -472,7 +468,9 @@ class SMTPServerProtocol(Protocol):
             self.transport.write(data)  # type: ignore[union-attr]
 
     def _extension(self, event: ExtensionCommand) -> Deferred[Reply]:
-        handler = self._factory.commands[event.verb]
+        handler = self._factory.commands.get(event.verb)
+        if handler is None:  # a verb in the settings without a handler
+            return _now(NOT_IMPLEMENTED)
         # A handler answers at once or with a Deferred; maybeDeferred takes either.
         call = cast(Callable[..., Any], handler)
         d: Deferred[CommandAnswer] = maybeDeferred(call, self, event)

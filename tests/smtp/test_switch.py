@@ -520,6 +520,23 @@ class ServerTurnTests(SynchronousTestCase):
         self.assertNotIn("STARTTLS", parse_replies(secure.value())[1].lines)
         self.assertTrue(protocol.core.tls_active)
 
+    def test_verb_without_handler(self) -> None:
+        """A verb named in the settings but given no handler gets a 502."""
+        factory = SMTPServerFactory(
+            settings=ServerSettings(hostname="provider.example", commands=("ETRN",)),
+            mode=ListenerMode.MX,
+            policy=FakePolicy(),
+            spool=FakeSpool(),
+            directory=FakeDirectory(),
+            clock=self.clock,
+        )
+        protocol = factory.buildProtocol(CUSTOMER_ADDRESS)
+        transport = StringTransport(peerAddress=CUSTOMER_ADDRESS)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"EHLO c.example\r\n")
+        protocol.dataReceived(b"ETRN example.org\r\n")
+        self.assertEqual(parse_replies(transport.value())[-1].code, 502)
+
 
 class ServerTurnBytewiseTests(ServerTurnTests):
     """The same, every byte delivered on its own."""
