@@ -708,3 +708,47 @@ class ClientDetachTests(SynchronousTestCase):
         self.assertEqual(transport.value(), written)
         self.assertFalse(transport.disconnecting)
         self.assertEqual(protocol.detach(), b"")
+
+
+class SwitchingProtocolTests(SynchronousTestCase):
+    """L{SwitchingProtocol} on its own, with recording protocols."""
+
+    def test_forwards_to_the_current_inner(self) -> None:
+        """
+        Bytes and the loss of the connection go to the current inner protocol only; each
+        inner writes through the switching protocol to the one transport.
+        """
+        first, second = Recorder(), Recorder()
+        outer = switching_for(first).buildProtocol(PROVIDER_ADDRESS)
+        transport = StringTransport()
+        outer.makeConnection(transport)
+        outer.dataReceived(b"one")
+        outer.switch_to(second, b"left over")
+        outer.dataReceived(b"two")
+        assert second.transport is not None
+        second.transport.write(b"written")
+        outer.connectionLost(Failure(ConnectionError()))
+        self.assertEqual((first.received, first.made, first.lost), (b"one", 1, []))
+        self.assertEqual((second.received, second.made, len(second.lost)), (b"left overtwo", 1, 1))
+        self.assertIs(second.transport, outer)
+        self.assertEqual(transport.value(), b"written")
+        self.assertEqual(outer.switches, 1)
+        self.assertIsNone(outer.inner)
+
+    def test_no_switch_on_a_lost_connection(self) -> None:
+        """Switching after the connection is lost is an error."""
+        outer = switching_for(Recorder()).buildProtocol(PROVIDER_ADDRESS)
+        outer.makeConnection(StringTransport())
+        outer.connectionLost(Failure(ConnectionError()))
+        self.assertRaises(RuntimeError, outer.switch_to, Recorder())
+
+    def test_switcher_of(self) -> None:
+        """A protocol's switcher is its transport when that is a switching protocol."""
+        inner = Recorder()
+        outer = switching_for(inner).buildProtocol(PROVIDER_ADDRESS)
+        self.assertIsNone(switcher_of(inner))
+        outer.makeConnection(StringTransport())
+        self.assertIs(switcher_of(inner), outer)
+        bare = Recorder()
+        bare.makeConnection(StringTransport())
+        self.assertIsNone(switcher_of(bare))
