@@ -13,6 +13,11 @@ timer on the injected clock for whatever the core waits for (RFC 5321 4.5.3.2 de
 every transaction of the batch is decided, the batch's Deferred fires with a L{DeliveryReport};
 an idle connection is kept for C{idle_time} seconds, then closed with C{QUIT}.
 
+A protocol also sends single commands (L{SMTPClientProtocol.command}: ETRN, ATRN ...). One that
+turns the connection round (ATRN) is given C{turn_to}: after a single-line C{250} the protocol
+detaches (L{SMTPClientProtocol.detach}) and the L{mdtwist.smtp.switch.SwitchingProtocol} it runs
+in continues with the protocol C{turn_to} builds, fed the bytes that followed the C{250}.
+
 Nothing here ever logs a password or a message body.
 """
 
@@ -30,6 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLClientConnectionCreator,
+    IProtocol,
     IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
@@ -46,6 +52,7 @@ from mdtwist.smtp.core.client import (
     ClientEvent,
     ClientSettings,
     ClientState,
+    CommandReplied,
     Credentials,
     Idle,
     Phase,
@@ -58,9 +65,12 @@ from mdtwist.smtp.core.client import (
     Transaction,
     TransactionDone,
     TransactionOutcome,
+    Turned,
 )
 from mdtwist.smtp.core.events import Sentinel
+from mdtwist.smtp.core.replies import Reply
 from mdtwist.smtp.modes import TLSMode as TLSMode  # re-exported: its home before smtp.modes
+from mdtwist.smtp.switch import switcher_of
 
 log = Logger()
 
@@ -92,6 +102,8 @@ class ClientTimeouts:
     @ivar data_end: for the reply to the end of the message.
     @ivar rset: for the reply to RSET.
     @ivar quit: for the reply to QUIT.
+    @ivar command: for the reply to a single command (ETRN, ATRN: the provider may search its
+        queue first, so 10 minutes).
     """
 
     connect: float = 60.0
@@ -106,6 +118,7 @@ class ClientTimeouts:
     data_end: float = 600.0
     rset: float = 120.0
     quit: float = 60.0
+    command: float = 600.0
 
     def for_phase(self, phase: Phase) -> float:
         """
@@ -132,6 +145,7 @@ _TIMEOUT_FIELDS = {
     Phase.MESSAGE: "data_end",
     Phase.RSET: "rset",
     Phase.QUIT: "quit",
+    Phase.COMMAND: "command",
 }
 
 
@@ -257,6 +271,58 @@ class SMTPClientProtocol(Protocol):
         self._queue_id: str | None = None
         self._started = 0.0
         self._outcome: SessionOutcome | None = None
+        self._commands: deque[tuple[Deferred[Reply | None], Callable[[], IProtocol] | None]] = (
+            deque()
+        )
+        self._producing = False
+        self._detached = False
+
+    def command(
+        self, text: str, *, turn_to: Callable[[], IProtocol] | None = None
+    ) -> Deferred[Reply | None]:
+        """
+        Send one command outside any transaction, after what was queued before it.
+
+        @param text: the command line without CRLF (printable ASCII), e.g. C{ETRN example.com}.
+        @param turn_to: for a command that turns the connection round (ATRN): builds the
+            protocol that takes the connection over when the reply is a single-line C{250}.
+            This protocol then detaches and the new one is connected and fed the bytes that
+            followed the reply, before the Deferred fires. The connection must run inside a
+            L{mdtwist.smtp.switch.SwitchingProtocol} (L{mdtwist.smtp.switch.switching_for}).
+        @return: fires with the reply, or with L{None} when the session ended first.
+        @raise ValueError: the text is not printable ASCII.
+        @raise mdtwist.smtp.core.errors.LocalProtocolError: the session is ending, or turns.
+        """
+        self.core.add_command(text, turns=turn_to is not None)
+        d: Deferred[Reply | None] = Deferred()
+        self._commands.append((d, turn_to))
+        self._process()
+        return d
+
+    def detach(self) -> bytes:
+        """
+        Let go of the connection without closing it, for another protocol to take it over:
+        the timer is cancelled, the producer unregistered, nothing more is written or read,
+        an unfinished batch is decided (undecided recipients temporary), pending commands fire
+        with L{None}, and L{ended} fires (so L{SMTPClient} frees the connection's place); a
+        later C{connectionLost} changes nothing.
+
+        @return: the bytes received and not yet read by the core.
+        """
+        if self._detached:
+            return b""
+        self._detached = True
+        self._gone = True
+        self._cancel_timer()
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+        unread = self.core.detach()
+        while not isinstance(event := self.core.next_event(), Sentinel):
+            self._handle(event)
+        self._fire_ended()
+        log.info("SMTP connection to {mx} handed over", mx=self.destination.label)
+        return unread
 
     def run(
         self, transactions: Sequence[Transaction], queue_id: str | None = None
@@ -303,6 +369,7 @@ class SMTPClientProtocol(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        self._producing = True
         self._process()
 
     @override
@@ -312,6 +379,9 @@ class SMTPClientProtocol(Protocol):
 
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._producing = False
+        if self._detached:
+            return
         self._cancel_timer()
         if not self._gone:
             self._gone = True
@@ -381,6 +451,10 @@ class SMTPClientProtocol(Protocol):
         elif isinstance(event, TransactionDone):
             self._log_outcome(event.outcome)
             self._outcomes.append(event.outcome)
+        elif isinstance(event, CommandReplied):
+            self._commands.popleft()[0].callback(event.reply)
+        elif isinstance(event, Turned):
+            self._turn(event)
         elif isinstance(event, Idle):
             self._finish_batch(SessionOutcome(SessionStatus.COMPLETED, Phase.QUIT, None, "idle"))
             if self._on_idle is not None:
@@ -398,6 +472,25 @@ class SMTPClientProtocol(Protocol):
                     + (f": {event.outcome.detail}" if event.outcome.detail else ""),
                 )
             self._finish_batch(event.outcome)
+            while self._commands:
+                self._commands.popleft()[0].callback(None)
+
+    def _turn(self, event: Turned) -> None:
+        d, turn_to = self._commands.popleft()
+        switcher = switcher_of(self)
+        assert turn_to is not None
+        if switcher is None:
+            log.error(
+                "cannot turn the connection to {mx} round: no switching protocol",
+                mx=self.destination.label,
+            )
+            self.detach()
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            log.info("connection to {mx} turned round", mx=self.destination.label)
+            unread = self.detach()
+            switcher.switch_to(turn_to(), unread)
+        d.callback(event.reply)
 
     def _finish_batch(self, outcome: SessionOutcome) -> None:
         batch, self._batch = self._batch, None

@@ -13,6 +13,12 @@ L{LoginPortal} (service C{"smtp"} unless the factory says otherwise), which also
 brute-force limit shared with every other protocol: C{535 5.7.8} for wrong credentials,
 C{454 4.7.0} when the login is throttled or the directory cannot answer. Every timeout runs
 on the injected clock.
+
+Extension commands (ETRN, ATRN ...) go to the handler registered for their verb with the
+factory; an answer with C{turn_to} and a C{250} turns the connection round: once the reply is
+written the session detaches (L{SMTPServerProtocol.detach}) and the
+L{mdtwist.smtp.switch.SwitchingProtocol} it runs in continues with the protocol C{turn_to}
+builds, fed the bytes that followed the command.
 """
 
 from __future__ import annotations
@@ -20,17 +26,19 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias, cast
 
 import attrs
 from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLServerConnectionCreator,
+    IProtocol,
     IReactorTime,
+    ISSLTransport,
     ITLSTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
@@ -49,6 +57,7 @@ from mdtwist.secret import Secret
 from mdtwist.smtp.core.events import (
     Authenticate,
     Event,
+    ExtensionCommand,
     MailFrom,
     MessageReceived,
     Quit,
@@ -62,6 +71,7 @@ from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
 from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.policy import RecipientDecision
+from mdtwist.smtp.switch import switcher_of
 
 BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")
 TIMEOUT = reply(421, "4.4.2", "Timeout, closing connection")
@@ -76,6 +86,31 @@ AUTH_BLOCKED = reply(454, "4.7.0", "Too many authentication failures, try again 
 TLS_READY = reply(220, "2.0.0", "Ready to start TLS")
 TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
 BYE = reply(221, "2.0.0", "Bye")
+COMMAND_FAILED = reply(451, "4.3.0", "Local error in processing, try again later")
+CANNOT_TURN = reply(451, "4.3.0", "Cannot turn this connection round")
+NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
+
+
+@attrs.frozen
+class CommandAnswer:
+    """
+    What an extension command's handler answers.
+
+    @ivar reply: the reply (2xx, 4xx or 5xx, with an enhanced status code).
+    @ivar turn_to: when set and the reply is C{250}: builds the protocol that takes the
+        connection over right after the reply (ATRN's provider becomes an SMTP client). The
+        session must run inside a L{mdtwist.smtp.switch.SwitchingProtocol}.
+    """
+
+    reply: Reply
+    turn_to: Callable[[], IProtocol] | None = None
+
+
+#: An extension command's handler: called with the session and the command, answers with a
+#: L{CommandAnswer} or a Deferred of one.
+CommandHandler: TypeAlias = Callable[
+    ["SMTPServerProtocol", ExtensionCommand], "CommandAnswer | Deferred[CommandAnswer]"
+]
 
 
 @attrs.frozen
@@ -152,6 +187,7 @@ class SMTPServerFactory(Factory):
         limits: SessionLimits | None = None,
         keep_auth_password: bool = False,
         login_service: str = "smtp",
+        commands: Mapping[str, CommandHandler] | None = None,
     ) -> None:
         """
         Set up a listener.
@@ -171,8 +207,15 @@ class SMTPServerFactory(Factory):
         @param login_service: the service label of AUTH at the portal: C{"smtp"} (directory
             accounts), or C{"gateway"} for a listener where gateways log in (there CRAM-MD5
             can be offered, as the gateway checker holds cleartext secrets).
+        @param commands: handlers of extension commands by verb (case does not matter); the
+            verbs are advertised in the EHLO reply.
         """
         self.settings = listener_settings(settings, mode, tls is not None)
+        self.commands = {verb.upper(): h for verb, h in (commands or {}).items()}
+        if self.commands:
+            self.settings = attrs.evolve(
+                self.settings, commands=(*self.settings.commands, *self.commands)
+            )
         self.mode = mode
         self.policy = policy
         self.spool = spool
@@ -251,17 +294,59 @@ class SMTPServerProtocol(Protocol):
         self._processing = False
         self._paused = False
         self._gone = False
+        self._detached = False
         self._timer: IDelayedCall | None = None
         # The routes of the transaction's recipients, in the core's order, and their
         # duplicate keys; both start afresh with each accepted MAIL FROM.
         self._routes: list[Route] = []
         self._accepted: set[tuple[str, str]] = set()
         self._add_recipient = True
+        self._auth: Deferred[Account] | None = None
+        self._turn_to: Callable[[], IProtocol] | None = None
+
+    @property
+    def client(self) -> ClientInfo:
+        """What is known of the client now (address, HELO name, login, TLS)."""
+        return self._client()
+
+    def detach(self) -> bytes:
+        """
+        Let go of the connection without closing it, for another protocol to take it over:
+        timers are cancelled, the session stops counting against its address, a paused
+        transport is resumed, and no further event is processed or reply written; a later
+        C{connectionLost} releases nothing twice.
+
+        @return: the bytes received and not yet read by the core.
+        """
+        if self._detached:
+            return b""
+        self._detached = True
+        self._gone = True
+        self._cancel_timer()
+        self._cancel_auth()
+        self._release()
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        unread = self.core.detach()
+        self.log.info(
+            "SMTP session handed over", session=self.session, peer=self._peer, unread=len(unread)
+        )
+        return unread
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._factory.session_closed(self._peer)
 
     # -- Twisted callbacks --
 
     @override
     def connectionMade(self) -> None:
+        if not self.core.tls_active and ISSLTransport.providedBy(self.transport):
+            # Already encrypted (a connection turned round inside TLS): say so in the trace
+            # and offer no STARTTLS.
+            self.core = ServerCore(attrs.evolve(self.core.settings, tls_active=True))
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._peer = str(getattr(peer, "host", peer))
         self._counted = self._factory.session_opened(self._peer)
@@ -282,9 +367,8 @@ class SMTPServerProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._gone = True
         self._cancel_timer()
-        if self._counted:
-            self._counted = False
-            self._factory.session_closed(self._peer)
+        self._cancel_auth()
+        self._release()
 
     # -- the event loop --
 
@@ -293,7 +377,7 @@ class SMTPServerProtocol(Protocol):
             return
         self._processing = True
         try:
-            while not self._waiting:
+            while not self._waiting and not self._gone:
                 event = self.core.next_event()
                 self._flush()
                 if event is Sentinel.CLOSE:
@@ -333,6 +417,8 @@ class SMTPServerProtocol(Protocol):
             return self._authenticate(event)
         if isinstance(event, StartTLS):
             return _now(TLS_READY if self._factory.tls is not None else TLS_UNAVAILABLE)
+        if isinstance(event, ExtensionCommand):
+            return self._extension(event)
         assert isinstance(event, Quit)
         return _now(BYE)
 
@@ -353,6 +439,10 @@ class SMTPServerProtocol(Protocol):
             self._user = None
             self._password = None
             self.log.info("STARTTLS", session=self.session, peer=self._peer)
+        turn_to, self._turn_to = self._turn_to, None
+        if turn_to is not None and answer.code == 250:
+            self._turn(turn_to)
+            return
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
@@ -362,6 +452,54 @@ class SMTPServerProtocol(Protocol):
         data = self.core.data_to_send()
         if data and not self._gone:
             self.transport.write(data)  # type: ignore[union-attr]
+
+    def _extension(self, event: ExtensionCommand) -> Deferred[Reply]:
+        handler = self._factory.commands.get(event.verb)
+        if handler is None:  # a verb in the settings without a handler
+            return _now(NOT_IMPLEMENTED)
+        # A handler answers at once or with a Deferred; maybeDeferred takes either.
+        call = cast(Callable[..., Any], handler)
+        d: Deferred[CommandAnswer] = maybeDeferred(call, self, event)
+
+        def answered(answer: CommandAnswer) -> Reply:
+            if answer.reply.category not in (2, 4, 5) or answer.reply.enhanced is None:
+                self.log.error(
+                    "{command} handler gave an unfit reply {code}",
+                    session=self.session,
+                    peer=self._peer,
+                    command=event.verb,
+                    code=answer.reply.code,
+                )
+                return COMMAND_FAILED
+            if answer.turn_to is not None and answer.reply.code == 250:
+                if switcher_of(self) is None:
+                    self.log.error(
+                        "cannot turn the connection round: no switching protocol",
+                        session=self.session,
+                        peer=self._peer,
+                        command=event.verb,
+                    )
+                    return CANNOT_TURN
+                self._turn_to = answer.turn_to
+            return answer.reply
+
+        def failed(failure: Failure) -> Reply:
+            self.log.failure(
+                "{command} failed",
+                failure,
+                session=self.session,
+                peer=self._peer,
+                command=event.verb,
+            )
+            return COMMAND_FAILED
+
+        return d.addCallbacks(answered, failed)
+
+    def _turn(self, turn_to: Callable[[], IProtocol]) -> None:
+        switcher = switcher_of(self)
+        assert switcher is not None
+        unread = self.detach()
+        switcher.switch_to(turn_to(), unread)
 
     # -- timeouts --
 
@@ -551,7 +689,8 @@ class SMTPServerProtocol(Protocol):
         d: Deferred[Account] = maybeDeferred(
             factory.portal.login_with, self._peer, credentials, service=factory.login_service
         )
-        replied = d.addCallbacks(self._auth_result, self._auth_error)
+        self._auth = d
+        replied = d.addBoth(self._auth_done).addCallbacks(self._auth_result, self._auth_error)
         if factory.keep_auth_password and event.challenge is None:
             password = Secret(event.password)
 
@@ -562,6 +701,17 @@ class SMTPServerProtocol(Protocol):
 
             replied.addCallback(keep)
         return replied
+
+    def _auth_done(self, result: Account | Failure) -> Account | Failure:
+        self._auth = None
+        return result
+
+    def _cancel_auth(self) -> None:
+        # A login still waiting (the portal's throttling delay, a slow directory) ends with
+        # the session; its reply would go nowhere.
+        pending, self._auth = self._auth, None
+        if pending is not None:
+            pending.cancel()
 
     def _auth_result(self, account: Account) -> Reply:
         self._user = account.login
@@ -576,7 +726,7 @@ class SMTPServerProtocol(Protocol):
             return AUTH_BAD
         if failure.check(LoginThrottled):
             return AUTH_BLOCKED
-        if not failure.check(DirectoryUnavailable):
+        if not failure.check(DirectoryUnavailable, CancelledError):
             self.log.failure("AUTH check failed", failure, session=self.session, peer=self._peer)
         return AUTH_UNAVAILABLE
 

@@ -22,6 +22,11 @@ writes commands, and does no I/O. The glue drives it with these calls:
  5. C{tls_started()} after L{TLSRequested}; C{quit()} when it has nothing more to send;
     C{connection_lost()}, C{timed_out()}, C{tls_failed()} or C{connection_failed()} when the
     network says so. C{waiting_for} names the phase whose timeout applies.
+ 6. C{add_command(text, turns=...)} for a single command outside transactions (ETRN, ATRN,
+    QSND): sent in turn with the transactions, never pipelined, answered by L{CommandReplied};
+    with C{turns}, a single-line C{250} is L{Turned} instead and the core stops reading (ATRN,
+    RFC 2645: the roles swap on the connection). C{detach()} then, or at any time, ends the
+    session without a word to the server and returns the bytes received and not read.
 
 The session: greeting (C{220}, anything else is L{SessionStatus.GREETING_REFUSED}); C{EHLO}
 (C{HELO} after a 5xx); C{STARTTLS} when the policy asks and the server offers it, then C{EHLO}
@@ -115,6 +120,7 @@ class Phase(enum.Enum):
     MESSAGE = "message"
     RSET = "rset"
     QUIT = "quit"
+    COMMAND = "command"
 
     # Phases key dictionaries on hot paths (the reply handlers, the glue's timeouts). Members
     # are singletons and compare by identity, so the identity hash, computed in C, is as good
@@ -211,6 +217,8 @@ class ClientState(enum.Enum):
     @cvar SENDING: running transactions.
     @cvar IDLE: nothing to send; the connection is open and may be reused.
     @cvar QUITTING: C{QUIT} sent.
+    @cvar TURNED: a command queued with C{add_command(..., turns=True)} got a single-line
+        C{250}: the roles swap on this connection and the core reads nothing more.
     @cvar CLOSED: over.
     """
 
@@ -220,6 +228,7 @@ class ClientState(enum.Enum):
     SENDING = "sending"
     IDLE = "idle"
     QUITTING = "quitting"
+    TURNED = "turned"
     CLOSED = "closed"
 
 
@@ -495,7 +504,41 @@ class SessionEnded:
     outcome: SessionOutcome
 
 
-ClientEvent = TLSRequested | TransactionDone | Idle | SessionEnded
+@attrs.frozen
+class CommandReplied:
+    """
+    The reply to a command queued with C{add_command} (one that did not turn the connection).
+
+    @ivar command: the command as sent, without CRLF.
+    @ivar reply: the server's reply.
+    """
+
+    command: str
+    reply: Reply
+
+
+@attrs.frozen
+class Turned:
+    """
+    A single-line C{250} answered a command queued with C{add_command(..., turns=True)}
+    (ATRN, RFC 2645): the roles swap right after that reply. The core reads nothing more;
+    C{detach()} gives the bytes that followed the reply, which belong to the new role.
+
+    @ivar command: the command as sent, without CRLF.
+    @ivar reply: the C{250}.
+    """
+
+    command: str
+    reply: Reply
+
+
+ClientEvent = TLSRequested | TransactionDone | Idle | SessionEnded | CommandReplied | Turned
+
+
+@attrs.frozen
+class _Command:
+    text: str
+    turns: bool
 
 
 @attrs.define
@@ -613,7 +656,9 @@ class ClientCore:
         self._authenticated = False
         self._mechanism = ""
         self._auth_step = 0
-        self._queue: deque[_Attempt] = deque()
+        self._queue: deque[_Attempt | _Command] = deque()
+        self._command_sent: _Command | None = None
+        self._turn_queued = False
         self._attempt: _Attempt | None = None
         self._body: _Body | None = None
         self._needs_rset = False
@@ -660,7 +705,12 @@ class ClientCore:
         L{None} when no reply is awaited (idle, TLS handshake, or closed). While the message is
         being sent this is L{Phase.MESSAGE}; the glue applies its data-block timeout then.
         """
-        if self._state in (ClientState.CLOSED, ClientState.TLS_PENDING, ClientState.IDLE):
+        if self._state in (
+            ClientState.CLOSED,
+            ClientState.TLS_PENDING,
+            ClientState.IDLE,
+            ClientState.TURNED,
+        ):
             return None
         return self._expect[0].phase if self._expect else None
 
@@ -673,17 +723,62 @@ class ClientCore:
         @param transaction: the transaction.
         @raise LocalProtocolError: the session is ending or over.
         """
-        if self._state in (ClientState.QUITTING, ClientState.CLOSED) or self._quit_requested:
-            raise LocalProtocolError("the session is ending")
+        self._check_can_queue()
         job = _Job(transaction)
         self._queue.append(_Attempt(job, list(range(len(transaction.recipients)))))
         if self._state is ClientState.IDLE:
             self._state = ClientState.SENDING
             self._start_next()
 
+    def add_command(self, command: str, *, turns: bool = False) -> None:
+        """
+        Queue one command outside any transaction (C{ETRN}, C{ATRN}, C{QSND} ...); it is sent
+        after the transactions queued before it, never pipelined, and its reply comes out as
+        L{CommandReplied}, or as L{Turned} when C{turns} is set and the reply is a single-line
+        C{250}. Nothing may be queued after a command that turns the connection.
+
+        @param command: the command line without CRLF: printable ASCII.
+        @param turns: whether a single-line C{250} turns the connection round (ATRN).
+        @raise LocalProtocolError: the session is ending or over, or turns.
+        @raise ValueError: the command is empty or not printable ASCII.
+        """
+        if not command or not command.isascii() or not command.isprintable():
+            raise ValueError("a command must be printable ASCII")
+        self._check_can_queue()
+        self._queue.append(_Command(command, turns))
+        self._turn_queued = turns
+        if self._state is ClientState.IDLE:
+            self._state = ClientState.SENDING
+            self._start_next()
+
+    def detach(self) -> bytes:
+        """
+        Hand the connection to another protocol: end the session here without a word to the
+        server (nothing queued is sent; undecided recipients become temporary failures and
+        L{SessionEnded} follows, as after any early end) and take the bytes received but not
+        read.
+
+        @return: the unread bytes (after L{Turned}: exactly what followed the C{250}).
+        """
+        unread = self._lines.take_all()
+        self._out.clear()
+        self._end(
+            SessionStatus.COMPLETED,
+            self._phase(),
+            None,
+            "the connection was handed to another protocol",
+        )
+        return unread
+
+    def _check_can_queue(self) -> None:
+        if self._state in (ClientState.QUITTING, ClientState.CLOSED) or self._quit_requested:
+            raise LocalProtocolError("the session is ending")
+        if self._state is ClientState.TURNED or self._turn_queued:
+            raise LocalProtocolError("the connection turns round: nothing can follow")
+
     def quit(self) -> None:
         """End the session with C{QUIT} once the queued transactions are done."""
-        if self._state in (ClientState.QUITTING, ClientState.CLOSED):
+        if self._state in (ClientState.QUITTING, ClientState.CLOSED, ClientState.TURNED):
             return
         self._quit_requested = True
         if self._state is ClientState.IDLE:
@@ -740,6 +835,8 @@ class ClientCore:
             if self._state is ClientState.CLOSED:
                 return Sentinel.CLOSE
             if self._state is ClientState.TLS_PENDING or self.sending_body:
+                return Sentinel.PAUSED
+            if self._state is ClientState.TURNED:
                 return Sentinel.PAUSED
             if self._state is ClientState.IDLE and not len(self._lines):
                 return Sentinel.PAUSED
@@ -889,7 +986,7 @@ class ClientCore:
             text = detail or (answer.text if answer is not None else status.value)
             if answer is not None:
                 text = f"{answer.code} {text}"
-        attempts = list(self._queue)
+        attempts = [a for a in self._queue if isinstance(a, _Attempt)]
         if self._attempt is not None:
             attempts.insert(0, self._attempt)
         for attempt in attempts:
@@ -909,6 +1006,7 @@ class ClientCore:
             self._report(job)
         self._attempt = None
         self._queue.clear()
+        self._command_sent = None
         self._body = None
         self._expect.clear()
         if quit and status is not SessionStatus.SERVICE_CLOSING:
@@ -1078,6 +1176,19 @@ class ClientCore:
                 assert self._capabilities is not None
                 self._events.append(Idle(self._capabilities))
             return
+        head = self._queue[0]
+        if isinstance(head, _Command):
+            # No RSET to test a reused connection before a command (an ODMR server answers
+            # 502 to it), only to end a failed transaction; and no pipelining.
+            self._was_idle = False
+            if self._needs_rset:
+                self._needs_rset = False
+                self._command(Phase.RSET, "RSET")
+                return
+            self._queue.popleft()
+            self._command_sent = head
+            self._command(Phase.COMMAND, head.text)
+            return
         if self._needs_rset or self._was_idle:
             self._needs_rset = self._was_idle = False
             self._command(Phase.RSET, "RSET")
@@ -1086,6 +1197,7 @@ class ClientCore:
                 return
             # RSET may open a pipelined group (RFC 2920 3.1): the transaction follows at once.
         attempt = self._queue.popleft()
+        assert isinstance(attempt, _Attempt)
         self._attempt = attempt
         if not self._check(attempt):
             self._attempt = None
@@ -1292,6 +1404,17 @@ class ClientCore:
         else:
             self._end(SessionStatus.PROTOCOL_ERROR, Phase.RSET, answer, "RSET refused", quit=True)
 
+    def _command_reply(self, answer: Reply, index: int) -> None:
+        command, self._command_sent = self._command_sent, None
+        assert command is not None
+        if command.turns and answer.code == 250 and len(answer.lines) == 1:
+            self._state = ClientState.TURNED
+            self._events.append(Turned(command.text, answer))
+            return
+        self._turn_queued = False
+        self._events.append(CommandReplied(command.text, answer))
+        self._start_next()
+
     def _advance(self) -> None:
         """Decide the next step of the current transaction once no reply is outstanding."""
         attempt = self._attempt
@@ -1346,4 +1469,5 @@ _HANDLERS = {
     Phase.DATA: ClientCore._data,
     Phase.MESSAGE: ClientCore._message,
     Phase.RSET: ClientCore._rset,
+    Phase.COMMAND: ClientCore._command_reply,
 }

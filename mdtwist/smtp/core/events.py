@@ -114,4 +114,19 @@ class Quit:
     """C{QUIT}: answer C{221}; the session then closes."""
 
 
-Event = MailFrom | RcptTo | MessageReceived | Authenticate | StartTLS | Quit
+@attrs.frozen
+class ExtensionCommand:
+    """
+    A command named in C{ServerSettings.commands} (ETRN, ATRN ...): the core knows only its
+    name. Answer with a 2xx, 4xx or 5xx reply carrying an enhanced status code; the session
+    state does not change (except that a C{421} closes).
+
+    @ivar verb: the command name, upper case.
+    @ivar argument: the rest of the line after the first space, as sent (C{""} for none).
+    """
+
+    verb: str
+    argument: str
+
+
+Event = MailFrom | RcptTo | MessageReceived | Authenticate | StartTLS | Quit | ExtensionCommand

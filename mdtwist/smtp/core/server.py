@@ -23,6 +23,12 @@ with four calls:
     recipient, any reply to L{MessageReceived} ends the transaction, a C{220} to L{StartTLS}
     drops every buffered byte and waits for C{start_tls()}, any C{421} closes.
 
+Extension commands (ETRN, ATRN ...) are verbs named in C{ServerSettings.commands}: advertised
+in the EHLO reply and handed out as L{ExtensionCommand} events whatever their argument; the
+glue's reply leaves the session state as it was. C{detach()} ends the session without a word
+and returns the bytes received and not processed, for the protocol that takes the connection
+over (after the C{250} to ATRN the server becomes the client).
+
 After each call the glue writes C{data_to_send()}. Because the core never looks at the next
 command before the current event is answered, the glue may take as long as it likes (a pending
 Deferred) and replies still leave in command order, as PIPELINING requires.
@@ -70,6 +76,7 @@ from mdtwist.smtp.core.errors import LocalProtocolError
 from mdtwist.smtp.core.events import (
     Authenticate,
     Event,
+    ExtensionCommand,
     MailFrom,
     MessageReceived,
     Quit,
@@ -105,6 +112,18 @@ def _check_mechanisms(
         raise ValueError(f"unsupported SASL mechanisms: {sorted(unknown)}")
 
 
+def _upper_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(v.upper() for v in value)
+
+
+def _check_commands(
+    instance: ServerSettings, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    for verb in value:
+        if not (verb.isascii() and verb.isalpha()) or verb in _COMMANDS:
+            raise ValueError(f"{verb!r} cannot be an extension command")
+
+
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:
         raise ValueError(f"{attribute.name} must be at least 1")
@@ -136,6 +155,8 @@ class ServerSettings:
     @ivar forbid_unauth_pipelining: end the session with C{554 5.5.0} when a client sends
         more before the reply to a command that must end a pipelined group, or pipelines
         without having been offered PIPELINING (see L{ServerCore.sync_error}).
+    @ivar commands: extension verbs (upper case letters, none of the built-in ones) that are
+        advertised as EHLO keywords and handed to the glue as L{ExtensionCommand} events.
     """
 
     hostname: str
@@ -156,6 +177,9 @@ class ServerSettings:
     dsn: bool = True
     chunking: bool = True
     forbid_unauth_pipelining: bool = True
+    commands: tuple[str, ...] = attrs.field(
+        default=(), converter=_upper_tuple, validator=_check_commands
+    )
 
 
 class SessionState(enum.Enum):
@@ -214,6 +238,7 @@ _FITS: dict[type[Event], _ReplyCheck] = {
     Authenticate: lambda r: (r.code == 235 or r.category in (4, 5)) and r.enhanced is not None,
     StartTLS: lambda r: (r.code == 220 or r.category in (4, 5)) and r.enhanced is not None,
     Quit: lambda r: r.code in (221, 421) and r.enhanced is not None,
+    ExtensionCommand: lambda r: r.category in (2, 4, 5) and r.enhanced is not None,
 }
 
 
@@ -331,6 +356,7 @@ class ServerCore:
             result.append("SMTPUTF8")
         if s.chunking:
             result.append("CHUNKING")
+        result.extend(s.commands)
         return result
 
     # -- the driving calls --
@@ -468,6 +494,18 @@ class ServerCore:
         self._reset_transaction()
         self._state = SessionState.COMMAND
 
+    def detach(self) -> bytes:
+        """
+        Hand the connection to another protocol (ATRN turns it round): the session ends here
+        without a word to the client; output not yet taken is dropped.
+
+        @return: the bytes received and not processed, to be fed to the new protocol.
+        """
+        self._pending = None
+        self._state = SessionState.CLOSED
+        self._out.clear()
+        return self._lines.take_all()
+
     def abort(self, answer: Reply) -> None:
         """
         End the session now with a last reply (idle timeout, shutdown), whatever its state.
@@ -522,15 +560,18 @@ class ServerCore:
         verb, _, args = text.partition(" ")
         name = verb.upper()
         handler = _COMMANDS.get(name)
+        extension = handler is None and name in self._settings.commands
         if (
             self._settings.forbid_unauth_pipelining
             and len(self._lines)
             and (name in _LAST_IN_GROUP or not self._extended)
         ):
-            self._sync_error = name if handler is not None else "an unknown command"
+            self._sync_error = name if handler is not None or extension else "an unknown command"
             self._out += OUT_OF_SYNC.to_bytes()
             self._state = SessionState.CLOSED
             return None
+        if extension:
+            return ExtensionCommand(name, args)
         if handler is None:
             return self._refuse(500, "5.5.1", "Command unrecognized")
         return handler(self, args)
