@@ -53,7 +53,8 @@ class BuildTests(_DemoCase):
 
     def test_children(self) -> None:
         """
-        The service tree has its named children, pools first and listeners last.
+        The service tree has its named children, pools first, then the listeners, and the
+        control socket last (so it closes first).
         """
         service, _ = self.build()
         self.assertEqual(
@@ -68,6 +69,7 @@ class BuildTests(_DemoCase):
                 "queue",
                 "smtp-0-mx",
                 "smtp-1-submission",
+                "control",
             ],
         )
 
@@ -218,7 +220,7 @@ class ProcessesTests(_DemoCase):
         self.config.write_text(text.replace("tcp:2525", "tcp:0").replace("tcp:2587", "tcp:0"))
         service, reactor = self.build()
         names = [child.name for child in service]
-        self.assertEqual(names[-2:], ["queue", "shards"])
+        self.assertEqual(names[-3:], ["queue", "shards", "control"])
         self.assertFalse([name for name in names if name.startswith("smtp-0")])
         supervisor = service.getServiceNamed("shards")
         supervisor.privilegedStartService()
@@ -231,7 +233,7 @@ class ProcessesTests(_DemoCase):
         """
         service, _ = self.build("--shard", "1", "--listen-fds", "3,4")
         names = [child.name for child in service]
-        self.assertEqual(names[-3:], ["parent-watch", "smtp-0-mx", "smtp-1-submission"])
+        self.assertEqual(names[-3:], ["parent-link", "smtp-0-mx", "smtp-1-submission"])
         self.assertTrue((self.spool / "shard-1" / DATABASE_NAME).is_file())
 
     def test_draining_child(self) -> None:
@@ -240,7 +242,7 @@ class ProcessesTests(_DemoCase):
         """
         service, _ = self.build("--shard", "3")
         names = [child.name for child in service]
-        self.assertEqual(names[-3:], ["queue", "parent-watch", "drain-watch"])
+        self.assertEqual(names[-3:], ["queue", "parent-link", "drain-watch"])
 
     def test_wrong_number_of_sockets(self) -> None:
         """
