@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from socket import AF_INET
 
@@ -19,8 +21,9 @@ from mdtwist.config import ListenerMode, load_config
 from mdtwist.services import leftover_shards
 from mdtwist.smtp.server import SMTPServerFactory
 from mdtwist.spool.store import DATABASE_NAME, SQLiteSpool, shard_directory
-from mdtwist.tap import Options, build
+from mdtwist.tap import Options, build, hangup_installer
 from tests.spool.fakes import make_envelope
+from tests.support.logs import capture_logs
 from tests.support.tls import make_certificate
 
 _ETC = Path(__file__).resolve().parent.parent / "etc"
@@ -292,3 +295,46 @@ class ProcessesTests(_DemoCase):
                     self.successResultOf(spool.park(queued, "test"))
             spool.close()
         self.assertEqual(leftover_shards(config), [2, 5])
+
+
+class HangupTests(_DemoCase):
+    """
+    SIGHUP reloads, through the reactor thread.
+    """
+
+    def test_installer(self) -> None:
+        """
+        The handler L{hangup_installer} installs only hands the action to the reactor.
+        """
+        previous = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        handed: list[object] = []
+
+        class Reactor:
+            def callFromThread(self, f: object) -> None:  # noqa: N802
+                handed.append(f)
+
+        def action() -> None:
+            raise AssertionError("called in the signal handler")
+
+        hangup_installer(Reactor())(action)
+        handler = signal.getsignal(signal.SIGHUP)
+        assert callable(handler)
+        handler(signal.SIGHUP, None)
+        self.assertEqual(handed, [action])
+
+    def test_reload(self) -> None:
+        """
+        The service tree gives the installer the reload of C{mdtwistctl reload}.
+        """
+        events = capture_logs(self)
+        actions: list[Callable[[], object]] = []
+        options = Options()
+        options.parseOptions(["--config", str(self.config)])
+        build(options, MemoryReactorClock(), stderr=io.StringIO(), on_hangup=actions.append)
+        [action] = actions
+        action()
+        formats = [e["log_format"] for e in events]
+        self.assertIn("SIGHUP: reloading", formats)
+        self.assertIn("accounts file {path} reloaded: {count} addresses", formats)
+        self.assertIn("Reloaded the accounts and the TLS certificate", formats)

@@ -59,7 +59,7 @@ class ControlService(Service):
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
-            self._failed(Failure(e))
+            self._failed(Failure(OSError(f"cannot make {self.path.parent}: {e.strerror}")))
             return
         endpoint = UNIXServerEndpoint(self._reactor, str(self.path), mode=0o600, wantPID=True)
         endpoint.listen(ControlFactory(self._dispatcher)).addCallbacks(
