@@ -495,6 +495,7 @@ def make_service(
             children,
             lambda spec, sockets: child_argv(config_path, spec, sockets, argv),
             link=links.attach,
+            drained=links.finished,
         )
         supervisor.setName("shards")
         supervisor.setServiceParent(top)

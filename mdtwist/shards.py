@@ -369,6 +369,7 @@ class ShardSupervisor(Service):
         children: Sequence[ChildSpec],
         argv: Callable[[ChildSpec, int], list[str]],
         link: Callable[[int, socket.socket], object] = lambda shard, end: None,
+        drained: Callable[[int], object] = lambda shard: None,
     ) -> None:
         """
         @param reactor: an C{IReactorProcess}, C{IReactorSocket}, C{IReactorTime} and
@@ -379,12 +380,15 @@ class ShardSupervisor(Service):
         @param link: given the shard and the parent's end of the socket pair of each child
             started (L{mdtwist.control.pipe.ChildLinks.attach}); it keeps a duplicate if it
             wants one, as the end is closed afterwards.
+        @param drained: told the shard of a draining child that finished (it is not started
+            again; L{mdtwist.control.pipe.ChildLinks.finished}).
         """
         self._reactor = reactor
         self._listeners = listeners
         self._specs = children
         self._argv = argv
         self._link = link
+        self._drained = drained
         listening = [spec.shard for spec in children if spec.listens]
         self._socket_index = {shard: i for i, shard in enumerate(listening, 1)}
         self._listened = False
@@ -509,6 +513,7 @@ class ShardSupervisor(Service):
             return
         if not spec.listens and isinstance(reason.value, ProcessDone):
             _log.info("Spool shard {shard} is drained", shard=spec.shard)
+            self._drained(spec.shard)
             return
         lived = self._reactor.seconds() - child.started
         delay = RESTART_DELAY

@@ -185,12 +185,14 @@ class SupervisorTests(SynchronousTestCase):
         assert tls is not None
         self.specs = [ListenSpec(socket.AF_INET, "127.0.0.1", 0, 50, None), tls]
         self.factories = [Factory(), Factory()]
+        self.drained: list[int] = []
         self.supervisor = ShardSupervisor(
             self.reactor,
             list(zip(self.specs, self.factories, strict=True)),
             [ChildSpec(1, listens=True), ChildSpec(3, listens=False)],
             lambda spec, sockets: ["prog", str(spec.shard), str(sockets)],
             link=self._linked,
+            drained=self.drained.append,
         )
         self.links: list[tuple[int, socket.socket]] = []
         self.addCleanup(self.stop_quietly)
@@ -285,7 +287,8 @@ class SupervisorTests(SynchronousTestCase):
     def test_drained_child_is_not_restarted(self) -> None:
         """
         A draining child that exits with status 0 has emptied its shard and is not started
-        again; a listening child that exits with status 0 is.
+        again (the control link is told, so it does not wait for its answers); a listening
+        child that exits with status 0 is.
         """
         self.start()
         listening, draining = self.reactor.processes
@@ -293,6 +296,7 @@ class SupervisorTests(SynchronousTestCase):
         listening.end(ProcessDone(0))
         self.reactor.advance(MAX_RESTART_DELAY)
         self.assertEqual([p.argv[1] for p in self.reactor.processes[2:]], ["1"])
+        self.assertEqual(self.drained, [3])
         self.supervisor.stopService()
         self.assertEqual([p.signals for p in self.reactor.processes], [[], [], ["TERM"]])
 

@@ -15,8 +15,9 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from mdtwist.control.commands import QueueRun, Reload, Status
+from mdtwist.control.commands import ControlError, QueueRun, Reload, Status
 from mdtwist.control.registry import Answer, ControlRegistry
 
 _log = Logger()
@@ -75,7 +76,10 @@ def register_basics(
                 "bad": bad,
             }
 
-        return count_queue().addCallback(counted)
+        def failed(reason: Failure) -> Answer:
+            raise ControlError(f"cannot count the queue: {reason.getErrorMessage()}")
+
+        return count_queue().addCallbacks(counted, failed)
 
     def queue_run() -> Answer:
         run_queue()

@@ -87,6 +87,14 @@ class ChildLinks:
         """
         return self._shards
 
+    def finished(self, shard: int) -> None:
+        """
+        A draining child finished its work: it is not expected to answer any more.
+
+        @param shard: its shard.
+        """
+        self._shards = tuple(k for k in self._shards if k != shard)
+
     def attach(self, shard: int, end: socket.socket) -> None:
         """
         Speak AMP on the parent's end of a new child's socket pair.

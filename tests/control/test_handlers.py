@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.control.commands import QueueRun, Reload, Status
+from mdtwist.control.commands import ControlError, QueueRun, Reload, Status
 from mdtwist.control.handlers import (
     ProcessFacts,
     combine_reload,
@@ -19,6 +19,7 @@ from mdtwist.control.handlers import (
     register_basics,
 )
 from mdtwist.control.registry import Answer, ControlDispatcher, ControlRegistry
+from mdtwist.errors import SpoolError
 from tests.support.logs import capture_logs
 
 FACTS = ProcessFacts(
@@ -37,7 +38,11 @@ class BasicsTests(SynchronousTestCase):
         self.reloads = 0
         registry = ControlRegistry()
 
+        self.spool_error: Exception | None = None
+
         def count() -> Deferred[tuple[int, int]]:
+            if self.spool_error is not None:
+                return fail(self.spool_error)
             return succeed((3, 1))
 
         def run() -> None:
@@ -87,6 +92,14 @@ class BasicsTests(SynchronousTestCase):
                 "bad": 1,
             },
         )
+
+    def test_status_spool_error(self) -> None:
+        """
+        A spool that cannot be read is a refusal with the reason.
+        """
+        self.spool_error = SpoolError("database is locked")
+        failure = self.failureResultOf(self.dispatcher.call(Status, {}), ControlError)
+        self.assertEqual(failure.getErrorMessage(), "cannot count the queue: database is locked")
 
     def test_queue_run(self) -> None:
         """

@@ -143,10 +143,12 @@ class ChildLinksTests(SynchronousTestCase):
 
     def test_expected(self) -> None:
         """
-        The children that should run are known before any is linked; one that is not
-        linked fails a command at once.
+        The children that should run are known before any is linked, until a draining one
+        finished; one that is not linked fails a command at once.
         """
         self.assertEqual(self.links.expected(), (1, 2))
+        self.links.finished(1)
+        self.assertEqual(self.links.expected(), (2,))
         failure = self.failureResultOf(self.links.call(2, Echo, {"text": "x"}), ControlError)
         self.assertEqual(failure.getErrorMessage(), "the process of shard 2 is not running")
 
