@@ -1,13 +1,23 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-C{mdtwistctl}: look at the queue, make password hashes.
+C{mdtwistctl}: look at the queue, talk to the running server, make password hashes.
 
 Commands:
-  - C{mdtwistctl queue list --spool DIR}: one line per queued message, the active queue first,
+  - C{mdtwistctl queue list [--spool DIR]}: one line per queued message, the active queue first,
     then the bad queue (parked messages, with their reason);
-  - C{mdtwistctl queue show ID --spool DIR [--body]}: the envelope, the queue (and why a message
-    is in the bad queue) and each recipient's state;
+  - C{mdtwistctl queue show ID [--spool DIR] [--body]}: the envelope, the queue (and why a
+    message is in the bad queue) and each recipient's state;
+  - C{mdtwistctl queue run}: the running server attempts every queued message now;
+  - C{mdtwistctl reload}: the running server reads its accounts file and TLS certificate again;
+  - C{mdtwistctl status [--json]}: the running server's version, processes, listeners and queue
+    counts;
   - C{mdtwistctl hash-password}: read a password, print its argon2id hash.
+
+C{--config FILE} (before the command; by default C{etc/mdtwist.toml} when it exists, else
+C{/etc/mdtwist/mdtwist.toml}) says where the spool and the control socket are; C{--spool}
+overrides the spool of the queue reading commands. The commands for the running server talk to
+it over its control socket (L{mdtwist.control}); when it is not running, or the socket may not
+be used, they say so in one line and exit with status 1.
 
 The queue commands open the spool database read-only, so they are safe while the server runs.
 A server of several processes keeps one spool shard per process (C{DIR} itself and its
@@ -21,13 +31,17 @@ import argparse
 import contextlib
 import datetime
 import getpass
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from mdtwist.config import load_locations
+from mdtwist.control.client import ControlClientError, call
+from mdtwist.control.commands import QueueRun, Reload, Status
 from mdtwist.directory.passwords import hash_password
-from mdtwist.errors import SpoolError
+from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.spool.model import Queue, QueuedMessage, QueueEntry
 from mdtwist.spool.store import (
     DATABASE_NAME,
@@ -38,6 +52,9 @@ from mdtwist.spool.store import (
 )
 
 _PROGRAM = "mdtwistctl"
+
+#: The configuration files tried, in this order, without C{--config}.
+DEFAULT_CONFIGS = (Path("etc/mdtwist.toml"), Path("/etc/mdtwist/mdtwist.toml"))
 
 
 class _CommandError(Exception):
@@ -51,6 +68,7 @@ def main(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    default_configs: Sequence[Path] = DEFAULT_CONFIGS,
 ) -> int:
     """
     Run C{mdtwistctl}.
@@ -59,6 +77,7 @@ def main(
     @param stdin: where passwords are read from; C{sys.stdin} when L{None}.
     @param stdout: where results go; C{sys.stdout} when L{None}.
     @param stderr: where errors go; C{sys.stderr} when L{None}.
+    @param default_configs: the configuration files tried without C{--config}.
     @return: the exit status: 0 on success, 1 when the command failed, 2 for bad usage.
     """
     stdin = sys.stdin if stdin is None else stdin
@@ -70,37 +89,137 @@ def main(
             options = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
+    locations = _Locations(options.config, default_configs)
     try:
         if options.command == "queue" and options.queue_command == "list":
-            _queue_list(Path(options.spool), stdout)
+            _queue_list(locations.spool(options.spool), stdout)
         elif options.command == "queue" and options.queue_command == "show":
-            _queue_show(Path(options.spool), options.queue_id, options.body, stdout)
+            _queue_show(locations.spool(options.spool), options.queue_id, options.body, stdout)
+        elif options.command == "queue" and options.queue_command == "run":
+            return _queue_run(locations.socket(), stdout, stderr)
+        elif options.command == "reload":
+            return _reload(locations.socket(), stdout, stderr)
+        elif options.command == "status":
+            _status(locations.socket(), options.json, stdout, stderr)
         elif options.command == "hash-password":
             _hash_password(stdin, stdout)
         else:
             parser.print_usage(stderr)
             return 2
-    except (_CommandError, SpoolError) as e:
+    except (_CommandError, SpoolError, ControlClientError) as e:
         stderr.write(f"{_PROGRAM}: {e}\n")
         return 1
     return 0
 
 
+class _Locations:
+    # Where the spool and the control socket are, read from the configuration when needed.
+
+    def __init__(self, config: str | None, defaults: Sequence[Path]) -> None:
+        self._config = config
+        self._defaults = defaults
+
+    def _read(self) -> tuple[Path, Path]:
+        if self._config is not None:
+            path = Path(self._config)
+        else:
+            found = [path for path in self._defaults if path.is_file()]
+            if not found:
+                tried = " or ".join(str(path) for path in self._defaults)
+                raise _CommandError(f"no configuration file ({tried}); give --config FILE")
+            path = found[0]
+        try:
+            return load_locations(path)
+        except ConfigError as e:
+            raise _CommandError("; ".join(e.problems) or f"{path}: no spool.directory") from None
+
+    def spool(self, override: str | None) -> Path:
+        return Path(override) if override is not None else self._read()[0]
+
+    def socket(self) -> Path:
+        return self._read()[1]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_PROGRAM, description="Manage an mdtwist server.")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the server's configuration (default: etc/mdtwist.toml, then"
+        " /etc/mdtwist/mdtwist.toml): where the spool and the control socket are",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    queue = commands.add_parser("queue", help="look at the mail queue")
+    queue = commands.add_parser("queue", help="look at the mail queue, or run it")
     queue_commands = queue.add_subparsers(dest="queue_command", metavar="QUEUE-COMMAND")
+    spool_help = "the spool directory (default: the configuration's spool.directory)"
     listing = queue_commands.add_parser("list", help="list queued messages")
-    listing.add_argument("--spool", required=True, metavar="DIR", help="the spool directory")
+    listing.add_argument("--spool", metavar="DIR", help=spool_help)
     show = queue_commands.add_parser("show", help="show one queued message")
     show.add_argument("queue_id", metavar="ID", help="the queue id")
-    show.add_argument("--spool", required=True, metavar="DIR", help="the spool directory")
+    show.add_argument("--spool", metavar="DIR", help=spool_help)
     show.add_argument("--body", action="store_true", help="print the message itself too")
+    queue_commands.add_parser(
+        "run", help="make the running server attempt every queued message now"
+    )
+    commands.add_parser(
+        "reload", help="make the running server read its accounts and TLS certificate again"
+    )
+    status = commands.add_parser(
+        "status", help="the running server's version, processes, listeners and queue counts"
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     commands.add_parser(
         "hash-password", help="read a password from standard input and print its hash"
     )
     return parser
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _not_answering(missing: Sequence[int], err: TextIO) -> None:
+    for shard in missing:
+        err.write(f"{_PROGRAM}: the process of shard {shard} did not answer\n")
+
+
+def _queue_run(socket: Path, out: TextIO, err: TextIO) -> int:
+    answer = call(socket, QueueRun)
+    shards = answer["shards"]
+    out.write(f"Queue run started in {_plural(len(shards), 'process', 'processes')}\n")
+    _not_answering(answer["missing"], err)
+    return 1 if answer["missing"] else 0
+
+
+def _reload(socket: Path, out: TextIO, err: TextIO) -> int:
+    answer = call(socket, Reload)
+    for problem in answer["problems"]:
+        err.write(f"{_PROGRAM}: not reloaded: {problem}\n")
+    _not_answering(answer["missing"], err)
+    if answer["problems"] or answer["missing"]:
+        return 1
+    shards = answer["shards"]
+    out.write(f"Reloaded in {_plural(len(shards), 'process', 'processes')}\n")
+    return 0
+
+
+def _status(socket: Path, as_json: bool, out: TextIO, err: TextIO) -> None:
+    answer: dict[str, Any] = call(socket, Status)
+    if as_json:
+        out.write(json.dumps(answer, indent=2, sort_keys=True) + "\n")
+        return
+    processes = answer["processes"]
+    out.write(f"mdtwist {answer['version']}, {_plural(processes, 'process', 'processes')}\n")
+    for listener in answer["listeners"]:
+        out.write(f"Listening: {listener}\n")
+    out.write(f"{'Shard':>5}  {'PID':>8}  {'Active':>8}  {'Bad':>8}\n")
+    for entry in answer["shards"]:
+        out.write(
+            f"{entry['shard']:>5}  {entry['pid']:>8}  {entry['active']:>8}  {entry['bad']:>8}\n"
+        )
+    for shard in answer["missing"]:
+        out.write(f"{shard:>5}  {'-':>8}  {'?':>8}  {'?':>8}  (not answering)\n")
+    out.write(f"{'Total':>5}  {'':>8}  {answer['active']:>8}  {answer['bad']:>8}\n")
 
 
 def _time(seconds: float) -> str:

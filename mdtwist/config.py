@@ -328,6 +328,18 @@ class OutboundConfig:
 
 
 @attrs.frozen
+class ControlConfig:
+    """
+    The control channel (C{[control]}).
+
+    @ivar socket: the UNIX socket C{mdtwistctl} talks to; L{None}: C{control.sock} in the
+        spool directory.
+    """
+
+    socket: Path | None = None
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration.
@@ -345,6 +357,14 @@ class Config:
     tls: TLSConfig | None = None
     outbound: OutboundConfig = OutboundConfig()
     queue: QueuePolicy = attrs.field(factory=QueuePolicy)
+    control: ControlConfig = ControlConfig()
+
+    def control_socket(self) -> Path:
+        """
+        @return: the control socket: C{control.socket}, or C{control.sock} in the spool
+            directory.
+        """
+        return control_socket(self.control, self.spool.directory)
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -930,7 +950,8 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     top = reader.table(
         data,
         "",
-        {"server", "smtp", "tls", "directory", "spool", "delivery", "outbound", "queue"},
+        {"server", "smtp", "tls", "directory", "spool", "delivery", "outbound", "queue"}
+        | {"control"},
     )
     smtp = _smtp(reader, top)
     config = Config(
@@ -943,6 +964,7 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         delivery=_delivery(reader, top),
         outbound=_outbound(reader, top),
         queue=_queue(reader, top, smtp.hop_limit),
+        control=_control(reader, top),
     )
     _check_shared_listeners(reader, config)
     if reader.problems:
@@ -970,6 +992,53 @@ def _check_shared_listeners(reader: _Reader, config: Config) -> None:
             )
 
 
+#: The longest path a UNIX socket may have on Linux (C{sun_path} holds 108 bytes with a NUL).
+MAX_SOCKET_PATH = 107
+
+
+def control_socket(control: ControlConfig, spool: Path) -> Path:
+    """
+    Where the control socket is.
+
+    @param control: the C{[control]} settings.
+    @param spool: the spool directory.
+    @return: C{control.socket}, or C{control.sock} in the spool directory.
+    """
+    return control.socket if control.socket is not None else spool / "control.sock"
+
+
+def _control(reader: _Reader, top: _Table) -> ControlConfig:
+    table = top.subtable("control", {"socket"})
+    assert table is not None
+    socket = table.path("socket", None)
+    if socket is not None and len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        reader.problem(
+            table.key("socket"), f"{socket} is longer than {MAX_SOCKET_PATH} bytes (UNIX socket)"
+        )
+    return ControlConfig(socket=socket)
+
+
+def load_locations(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """
+    Read only where the spool and the control socket are (for C{mdtwistctl}, which needs no
+    more and should work while other parts of the file are being edited).
+
+    @param path: the TOML file.
+    @return: the spool directory and the control socket.
+    @raise ConfigError: when the file cannot be read, or those keys are bad or missing.
+    """
+    source = Path(path)
+    data = _load_toml(source, None)
+    reader = _Reader(source)
+    top = _Table(reader, data, "")
+    spool_table = top.value("spool", dict, {})
+    spool = _Table(reader, spool_table, "spool").path("directory")
+    control = _control(reader, top)
+    if reader.problems or spool is None:
+        raise ConfigError(reader.problems)
+    return spool, control_socket(control, spool)
+
+
 def load_config(
     path: str | os.PathLike[str], *, loader: Callable[[Path], bytes] | None = None
 ) -> Config:
@@ -982,11 +1051,14 @@ def load_config(
     @raise ConfigError: when the file cannot be read, is not TOML, or has problems.
     """
     source = Path(path)
+    return parse_config(_load_toml(source, loader), source)
+
+
+def _load_toml(source: Path, loader: Callable[[Path], bytes] | None) -> dict[str, Any]:
     try:
         raw = loader(source) if loader is not None else source.read_bytes()
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except OSError as e:
         raise ConfigError([f"{source}: cannot read: {e.strerror or e}"]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError([f"{source}: not valid TOML: {e}"]) from None
-    return parse_config(data, source)

@@ -13,11 +13,13 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
     smtp-client-close    closes idle outbound SMTP connections on shutdown
     queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     smtp-N-MODE          one StreamServerEndpointService per [[smtp.listen]]
+    control              ControlService: mdtwistctl's UNIX socket (first process only)
 
 With C{server.processes} above 1 (see L{mdtwist.shards}), the first process has C{shards}
 instead of the C{smtp-N-MODE} listeners: its SO_REUSEPORT sockets and the child processes. A
-child has C{parent-watch} and one adopted C{smtp-N-MODE} listener per socket it was handed. A
-process that only has spool shards left over to drain has C{shards} after its listeners.
+child has C{parent-link} (its control link to the parent) and one adopted C{smtp-N-MODE}
+listener per socket it was handed. A process that only has spool shards left over to drain
+has C{shards} after its listeners.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamClientEndpoint
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from mdtwist import __version__
 from mdtwist.config import (
     Config,
     DirectoryBackend,
@@ -46,6 +50,11 @@ from mdtwist.config import (
     LocalDelivery,
     parse_host_port,
 )
+from mdtwist.control.commands import Reload
+from mdtwist.control.handlers import ProcessFacts, register_basics
+from mdtwist.control.pipe import ChildLinks, ParentLink
+from mdtwist.control.registry import ControlDispatcher, ControlRegistry
+from mdtwist.control.service import ControlService
 from mdtwist.delivery.hosts import FailedHosts
 from mdtwist.delivery.lmtp import LMTPDelivery
 from mdtwist.delivery.local import ILocalDelivery, MaildirDelivery
@@ -54,7 +63,7 @@ from mdtwist.delivery.popauth import pop_before_smtp
 from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.delivery.runner import QueueRunner
-from mdtwist.directory.cache import CachedDirectory
+from mdtwist.directory.cache import CachedDirectory, Reloadable
 from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
 from mdtwist.errors import ConfigError, SpoolError
@@ -66,7 +75,6 @@ from mdtwist.shards import (
     ChildSpec,
     DrainWatch,
     ListenSpec,
-    ParentWatch,
     ShardSupervisor,
     child_argv,
     listen_spec,
@@ -78,10 +86,12 @@ from mdtwist.smtp.core.client import Credentials
 from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import SessionLimits, SMTPServerFactory
-from mdtwist.smtp.tls import server_tls_options
-from mdtwist.spool.model import Queue
+from mdtwist.smtp.tls import ReloadableTLS
+from mdtwist.spool.model import Queue, QueueEntry
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
 from mdtwist.threadpool import ThreadPoolService
+
+_log = Logger()
 
 
 class SpoolService(Service):
@@ -405,6 +415,7 @@ def make_service(
     shard: int = 0,
     listen_fds: Sequence[int] = (),
     argv: Sequence[str] = (),
+    on_hangup: Callable[[Callable[[], object]], object] | None = None,
 ) -> MultiService:
     """
     Build the whole service tree.
@@ -419,6 +430,8 @@ def make_service(
     @param listen_fds: a child's listening sockets, one per C{[[smtp.listen]]}; none for a
         child that only drains its spool.
     @param argv: twistd's command line, from which the children's is made.
+    @param on_hangup: installs a function to call on SIGHUP (L{mdtwist.tap} does, on the
+        reactor thread); given the reload of C{mdtwistctl reload}.
     @return: the top service, named C{mdtwist}.
     @raise ConfigError: when a part cannot be built (a bad accounts file, an unusable spool,
         a certificate that does not load).
@@ -450,16 +463,34 @@ def make_service(
     )
     runner.setName("queue")
     runner.setServiceParent(top)
+    reloaders = [directory.reload] if isinstance(directory, Reloadable) else []
     tls = None
     if config.tls is not None:
-        tls = server_tls_options(config.tls.certificate, config.tls.private_key)
+        tls = ReloadableTLS(config.tls.certificate, config.tls.private_key)
+        reloaders.append(tls.reload)
     portal = login_portal(config, directory, reactor)
     factories = [
         smtp_factory(config, listen, directory, spool, tls, reactor, portal)
         for listen in config.smtp.listen
     ]
+    # Features register their control commands here (see mdtwist.control).
+    registry = ControlRegistry()
+    register_basics(
+        registry,
+        facts=ProcessFacts(
+            version=__version__,
+            processes=config.server.processes,
+            listeners=tuple(f"{li.mode.value} {li.endpoint}" for li in config.smtp.listen),
+            shard=shard,
+        ),
+        count_queue=lambda: _counts(spool),
+        run_queue=runner.run_now,
+        reloaders=reloaders,
+    )
     if shard > 0:
-        _add_child_listeners(config, reactor, factories, listen_fds, top)
+        dispatcher = ControlDispatcher(registry, shard=shard)
+        _on_hangup_reload(on_hangup, dispatcher)
+        _add_child_listeners(config, reactor, factories, listen_fds, top, dispatcher)
         if not listen_fds:
             drain = DrainWatch(reactor, runner.add_run_observer, lambda: _active(spool))
             drain.setName("drain-watch")
@@ -477,6 +508,7 @@ def make_service(
         listener = StreamServerEndpointService(endpoint, factory)
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
+    links = ChildLinks(reactor, [spec.shard for spec in children])
     if children:
         config_path = str(config.path.absolute())
         supervisor = ShardSupervisor(
@@ -484,10 +516,40 @@ def make_service(
             shared,
             children,
             lambda spec, sockets: child_argv(config_path, spec, sockets, argv),
+            link=links.attach,
+            drained=links.finished,
         )
         supervisor.setName("shards")
         supervisor.setServiceParent(top)
+    dispatcher = ControlDispatcher(registry, shard=0, children=links)
+    _on_hangup_reload(on_hangup, dispatcher)
+    control = ControlService(reactor, config.control_socket(), dispatcher)
+    control.setName("control")
+    control.setServiceParent(top)
     return top
+
+
+def _on_hangup_reload(
+    on_hangup: Callable[[Callable[[], object]], object] | None, dispatcher: ControlDispatcher
+) -> None:
+    # SIGHUP does what "mdtwistctl reload" does (in the first process: in every process).
+    if on_hangup is None:
+        return
+
+    def reload() -> None:
+        _log.info("SIGHUP: reloading")
+        dispatcher.call(Reload, {}).addErrback(lambda f: _log.failure("Reload failed", f))
+
+    on_hangup(reload)
+
+
+def _counts(spool: SQLiteSpool) -> Deferred[tuple[int, int]]:
+    # The numbers of messages in the active and in the bad queue.
+    def count(entries: list[QueueEntry]) -> tuple[int, int]:
+        active = sum(entry.queue is Queue.ACTIVE for entry in entries)
+        return active, len(entries) - active
+
+    return spool.list().addCallback(count)
 
 
 def _active(spool: SQLiteSpool) -> Deferred[int]:
@@ -509,8 +571,10 @@ def _add_child_listeners(
     factories: Sequence[SMTPServerFactory],
     fds: Sequence[int],
     top: MultiService,
+    dispatcher: ControlDispatcher,
 ) -> None:
-    # A child serves the sockets its parent handed over, and stops when the parent is gone.
+    # A child serves the sockets its parent handed over, answers the parent's control commands
+    # and stops when the parent is gone.
     if fds and len(fds) != len(factories):
         raise ConfigError(
             [
@@ -518,9 +582,9 @@ def _add_child_listeners(
                 f" listening sockets for {len(factories)} listeners"
             ]
         )
-    watch = ParentWatch(reactor)
-    watch.setName("parent-watch")
-    watch.setServiceParent(top)
+    link = ParentLink(reactor, dispatcher)
+    link.setName("parent-link")
+    link.setServiceParent(top)
     if not fds:
         return  # a draining child: no listeners
     for i, (listen, factory, fd) in enumerate(

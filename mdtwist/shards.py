@@ -19,8 +19,9 @@ is empty (mail parked in its bad queue stays there, listed by C{mdtwistctl}).
 
 The parent restarts a child that dies (after a delay that grows while it keeps dying young),
 sends every child C{SIGTERM} when it stops and waits for them (C{SIGKILL} after a grace
-period). A child stops by itself when its standard input (a pipe from the parent) reaches end
-of file, so no child outlives a parent that was killed.
+period). A child's standard input is one end of a UNIX socket pair whose other end the parent
+keeps: control commands travel on it (L{mdtwist.control.pipe}), and a child stops by itself
+when it closes, so no child outlives a parent that was killed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet import fdesc
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import (
@@ -295,71 +295,6 @@ class AdoptedListener(Service):
         return stopped
 
 
-class ParentWatch(Service):
-    """
-    Stops the reactor of a child when its standard input, a pipe from the parent, closes.
-    """
-
-    def __init__(self, reactor: Any, fd: int = 0) -> None:
-        """
-        @param reactor: an C{IReactorFDSet} and C{IReactorCore}.
-        @param fd: the pipe from the parent.
-        """
-        self._reactor = reactor
-        self._fd = fd
-
-    def fileno(self) -> int:
-        """
-        @return: the pipe's descriptor.
-        """
-        return self._fd
-
-    def logPrefix(self) -> str:  # noqa: N802 - the name Twisted calls
-        """
-        @return: the name of this reader in logs.
-        """
-        return "ParentWatch"
-
-    def doRead(self) -> None:  # noqa: N802 - the name Twisted calls
-        """
-        Read what is there; at end of file, stop.
-        """
-        try:
-            data = os.read(self._fd, 512)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._parent_gone()
-
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - the name Twisted calls
-        """
-        The pipe hung up (epoll reports a closed pipe that way, not as readable).
-
-        @param reason: why.
-        """
-        if self.running:
-            self._parent_gone()
-
-    @override
-    def startService(self) -> None:
-        super().startService()
-        fdesc.setNonBlocking(self._fd)
-        self._reactor.addReader(self)
-
-    @override
-    def stopService(self) -> None:
-        super().stopService()
-        self._reactor.removeReader(self)
-
-    def _parent_gone(self) -> None:
-        self.running = False
-        self._reactor.removeReader(self)
-        _log.warn("The parent process is gone; stopping")
-        self._reactor.stop()
-
-
 class DrainWatch(Service):
     """
     Stops a draining child once its spool shard has no active mail left (after a queue run).
@@ -433,6 +368,8 @@ class ShardSupervisor(Service):
         listeners: Sequence[tuple[ListenSpec, IProtocolFactory]],
         children: Sequence[ChildSpec],
         argv: Callable[[ChildSpec, int], list[str]],
+        link: Callable[[int, socket.socket], object] = lambda shard, end: None,
+        drained: Callable[[int], object] = lambda shard: None,
     ) -> None:
         """
         @param reactor: an C{IReactorProcess}, C{IReactorSocket}, C{IReactorTime} and
@@ -440,11 +377,18 @@ class ShardSupervisor(Service):
         @param listeners: where to listen, with the parent's own factories.
         @param children: the children to run.
         @param argv: makes a child's command line from its spec and number of sockets.
+        @param link: given the shard and the parent's end of the socket pair of each child
+            started (L{mdtwist.control.pipe.ChildLinks.attach}); it keeps a duplicate if it
+            wants one, as the end is closed afterwards.
+        @param drained: told the shard of a draining child that finished (it is not started
+            again; L{mdtwist.control.pipe.ChildLinks.finished}).
         """
         self._reactor = reactor
         self._listeners = listeners
         self._specs = children
         self._argv = argv
+        self._link = link
+        self._drained = drained
         listening = [spec.shard for spec in children if spec.listens]
         self._socket_index = {shard: i for i, shard in enumerate(listening, 1)}
         self._listened = False
@@ -518,7 +462,9 @@ class ShardSupervisor(Service):
 
     def _spawn(self, spec: ChildSpec) -> None:
         self._restarts.pop(spec.shard, None)
-        fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        # The child's standard input is its end of the control link (and its parent watch).
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds: dict[int, int | str] = {0: child_end.fileno(), 1: 1, 2: 2}
         if spec.listens:
             index = self._socket_index[spec.shard]
             for i, sockets in enumerate(self._sockets):
@@ -528,7 +474,13 @@ class ShardSupervisor(Service):
         child.started = self._reactor.seconds()
         # The child's log lines carry its shard (mdtwist.logging reads the variable).
         env = dict(os.environ, **{SHARD_VARIABLE: str(spec.shard)})
-        process = self._reactor.spawnProcess(child, argv[0], argv, env=env, childFDs=fds)
+        try:
+            process = self._reactor.spawnProcess(child, argv[0], argv, env=env, childFDs=fds)
+            self._link(spec.shard, parent_end)
+        finally:
+            # The child has its own copy; the link keeps a duplicate of the parent's end.
+            child_end.close()
+            parent_end.close()
         self._running[spec.shard] = (child, process)
         _log.info(
             "Started process {pid} for spool shard {shard}{what}",
@@ -561,6 +513,7 @@ class ShardSupervisor(Service):
             return
         if not spec.listens and isinstance(reason.value, ProcessDone):
             _log.info("Spool shard {shard} is drained", shard=spec.shard)
+            self._drained(spec.shard)
             return
         lived = self._reactor.seconds() - child.started
         delay = RESTART_DELAY

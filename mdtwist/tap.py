@@ -7,9 +7,10 @@ This is the only module that imports the global reactor, and only inside L{makeS
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
@@ -65,6 +66,7 @@ def build(
     reactor: IReactorCore,
     stderr: TextIO = sys.stderr,
     argv: Sequence[str] = (),
+    on_hangup: Callable[[Callable[[], object]], object] | None = None,
 ) -> IService:
     """
     Load the configuration and build the service tree, or report why not.
@@ -75,6 +77,7 @@ def build(
     @param reactor: the reactor the services run on.
     @param stderr: where problems are written.
     @param argv: twistd's command line, for the child processes of C{server.processes}.
+    @param on_hangup: installs the function SIGHUP calls (L{hangup_installer}).
     @return: the top service.
     @raise SystemExit: on a bad configuration (status 1), and after C{--check} (status 0).
     """
@@ -86,6 +89,7 @@ def build(
             shard=options["shard"],
             listen_fds=options["listen-fds"],
             argv=argv,
+            on_hangup=on_hangup,
         )
     except ConfigError as e:
         for line in e.problems:
@@ -108,4 +112,21 @@ def makeService(options: Options) -> IService:  # noqa: N802 - the name twistd c
     """
     from twisted.internet import reactor
 
-    return build(options, reactor, argv=sys.argv)
+    return build(options, reactor, argv=sys.argv, on_hangup=hangup_installer(reactor))
+
+
+def hangup_installer(reactor: Any) -> Callable[[Callable[[], object]], None]:
+    """
+    Make the function that installs the SIGHUP handler (C{mdtwistctl reload}'s twin).
+
+    The handler itself only schedules the action with C{callFromThread}, which is safe in a
+    signal handler; the action runs on the reactor thread like any other event.
+
+    @param reactor: an C{IReactorThreads}.
+    @return: given the action, installs the handler.
+    """
+
+    def install(action: Callable[[], object]) -> None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(action))
+
+    return install

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import getpass
 import io
+import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
+from mdtwist import cli
 from mdtwist.cli import main
+from mdtwist.control.client import ControlClientError, connect_error
 from mdtwist.directory.passwords import verify_password
 from mdtwist.envelope import Recipient, RecipientState
 from mdtwist.spool.model import RecipientResult
@@ -152,12 +160,16 @@ class QueueCommandTests(CLITestCase):
         self.assertFalse(Path(missing).exists())
 
     def test_usage(self) -> None:
-        """A missing command or sub-command is a usage error with status 2."""
+        """
+        A missing command or sub-command is a usage error with status 2; without C{--spool}
+        and without a configuration file, C{queue list} says what it looked for.
+        """
         self.assertEqual(self.run_cli()[0], 2)
         self.assertEqual(self.run_cli("queue")[0], 2)
         status, out, err = self.run_cli("queue", "list")
-        self.assertEqual((status, out), (2, ""))
-        self.assertIn("--spool", err)
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("no configuration file (etc/mdtwist.toml or ", err)
+        self.assertIn("; give --config FILE", err)
 
 
 class ShardedQueueCommandTests(CLITestCase):
@@ -270,3 +282,157 @@ class HashPasswordTests(CLITestCase):
         status, out, _ = self.run_cli("hash-password", stdin=FakeTerminal())
         self.assertEqual(status, 0)
         self.assertTrue(verify_password(out.strip(), "same"))
+
+
+class ServerCommandTests(SynchronousTestCase):
+    """
+    C{mdtwistctl status}, C{queue run} and C{reload}: finding the socket from the
+    configuration, the answers shown, and the errors.
+    """
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir()
+        self.config = directory / "mdtwist.toml"
+        self.config.write_text('[spool]\ndirectory = "spool"\n')
+        self.socket = directory / "spool" / "control.sock"
+        self.answers: dict[str, Any] = {}
+        self.calls: list[tuple[Path, str]] = []
+
+        def call(path: Path, command: type[amp.Command], arguments: Any = None) -> Any:
+            self.calls.append((path, command.commandName.decode()))
+            answer = self.answers[command.commandName.decode()]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        self.patch(cli, "call", call)
+
+    def run_cli(self, *argv: str, defaults: Sequence[Path] = ()) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = main(list(argv), stdout=out, stderr=err, default_configs=defaults)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_status(self) -> None:
+        """
+        C{status} prints the version, the processes, the listeners and a table of the
+        shards with the totals; a shard that did not answer is marked. The socket is
+        C{control.sock} in the configuration's spool directory.
+        """
+        self.answers["status"] = {
+            "version": "1.2",
+            "processes": 3,
+            "listeners": ["mx tcp:25"],
+            "shards": [
+                {"shard": 0, "pid": 10, "active": 2, "bad": 1},
+                {"shard": 1, "pid": 11, "active": 3, "bad": 0},
+            ],
+            "missing": [2],
+            "active": 5,
+            "bad": 1,
+        }
+        status, out, err = self.run_cli("--config", str(self.config), "status")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(
+            out.splitlines(),
+            [
+                "mdtwist 1.2, 3 processes",
+                "Listening: mx tcp:25",
+                "Shard       PID    Active       Bad",
+                "    0        10         2         1",
+                "    1        11         3         0",
+                "    2         -         ?         ?  (not answering)",
+                "Total                   5         1",
+            ],
+        )
+        self.assertEqual(self.calls, [(self.socket, "status")])
+        status, out, _ = self.run_cli("--config", str(self.config), "status", "--json")
+        self.assertEqual(json.loads(out), self.answers["status"])
+
+    def test_queue_run(self) -> None:
+        """
+        C{queue run} says in how many processes a run started; a process that did not answer
+        is named and makes the status 1.
+        """
+        self.answers["queue-run"] = {"shards": [0], "missing": []}
+        self.assertEqual(
+            self.run_cli("--config", str(self.config), "queue", "run"),
+            (0, "Queue run started in 1 process\n", ""),
+        )
+        self.answers["queue-run"] = {"shards": [0, 2], "missing": [1]}
+        self.assertEqual(
+            self.run_cli("--config", str(self.config), "queue", "run"),
+            (
+                1,
+                "Queue run started in 2 processes\n",
+                "mdtwistctl: the process of shard 1 did not answer\n",
+            ),
+        )
+
+    def test_reload(self) -> None:
+        """
+        C{reload} says where it reloaded, or prints each problem and exits with status 1.
+        """
+        self.answers["reload"] = {"shards": [0, 1], "missing": [], "problems": []}
+        self.assertEqual(
+            self.run_cli("--config", str(self.config), "reload"),
+            (0, "Reloaded in 2 processes\n", ""),
+        )
+        self.answers["reload"] = {"shards": [0], "missing": [], "problems": ["a.toml: bad"]}
+        self.assertEqual(
+            self.run_cli("--config", str(self.config), "reload"),
+            (1, "", "mdtwistctl: not reloaded: a.toml: bad\n"),
+        )
+
+    def test_errors(self) -> None:
+        """
+        A server that is not running and a socket the user may not use are one line each,
+        with status 1.
+        """
+        for number in (errno.ECONNREFUSED, errno.EACCES):
+            error = connect_error(self.socket, OSError(number, os.strerror(number)))
+            for command in ("status", "reload"):
+                self.answers[command] = error
+                self.assertEqual(
+                    self.run_cli("--config", str(self.config), command),
+                    (1, "", f"mdtwistctl: {error}\n"),
+                )
+
+    def test_default_configuration(self) -> None:
+        """
+        Without C{--config}, the first default file that exists is read; with none, the
+        error names them.
+        """
+        self.answers["status"] = ControlClientError("stop here")
+        missing = self.config.parent / "missing.toml"
+        self.run_cli("status", defaults=[missing, self.config])
+        self.assertEqual(self.calls, [(self.socket, "status")])
+        self.assertEqual(
+            self.run_cli("status", defaults=[missing]),
+            (1, "", f"mdtwistctl: no configuration file ({missing}); give --config FILE\n"),
+        )
+
+    def test_bad_configuration(self) -> None:
+        """
+        A configuration without a spool directory is named.
+        """
+        self.config.write_text("[spool]\n")
+        self.assertEqual(
+            self.run_cli("--config", str(self.config), "status"),
+            (1, "", f"mdtwistctl: {self.config}: spool.directory: required value is missing\n"),
+        )
+
+    def test_queue_list_from_configuration(self) -> None:
+        """
+        The queue reading commands find the spool in the configuration; C{--spool} overrides
+        it.
+        """
+        status, _, err = self.run_cli("--config", str(self.config), "queue", "list")
+        self.assertEqual(status, 1)
+        self.assertIn(str(self.socket.parent), err)
+        other = self.config.parent / "other"
+        status, _, err = self.run_cli(
+            "--config", str(self.config), "queue", "list", "--spool", str(other)
+        )
+        self.assertEqual(status, 1)
+        self.assertIn(str(other), err)

@@ -17,6 +17,7 @@ from mdtwist.config import (
     ListenerMode,
     config_warnings,
     load_config,
+    load_locations,
 )
 from mdtwist.delivery.router import Mode
 from mdtwist.errors import ConfigError
@@ -510,4 +511,70 @@ class ConfigTests(SynchronousTestCase):
         [problem] = self.problems(text)
         self.assertTrue(
             problem.startswith("queue: maximal_backoff (60.0) must not be less"), problem
+        )
+
+
+class ControlConfigTests(SynchronousTestCase):
+    """
+    C{[control] socket}, and L{load_locations} for C{mdtwistctl}.
+    """
+
+    def write(self, text: str) -> Path:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "mdtwist.toml"
+        path.write_text(text)
+        return path
+
+    def test_default_socket(self) -> None:
+        """
+        Without C{[control]}, the socket is C{control.sock} in the spool directory.
+        """
+        path = self.write(GOOD)
+        config = load_config(path)
+        self.assertEqual(config.control_socket(), path.parent / "spool" / "control.sock")
+        self.assertEqual(load_locations(path), (path.parent / "spool", config.control_socket()))
+
+    def test_socket(self) -> None:
+        """
+        C{control.socket} is a path relative to the file's directory.
+        """
+        path = self.write(GOOD + '\n[control]\nsocket = "run/ctl.sock"\n')
+        self.assertEqual(load_config(path).control_socket(), path.parent / "run" / "ctl.sock")
+        self.assertEqual(load_locations(path)[1], path.parent / "run" / "ctl.sock")
+
+    def test_bad_socket(self) -> None:
+        """
+        An empty socket path, a path too long for a UNIX socket, a wrong type and an unknown
+        key are problems.
+        """
+        long = "/tmp/" + "x" * 110
+        for text, problem in (
+            ('socket = ""', "control.socket: must not be empty"),
+            (f'socket = "{long}"', f"control.socket: {long} is longer than 107 bytes"),
+            ("socket = 1", "control.socket: expected a string, got an integer"),
+            ('sock = "x"', "control.sock: unknown key"),
+        ):
+            path = self.write(GOOD + f"\n[control]\n{text}\n")
+            error = self.assertRaises(ConfigError, load_config, path)
+            self.assertTrue(error.problems[0].startswith(f"{path}: {problem}"), error.problems)
+
+    def test_locations_need_only_their_keys(self) -> None:
+        """
+        L{load_locations} reads the spool and the socket even when the rest of the file has
+        problems, and reports a missing spool directory or an unreadable file.
+        """
+        path = self.write('[spool]\ndirectory = "/var/spool/x"\n[server]\nbogus = 1\n')
+        self.assertEqual(
+            load_locations(path), (Path("/var/spool/x"), Path("/var/spool/x/control.sock"))
+        )
+        path = self.write("[server]\n")
+        error = self.assertRaises(ConfigError, load_locations, path)
+        self.assertEqual(
+            list(error.problems), [f"{path}: spool.directory: required value is missing"]
+        )
+        missing = path.parent / "missing.toml"
+        error = self.assertRaises(ConfigError, load_locations, missing)
+        self.assertEqual(
+            list(error.problems), [f"{missing}: cannot read: No such file or directory"]
         )

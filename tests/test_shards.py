@@ -1,6 +1,7 @@
 """
 Tests for L{mdtwist.shards}: the child command line, the supervisor's start, restart and stop
-decisions on a fake reactor, and the parent watch on a real pipe.
+decisions on a fake reactor (the control link's socket pair is real; L{tests.control.test_pipe}
+tests the link itself).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from mdtwist.shards import (
     ChildSpec,
     DrainWatch,
     ListenSpec,
-    ParentWatch,
     ShardSupervisor,
     child_argv,
     listen_spec,
@@ -185,13 +185,22 @@ class SupervisorTests(SynchronousTestCase):
         assert tls is not None
         self.specs = [ListenSpec(socket.AF_INET, "127.0.0.1", 0, 50, None), tls]
         self.factories = [Factory(), Factory()]
+        self.drained: list[int] = []
         self.supervisor = ShardSupervisor(
             self.reactor,
             list(zip(self.specs, self.factories, strict=True)),
             [ChildSpec(1, listens=True), ChildSpec(3, listens=False)],
             lambda spec, sockets: ["prog", str(spec.shard), str(sockets)],
+            link=self._linked,
+            drained=self.drained.append,
         )
+        self.links: list[tuple[int, socket.socket]] = []
         self.addCleanup(self.stop_quietly)
+
+    def _linked(self, shard: int, end: socket.socket) -> None:
+        mine = socket.socket(fileno=os.dup(end.fileno()))
+        self.addCleanup(mine.close)
+        self.links.append((shard, mine))
 
     def stop_quietly(self) -> None:
         if self.supervisor.running:
@@ -218,7 +227,7 @@ class SupervisorTests(SynchronousTestCase):
         listening, draining = self.reactor.processes
         self.assertEqual(listening.argv, ["prog", "1", "2"])
         self.assertEqual(sorted(listening.fds), [0, 1, 2, FIRST_LISTEN_FD, FIRST_LISTEN_FD + 1])
-        self.assertEqual([listening.fds[i] for i in (0, 1, 2)], ["w", 1, 2])
+        self.assertEqual([listening.fds[i] for i in (1, 2)], [1, 2])
         for parent_fd, child_fd in ((fd0, FIRST_LISTEN_FD), (fd1, FIRST_LISTEN_FD + 1)):
             mine = socket.socket(fileno=os.dup(parent_fd))
             theirs = socket.socket(fileno=os.dup(listening.fds[child_fd]))
@@ -228,7 +237,12 @@ class SupervisorTests(SynchronousTestCase):
             self.assertEqual(mine.getsockname(), theirs.getsockname())
             self.assertEqual(theirs.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 1)
         self.assertEqual(draining.argv, ["prog", "3", "0"])
-        self.assertEqual(draining.fds, {0: "w", 1: 1, 2: 2})
+        self.assertEqual(sorted(draining.fds), [0, 1, 2])
+        self.assertEqual([shard for shard, _ in self.links], [1, 3])
+        for _, end in self.links:
+            self.assertEqual((end.family, end.type), (socket.AF_UNIX, socket.SOCK_STREAM))
+            end.settimeout(5.0)
+            self.assertEqual(end.recv(1), b"")  # the child's end is closed here
         # Each child finds its shard in the environment, for its log lines.
         self.assertEqual([p.env[SHARD_VARIABLE] for p in (listening, draining)], ["1", "3"])
         self.assertEqual(listening.env["PATH"], os.environ["PATH"])
@@ -273,7 +287,8 @@ class SupervisorTests(SynchronousTestCase):
     def test_drained_child_is_not_restarted(self) -> None:
         """
         A draining child that exits with status 0 has emptied its shard and is not started
-        again; a listening child that exits with status 0 is.
+        again (the control link is told, so it does not wait for its answers); a listening
+        child that exits with status 0 is.
         """
         self.start()
         listening, draining = self.reactor.processes
@@ -281,6 +296,7 @@ class SupervisorTests(SynchronousTestCase):
         listening.end(ProcessDone(0))
         self.reactor.advance(MAX_RESTART_DELAY)
         self.assertEqual([p.argv[1] for p in self.reactor.processes[2:]], ["1"])
+        self.assertEqual(self.drained, [3])
         self.supervisor.stopService()
         self.assertEqual([p.signals for p in self.reactor.processes], [[], [], ["TERM"]])
 
@@ -439,51 +455,3 @@ class DrainWatchTests(SynchronousTestCase):
         self.assertEqual(self.observers, [])
         self.counts[0].callback(0)
         self.assertFalse(self.reactor.stopped)
-
-
-class ParentWatchTests(SynchronousTestCase):
-    """
-    L{ParentWatch} on a real pipe.
-    """
-
-    def setUp(self) -> None:
-        self.read, self.write = os.pipe()
-        self.addCleanup(os.close, self.read)
-        self.reactor = _Reactor()
-        self.watch = ParentWatch(self.reactor, self.read)
-        self.watch.startService()
-
-    def test_data_is_ignored(self) -> None:
-        """
-        Bytes from the parent (or none yet) do not stop anything.
-        """
-        self.assertIn(self.watch, self.reactor.readers)
-        os.write(self.write, b"x")
-        self.watch.doRead()
-        self.watch.doRead()  # nothing to read: not an end
-        self.assertFalse(self.reactor.stopped)
-        os.close(self.write)
-
-    def test_end_of_file_stops(self) -> None:
-        """
-        The pipe's end of file stops the reactor.
-        """
-        os.close(self.write)
-        self.watch.doRead()
-        self.assertTrue(self.reactor.stopped)
-        self.assertNotIn(self.watch, self.reactor.readers)
-
-    def test_hang_up_stops(self) -> None:
-        """
-        The epoll reactor reports a closed pipe as a lost connection; that stops the reactor
-        too, but not when the service stopped first (the reactor's own shutdown).
-        """
-        os.close(self.write)
-        self.watch.connectionLost(Failure(Exception("hang up")))
-        self.assertTrue(self.reactor.stopped)
-        other = _Reactor()
-        watch = ParentWatch(other, self.read)
-        watch.startService()
-        watch.stopService()
-        watch.connectionLost(Failure(Exception("shutdown")))
-        self.assertFalse(other.stopped)

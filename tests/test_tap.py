@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from socket import AF_INET
 
@@ -20,8 +22,9 @@ from mdtwist.services import leftover_shards
 from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.server import SMTPServerFactory
 from mdtwist.spool.store import DATABASE_NAME, SQLiteSpool, shard_directory
-from mdtwist.tap import Options, build
+from mdtwist.tap import Options, build, hangup_installer
 from tests.spool.fakes import make_envelope
+from tests.support.logs import capture_logs
 from tests.support.tls import make_certificate
 
 _ETC = Path(__file__).resolve().parent.parent / "etc"
@@ -54,7 +57,8 @@ class BuildTests(_DemoCase):
 
     def test_children(self) -> None:
         """
-        The service tree has its named children, pools first and listeners last.
+        The service tree has its named children, pools first, then the listeners, and the
+        control socket last (so it closes first).
         """
         service, _ = self.build()
         self.assertEqual(
@@ -69,6 +73,7 @@ class BuildTests(_DemoCase):
                 "queue",
                 "smtp-0-mx",
                 "smtp-1-submission",
+                "control",
             ],
         )
 
@@ -233,7 +238,7 @@ class ProcessesTests(_DemoCase):
         self.config.write_text(text.replace("tcp:2525", "tcp:0").replace("tcp:2587", "tcp:0"))
         service, reactor = self.build()
         names = [child.name for child in service]
-        self.assertEqual(names[-2:], ["queue", "shards"])
+        self.assertEqual(names[-3:], ["queue", "shards", "control"])
         self.assertFalse([name for name in names if name.startswith("smtp-0")])
         supervisor = service.getServiceNamed("shards")
         supervisor.privilegedStartService()
@@ -246,7 +251,7 @@ class ProcessesTests(_DemoCase):
         """
         service, _ = self.build("--shard", "1", "--listen-fds", "3,4")
         names = [child.name for child in service]
-        self.assertEqual(names[-3:], ["parent-watch", "smtp-0-mx", "smtp-1-submission"])
+        self.assertEqual(names[-3:], ["parent-link", "smtp-0-mx", "smtp-1-submission"])
         self.assertTrue((self.spool / "shard-1" / DATABASE_NAME).is_file())
 
     def test_draining_child(self) -> None:
@@ -255,7 +260,7 @@ class ProcessesTests(_DemoCase):
         """
         service, _ = self.build("--shard", "3")
         names = [child.name for child in service]
-        self.assertEqual(names[-3:], ["queue", "parent-watch", "drain-watch"])
+        self.assertEqual(names[-3:], ["queue", "parent-link", "drain-watch"])
 
     def test_wrong_number_of_sockets(self) -> None:
         """
@@ -305,3 +310,46 @@ class ProcessesTests(_DemoCase):
                     self.successResultOf(spool.park(queued, "test"))
             spool.close()
         self.assertEqual(leftover_shards(config), [2, 5])
+
+
+class HangupTests(_DemoCase):
+    """
+    SIGHUP reloads, through the reactor thread.
+    """
+
+    def test_installer(self) -> None:
+        """
+        The handler L{hangup_installer} installs only hands the action to the reactor.
+        """
+        previous = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        handed: list[object] = []
+
+        class Reactor:
+            def callFromThread(self, f: object) -> None:  # noqa: N802
+                handed.append(f)
+
+        def action() -> None:
+            raise AssertionError("called in the signal handler")
+
+        hangup_installer(Reactor())(action)
+        handler = signal.getsignal(signal.SIGHUP)
+        assert callable(handler)
+        handler(signal.SIGHUP, None)
+        self.assertEqual(handed, [action])
+
+    def test_reload(self) -> None:
+        """
+        The service tree gives the installer the reload of C{mdtwistctl reload}.
+        """
+        events = capture_logs(self)
+        actions: list[Callable[[], object]] = []
+        options = Options()
+        options.parseOptions(["--config", str(self.config)])
+        build(options, MemoryReactorClock(), stderr=io.StringIO(), on_hangup=actions.append)
+        [action] = actions
+        action()
+        formats = [e["log_format"] for e in events]
+        self.assertIn("SIGHUP: reloading", formats)
+        self.assertIn("accounts file {path} reloaded: {count} addresses", formats)
+        self.assertIn("Reloaded the accounts and the TLS certificate", formats)

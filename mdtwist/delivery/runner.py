@@ -39,6 +39,7 @@ loop: it is parked in the bad queue before any attempt.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -184,6 +185,7 @@ class QueueRunner(Service):
         self._pass: Deferred[None] | None = None
         self._wanted = False
         self._run_wanted = False
+        self._flush_wanted = False
         self._stop_waiters: list[Deferred[None]] = []
         self._run_observers: list[Callable[[int], object]] = []
         self._told_remote: set[str] = set()
@@ -218,6 +220,19 @@ class QueueRunner(Service):
         """
         if not self.running:
             return
+        if self._pass is None:
+            self._start_pass(counted=False)
+        else:
+            self._wanted = True
+
+    def run_now(self) -> None:
+        """
+        Attempt every message that has pending recipients now, whatever its schedule
+        (C{mdtwistctl queue run}); a pass that is running finishes first.
+        """
+        if not self.running:
+            return
+        self._flush_wanted = True
         if self._pass is None:
             self._start_pass(counted=False)
         else:
@@ -268,8 +283,14 @@ class QueueRunner(Service):
 
     async def _run_pass(self) -> None:
         seen: set[str] = set()
+        flush, self._flush_wanted = self._flush_wanted, False
         while self.running:
-            due = await self._spool.due(self._clock.seconds(), self._batch)
+            if flush:
+                # Everything pending; the ones attempted already are asked for again (they
+                # may still come first), so ask for that many more.
+                due = await self._spool.due(math.inf, self._batch + len(seen))
+            else:
+                due = await self._spool.due(self._clock.seconds(), self._batch)
             fresh = [queue_id for queue_id in due if queue_id not in seen]
             if not fresh:
                 return

@@ -11,6 +11,7 @@ login is checked against the directory.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -19,6 +20,18 @@ from zope.interface import implementer
 from mdtwist.address import address_key
 from mdtwist.directory.model import Account
 from mdtwist.interfaces import IDirectory
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """
+    A directory backend that can read its data again on demand.
+    """
+
+    def reload(self) -> list[str]:
+        """
+        @return: the problems that kept the data from being reloaded.
+        """
 
 
 @implementer(IDirectory)
@@ -50,6 +63,19 @@ class CachedDirectory:
         self._size = size
         self._entries: OrderedDict[str, tuple[float, Account | None]] = OrderedDict()
         self._domains: tuple[float, frozenset[str]] | None = None
+
+    def reload(self) -> list[str]:
+        """
+        Forget every remembered answer, and reload the backend when it can be
+        (C{mdtwistctl reload}, SIGHUP).
+
+        @return: the problems the backend's reload reported.
+        """
+        self._entries.clear()
+        self._domains = None
+        if isinstance(self._backend, Reloadable):
+            return self._backend.reload()
+        return []
 
     def find(self, address: str) -> Deferred[Account | None]:
         """

@@ -277,6 +277,32 @@ class FileDirectory:
             )
         return self._table
 
+    def reload(self) -> list[str]:
+        """
+        Read the accounts file again now (C{mdtwistctl reload}, SIGHUP), changed or not.
+
+        @return: the problems that kept the file from being used (the last good accounts stay
+            in use); empty when it was reloaded.
+        """
+        self._next_check = self._clock.seconds() + self._interval
+        try:
+            signature = self._stat()
+            table = parse_accounts(self._read(), self._path)
+        except ConfigError as e:
+            self.log.error(
+                "accounts file {path} not reloaded, keeping the last good accounts: {problems}",
+                path=str(self._path),
+                problems="; ".join(e.problems),
+            )
+            return list(e.problems)
+        self._signature, self._table = signature, table
+        self.log.info(
+            "accounts file {path} reloaded: {count} addresses",
+            path=str(self._path),
+            count=len(table.by_address),
+        )
+        return []
+
     def find(self, address: str) -> Deferred[Account | None]:
         """
         See L{IDirectory.find}.

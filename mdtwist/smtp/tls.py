@@ -9,7 +9,9 @@ import re
 from pathlib import Path
 
 from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion
+from zope.interface import implementer
 
 from mdtwist.errors import ConfigError
 
@@ -45,3 +47,44 @@ def server_tls_options(certificate: Path, private_key: Path) -> CertificateOptio
         raise ConfigError(
             [f"{certificate}, {private_key}: not a usable certificate and key: {e}"]
         ) from None
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLS:
+    """
+    The STARTTLS context, read again from its files on L{reload} (C{mdtwistctl reload},
+    SIGHUP): connections after a reload get the new certificate; running ones keep theirs.
+    """
+
+    def __init__(self, certificate: Path, private_key: Path) -> None:
+        """
+        Load the files now.
+
+        @param certificate: the server certificate, optionally followed by its chain.
+        @param private_key: the private key of the server certificate.
+        @raise ConfigError: as L{server_tls_options}.
+        """
+        self._certificate = certificate
+        self._private_key = private_key
+        self._options = server_tls_options(certificate, private_key)
+
+    def reload(self) -> list[str]:
+        """
+        Read the certificate and key again; on a problem the old ones stay in use.
+
+        @return: the problems; empty when the new files are in use.
+        """
+        try:
+            self._options = server_tls_options(self._certificate, self._private_key)
+        except ConfigError as e:
+            return list(e.problems)
+        return []
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802, N803
+        """
+        Start the server side of one TLS connection with the current certificate.
+
+        @param tlsProtocol: the TLS protocol (unused).
+        @return: the OpenSSL connection.
+        """
+        return SSL.Connection(self._options.getContext(), None)

@@ -485,3 +485,49 @@ class QueueRunnerTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(held.delivered, 1)
         self.assertEqual(self.successResultOf(self.spool.count()), 1)
+
+    def test_run_now_attempts_mail_that_is_not_due(self) -> None:
+        """
+        L{QueueRunner.run_now} (C{mdtwistctl queue run}): messages whose next attempt is later
+        are attempted at once, every one of them even
+        when there are more than one batch, and each once.
+        """
+        held = HeldDelivery()
+        policy = QueuePolicy(remote_residency=0, minimal_backoff=3600, maximal_backoff=3600)
+        runner = QueueRunner(
+            self.spool, self.directory, held, self.clock, interval=60, batch=2, policy=policy
+        )
+        self.addCleanup(lambda: runner.running and runner.stopService())
+        ids = [self.enqueue(make_envelope("alice@example.com")) for _ in range(3)]
+        runner.startService()
+        while held.calls:
+            held.answer(DeliveryStatus.TEMPORARY)
+        self.assertEqual(held.delivered, 3)
+        self.assertEqual({self.message(i).next_attempt for i in ids}, {4600})
+        self.clock.advance(60)  # a periodic run: nothing is due
+        self.assertEqual(held.calls, [])
+        runner.run_now()
+        self.assertEqual(len(held.calls), 2)  # the first batch, in flight at once
+        while held.calls:
+            held.answer(DeliveryStatus.TEMPORARY)
+        self.assertEqual(held.delivered, 6)
+        self.assertEqual(len(self.copies("alice")), 0)
+
+    def test_run_now_during_a_pass(self) -> None:
+        """
+        L{QueueRunner.run_now} asked while a pass runs: the run comes after it. A runner that
+        is not running does nothing.
+        """
+        held = HeldDelivery()
+        policy = QueuePolicy(remote_residency=0, minimal_backoff=3600, maximal_backoff=3600)
+        runner = self.runner(local=held, policy=policy)
+        runner.run_now()  # not started: nothing
+        self.enqueue(make_envelope("alice@example.com"))
+        runner.startService()
+        self.assertEqual(len(held.calls), 1)
+        runner.run_now()
+        self.assertEqual(len(held.calls), 1)
+        held.answer(DeliveryStatus.TEMPORARY)
+        self.assertEqual(len(held.calls), 1)  # attempted again, although not due
+        held.answer(DeliveryStatus.DELIVERED)
+        self.assertEqual(held.delivered, 2)

@@ -43,6 +43,20 @@ class CountingDirectory:
         return succeed(frozenset({"a.test"}))
 
 
+class ReloadingDirectory(CountingDirectory):
+    """
+    A directory that can reload, with a problem.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reloads = 0
+
+    def reload(self) -> list[str]:
+        self.reloads += 1
+        return ["accounts.toml: broken"]
+
+
 class CachedDirectoryTests(SynchronousTestCase):
     """
     Answers are remembered for their time to live; failures and logins never are.
@@ -120,3 +134,20 @@ class CachedDirectoryTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(self.successResultOf(self.cache.domains()), frozenset({"a.test"}))
         self.assertEqual(self.backend.asked, ["domains", "domains"])
+
+    def test_reload(self) -> None:
+        """
+        L{CachedDirectory.reload} forgets every remembered answer and reloads a backend that
+        can reload, passing its problems on; a backend that cannot reload has none.
+        """
+        self.successResultOf(self.cache.find("alice@a.test"))
+        self.successResultOf(self.cache.domains())
+        self.assertEqual(self.cache.reload(), [])
+        self.successResultOf(self.cache.find("alice@a.test"))
+        self.successResultOf(self.cache.domains())
+        self.assertEqual(self.backend.asked, ["alice@a.test", "domains"] * 2)
+
+        reloadable = ReloadingDirectory()
+        cache = CachedDirectory(reloadable, self.clock, ttl=60, negative_ttl=5, size=2)
+        self.assertEqual(cache.reload(), ["accounts.toml: broken"])
+        self.assertEqual(reloadable.reloads, 1)

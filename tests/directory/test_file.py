@@ -205,6 +205,30 @@ class FileDirectoryTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertIsNotNone(self.find("alice@example.test"))
 
+    def test_reload_now(self) -> None:
+        """
+        L{FileDirectory.reload} reads the file at once, before the check interval has passed,
+        and the next periodic check starts from then.
+        """
+        events = capture_logs(self)
+        self.rewrite(ACCOUNTS.replace("bob@example.test", "robert@example.test"))
+        self.assertEqual(self.directory.reload(), [])
+        self.assertIsNone(self.find("bob@example.test"))
+        self.assertIsNotNone(self.find("robert@example.test"))
+        self.assertEqual([e["count"] for e in events if "reloaded" in e["log_format"]], [4])
+
+    def test_reload_broken_file(self) -> None:
+        """
+        A broken file is not used by L{FileDirectory.reload}: it returns the problems and the
+        last good accounts stay.
+        """
+        capture_logs(self)
+        self.rewrite("domains = [")
+        problems = self.directory.reload()
+        self.assertEqual(len(problems), 1)
+        self.assertIn("not valid TOML", problems[0])
+        self.assertIsNotNone(self.find("alice@example.test"))
+
 
 class AccountsFileErrorTests(SynchronousTestCase):
     """

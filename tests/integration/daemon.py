@@ -8,9 +8,12 @@ mailboxes, and free loopback ports for an C{mx} and a C{submission} listener.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +48,7 @@ class Daemon:
         outbound: str = "",
         domain: str = "example.test",
         server_extra: str = "",
+        accounts_extra: str = "",
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -53,13 +57,15 @@ class Daemon:
         @param trusted_networks: networks that may relay without AUTH.
         @param smtp_extra: more TOML lines for the C{[smtp]} table.
         @param delivery: the C{[delivery]} table's lines; Maildir under the directory by default.
-        @param queue: more lines for the C{[queue]} table.
+        @param queue: more lines for the C{[queue]} table; C{remote_interval} and
+            C{delay_after_temp_error} are 1 s unless given here.
         @param outbound: lines for the C{[outbound]} table. Unless they name C{dns_servers},
             DNS goes to a loopback port where nothing listens (every lookup fails at once and
             temporarily), so no test ever asks a resolver outside this machine.
         @param domain: the local domain; its accounts are alice and bob with the passwords of
             L{PASSWORDS}.
         @param server_extra: more TOML lines for the C{[server]} table.
+        @param accounts_extra: more lines for the C{[directory.file]} table.
         """
         directory = directory.resolve()
         self.directory = directory
@@ -67,6 +73,11 @@ class Daemon:
         self.submission_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
+        # A UNIX socket's path is limited to 107 bytes: the control socket lives in a short
+        # private directory, removed with this object.
+        control = Path(tempfile.mkdtemp(prefix="mdtwist-control-"))
+        weakref.finalize(self, shutil.rmtree, control, ignore_errors=True)
+        self.control_socket = control / "control.sock"
         self.certificate, self.key = make_certificate(directory / "tls", "mail.example.test")
         accounts = [f'domains = ["{domain}"]']
         for address, password in PASSWORDS.items():
@@ -106,6 +117,7 @@ backend = "file"
 
 [directory.file]
 path = "accounts.toml"
+{accounts_extra}
 
 [spool]
 directory = "spool"
@@ -115,9 +127,12 @@ directory = "spool"
 run_interval = 1.0
 
 [queue]
-remote_interval = 1.0
-delay_after_temp_error = 1.0
+{"" if "remote_interval" in queue else "remote_interval = 1.0"}
+{"" if "delay_after_temp_error" in queue else "delay_after_temp_error = 1.0"}
 {queue}
+
+[control]
+socket = "{self.control_socket}"
 
 [outbound]
 {outbound if "dns_servers" in outbound else 'dns_servers = ["127.0.0.1:9"]' + chr(10) + outbound}
@@ -166,6 +181,23 @@ delay_after_temp_error = 1.0
             str(self.config),
             *extra,
         ]
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{mdtwistctl --config <this daemon's configuration> ARGS}.
+
+        @param args: the command and its options.
+        @return: the finished program, with its output as text.
+        """
+        program = str(Path(sys.executable).parent / "mdtwistctl")
+        return subprocess.run(
+            [program, "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60.0,
+            check=False,
+            cwd=_ROOT,
+        )
 
     def start(self) -> None:
         """
