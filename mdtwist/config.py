@@ -27,6 +27,7 @@ import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
@@ -92,10 +93,14 @@ class ListenConfig:
     """
     @ivar endpoint: a Twisted server endpoint string, such as C{tcp:25:interface=127.0.0.1}.
     @ivar mode: the role of the listener.
+    @ivar sender_login_match: whether an authenticated client may only send as its own account
+        (MDaemon's "sender must match the authenticated account"); on by default for
+        C{submission} and C{smtps}, off for C{mx}.
     """
 
     endpoint: str
     mode: ListenerMode
+    sender_login_match: bool = False
 
 
 @attrs.frozen
@@ -120,6 +125,10 @@ class SMTPConfig:
     @ivar max_text_line: the longest message line, in bytes with CRLF.
     @ivar forbid_unauth_pipelining: close with C{554 5.5.0} a client that does not wait for a
         reply it must wait for (RFC 2920; Postfix's C{smtpd_forbid_unauth_pipelining}).
+    @ivar max_sessions: concurrent sessions per process over all listeners; more are greeted
+        with C{421 4.3.2} (100, as Postfix's C{default_process_limit}).
+    @ivar dsn: how the DSN requests of clients that neither authenticated nor are in a
+        trusted network are honoured.
     """
 
     listen: tuple[ListenConfig, ...]
@@ -137,6 +146,8 @@ class SMTPConfig:
     max_command_line: int = 512
     max_text_line: int = 1000
     forbid_unauth_pipelining: bool = True
+    max_sessions: int = 100
+    dsn: DSNRequests = DSNRequests.LIMITED
 
 
 @attrs.frozen
@@ -527,6 +538,7 @@ _SMTP_LIMITS = {
     "max_recipients": int,
     "max_errors": int,
     "max_sessions_per_ip": int,
+    "max_sessions": int,
     "max_auth_failures": int,
     "auth_failure_window": float,
     "command_timeout": float,
@@ -545,6 +557,7 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
             "trusted_networks",
             "allow_plaintext_auth",
             "forbid_unauth_pipelining",
+            "dsn",
             *_SMTP_LIMITS,
         },
     )
@@ -556,12 +569,15 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
         if not isinstance(item, dict):
             reader.problem(key, f"expected a table, got {_kind(item)}")
             continue
-        entry = reader.table(item, key, {"endpoint", "mode"})
+        entry = reader.table(item, key, {"endpoint", "mode", "sender_login_match"})
         endpoint = entry.string("endpoint", empty_ok=False)
         mode = entry.choice("mode", ListenerMode)
         if endpoint:
             _check_endpoint(reader, entry.key("endpoint"), endpoint)
-        listeners.append(ListenConfig(endpoint=endpoint, mode=mode))
+        login_match = entry.value("sender_login_match", bool, mode is not ListenerMode.MX)
+        listeners.append(
+            ListenConfig(endpoint=endpoint, mode=mode, sender_login_match=login_match)
+        )
     networks = table.strings("trusted_networks", ())
     for network in networks:
         try:
@@ -582,6 +598,7 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
         trusted_networks=networks,
         allow_plaintext_auth=table.value("allow_plaintext_auth", bool, False),
         forbid_unauth_pipelining=table.value("forbid_unauth_pipelining", bool, True),
+        dsn=table.choice("dsn", DSNRequests, DSNRequests.LIMITED),
         **limits,
     )
 

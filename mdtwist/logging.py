@@ -14,7 +14,9 @@ For JSON::
 Event fields use a fixed vocabulary: C{session}, C{peer}, C{listener}, C{helo}, C{tls}, C{user},
 C{mail_from}, C{rcpt}, C{code}, C{enhanced}, C{queue_id}, C{msg_size}, C{mx}, C{attempt},
 C{dn}, C{elapsed_ms}, C{status}, C{detail}. Passwords, SASL payloads and message bodies never
-appear in any field.
+appear in any field. A value the client chose (a login, an EHLO name, an address) goes into a
+field through L{escape_text}, so that no CR, LF or other control character of the client's can
+start a forged line or hide text in the log.
 
 Theory of operation of L{TextObserver}: it writes exactly the lines of Twisted's
 C{textFileLogObserver} (C{formatEventAsClassicLogText}), but takes two shortcuts for the common
@@ -61,6 +63,22 @@ _parse = string.Formatter().parse
 
 #: The environment variable in which a child process finds its spool shard (internal).
 SHARD_VARIABLE = "MDTWIST_SHARD"
+
+
+#: C0 controls, DEL and C1 controls, each to its backslash-x-hex form.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def escape_text(value: str) -> str:
+    """
+    Make a client-supplied string safe for a log line: every C0 control (CR and LF
+    included), DEL and every C1 control becomes a backslash, C{x} and two hex digits;
+    everything else is kept.
+
+    @param value: the string as the client sent it.
+    @return: the string to log.
+    """
+    return value.translate(_ESCAPES)
 
 
 def child_shard() -> int | None:

@@ -46,6 +46,7 @@ from mdtwist.config import (
     LocalDelivery,
     parse_host_port,
 )
+from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.hosts import FailedHosts
 from mdtwist.delivery.lmtp import LMTPDelivery
 from mdtwist.delivery.local import ILocalDelivery, MaildirDelivery
@@ -74,7 +75,7 @@ from mdtwist.smtp.client import ClientTimeouts, SMTPClient, trust_root_from_pem
 from mdtwist.smtp.core.client import Credentials
 from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
-from mdtwist.smtp.server import SessionLimits, SMTPServerFactory
+from mdtwist.smtp.server import SessionLimits, SessionTally, SMTPServerFactory
 from mdtwist.smtp.tls import server_tls_options
 from mdtwist.spool.runner import QueueRunner
 from mdtwist.spool.store import (
@@ -332,6 +333,7 @@ def smtp_factory(
     spool: SQLiteSpool,
     tls: IOpenSSLServerConnectionCreator | None,
     reactor: Any,
+    tally: SessionTally | None = None,
 ) -> SMTPServerFactory:
     """
     Build the protocol factory of one SMTP listener.
@@ -342,6 +344,7 @@ def smtp_factory(
     @param spool: the spool.
     @param tls: the STARTTLS context, or L{None}.
     @param reactor: the clock for timeouts.
+    @param tally: the process's sessions over every listener (C{smtp.max_sessions}).
     @return: the factory.
     """
     smtp = config.smtp
@@ -363,7 +366,11 @@ def smtp_factory(
         data_timeout=smtp.data_timeout,
         hop_limit=smtp.hop_limit,
     )
-    policy = ReceivePolicy(directory, trusted_networks=parse_networks(smtp.trusted_networks))
+    policy = ReceivePolicy(
+        directory,
+        trusted_networks=parse_networks(smtp.trusted_networks),
+        sender_must_match_login=listen.sender_login_match,
+    )
     return SMTPServerFactory(
         settings=settings,
         mode=listen.mode,
@@ -374,6 +381,9 @@ def smtp_factory(
         tls=tls,
         limits=limits,
         keep_auth_password=config.outbound.per_account_mailbox_password,
+        tally=tally,
+        dsn_untrusted=None if smtp.dsn is DSNRequests.HONOUR else smtp.dsn,
+        trusted=policy.trusted,
     )
 
 
@@ -431,8 +441,10 @@ def make_service(
     tls = None
     if config.tls is not None:
         tls = server_tls_options(config.tls.certificate, config.tls.private_key)
+    # One tally for every listener of this process (smtp.max_sessions counts per process).
+    tally = SessionTally(config.smtp.max_sessions)
     factories = [
-        smtp_factory(config, listen, directory, spool, tls, reactor)
+        smtp_factory(config, listen, directory, spool, tls, reactor, tally)
         for listen in config.smtp.listen
     ]
     if shard > 0:

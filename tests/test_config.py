@@ -17,6 +17,7 @@ from mdtwist.config import (
     ListenerMode,
     load_config,
 )
+from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.router import Mode
 from mdtwist.errors import ConfigError
 from mdtwist.smtp.client import TLSMode
@@ -407,6 +408,36 @@ class ConfigTests(SynchronousTestCase):
             self.problems(bad),
             ["smtp.forbid_unauth_pipelining: expected true or false, got a string"],
         )
+
+    def test_hardening_keys(self) -> None:
+        """
+        C{smtp.max_sessions} (default 100), C{smtp.dsn} (default C{limited}) and each
+        listener's C{sender_login_match} (default on for submission and smtps, off for mx)
+        are read; bad values are named.
+        """
+        config = load_config(self.write(GOOD))
+        self.assertEqual(config.smtp.max_sessions, 100)
+        self.assertIs(config.smtp.dsn, DSNRequests.LIMITED)
+        smtp = '[[smtp.listen]]\nendpoint = "tcp:2525:interface=127.0.0.1"\nmode = "mx"\n'
+        listeners = (
+            smtp
+            + '[[smtp.listen]]\nendpoint = "tcp:2587"\nmode = "submission"\n'
+            + '[[smtp.listen]]\nendpoint = "tcp:2588"\nmode = "submission"\n'
+            + "sender_login_match = false\n"
+            + '[[smtp.listen]]\nendpoint = "tcp:2526"\nmode = "mx"\nsender_login_match = true\n'
+        )
+        text = GOOD.replace(smtp, '[smtp]\nmax_sessions = 7\ndsn = "ignore"\n\n' + listeners)
+        config = load_config(self.write(text))
+        self.assertEqual((config.smtp.max_sessions, config.smtp.dsn), (7, DSNRequests.IGNORE))
+        self.assertEqual(
+            [listen.sender_login_match for listen in config.smtp.listen],
+            [False, True, False, True],
+        )
+        bad = text.replace("max_sessions = 7", "max_sessions = 0").replace('"ignore"', '"all"')
+        problems = self.problems(bad)
+        self.assertIn("smtp.max_sessions: must be greater than 0", problems)
+        self.assertEqual(len(problems), 2, problems)
+        self.assertTrue(problems[1].startswith("smtp.dsn: "), problems)
 
     def test_outbound_defaults(self) -> None:
         """

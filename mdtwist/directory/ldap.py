@@ -56,6 +56,7 @@ from mdtwist.config import LDAPAttributes, LDAPAuthMethod, LDAPConfig
 from mdtwist.directory.model import Account
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory
+from mdtwist.logging import escape_text
 from mdtwist.secret import Secret
 
 T = TypeVar("T")
@@ -324,21 +325,21 @@ class LDAPDirectory:
         start = self._clock()
 
         def lookup(connection: ldap3.Connection) -> Account | None:
-            entry = self._single(self._search(connection, query), {"rcpt": key})
+            entry = self._single(self._search(connection, query), {"rcpt": escape_text(key)})
             dn = None if entry is None else str(entry.get("dn"))
             self.log.debug(
                 "LDAP lookup of {rcpt} found {dn}",
-                rcpt=key,
+                rcpt=escape_text(key),
                 dn=dn,
                 elapsed_ms=self._elapsed_ms(start),
             )
             return None if entry is None else self._account(entry)
 
-        return self._with_retry(lookup, {"rcpt": key})
+        return self._with_retry(lookup, {"rcpt": escape_text(key)})
 
     def _authenticate(self, login: str, password: str) -> Account | None:
         query = fill_filter(self._config.auth_filter, "{login}", login)
-        fields: dict[str, object] = {"user": login}
+        fields: dict[str, object] = {"user": escape_text(login)}
         start = self._clock()
 
         def check(connection: ldap3.Connection) -> Account | None:

@@ -12,6 +12,12 @@ Rules, in order, for a recipient:
      network; otherwise C{554 5.7.1}. Address tricks (C{%}, C{!}, quoted C{@}, source routes)
      never route mail off the server: the forward-path has already lost its source route, and
      only the domain after the last C{@} decides, so C{user%foreign@local} is a local address.
+
+A sender, with C{sender_must_match_login} (MDaemon's "sender must match the authenticated
+account"; on by default for submission listeners): an authenticated session may only use an
+address of its own account (its primary address or an alias: the directory finds the account
+it logged in as), or the null sender; any other is refused with C{553 5.7.1}, as Postfix's
+C{reject_sender_login_mismatch} does. An unauthenticated session is not checked here.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from mdtwist.address import parse_address
 from mdtwist.envelope import ClientInfo
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy
+from mdtwist.logging import escape_text
 from mdtwist.smtp.core.replies import Reply
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -38,6 +45,14 @@ DISABLED = Reply(550, "5.2.1", ("Mailbox disabled",))
 BAD_ADDRESS = Reply(501, "5.1.3", ("Bad recipient address syntax",))
 RELAY_DENIED = Reply(554, "5.7.1", ("Relay access denied",))
 TRY_LATER = Reply(451, "4.3.0", ("Directory unavailable, try again later",))
+
+
+def not_owned(sender: str) -> Reply:
+    """
+    @param sender: the refused reverse-path.
+    @return: the C{553 5.7.1} refusal of a sender that is not the logged-in account's.
+    """
+    return Reply(553, "5.7.1", (f"<{sender}>: Sender address not owned by the logged-in user",))
 
 
 def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
@@ -62,13 +77,24 @@ class ReceivePolicy:
         directory: IDirectory,
         *,
         trusted_networks: Iterable[Network] = (),
+        sender_must_match_login: bool = False,
     ) -> None:
         """
         @param directory: the account directory.
         @param trusted_networks: clients that may relay without authenticating.
+        @param sender_must_match_login: refuse a C{MAIL FROM} of an authenticated session
+            whose address is not one of its own account's.
         """
         self._directory = directory
         self._trusted = tuple(trusted_networks)
+        self._sender_login = sender_must_match_login
+
+    def trusted(self, client: ClientInfo) -> bool:
+        """
+        @param client: a client.
+        @return: whether its address is in a trusted network.
+        """
+        return self._trusted_client(client)
 
     def _trusted_client(self, client: ClientInfo) -> bool:
         try:
@@ -81,10 +107,28 @@ class ReceivePolicy:
 
     def check_sender(self, client: ClientInfo, sender: str) -> Deferred[Reply]:
         """
-        See L{IReceivePolicy.check_sender}; any sender is accepted (listeners that need AUTH
-        before MAIL enforce it in the SMTP core).
+        See L{IReceivePolicy.check_sender}. Without C{sender_must_match_login} any sender is
+        accepted (listeners that need AUTH before MAIL enforce it in the SMTP core); with it,
+        see the module docstring.
         """
-        return succeed(SENDER_OK)
+        if not self._sender_login or client.user is None or not sender:
+            return succeed(SENDER_OK)
+        return Deferred.fromCoroutine(self._check_sender_login(client.user, sender))
+
+    async def _check_sender_login(self, user: str, sender: str) -> Reply:
+        try:
+            account = await self._directory.find(sender)
+        except DirectoryUnavailable:
+            self.log.warn("directory unavailable for {mail_from}", mail_from=escape_text(sender))
+            return TRY_LATER
+        if account is not None and account.login.casefold() == user.casefold():
+            return SENDER_OK
+        self.log.info(
+            "sender {mail_from} refused: not owned by {user}",
+            mail_from=escape_text(sender),
+            user=escape_text(user),
+        )
+        return not_owned(sender)
 
     def check_recipient(self, client: ClientInfo, sender: str, recipient: str) -> Deferred[Reply]:
         """

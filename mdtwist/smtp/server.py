@@ -34,10 +34,12 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mdtwist.config import ListenerMode
+from mdtwist.delivery.dsn import DSNRequests, restrict_requests
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
 from mdtwist.errors import DirectoryUnavailable, SpoolError
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
+from mdtwist.logging import escape_text
 from mdtwist.secret import Secret
 from mdtwist.smtp.core.events import (
     Authenticate,
@@ -54,6 +56,7 @@ from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
 
 BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")
+SERVER_BUSY = reply(421, "4.3.2", "Too many connections, try again later")
 TIMEOUT = reply(421, "4.4.2", "Timeout, closing connection")
 POLICY_FAILED = reply(451, "4.3.0", "Temporary lookup failure, try again later")
 SPOOL_FULL = reply(452, "4.3.1", "Insufficient system storage, try again later")
@@ -93,6 +96,43 @@ class SessionLimits:
     data_timeout: float = 600.0
     hop_limit: int = 100
     max_buffer: int = 256 * 1024
+
+
+class SessionTally:
+    """
+    The SMTP sessions open in this process, over every listener, and their limit.
+
+    One tally is shared by all the listeners of a process; with C{server.processes} above 1
+    each process has its own (counted per process, like the per-address limit).
+
+    @ivar limit: the most sessions open at once; the next connection is greeted with
+        C{421 4.3.2} and closed.
+    @ivar open: the sessions open now.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """
+        @param limit: the most concurrent sessions, at least 1.
+        """
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        """
+        Count a new session if there is room for it.
+
+        @return: whether it was counted.
+        """
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        """
+        Forget a session counted by L{take}.
+        """
+        self.open -= 1
 
 
 def listener_settings(
@@ -145,6 +185,9 @@ class SMTPServerFactory(Factory):
         tls: IOpenSSLServerConnectionCreator | None = None,
         limits: SessionLimits | None = None,
         keep_auth_password: bool = False,
+        tally: SessionTally | None = None,
+        dsn_untrusted: DSNRequests | None = None,
+        trusted: Callable[[ClientInfo], bool] | None = None,
     ) -> None:
         """
         Set up a listener.
@@ -161,6 +204,11 @@ class SMTPServerFactory(Factory):
         @param keep_auth_password: keep the password of a successful AUTH with the session's
             messages (in L{ClientInfo.password}), for smart hosts that want the sender's own
             mailbox password (MDaemon's C{ISPAUTHUsePasswords}); off by default.
+        @param tally: the sessions of the whole process and their limit, shared with the other
+            listeners; without it this listener has no limit but the per-address one.
+        @param dsn_untrusted: how the DSN requests of a client that did not authenticate and
+            is not C{trusted} are honoured (C{smtp.dsn}); L{None} to honour them all.
+        @param trusted: whether a client is in a trusted network; none is without it.
         """
         self.settings = listener_settings(settings, mode, tls is not None)
         self.mode = mode
@@ -171,6 +219,9 @@ class SMTPServerFactory(Factory):
         self.tls = tls
         self.limits = limits or SessionLimits()
         self.keep_auth_password = keep_auth_password
+        self.tally = tally
+        self.dsn_untrusted = dsn_untrusted
+        self.trusted = trusted
         self._sessions: defaultdict[str, int] = defaultdict(int)
         self._auth_failures: defaultdict[str, list[float]] = defaultdict(list)
         self._ids = itertools.count(1)
@@ -179,17 +230,21 @@ class SMTPServerFactory(Factory):
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:
         return SMTPServerProtocol(self, f"{next(self._ids):x}")
 
-    def session_opened(self, address: str) -> bool:
+    def session_opened(self, address: str) -> Reply | None:
         """
         Count a new session from an address.
 
         @param address: the client IP.
-        @return: whether it is within the limit; if not, it was not counted.
+        @return: L{None} when it is within the limits and was counted; else the reply that
+            refuses it (C{421 4.3.2} when the process is full, C{421 4.7.0} when the address
+            has too many sessions), and it was not counted.
         """
-        if self._sessions[address] >= self.limits.max_sessions_per_ip:
-            return False
+        if self._sessions.get(address, 0) >= self.limits.max_sessions_per_ip:
+            return BUSY
+        if self.tally is not None and not self.tally.take():
+            return SERVER_BUSY
         self._sessions[address] += 1
-        return True
+        return None
 
     def session_closed(self, address: str) -> None:
         """
@@ -200,6 +255,8 @@ class SMTPServerFactory(Factory):
         self._sessions[address] -= 1
         if self._sessions[address] <= 0:
             del self._sessions[address]
+        if self.tally is not None:
+            self.tally.give_back()
 
     def sessions(self, address: str) -> int:
         """
@@ -274,13 +331,21 @@ class SMTPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._peer = str(getattr(peer, "host", peer))
-        self._counted = self._factory.session_opened(self._peer)
-        if self._counted:
+        refusal = self._factory.session_opened(self._peer)
+        self._counted = refusal is None
+        if refusal is None:
             self.log.info("SMTP session from {peer}", session=self.session, peer=self._peer)
             self.core.start()
+        elif refusal is SERVER_BUSY:
+            self.log.warn(
+                "too many sessions in this process, refused {peer}",
+                session=self.session,
+                peer=self._peer,
+            )
+            self.core.start(refusal)
         else:
             self.log.warn("too many sessions from {peer}", session=self.session, peer=self._peer)
-            self.core.start(BUSY)
+            self.core.start(refusal)
         self._process()
 
     @override
@@ -453,7 +518,7 @@ class SMTPServerProtocol(Protocol):
                 "message refused: {hops} hops",
                 session=self.session,
                 peer=self._peer,
-                mail_from=event.sender,
+                mail_from=escape_text(event.sender),
                 hops=hops,
             )
             return _now(TOO_MANY_HOPS)
@@ -474,6 +539,11 @@ class SMTPServerProtocol(Protocol):
             envid=parameters.envid,
             size=parameters.size,
         )
+        restriction = self._factory.dsn_untrusted
+        if restriction is not None and client.user is None:
+            trusted = self._factory.trusted
+            if trusted is None or not trusted(client):
+                envelope = restrict_requests(envelope, restriction)
         trace = received_header(
             helo=client.helo,
             client_address=client.address,
@@ -496,7 +566,7 @@ class SMTPServerProtocol(Protocol):
             session=self.session,
             peer=self._peer,
             queue_id=queue_id,
-            mail_from=event.sender,
+            mail_from=escape_text(event.sender),
             msg_size=len(event.body),
         )
         return reply(250, "2.0.0", f"Ok: queued as {queue_id}")
@@ -545,7 +615,10 @@ class SMTPServerProtocol(Protocol):
         if account is None:
             self._factory.auth_failed(self._peer)
             self.log.info(
-                "AUTH failed for {user}", session=self.session, peer=self._peer, user=login
+                "AUTH failed for {user}",
+                session=self.session,
+                peer=self._peer,
+                user=escape_text(login),
             )
             return AUTH_BAD
         self._user = account.login

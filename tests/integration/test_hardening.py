@@ -1,0 +1,227 @@
+"""
+The hardening rules against the real daemon: what it refuses on the wire, what it records, and
+what it sends back.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mdtwist.spool.store import SpoolReader
+from tests.integration.daemon import PASSWORDS, Daemon
+from tests.integration.test_smtp_daemon import Conversation, wait_for
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+
+
+def _no_verify() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class WireTests(SynchronousTestCase):
+    """
+    One daemon with the default settings; alice has the alias C{al@example.test}.
+    """
+
+    def setUp(self) -> None:
+        self.daemon = Daemon(Path(self.mktemp()))
+        accounts = self.daemon.directory / "accounts.toml"
+        accounts.write_text(
+            accounts.read_text().replace(
+                f'address = "{ALICE}"', f'address = "{ALICE}"\naliases = ["al@example.test"]'
+            )
+        )
+        self.daemon.start()
+        self.addCleanup(self.daemon.stop)
+
+    def conversation(self, port: int | None = None) -> Conversation:
+        conversation = Conversation(port or self.daemon.mx_port)
+        self.addCleanup(conversation.close)
+        self.assertTrue(conversation.reply().startswith(b"220 "))
+        return conversation
+
+    def queue(self) -> list[str]:
+        reader = SpoolReader(self.daemon.spool)
+        try:
+            return [entry.queue_id for entry in reader.list()]
+        finally:
+            reader.close()
+
+    def delivered(self, address: str, count: int = 1) -> list[bytes]:
+        self.assertTrue(
+            wait_for(lambda: len(self.daemon.messages(address)) >= count),
+            f"{address} did not get {count} messages; log:\n{self.daemon.log()[-3000:]}",
+        )
+        return self.daemon.messages(address)
+
+    def submission(self) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.daemon.submission_port, timeout=20)
+        self.addCleanup(client.close)
+        client.ehlo("laptop.example.test")
+        client.starttls(context=_no_verify())
+        client.ehlo("laptop.example.test")
+        client.login(ALICE, PASSWORDS[ALICE])
+        return client
+
+    def test_binarymime_refused(self) -> None:
+        """
+        C{MAIL FROM ... BODY=BINARYMIME} gets C{555 5.5.4}: BINARYMIME is not in the EHLO
+        reply.
+        """
+        conversation = self.conversation()
+        ehlo = conversation.command(b"EHLO client.test")
+        self.assertNotIn(b"BINARYMIME", ehlo)
+        answer = conversation.command(b"MAIL FROM:<a@elsewhere.test> BODY=BINARYMIME")
+        self.assertTrue(answer.startswith(b"555 5.5.4"), answer)
+
+    def test_nul_refused(self) -> None:
+        """
+        A message holding a NUL byte, in DATA or in BDAT, gets C{550 5.6.0} at its end and is
+        not queued; the session goes on and a clean message after it is delivered.
+        """
+        conversation = self.conversation()
+        conversation.command(b"EHLO client.test")
+        conversation.command(b"MAIL FROM:<a@elsewhere.test>")
+        conversation.command(b"RCPT TO:<alice@example.test>")
+        self.assertTrue(conversation.command(b"DATA").startswith(b"354"))
+        answer = conversation.command(b"Subject: nul\r\n\r\nbin\x00ary\r\n.")
+        self.assertTrue(answer.startswith(b"550 5.6.0"), answer)
+        conversation.command(b"MAIL FROM:<a@elsewhere.test>")
+        conversation.command(b"RCPT TO:<alice@example.test>")
+        conversation.send(b"BDAT 5 LAST\r\na\x00b\r\n")
+        answer = conversation.reply()
+        self.assertTrue(answer.startswith(b"550 5.6.0"), answer)
+        self.assertEqual(self.queue(), [])
+        conversation.command(b"MAIL FROM:<a@elsewhere.test>")
+        conversation.command(b"RCPT TO:<alice@example.test>")
+        conversation.command(b"DATA")
+        answer = conversation.command(b"Subject: clean\r\n\r\ntext\r\n.")
+        self.assertTrue(answer.startswith(b"250 2.0.0"), answer)
+        [message] = self.delivered(ALICE)
+        self.assertIn(b"Subject: clean", message)
+
+    def test_ehlo_argument_in_trace(self) -> None:
+        """
+        An EHLO argument that is not a domain (C{x;y=z}) does not go into the C{Received:}
+        field as sent: the client's address literal takes its place and the name follows in a
+        comment, with C{;} and C{=} written as C{%3B} and C{%3D}.
+        """
+        conversation = self.conversation()
+        conversation.command(b"EHLO x;y=z")
+        conversation.command(b"MAIL FROM:<a@elsewhere.test>")
+        conversation.command(b"RCPT TO:<alice@example.test>")
+        conversation.command(b"DATA")
+        answer = conversation.command(b"Subject: trace\r\n\r\ntext\r\n.")
+        self.assertTrue(answer.startswith(b"250 2.0.0"), answer)
+        [message] = self.delivered(ALICE)
+        self.assertIn(b"\nReceived: from [127.0.0.1] (invalid HELO x%3By%3Dz)\n", message)
+
+    def test_sender_must_match_login(self) -> None:
+        """
+        On the submission listener, alice may send as herself and as her alias, and with the
+        null sender; bob's address and a foreign one get C{553 5.7.1}.
+        """
+        client = self.submission()
+        for sender in [ALICE, "al@example.test", ""]:
+            code, text = client.mail(sender)
+            self.assertEqual(code, 250, (sender, text))
+            client.rset()
+        for sender in [BOB, "ceo@bank.test"]:
+            code, text = client.mail(sender)
+            self.assertEqual(code, 553, (sender, text))
+            self.assertTrue(text.startswith(b"5.7.1 "), text)
+        self.assertIn(
+            "sender ceo@bank.test refused: not owned by alice@example.test", self.daemon.log()
+        )
+
+    def test_control_characters_escaped_in_log(self) -> None:
+        """
+        A login holding CR LF and a forged log line fails, and reaches the log escaped on
+        the line of its own event: no line of the log starts with the forged text.
+        """
+        forged = "x\r\n2026-12-05T00:00:00+0000 [mdtwist#info] AUTH succeeded for root"
+        smtp = smtplib.SMTP("127.0.0.1", self.daemon.submission_port, timeout=20)
+        self.addCleanup(smtp.close)
+        smtp.ehlo("laptop.example.test")
+        smtp.starttls(context=_no_verify())
+        smtp.ehlo("laptop.example.test")
+        with self.assertRaises(smtplib.SMTPAuthenticationError):
+            smtp.login(forged, "wrong")
+        self.assertTrue(wait_for(lambda: "x\\x0d\\x0a2026" in self.daemon.log()))
+        for line in self.daemon.log().splitlines():
+            self.assertFalse(line.startswith("2026-12-05T00:00:00"), line)
+
+    def test_dsn_requests_of_strangers_limited(self) -> None:
+        """
+        A stranger on the mx listener asks for C{NOTIFY=SUCCESS} and C{RET=FULL} with a
+        forged sender: the message is delivered, and no success notice is made (the queue
+        ends empty). alice, logged in, gets the success notice she asks for.
+        """
+        conversation = self.conversation()
+        conversation.command(b"EHLO stranger.test")
+        conversation.command(b"MAIL FROM:<victim@foreign.test> RET=FULL")
+        answer = conversation.command(b"RCPT TO:<alice@example.test> NOTIFY=SUCCESS")
+        self.assertTrue(answer.startswith(b"250 "), answer)
+        conversation.command(b"DATA")
+        answer = conversation.command(
+            b"Subject: reflect me\r\n\r\n" + b"x" * 50 + b"\r\n" * 100 + b"."
+        )
+        self.assertTrue(answer.startswith(b"250 2.0.0"), answer)
+        self.delivered(ALICE)
+        self.assertTrue(wait_for(lambda: self.queue() == []), self.queue())
+        self.assertNotIn("Notice about", self.daemon.log())
+        client = self.submission()
+        client.sendmail(
+            ALICE,
+            [BOB],
+            b"Subject: tell me\r\n\r\nbody\r\n",
+            rcpt_options=["NOTIFY=SUCCESS"],
+        )
+        self.delivered(BOB)
+        [first, notice] = self.delivered(ALICE, 2)
+        del first
+        self.assertIn(b"Successful Mail Delivery Report", notice)
+
+
+class SessionCapTests(SynchronousTestCase):
+    """
+    C{smtp.max_sessions}: the sessions of one process over every listener.
+    """
+
+    def test_over_the_cap(self) -> None:
+        """
+        With C{max_sessions = 3}, three sessions (on both listeners) are served and the fourth
+        connection is greeted with C{421 4.3.2} and closed; when one ends, a new one is served.
+        """
+        daemon = Daemon(Path(self.mktemp()), smtp_extra="max_sessions = 3")
+        daemon.start()
+        self.addCleanup(daemon.stop)
+        open_sessions = []
+        for port in [daemon.mx_port, daemon.submission_port, daemon.mx_port]:
+            conversation = Conversation(port)
+            self.addCleanup(conversation.close)
+            self.assertTrue(conversation.reply().startswith(b"220 "))
+            open_sessions.append(conversation)
+        refused = Conversation(daemon.submission_port)
+        self.addCleanup(refused.close)
+        self.assertTrue(refused.reply().startswith(b"421 4.3.2 "))
+        self.assertEqual(refused.sock.recv(100), b"")
+        self.assertTrue(open_sessions[0].command(b"QUIT").startswith(b"221"))
+
+        def served() -> bool:
+            conversation = Conversation(daemon.mx_port)
+            try:
+                return conversation.reply().startswith(b"220 ")
+            finally:
+                conversation.close()
+
+        self.assertTrue(wait_for(served))
+        self.assertIn("too many sessions in this process, refused 127.0.0.1", daemon.log())
