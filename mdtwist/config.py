@@ -507,8 +507,19 @@ def _read_secret_file(reader: _Reader, key: str, path: Path) -> Secret | None:
 def _check_endpoint(reader: _Reader, key: str, description: str) -> None:
     try:
         serverFromString(MemoryReactor(), description)
+        spec = listen_spec(description)
     except Exception as e:  # Twisted's parsers raise many kinds; each is a config problem.
         reader.problem(key, f"not a valid server endpoint: {e or type(e).__name__}")
+        return
+    if spec is None:
+        return  # not TCP (unix:, systemd:): nothing more to check here
+    if not 0 <= spec.port <= 65535:
+        reader.problem(key, f"port {spec.port} is out of range (0 to 65535)")
+    if spec.interface:
+        try:
+            ipaddress.ip_address(spec.interface)
+        except ValueError:
+            reader.problem(key, f"interface {spec.interface} is not an IP address")
 
 
 def _check_client_endpoint(reader: _Reader, key: str, description: str) -> None:
@@ -707,6 +718,11 @@ def _ldap(reader: _Reader, table: _Table) -> LDAPConfig:
     for name, placeholder in (("filter", "{address}"), ("auth_filter", "{login}")):
         if placeholder not in getattr(config, name):
             reader.problem(table.key(name), f"must contain {placeholder}")
+    if config.auth_method is LDAPAuthMethod.COMPARE and not attributes.password:
+        reader.problem(
+            table.key("auth_method"),
+            "'compare' needs the password attribute (attributes.password must not be empty)",
+        )
     if url.startswith("ldaps:") and config.start_tls:
         reader.problem(table.key("start_tls"), "ldaps:// is already TLS; drop start_tls")
     return config
@@ -826,12 +842,20 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
             parse_host_spec(config.smarthost)
         except HostSpecError as e:
             reader.problem(table.key("smarthost"), str(e))
-    if config.smarthost_login and config.smarthost_password is None:
+    # A secret given in a file that could not be used has its own problem line already.
+    given = {
+        name for name in ("smarthost_password", "pop_password") if f"{name}_file" in table.data
+    }
+    if (
+        config.smarthost_login
+        and config.smarthost_password is None
+        and "smarthost_password" not in given
+    ):
         reader.problem(table.key("smarthost_password"), "required with smarthost_login")
     if config.pop_before_smtp:
         if parse_host_port(config.pop_server) is None:
             reader.problem(table.key("pop_server"), "must be host:port with pop_before_smtp")
-        if not config.pop_login or config.pop_password is None:
+        if not config.pop_login or (config.pop_password is None and "pop_password" not in given):
             reader.problem(table.key("pop_login"), "pop_login and pop_password are required")
     if config.per_account_mailbox_password and not config.per_account_auth:
         reader.problem(

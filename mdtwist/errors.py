@@ -48,3 +48,9 @@ class SpoolError(MdtwistError):
     """
     A message could not be stored (disk full, I/O error); callers answer C{452 4.3.1}.
     """
+
+
+class StartupError(MdtwistError):
+    """
+    The server cannot start (a listener cannot be opened); its text is the one line to show.
+    """

@@ -20,6 +20,7 @@ from mdtwist.errors import ConfigError
 from mdtwist.services import make_service
 from mdtwist.shards import parse_fds
 from mdtwist.spool.store import MAX_SHARDS
+from mdtwist.startup import one_line_startup_errors
 
 
 class Options(usage.Options):
@@ -65,15 +66,19 @@ def build(
     reactor: IReactorCore,
     stderr: TextIO = sys.stderr,
     argv: Sequence[str] = (),
+    stdout: TextIO = sys.stdout,
 ) -> IService:
     """
     Load the configuration and build the service tree, or report why not.
 
-    With C{--check}, exit after the checks: 0 when the configuration is good, 1 when not.
+    With C{--check}, exit after the checks: 0 when the configuration is good (saying so on
+    standard output), 1 when not. Without it, the spool directory is locked for this process
+    (a second server on the same spool is refused here).
 
     @param options: the parsed command line.
     @param reactor: the reactor the services run on.
     @param stderr: where problems are written.
+    @param stdout: where C{--check} says that the configuration is valid.
     @param argv: twistd's command line, for the child processes of C{server.processes}.
     @return: the top service.
     @raise SystemExit: on a bad configuration (status 1), and after C{--check} (status 0).
@@ -86,13 +91,14 @@ def build(
             shard=options["shard"],
             listen_fds=options["listen-fds"],
             argv=argv,
+            lock_spool=not options["check"],
         )
     except ConfigError as e:
         for line in e.problems:
             print(line, file=stderr)
         raise SystemExit(1) from None
     if options["check"]:
-        print(f"{options['config']}: configuration is valid", file=stderr)
+        print(f"{options['config']}: configuration is valid", file=stdout)
         raise SystemExit(0)
     return service
 
@@ -106,4 +112,6 @@ def makeService(options: Options) -> IService:  # noqa: N802 - the name twistd c
     """
     from twisted.internet import reactor
 
+    # A listener that cannot open stops start-up with one line, not a traceback.
+    one_line_startup_errors()
     return build(options, reactor, argv=sys.argv)

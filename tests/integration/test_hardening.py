@@ -5,8 +5,11 @@ what it sends back.
 
 from __future__ import annotations
 
+import os
 import smtplib
+import socket
 import ssl
+import subprocess
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -225,3 +228,154 @@ class SessionCapTests(SynchronousTestCase):
 
         self.assertTrue(wait_for(served))
         self.assertIn("too many sessions in this process, refused 127.0.0.1", daemon.log())
+
+
+def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        check=False,
+    )
+
+
+class StartupTests(SynchronousTestCase):
+    """
+    Start-up fails safely: every listener opens or the server does not start, --check names
+    every bad listener, and one spool serves one server.
+    """
+
+    def setUp(self) -> None:
+        self.daemon = Daemon(Path(self.mktemp()))
+        self.addCleanup(self.daemon.stop)
+
+    def occupy(self, port: int) -> None:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", port))
+        taken.listen(1)
+
+    def test_listener_in_use_foreground(self) -> None:
+        """
+        With the submission port taken, twistd in the foreground exits 1 with one line naming
+        the listener and the reason, and no traceback.
+        """
+        self.occupy(self.daemon.submission_port)
+        result = _run(self.daemon.command())
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        endpoint = f"tcp:{self.daemon.submission_port}:interface=127.0.0.1"
+        line = f"smtp.listen[1].endpoint: cannot listen on {endpoint}: Address already in use"
+        self.assertEqual(result.stderr, f"mdtwist: {line}\n")
+        self.assertIn(f"Not starting: {line}", result.stdout)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+    def test_listener_in_use_with_processes(self) -> None:
+        """
+        With C{server.processes = 2} (SO_REUSEPORT sockets opened by the first process), a
+        taken port stops start-up the same way, before any child process starts.
+        """
+        daemon = Daemon(Path(self.mktemp()), server_extra="processes = 2")
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", daemon.mx_port))
+        taken.listen(1)
+        result = _run(daemon.command())
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertEqual(
+            result.stderr,
+            f"mdtwist: smtp.listen[0].endpoint: cannot listen on 127.0.0.1 port"
+            f" {daemon.mx_port}: Address already in use\n",
+        )
+        self.assertNotIn("shard-1", result.stdout)
+
+    def test_listener_in_use_daemonised(self) -> None:
+        """
+        In the background, twistd exits 1 (not 0), says why, and leaves no pidfile; the log
+        file has the line.
+        """
+        self.occupy(self.daemon.mx_port)
+        pidfile = self.daemon.directory / "twistd.pid"
+        logfile = self.daemon.directory / "twistd.log"
+        command = [
+            part
+            for part in self.daemon.command()
+            if part
+            not in ("--nodaemon", "--pidfile=", "--logger", "mdtwist.logging.text_observer")
+        ]
+        command[1:1] = [f"--pidfile={pidfile}", f"--logfile={logfile}"]
+        result = _run(command)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn("An error has occurred", result.stderr)
+        self.assertIn("cannot listen on tcp:", result.stderr)
+        self.assertFalse(pidfile.exists())
+        self.assertIn(
+            "smtp.listen[0].endpoint: cannot listen on "
+            f"tcp:{self.daemon.mx_port}:interface=127.0.0.1: Address already in use",
+            logfile.read_text(),
+        )
+
+    def test_check_refuses_bad_listeners(self) -> None:
+        """
+        --check refuses port 99999, port -5 and interface 999.1.1.1, one
+        C{file: key: reason} line each.
+        """
+        config = self.daemon.config
+        text = config.read_text()
+        for endpoint, reason in [
+            ("tcp:99999", "port 99999 is out of range (0 to 65535)"),
+            ("tcp:-5", "port -5 is out of range (0 to 65535)"),
+            ("tcp:2525:interface=999.1.1.1", "interface 999.1.1.1 is not an IP address"),
+        ]:
+            config.write_text(
+                text.replace(f"tcp:{self.daemon.mx_port}:interface=127.0.0.1", endpoint)
+            )
+            result = _run(self.daemon.command("--check"))
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertEqual(result.stderr, f"{config}: smtp.listen[0].endpoint: {reason}\n")
+
+    def test_check_messages(self) -> None:
+        """
+        --check says "configuration is valid" on standard output; a missing accounts file is
+        named by its key; a duplicate account names the entry it duplicates.
+        """
+        result = _run(self.daemon.command("--check"))
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertEqual(result.stdout, f"{self.daemon.config}: configuration is valid\n")
+        accounts = self.daemon.directory / "accounts.toml"
+        good = accounts.read_text()
+        duplicate = good + good[good.index("[[account]]") :]
+        accounts.write_text(duplicate)
+        result = _run(self.daemon.command("--check"))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(
+            f"{accounts}: account[2]: address {ALICE} is already used by account[0] ({ALICE})",
+            result.stderr,
+        )
+        accounts.unlink()
+        result = _run(self.daemon.command("--check"))
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr,
+            f"{self.daemon.config}: directory.file.path: cannot read {accounts}:"
+            " No such file or directory\n",
+        )
+
+    def test_second_server_on_one_spool(self) -> None:
+        """
+        A second server on the same spool is refused with one line naming the spool and the
+        PID of the running one, which goes on serving.
+        """
+        self.daemon.start()
+        assert self.daemon.process is not None
+        second = _run(self.daemon.command())
+        self.assertEqual(second.returncode, 1, second.stdout + second.stderr)
+        self.assertEqual(
+            second.stderr,
+            f"{self.daemon.config}: spool.directory: {self.daemon.spool} is in use by another"
+            f" process (PID {self.daemon.process.pid})\n",
+        )
+        conversation = Conversation(self.daemon.mx_port)
+        self.addCleanup(conversation.close)
+        self.assertTrue(conversation.reply().startswith(b"220 "))
