@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -23,7 +23,12 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from mdtwist.delivery.local import DeliveryResult, DeliveryStatus, ILocalDelivery
+from mdtwist.delivery.local import (
+    DeliveryResult,
+    DeliveryStatus,
+    ILocalDelivery,
+    forwarding_loop,
+)
 from mdtwist.directory.model import Account
 from mdtwist.smtp.core.errors import RemoteProtocolError
 from mdtwist.smtp.core.framing import dot_stuff
@@ -203,8 +208,13 @@ class LMTPDelivery:
         @param recipient: the envelope recipient this copy is for.
         @param body: the message.
         @param sender: the envelope sender.
-        @return: a Deferred firing with the result (never failing).
+        @return: a Deferred firing with the result (never failing); a forwarding loop (see
+            L{forwarding_loop}) fails at once, without asking the LMTP server.
         """
+        loop = forwarding_loop(account, recipient, body)
+        if loop is not None:
+            log.warn("Not delivered to {rcpt}: {reason}", rcpt=recipient, reason=loop.reason)
+            return succeed(loop)
         session = LMTPSession(
             self._hostname, sender, account.address, body, self._clock, self._timeout
         )

@@ -9,6 +9,11 @@ fsynced into their parents. The blocking work runs on a thread through C{run}.
 
 Stored copies have Unix line ends (C{LF}), as Maildir readers expect, and start with a
 C{Return-Path:} line with the envelope sender and a C{Delivered-To:} line naming the account.
+
+Loops: a message that already carries a C{Delivered-To:} field naming the account (or the
+address it was sent to) has been delivered here before and came back (a forward to an address
+that forwards back): it is not delivered again but fails with C{5.4.6} "mail forwarding loop",
+as Postfix's local(8) does. L{forwarding_loop} is the check; the LMTP delivery makes it too.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from mdtwist.durable import fsync_directory, write_new_file
+from mdtwist.logging import escape_text
 
 if TYPE_CHECKING:
     from mdtwist.directory.model import Account
@@ -67,6 +73,34 @@ class DeliveryResult:
     status: DeliveryStatus
     enhanced: str
     reason: str = ""
+
+
+_DELIVERED_TO = b"delivered-to:"
+
+
+def forwarding_loop(account: Account, recipient: str, body: bytes) -> DeliveryResult | None:
+    """
+    Find a forwarding loop: a C{Delivered-To:} field in the header section of the message
+    naming the account's address or the recipient (in any case).
+
+    @param account: the account the copy is for.
+    @param recipient: the envelope recipient.
+    @param body: the message, CRLF line ends.
+    @return: the permanent failure (C{5.4.6}) to report, or L{None} when there is no loop.
+    """
+    end = body.find(b"\r\n\r\n")
+    header = body if end < 0 else body[: end + 2]
+    if _DELIVERED_TO not in header.lower():
+        return None
+    ours = {account.address.lower(), recipient.lower()}
+    for line in header.split(b"\r\n"):
+        if line[:13].lower() == _DELIVERED_TO:
+            value = line[13:].strip().strip(b"<>").decode("utf-8", "replace").lower()
+            if value in ours:
+                return DeliveryResult(
+                    DeliveryStatus.PERMANENT, "5.4.6", f"mail forwarding loop for {value}"
+                )
+    return None
 
 
 class ILocalDelivery(Interface):
@@ -249,6 +283,14 @@ class MaildirDelivery:
             return succeed(
                 DeliveryResult(DeliveryStatus.TEMPORARY, "4.3.5", "account data unusable")
             )
+        loop = forwarding_loop(account, recipient, body)
+        if loop is not None:
+            log.warn(
+                "Not delivered to {rcpt}: {reason}",
+                rcpt=escape_text(recipient),
+                reason=loop.reason,
+            )
+            return succeed(loop)
         header = f"Return-Path: <{sender}>\nDelivered-To: {account.address}\n".encode()
         d: Deferred[None] = self._run(
             _write_copy, self._root, maildir, self.unique_name(), header, body, self._known

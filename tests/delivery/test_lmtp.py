@@ -5,13 +5,15 @@ Tests for L{mdtwist.delivery.lmtp} on an in-memory transport.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.delivery.lmtp import LMTPSession
+from mdtwist.delivery.lmtp import LMTPDelivery, LMTPSession
 from mdtwist.delivery.local import DeliveryResult, DeliveryStatus
+from tests.spool.fakes import make_account
 
 BODY = b"Subject: hi\r\n\r\n.leading dot\r\nlast line"
 
@@ -145,3 +147,28 @@ class ResultTests(SynchronousTestCase):
         session.connectionLost(Failure(ConnectionError()))
         d: Deferred[DeliveryResult] = session.result
         self.assertIsInstance(self.successResultOf(d), DeliveryResult)
+
+
+class LoopTests(SynchronousTestCase):
+    """
+    L{LMTPDelivery} refuses a forwarding loop without asking the LMTP server.
+    """
+
+    def test_loop(self) -> None:
+        """
+        A copy whose C{Delivered-To:} names the account fails with C{5.4.6}; no connection
+        is made.
+        """
+        connects: list[object] = []
+
+        def endpoint() -> IStreamClientEndpoint:
+            connects.append(1)
+            raise AssertionError("no connection expected")
+
+        delivery = LMTPDelivery(endpoint, Clock(), "mx.example")
+        body = b"Delivered-To: alice@example.com\r\n\r\nbody\r\n"
+        result = self.successResultOf(
+            delivery.deliver(make_account("alice@example.com"), "alice@example.com", body)
+        )
+        self.assertEqual((result.status, result.enhanced), (DeliveryStatus.PERMANENT, "5.4.6"))
+        self.assertEqual(connects, [])

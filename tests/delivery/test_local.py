@@ -18,6 +18,7 @@ from mdtwist.delivery.local import (
     DeliveryStatus,
     ILocalDelivery,
     MaildirDelivery,
+    forwarding_loop,
     write_maildir_message,
 )
 from tests.spool.fakes import make_account, run_now
@@ -65,6 +66,38 @@ class MaildirDeliveryTests(SynchronousTestCase):
         )
         self.assertEqual(list((self.maildir() / "tmp").iterdir()), [])
         self.assertTrue((self.maildir() / "cur").is_dir())
+
+    def test_forwarding_loop(self) -> None:
+        """
+        A message whose header section already has C{Delivered-To:} naming the account (any
+        case, with or without angle brackets) or the recipient is not delivered: it fails
+        permanently with C{5.4.6} "mail forwarding loop", as with Postfix's local(8).
+        """
+        for field in [
+            b"Delivered-To: alice@example.com",
+            b"DELIVERED-TO:   <Alice@Example.com>",
+            b"Delivered-To: al@example.com",
+        ]:
+            body = b"Received: x\r\n" + field + b"\r\nSubject: hi\r\n\r\nbody\r\n"
+            result = self.successResultOf(
+                self.delivery.deliver(self.alice, "al@example.com", body, "s@e.test")
+            )
+            self.assertEqual(
+                (result.status, result.enhanced), (DeliveryStatus.PERMANENT, "5.4.6"), field
+            )
+            self.assertTrue(result.reason.startswith("mail forwarding loop for "), result)
+        self.assertFalse((self.maildir() / "new").exists())
+
+    def test_no_loop(self) -> None:
+        """
+        C{Delivered-To:} for another address, or in the body, is no loop.
+        """
+        for body in [
+            b"Delivered-To: bob@example.com\r\n\r\nbody\r\n",
+            b"Subject: x\r\n\r\nDelivered-To: alice@example.com\r\n",
+            b"X-Delivered-To: alice@example.com\r\n\r\nbody\r\n",
+        ]:
+            self.assertIsNone(forwarding_loop(self.alice, "alice@example.com", body), body)
 
     def test_creates_root(self) -> None:
         """A mail root that does not exist yet is created."""

@@ -127,6 +127,26 @@ class WireTests(SynchronousTestCase):
         [message] = self.delivered(ALICE)
         self.assertIn(b"\nReceived: from [127.0.0.1] (invalid HELO x%3By%3Dz)\n", message)
 
+    def test_delivered_to_loop(self) -> None:
+        """
+        A message that already says C{Delivered-To: alice@example.test} came back to alice in
+        a loop: it is not delivered again, and its sender (bob, local) gets a failure notice
+        with C{5.4.6} and "mail forwarding loop".
+        """
+        conversation = self.conversation()
+        conversation.command(b"EHLO forwarder.test")
+        conversation.command(b"MAIL FROM:<bob@example.test>")
+        conversation.command(b"RCPT TO:<alice@example.test>")
+        conversation.command(b"DATA")
+        answer = conversation.command(
+            b"Delivered-To: alice@example.test\r\nSubject: looping\r\n\r\nround again\r\n."
+        )
+        self.assertTrue(answer.startswith(b"250 2.0.0"), answer)
+        [notice] = self.delivered(BOB)
+        self.assertIn(b"Status: 5.4.6", notice)
+        self.assertIn(b"mail forwarding loop for alice@example.test", notice)
+        self.assertEqual(self.daemon.messages(ALICE), [])
+
     def test_sender_must_match_login(self) -> None:
         """
         On the submission listener, alice may send as herself and as her alias, and with the
