@@ -209,6 +209,9 @@ class FileDirectoryConfig:
 class LDAPAttributes:
     """
     The names of the LDAP attributes mdtwist reads; an empty name means "not used".
+
+    C{mailbox} names the Maildir of an account (such as C{uid}); when it is not used, or an
+    entry has no value, the Maildir is named after the local part of the primary address.
     """
 
     mail: str = "mail"
@@ -222,6 +225,7 @@ class LDAPAttributes:
     smarthost_login: str = ""
     smarthost_password: str = ""
     gateway_login: str = ""
+    mailbox: str = ""
 
 
 @attrs.frozen

@@ -248,6 +248,36 @@ class MaildirDelivery:
             return None
         return self._root / domain / account.mailbox / "Maildir"
 
+    def former_maildirs(self, account: Account, maildir: Path) -> tuple[Path, ...]:
+        """
+        The Maildirs an account's mail may already be in under an earlier naming: one per
+        address of the account (named after its local part), in a fixed order.
+
+        An LDAP account's Maildir used to be named after whichever C{mail} value the server
+        returned first; the name no longer depends on that order, and a delivery goes on
+        into such an existing Maildir while the account's own one does not exist (see
+        L{choose_maildir}), so no mail is split and none already there is lost from sight.
+
+        An account whose Maildir is named by a directory attribute (C{attributes.mailbox},
+        such as C{uid}) has no former Maildirs: another account's attribute value could equal
+        the local part of one of its addresses, and its mail must never go there.
+
+        @param account: the account.
+        @param maildir: its Maildir (L{maildir_for}), left out.
+        @return: the other candidate Maildirs.
+        """
+        if account.mailbox != account.address.rpartition("@")[0]:
+            return ()
+        found: list[Path] = []
+        for address in sorted(account.addresses, key=str.lower):
+            local, _, domain = address.rpartition("@")
+            domain = domain.lower()
+            if _is_safe_component(domain) and _is_safe_component(local):
+                path = self._root / domain / local / "Maildir"
+                if path != maildir and path not in found:
+                    found.append(path)
+        return tuple(found)
+
     def unique_name(self) -> str:
         """
         Make a file name that no other delivery uses.
@@ -293,7 +323,14 @@ class MaildirDelivery:
             return succeed(loop)
         header = f"Return-Path: <{sender}>\nDelivered-To: {account.address}\n".encode()
         d: Deferred[None] = self._run(
-            _write_copy, self._root, maildir, self.unique_name(), header, body, self._known
+            _write_copy,
+            self._root,
+            maildir,
+            self.former_maildirs(account, maildir),
+            self.unique_name(),
+            header,
+            body,
+            self._known,
         )
 
         def delivered(_: None) -> DeliveryResult:
@@ -316,7 +353,32 @@ class MaildirDelivery:
         return d.addCallbacks(delivered, failed)
 
 
+def choose_maildir(maildir: Path, former: tuple[Path, ...], known: set[Path]) -> Path:
+    """
+    Pick the Maildir a copy goes to (blocking: it may look at the disk).
+
+    @param maildir: the account's Maildir.
+    @param former: Maildirs of an earlier naming (L{MaildirDelivery.former_maildirs}).
+    @param known: Maildirs known to exist.
+    @return: C{maildir} when it exists or no former one does; else the first former one that
+        exists.
+    """
+    if maildir in known or not former or maildir.is_dir():
+        return maildir
+    for path in former:
+        if path.is_dir():  # looked at each time: a former Maildir may be moved away
+            return path
+    return maildir
+
+
 def _write_copy(
-    root: Path, maildir: Path, name: str, header: bytes, body: bytes, known: set[Path]
+    root: Path,
+    maildir: Path,
+    former: tuple[Path, ...],
+    name: str,
+    header: bytes,
+    body: bytes,
+    known: set[Path],
 ) -> None:
-    write_maildir_message(root, maildir, name, header + body.replace(b"\r\n", b"\n"), known)
+    target = choose_maildir(maildir, former, known)
+    write_maildir_message(root, target, name, header + body.replace(b"\r\n", b"\n"), known)

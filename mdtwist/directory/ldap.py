@@ -177,6 +177,31 @@ def fill_filter(template: str, placeholder: str, value: str) -> str:
     return template.replace(placeholder, escaped)
 
 
+def _by_key(address: Address) -> str:
+    return address.key
+
+
+def primary_address(mails: Sequence[Address], login: str | None) -> Address:
+    """
+    Choose the primary address of an entry among its C{mail} values, whatever order the
+    server returned them in (LDAP values have none): the value whose local part is the login
+    (C{uid}), in any case; otherwise the lowest value in lower case.
+
+    The Maildir is named after the primary address's local part (or after the configured
+    C{attributes.mailbox}), so this choice must not change from one search to the next.
+
+    @param mails: the usable C{mail} values, at least one.
+    @param login: the login attribute's value, or L{None}.
+    @return: the primary address.
+    """
+    ordered = sorted(mails, key=_by_key)
+    if login:
+        for address in ordered:
+            if address.local.lower() == login.lower():
+                return address
+    return ordered[0]
+
+
 def _requested_attributes(names: LDAPAttributes) -> list[str]:
     # The attributes a search asks for: every configured one except the password.
     wanted = [
@@ -190,6 +215,7 @@ def _requested_attributes(names: LDAPAttributes) -> list[str]:
         names.smarthost_login,
         names.smarthost_password,
         names.gateway_login,
+        names.mailbox,
     ]
     result: list[str] = []
     for name in wanted:
@@ -538,10 +564,19 @@ class LDAPDirectory:
         if not mails:
             self.log.error("LDAP entry {dn} has no usable mail address", dn=dn)
             raise DirectoryUnavailable(f"LDAP entry {dn} has no usable mail address")
-        primary = mails[0]
+        login = _first(attributes, names.login)
+        primary = primary_address(mails, login)
+        mailbox = primary.local
+        if names.mailbox:
+            chosen = sorted(_values(attributes, names.mailbox))
+            if chosen:
+                mailbox = chosen[0]
         aliases: list[str] = []
         seen = {primary.key}
-        for alias in (*mails[1:], *self._addresses(dn, _values(attributes, names.alias))):
+        for alias in (
+            *sorted(mails, key=_by_key),
+            *self._addresses(dn, _values(attributes, names.alias)),
+        ):
             if alias.key not in seen:
                 seen.add(alias.key)
                 aliases.append(str(alias))
@@ -549,9 +584,9 @@ class LDAPDirectory:
         smarthost_password = _first(attributes, names.smarthost_password)
         return Account(
             address=str(primary),
-            mailbox=primary.local,
+            mailbox=mailbox,
             domain=primary.domain,
-            login=_first(attributes, names.login) or str(primary),
+            login=login or str(primary),
             aliases=tuple(aliases),
             display_name=_first(attributes, names.display_name) or "",
             first_name=_first(attributes, names.first_name) or "",

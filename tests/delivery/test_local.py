@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -205,3 +206,64 @@ class WriteMaildirMessageTests(SynchronousTestCase):
         self.assertEqual([p.name for p in (maildir / "new").iterdir()], ["two"])
         self.assertEqual(list((maildir / "tmp").iterdir()), [])
         self.assertTrue((maildir / "cur").is_dir())
+
+
+class FormerMaildirTests(SynchronousTestCase):
+    """
+    An account's mail goes on into a Maildir named after another of its addresses while its
+    own Maildir does not exist (the name used to depend on LDAP value order).
+    """
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.root.mkdir()
+        self.delivery = MaildirDelivery(self.root, run_now, Clock(), hostname="mx.example")
+
+    def deliver(self, account: Any) -> None:
+        result = self.successResultOf(self.delivery.deliver(account, account.address, BODY))
+        self.assertEqual(result.status, DeliveryStatus.DELIVERED)
+
+    def test_existing_former_maildir(self) -> None:
+        """
+        With only C{a.example}'s Maildir on disk (made when that value came first), a copy
+        for the account whose primary is C{alice} goes there; without any, into C{alice}'s.
+        """
+        account = make_account("alice@example.com")
+        account = attrs.evolve(account, aliases=("a.example@example.com",))
+        former = self.root / "example.com" / "a.example" / "Maildir"
+        for folder in ("new", "cur", "tmp"):
+            (former / folder).mkdir(parents=True)
+        self.deliver(account)
+        self.assertEqual(len(list((former / "new").iterdir())), 1)
+        self.assertFalse((self.root / "example.com" / "alice").exists())
+        shutil.rmtree(former.parent)
+        self.deliver(account)
+        self.assertEqual(
+            len(list((self.root / "example.com" / "alice" / "Maildir" / "new").iterdir())), 1
+        )
+
+    def test_own_maildir_wins(self) -> None:
+        """
+        When the account's own Maildir exists, it is used even if a former one exists too.
+        """
+        account = attrs.evolve(
+            make_account("alice@example.com"), aliases=("a.example@example.com",)
+        )
+        self.deliver(account)
+        former = self.root / "example.com" / "a.example" / "Maildir" / "new"
+        former.mkdir(parents=True)
+        self.deliver(account)
+        own = self.root / "example.com" / "alice" / "Maildir" / "new"
+        self.assertEqual((len(list(own.iterdir())), list(former.iterdir())), (2, []))
+
+    def test_named_by_attribute(self) -> None:
+        """
+        A Maildir named by a directory attribute (mailbox not the address's local part) has
+        no former Maildirs: another account's Maildir is never used.
+        """
+        account = attrs.evolve(
+            make_account("alice@example.com"), mailbox="u1001", aliases=("bob@example.com",)
+        )
+        maildir = self.delivery.maildir_for(account)
+        assert maildir is not None
+        self.assertEqual(self.delivery.former_maildirs(account, maildir), ())

@@ -147,6 +147,25 @@ class WireTests(SynchronousTestCase):
         self.assertIn(b"mail forwarding loop for alice@example.test", notice)
         self.assertEqual(self.daemon.messages(ALICE), [])
 
+    def test_existing_maildir_stays_reachable(self) -> None:
+        """
+        A Maildir named after another address of the account (as an LDAP account's Maildir
+        was when that value came back first) keeps getting the account's mail while the
+        account's own Maildir does not exist.
+        """
+        former = self.daemon.directory / "mail" / "example.test" / "al" / "Maildir"
+        for folder in ("new", "cur", "tmp"):
+            (former / folder).mkdir(parents=True)
+        conversation = self.conversation()
+        conversation.command(b"EHLO client.test")
+        conversation.command(b"MAIL FROM:<a@elsewhere.test>")
+        conversation.command(b"RCPT TO:<alice@example.test>")
+        conversation.command(b"DATA")
+        answer = conversation.command(b"Subject: old home\r\n\r\ntext\r\n.")
+        self.assertTrue(answer.startswith(b"250 2.0.0"), answer)
+        self.assertTrue(wait_for(lambda: len(list((former / "new").iterdir())) == 1))
+        self.assertEqual(self.daemon.messages(ALICE), [])
+
     def test_sender_must_match_login(self) -> None:
         """
         On the submission listener, alice may send as herself and as her alias, and with the
