@@ -24,6 +24,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from mdtwist.delivery.local import (
+    CopyId,
     DeliveryResult,
     DeliveryStatus,
     ILocalDelivery,
@@ -199,7 +200,12 @@ class LMTPDelivery:
         self._timeout = timeout
 
     def deliver(
-        self, account: Account, recipient: str, body: bytes, sender: str = ""
+        self,
+        account: Account,
+        recipient: str,
+        body: bytes,
+        sender: str = "",
+        copy: CopyId | None = None,
     ) -> Deferred[DeliveryResult]:
         """
         Deliver one copy to the LMTP server, which is asked for the account's primary address.
@@ -208,6 +214,7 @@ class LMTPDelivery:
         @param recipient: the envelope recipient this copy is for.
         @param body: the message.
         @param sender: the envelope sender.
+        @param copy: not used: an LMTP server cannot be asked whether it has a copy already.
         @return: a Deferred firing with the result (never failing); a forwarding loop (see
             L{forwarding_loop}) fails at once, without asking the LMTP server.
         """

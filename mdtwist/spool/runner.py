@@ -58,7 +58,7 @@ from mdtwist.delivery.dsn import (
     split_header_section,
     wants_notice,
 )
-from mdtwist.delivery.local import DeliveryStatus, ILocalDelivery
+from mdtwist.delivery.local import CopyId, DeliveryStatus, ILocalDelivery
 from mdtwist.envelope import Recipient, RecipientState
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory
@@ -359,7 +359,11 @@ class QueueRunner(Service):
                 assert message.body is not None
                 try:
                     delivery = await self._local.deliver(
-                        account, recipient.address, message.body, message.envelope.sender
+                        account,
+                        recipient.address,
+                        message.body,
+                        message.envelope.sender,
+                        CopyId(message.queue_id, position, message.envelope.arrival),
                     )
                 except Exception:
                     log.failure(

@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mdtwist.delivery.local import (
+    CopyId,
     DeliveryResult,
     DeliveryStatus,
     ILocalDelivery,
@@ -23,6 +24,7 @@ from mdtwist.delivery.local import (
     write_maildir_message,
 )
 from tests.spool.fakes import make_account, run_now
+from tests.support.logs import capture_logs
 
 BODY = b"Subject: hi\r\n\r\nline one\r\nline two\r\n"
 
@@ -267,3 +269,70 @@ class FormerMaildirTests(SynchronousTestCase):
         maildir = self.delivery.maildir_for(account)
         assert maildir is not None
         self.assertEqual(self.delivery.former_maildirs(account, maildir), ())
+
+
+class CopyIdTests(SynchronousTestCase):
+    """
+    A copy named by a L{CopyId} is delivered at most once into C{new/}: a second attempt
+    (after a crash kept the spool from recording the first) finds it there.
+    """
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.root.mkdir()
+        self.delivery = MaildirDelivery(self.root, run_now, Clock(), hostname="mx.example")
+        self.alice = make_account("alice@example.com")
+        self.new = self.root / "example.com" / "alice" / "Maildir" / "new"
+
+    def deliver(self, copy: CopyId | None, body: bytes = BODY) -> DeliveryResult:
+        return self.successResultOf(
+            self.delivery.deliver(self.alice, "alice@example.com", body, "s@e.test", copy)
+        )
+
+    def test_name(self) -> None:
+        """
+        The name holds the arrival time, the queue id, the position and the host.
+        """
+        self.assertEqual(
+            self.delivery.copy_name(CopyId("00000000002A", 3, 1700000000.25)),
+            "1700000000.M250000Q00000000002AR3.mx.example",
+        )
+
+    def test_second_attempt_not_delivered_again(self) -> None:
+        """
+        The same copy twice: one file, both attempts count as delivered, C{tmp/} is empty,
+        and the second is logged. Another position of the same message is another copy.
+        """
+        events = capture_logs(self)
+        copy = CopyId("00000000002A", 0, 1700000000.25)
+        self.assertEqual(self.deliver(copy).status, DeliveryStatus.DELIVERED)
+        self.assertEqual(self.deliver(copy).status, DeliveryStatus.DELIVERED)
+        self.assertEqual([p.name for p in self.new.iterdir()], [self.delivery.copy_name(copy)])
+        self.assertEqual(list((self.new.parent / "tmp").iterdir()), [])
+        self.assertEqual(
+            len([e for e in events if "not delivered again" in e.get("log_format", "")]), 1
+        )
+        self.deliver(CopyId("00000000002A", 1, 1700000000.25))
+        self.assertEqual(len(list(self.new.iterdir())), 2)
+
+    def test_link_keeps_existing(self) -> None:
+        """
+        A file of the copy's name that appears after the check is kept as it is: the new one
+        is linked, never renamed over it, and its temporary file goes.
+        """
+        copy = CopyId("00000000002B", 0, 1.0)
+        self.deliver(None)  # the Maildir exists
+        name = self.delivery.copy_name(copy)
+        maildir = self.new.parent
+        write_maildir_message(self.root, maildir, "t1", b"first\n", final_name=name)
+        write_maildir_message(self.root, maildir, "t2", b"second\n", final_name=name)
+        self.assertEqual((self.new / name).read_bytes(), b"first\n")
+        self.assertEqual(list((maildir / "tmp").iterdir()), [])
+
+    def test_without_copy_id(self) -> None:
+        """
+        Without a L{CopyId} every delivery is a new file, as before.
+        """
+        self.deliver(None)
+        self.deliver(None)
+        self.assertEqual(len(list(self.new.iterdir())), 2)
