@@ -147,6 +147,28 @@ class WireTests(SynchronousTestCase):
         self.assertIn(b"mail forwarding loop for alice@example.test", notice)
         self.assertEqual(self.daemon.messages(ALICE), [])
 
+    def test_notice_size_limit(self) -> None:
+        """
+        A failure notice returns the whole original up to 50 000 bytes and only its header
+        section beyond that (Postfix's bounce_size_limit), even for a logged-in sender whose
+        DSN requests are honoured in full; the failures here are forwarding loops.
+        """
+        client = self.submission()
+        loop = b"Delivered-To: alice@example.test\r\n"
+        small = loop + b"Subject: small\r\n\r\n" + b"small-body-line\r\n" * 10
+        big = loop + b"Subject: big\r\n\r\n" + (b"big-body-line " + b"y" * 70 + b"\r\n") * 800
+        self.assertGreater(len(big), 50_000)
+        client.sendmail(ALICE, [ALICE], small, mail_options=["RET=FULL"])
+        client.sendmail(ALICE, [ALICE], big, mail_options=["RET=FULL"])
+        notices = self.delivered(ALICE, 2)
+        by_subject = {b"small" if b"Subject: small" in n else b"big": n for n in notices}
+        self.assertIn(b"message/rfc822", by_subject[b"small"])
+        self.assertIn(b"small-body-line", by_subject[b"small"])
+        self.assertIn(b"text/rfc822-headers", by_subject[b"big"])
+        self.assertIn(b"Subject: big", by_subject[b"big"])
+        self.assertNotIn(b"big-body-line", by_subject[b"big"])
+        self.assertLess(len(by_subject[b"big"]), 10_000)
+
     def test_existing_maildir_stays_reachable(self) -> None:
         """
         A Maildir named after another address of the account (as an LDAP account's Maildir
