@@ -121,7 +121,11 @@ class ReceivePolicy:
         except DirectoryUnavailable:
             self.log.warn("directory unavailable for {mail_from}", mail_from=escape_text(sender))
             return TRY_LATER
-        if account is not None and account.login.casefold() == user.casefold():
+        # The session's user is the account's login (or, for a directory that logs in by
+        # address, one of its addresses): either way the sender's account is the session's.
+        if account is not None and user.casefold() in {
+            name.casefold() for name in (account.login, *account.addresses)
+        }:
             return SENDER_OK
         self.log.info(
             "sender {mail_from} refused: not owned by {user}",

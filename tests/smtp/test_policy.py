@@ -165,7 +165,8 @@ class SenderLoginTests(SynchronousTestCase):
     def test_own_addresses(self) -> None:
         """
         The account's primary address, in any case, and an alias of it (the directory finds
-        the account for it) are accepted; so is the null sender.
+        the account for it) are accepted; so is the null sender. A session whose user is one
+        of the account's addresses (not its login) is the same account.
         """
         alias = Account(
             address="alice@local.test",
@@ -179,6 +180,8 @@ class SenderLoginTests(SynchronousTestCase):
         )
         for sender in ["alice@local.test", "Alice@LOCAL.test", "al@local.test", ""]:
             self.assertEqual(self.check(AUTHED, sender).code, 250, sender)
+        by_address = ClientInfo(address="203.0.113.9", helo="laptop", user="Al@local.test")
+        self.assertEqual(self.check(by_address, "alice@local.test").code, 250)
 
     def test_other_addresses_refused(self) -> None:
         """
