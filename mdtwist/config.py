@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableName
 from zope.interface import implementer
 
 from mdtwist.address import parse_address
+from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.errors import ConfigError
@@ -93,10 +94,14 @@ class ListenConfig:
     """
     @ivar endpoint: a Twisted server endpoint string, such as C{tcp:25:interface=127.0.0.1}.
     @ivar mode: the role of the listener.
+    @ivar sender_login_match: whether an authenticated client may only send as its own account
+        (MDaemon's "sender must match the authenticated account"); on by default for
+        C{submission} and C{smtps}, off for C{mx}.
     """
 
     endpoint: str
     mode: ListenerMode
+    sender_login_match: bool = False
 
 
 @attrs.frozen
@@ -122,6 +127,10 @@ class SMTPConfig:
     @ivar max_text_line: the longest message line, in bytes with CRLF.
     @ivar forbid_unauth_pipelining: close with C{554 5.5.0} a client that does not wait for a
         reply it must wait for (RFC 2920; Postfix's C{smtpd_forbid_unauth_pipelining}).
+    @ivar max_sessions: concurrent sessions per process over all listeners; more are greeted
+        with C{421 4.3.2} (100, as Postfix's C{default_process_limit}).
+    @ivar dsn: how the DSN requests of clients that neither authenticated nor are in a
+        trusted network are honoured.
     """
 
     listen: tuple[ListenConfig, ...]
@@ -139,6 +148,8 @@ class SMTPConfig:
     max_command_line: int = 512
     max_text_line: int = 1000
     forbid_unauth_pipelining: bool = True
+    max_sessions: int = 100
+    dsn: DSNRequests = DSNRequests.LIMITED
 
 
 @attrs.frozen
@@ -200,6 +211,9 @@ class FileDirectoryConfig:
 class LDAPAttributes:
     """
     The names of the LDAP attributes mdtwist reads; an empty name means "not used".
+
+    C{mailbox} names the Maildir of an account (such as C{uid}); when it is not used, or an
+    entry has no value, the Maildir is named after the local part of the primary address.
     """
 
     mail: str = "mail"
@@ -213,6 +227,7 @@ class LDAPAttributes:
     smarthost_login: str = ""
     smarthost_password: str = ""
     gateway_login: str = ""
+    mailbox: str = ""
 
 
 @attrs.frozen
@@ -553,9 +568,22 @@ class _ParseOnlyReactor:
 
 def _check_endpoint(reader: _Reader, key: str, description: str) -> None:
     try:
-        serverFromString(_ParseOnlyReactor(), description)
+        endpoint = serverFromString(_ParseOnlyReactor(), description)
     except Exception as e:  # Twisted's parsers raise many kinds; each is a config problem.
         reader.problem(key, f"not a valid server endpoint: {e or type(e).__name__}")
+        return
+    if not isinstance(endpoint, _SHAREABLE_ENDPOINTS):
+        return  # not TCP (unix:, systemd:): nothing more to check here
+    # Twisted keeps what a TCP endpoint listens on in these attributes and nowhere public.
+    port: int = endpoint._port
+    interface: str = endpoint._interface
+    if not 0 <= port <= 65535:
+        reader.problem(key, f"port {port} is out of range (0 to 65535)")
+    if interface:
+        try:
+            ipaddress.ip_address(interface)
+        except ValueError:
+            reader.problem(key, f"interface {interface} is not an IP address")
 
 
 def _check_client_endpoint(reader: _Reader, key: str, description: str) -> None:
@@ -594,6 +622,7 @@ _SMTP_LIMITS = {
     "max_recipients": int,
     "max_errors": int,
     "max_sessions_per_ip": int,
+    "max_sessions": int,
     "max_auth_failures": int,
     "auth_failure_window": float,
     "command_timeout": float,
@@ -612,6 +641,7 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
             "trusted_networks",
             "allow_plaintext_auth",
             "forbid_unauth_pipelining",
+            "dsn",
             *_SMTP_LIMITS,
         },
     )
@@ -623,12 +653,15 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
         if not isinstance(item, dict):
             reader.problem(key, f"expected a table, got {_kind(item)}")
             continue
-        entry = reader.table(item, key, {"endpoint", "mode"})
+        entry = reader.table(item, key, {"endpoint", "mode", "sender_login_match"})
         endpoint = entry.string("endpoint", empty_ok=False)
         mode = entry.choice("mode", ListenerMode)
         if endpoint:
             _check_endpoint(reader, entry.key("endpoint"), endpoint)
-        listeners.append(ListenConfig(endpoint=endpoint, mode=mode))
+        login_match = entry.value("sender_login_match", bool, mode is not ListenerMode.MX)
+        listeners.append(
+            ListenConfig(endpoint=endpoint, mode=mode, sender_login_match=login_match)
+        )
     networks = table.strings("trusted_networks", ())
     for network in networks:
         try:
@@ -649,6 +682,7 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
         trusted_networks=networks,
         allow_plaintext_auth=table.value("allow_plaintext_auth", bool, False),
         forbid_unauth_pipelining=table.value("forbid_unauth_pipelining", bool, True),
+        dsn=table.choice("dsn", DSNRequests, DSNRequests.LIMITED),
         **limits,
     )
 
@@ -757,6 +791,11 @@ def _ldap(reader: _Reader, table: _Table) -> LDAPConfig:
     for name, placeholder in (("filter", "{address}"), ("auth_filter", "{login}")):
         if placeholder not in getattr(config, name):
             reader.problem(table.key(name), f"must contain {placeholder}")
+    if config.auth_method is LDAPAuthMethod.COMPARE and not attributes.password:
+        reader.problem(
+            table.key("auth_method"),
+            "'compare' needs the password attribute (attributes.password must not be empty)",
+        )
     if url.startswith("ldaps:") and config.start_tls:
         reader.problem(table.key("start_tls"), "ldaps:// is already TLS; drop start_tls")
     return config
@@ -876,12 +915,20 @@ def _outbound(reader: _Reader, top: _Table) -> OutboundConfig:
             parse_host_spec(config.smarthost)
         except HostSpecError as e:
             reader.problem(table.key("smarthost"), str(e))
-    if config.smarthost_login and config.smarthost_password is None:
+    # A secret given in a file that could not be used has its own problem line already.
+    given = {
+        name for name in ("smarthost_password", "pop_password") if f"{name}_file" in table.data
+    }
+    if (
+        config.smarthost_login
+        and config.smarthost_password is None
+        and "smarthost_password" not in given
+    ):
         reader.problem(table.key("smarthost_password"), "required with smarthost_login")
     if config.pop_before_smtp:
         if parse_host_port(config.pop_server) is None:
             reader.problem(table.key("pop_server"), "must be host:port with pop_before_smtp")
-        if not config.pop_login or config.pop_password is None:
+        if not config.pop_login or (config.pop_password is None and "pop_password" not in given):
             reader.problem(table.key("pop_login"), "pop_login and pop_password are required")
     if config.per_account_mailbox_password and not config.per_account_auth:
         reader.problem(

@@ -55,5 +55,12 @@ class LoginThrottled(MdtwistError):
     A login was refused unchecked: its client address or its login name failed too often
     lately (see L{mdtwist.portal.LoginPortal}).
 
-    Temporary, and distinct from a wrong password: SMTP answers C{454 4.7.0}, HTTP C{503}.
+    Temporary, and distinct from a wrong password: SMTP answers C{454 4.7.0}, HTTP C{429}
+    with C{Retry-After}.
+    """
+
+
+class StartupError(MdtwistError):
+    """
+    The server cannot start (a listener cannot be opened); its text is the one line to show.
     """

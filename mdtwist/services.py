@@ -5,6 +5,7 @@ Builds the service tree from the configuration and hands every object its collab
 Children start in the order they are added and stop in the reverse order, so the listeners stop
 first, then the queue runner, then the spool is closed, and the thread pools go last:
 
+    spool-lock           the exclusive lock of this process's spool directory (twistd only)
     directory            ThreadPoolService: LDAP calls and password hashing
     spool-io             ThreadPoolService with one thread: the spool's only writer
     spool-read           ThreadPoolService: message loads on read-only connections
@@ -12,7 +13,7 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
     spool                closes the spool database on shutdown
     smtp-client-close    closes idle outbound SMTP connections on shutdown
     queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
-    smtp-N-MODE          one StreamServerEndpointService per [[smtp.listen]]
+    smtp-N-MODE          one RequiredListener per [[smtp.listen]]: each opens, or start-up stops
     control              ControlService: mdtwistctl's UNIX socket (first process only)
 
 With C{server.processes} above 1 (see L{mdtwist.shards}), the first process has C{shards}
@@ -27,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, execute
 from twisted.internet.endpoints import (
@@ -55,6 +55,7 @@ from mdtwist.control.handlers import ProcessFacts, register_basics
 from mdtwist.control.pipe import ChildLinks, ParentLink
 from mdtwist.control.registry import ControlDispatcher, ControlRegistry
 from mdtwist.control.service import ControlService
+from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.hosts import FailedHosts
 from mdtwist.delivery.lmtp import LMTPDelivery
 from mdtwist.delivery.local import ILocalDelivery, MaildirDelivery
@@ -85,10 +86,12 @@ from mdtwist.smtp.client import ClientTimeouts, SMTPClient, trust_root_from_pem
 from mdtwist.smtp.core.client import Credentials
 from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
-from mdtwist.smtp.server import SessionLimits, SMTPServerFactory
+from mdtwist.smtp.server import SessionLimits, SessionTally, SMTPServerFactory
 from mdtwist.smtp.tls import ReloadableTLS
+from mdtwist.spool.lock import SpoolLock, SpoolLocked
 from mdtwist.spool.model import Queue, QueueEntry
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
+from mdtwist.startup import RequiredListener
 from mdtwist.threadpool import ThreadPoolService
 
 _log = Logger()
@@ -153,6 +156,14 @@ def build_directory(
         backend = ldap
     else:
         assert settings.file is not None
+        path = settings.file.path
+        try:
+            path.open("rb").close()
+        except OSError as e:
+            # Named by its key, like every other configuration problem.
+            raise ConfigError(
+                [f"{config.path}: directory.file.path: cannot read {path}: {e.strerror}"]
+            ) from None
         backend = FileDirectory(
             settings.file.path, reactor, run, check_interval=settings.file.check_interval
         )
@@ -160,6 +171,29 @@ def build_directory(
     return CachedDirectory(
         backend, reactor, ttl=cache.ttl, negative_ttl=cache.negative_ttl, size=cache.size
     )
+
+
+def take_spool_lock(config: Config, shard: int = 0) -> SpoolLock:
+    """
+    Take the exclusive lock of a spool directory, creating the directory if need be.
+
+    @param config: the configuration.
+    @param shard: the spool shard (0: the configured spool directory itself).
+    @return: the lock, held; a service that writes the running PID and lets go at shutdown.
+    @raise ConfigError: when another process holds it (the line names the directory and that
+        process's PID), or the lock file cannot be made.
+    """
+    directory = shard_directory(config.spool.directory, shard)
+    problem = f"{config.path}: spool.directory"
+    lock = SpoolLock(directory)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock.acquire()
+    except SpoolLocked as e:
+        raise ConfigError([f"{problem}: {e}"]) from None
+    except OSError as e:
+        raise ConfigError([f"{problem}: cannot use {directory}: {e.strerror}"]) from None
+    return lock
 
 
 def open_spool(
@@ -343,6 +377,7 @@ def smtp_factory(
     tls: IOpenSSLServerConnectionCreator | None,
     reactor: Any,
     portal: LoginPortal,
+    tally: SessionTally | None = None,
 ) -> SMTPServerFactory:
     """
     Build the protocol factory of one SMTP listener.
@@ -354,6 +389,7 @@ def smtp_factory(
     @param tls: the STARTTLS context, or L{None}.
     @param reactor: the clock for timeouts.
     @param portal: the login portal every listener shares (L{login_portal}).
+    @param tally: the process's sessions over every listener (C{smtp.max_sessions}).
     @return: the factory.
     """
     smtp = config.smtp
@@ -377,6 +413,7 @@ def smtp_factory(
         directory,
         trusted_networks=parse_networks(smtp.trusted_networks),
         postmaster=config.server.postmaster,
+        sender_must_match_login=listen.sender_login_match,
     )
     return SMTPServerFactory(
         settings=settings,
@@ -388,6 +425,9 @@ def smtp_factory(
         tls=tls,
         limits=limits,
         keep_auth_password=config.outbound.per_account_mailbox_password,
+        tally=tally,
+        dsn_untrusted=None if smtp.dsn is DSNRequests.HONOUR else smtp.dsn,
+        trusted=policy.trusted,
     )
 
 
@@ -416,6 +456,7 @@ def make_service(
     listen_fds: Sequence[int] = (),
     argv: Sequence[str] = (),
     on_hangup: Callable[[Callable[[], object]], object] | None = None,
+    lock_spool: bool = False,
 ) -> MultiService:
     """
     Build the whole service tree.
@@ -432,12 +473,18 @@ def make_service(
     @param argv: twistd's command line, from which the children's is made.
     @param on_hangup: installs a function to call on SIGHUP (L{mdtwist.tap} does, on the
         reactor thread); given the reload of C{mdtwistctl reload}.
+    @param lock_spool: take the exclusive lock of this process's spool directory (see
+        L{mdtwist.spool.lock}) before the spool is opened; the running server does, C{--check}
+        does not.
     @return: the top service, named C{mdtwist}.
     @raise ConfigError: when a part cannot be built (a bad accounts file, an unusable spool,
-        a certificate that does not load).
+        a certificate that does not load, a spool locked by another server).
     """
     top = MultiService()
     top.setName("mdtwist")
+    if lock_spool:
+        # The first child, so the last to stop: the lock is held until the spool is closed.
+        take_spool_lock(config, shard).setServiceParent(top)
     directory_pool = ThreadPoolService(reactor, "directory", _directory_threads(config))
     spool_pool = ThreadPoolService(reactor, "spool-io", 1)
     read_pool = ThreadPoolService(reactor, "spool-read", 2)
@@ -469,8 +516,10 @@ def make_service(
         tls = ReloadableTLS(config.tls.certificate, config.tls.private_key)
         reloaders.append(tls.reload)
     portal = login_portal(config, directory, reactor)
+    # One tally for every listener of this process (smtp.max_sessions counts per process).
+    tally = SessionTally(config.smtp.max_sessions)
     factories = [
-        smtp_factory(config, listen, directory, spool, tls, reactor, portal)
+        smtp_factory(config, listen, directory, spool, tls, reactor, portal, tally)
         for listen in config.smtp.listen
     ]
     # Features register their control commands here (see mdtwist.control).
@@ -505,7 +554,9 @@ def make_service(
             shared.append((_checked_spec(listen_spec(listen.endpoint)), factory))
             continue
         endpoint = serverFromString(reactor, listen.endpoint)
-        listener = StreamServerEndpointService(endpoint, factory)
+        listener = RequiredListener(
+            endpoint, factory, key=f"smtp.listen[{i}].endpoint", description=listen.endpoint
+        )
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
     links = ChildLinks(reactor, [spec.shard for spec in children])

@@ -58,7 +58,9 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from mdtwist.errors import StartupError
 from mdtwist.logging import SHARD_VARIABLE
+from mdtwist.startup import listen_failure
 
 _log = Logger()
 
@@ -441,13 +443,14 @@ class ShardSupervisor(Service):
         for spec, factory in self._listeners:
             try:
                 sockets = reuseport_sockets(spec, count)
-            except CannotListenError:
-                _log.failure(
-                    "Cannot listen on {interface} port {port}",
-                    interface=spec.interface,
-                    port=spec.port,
+            except CannotListenError as e:
+                line = listen_failure(
+                    f"smtp.listen[{len(self._sockets)}].endpoint",
+                    f"{spec.interface or '*'} port {spec.port}",
+                    e,
                 )
-                return
+                _log.critical("Not starting: {line}", line=line)
+                raise StartupError(line) from None
             self._sockets.append(sockets)
             fd = sockets[0].fileno()
             if spec.tls is not None:

@@ -21,6 +21,7 @@ from mdtwist.errors import ConfigError
 from mdtwist.services import make_service
 from mdtwist.shards import parse_fds
 from mdtwist.spool.store import MAX_SHARDS
+from mdtwist.startup import one_line_startup_errors
 
 
 class Options(usage.Options):
@@ -66,16 +67,20 @@ def build(
     reactor: IReactorCore,
     stderr: TextIO = sys.stderr,
     argv: Sequence[str] = (),
+    stdout: TextIO = sys.stdout,
     on_hangup: Callable[[Callable[[], object]], object] | None = None,
 ) -> IService:
     """
     Load the configuration and build the service tree, or report why not.
 
-    With C{--check}, exit after the checks: 0 when the configuration is good, 1 when not.
+    With C{--check}, exit after the checks: 0 when the configuration is good (saying so on
+    standard output), 1 when not. Without it, the spool directory is locked for this process
+    (a second server on the same spool is refused here).
 
     @param options: the parsed command line.
     @param reactor: the reactor the services run on.
     @param stderr: where problems are written.
+    @param stdout: where C{--check} says that the configuration is valid.
     @param argv: twistd's command line, for the child processes of C{server.processes}.
     @param on_hangup: installs the function SIGHUP calls (L{hangup_installer}).
     @return: the top service.
@@ -90,6 +95,7 @@ def build(
             listen_fds=options["listen-fds"],
             argv=argv,
             on_hangup=on_hangup,
+            lock_spool=not options["check"],
         )
     except ConfigError as e:
         for line in e.problems:
@@ -98,7 +104,7 @@ def build(
     if options["check"]:
         for line in config_warnings(config):
             print(line, file=stderr)
-        print(f"{options['config']}: configuration is valid", file=stderr)
+        print(f"{options['config']}: configuration is valid", file=stdout)
         raise SystemExit(0)
     return service
 
@@ -112,6 +118,8 @@ def makeService(options: Options) -> IService:  # noqa: N802 - the name twistd c
     """
     from twisted.internet import reactor
 
+    # A listener that cannot open stops start-up with one line, not a traceback.
+    one_line_startup_errors()
     return build(options, reactor, argv=sys.argv, on_hangup=hangup_installer(reactor))
 
 

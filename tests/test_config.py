@@ -19,6 +19,7 @@ from mdtwist.config import (
     load_config,
     load_locations,
 )
+from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.router import Mode
 from mdtwist.errors import ConfigError
 from mdtwist.smtp.modes import TLSMode
@@ -218,6 +219,33 @@ class ConfigTests(SynchronousTestCase):
             problem.startswith("smtp.listen[1].endpoint: not a valid server endpoint: "), problem
         )
 
+    def test_endpoint_port_and_interface(self) -> None:
+        """
+        A port outside 0 to 65535 and an interface that is not an IP address are refused with
+        the listener's key; IPv4 and IPv6 addresses and non-TCP endpoints are fine.
+        """
+        listeners = "".join(
+            f'\n[[smtp.listen]]\nendpoint = "{endpoint}"\nmode = "submission"\n'
+            for endpoint in [
+                "tcp:99999",
+                "tcp:-5",
+                "tcp:2525:interface=999.1.1.1",
+                "tcp:2526:interface=mail.example.test",
+                "tcp6:2527:interface=\\\\:\\\\:1",
+                "tcp:0:interface=0.0.0.0",
+                "unix:/tmp/mdtwist.sock",
+            ]
+        )
+        self.assertEqual(
+            self.problems(GOOD + listeners),
+            [
+                "smtp.listen[1].endpoint: port 99999 is out of range (0 to 65535)",
+                "smtp.listen[2].endpoint: port -5 is out of range (0 to 65535)",
+                "smtp.listen[3].endpoint: interface 999.1.1.1 is not an IP address",
+                "smtp.listen[4].endpoint: interface mail.example.test is not an IP address",
+            ],
+        )
+
     def test_bad_mode(self) -> None:
         """
         A listener mode outside the allowed set lists the allowed values.
@@ -313,6 +341,47 @@ class ConfigTests(SynchronousTestCase):
             [
                 "directory.ldap.bind_password_file: "
                 f"{secret_path} is readable by group or others (use chmod 600)"
+            ],
+        )
+
+    def test_secret_file_bad_permissions_one_line(self) -> None:
+        """
+        A smart-host or POP password file that group or others may read is one problem: the
+        password it should have given is not reported missing as well.
+        """
+        extra = (
+            '\n[outbound]\nmode = "smarthost"\nsmarthost = "relay.example.test:25"\n'
+            'smarthost_login = "u"\nsmarthost_password_file = "pw"\npop_before_smtp = true\n'
+            'pop_server = "pop.example.test:110"\npop_login = "u"\npop_password_file = "pw"\n'
+        )
+        path = self.write(GOOD + extra)
+        secret_path = path.parent / "pw"
+        secret_path.write_text("x")
+        os.chmod(secret_path, 0o644)
+        reason = f"{secret_path} is readable by group or others (use chmod 600)"
+        self.assertEqual(
+            self.problems_of(path),
+            [
+                f"outbound.smarthost_password_file: {reason}",
+                f"outbound.pop_password_file: {reason}",
+            ],
+        )
+
+    def test_compare_needs_password_attribute(self) -> None:
+        """
+        C{auth_method = "compare"} with an empty password attribute is refused: there would be
+        nothing to compare with.
+        """
+        path = self.write(
+            self.ldap_config(
+                'auth_method = "compare"\n[directory.ldap.attributes]\npassword = ""\n'
+            )
+        )
+        self.assertEqual(
+            self.problems_of(path),
+            [
+                "directory.ldap.auth_method: 'compare' needs the password attribute"
+                " (attributes.password must not be empty)"
             ],
         )
 
@@ -430,6 +499,36 @@ class ConfigTests(SynchronousTestCase):
             self.problems(bad),
             ["smtp.forbid_unauth_pipelining: expected true or false, got a string"],
         )
+
+    def test_hardening_keys(self) -> None:
+        """
+        C{smtp.max_sessions} (default 100), C{smtp.dsn} (default C{limited}) and each
+        listener's C{sender_login_match} (default on for submission and smtps, off for mx)
+        are read; bad values are named.
+        """
+        config = load_config(self.write(GOOD))
+        self.assertEqual(config.smtp.max_sessions, 100)
+        self.assertIs(config.smtp.dsn, DSNRequests.LIMITED)
+        smtp = '[[smtp.listen]]\nendpoint = "tcp:2525:interface=127.0.0.1"\nmode = "mx"\n'
+        listeners = (
+            smtp
+            + '[[smtp.listen]]\nendpoint = "tcp:2587"\nmode = "submission"\n'
+            + '[[smtp.listen]]\nendpoint = "tcp:2588"\nmode = "submission"\n'
+            + "sender_login_match = false\n"
+            + '[[smtp.listen]]\nendpoint = "tcp:2526"\nmode = "mx"\nsender_login_match = true\n'
+        )
+        text = GOOD.replace(smtp, '[smtp]\nmax_sessions = 7\ndsn = "ignore"\n\n' + listeners)
+        config = load_config(self.write(text))
+        self.assertEqual((config.smtp.max_sessions, config.smtp.dsn), (7, DSNRequests.IGNORE))
+        self.assertEqual(
+            [listen.sender_login_match for listen in config.smtp.listen],
+            [False, True, False, True],
+        )
+        bad = text.replace("max_sessions = 7", "max_sessions = 0").replace('"ignore"', '"all"')
+        problems = self.problems(bad)
+        self.assertIn("smtp.max_sessions: must be greater than 0", problems)
+        self.assertEqual(len(problems), 2, problems)
+        self.assertTrue(problems[1].startswith("smtp.dsn: "), problems)
 
     def test_outbound_defaults(self) -> None:
         """

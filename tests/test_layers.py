@@ -26,6 +26,7 @@ LEAF_MODULES = (
     "mdtwist.delivery.router",
     "mdtwist.envelope",
     "mdtwist.errors",
+    "mdtwist.route",
     "mdtwist.secret",
     "mdtwist.delivery.schedule",
     "mdtwist.smtp.modes",
@@ -39,7 +40,6 @@ PURE_PACKAGES = ("mdtwist.smtp.core",)
 #: alike).
 PURE_MODULES = (
     *LEAF_MODULES,
-    "mdtwist.route",
     "mdtwist.spool.model",
     "mdtwist.spool.schema",
 )

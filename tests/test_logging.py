@@ -33,22 +33,6 @@ import mdtwist.logging
 from mdtwist.logging import TextObserver, escape_text, json_observer, text_observer
 
 
-class EscapeTextTests(SynchronousTestCase):
-    """Tests for L{escape_text}."""
-
-    def test_controls_escaped(self) -> None:
-        """C0 controls, DEL and C1 controls become backslash-x-hex escapes."""
-        self.assertEqual(
-            escape_text("a\r\nb\x00\x1b\x7f\x85\x9f"),
-            "a\\x0d\\x0ab\\x00\\x1b\\x7f\\x85\\x9f",
-        )
-
-    def test_other_text_kept(self) -> None:
-        """Printable ASCII, a space, a backslash and non-ASCII letters stay as they are."""
-        for text in ("alice@example.com", "J\u00f6rg Stra\u00dfe", "a\\b", "\u00a0\u2028x"):
-            self.assertEqual(escape_text(text), text)
-
-
 class JSONObserverTests(SynchronousTestCase):
     """
     The JSON observer writes one parseable object per line with the event's fields.
@@ -385,3 +369,37 @@ class TextObserverTests(SynchronousTestCase):
         self.assertTrue(verifyObject(ILogObserver, observer))
         observer({"log_format": "hello {x}", "x": 1, "log_time": None})
         self.assertEqual(stdout.getvalue(), "- [-#-] hello 1\n")
+
+
+class EscapeTextTests(SynchronousTestCase):
+    """
+    L{escape_text} makes client-supplied text safe for a log line.
+    """
+
+    def test_controls_escaped(self) -> None:
+        r"""
+        C0 controls (CR, LF, NUL, TAB, ESC), DEL and C1 controls become C{\xNN}; printable
+        ASCII, a backslash and other non-ASCII text are kept.
+        """
+        self.assertEqual(
+            escape_text("a\r\nb\x00\t\x1b[31m\x7f\x85\x9f"),
+            "a\\x0d\\x0ab\\x00\\x09\\x1b[31m\\x7f\\x85\\x9f",
+        )
+        self.assertEqual(escape_text("zoë@exämple.test \\x41"), "zoë@exämple.test \\x41")
+
+    def test_forged_line(self) -> None:
+        """
+        A login holding CRLF and a forged log line stays on one line of text output.
+        """
+        stream = io.StringIO()
+        observer = TextObserver(stream)
+        observer(
+            {
+                "log_format": "AUTH failed for {user}",
+                "log_time": 0.0,
+                "log_namespace": "x",
+                "user": escape_text("a\r\n2026-12-05T00:00:00+0000 [x#info] AUTH succeeded"),
+            }
+        )
+        self.assertEqual(stream.getvalue().count("\n"), 1)
+        self.assertIn("a\\x0d\\x0a2026", stream.getvalue())

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from mdtwist.errors import StartupError
 from mdtwist.logging import SHARD_VARIABLE
 from mdtwist.shards import (
     FIRST_LISTEN_FD,
@@ -341,7 +342,8 @@ class SupervisorTests(SynchronousTestCase):
 
     def test_no_children_when_a_listener_fails(self) -> None:
         """
-        When an address cannot be bound, the failure is logged and no child starts.
+        When an address cannot be bound, start-up stops with L{StartupError} (one line naming
+        the listener, the address and the reason) and no child starts.
         """
         taken = socket.socket()
         self.addCleanup(taken.close)
@@ -354,11 +356,13 @@ class SupervisorTests(SynchronousTestCase):
             [ChildSpec(1, listens=True)],
             lambda spec, sockets: ["prog"],
         )
-        supervisor.privilegedStartService()
-        supervisor.startService()
+        error = self.assertRaises(StartupError, supervisor.privilegedStartService)
+        self.assertEqual(
+            str(error),
+            f"smtp.listen[0].endpoint: cannot listen on 127.0.0.1 port {port}:"
+            " Address already in use",
+        )
         self.assertEqual(self.reactor.processes, [])
-        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
-        supervisor.stopService()
 
 
 class AdoptedListenerTests(SynchronousTestCase):

@@ -5,6 +5,7 @@ Tests for L{mdtwist.tap} and L{mdtwist.services}: what the daemon builds from a 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import signal
 from collections.abc import Callable
@@ -57,13 +58,14 @@ class BuildTests(_DemoCase):
 
     def test_children(self) -> None:
         """
-        The service tree has its named children, pools first, then the listeners, and the
-        control socket last (so it closes first).
+        The service tree has its named children: the spool lock first (so it is let go last),
+        then the pools, then the listeners, and the control socket last (so it closes first).
         """
         service, _ = self.build()
         self.assertEqual(
             [child.name for child in service],
             [
+                "spool-lock",
                 "directory",
                 "spool-io",
                 "spool-read",
@@ -110,18 +112,26 @@ class BuildTests(_DemoCase):
         self.assertIn((2465, "127.0.0.2"), [(p, i) for p, _, _, i in reactor.tcpServers])
 
     def run_build(self, *args: str) -> tuple[int, str]:
+        code, text, _ = self.run_build_out(*args)
+        return code, text
+
+    def run_build_out(self, *args: str) -> tuple[int, str, str]:
         options = Options()
         options.parseOptions(["--config", str(self.config), *args])
-        stderr = io.StringIO()
-        error = self.assertRaises(SystemExit, build, options, MemoryReactorClock(), stderr)
-        return int(error.code or 0), stderr.getvalue()
+        stderr, stdout = io.StringIO(), io.StringIO()
+        error = self.assertRaises(
+            SystemExit, build, options, MemoryReactorClock(), stderr, stdout=stdout
+        )
+        return int(error.code or 0), stderr.getvalue(), stdout.getvalue()
 
     def test_check_good(self) -> None:
         """
-        --check on a good file exits 0 and says so.
+        --check on a good file exits 0 and says so on standard output, nothing on standard
+        error.
         """
-        code, text = self.run_build("--check")
-        self.assertEqual((code, text), (0, f"{self.config}: configuration is valid\n"))
+        code, errors, text = self.run_build_out("--check")
+        self.assertEqual((code, errors), (0, ""))
+        self.assertEqual(text, f"{self.config}: configuration is valid\n")
 
     def test_check_warns_without_postmaster(self) -> None:
         """
@@ -161,6 +171,32 @@ class BuildTests(_DemoCase):
         code, text = self.run_build("--check")
         self.assertEqual(code, 1)
         self.assertIn("accounts.toml: domains: expected an array of strings", text)
+
+    def test_missing_accounts_file(self) -> None:
+        """
+        A missing accounts file is named by its key, C{directory.file.path}.
+        """
+        (self.root / "etc" / "accounts.toml").unlink()
+        code, text = self.run_build("--check")
+        self.assertEqual(code, 1)
+        [line] = text.splitlines()
+        self.assertTrue(line.startswith(f"{self.config}: directory.file.path: cannot read "), line)
+        self.assertTrue(line.endswith("accounts.toml: No such file or directory"), line)
+
+    def test_spool_locked(self) -> None:
+        """
+        A second server on the same spool is refused with one line naming the spool directory
+        and the PID of the process that holds it; --check is not (it locks nothing).
+        """
+        self.build()
+        code, text = self.run_build()
+        self.assertEqual(code, 1)
+        [line] = text.splitlines()
+        self.assertTrue(line.startswith(f"{self.config}: spool.directory: "), line)
+        self.assertTrue(
+            line.endswith(f"spool is in use by another process (PID {os.getpid()})"), line
+        )
+        self.assertEqual(self.run_build("--check")[0], 0)
 
     def test_unusable_spool(self) -> None:
         """
@@ -207,7 +243,7 @@ class BuildTests(_DemoCase):
         self.config.write_text(text)
         service, _ = self.build()
         names = [child.name for child in service]
-        self.assertEqual(names[:2], ["directory-close", "directory"])
+        self.assertEqual(names[:3], ["spool-lock", "directory-close", "directory"])
 
 
 class ProcessesTests(_DemoCase):

@@ -14,7 +14,17 @@ The rules (RFC 5321 sections 4.5.5 and 6.1, RFC 3461):
   - C{NOTIFY=NEVER}: no notice at all; a failure notice only when C{NOTIFY} was not given or
     holds C{FAILURE}; a delay notice only when not given or holding C{DELAY}; a success notice
     only when it holds C{SUCCESS};
-  - one notice covers every recipient reported by one delivery attempt.
+  - one notice covers every recipient reported by one delivery attempt;
+  - the original is returned whole only up to L{DEFAULT_MAX_ORIGINAL} bytes (Postfix's
+    C{bounce_size_limit}, 50 000); beyond it only its header section is, itself cut to that
+    size at a line end, so a notice can never carry more than that much of the client's text.
+
+Reflection: a client that forges the sender can ask for C{NOTIFY=SUCCESS} and C{RET=FULL} and
+have the server mail its text to any address. L{restrict_requests} applies the C{smtp.dsn}
+setting to the messages of clients that neither authenticated nor are in a trusted network:
+C{honour} keeps their requests (Postfix's default), C{limited} (our default) drops
+C{SUCCESS} and returns headers only, C{ignore} drops every DSN parameter, as Postfix does
+when C{smtpd_discard_ehlo_keywords} removes C{dsn} for a client.
 
 Pure: standard library and attrs only. There is no clock and no randomness here: the time and
 the Message-ID are parameters.
@@ -32,8 +42,9 @@ import attrs
 
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
 
-#: Originals larger than this many bytes are returned as their header section only.
-DEFAULT_MAX_ORIGINAL = 1024 * 1024
+#: Originals larger than this many bytes are returned as their header section only (Postfix's
+#: C{bounce_size_limit} default).
+DEFAULT_MAX_ORIGINAL = 50_000
 
 _CRLF = b"\r\n"
 _SMTP_REPLY = re.compile(r"[2-5][0-9][0-9](?:[ -]|$)")
@@ -67,6 +78,52 @@ _DEFAULT_STATUS = {
     Action.DELIVERED: "2.0.0",
     Action.RELAYED: "2.0.0",
 }
+
+
+class DSNRequests(enum.Enum):
+    """
+    How the DSN requests (C{NOTIFY}, C{RET}, C{ENVID}, C{ORCPT}) of an unauthenticated client
+    outside the trusted networks are honoured.
+
+    @cvar HONOUR: as given (Postfix's default).
+    @cvar LIMITED: C{NOTIFY=SUCCESS} is dropped (a C{NOTIFY} left empty becomes C{NEVER})
+        and notices return the header section only (C{RET=HDRS}); C{ENVID}, C{ORCPT} and the
+        other C{NOTIFY} values are kept.
+    @cvar IGNORE: every DSN parameter is dropped, as if none had been given.
+    """
+
+    HONOUR = "honour"
+    LIMITED = "limited"
+    IGNORE = "ignore"
+
+
+def restrict_requests(envelope: Envelope, requests: DSNRequests) -> Envelope:
+    """
+    Apply a L{DSNRequests} choice to the envelope of a message.
+
+    @param envelope: the envelope as the client made it.
+    @param requests: how far its DSN requests are honoured.
+    @return: the envelope to store.
+    """
+    if requests is DSNRequests.HONOUR:
+        return envelope
+    if requests is DSNRequests.IGNORE:
+        return attrs.evolve(
+            envelope,
+            recipients=tuple(
+                attrs.evolve(r, notify=None, orcpt=None) for r in envelope.recipients
+            ),
+            ret=None,
+            envid=None,
+        )
+    recipients = []
+    for recipient in envelope.recipients:
+        notify = recipient.notify
+        if notify is not None and "SUCCESS" in notify:
+            notify = (notify - {"SUCCESS"}) or frozenset({"NEVER"})
+            recipient = attrs.evolve(recipient, notify=notify)
+        recipients.append(recipient)
+    return attrs.evolve(envelope, recipients=tuple(recipients), ret="HDRS")
 
 
 @attrs.frozen
@@ -225,7 +282,7 @@ def build_dsn(
     The original is returned whole (C{message/rfc822}) when the notice reports a failure or a
     delivery, C{RET=HDRS} was not given, it is not larger than C{max_original} and it is not
     C{BINARYMIME}; otherwise only its header section is (C{text/rfc822-headers}), as for every
-    notice that only reports delays.
+    notice that only reports delays, cut at a line end to at most C{max_original} bytes.
 
     @param reporting_mta: our host name, for C{Reporting-MTA} and the C{From} address.
     @param envelope: the envelope of the original message.
@@ -234,7 +291,8 @@ def build_dsn(
     @param now: the current time, seconds since the epoch (the C{Date}).
     @param message_id: the C{Message-ID} of the notice, with angle brackets.
     @param texts: the subjects and texts; the defaults of L{DSNTexts} when L{None}.
-    @param max_original: the largest original returned whole, in bytes.
+    @param max_original: the largest original returned whole, in bytes, and the most bytes of
+        a header section returned alone.
     @return: the notice, CRLF line ends.
     @raise ValueError: when there is nothing to report.
     """
@@ -254,7 +312,7 @@ def build_dsn(
     if whole:
         third_type, third = b"message/rfc822", original
     else:
-        third_type, third = b"text/rfc822-headers", headers
+        third_type, third = b"text/rfc822-headers", _cut(headers, max_original)
     boundary = _boundary(reporting_mta, now, human + status + third)
     if envelope.smtputf8 and _has_8bit(third):
         # RFC 6532/6533: an internationalised original travels as message/global.
@@ -301,6 +359,14 @@ def build_dsn(
             out += _CRLF
     out += _CRLF + b"--" + marker + b"--" + _CRLF
     return bytes(out)
+
+
+def _cut(headers: bytes, limit: int) -> bytes:
+    # The header section cut to at most limit bytes, at the end of a line.
+    if len(headers) <= limit:
+        return headers
+    end = headers.rfind(_CRLF, 0, limit)
+    return headers[: end + 2] if end >= 0 else b""
 
 
 def split_header_section(message: bytes) -> tuple[bytes, bytes]:

@@ -28,7 +28,13 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from mdtwist.delivery.local import DeliveryResult, DeliveryStatus, ILocalDelivery
+from mdtwist.delivery.local import (
+    CopyId,
+    DeliveryResult,
+    DeliveryStatus,
+    ILocalDelivery,
+    forwarding_loop,
+)
 from mdtwist.directory.model import Account
 from mdtwist.envelope import Recipient
 from mdtwist.smtp.client import ClientTimeouts, DeliveryReport, Destination, SMTPClientProtocol
@@ -152,7 +158,12 @@ class LMTPDelivery:
         self._server = server
 
     def deliver(
-        self, account: Account, recipient: str, body: bytes, sender: str = ""
+        self,
+        account: Account,
+        recipient: str,
+        body: bytes,
+        sender: str = "",
+        copy: CopyId | None = None,
     ) -> Deferred[DeliveryResult]:
         """
         Deliver one copy to the LMTP server, which is asked for the account's primary address.
@@ -161,8 +172,14 @@ class LMTPDelivery:
         @param recipient: the envelope recipient this copy is for.
         @param body: the message.
         @param sender: the envelope sender.
-        @return: a Deferred firing with the result (never failing).
+        @param copy: not used: an LMTP server cannot be asked whether it has a copy already.
+        @return: a Deferred firing with the result (never failing); a forwarding loop (see
+            L{forwarding_loop}) fails at once, without asking the LMTP server.
         """
+        loop = forwarding_loop(account, recipient, body)
+        if loop is not None:
+            log.warn("Not delivered to {rcpt}: {reason}", rcpt=recipient, reason=loop.reason)
+            return succeed(loop)
         try:
             session = LMTPSession(
                 self._hostname,

@@ -9,6 +9,11 @@ fsynced into their parents. The blocking work runs on a thread through C{run}.
 
 Stored copies have Unix line ends (C{LF}), as Maildir readers expect, and start with a
 C{Return-Path:} line with the envelope sender and a C{Delivered-To:} line naming the account.
+
+Loops: a message that already carries a C{Delivered-To:} field naming the account (or the
+address it was sent to) has been delivered here before and came back (a forward to an address
+that forwards back): it is not delivered again but fails with C{5.4.6} "mail forwarding loop",
+as Postfix's local(8) does. L{forwarding_loop} is the check; the LMTP delivery makes it too.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from mdtwist.durable import fsync_directory, write_new_file
+from mdtwist.logging import escape_text
 
 if TYPE_CHECKING:
     from mdtwist.directory.model import Account
@@ -69,6 +75,54 @@ class DeliveryResult:
     reason: str = ""
 
 
+_DELIVERED_TO = b"delivered-to:"
+
+
+def forwarding_loop(account: Account, recipient: str, body: bytes) -> DeliveryResult | None:
+    """
+    Find a forwarding loop: a C{Delivered-To:} field in the header section of the message
+    naming the account's address or the recipient (in any case).
+
+    @param account: the account the copy is for.
+    @param recipient: the envelope recipient.
+    @param body: the message, CRLF line ends.
+    @return: the permanent failure (C{5.4.6}) to report, or L{None} when there is no loop.
+    """
+    end = body.find(b"\r\n\r\n")
+    header = body if end < 0 else body[: end + 2]
+    if _DELIVERED_TO not in header.lower():
+        return None
+    ours = {account.address.lower(), recipient.lower()}
+    for line in header.split(b"\r\n"):
+        if line[:13].lower() == _DELIVERED_TO:
+            value = line[13:].strip().strip(b"<>").decode("utf-8", "replace").lower()
+            if value in ours:
+                return DeliveryResult(
+                    DeliveryStatus.PERMANENT, "5.4.6", f"mail forwarding loop for {value}"
+                )
+    return None
+
+
+@attrs.frozen
+class CopyId:
+    """
+    Names one copy of a queued message for one recipient, the same on every attempt.
+
+    With it a Maildir delivery gives the copy a file name of its own (see
+    L{MaildirDelivery.deliver}): an attempt after a crash that came between the copy reaching
+    the Maildir and the spool recording it finds the copy there and does not deliver it again.
+
+    @ivar queue_id: the queue id of the message (never reused by a spool).
+    @ivar position: the recipient's position in the envelope.
+    @ivar arrival: when the message arrived (so a name stays unique even if a spool database
+        were made anew and gave out its queue ids again).
+    """
+
+    queue_id: str
+    position: int
+    arrival: float
+
+
 class ILocalDelivery(Interface):
     """
     Puts one copy of a message into one local account's mailbox.
@@ -81,6 +135,7 @@ class ILocalDelivery(Interface):
         recipient: str,
         body: bytes,
         sender: str,
+        copy: CopyId | None,
     ) -> Deferred[DeliveryResult]:
         """
         Deliver one copy.
@@ -89,6 +144,9 @@ class ILocalDelivery(Interface):
         @param recipient: the envelope recipient address this copy is for.
         @param body: the message (CRLF line ends, as received).
         @param sender: the envelope sender (C{""} for the null sender).
+        @param copy: names this copy, the same on every attempt, so that a copy already
+            delivered by an attempt the spool did not record (a crash) is not delivered again
+            where the mailbox can tell; L{None} when there is no such name.
         @return: a Deferred firing with the result; expected failures (disk full) are results,
             not errors.
         """
@@ -125,7 +183,13 @@ def _make_directories(path: Path, stop: Path) -> None:
 
 
 def write_maildir_message(
-    root: Path, maildir: Path, name: str, content: bytes, known: set[Path] | None = None
+    root: Path,
+    maildir: Path,
+    name: str,
+    content: bytes,
+    known: set[Path] | None = None,
+    *,
+    final_name: str | None = None,
 ) -> None:
     """
     Write one message into a Maildir, durably; blocking.
@@ -137,28 +201,39 @@ def write_maildir_message(
     @param content: the file content.
     @param known: Maildirs known to exist, which are not checked again; this one is added once
         it exists, and dropped again when it turns out to be gone (then it is made anew).
+    @param final_name: the name in C{new/} when it differs from C{name} (the name in
+        C{tmp/}); the file is then linked, never renamed, into C{new/}, so that a file of that
+        name already there stays as it is (and counts as this message).
     @raise OSError: when the message could not be written; then no part of it is left behind.
     """
     if known is not None and maildir in known:
         try:
-            _write_into(maildir, name, content)
+            _write_into(maildir, name, content, final_name)
             return
         except FileNotFoundError:
             known.discard(maildir)
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("tmp", "new", "cur"):
         _make_directories(maildir / sub, root)
-    _write_into(maildir, name, content)
+    _write_into(maildir, name, content, final_name)
     if known is not None:
         known.add(maildir)
 
 
-def _write_into(maildir: Path, name: str, content: bytes) -> None:
+def _write_into(maildir: Path, name: str, content: bytes, final_name: str | None) -> None:
     temporary = maildir / "tmp" / name
-    final = maildir / "new" / name
+    final = maildir / "new" / (name if final_name is None else final_name)
     write_new_file(temporary, content)
     try:
-        os.rename(temporary, final)
+        if final_name is None:
+            os.rename(temporary, final)
+        else:
+            try:
+                os.link(temporary, final)
+            except FileExistsError:
+                pass  # delivered by an earlier attempt: that file is the copy
+            finally:
+                temporary.unlink()
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -214,6 +289,36 @@ class MaildirDelivery:
             return None
         return self._root / domain / account.mailbox / "Maildir"
 
+    def former_maildirs(self, account: Account, maildir: Path) -> tuple[Path, ...]:
+        """
+        The Maildirs an account's mail may already be in under an earlier naming: one per
+        address of the account (named after its local part), in a fixed order.
+
+        An LDAP account's Maildir used to be named after whichever C{mail} value the server
+        returned first; the name no longer depends on that order, and a delivery goes on
+        into such an existing Maildir while the account's own one does not exist (see
+        L{choose_maildir}), so no mail is split and none already there is lost from sight.
+
+        An account whose Maildir is named by a directory attribute (C{attributes.mailbox},
+        such as C{uid}) has no former Maildirs: another account's attribute value could equal
+        the local part of one of its addresses, and its mail must never go there.
+
+        @param account: the account.
+        @param maildir: its Maildir (L{maildir_for}), left out.
+        @return: the other candidate Maildirs.
+        """
+        if account.mailbox != account.address.rpartition("@")[0]:
+            return ()
+        found: list[Path] = []
+        for address in sorted(account.addresses, key=str.lower):
+            local, _, domain = address.rpartition("@")
+            domain = domain.lower()
+            if _is_safe_component(domain) and _is_safe_component(local):
+                path = self._root / domain / local / "Maildir"
+                if path != maildir and path not in found:
+                    found.append(path)
+        return tuple(found)
+
     def unique_name(self) -> str:
         """
         Make a file name that no other delivery uses.
@@ -226,17 +331,41 @@ class MaildirDelivery:
         count = next(self._counter)
         return f"{seconds}.M{micro}P{self._pid}Q{count}R{self._token}.{self._host}"
 
+    def copy_name(self, copy: CopyId) -> str:
+        """
+        The file name of a copy named by a L{CopyId}: the same on every attempt.
+
+        @param copy: the copy.
+        @return: C{<seconds>.M<microseconds>Q<queue id>R<position>.<host>}, from the
+            message's arrival.
+        """
+        seconds = int(copy.arrival)
+        micro = int((copy.arrival - seconds) * 1_000_000)
+        return f"{seconds}.M{micro}Q{copy.queue_id}R{copy.position}.{self._host}"
+
     def deliver(
-        self, account: Account, recipient: str, body: bytes, sender: str = ""
+        self,
+        account: Account,
+        recipient: str,
+        body: bytes,
+        sender: str = "",
+        copy: CopyId | None = None,
     ) -> Deferred[DeliveryResult]:
         """
         Deliver one copy into the account's Maildir, with C{Return-Path:} and C{Delivered-To:}
         lines on top (RFC 5321 section 4.4: the final delivery records the reverse-path).
 
+        With C{copy}, the file in C{new/} gets the name L{copy_name} gives, and is linked
+        there only if no file has it yet: when the copy is already there (delivered by an
+        attempt that a crash kept the spool from recording), it is not delivered again. A copy
+        the reader has already moved to C{cur/} is not looked for: delivery stays at least
+        once, and only this window of duplicates is closed.
+
         @param account: the account.
         @param recipient: the envelope recipient, for the log.
         @param body: the message with CRLF line ends.
         @param sender: the envelope sender.
+        @param copy: the name of this copy, or L{None} for a name of its own.
         @return: a Deferred firing with the result.
         """
         maildir = self.maildir_for(account)
@@ -249,12 +378,34 @@ class MaildirDelivery:
             return succeed(
                 DeliveryResult(DeliveryStatus.TEMPORARY, "4.3.5", "account data unusable")
             )
+        loop = forwarding_loop(account, recipient, body)
+        if loop is not None:
+            log.warn(
+                "Not delivered to {rcpt}: {reason}",
+                rcpt=escape_text(recipient),
+                reason=loop.reason,
+            )
+            return succeed(loop)
         header = f"Return-Path: <{sender}>\nDelivered-To: {account.address}\n".encode()
-        d: Deferred[None] = self._run(
-            _write_copy, self._root, maildir, self.unique_name(), header, body, self._known
+        d: Deferred[bool] = self._run(
+            _write_copy,
+            self._root,
+            maildir,
+            self.former_maildirs(account, maildir),
+            self.unique_name(),
+            None if copy is None else self.copy_name(copy),
+            header,
+            body,
+            self._known,
         )
 
-        def delivered(_: None) -> DeliveryResult:
+        def delivered(written: bool) -> DeliveryResult:
+            if not written:
+                log.info(
+                    "{rcpt}: copy {name} was in the Maildir already, not delivered again",
+                    rcpt=escape_text(recipient),
+                    name=None if copy is None else self.copy_name(copy),
+                )
             return DeliveryResult(DeliveryStatus.DELIVERED, "2.0.0", "delivered to Maildir")
 
         def failed(reason: Failure) -> DeliveryResult:
@@ -274,7 +425,38 @@ class MaildirDelivery:
         return d.addCallbacks(delivered, failed)
 
 
+def choose_maildir(maildir: Path, former: tuple[Path, ...], known: set[Path]) -> Path:
+    """
+    Pick the Maildir a copy goes to (blocking: it may look at the disk).
+
+    @param maildir: the account's Maildir.
+    @param former: Maildirs of an earlier naming (L{MaildirDelivery.former_maildirs}).
+    @param known: Maildirs known to exist.
+    @return: C{maildir} when it exists or no former one does; else the first former one that
+        exists.
+    """
+    if maildir in known or not former or maildir.is_dir():
+        return maildir
+    for path in former:
+        if path.is_dir():  # looked at each time: a former Maildir may be moved away
+            return path
+    return maildir
+
+
 def _write_copy(
-    root: Path, maildir: Path, name: str, header: bytes, body: bytes, known: set[Path]
-) -> None:
-    write_maildir_message(root, maildir, name, header + body.replace(b"\r\n", b"\n"), known)
+    root: Path,
+    maildir: Path,
+    former: tuple[Path, ...],
+    name: str,
+    final_name: str | None,
+    header: bytes,
+    body: bytes,
+    known: set[Path],
+) -> bool:
+    # Whether the copy was written (not found there already).
+    target = choose_maildir(maildir, former, known)
+    if final_name is not None and (target / "new" / final_name).exists():
+        return False  # delivered by an attempt the spool did not record
+    content = header + body.replace(b"\r\n", b"\n")
+    write_maildir_message(root, target, name, content, known, final_name=final_name)
+    return True

@@ -61,7 +61,7 @@ from mdtwist.delivery.dsn import (
     split_header_section,
     wants_notice,
 )
-from mdtwist.delivery.local import DeliveryStatus, ILocalDelivery
+from mdtwist.delivery.local import CopyId, DeliveryStatus, ILocalDelivery
 from mdtwist.delivery.schedule import (
     QueuePolicy,
     expired,
@@ -408,7 +408,11 @@ class QueueRunner(Service):
                 assert message.body is not None
                 try:
                     delivery = await self._local.deliver(
-                        account, recipient.address, message.body, message.envelope.sender
+                        account,
+                        recipient.address,
+                        message.body,
+                        message.envelope.sender,
+                        CopyId(message.queue_id, position, message.envelope.arrival),
                     )
                 except Exception:
                     log.failure(

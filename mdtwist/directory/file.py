@@ -112,6 +112,8 @@ def parse_accounts(data: bytes, source: Path) -> AccountTable:
         raw_accounts = []
     by_address: dict[str, Account] = {}
     by_login: dict[str, Account] = {}
+    # The entry (account[i]) each account came from, to name it in a duplicate's problem.
+    entries: dict[int, str] = {}
     hashes: dict[str, str] = {}
     for i, entry in enumerate(raw_accounts):
         key = f"account[{i}]"
@@ -121,16 +123,25 @@ def parse_accounts(data: bytes, source: Path) -> AccountTable:
         account, stored = _parse_account(entry, key, domains, problem)
         if account is None:
             continue
+        entries[id(account)] = key
         for addr in account.addresses:
             addr_key = address_key(addr)
             assert addr_key is not None  # checked by _parse_account
             if addr_key in by_address:
-                problem(key, f"address {addr} is already used by {by_address[addr_key].address}")
+                other = by_address[addr_key]
+                problem(
+                    key,
+                    f"address {addr} is already used by {entries[id(other)]} ({other.address})",
+                )
                 continue
             by_address[addr_key] = account
         login_key = account.login.lower()
         if login_key in by_login and by_login[login_key] is not account:
-            problem(f"{key}.login", f"login {account.login} is already used")
+            other = by_login[login_key]
+            problem(
+                f"{key}.login",
+                f"login {account.login} is already used by {entries[id(other)]} ({other.address})",
+            )
         else:
             by_login[login_key] = account
         hashes[account.address] = stored

@@ -56,6 +56,7 @@ from mdtwist.config import LDAPAttributes, LDAPAuthMethod, LDAPConfig
 from mdtwist.directory.model import Account
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory
+from mdtwist.logging import escape_text
 from mdtwist.secret import Secret
 
 T = TypeVar("T")
@@ -176,6 +177,31 @@ def fill_filter(template: str, placeholder: str, value: str) -> str:
     return template.replace(placeholder, escaped)
 
 
+def _by_key(address: Address) -> str:
+    return address.key
+
+
+def primary_address(mails: Sequence[Address], login: str | None) -> Address:
+    """
+    Choose the primary address of an entry among its C{mail} values, whatever order the
+    server returned them in (LDAP values have none): the value whose local part is the login
+    (C{uid}), in any case; otherwise the lowest value in lower case.
+
+    The Maildir is named after the primary address's local part (or after the configured
+    C{attributes.mailbox}), so this choice must not change from one search to the next.
+
+    @param mails: the usable C{mail} values, at least one.
+    @param login: the login attribute's value, or L{None}.
+    @return: the primary address.
+    """
+    ordered = sorted(mails, key=_by_key)
+    if login:
+        for address in ordered:
+            if address.local.lower() == login.lower():
+                return address
+    return ordered[0]
+
+
 def _requested_attributes(names: LDAPAttributes) -> list[str]:
     # The attributes a search asks for: every configured one except the password.
     wanted = [
@@ -189,6 +215,7 @@ def _requested_attributes(names: LDAPAttributes) -> list[str]:
         names.smarthost_login,
         names.smarthost_password,
         names.gateway_login,
+        names.mailbox,
     ]
     result: list[str] = []
     for name in wanted:
@@ -324,21 +351,21 @@ class LDAPDirectory:
         start = self._clock()
 
         def lookup(connection: ldap3.Connection) -> Account | None:
-            entry = self._single(self._search(connection, query), {"rcpt": key})
+            entry = self._single(self._search(connection, query), {"rcpt": escape_text(key)})
             dn = None if entry is None else str(entry.get("dn"))
             self.log.debug(
                 "LDAP lookup of {rcpt} found {dn}",
-                rcpt=key,
+                rcpt=escape_text(key),
                 dn=dn,
                 elapsed_ms=self._elapsed_ms(start),
             )
             return None if entry is None else self._account(entry)
 
-        return self._with_retry(lookup, {"rcpt": key})
+        return self._with_retry(lookup, {"rcpt": escape_text(key)})
 
     def _authenticate(self, login: str, password: str) -> Account | None:
         query = fill_filter(self._config.auth_filter, "{login}", login)
-        fields: dict[str, object] = {"user": login}
+        fields: dict[str, object] = {"user": escape_text(login)}
         start = self._clock()
 
         def check(connection: ldap3.Connection) -> Account | None:
@@ -537,10 +564,19 @@ class LDAPDirectory:
         if not mails:
             self.log.error("LDAP entry {dn} has no usable mail address", dn=dn)
             raise DirectoryUnavailable(f"LDAP entry {dn} has no usable mail address")
-        primary = mails[0]
+        login = _first(attributes, names.login)
+        primary = primary_address(mails, login)
+        mailbox = primary.local
+        if names.mailbox:
+            chosen = sorted(_values(attributes, names.mailbox))
+            if chosen:
+                mailbox = chosen[0]
         aliases: list[str] = []
         seen = {primary.key}
-        for alias in (*mails[1:], *self._addresses(dn, _values(attributes, names.alias))):
+        for alias in (
+            *sorted(mails, key=_by_key),
+            *self._addresses(dn, _values(attributes, names.alias)),
+        ):
             if alias.key not in seen:
                 seen.add(alias.key)
                 aliases.append(str(alias))
@@ -548,9 +584,9 @@ class LDAPDirectory:
         smarthost_password = _first(attributes, names.smarthost_password)
         return Account(
             address=str(primary),
-            mailbox=primary.local,
+            mailbox=mailbox,
             domain=primary.domain,
-            login=_first(attributes, names.login) or str(primary),
+            login=login or str(primary),
             aliases=tuple(aliases),
             display_name=_first(attributes, names.display_name) or "",
             first_name=_first(attributes, names.first_name) or "",

@@ -21,6 +21,12 @@ Each recipient gets a L{RecipientDecision}: the reply and, when accepted, its ro
      that cannot answer gives C{451 4.3.0} (never a 5xx).
   4. Any other recipient is relayed (route C{REMOTE}) only for an authenticated session or a
      client in a trusted network; otherwise C{554 5.7.1}.
+
+A sender, with C{sender_must_match_login} (MDaemon's "sender must match the authenticated
+account"; on by default for submission listeners): an authenticated session may only use an
+address of its own account (its primary address or an alias: the directory finds the account
+it logged in as), or the null sender; any other is refused with C{553 5.7.1}, as Postfix's
+C{reject_sender_login_mismatch} does. An unauthenticated session is not checked here.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from mdtwist.directory.mailbox import find_mailbox
 from mdtwist.envelope import ClientInfo
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISharingLookup
+from mdtwist.logging import escape_text
 from mdtwist.route import POSTMASTER, Route, RouteKind, SharingStatus, classify, is_postmaster
 from mdtwist.smtp.core.replies import Reply
 
@@ -87,6 +94,14 @@ class RecipientDecision:
         return cls(RECIPIENT_OK, route)
 
 
+def not_owned(sender: str) -> Reply:
+    """
+    @param sender: the refused reverse-path.
+    @return: the C{553 5.7.1} refusal of a sender that is not the logged-in account's.
+    """
+    return Reply(553, "5.7.1", (f"<{sender}>: Sender address not owned by the logged-in user",))
+
+
 def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
     """
     @param items: networks in CIDR form (C{192.0.2.0/24}, C{::1/128}) or single addresses.
@@ -112,6 +127,7 @@ class ReceivePolicy:
         postmaster: str | None = None,
         sharing: ISharingLookup | None = None,
         gateway_domains: Collection[str] = frozenset(),
+        sender_must_match_login: bool = False,
     ) -> None:
         """
         @param directory: the account directory.
@@ -121,12 +137,22 @@ class ReceivePolicy:
         @param sharing: finds the Domain Sharing peer of a local address without a local
             account; L{None}: such an address is unknown.
         @param gateway_domains: domains whose mail is accepted and held for their gateway.
+        @param sender_must_match_login: refuse a C{MAIL FROM} of an authenticated session
+            whose address is not one of its own account's.
         """
         self._directory = directory
         self._trusted = tuple(trusted_networks)
         self._postmaster = postmaster
         self._sharing = sharing
         self._gateways = frozenset(domain.lower() for domain in gateway_domains)
+        self._sender_login = sender_must_match_login
+
+    def trusted(self, client: ClientInfo) -> bool:
+        """
+        @param client: a client.
+        @return: whether its address is in a trusted network.
+        """
+        return self._trusted_client(client)
 
     def _trusted_client(self, client: ClientInfo) -> bool:
         try:
@@ -139,10 +165,32 @@ class ReceivePolicy:
 
     def check_sender(self, client: ClientInfo, sender: str) -> Deferred[Reply]:
         """
-        See L{IReceivePolicy.check_sender}; any sender is accepted (listeners that need AUTH
-        before MAIL enforce it in the SMTP core).
+        See L{IReceivePolicy.check_sender}. Without C{sender_must_match_login} any sender is
+        accepted (listeners that need AUTH before MAIL enforce it in the SMTP core); with it,
+        see the module docstring.
         """
-        return succeed(SENDER_OK)
+        if not self._sender_login or client.user is None or not sender:
+            return succeed(SENDER_OK)
+        return Deferred.fromCoroutine(self._check_sender_login(client.user, sender))
+
+    async def _check_sender_login(self, user: str, sender: str) -> Reply:
+        try:
+            account = await self._directory.find(sender)
+        except DirectoryUnavailable:
+            self.log.warn("directory unavailable for {mail_from}", mail_from=escape_text(sender))
+            return TRY_LATER
+        # The session's user is the account's login (or, for a directory that logs in by
+        # address, one of its addresses): either way the sender's account is the session's.
+        if account is not None and user.casefold() in {
+            name.casefold() for name in (account.login, *account.addresses)
+        }:
+            return SENDER_OK
+        self.log.info(
+            "sender {mail_from} refused: not owned by {user}",
+            mail_from=escape_text(sender),
+            user=escape_text(user),
+        )
+        return not_owned(sender)
 
     def check_recipient(
         self, client: ClientInfo, sender: str, recipient: str

@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from mdtwist.delivery.dsn import DSNRequests, restrict_requests
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
 from mdtwist.errors import DirectoryUnavailable, LoginThrottled, SpoolError
@@ -74,6 +75,7 @@ from mdtwist.smtp.policy import RecipientDecision
 from mdtwist.smtp.switch import switcher_of
 
 BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")
+SERVER_BUSY = reply(421, "4.3.2", "Too many connections, try again later")
 TIMEOUT = reply(421, "4.4.2", "Timeout, closing connection")
 POLICY_FAILED = reply(451, "4.3.0", "Temporary lookup failure, try again later")
 SPOOL_FULL = reply(452, "4.3.1", "Insufficient system storage, try again later")
@@ -135,6 +137,43 @@ class SessionLimits:
     max_buffer: int = 256 * 1024
 
 
+class SessionTally:
+    """
+    The SMTP sessions open in this process, over every listener, and their limit.
+
+    One tally is shared by all the listeners of a process; with C{server.processes} above 1
+    each process has its own (counted per process, like the per-address limit).
+
+    @ivar limit: the most sessions open at once; the next connection is greeted with
+        C{421 4.3.2} and closed.
+    @ivar open: the sessions open now.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """
+        @param limit: the most concurrent sessions, at least 1.
+        """
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        """
+        Count a new session if there is room for it.
+
+        @return: whether it was counted.
+        """
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        """
+        Forget a session counted by L{take}.
+        """
+        self.open -= 1
+
+
 def listener_settings(
     settings: ServerSettings, mode: ListenerMode, tls_available: bool
 ) -> ServerSettings:
@@ -188,6 +227,9 @@ class SMTPServerFactory(Factory):
         keep_auth_password: bool = False,
         login_service: str = "smtp",
         commands: Mapping[str, CommandHandler] | None = None,
+        tally: SessionTally | None = None,
+        dsn_untrusted: DSNRequests | None = None,
+        trusted: Callable[[ClientInfo], bool] | None = None,
     ) -> None:
         """
         Set up a listener.
@@ -209,6 +251,11 @@ class SMTPServerFactory(Factory):
             can be offered, as the gateway checker holds cleartext secrets).
         @param commands: handlers of extension commands by verb (case does not matter); the
             verbs are advertised in the EHLO reply.
+        @param tally: the sessions of the whole process and their limit, shared with the other
+            listeners; without it this listener has no limit but the per-address one.
+        @param dsn_untrusted: how the DSN requests of a client that did not authenticate and
+            is not C{trusted} are honoured (C{smtp.dsn}); L{None} to honour them all.
+        @param trusted: whether a client is in a trusted network; none is without it.
         """
         self.settings = listener_settings(settings, mode, tls is not None)
         self.commands = {verb.upper(): h for verb, h in (commands or {}).items()}
@@ -225,6 +272,9 @@ class SMTPServerFactory(Factory):
         self.limits = limits or SessionLimits()
         self.keep_auth_password = keep_auth_password
         self.login_service = login_service
+        self.tally = tally
+        self.dsn_untrusted = dsn_untrusted
+        self.trusted = trusted
         self._sessions: defaultdict[str, int] = defaultdict(int)
         self._ids = itertools.count(1)
 
@@ -232,17 +282,21 @@ class SMTPServerFactory(Factory):
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:
         return SMTPServerProtocol(self, f"{next(self._ids):x}")
 
-    def session_opened(self, address: str) -> bool:
+    def session_opened(self, address: str) -> Reply | None:
         """
         Count a new session from an address.
 
         @param address: the client IP.
-        @return: whether it is within the limit; if not, it was not counted.
+        @return: L{None} when it is within the limits and was counted; else the reply that
+            refuses it (C{421 4.3.2} when the process is full, C{421 4.7.0} when the address
+            has too many sessions), and it was not counted.
         """
-        if self._sessions[address] >= self.limits.max_sessions_per_ip:
-            return False
+        if self._sessions.get(address, 0) >= self.limits.max_sessions_per_ip:
+            return BUSY
+        if self.tally is not None and not self.tally.take():
+            return SERVER_BUSY
         self._sessions[address] += 1
-        return True
+        return None
 
     def session_closed(self, address: str) -> None:
         """
@@ -253,6 +307,8 @@ class SMTPServerFactory(Factory):
         self._sessions[address] -= 1
         if self._sessions[address] <= 0:
             del self._sessions[address]
+        if self.tally is not None:
+            self.tally.give_back()
 
     def sessions(self, address: str) -> int:
         """
@@ -349,13 +405,21 @@ class SMTPServerProtocol(Protocol):
             self.core = ServerCore(attrs.evolve(self.core.settings, tls_active=True))
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._peer = str(getattr(peer, "host", peer))
-        self._counted = self._factory.session_opened(self._peer)
-        if self._counted:
+        refusal = self._factory.session_opened(self._peer)
+        self._counted = refusal is None
+        if refusal is None:
             self.log.info("SMTP session from {peer}", session=self.session, peer=self._peer)
             self.core.start()
+        elif refusal is SERVER_BUSY:
+            self.log.warn(
+                "too many sessions in this process, refused {peer}",
+                session=self.session,
+                peer=self._peer,
+            )
+            self.core.start(refusal)
         else:
             self.log.warn("too many sessions from {peer}", session=self.session, peer=self._peer)
-            self.core.start(BUSY)
+            self.core.start(refusal)
         self._process()
 
     @override
@@ -605,7 +669,7 @@ class SMTPServerProtocol(Protocol):
                 "message refused: {hops} hops",
                 session=self.session,
                 peer=self._peer,
-                mail_from=event.sender,
+                mail_from=escape_text(event.sender),
                 hops=hops,
             )
             return _now(TOO_MANY_HOPS)
@@ -628,6 +692,11 @@ class SMTPServerProtocol(Protocol):
             envid=parameters.envid,
             size=parameters.size,
         )
+        restriction = self._factory.dsn_untrusted
+        if restriction is not None and client.user is None:
+            trusted = self._factory.trusted
+            if trusted is None or not trusted(client):
+                envelope = restrict_requests(envelope, restriction)
         trace = received_header(
             helo=client.helo,
             client_address=client.address,
@@ -650,7 +719,7 @@ class SMTPServerProtocol(Protocol):
             session=self.session,
             peer=self._peer,
             queue_id=queue_id,
-            mail_from=event.sender,
+            mail_from=escape_text(event.sender),
             msg_size=len(event.body),
         )
         return reply(250, "2.0.0", f"Ok: queued as {queue_id}")

@@ -11,13 +11,16 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.delivery.dsn import (
+    DEFAULT_MAX_ORIGINAL,
     Action,
+    DSNRequests,
     DSNTexts,
     RecipientReport,
     build_dsn,
     decode_xtext,
     notice_envelope,
     notice_recipient,
+    restrict_requests,
     split_header_section,
     wants_notice,
 )
@@ -300,3 +303,92 @@ class BuildDSNTests(SynchronousTestCase):
     def test_nothing_to_report(self) -> None:
         """A notice that reports no recipient is refused."""
         self.assertRaises(ValueError, self.build, [])
+
+
+class SizeLimitTests(SynchronousTestCase):
+    """
+    A notice returns at most L{DEFAULT_MAX_ORIGINAL} bytes of the original (Postfix's
+    C{bounce_size_limit}, 50 000): whole up to it, its header section alone beyond it, and a
+    header section that is itself larger is cut at a line end.
+    """
+
+    def build(self, original: bytes) -> bytes:
+        return build_dsn(
+            "mx.example",
+            envelope(),
+            [failed(envelope().recipients[0])],
+            original,
+            NOW,
+            "<dsn-1@mx.example>",
+        )
+
+    def test_default_is_postfix(self) -> None:
+        """The default limit is 50 000 bytes."""
+        self.assertEqual(DEFAULT_MAX_ORIGINAL, 50_000)
+
+    def test_whole_up_to_the_limit(self) -> None:
+        """An original of exactly the limit is returned whole; one byte more, headers only."""
+        head = b"Subject: big\r\n\r\n"
+        body = b"x" * 98 + b"\r\n"
+        fits = head + body * ((DEFAULT_MAX_ORIGINAL - len(head)) // len(body))
+        fits += b"y" * (DEFAULT_MAX_ORIGINAL - len(fits) - 2) + b"\r\n"
+        self.assertEqual(len(fits), DEFAULT_MAX_ORIGINAL)
+        self.assertEqual(parts(parse(self.build(fits)))[2].get_content_type(), "message/rfc822")
+        bigger = fits + b"z\r\n"
+        notice = self.build(bigger)
+        self.assertEqual(parts(parse(notice))[2].get_content_type(), "text/rfc822-headers")
+        self.assertNotIn(b"xxxx", notice)
+        self.assertLess(len(notice), 5000)
+
+    def test_huge_header_section_cut(self) -> None:
+        """
+        A header section over the limit is cut at the end of a line within the limit.
+        """
+        line = b"X-Filler: " + b"h" * 88 + b"\r\n"
+        original = line * 1000 + b"\r\nbody\r\n"
+        notice = self.build(original)
+        third = parts(parse(notice))[2]
+        self.assertEqual(third.get_content_type(), "text/rfc822-headers")
+        self.assertEqual(notice.count(line), DEFAULT_MAX_ORIGINAL // len(line))
+        self.assertLess(len(notice), DEFAULT_MAX_ORIGINAL + 5000)
+
+
+class RestrictRequestsTests(SynchronousTestCase):
+    """
+    L{restrict_requests} applies the C{smtp.dsn} choice to an untrusted client's envelope.
+    """
+
+    def original(self) -> Envelope:
+        return envelope(
+            recipients=(
+                Recipient("a@x.example", notify=frozenset({"SUCCESS"}), orcpt="rfc822;a@x"),
+                Recipient("b@x.example", notify=frozenset({"SUCCESS", "FAILURE"})),
+                Recipient("c@x.example", notify=frozenset({"NEVER"})),
+                Recipient("d@x.example"),
+            ),
+            ret="FULL",
+        )
+
+    def test_honour(self) -> None:
+        """C{honour} keeps the envelope as it is."""
+        self.assertEqual(restrict_requests(self.original(), DSNRequests.HONOUR), self.original())
+
+    def test_limited(self) -> None:
+        """
+        C{limited} drops C{SUCCESS} (an empty C{NOTIFY} becomes C{NEVER}, so no notice is
+        added that the client did not ask for), sets C{RET=HDRS}, and keeps the rest.
+        """
+        limited = restrict_requests(self.original(), DSNRequests.LIMITED)
+        self.assertEqual(
+            [r.notify for r in limited.recipients],
+            [frozenset({"NEVER"}), frozenset({"FAILURE"}), frozenset({"NEVER"}), None],
+        )
+        self.assertEqual(limited.recipients[0].orcpt, "rfc822;a@x")
+        self.assertEqual((limited.ret, limited.envid), ("HDRS", "QQ+2B314"))
+        self.assertFalse(any(wants_notice("s@y", r, Action.DELIVERED) for r in limited.recipients))
+
+    def test_ignore(self) -> None:
+        """C{ignore} drops every DSN parameter."""
+        ignored = restrict_requests(self.original(), DSNRequests.IGNORE)
+        self.assertEqual([(r.notify, r.orcpt) for r in ignored.recipients], [(None, None)] * 4)
+        self.assertEqual((ignored.ret, ignored.envid), (None, None))

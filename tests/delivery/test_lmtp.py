@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 from mdtwist.delivery.lmtp import LMTPDelivery, LMTPSession
 from mdtwist.delivery.local import DeliveryResult, DeliveryStatus, ILocalDelivery
 from mdtwist.directory.model import Account
+from tests.spool.fakes import make_account
 
 BODY = b"Subject: hi\r\n\r\n.leading dot\r\nlast line"
 
@@ -210,3 +211,28 @@ class _FailingEndpoint:
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         self.attempts += 1
         return fail(ConnectionRefusedError("refused"))
+
+
+class LoopTests(SynchronousTestCase):
+    """
+    L{LMTPDelivery} refuses a forwarding loop without asking the LMTP server.
+    """
+
+    def test_loop(self) -> None:
+        """
+        A copy whose C{Delivered-To:} names the account fails with C{5.4.6}; no connection
+        is made.
+        """
+        connects: list[object] = []
+
+        def endpoint() -> IStreamClientEndpoint:
+            connects.append(1)
+            raise AssertionError("no connection expected")
+
+        delivery = LMTPDelivery(endpoint, Clock(), "mx.example")
+        body = b"Delivered-To: alice@example.com\r\n\r\nbody\r\n"
+        result = self.successResultOf(
+            delivery.deliver(make_account("alice@example.com"), "alice@example.com", body)
+        )
+        self.assertEqual((result.status, result.enhanced), (DeliveryStatus.PERMANENT, "5.4.6"))
+        self.assertEqual(connects, [])

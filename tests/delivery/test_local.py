@@ -8,19 +8,23 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mdtwist.delivery.local import (
+    CopyId,
     DeliveryResult,
     DeliveryStatus,
     ILocalDelivery,
     MaildirDelivery,
+    forwarding_loop,
     write_maildir_message,
 )
 from tests.spool.fakes import make_account, run_now
+from tests.support.logs import capture_logs
 
 BODY = b"Subject: hi\r\n\r\nline one\r\nline two\r\n"
 
@@ -65,6 +69,38 @@ class MaildirDeliveryTests(SynchronousTestCase):
         )
         self.assertEqual(list((self.maildir() / "tmp").iterdir()), [])
         self.assertTrue((self.maildir() / "cur").is_dir())
+
+    def test_forwarding_loop(self) -> None:
+        """
+        A message whose header section already has C{Delivered-To:} naming the account (any
+        case, with or without angle brackets) or the recipient is not delivered: it fails
+        permanently with C{5.4.6} "mail forwarding loop", as with Postfix's local(8).
+        """
+        for field in [
+            b"Delivered-To: alice@example.com",
+            b"DELIVERED-TO:   <Alice@Example.com>",
+            b"Delivered-To: al@example.com",
+        ]:
+            body = b"Received: x\r\n" + field + b"\r\nSubject: hi\r\n\r\nbody\r\n"
+            result = self.successResultOf(
+                self.delivery.deliver(self.alice, "al@example.com", body, "s@e.test")
+            )
+            self.assertEqual(
+                (result.status, result.enhanced), (DeliveryStatus.PERMANENT, "5.4.6"), field
+            )
+            self.assertTrue(result.reason.startswith("mail forwarding loop for "), result)
+        self.assertFalse((self.maildir() / "new").exists())
+
+    def test_no_loop(self) -> None:
+        """
+        C{Delivered-To:} for another address, or in the body, is no loop.
+        """
+        for body in [
+            b"Delivered-To: bob@example.com\r\n\r\nbody\r\n",
+            b"Subject: x\r\n\r\nDelivered-To: alice@example.com\r\n",
+            b"X-Delivered-To: alice@example.com\r\n\r\nbody\r\n",
+        ]:
+            self.assertIsNone(forwarding_loop(self.alice, "alice@example.com", body), body)
 
     def test_creates_root(self) -> None:
         """A mail root that does not exist yet is created."""
@@ -172,3 +208,131 @@ class WriteMaildirMessageTests(SynchronousTestCase):
         self.assertEqual([p.name for p in (maildir / "new").iterdir()], ["two"])
         self.assertEqual(list((maildir / "tmp").iterdir()), [])
         self.assertTrue((maildir / "cur").is_dir())
+
+
+class FormerMaildirTests(SynchronousTestCase):
+    """
+    An account's mail goes on into a Maildir named after another of its addresses while its
+    own Maildir does not exist (the name used to depend on LDAP value order).
+    """
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.root.mkdir()
+        self.delivery = MaildirDelivery(self.root, run_now, Clock(), hostname="mx.example")
+
+    def deliver(self, account: Any) -> None:
+        result = self.successResultOf(self.delivery.deliver(account, account.address, BODY))
+        self.assertEqual(result.status, DeliveryStatus.DELIVERED)
+
+    def test_existing_former_maildir(self) -> None:
+        """
+        With only C{a.example}'s Maildir on disk (made when that value came first), a copy
+        for the account whose primary is C{alice} goes there; without any, into C{alice}'s.
+        """
+        account = make_account("alice@example.com")
+        account = attrs.evolve(account, aliases=("a.example@example.com",))
+        former = self.root / "example.com" / "a.example" / "Maildir"
+        for folder in ("new", "cur", "tmp"):
+            (former / folder).mkdir(parents=True)
+        self.deliver(account)
+        self.assertEqual(len(list((former / "new").iterdir())), 1)
+        self.assertFalse((self.root / "example.com" / "alice").exists())
+        shutil.rmtree(former.parent)
+        self.deliver(account)
+        self.assertEqual(
+            len(list((self.root / "example.com" / "alice" / "Maildir" / "new").iterdir())), 1
+        )
+
+    def test_own_maildir_wins(self) -> None:
+        """
+        When the account's own Maildir exists, it is used even if a former one exists too.
+        """
+        account = attrs.evolve(
+            make_account("alice@example.com"), aliases=("a.example@example.com",)
+        )
+        self.deliver(account)
+        former = self.root / "example.com" / "a.example" / "Maildir" / "new"
+        former.mkdir(parents=True)
+        self.deliver(account)
+        own = self.root / "example.com" / "alice" / "Maildir" / "new"
+        self.assertEqual((len(list(own.iterdir())), list(former.iterdir())), (2, []))
+
+    def test_named_by_attribute(self) -> None:
+        """
+        A Maildir named by a directory attribute (mailbox not the address's local part) has
+        no former Maildirs: another account's Maildir is never used.
+        """
+        account = attrs.evolve(
+            make_account("alice@example.com"), mailbox="u1001", aliases=("bob@example.com",)
+        )
+        maildir = self.delivery.maildir_for(account)
+        assert maildir is not None
+        self.assertEqual(self.delivery.former_maildirs(account, maildir), ())
+
+
+class CopyIdTests(SynchronousTestCase):
+    """
+    A copy named by a L{CopyId} is delivered at most once into C{new/}: a second attempt
+    (after a crash kept the spool from recording the first) finds it there.
+    """
+
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.root.mkdir()
+        self.delivery = MaildirDelivery(self.root, run_now, Clock(), hostname="mx.example")
+        self.alice = make_account("alice@example.com")
+        self.new = self.root / "example.com" / "alice" / "Maildir" / "new"
+
+    def deliver(self, copy: CopyId | None, body: bytes = BODY) -> DeliveryResult:
+        return self.successResultOf(
+            self.delivery.deliver(self.alice, "alice@example.com", body, "s@e.test", copy)
+        )
+
+    def test_name(self) -> None:
+        """
+        The name holds the arrival time, the queue id, the position and the host.
+        """
+        self.assertEqual(
+            self.delivery.copy_name(CopyId("00000000002A", 3, 1700000000.25)),
+            "1700000000.M250000Q00000000002AR3.mx.example",
+        )
+
+    def test_second_attempt_not_delivered_again(self) -> None:
+        """
+        The same copy twice: one file, both attempts count as delivered, C{tmp/} is empty,
+        and the second is logged. Another position of the same message is another copy.
+        """
+        events = capture_logs(self)
+        copy = CopyId("00000000002A", 0, 1700000000.25)
+        self.assertEqual(self.deliver(copy).status, DeliveryStatus.DELIVERED)
+        self.assertEqual(self.deliver(copy).status, DeliveryStatus.DELIVERED)
+        self.assertEqual([p.name for p in self.new.iterdir()], [self.delivery.copy_name(copy)])
+        self.assertEqual(list((self.new.parent / "tmp").iterdir()), [])
+        self.assertEqual(
+            len([e for e in events if "not delivered again" in e.get("log_format", "")]), 1
+        )
+        self.deliver(CopyId("00000000002A", 1, 1700000000.25))
+        self.assertEqual(len(list(self.new.iterdir())), 2)
+
+    def test_link_keeps_existing(self) -> None:
+        """
+        A file of the copy's name that appears after the check is kept as it is: the new one
+        is linked, never renamed over it, and its temporary file goes.
+        """
+        copy = CopyId("00000000002B", 0, 1.0)
+        self.deliver(None)  # the Maildir exists
+        name = self.delivery.copy_name(copy)
+        maildir = self.new.parent
+        write_maildir_message(self.root, maildir, "t1", b"first\n", final_name=name)
+        write_maildir_message(self.root, maildir, "t2", b"second\n", final_name=name)
+        self.assertEqual((self.new / name).read_bytes(), b"first\n")
+        self.assertEqual(list((maildir / "tmp").iterdir()), [])
+
+    def test_without_copy_id(self) -> None:
+        """
+        Without a L{CopyId} every delivery is a new file, as before.
+        """
+        self.deliver(None)
+        self.deliver(None)
+        self.assertEqual(len(list(self.new.iterdir())), 2)

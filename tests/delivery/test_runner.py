@@ -14,6 +14,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mdtwist.delivery.local import (
+    CopyId,
     DeliveryResult,
     DeliveryStatus,
     ILocalDelivery,
@@ -55,7 +56,12 @@ class HeldDelivery:
         self.delivered = 0
 
     def deliver(
-        self, account: Account, recipient: str, body: bytes, sender: str = ""
+        self,
+        account: Account,
+        recipient: str,
+        body: bytes,
+        sender: str = "",
+        copy: CopyId | None = None,
     ) -> Deferred[DeliveryResult]:
         """
         Hold a delivery until the test answers it.

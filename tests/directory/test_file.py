@@ -264,7 +264,8 @@ class AccountsFileErrorTests(SynchronousTestCase):
 
     def test_duplicate_address(self) -> None:
         """
-        An address used by two accounts is refused.
+        An address used by two accounts is refused, naming the entry it duplicates; so is a
+        login.
         """
         text = (
             f'domains = ["a.test"]\n[[account]]\naddress = "x@a.test"\npassword = "{ALICE_HASH}"\n'
@@ -272,7 +273,17 @@ class AccountsFileErrorTests(SynchronousTestCase):
             f'password = "{ALICE_HASH}"\n'
         )
         self.assertEqual(
-            self.problems(text), ["account[1]: address X@a.test is already used by x@a.test"]
+            self.problems(text),
+            ["account[1]: address X@a.test is already used by account[0] (x@a.test)"],
+        )
+        text = (
+            f'domains = ["a.test"]\n[[account]]\naddress = "x@a.test"\npassword = "{ALICE_HASH}"\n'
+            f'login = "same"\n[[account]]\naddress = "y@a.test"\nlogin = "Same"\n'
+            f'password = "{ALICE_HASH}"\n'
+        )
+        self.assertEqual(
+            self.problems(text),
+            ["account[1].login: login Same is already used by account[0] (x@a.test)"],
         )
 
     def test_unknown_and_wrong_keys(self) -> None:

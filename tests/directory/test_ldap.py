@@ -59,8 +59,11 @@ class _FakeConnection(ldap3.Connection):
         if self.owner.search_failures:
             self.owner.search_failures -= 1
             raise LDAPSessionTerminatedByServerError("session terminated by server")
+        self.owner.requested.append(list(kwargs.get("attributes") or ()))
         if self.owner.search_result is not None:
             return (False, self.owner.search_result, [], None)
+        if self.owner.search_response is not None:
+            return (False, {"result": 0}, self.owner.search_response, None)
         return super().search(search_base, search_filter, *args, **kwargs)
 
     def compare(self, dn: Any, attribute: Any, value: Any, controls: Any = None) -> Any:
@@ -79,6 +82,9 @@ class FakeLDAP:
     @ivar broken: when set, making a connection raises this (ldap3 lets some odd errors out).
     @ivar search_failures: how many of the next searches fail as on a dead connection.
     @ivar search_result: when set, every search answers with this result.
+    @ivar search_response: when set, every search succeeds with these entries, as given (the
+        values of an attribute in the order the test chooses).
+    @ivar requested: the attributes each search asked for, in order.
     @ivar compare_result: when set, every compare answers with this result.
     """
 
@@ -90,6 +96,8 @@ class FakeLDAP:
         self.broken: Exception | None = None
         self.search_failures = 0
         self.search_result: dict[str, Any] | None = None
+        self.search_response: list[dict[str, Any]] | None = None
+        self.requested: list[list[str]] = []
         self.compare_result: dict[str, Any] | None = None
         self._admin = self.connect(None, None)
         self.add(ADMIN, {"objectClass": "person", "cn": "admin", "userPassword": "adminpw"})
@@ -336,7 +344,8 @@ class LDAPDirectoryTests(SynchronousTestCase):
         """
         An attribute whose configured name is empty is not used.
 
-        Its field keeps the default even though the entry has a value.
+        Its field keeps the default even though the entry has a value. Without a login
+        attribute, the primary address is the lowest C{mail} value.
         """
         config = attrs.evolve(
             CONFIG,
@@ -344,10 +353,60 @@ class LDAPDirectoryTests(SynchronousTestCase):
         )
         account = self.find(self.directory(config), "alice@example.com")
         assert account is not None
-        self.assertEqual(account.aliases, ("a.example@example.com",))
-        self.assertEqual(account.login, "Alice@example.com")
+        self.assertEqual(account.aliases, ("Alice@example.com",))
+        self.assertEqual(account.login, "a.example@example.com")
         self.assertEqual(account.display_name, "")
         self.assertIsNone(account.smarthost_login)
+
+    def test_value_order_does_not_matter(self) -> None:
+        """
+        LDAP returns the values of an attribute in no fixed order: an entry whose C{mail}
+        values come back in either order gives the same account, so its mail goes to one
+        Maildir. The primary address is the value whose local part is the login (C{uid});
+        without such a value, the lowest one.
+        """
+        for uid, expected in [("carol", "carol@example.com"), ("cbx", "c.b@example.com")]:
+            accounts = []
+            for mails in (
+                ["carol@example.com", "c.b@example.com", "Z@example.com"],
+                ["Z@example.com", "c.b@example.com", "carol@example.com"],
+            ):
+                self.ldap.search_response = [
+                    {
+                        "type": "searchResEntry",
+                        "dn": "uid=carol,ou=people,dc=example,dc=com",
+                        "attributes": {"uid": [uid], "mail": mails},
+                    }
+                ]
+                account = self.find(self.directory(), "z@example.com")
+                assert account is not None
+                accounts.append(account)
+            first, second = accounts
+            self.assertEqual(first, second)
+            self.assertEqual(first.address, expected)
+            self.assertEqual(first.mailbox, expected.split("@")[0])
+
+    def test_mailbox_attribute(self) -> None:
+        """
+        With C{attributes.mailbox} set (C{uid}), the Maildir is named after its value, in
+        whatever order the C{mail} values come; an entry without it falls back to the primary
+        address's local part.
+        """
+        config = attrs.evolve(CONFIG, attributes=LDAPAttributes(mailbox="uid"))
+        account = self.find(self.directory(config), "a.example@example.com")
+        assert account is not None
+        self.assertEqual((account.mailbox, account.address), ("alice", "Alice@example.com"))
+        self.assertIn("uid", self.ldap.requested[-1])
+        self.ldap.search_response = [
+            {
+                "type": "searchResEntry",
+                "dn": "cn=x,dc=example,dc=com",
+                "attributes": {"mail": ["x.y@example.com"]},
+            }
+        ]
+        account = self.find(self.directory(config), "x.y@example.com")
+        assert account is not None
+        self.assertEqual(account.mailbox, "x.y")
 
     def test_disabled_account(self) -> None:
         """

@@ -15,6 +15,8 @@ The accounts (password in brackets):
     - bob (C{bobpw}, stored in plain text): mail C{Bob@Example.COM}
     - carol (C{carolpw}, stored as C{{CRYPT}} SHA-512): mail C{carol@example.org}
     - dave (C{davepw}, plain), C{employeeType: disabled}: mail C{dave@example.com}
+    - grace and hg (no password): two C{mail} values each, stored with the one that is not
+      the primary address first
     - erin and frank: both have C{shared@example.com} (ambiguous data)
 
 Anonymous clients may read everything but C{userPassword}, which they may only bind with.
@@ -148,6 +150,22 @@ sn: Example
 mail: frank@example.com
 mail: shared@example.com
 userPassword: {frank}
+
+dn: uid=grace,{people}
+objectClass: inetOrgPerson
+uid: grace
+cn: Grace Example
+sn: Example
+mail: zz.grace@example.com
+mail: grace@example.com
+
+dn: uid=hg,{people}
+objectClass: inetOrgPerson
+uid: hg
+cn: Heidi Example
+sn: Example
+mail: zz.heidi@example.com
+mail: b.heidi@example.com
 """
 
 _SERVER_EXTENSIONS = """\

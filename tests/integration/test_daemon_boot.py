@@ -60,7 +60,7 @@ class DaemonBootTests(SynchronousTestCase):
                 check=False,
             )
             self.assertEqual(result.returncode, 0, result.stderr)
-            self.assertIn("configuration is valid", result.stderr)
+            self.assertIn("configuration is valid", result.stdout)
 
     def test_check_bad_config(self) -> None:
         """

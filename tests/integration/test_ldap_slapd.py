@@ -106,6 +106,32 @@ class SlapdLookupTests(_SlapdTestCase):
             ),
         )
 
+    async def test_primary_not_by_value_order(self) -> None:
+        """
+        The server returns C{mail} values in the order they were stored; the primary address (and
+        so the Maildir) does not follow it: it is the value whose local part is the C{uid},
+        else the lowest value, found by any of the addresses.
+        """
+        directory = self.directory()
+        for address in ("zz.grace@example.com", "grace@example.com"):
+            account = await self.find(directory, address)
+            assert account is not None
+            self.assertEqual(
+                (account.address, account.mailbox, account.aliases),
+                ("grace@example.com", "grace", ("zz.grace@example.com",)),
+            )
+        account = await self.find(directory, "zz.heidi@example.com")
+        assert account is not None
+        self.assertEqual((account.address, account.mailbox), ("b.heidi@example.com", "b.heidi"))
+        named = self.directory(
+            attributes=LDAPAttributes(
+                alias="mailLocalAddress", status="employeeType", mailbox="uid"
+            )
+        )
+        account = await self.find(named, "b.heidi@example.com")
+        assert account is not None
+        self.assertEqual(account.mailbox, "hg")
+
     async def test_aliases(self) -> None:
         """
         A second C{mail} value and a C{mailLocalAddress} value find the same account.

@@ -333,3 +333,71 @@ class SharingTests(SynchronousTestCase):
         """
         self.assertEqual(self.decide("postmaster@local.test").reply.code, 550)
         self.assertEqual(self.sharing.calls, [])
+
+
+class SenderLoginTests(SynchronousTestCase):
+    """
+    With C{sender_must_match_login}, an authenticated session may only send as its own
+    account (primary address or alias) or with the null sender.
+    """
+
+    def setUp(self) -> None:
+        self.directory = TwoAccounts()
+        self.policy = ReceivePolicy(self.directory, sender_must_match_login=True)
+
+    def check(self, client: ClientInfo, sender: str) -> Reply:
+        return self.successResultOf(self.policy.check_sender(client, sender))
+
+    def test_own_addresses(self) -> None:
+        """
+        The account's primary address, in any case, and an alias of it (the directory finds
+        the account for it) are accepted; so is the null sender. A session whose user is one
+        of the account's addresses (not its login) is the same account.
+        """
+        alias = Account(
+            address="alice@local.test",
+            mailbox="alice",
+            domain="local.test",
+            login="alice",
+            aliases=("al@local.test",),
+        )
+        self.directory.find = lambda address: succeed(  # type: ignore[method-assign]
+            alias if address.lower() in alias.addresses else None
+        )
+        for sender in ["alice@local.test", "Alice@LOCAL.test", "al@local.test", ""]:
+            self.assertEqual(self.check(AUTHED, sender).code, 250, sender)
+        by_address = ClientInfo(address="203.0.113.9", helo="laptop", user="Al@local.test")
+        self.assertEqual(self.check(by_address, "alice@local.test").code, 250)
+
+    def test_other_addresses_refused(self) -> None:
+        """
+        Another account's address, an unknown local address and a foreign address are refused
+        with C{553 5.7.1} naming the sender; the refusal is logged with sender and login
+        escaped.
+        """
+        events = capture_logs(self)
+        for sender in ["gone@local.test", "bob@local.test", "ceo@bank.example"]:
+            answer = self.check(AUTHED, sender)
+            self.assertEqual((answer.code, answer.enhanced), (553, "5.7.1"), sender)
+            self.assertEqual(
+                answer.lines, (f"<{sender}>: Sender address not owned by the logged-in user",)
+            )
+        self.check(ClientInfo(address="203.0.113.9", helo="x", user="al\r\nice"), "a@b.example")
+        self.assertIn("al\\x0d\\x0aice", [e.get("user") for e in events])
+
+    def test_unauthenticated_and_off(self) -> None:
+        """
+        An unauthenticated session is not checked (the listener decides whether it may send
+        at all), and without the setting no session is.
+        """
+        self.assertEqual(self.check(STRANGER, "ceo@bank.example").code, 250)
+        off = ReceivePolicy(self.directory)
+        self.assertEqual(self.successResultOf(off.check_sender(AUTHED, "bob@x.example")).code, 250)
+
+    def test_directory_down(self) -> None:
+        """
+        A directory that cannot answer gives C{451 4.3.0}, never a 5xx.
+        """
+        self.directory.down = True
+        answer = self.check(AUTHED, "alice@local.test")
+        self.assertEqual((answer.code, answer.enhanced), (451, "4.3.0"))

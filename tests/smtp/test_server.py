@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.envelope import Envelope
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
@@ -22,7 +23,12 @@ from mdtwist.secret import Secret
 from mdtwist.smtp.core.replies import Reply
 from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.modes import ListenerMode
-from mdtwist.smtp.server import SessionLimits, SMTPServerFactory, SMTPServerProtocol
+from mdtwist.smtp.server import (
+    SessionLimits,
+    SessionTally,
+    SMTPServerFactory,
+    SMTPServerProtocol,
+)
 from tests.smtp.core.helpers import parse_replies
 from tests.smtp.fakes import (
     FakeDirectory,
@@ -66,6 +72,7 @@ class GlueTestsBase(SynchronousTestCase):
         tls: object = None,
         limits: SessionLimits | None = None,
         settings: ServerSettings = PIPELINING_UNCHECKED,
+        tally: SessionTally | None = None,
     ) -> SMTPServerFactory:
         """Make a factory around the fakes."""
         return SMTPServerFactory(
@@ -77,6 +84,7 @@ class GlueTestsBase(SynchronousTestCase):
             clock=self.clock,
             tls=tls,  # type: ignore[arg-type]
             limits=limits,
+            tally=tally,
         )
 
     def connect(
@@ -511,6 +519,44 @@ class SyncTests(GlueTestsBase):
         self.assertEqual((warning["command"], warning["peer"]), ("DATA", "192.0.2.1"))
 
 
+class DSNRequestTests(GlueTestsBase):
+    """
+    C{smtp.dsn}: the DSN requests of clients that neither authenticated nor are trusted.
+    """
+
+    def test_untrusted_limited(self) -> None:
+        """
+        With C{limited}, an unauthenticated client outside the trusted networks loses
+        C{NOTIFY=SUCCESS} and gets C{RET=HDRS}; a trusted one keeps what it asked for.
+        """
+        factory = SMTPServerFactory(
+            settings=PIPELINING_UNCHECKED,
+            mode=ListenerMode.MX,
+            policy=self.policy,
+            spool=self.spool,
+            portal=build_login_portal(self.directory, self.clock),
+            clock=self.clock,
+            dsn_untrusted=DSNRequests.LIMITED,
+            trusted=lambda client: client.address == "192.0.2.9",
+        )
+        request = (
+            b"EHLO c.example\r\nMAIL FROM:<a@c.example> RET=FULL ENVID=e1\r\n"
+            b"RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE\r\nDATA\r\nhi\r\n.\r\n"
+        )
+        for host in ["192.0.2.1", "192.0.2.9"]:
+            protocol, _ = self.connect(factory, host=host)
+            protocol.dataReceived(request)
+        (stranger, _), (friend, _) = self.spool.messages
+        self.assertEqual(
+            (stranger.ret, stranger.envid, stranger.recipients[0].notify),
+            ("HDRS", "e1", frozenset({"FAILURE"})),
+        )
+        self.assertEqual(
+            (friend.ret, friend.envid, friend.recipients[0].notify),
+            ("FULL", "e1", frozenset({"SUCCESS", "FAILURE"})),
+        )
+
+
 class LimitTests(GlueTestsBase):
     """Per-address session limits and timeouts."""
 
@@ -533,6 +579,34 @@ class LimitTests(GlueTestsBase):
         _, fourth = self.connect(factory)
         self.assertEqual(self.replies(fourth), [(220, None)])
         self.assertEqual(factory.sessions("192.0.2.1"), 2)
+
+    def test_sessions_per_process(self) -> None:
+        """
+        Over the process's session limit, counted over every listener that shares the tally,
+        a connection is greeted with C{421 4.3.2} and closed, whatever its address; a session
+        refused for its address does not take a place, and closing a session frees one.
+        """
+        tally = SessionTally(3)
+        mx = self.factory(tally=tally, limits=SessionLimits(max_sessions_per_ip=1))
+        submission = self.factory(ListenerMode.SUBMISSION, tally=tally)
+        first, _ = self.connect(mx, host="192.0.2.1")
+        _, refused = self.connect(mx, host="192.0.2.1")
+        self.assertEqual(self.replies(refused), [(421, "4.7.0")])
+        self.connect(mx, host="192.0.2.2")
+        self.connect(submission, host="192.0.2.3")
+        events = capture_logs(self)
+        _, full = self.connect(submission, host="192.0.2.4")
+        self.assertEqual(self.replies(full), [(421, "4.3.2")])
+        self.assertTrue(full.disconnecting)
+        self.assertEqual(
+            self.all_replies(full)[0].lines, ("Too many connections, try again later",)
+        )
+        self.assertIn("too many sessions in this process", str([e["log_format"] for e in events]))
+        self.assertEqual(tally.open, 3)
+        first.connectionLost()
+        self.assertEqual(tally.open, 2)
+        _, again = self.connect(submission, host="192.0.2.4")
+        self.assertEqual(self.replies(again), [(220, None)])
 
     def test_idle_timeout(self) -> None:
         """

@@ -30,6 +30,9 @@ MAX_TEXT_LINE = 1000
 
 _CRLF = b"\r\n"
 
+#: A byte no text line may hold (RFC 2045 section 2.7, RFC 6152).
+_NUL = b"\x00"
+
 #: The end of DATA, from the CRLF of the line before it.
 _END_MARKER = b"\r\n.\r\n"
 
@@ -187,6 +190,7 @@ class DataProblem(enum.Enum):
     TOO_BIG = "too-big"
     LINE_TOO_LONG = "line-too-long"
     BARE_CR_LF = "bare-cr-lf"
+    NUL = "nul"
 
 
 def message_problems(message: bytes, max_line: int = MAX_TEXT_LINE) -> set[DataProblem]:
@@ -204,6 +208,8 @@ def message_problems(message: bytes, max_line: int = MAX_TEXT_LINE) -> set[DataP
         problems.add(DataProblem.BARE_CR_LF)
     if len(message) + 2 > max_line and max(map(len, message.split(_CRLF))) + 2 > max_line:
         problems.add(DataProblem.LINE_TOO_LONG)
+    if _NUL in message:
+        problems.add(DataProblem.NUL)
     return problems
 
 
@@ -255,12 +261,15 @@ class DataReader:
                 if _STUFFED in text:
                     text = text.replace(_STUFFED, _CRLF)
                 size = self.size + len(text)
-                if size <= self._max_size:
+                if size <= self._max_size and _NUL not in text:
                     self.size = size
                     self._body += text
                 else:
-                    # Too big: count and refuse line by line, like the reader below.
+                    # Too big or holding a NUL: count and refuse line by line, like the
+                    # reader below.
                     for content in text.split(_CRLF)[:-1]:
+                        if _NUL in content:
+                            self.problems.add(DataProblem.NUL)
                         self._add(content)
                 if done:
                     return True
@@ -278,6 +287,8 @@ class DataReader:
                 content = content[1:]
             if line.has_bare_cr_or_lf:
                 self.problems.add(DataProblem.BARE_CR_LF)
+            if _NUL in content:
+                self.problems.add(DataProblem.NUL)
             self._add(content)
 
     def _add(self, content: bytes) -> None:

@@ -10,7 +10,8 @@ C{@} stay in it.
 
 Parameters are C{KEYWORD} or C{KEYWORD=value}, separated by spaces. Each is checked against the
 set the caller allows (what the server advertised); an unknown one is C{555 5.5.4}, a repeated or
-malformed one C{501 5.5.4}.
+malformed one C{501 5.5.4}. C{BODY=BINARYMIME} (RFC 3030) is C{555 5.5.4}: BINARYMIME is never
+advertised.
 
 Every parse function returns either the parsed command or the L{Reply} to refuse it with.
 
@@ -34,11 +35,13 @@ MAIL_PARAMETERS = frozenset({"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"}
 #: The ESMTP parameters of C{RCPT TO} this module knows.
 RCPT_PARAMETERS = frozenset({"NOTIFY", "ORCPT"})
 
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
+# Non-ASCII text (SMTPUTF8) starts at U+00A0: the C1 controls U+0080-U+009F are no part of
+# Net-Unicode (RFC 5198), and an address never carries a control character into a log line.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u00a0-\U0010ffff]"
 _DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
-_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"')
-_LETDIG = r"[A-Za-z0-9\u0080-\U0010ffff]"
-_LABEL = rf"(?:{_LETDIG}(?:[A-Za-z0-9\-\u0080-\U0010ffff]*{_LETDIG})?)"
+_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u00a0-\U0010ffff]|\\[\x20-\x7e])*"')
+_LETDIG = r"[A-Za-z0-9\u00a0-\U0010ffff]"
+_LABEL = rf"(?:{_LETDIG}(?:[A-Za-z0-9\-\u00a0-\U0010ffff]*{_LETDIG})?)"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _LITERAL = re.compile(
     r"\[(?:[0-9.]+|IPv6:[0-9A-Fa-f:.]+|[A-Za-z0-9\-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]"
@@ -48,7 +51,7 @@ _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*")
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 
-_BODY_TYPES = frozenset({"7BIT", "8BITMIME", "BINARYMIME"})
+_BODY_TYPES = frozenset({"7BIT", "8BITMIME"})
 _NOTIFY_VALUES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 
@@ -58,7 +61,7 @@ class MailParameters:
     The ESMTP parameters of C{MAIL FROM}.
 
     @ivar size: C{SIZE=}, the size the client declares, or L{None}.
-    @ivar body: C{BODY=} in upper case (C{7BIT}, C{8BITMIME}, C{BINARYMIME}), or L{None}.
+    @ivar body: C{BODY=} in upper case (C{7BIT} or C{8BITMIME}), or L{None}.
     @ivar smtputf8: whether C{SMTPUTF8} was given.
     @ivar ret: C{RET=} in upper case (C{FULL} or C{HDRS}), or L{None}.
     @ivar envid: C{ENVID=} as xtext, or L{None}.
@@ -170,6 +173,16 @@ def parse_mailbox(text: str) -> str | None:
     return f"{local}@{domain}"
 
 
+def is_domain_or_literal(text: str) -> bool:
+    """
+    Tell whether a text is a domain name or an address literal (RFC 5321 section 4.1.2).
+
+    @param text: the text, such as a HELO/EHLO argument.
+    @return: whether it is C{Domain} or C{address-literal}.
+    """
+    return bool(_DOMAIN.fullmatch(text) or _LITERAL.fullmatch(text))
+
+
 def _parse_path(text: str, *, null_ok: bool, postmaster_ok: bool) -> str | None:
     if len(text) > MAX_PATH:
         return None
@@ -221,6 +234,9 @@ def _mail_parameter(keyword: str, value: str | None, fields: dict[str, object]) 
             return _bad(keyword)
         fields["size"] = int(value)
     elif keyword == "BODY":
+        if value.upper() == "BINARYMIME":
+            # Not offered (no BINARYMIME in the EHLO reply): an unsupported value.
+            return reply(555, "5.5.4", "BODY=BINARYMIME not supported")
         if value.upper() not in _BODY_TYPES:
             return _bad(keyword)
         fields["body"] = value.upper()

@@ -37,8 +37,11 @@ Rules:
  - lines end only at CRLF; a command line with a bare CR or LF is refused with C{500 5.5.2} and
    not executed; an over-long command line gets C{500 5.5.6} and is not executed;
  - DATA ends only at CRLF.CRLF; a message with a bare CR or LF (C{550 5.5.2}), an over-long line
-   (C{500 5.5.6}) or too many bytes (C{552 5.3.4}) is read to its real end and then refused,
-   so nothing inside it is ever taken for a command;
+   (C{500 5.5.6}), a NUL byte (C{550 5.6.0}) or too many bytes (C{552 5.3.4}) is read to its
+   real end and then refused, so nothing inside it is ever taken for a command. NUL is refused
+   as Postfix does with the C{message_reject_characters} set to NUL, as its manual suggests (its
+   default passes NULs on): RFC 2045 and RFC 6152 allow no NUL in 7bit or 8bit text, and
+   BINARYMIME is not offered;
  - CHUNKING (RFC 3030): C{BDAT <size> [LAST]} is followed by exactly that many bytes, which are
    always read, even when the command is refused, and never looked at for commands. The reply
    comes after the chunk: C{250} for a chunk taken, the refusal otherwise (no transaction, no
@@ -651,8 +654,6 @@ class ServerCore:
             return self._refuse(554, "5.5.1", "No valid recipients")
         if self._chunks is not None:
             return self._refuse(503, "5.5.1", "DATA not allowed after BDAT")
-        if self._mail.parameters.body == "BINARYMIME":
-            return self._refuse(503, "5.5.1", "BINARYMIME needs BDAT")
         s = self._settings
         self._data = DataReader(s.max_message_size, s.max_text_line)
         self._state = SessionState.DATA
@@ -674,6 +675,8 @@ class ServerCore:
             return self._refuse(552, "5.3.4", "Message size exceeds fixed limit")
         if DataProblem.LINE_TOO_LONG in problems:
             return self._refuse(500, "5.5.6", "Line too long")
+        if DataProblem.NUL in problems:
+            return self._refuse(550, "5.6.0", "NUL character not allowed in message")
         return self._refuse(550, "5.5.2", "Bare CR or LF not allowed in message")
 
     def _bdat(self, args: str) -> Event | None:

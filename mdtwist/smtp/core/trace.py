@@ -13,8 +13,16 @@ from __future__ import annotations
 import datetime
 import email.utils
 import ipaddress
+import re
+
+from mdtwist.smtp.core.params import is_domain_or_literal
 
 _RECEIVED = b"received:"
+
+#: The characters a HELO name that is not a domain or address literal keeps as they are in the
+#: trace; every other one is written as C{%XX} (its UTF-8 bytes), so no C{;}, parenthesis,
+#: backslash, quote or control character of the client's reaches the header.
+_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
 
 def count_received(message: bytes) -> int:
@@ -64,6 +72,29 @@ def address_literal(address: str) -> str:
     return f"[{parsed}]"
 
 
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8"))
+
+
+def trace_from(helo: str, client_address: str) -> str:
+    """
+    The C{from} clause of our C{Received:} field.
+
+    A HELO name that is an ASCII domain or an address literal is recorded as sent, followed by
+    the client's address: C{from c.example ([192.0.2.1])}. Anything else (C{EHLO x;y=z}) is not
+    a domain the clause may hold: the client's address stands in its place and the name is
+    kept, in a safe form, in a comment: C{from [192.0.2.1] (invalid HELO x%3By%3Dz)}.
+
+    @param helo: the HELO/EHLO argument, as sent.
+    @param client_address: the client's IP address.
+    @return: the clause, without the C{Received:} name.
+    """
+    literal = address_literal(client_address)
+    if helo.isascii() and is_domain_or_literal(helo):
+        return f"from {helo} ({literal})"
+    return f"from {literal} (invalid HELO {_UNSAFE.sub(_percent, helo) or '(none)'})"
+
+
 def received_header(
     *,
     helo: str,
@@ -77,7 +108,7 @@ def received_header(
     """
     Build a C{Received:} field, folded, ending in CRLF.
 
-    @param helo: the HELO/EHLO name.
+    @param helo: the HELO/EHLO name (see L{trace_from} for one that is not a domain).
     @param client_address: the client's IP address.
     @param hostname: our host name.
     @param protocol: the C{with} keyword (see L{with_protocol}).
@@ -88,7 +119,7 @@ def received_header(
     @return: the header field.
     """
     stamp = email.utils.format_datetime(datetime.datetime.fromtimestamp(when, datetime.UTC))
-    lines = [f"Received: from {helo} ({address_literal(client_address)})"]
+    lines = [f"Received: {trace_from(helo, client_address)}"]
     lines.append(f"\tby {hostname} (mdtwist) with {protocol}")
     if tls is not None:
         lines.append(f"\t({tls})")

@@ -178,6 +178,8 @@ def _reference_read(
                 content = content[1:]
             if line.has_bare_cr_or_lf:
                 problems.add(DataProblem.BARE_CR_LF)
+            if b"\x00" in content:
+                problems.add(DataProblem.NUL)
             size += len(content) + 2
             if size > max_size:
                 problems.add(DataProblem.TOO_BIG)
@@ -227,7 +229,15 @@ class DataReaderFastPathTests(SynchronousTestCase):
         Clean lines are taken at once; a bare LF, a bare CR or an over-long line in the same
         chunk or in a later one is still recorded, and reading goes on to the end marker.
         """
-        for bad in [b"b\nc\r\n", b"b\rc\r\n", b"y" * 30 + b"\r\n", b"\r\r\n", b"z\n\r\n"]:
+        for bad in [
+            b"b\nc\r\n",
+            b"b\rc\r\n",
+            b"y" * 30 + b"\r\n",
+            b"\r\r\n",
+            b"z\n\r\n",
+            b"n\x00ul\r\n",
+            b"\x00" * 30 + b"\r\n",
+        ]:
             message = b"a\r\n.a\r\n" + bad + b"d\r\n.\r\nNOOP\r\n"
             self.check([message])
             self.check([b"a\r\n.a\r\n", bad + b"d\r\n.\r\nNOOP\r\n"])
@@ -304,10 +314,11 @@ class MessageProblemsTests(SynchronousTestCase):
     """L{message_problems}: the rules of DATA for a message that came in one piece."""
 
     def test_problems(self) -> None:
-        """Bare CR, bare LF and over-long lines are found; clean messages have none."""
+        """Bare CR, bare LF, NUL and over-long lines are found; clean messages have none."""
         self.assertEqual(message_problems(b"a\r\nb\r\n"), set())
         self.assertEqual(message_problems(b"a\r\nb"), set())
         self.assertEqual(message_problems(b"a\nb\r\n"), {DataProblem.BARE_CR_LF})
         self.assertEqual(message_problems(b"a\rb\r\n"), {DataProblem.BARE_CR_LF})
         self.assertEqual(message_problems(b"x" * 9 + b"\r\n", 10), {DataProblem.LINE_TOO_LONG})
         self.assertEqual(message_problems(b"x" * 8 + b"\r\n", 10), set())
+        self.assertEqual(message_problems(b"a\x00b\r\n"), {DataProblem.NUL})

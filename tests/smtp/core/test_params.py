@@ -138,6 +138,25 @@ class ParameterTests(SynchronousTestCase):
         self.assertEqual(_codes(parse_mail("FROM:<a@b> SIZE=1", frozenset())), (555, "5.5.4"))
         self.assertEqual(_codes(parse_rcpt("TO:<a@b> SIZE=1")), (555, "5.5.4"))
 
+    def test_binarymime_not_supported(self) -> None:
+        """
+        C{BODY=BINARYMIME} (in any case) is C{555 5.5.4}: BINARYMIME is never offered.
+        """
+        self.assertEqual(_codes(parse_mail("FROM:<a@b> BODY=BINARYMIME")), (555, "5.5.4"))
+        self.assertEqual(_codes(parse_mail("FROM:<a@b> BODY=binarymime")), (555, "5.5.4"))
+
+    def test_no_c1_controls_in_addresses(self) -> None:
+        """
+        A C1 control (U+0080 to U+009F) in a local part or a domain is bad syntax; other
+        non-ASCII text (SMTPUTF8) is fine.
+        """
+        for path in ["<a\x85b@c.example>", "<a@c\x9b.example>", '<"a\x85"@c.example>']:
+            self.assertEqual(_codes(parse_mail(f"FROM:{path} SMTPUTF8")), (501, "5.1.7"), path)
+            self.assertEqual(_codes(parse_rcpt(f"TO:{path}")), (501, "5.1.3"), path)
+        parsed = parse_mail("FROM:<zoë\xa0x@exämple.test> SMTPUTF8")
+        assert isinstance(parsed, MailCommand)
+        self.assertEqual(parsed.sender, "zoë\xa0x@exämple.test")
+
     def test_malformed_and_repeated(self) -> None:
         """Repeated parameters and bad values are C{501 5.5.4}."""
         for text in [

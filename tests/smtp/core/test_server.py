@@ -247,10 +247,14 @@ class ServerConversationTestsMixin(ConversationMixin):
             self.assertEqual(glue.codes()[-2:], [(550, "5.5.2"), (250, "2.0.0")], probe)
 
     def test_nul_around_dot_is_content(self) -> None:
-        """CRLF NUL . CRLF and CRLF . NUL CRLF are content, not the end of DATA."""
-        glue = self.converse(ENVELOPE + b"a\r\n\x00.\r\nb\r\n.\x00\r\nc\r\n.\r\n")
-        [message] = _messages(glue)
-        self.assertEqual(message.body, b"a\r\n\x00.\r\nb\r\n\x00\r\nc\r\n")
+        """
+        CRLF NUL . CRLF and CRLF . NUL CRLF are content, not the end of DATA: the message
+        goes on to the real end marker and is refused there for its NULs; the line after the
+        real end is a command again.
+        """
+        glue = self.converse(ENVELOPE + b"a\r\n\x00.\r\nb\r\n.\x00\r\nNOOP\r\n.\r\nRSET\r\n")
+        self.assertEqual(_messages(glue), [])
+        self.assertEqual(glue.codes()[-3:], [(354, None), (550, "5.6.0"), (250, "2.0.0")])
 
     def test_long_line_in_data_stays_in_data(self) -> None:
         """
@@ -406,12 +410,25 @@ class ServerConversationTestsMixin(ConversationMixin):
         assert isinstance(mail, MailFrom)
         self.assertTrue(mail.parameters.smtputf8)
 
-    def test_binarymime_needs_bdat(self) -> None:
-        """DATA after C{BODY=BINARYMIME} is C{503 5.5.1}."""
+    def test_binarymime_refused(self) -> None:
+        """
+        C{BODY=BINARYMIME} is C{555 5.5.4}: BINARYMIME is not offered, so no transaction opens
+        and the DATA after it has no MAIL.
+        """
         glue = self.converse(
             b"EHLO c\r\nMAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<b@x>\r\nDATA\r\n"
         )
-        self.assertEqual(glue.codes()[-1], (503, "5.5.1"))
+        self.assertEqual(glue.codes()[2:], [(555, "5.5.4"), (503, "5.5.1"), (503, "5.5.1")])
+        self.assertNotIn("BINARYMIME", glue.replies()[1].lines)
+
+    def test_nul_in_data_refused(self) -> None:
+        """
+        A message with a NUL byte is read to its end and refused with C{550 5.6.0}; the
+        session goes on.
+        """
+        glue = self.converse(ENVELOPE + b"Subject: x\r\n\r\na\x00b\r\n.\r\nNOOP\r\n")
+        self.assertEqual(glue.codes()[-3:], [(354, None), (550, "5.6.0"), (250, "2.0.0")])
+        self.assertEqual(_messages(glue), [])
 
 
 class ChunkingTestsMixin(ConversationMixin):
@@ -483,11 +500,13 @@ class ChunkingTestsMixin(ConversationMixin):
 
     def test_bad_line_ends_in_chunks(self) -> None:
         """
-        A message whose chunks hold a bare LF or an over-long line is refused as in DATA; a
-        CRLF split across two chunks is fine.
+        A message whose chunks hold a bare LF, a NUL or an over-long line is refused as in
+        DATA; a CRLF split across two chunks is fine.
         """
         glue = self.converse(BDAT_ENVELOPE + b"BDAT 5 LAST\r\na\nb\r\nNOOP\r\n")
         self.assertEqual(glue.codes()[-2:], [(550, "5.5.2"), (250, "2.0.0")])
+        glue = self.converse(BDAT_ENVELOPE + b"BDAT 5 LAST\r\na\x00b\r\nNOOP\r\n")
+        self.assertEqual(glue.codes()[-2:], [(550, "5.6.0"), (250, "2.0.0")])
         glue = self.converse(BDAT_ENVELOPE + b"BDAT 1002 LAST\r\n" + b"x" * 1000 + b"\r\n")
         self.assertEqual(glue.codes()[-1], (500, "5.5.6"))
         glue = self.converse(BDAT_ENVELOPE + b"BDAT 2\r\na\rBDAT 1 LAST\r\n\n")

@@ -8,6 +8,7 @@ from mdtwist.smtp.core.trace import (
     address_literal,
     count_received,
     received_header,
+    trace_from,
     with_protocol,
 )
 
@@ -65,3 +66,35 @@ class TraceTests(SynchronousTestCase):
             b"\t(TLSv1.3 TLS_AES_128_GCM_SHA256)\r\n"
             b"\tfor <b@mx.example>; Thu, 01 Jan 1970 00:00:00 +0000\r\n",
         )
+
+    def test_helo_not_a_domain(self) -> None:
+        """
+        A HELO name that is neither a domain nor an address literal is not put in the
+        C{from} clause as sent: the client's address stands there, and the name follows in a
+        comment with every character that could end the clause, the comment or the line
+        written as C{%XX}. Domains and literals are kept as sent.
+        """
+        self.assertEqual(trace_from("c.example", "192.0.2.1"), "from c.example ([192.0.2.1])")
+        self.assertEqual(trace_from("[192.0.2.9]", "192.0.2.1"), "from [192.0.2.9] ([192.0.2.1])")
+        self.assertEqual(
+            trace_from("x;y=z", "192.0.2.1"), "from [192.0.2.1] (invalid HELO x%3By%3Dz)"
+        )
+        self.assertEqual(
+            trace_from('a(b)\\c"\x7f', "::1"),
+            "from [IPv6:::1] (invalid HELO a%28b%29%5Cc%22%7F)",
+        )
+        self.assertEqual(
+            trace_from("zoë.example", "192.0.2.1"),
+            "from [192.0.2.1] (invalid HELO zo%C3%AB.example)",
+        )
+        header = received_header(
+            helo="x;for <a@b>",
+            client_address="192.0.2.1",
+            hostname="mx",
+            protocol="SMTP",
+            when=0.0,
+        )
+        self.assertTrue(
+            header.startswith(b"Received: from [192.0.2.1] (invalid HELO x%3Bfor%20%3Ca")
+        )
+        self.assertEqual(header.count(b";"), 1)
