@@ -56,7 +56,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @attrs.frozen
-class ServerSettings:
+class MingerSettings:
     """
     How the Minger server answers.
 
@@ -106,7 +106,7 @@ class MingerResponder:
 
     log = Logger()
 
-    def __init__(self, directory: IDirectory, settings: ServerSettings, clock: IReactorTime):
+    def __init__(self, directory: IDirectory, settings: MingerSettings, clock: IReactorTime):
         """
         @param directory: the local account directory (never the sharing cache).
         @param settings: the settings.

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.minger.client import MingerClient, Peer, Result
 from mdtwist.minger.codec import Status, encode_reply
-from mdtwist.minger.server import MingerResponder, MingerServerProtocol, ServerSettings
+from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
 from mdtwist.secret import Secret
 from tests.minger.fakes import Directory, FakeUDPReactor, account
 
@@ -57,7 +57,7 @@ class ClientTests(SynchronousTestCase):
         directory = Directory(
             account("alice@example.com"), account("frozen@example.com", enabled=False)
         )
-        settings = ServerSettings(
+        settings = MingerSettings(
             Secret(SECRET),
             allowed=EVERYWHERE,
             hardened_sources=EVERYWHERE if hardened else (),

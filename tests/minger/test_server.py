@@ -19,7 +19,7 @@ from mdtwist.minger.codec import (
     parse_reply,
 )
 from mdtwist.minger.limits import RateLimits
-from mdtwist.minger.server import MingerResponder, MingerServerProtocol, ServerSettings
+from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
 from mdtwist.secret import Secret
 from tests.minger.fakes import Directory, FakeUDPReactor, account
 from tests.support.logs import capture_logs
@@ -51,7 +51,7 @@ class ResponderTests(SynchronousTestCase):
     def responder(self, **kwargs: object) -> MingerResponder:
         options: dict[str, object] = {"secret": Secret(SECRET), "allowed": LOCAL}
         options.update(kwargs)
-        return MingerResponder(self.directory, ServerSettings(**options), self.clock)  # type: ignore[arg-type]
+        return MingerResponder(self.directory, MingerSettings(**options), self.clock)  # type: ignore[arg-type]
 
     def ask(
         self, data: bytes, responder: MingerResponder | None = None, host: str = PEER
@@ -266,7 +266,7 @@ class ProtocolTests(SynchronousTestCase):
         """
         reactor = FakeUDPReactor()
         responder = MingerResponder(
-            directory(), ServerSettings(Secret(SECRET), allowed=EVERYWHERE), reactor
+            directory(), MingerSettings(Secret(SECRET), allowed=EVERYWHERE), reactor
         )
         reactor.listenUDP(4069, MingerServerProtocol(responder), interface="127.0.0.1")
         received: list[tuple[bytes, object]] = []

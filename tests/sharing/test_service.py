@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.envelope import ClientInfo
 from mdtwist.minger.client import MingerClient, Peer, Result
-from mdtwist.minger.server import MingerResponder, MingerServerProtocol, ServerSettings
+from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
 from mdtwist.secret import Secret
 from mdtwist.sharing.answer import SharingAnswer, SharingLookup, SharingOutcome
 from mdtwist.sharing.cache import CacheStore, SharingCache
@@ -59,7 +59,7 @@ class _ThreePeers(SynchronousTestCase):
         for host in hosts or HOSTS:
             responder = MingerResponder(
                 self.directories[host],
-                ServerSettings(Secret(SECRET), allowed=EVERYWHERE),
+                MingerSettings(Secret(SECRET), allowed=EVERYWHERE),
                 self.reactor,
             )
             self.reactor.listenUDP(4069, MingerServerProtocol(responder), interface=host)
