@@ -7,7 +7,9 @@ Commands:
     then the bad queue (parked messages, with their reason);
   - C{mdtwistctl queue show ID --spool DIR [--body]}: the envelope, the queue (and why a message
     is in the bad queue) and each recipient's state;
-  - C{mdtwistctl hash-password}: read a password, print its argon2id hash.
+  - C{mdtwistctl hash-password}: read a password, print its argon2id hash;
+  - C{mdtwistctl minger query ...} and C{mdtwistctl sharing check|cache ...}: see
+    L{mdtwist.sharing.commands}.
 
 The queue commands open the spool database read-only, so they are safe while the server runs.
 A server of several processes keeps one spool shard per process (C{DIR} itself and its
@@ -28,6 +30,8 @@ from typing import TextIO
 
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import SpoolError
+from mdtwist.sharing.commands import add_commands as add_sharing_commands
+from mdtwist.sharing.commands import run_command as run_sharing_command
 from mdtwist.spool.store import (
     DATABASE_NAME,
     Queue,
@@ -79,6 +83,12 @@ def main(
             _queue_show(Path(options.spool), options.queue_id, options.body, stdout)
         elif options.command == "hash-password":
             _hash_password(stdin, stdout)
+        elif options.command in ("minger", "sharing"):
+            status = run_sharing_command(options, stdout, stderr)
+            if status is None:
+                parser.print_usage(stderr)
+                return 2
+            return status
         else:
             parser.print_usage(stderr)
             return 2
@@ -102,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "hash-password", help="read a password from standard input and print its hash"
     )
+    add_sharing_commands(commands)
     return parser
 
 

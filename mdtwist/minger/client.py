@@ -7,10 +7,11 @@ the peer's address, so the kernel drops datagrams from anyone else; replies are 
 against the peer's address and port and must echo the mailbox asked about (anything else is
 ignored, and the lookup goes on waiting). Each attempt sends one datagram and waits
 C{timeout} seconds on the injected clock; after C{attempts} unanswered attempts the result is
-L{Result.TIMEOUT}. A draft-06 query is the same datagram every time; a hardened query gets a new
-nonce and time per attempt (a server refuses a nonce it has seen), and a reply is accepted only
-with a MAC made for one of the nonces sent. Lookups for the same peer and mailbox that are
-already in flight are joined: one exchange, every caller gets its result.
+L{Result.TIMEOUT}, and so it is at once when an ICMP "port unreachable" makes the reactor close
+the port (nothing listens there). A draft-06 query is the same datagram every time; a hardened
+query gets a new nonce and time per attempt (a server refuses a nonce it has seen), and a
+reply is accepted only with a MAC made for one of the nonces sent. Lookups for the same peer
+and mailbox that are already in flight are joined: one exchange, every caller gets its result.
 
 A lookup never fails: its Deferred fires with a L{Result}.
 """
@@ -198,8 +199,20 @@ class _Exchange(DatagramProtocol):
 
     @override
     def connectionRefused(self) -> None:
-        # ICMP port unreachable: the next attempt (or the timeout) decides.
+        # ICMP port unreachable reported on a write: the next attempt (or the timeout) decides.
         pass
+
+    @override
+    def stopProtocol(self) -> None:
+        # The reactor closes a connected UDP port on an ICMP error (port unreachable): nothing
+        # listens there, so the lookup ends now, as a timeout would.
+        if not self._done:
+            self.log.info(
+                "minger: {peer} port {port} unreachable",
+                peer=self._peer.host,
+                port=self._peer.port,
+            )
+            self.finish(Result.TIMEOUT)
 
     def finish(self, result: Result) -> None:
         if self._done:

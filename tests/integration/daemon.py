@@ -45,6 +45,7 @@ class Daemon:
         outbound: str = "",
         domain: str = "example.test",
         server_extra: str = "",
+        extra: str = "",
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -60,6 +61,7 @@ class Daemon:
         @param domain: the local domain; its accounts are alice and bob with the passwords of
             L{PASSWORDS}.
         @param server_extra: more TOML lines for the C{[server]} table.
+        @param extra: more TOML tables, appended at the end of the file.
         """
         directory = directory.resolve()
         self.directory = directory
@@ -121,6 +123,8 @@ delay_after_temp_error = 1.0
 
 [outbound]
 {outbound if "dns_servers" in outbound else 'dns_servers = ["127.0.0.1:9"]' + chr(10) + outbound}
+
+{extra}
 """
         )
         self.log_path = directory / "mdtwist.log"

@@ -246,6 +246,18 @@ class ClientTests(SynchronousTestCase):
         unknown = Peer("nowhere.example.com", 4069, Secret(SECRET))
         self.assertEqual(self.lookup("alice@example.com", unknown), Result.TIMEOUT)
 
+    def test_port_closed(self) -> None:
+        """
+        When the reactor closes the lookup's port (an ICMP "port unreachable" on a connected
+        UDP port), the lookup ends with TIMEOUT at once and leaves no timer behind.
+        """
+        self.script()
+        d = self.client.query(self.peer, "alice@example.com")
+        [port] = [p for a, p in self.reactor.network.ports.items() if a[1] != 4069]
+        port.stopListening()
+        self.assertEqual(self.successResultOf(d), Result.TIMEOUT)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_bad_mailbox(self) -> None:
         """
         A mailbox no server would accept is refused before anything is sent.
