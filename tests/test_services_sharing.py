@@ -44,8 +44,15 @@ class SharingServicesTests(_DemoCase):
     and the sharing service with its cache beside the spool.
     """
 
+    def configure(self, text: str) -> None:
+        # The demo has [minger] and [sharing] with every key commented out: drop those two
+        # header lines, then add the tables of the test.
+        lines = self.config.read_text().splitlines()
+        kept = [line for line in lines if line.strip() not in ("[minger]", "[sharing]")]
+        self.config.write_text("\n".join(kept) + "\n" + text)
+
     def build(self, text: str = SHARING, *args: str) -> tuple[MultiService, FakeUDPReactor]:
-        self.config.write_text(self.config.read_text() + text)
+        self.configure(text)
         options = Options()
         options.parseOptions(["--config", str(self.config), *args])
         reactor = FakeUDPReactor()
@@ -108,7 +115,7 @@ class SharingServicesTests(_DemoCase):
         """
         A child process (shard above 0) has the sharing service but no Minger server.
         """
-        self.config.write_text(self.config.read_text() + SHARING)
+        self.configure(SHARING)
         config = load_config(self.config)
         top = make_service(config, FakeUDPReactor(), shard=1)
         names = [child.name for child in top]
@@ -119,9 +126,8 @@ class SharingServicesTests(_DemoCase):
         """
         A peer whose name does not resolve stops start-up with its key named.
         """
-        self.config.write_text(
-            self.config.read_text()
-            + '\n[sharing]\nenable = true\n[[sharing.peers]]\nhost = "no-such-host.invalid"\n'
+        self.configure(
+            '[sharing]\nenable = true\n[[sharing.peers]]\nhost = "no-such-host.invalid"\n'
         )
         config = load_config(self.config)
         error = self.assertRaises(ConfigError, peer_addresses, config)
@@ -131,9 +137,7 @@ class SharingServicesTests(_DemoCase):
         """
         IP literals are their own addresses, each listed once.
         """
-        self.config.write_text(
-            self.config.read_text()
-            + '[sharing]\npeers = [{host = "127.0.0.2"}, {host = "127.0.0.2:26"},'
-            + ' {host = "::1"}]\n'
+        self.configure(
+            '[sharing]\npeers = [{host = "127.0.0.2"}, {host = "127.0.0.2:26"}, {host = "::1"}]\n'
         )
         self.assertEqual(peer_addresses(load_config(self.config)), ["127.0.0.2", "::1"])

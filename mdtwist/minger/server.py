@@ -19,7 +19,8 @@ Theory of operation. For each datagram, in this order:
      that cannot answer gets B{no} answer: the asking peer then sees a timeout, which it treats as
      a temporary failure, whereas any status would be a claim about the address.
 
-Log lines name the source, the mailbox and the status; never the secret or the digest.
+Refusals, malformed queries and paused sources are logged with the source (and the mailbox);
+answers are not logged one by one. No log line carries the secret or a digest.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from typing_extensions import override
 
-from mdtwist.address import parse_address
+from mdtwist.address import Address, parse_address
+from mdtwist.directory.model import Account
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory
 from mdtwist.minger.codec import (
@@ -119,6 +122,26 @@ class MingerResponder:
         self._key = None if self._secret is None else hardened_key(self._secret)
         self.limiter = SourceLimiter(settings.limits)
         self._nonces = NonceCache()
+        self._sources: dict[str, tuple[str, bool, bool]] = {}
+
+    def _source(self, host: str) -> tuple[str, bool, bool] | None:
+        # The normal form of a source address, whether it is allowed and whether it must use
+        # the hardened form; remembered, since a server hears from few peers.
+        known = self._sources.get(host)
+        if known is None:
+            address = _ip(host)
+            if address is None:
+                return None
+            settings = self._settings
+            known = (
+                str(address),
+                _inside(address, settings.allowed),
+                _inside(address, settings.hardened_sources),
+            )
+            if len(self._sources) >= 4096:
+                self._sources.clear()
+            self._sources[host] = known
+        return known
 
     def answer(self, data: bytes, host: str, port: int) -> Deferred[bytes | None]:
         """
@@ -132,11 +155,10 @@ class MingerResponder:
         """
         settings = self._settings
         now = self._clock.seconds()
-        address = _ip(host)
-        if address is None or port < 1024:
+        known = self._source(host)
+        if known is None or port < 1024:
             return succeed(None)
-        source = str(address)
-        allowed = _inside(address, settings.allowed)
+        source, allowed, hardened_required = known
         if not allowed:
             # One line a minute for all refused sources: their number is not bounded.
             if self.limiter.log_due("(not allowed)", now):
@@ -154,11 +176,6 @@ class MingerResponder:
             return succeed(None)
         parsed = parse_query(data)
         if isinstance(parsed, Ignored):
-            self.log.debug(
-                "minger: ignored a datagram from {peer}: {reason}",
-                peer=source,
-                reason=parsed.reason,
-            )
             return succeed(None)
         if isinstance(parsed, Malformed):
             self.log.info(
@@ -171,7 +188,7 @@ class MingerResponder:
             parsed,
             secret=self._secret,
             anonymous=settings.anonymous,
-            hardened_required=_inside(address, settings.hardened_sources),
+            hardened_required=hardened_required,
             now=now,
             nonces=self._nonces,
             source=source,
@@ -184,31 +201,18 @@ class MingerResponder:
                 reason=problem,
             )
             return succeed(encode_reply(parsed.echo, Status.BAD_CREDENTIALS))
-        return Deferred.fromCoroutine(self._answer(parsed, source))
-
-    async def _answer(self, query: Query, source: str) -> bytes | None:
-        try:
-            status = await self.status_of(query.mailbox)
-        except DirectoryUnavailable:
-            self.log.warn(
-                "minger: directory unavailable; no answer to {peer} for {mailbox}",
-                peer=source,
-                mailbox=query.mailbox,
-            )
-            return None
-        except Exception:
-            self.log.failure(
-                "minger: lookup failed; no answer to {peer} for {mailbox}",
-                peer=source,
-                mailbox=query.mailbox,
-            )
-            return None
-        self.log.debug(
-            "minger: {peer} asked for {mailbox}: {status}",
-            peer=source,
-            mailbox=query.mailbox,
-            status=int(status),
+        d = self.status_of(parsed.mailbox)
+        d.addCallbacks(
+            self._reply,
+            self._no_answer,
+            callbackArgs=(parsed, source),
+            errbackArgs=(parsed, source),
         )
+        return d  # type: ignore[return-value]
+
+    def _reply(self, status: Status, query: Query, source: str) -> bytes:
+        # Answers are not logged one by one (a busy peer asks thousands of times a second);
+        # refusals, malformed queries and paused sources are.
         if status is Status.UNKNOWN and self.limiter.note_unknown(source, self._clock.seconds()):
             self.log.warn(
                 "minger: {peer} asked for too many unknown addresses; no answers for {pause} s",
@@ -219,7 +223,23 @@ class MingerResponder:
             return encode_hardened_reply(query, status, self._key)
         return encode_reply(query.echo, status)
 
-    async def status_of(self, mailbox: str) -> Status:
+    def _no_answer(self, failure: Failure, query: Query, source: str) -> None:
+        if failure.check(DirectoryUnavailable):
+            self.log.warn(
+                "minger: directory unavailable; no answer to {peer} for {mailbox}",
+                peer=source,
+                mailbox=query.mailbox,
+            )
+        else:
+            self.log.failure(
+                "minger: lookup failed; no answer to {peer} for {mailbox}",
+                failure,
+                peer=source,
+                mailbox=query.mailbox,
+            )
+        return None
+
+    def status_of(self, mailbox: str) -> Deferred[Status]:
         """
         Look a mailbox up in the local directory.
 
@@ -231,20 +251,30 @@ class MingerResponder:
           - A disabled account: 4. Any other account: 5.
 
         @param mailbox: a valid mailbox.
-        @return: the status.
-        @raise DirectoryUnavailable: when the directory cannot answer.
+        @return: a Deferred firing with the status; it fails with L{DirectoryUnavailable} when
+            the directory cannot answer.
         """
         if mailbox == "*":
-            return Status.ACTIVE
+            return succeed(Status.ACTIVE)
         address = parse_address(mailbox)
         if address is None:
-            return Status.UNKNOWN
-        domains = await self._directory.domains()
+            return succeed(Status.UNKNOWN)
+        d = self._directory.domains()
+        d.addCallback(self._in_domains, mailbox, address)
+        return d  # type: ignore[return-value]
+
+    def _in_domains(
+        self, domains: frozenset[str], mailbox: str, address: Address
+    ) -> Status | Deferred[Status]:
         if address.domain not in domains:
             return Status.UNKNOWN
         if address.local.lower() == "postmaster":
             return Status.ACTIVE
-        account = await self._directory.find(mailbox)
+        d = self._directory.find(mailbox)
+        d.addCallback(self._of_account, domains)
+        return d  # type: ignore[return-value]
+
+    def _of_account(self, account: Account | None, domains: frozenset[str]) -> Status:
         if account is None:
             return Status.UNKNOWN
         if account.domain not in domains:
