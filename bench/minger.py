@@ -3,7 +3,7 @@ Minger server benchmark: our server against a minimal Twisted UDP server, side b
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/minger.py [--queries 20000] [--runs 3] [--seconds 4]
+    .venv/bin/python bench/minger.py [--queries 20000] [--runs 3] [--seconds 4] [--rate 5000]
 
 Two servers, each a separate Python process with its own reactor on a free UDP port of
 127.0.0.1, started once and measured in turns (run 1: ours then the ceiling, run 2: ...):
@@ -24,6 +24,7 @@ the queries name an account and half get "no such address".
  - Latency at half load: queries sent at an even pace of half the server's own throughput for
    C{--seconds} seconds; the round trip of each answered query is recorded. Printed: p50 and
    p99 in milliseconds.
+ - Latency at the same load: the same at C{--rate} queries per second for both servers.
 
 Then the ratios of our server to the ceiling. Numbers are printed, never asserted; the load
 generator shares the machine's cores with the servers, so the ceiling is a ceiling of this
@@ -221,6 +222,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rate", type=float, default=5000.0)
     parser.add_argument("--serve", choices=("mdtwist", "ceiling"), help=argparse.SUPPRESS)
     parser.add_argument("--accounts", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -255,37 +257,40 @@ def main() -> int:
                 servers[kind] = (process, int(process.stdout.readline()))
             for _, port in servers.values():
                 throughput(port, 2000)  # warm up (directory cache, code paths)
-            rates: dict[str, list[float]] = {kind: [] for kind in servers}
-            p50s: dict[str, list[float]] = {kind: [] for kind in servers}
-            p99s: dict[str, list[float]] = {kind: [] for kind in servers}
+            # per server: queries/s, then p50 and p99 at half its load, then at --rate
+            rows: dict[str, list[tuple[float, float, float, float, float]]] = {
+                kind: [] for kind in servers
+            }
             print(f"{time.strftime('%Y-%m-%d %H:%M')}  load average {os.getloadavg()[0]:.2f}")
             print(
-                f"{'run':>3}  {'server':8} {'queries/s':>10} {'lost':>5}  "
-                f"{'half load/s':>11} {'p50 ms':>7} {'p99 ms':>7}"
+                f"{'run':>3}  {'server':8} {'queries/s':>10} {'lost':>5}  {'half load/s':>11}"
+                f" {'p50 ms':>7} {'p99 ms':>7}  {'at ' + str(int(options.rate)) + '/s p50':>14}"
+                f" {'p99 ms':>7}"
             )
             for run in range(1, options.runs + 1):
                 for kind, (_, port) in servers.items():
                     rate, lost = throughput(port, options.queries)
                     p50, p99, _ = latency(port, rate / 2, options.seconds)
-                    rates[kind].append(rate)
-                    p50s[kind].append(p50)
-                    p99s[kind].append(p99)
+                    f50, f99, _ = latency(port, options.rate, options.seconds)
+                    rows[kind].append((rate, p50, p99, f50, f99))
                     print(
-                        f"{run:>3}  {kind:8} {rate:>10.0f} {lost:>5}  "
-                        f"{rate / 2:>11.0f} {p50:>7.3f} {p99:>7.3f}",
+                        f"{run:>3}  {kind:8} {rate:>10.0f} {lost:>5}  {rate / 2:>11.0f}"
+                        f" {p50:>7.3f} {p99:>7.3f}  {f50:>14.3f} {f99:>7.3f}",
                         flush=True,
                     )
-            ours = statistics.median(rates["mdtwist"])
-            ceiling = statistics.median(rates["ceiling"])
+            medians = {
+                kind: [statistics.median(column) for column in zip(*values, strict=True)]
+                for kind, values in rows.items()
+            }
+            ours, ceiling = medians["mdtwist"], medians["ceiling"]
+            print("\nmedians        queries/s  p50/p99 at half load  p50/p99 at the same load")
+            for kind, (rate, p50, p99, f50, f99) in medians.items():
+                print(
+                    f"{kind:12} {rate:>11.0f}  {p50:>8.3f} / {p99:<8.3f}   {f50:>8.3f} / {f99:.3f}"
+                )
             print(
-                f"\nmedian queries/s: mdtwist {ours:.0f}, ceiling {ceiling:.0f};"
-                f" mdtwist/ceiling = {ours / ceiling:.2f}"
-            )
-            print(
-                f"median p99 at half load: mdtwist {statistics.median(p99s['mdtwist']):.3f} ms,"
-                f" ceiling {statistics.median(p99s['ceiling']):.3f} ms;"
-                f" median p50: mdtwist {statistics.median(p50s['mdtwist']):.3f} ms,"
-                f" ceiling {statistics.median(p50s['ceiling']):.3f} ms"
+                f"mdtwist/ceiling: queries/s {ours[0] / ceiling[0]:.2f},"
+                f" p99 at the same load {ours[4] / ceiling[4]:.2f}"
             )
         finally:
             for process, _ in servers.values():
