@@ -110,9 +110,10 @@ class SMTPConfig:
     @ivar max_recipients: recipients per message; more get C{452 4.5.3}.
     @ivar max_errors: errors per session before it is closed.
     @ivar max_sessions_per_ip: concurrent sessions from one client address.
-    @ivar max_auth_failures: failed AUTH attempts per client address within
-        C{auth_failure_window} before AUTH is refused.
-    @ivar auth_failure_window: seconds over which AUTH failures are counted.
+    @ivar max_auth_failures: failed logins (of any protocol, through the login portal) per
+        client address, and per login name, within C{auth_failure_window} before further
+        logins of that address or name are refused.
+    @ivar auth_failure_window: seconds over which login failures are counted.
     @ivar command_timeout: seconds to wait for the next command (RFC 5321 4.5.3.2: >= 300).
     @ivar data_timeout: seconds to wait for the next chunk of message data.
     @ivar hop_limit: the most C{Received:} lines a message may already carry.

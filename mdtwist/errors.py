@@ -48,3 +48,12 @@ class SpoolError(MdtwistError):
     """
     A message could not be stored (disk full, I/O error); callers answer C{452 4.3.1}.
     """
+
+
+class LoginThrottled(MdtwistError):
+    """
+    A login was refused unchecked: its client address or its login name failed too often
+    lately (see L{mdtwist.portal.LoginPortal}).
+
+    Temporary, and distinct from a wrong password: SMTP answers C{454 4.7.0}, HTTP C{503}.
+    """

@@ -59,8 +59,22 @@ _TIME_MAX = float(2**52)
 
 _parse = string.Formatter().parse
 
+#: C0 controls, DEL and C1 controls, each mapped to its C{\xNN} escape (L{escape_text}).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
 #: The environment variable in which a child process finds its spool shard (internal).
 SHARD_VARIABLE = "MDTWIST_SHARD"
+
+
+def escape_text(value: str) -> str:
+    r"""
+    Make client-supplied text safe for a log line: C0 and C1 control characters and DEL
+    become C{\xNN}; everything else is left as it is.
+
+    @param value: the text, as the client sent it.
+    @return: the text with every control character escaped.
+    """
+    return value.translate(_CONTROLS)
 
 
 def child_shard() -> int | None:

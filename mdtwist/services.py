@@ -64,9 +64,11 @@ from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory
+from mdtwist.login_limits import LoginLimits
 from mdtwist.minger.client import MingerClient, Peer
 from mdtwist.minger.limits import RateLimits
 from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
+from mdtwist.portal import LoginPortal, build_login_portal
 from mdtwist.shards import (
     AdoptedListener,
     ChildSpec,
@@ -343,6 +345,7 @@ def smtp_factory(
     spool: SQLiteSpool,
     tls: IOpenSSLServerConnectionCreator | None,
     reactor: Any,
+    portal: LoginPortal,
 ) -> SMTPServerFactory:
     """
     Build the protocol factory of one SMTP listener.
@@ -353,6 +356,7 @@ def smtp_factory(
     @param spool: the spool.
     @param tls: the STARTTLS context, or L{None}.
     @param reactor: the clock for timeouts.
+    @param portal: the login portal every listener shares (L{login_portal}).
     @return: the factory.
     """
     smtp = config.smtp
@@ -368,8 +372,6 @@ def smtp_factory(
     )
     limits = SessionLimits(
         max_sessions_per_ip=smtp.max_sessions_per_ip,
-        auth_failures=smtp.max_auth_failures,
-        auth_failure_window=smtp.auth_failure_window,
         idle_timeout=smtp.command_timeout,
         data_timeout=smtp.data_timeout,
         hop_limit=smtp.hop_limit,
@@ -380,12 +382,29 @@ def smtp_factory(
         mode=listen.mode,
         policy=policy,
         spool=spool,
-        directory=directory,
+        portal=portal,
         clock=reactor,
         tls=tls,
         limits=limits,
         keep_auth_password=config.outbound.per_account_mailbox_password,
     )
+
+
+def login_portal(config: Config, directory: IDirectory, reactor: Any) -> LoginPortal:
+    """
+    Build the one login portal of this process: every protocol's logins and their shared
+    brute-force limit (C{smtp.max_auth_failures} per client address and per login name within
+    C{smtp.auth_failure_window}; counted per process).
+
+    @param config: the configuration.
+    @param directory: the account directory.
+    @param reactor: the clock.
+    @return: the portal.
+    """
+    limits = LoginLimits(
+        max_failures=config.smtp.max_auth_failures, window=config.smtp.auth_failure_window
+    )
+    return build_login_portal(directory, reactor, limits=limits)
 
 
 def make_service(
@@ -446,8 +465,9 @@ def make_service(
     tls = None
     if config.tls is not None:
         tls = server_tls_options(config.tls.certificate, config.tls.private_key)
+    portal = login_portal(config, directory, reactor)
     factories = [
-        smtp_factory(config, listen, directory, spool, tls, reactor)
+        smtp_factory(config, listen, directory, spool, tls, reactor, portal)
         for listen in config.smtp.listen
     ]
     if shard > 0:

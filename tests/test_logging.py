@@ -30,7 +30,23 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 import mdtwist.logging
-from mdtwist.logging import TextObserver, json_observer, text_observer
+from mdtwist.logging import TextObserver, escape_text, json_observer, text_observer
+
+
+class EscapeTextTests(SynchronousTestCase):
+    """Tests for L{escape_text}."""
+
+    def test_controls_escaped(self) -> None:
+        """C0 controls, DEL and C1 controls become backslash-x-hex escapes."""
+        self.assertEqual(
+            escape_text("a\r\nb\x00\x1b\x7f\x85\x9f"),
+            "a\\x0d\\x0ab\\x00\\x1b\\x7f\\x85\\x9f",
+        )
+
+    def test_other_text_kept(self) -> None:
+        """Printable ASCII, a space, a backslash and non-ASCII letters stay as they are."""
+        for text in ("alice@example.com", "J\u00f6rg Stra\u00dfe", "a\\b", "\u00a0\u2028x"):
+            self.assertEqual(escape_text(text), text)
 
 
 class JSONObserverTests(SynchronousTestCase):

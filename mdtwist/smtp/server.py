@@ -8,18 +8,24 @@ directory) that returns a Deferred of a L{Reply}; until that Deferred fires the 
 no further event, so pipelined commands wait in the core's buffer and replies leave in order.
 When the buffer grows past L{SessionLimits.max_buffer} while we wait, the transport is paused.
 Failures of the collaborators become 4xx replies: C{451 4.3.0} for the policy, C{452 4.3.1}
-for a L{SpoolError}, C{454 4.7.0} for the directory during AUTH. Every timeout runs on the
-injected clock.
+for a L{SpoolError}, C{454 4.7.0} for the directory during AUTH. AUTH goes through the
+L{LoginPortal} (service C{"smtp"} unless the factory says otherwise), which also holds the
+brute-force limit shared with every other protocol: C{535 5.7.8} for wrong credentials,
+C{454 4.7.0} when the login is throttled or the directory cannot answer. Every timeout runs
+on the injected clock.
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.cred.credentials import ICredentials, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -28,7 +34,6 @@ from twisted.internet.interfaces import (
     ITLSTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -36,8 +41,10 @@ from typing_extensions import override
 from mdtwist.config import ListenerMode
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
-from mdtwist.errors import DirectoryUnavailable, SpoolError
-from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
+from mdtwist.errors import DirectoryUnavailable, LoginThrottled, SpoolError
+from mdtwist.interfaces import IReceivePolicy, ISpool
+from mdtwist.logging import escape_text
+from mdtwist.portal import CramMD5Response, LoginPortal
 from mdtwist.secret import Secret
 from mdtwist.smtp.core.events import (
     Authenticate,
@@ -50,6 +57,7 @@ from mdtwist.smtp.core.events import (
     StartTLS,
 )
 from mdtwist.smtp.core.replies import Reply, reply
+from mdtwist.smtp.core.sasl import HashedCredentials
 from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
 
@@ -73,11 +81,9 @@ class SessionLimits:
     """
     Limits the glue enforces on top of the core's.
 
+    The brute-force limit on AUTH is the L{LoginPortal}'s, shared with the other protocols.
+
     @ivar max_sessions_per_ip: concurrent sessions per client IP; more get C{421 4.7.0}.
-    @ivar auth_failures: failed AUTH attempts per client IP within C{auth_failure_window}
-        after which every further AUTH is delayed and refused with C{454 4.7.0}.
-    @ivar auth_failure_window: seconds a failure is remembered.
-    @ivar auth_failure_delay: seconds a blocked AUTH waits before its refusal.
     @ivar idle_timeout: seconds to wait for a command (RFC 5321 4.5.3.2.7: at least 300).
     @ivar data_timeout: seconds to wait for the next message bytes in DATA.
     @ivar hop_limit: the most C{Received:} lines a message may carry (RFC 5321 6.3).
@@ -86,9 +92,6 @@ class SessionLimits:
     """
 
     max_sessions_per_ip: int = 20
-    auth_failures: int = 5
-    auth_failure_window: float = 900.0
-    auth_failure_delay: float = 5.0
     idle_timeout: float = 300.0
     data_timeout: float = 600.0
     hop_limit: int = 100
@@ -126,11 +129,12 @@ class SMTPServerFactory(Factory):
     @ivar mode: the listener mode.
     @ivar policy: the receive policy.
     @ivar spool: the spool.
-    @ivar directory: the directory, for AUTH.
+    @ivar portal: checks AUTH credentials.
     @ivar clock: the clock for timeouts and delays.
     @ivar tls: the context factory for STARTTLS, or L{None}.
     @ivar limits: the session limits.
     @ivar keep_auth_password: whether AUTH passwords are kept with the messages.
+    @ivar login_service: the service label AUTH logs in with at the portal.
     """
 
     def __init__(
@@ -140,11 +144,12 @@ class SMTPServerFactory(Factory):
         mode: ListenerMode,
         policy: IReceivePolicy,
         spool: ISpool,
-        directory: IDirectory,
+        portal: LoginPortal,
         clock: IReactorTime,
         tls: IOpenSSLServerConnectionCreator | None = None,
         limits: SessionLimits | None = None,
         keep_auth_password: bool = False,
+        login_service: str = "smtp",
     ) -> None:
         """
         Set up a listener.
@@ -154,25 +159,28 @@ class SMTPServerFactory(Factory):
         @param mode: C{mx}, C{submission} or C{smtps}.
         @param policy: decides MAIL FROM and RCPT TO.
         @param spool: stores accepted messages.
-        @param directory: checks AUTH credentials.
+        @param portal: checks AUTH credentials and holds the brute-force limit.
         @param clock: every timeout and delay uses it.
         @param tls: the server TLS context for STARTTLS; without it STARTTLS is not offered.
         @param limits: the session limits; L{SessionLimits} defaults when L{None}.
         @param keep_auth_password: keep the password of a successful AUTH with the session's
             messages (in L{ClientInfo.password}), for smart hosts that want the sender's own
             mailbox password (MDaemon's C{ISPAUTHUsePasswords}); off by default.
+        @param login_service: the service label of AUTH at the portal: C{"smtp"} (directory
+            accounts), or C{"gateway"} for a listener where gateways log in (there CRAM-MD5
+            can be offered, as the gateway checker holds cleartext secrets).
         """
         self.settings = listener_settings(settings, mode, tls is not None)
         self.mode = mode
         self.policy = policy
         self.spool = spool
-        self.directory = directory
+        self.portal = portal
         self.clock = clock
         self.tls = tls
         self.limits = limits or SessionLimits()
         self.keep_auth_password = keep_auth_password
+        self.login_service = login_service
         self._sessions: defaultdict[str, int] = defaultdict(int)
-        self._auth_failures: defaultdict[str, list[float]] = defaultdict(list)
         self._ids = itertools.count(1)
 
     @override
@@ -210,33 +218,6 @@ class SMTPServerFactory(Factory):
         """
         return self._sessions.get(address, 0)
 
-    def _recent_failures(self, address: str) -> list[float]:
-        horizon = self.clock.seconds() - self.limits.auth_failure_window
-        recent = [t for t in self._auth_failures.get(address, ()) if t > horizon]
-        if recent:
-            self._auth_failures[address] = recent
-        else:
-            self._auth_failures.pop(address, None)
-        return recent
-
-    def auth_blocked(self, address: str) -> bool:
-        """
-        Tell whether an address is blocked from AUTH.
-
-        @param address: the client IP.
-        @return: whether it had too many recent AUTH failures.
-        """
-        return len(self._recent_failures(address)) >= self.limits.auth_failures
-
-    def auth_failed(self, address: str) -> None:
-        """
-        Remember a failed AUTH.
-
-        @param address: the client IP.
-        """
-        self._recent_failures(address)
-        self._auth_failures[address].append(self.clock.seconds())
-
 
 class SMTPServerProtocol(Protocol):
     """
@@ -257,7 +238,9 @@ class SMTPServerProtocol(Protocol):
         """
         self._factory = factory
         self.session = session
-        self.core = ServerCore(factory.settings)
+        # A CRAM-MD5 challenge must be unique: a random nonce per session, when it is offered.
+        nonce = secrets.token_hex(8) if "CRAM-MD5" in factory.settings.auth_mechanisms else ""
+        self.core = ServerCore(factory.settings, auth_nonce=nonce)
         self._peer = ""
         self._counted = False
         self._user: str | None = None
@@ -515,22 +498,28 @@ class SMTPServerProtocol(Protocol):
 
     def _authenticate(self, event: Authenticate) -> Deferred[Reply]:
         factory = self._factory
-        if factory.auth_blocked(self._peer):
-            self.log.warn(
-                "AUTH refused: too many failures from {peer}",
+        if event.authzid and event.authzid != event.login:
+            self.log.info(
+                "AUTH refused for {user}: may not act as another user",
                 session=self.session,
                 peer=self._peer,
+                user=escape_text(event.login),
             )
-            return deferLater(
-                factory.clock, factory.limits.auth_failure_delay, lambda: AUTH_BLOCKED
+            return _now(AUTH_BAD)
+        credentials: ICredentials
+        if event.challenge is not None:
+            credentials = CramMD5Response(
+                HashedCredentials(event.login, event.challenge, event.password)
             )
-        if event.authzid and event.authzid != event.login:
-            return _now(self._auth_result(None, event.login))
-        d: Deferred[Account | None] = maybeDeferred(
-            factory.directory.authenticate, event.login, event.password
+        else:
+            credentials = UsernamePassword(
+                event.login.encode("utf-8"), event.password.encode("utf-8")
+            )
+        d: Deferred[Account] = maybeDeferred(
+            factory.portal.login_with, self._peer, credentials, service=factory.login_service
         )
-        replied = d.addCallbacks(self._auth_result, self._auth_error, callbackArgs=(event.login,))
-        if factory.keep_auth_password:
+        replied = d.addCallbacks(self._auth_result, self._auth_error)
+        if factory.keep_auth_password and event.challenge is None:
             password = Secret(event.password)
 
             def keep(answer: Reply) -> Reply:
@@ -541,13 +530,7 @@ class SMTPServerProtocol(Protocol):
             replied.addCallback(keep)
         return replied
 
-    def _auth_result(self, account: Account | None, login: str) -> Reply:
-        if account is None:
-            self._factory.auth_failed(self._peer)
-            self.log.info(
-                "AUTH failed for {user}", session=self.session, peer=self._peer, user=login
-            )
-            return AUTH_BAD
+    def _auth_result(self, account: Account) -> Reply:
         self._user = account.login
         self.log.info(
             "AUTH succeeded for {user}", session=self.session, peer=self._peer, user=account.login
@@ -555,6 +538,11 @@ class SMTPServerProtocol(Protocol):
         return AUTH_OK
 
     def _auth_error(self, failure: Failure) -> Reply:
+        # The portal has logged a failed or throttled login (address, escaped login).
+        if failure.check(UnauthorizedLogin):
+            return AUTH_BAD
+        if failure.check(LoginThrottled):
+            return AUTH_BLOCKED
         if not failure.check(DirectoryUnavailable):
             self.log.failure("AUTH check failed", failure, session=self.session, peer=self._peer)
         return AUTH_UNAVAILABLE

@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from mdtwist.config import ListenerMode
 from mdtwist.envelope import ClientInfo, Recipient
+from mdtwist.portal import build_login_portal
 from mdtwist.secret import Secret
 from mdtwist.smtp.client import (
     ClientTimeouts,
@@ -126,7 +127,7 @@ class SMTPClientTests(SynchronousTestCase):
             mode=ListenerMode.MX,
             policy=self.policy,
             spool=self.spool,
-            directory=FakeDirectory(),
+            portal=build_login_portal(FakeDirectory(), self.clock),
             clock=self.clock,
             tls=tls,  # type: ignore[arg-type]
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from typing import cast
 
 from twisted.internet.address import IPv4Address
@@ -13,6 +16,9 @@ from mdtwist.config import ListenerMode
 from mdtwist.envelope import Envelope
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISpool
+from mdtwist.login_limits import LoginLimits
+from mdtwist.portal import build_login_portal
+from mdtwist.secret import Secret
 from mdtwist.smtp.core.replies import Reply
 from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.server import SessionLimits, SMTPServerFactory, SMTPServerProtocol
@@ -51,6 +57,7 @@ class GlueTestsBase(SynchronousTestCase):
         self.policy = FakePolicy()
         self.spool = FakeSpool()
         self.directory = FakeDirectory()
+        self.login_limits = LoginLimits()
 
     def factory(
         self,
@@ -65,7 +72,7 @@ class GlueTestsBase(SynchronousTestCase):
             mode=mode,
             policy=self.policy,
             spool=self.spool,
-            directory=self.directory,
+            portal=build_login_portal(self.directory, self.clock, limits=self.login_limits),
             clock=self.clock,
             tls=tls,  # type: ignore[arg-type]
             limits=limits,
@@ -224,7 +231,7 @@ class TransactionTests(GlueTestsBase):
             mode=ListenerMode.MX,
             policy=self.policy,
             spool=self.spool,
-            directory=self.directory,
+            portal=build_login_portal(self.directory, self.clock),
             clock=self.clock,
         )
         protocol, transport = self.connect(factory)
@@ -304,13 +311,13 @@ class TLSAndAuthTests(GlueTestsBase):
 
     def test_auth_failures_block_address(self) -> None:
         """
-        Too many AUTH failures block the address for a while.
+        Too many AUTH failures block the address for a while (the portal's limit).
 
         Further AUTH is delayed and refused with C{454 4.7.0} without asking the directory;
         the block expires with the window.
         """
-        limits = SessionLimits(auth_failures=2, auth_failure_window=60, auth_failure_delay=5)
-        factory = self.factory(ListenerMode.SMTPS, limits=limits)
+        self.login_limits = LoginLimits(max_failures=2, window=60, delay=5)
+        factory = self.factory(ListenerMode.SMTPS)
         protocol, transport = self.connect(factory)
         protocol.dataReceived(b"EHLO c\r\n" + PLAIN_WRONG + PLAIN_WRONG + PLAIN_ALICE)
         self.assertEqual(self.replies(transport)[-2:], [(535, "5.7.8"), (535, "5.7.8")])
@@ -322,6 +329,80 @@ class TLSAndAuthTests(GlueTestsBase):
         self.clock.advance(60)
         protocol.dataReceived(PLAIN_ALICE)
         self.assertEqual(self.replies(transport)[-1], (235, "2.7.0"))
+
+    def test_auth_failures_block_login_across_addresses(self) -> None:
+        """
+        Failures of one login from several addresses block that login from a further
+        address with C{454 4.7.0}: the limit is the portal's, per login name too.
+        """
+        self.login_limits = LoginLimits(max_failures=2, window=60, delay=5)
+        factory = self.factory(ListenerMode.SMTPS)
+        for host in ("192.0.2.1", "192.0.2.2"):
+            protocol, transport = self.connect(factory, host)
+            protocol.dataReceived(b"EHLO c\r\n" + PLAIN_WRONG)
+            self.assertEqual(self.replies(transport)[-1], (535, "5.7.8"))
+        protocol, transport = self.connect(factory, "192.0.2.3")
+        protocol.dataReceived(b"EHLO c\r\n" + PLAIN_ALICE)
+        self.clock.advance(5)
+        self.assertEqual(self.replies(transport)[-1], (454, "4.7.0"))
+        self.assertEqual(self.directory.logins, ["alice", "alice"])
+
+    def test_authzid_of_another_user(self) -> None:
+        """Asking to act as another user gets C{535 5.7.8} without asking the directory."""
+        protocol, transport = self.connect(self.factory(ListenerMode.SMTPS))
+        protocol.dataReceived(b"EHLO c\r\nAUTH PLAIN Ym9iAGFsaWNlAHNlY3JldA==\r\n")
+        self.assertEqual(self.replies(transport)[-1], (535, "5.7.8"))
+        self.assertEqual(self.directory.logins, [])
+
+    def test_cram_md5_for_directory_accounts(self) -> None:
+        """
+        Even when offered, a CRAM-MD5 login of a directory account fails with C{535 5.7.8}:
+        the directory holds no cleartext secret to check it with.
+        """
+        settings = ServerSettings(
+            hostname="mx.example",
+            forbid_unauth_pipelining=False,
+            auth_mechanisms=("PLAIN", "CRAM-MD5"),
+        )
+        protocol, transport = self.connect(self.factory(ListenerMode.SMTPS, settings=settings))
+        protocol.dataReceived(b"EHLO c\r\nAUTH CRAM-MD5\r\n")
+        challenge = base64.b64decode(self.all_replies(transport)[-1].lines[0])
+        digest = hmac.new(b"secret", challenge, hashlib.md5).hexdigest()
+        protocol.dataReceived(base64.b64encode(b"alice " + digest.encode()) + b"\r\n")
+        self.assertEqual(self.replies(transport)[-1], (535, "5.7.8"))
+        self.assertEqual(self.directory.logins, [])
+
+    def test_cram_md5_for_gateways(self) -> None:
+        """
+        A listener whose logins go to the C{gateway} service can offer CRAM-MD5: a response
+        made with the gateway's secret gets C{235}, each session its own challenge.
+        """
+        settings = ServerSettings(
+            hostname="mx.example",
+            forbid_unauth_pipelining=False,
+            auth_mechanisms=("CRAM-MD5",),
+        )
+        factory = SMTPServerFactory(
+            settings=settings,
+            mode=ListenerMode.SMTPS,
+            policy=self.policy,
+            spool=self.spool,
+            portal=build_login_portal(
+                self.directory, self.clock, gateway_secrets={"relay": Secret("gw")}
+            ),
+            clock=self.clock,
+            login_service="gateway",
+        )
+        challenges = []
+        for secret, answer in ((b"guess", (535, "5.7.8")), (b"gw", (235, "2.7.0"))):
+            protocol, transport = self.connect(factory)
+            protocol.dataReceived(b"EHLO c\r\nAUTH CRAM-MD5\r\n")
+            self.assertIn("AUTH CRAM-MD5", self.all_replies(transport)[1].lines)
+            challenges.append(base64.b64decode(self.all_replies(transport)[-1].lines[0]))
+            digest = hmac.new(secret, challenges[-1], hashlib.md5).hexdigest()
+            protocol.dataReceived(base64.b64encode(b"relay " + digest.encode()) + b"\r\n")
+            self.assertEqual(self.replies(transport)[-1], answer)
+        self.assertNotEqual(challenges[0], challenges[1])
 
     def test_password_not_logged(self) -> None:
         """No log event of an AUTH exchange contains the password or the SASL payload."""

@@ -88,13 +88,16 @@ class Authenticate:
     @ivar mechanism: the mechanism name, upper case.
     @ivar authzid: the identity to act as, C{""} when none was given.
     @ivar login: the authentication identity.
-    @ivar password: the password. Not in the repr; never log it.
+    @ivar password: the password (for CRAM-MD5, the client's hex digest). Not in the repr;
+        never log it.
+    @ivar challenge: for CRAM-MD5, the challenge the digest answers; L{None} for a password.
     """
 
     mechanism: str
     authzid: str
     login: str
     password: str = attrs.field(repr=False)
+    challenge: bytes | None = None
 
 
 @attrs.frozen

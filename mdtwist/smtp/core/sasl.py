@@ -1,12 +1,18 @@
 # -*- test-case-name: tests.smtp.core.test_sasl -*-
 """
-Server side of the SASL mechanisms PLAIN (RFC 4616) and LOGIN, for SMTP AUTH (RFC 4954).
+Server side of the SASL mechanisms PLAIN (RFC 4616), LOGIN and CRAM-MD5 (RFC 2195), for SMTP
+AUTH (RFC 4954).
 
 A mechanism is a small state machine: L{ServerMechanism.start} takes the initial response (or
 L{None}), L{ServerMechanism.respond} takes each further client response, and each returns the
-next step: a L{Challenge} to send, the L{Credentials} to check, or L{Malformed}. Responses and
+next step: a L{Challenge} to send, the L{Credentials} (or, for CRAM-MD5, the
+L{HashedCredentials}) to check, or L{Malformed}. Responses and
 challenges here are raw bytes; L{decode_response} and L{encode_challenge} do the base64 of the
-SMTP exchange. Passwords are never part of a repr.
+SMTP exchange. Passwords and digests are never part of a repr.
+
+CRAM-MD5 proves knowledge of a secret without sending it, so it can only be checked against a
+secret kept in clear (a gateway's, from the configuration), never against a password hash: a
+server offers it only where such a checker stands behind the login.
 
 Pure: standard library and attrs only.
 """
@@ -15,12 +21,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 from typing import Protocol
 
 import attrs
 
-#: The mechanisms this module implements, in the order the server advertises them.
+#: The mechanisms offered by default, in the order the server advertises them.
 MECHANISMS = ("PLAIN", "LOGIN")
+
+#: Every mechanism this module implements; CRAM-MD5 only where a cleartext secret can check it.
+SUPPORTED = ("PLAIN", "LOGIN", "CRAM-MD5")
 
 
 @attrs.frozen
@@ -60,7 +71,32 @@ class Malformed:
     reason: str
 
 
-Step = Challenge | Credentials | Malformed
+@attrs.frozen
+class HashedCredentials:
+    """
+    What a CRAM-MD5 client offered: its login and the keyed digest of the challenge.
+
+    @ivar login: the authentication identity.
+    @ivar challenge: the challenge the server sent.
+    @ivar digest: the client's HMAC-MD5 of C{challenge}, lower-case hex; kept out of the repr.
+    """
+
+    login: str
+    challenge: bytes
+    digest: str = attrs.field(repr=False)
+
+    def check(self, secret: bytes) -> bool:
+        """
+        Tell whether the digest was made with a secret, comparing in constant time.
+
+        @param secret: the cleartext secret of L{login}.
+        @return: whether it matches.
+        """
+        expected = hmac.new(secret, self.challenge, hashlib.md5).hexdigest()
+        return hmac.compare_digest(expected, self.digest)
+
+
+Step = Challenge | Credentials | HashedCredentials | Malformed
 
 
 class ServerMechanism(Protocol):
@@ -159,19 +195,75 @@ class LoginMechanism:
         return Credentials("", self._login, text)
 
 
-def server_mechanism(name: str) -> ServerMechanism | None:
+class CramMD5Mechanism:
+    """
+    CRAM-MD5 (RFC 2195): the server sends a unique challenge, the client answers with its
+    login, a space and the hex HMAC-MD5 of the challenge keyed with its secret.
+    """
+
+    def __init__(self, challenge: bytes) -> None:
+        """
+        @param challenge: the challenge to send, unique per exchange, in the form of a message
+            id (C{<nonce@hostname>}).
+        """
+        self._challenge = challenge
+
+    def start(self, initial: bytes | None) -> Step:
+        """
+        Begin CRAM-MD5 with the challenge; the mechanism has no initial response.
+
+        @param initial: must be L{None}.
+        @return: the challenge, or L{Malformed} when an initial response was given.
+        """
+        if initial is not None:
+            return Malformed("CRAM-MD5 takes no initial response")
+        return Challenge(self._challenge)
+
+    def respond(self, response: bytes) -> Step:
+        """
+        Split the answer into login and digest.
+
+        @param response: the decoded answer.
+        @return: the hashed credentials, or L{Malformed}.
+        """
+        text = _text(response)
+        if text is None:
+            return Malformed("CRAM-MD5 response is not UTF-8")
+        login, _, digest = text.rpartition(" ")
+        digest = digest.lower()
+        if not login or len(digest) != 32 or digest.strip("0123456789abcdef"):
+            return Malformed("CRAM-MD5 response is not a login and a 32-digit hex digest")
+        return HashedCredentials(login, self._challenge, digest)
+
+
+def server_mechanism(name: str, challenge: bytes = b"") -> ServerMechanism | None:
     """
     Make a fresh mechanism by name.
 
     @param name: the mechanism name, any case.
-    @return: the mechanism, or L{None} if it is not one of L{MECHANISMS}.
+    @param challenge: the unique challenge for CRAM-MD5 (see L{cram_md5_challenge}).
+    @return: the mechanism, or L{None} if it is not one of L{SUPPORTED} (or is CRAM-MD5
+        without a challenge).
     """
     upper = name.upper()
     if upper == "PLAIN":
         return PlainMechanism()
     if upper == "LOGIN":
         return LoginMechanism()
+    if upper == "CRAM-MD5" and challenge:
+        return CramMD5Mechanism(challenge)
     return None
+
+
+def cram_md5_challenge(nonce: str, hostname: str) -> bytes:
+    """
+    Build a CRAM-MD5 challenge in the message-id form RFC 2195 asks for.
+
+    @param nonce: a value never used before for this server (random digits and a counter).
+    @param hostname: the server's name.
+    @return: C{<nonce@hostname>}.
+    """
+    return f"<{nonce}@{hostname}>".encode()
 
 
 def decode_response(text: str) -> bytes | None:

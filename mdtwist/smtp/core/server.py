@@ -61,7 +61,7 @@ Pure: standard library and attrs only.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -93,10 +93,14 @@ from mdtwist.smtp.core.replies import Reply, reply
 MAX_AUTH_LINE = 12288
 
 
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 def _check_mechanisms(
     instance: ServerSettings, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
 ) -> None:
-    unknown = set(value) - set(sasl.MECHANISMS)
+    unknown = set(value) - set(sasl.SUPPORTED)
     if unknown:
         raise ValueError(f"unsupported SASL mechanisms: {sorted(unknown)}")
 
@@ -119,7 +123,9 @@ class ServerSettings:
     @ivar max_errors: 5xx replies after which the session is closed with C{421 4.7.0}.
     @ivar starttls: whether STARTTLS is offered (only while TLS is not active).
     @ivar tls_active: whether the session starts encrypted (implicit TLS, port 465).
-    @ivar auth_mechanisms: the SASL mechanisms offered, from L{sasl.MECHANISMS}; empty for none.
+    @ivar auth_mechanisms: the SASL mechanisms offered, from L{sasl.SUPPORTED}; empty for none.
+        CRAM-MD5 needs a session nonce (L{ServerCore}'s C{auth_nonce}) and a checker that
+        holds cleartext secrets; the default is L{sasl.MECHANISMS}.
     @ivar auth_without_tls: whether AUTH is offered and accepted without TLS.
     @ivar require_auth: whether C{MAIL} needs an authenticated session (submission).
     @ivar eight_bit_mime: whether 8BITMIME is advertised and C{BODY=} accepted.
@@ -140,7 +146,7 @@ class ServerSettings:
     starttls: bool = False
     tls_active: bool = False
     auth_mechanisms: tuple[str, ...] = attrs.field(
-        default=sasl.MECHANISMS, converter=tuple, validator=_check_mechanisms
+        default=sasl.MECHANISMS, converter=_names, validator=_check_mechanisms
     )
     auth_without_tls: bool = False
     require_auth: bool = False
@@ -213,9 +219,15 @@ _FITS: dict[type[Event], _ReplyCheck] = {
 class ServerCore:
     """One SMTP server session, without I/O. See the module docstring for how to drive it."""
 
-    def __init__(self, settings: ServerSettings) -> None:
-        """@param settings: what the listener allows."""
+    def __init__(self, settings: ServerSettings, *, auth_nonce: str = "") -> None:
+        """
+        @param settings: what the listener allows.
+        @param auth_nonce: a random value unique to this session, from which CRAM-MD5
+            challenges are made; without it CRAM-MD5 is refused like an unknown mechanism.
+        """
         self._settings = settings
+        self._auth_nonce = auth_nonce
+        self._auth_count = 0
         self._lines = LineBuffer()
         self._out = bytearray()
         self._state = SessionState.NEW
@@ -721,7 +733,13 @@ class ServerCore:
             return self._refuse(538, "5.7.11", "Encryption required for authentication")
         name, _, initial_text = args.partition(" ")
         name = name.upper()
-        mechanism = sasl.server_mechanism(name) if name in s.auth_mechanisms else None
+        self._auth_count += 1
+        challenge = (
+            sasl.cram_md5_challenge(f"{self._auth_nonce}.{self._auth_count}", s.hostname)
+            if self._auth_nonce
+            else b""
+        )
+        mechanism = sasl.server_mechanism(name, challenge) if name in s.auth_mechanisms else None
         if mechanism is None:
             return self._refuse(504, "5.5.4", "Unrecognized authentication type")
         initial: bytes | None = None
@@ -742,6 +760,10 @@ class ServerCore:
         self._mechanism = None
         if isinstance(step, sasl.Malformed):
             return self._refuse(501, "5.5.2", "Malformed authentication data")
+        if isinstance(step, sasl.HashedCredentials):
+            return Authenticate(
+                self._mechanism_name, "", step.login, step.digest, challenge=step.challenge
+            )
         return Authenticate(self._mechanism_name, step.authzid, step.login, step.password)
 
     def _auth_line(self, line: Line) -> Event | None:

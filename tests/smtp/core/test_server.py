@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -32,6 +36,13 @@ SUBMISSION = ServerSettings(
     hostname="mx.example", starttls=True, require_auth=True, forbid_unauth_pipelining=False
 )
 TLS_SUBMISSION = attrs.evolve(SUBMISSION, starttls=False, tls_active=True)
+CRAM_SUBMISSION = ServerSettings(
+    hostname="mx.example",
+    tls_active=True,
+    require_auth=True,
+    forbid_unauth_pipelining=False,
+    auth_mechanisms=("PLAIN", "CRAM-MD5"),
+)
 
 ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@mx.example>\r\nDATA\r\n"
 BDAT_ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nRCPT TO:<b@mx.example>\r\n"
@@ -349,6 +360,32 @@ class ServerConversationTestsMixin(ConversationMixin):
             glue.codes()[2:],
             [(334, None), (501, "5.0.0"), (334, None), (501, "5.5.2"), (504, "5.5.4")],
         )
+
+    def test_auth_cram_md5(self) -> None:
+        """
+        CRAM-MD5, when configured and given a session nonce, is advertised and sends a
+        challenge made of the nonce, a counter and the hostname; the client's login and digest
+        come back in L{Authenticate} with the challenge they answer.
+        """
+        glue = ScriptedGlue(ServerCore(CRAM_SUBMISSION, auth_nonce="f00d"))
+        glue.feed(self.chunk(b"EHLO c\r\nAUTH CRAM-MD5\r\n"))
+        self.assertIn("AUTH PLAIN CRAM-MD5", glue.replies()[1].lines)
+        challenge = base64.b64decode(glue.replies()[2].lines[0])
+        self.assertEqual(challenge, b"<f00d.1@mx.example>")
+        digest = hmac.new(b"tanstaaftanstaaf", challenge, hashlib.md5).hexdigest()
+        glue.feed(self.chunk(base64.b64encode(b"tim " + digest.encode()) + b"\r\n"))
+        self.assertEqual(
+            glue.events, [Authenticate("CRAM-MD5", "", "tim", digest, challenge=challenge)]
+        )
+        self.assertEqual(glue.codes()[-1], (535, "5.7.8"))
+        glue.feed(self.chunk(b"AUTH CRAM-MD5\r\n"))
+        self.assertEqual(base64.b64decode(glue.replies()[-1].lines[0]), b"<f00d.2@mx.example>")
+
+    def test_auth_cram_md5_needs_nonce(self) -> None:
+        """Without a session nonce, a configured CRAM-MD5 is refused as unknown."""
+        glue = ScriptedGlue(ServerCore(CRAM_SUBMISSION))
+        glue.feed(self.chunk(b"EHLO c\r\nAUTH CRAM-MD5\r\n"))
+        self.assertEqual(glue.codes()[-1], (504, "5.5.4"))
 
     def test_second_auth_refused(self) -> None:
         """After a successful AUTH, another AUTH is C{503 5.5.1}."""
@@ -695,5 +732,7 @@ class ServerCoreTests(SynchronousTestCase):
 
     def test_settings_validation(self) -> None:
         """Unknown SASL mechanisms and non-positive limits are refused."""
-        self.assertRaises(ValueError, ServerSettings, hostname="h", auth_mechanisms=("CRAM-MD5",))
+        self.assertRaises(
+            ValueError, ServerSettings, hostname="h", auth_mechanisms=("DIGEST-MD5",)
+        )
         self.assertRaises(ValueError, ServerSettings, hostname="h", max_recipients=0)
