@@ -11,7 +11,9 @@ Commands:
   - C{mdtwistctl reload}: the running server reads its accounts file and TLS certificate again;
   - C{mdtwistctl status [--json]}: the running server's version, processes, listeners and queue
     counts;
-  - C{mdtwistctl hash-password}: read a password, print its argon2id hash.
+  - C{mdtwistctl hash-password}: read a password, print its argon2id hash;
+  - C{mdtwistctl minger query ...} and C{mdtwistctl sharing check|cache ...}: see
+    L{mdtwist.sharing.commands}.
 
 C{--config FILE} (before the command; by default C{etc/mdtwist.toml} when it exists, else
 C{/etc/mdtwist/mdtwist.toml}) says where the spool and the control socket are; C{--spool}
@@ -42,6 +44,8 @@ from mdtwist.control.client import ControlClientError, call
 from mdtwist.control.commands import QueueRun, Reload, Status
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import ConfigError, SpoolError
+from mdtwist.sharing.commands import add_commands as add_sharing_commands
+from mdtwist.sharing.commands import run_command as run_sharing_command
 from mdtwist.spool.model import Queue, QueuedMessage, QueueEntry
 from mdtwist.spool.store import (
     DATABASE_NAME,
@@ -103,6 +107,12 @@ def main(
             _status(locations.socket(), options.json, stdout, stderr)
         elif options.command == "hash-password":
             _hash_password(stdin, stdout)
+        elif options.command in ("minger", "sharing"):
+            status = run_sharing_command(options, stdout, stderr)
+            if status is None:
+                parser.print_usage(stderr)
+                return 2
+            return status
         else:
             parser.print_usage(stderr)
             return 2
@@ -171,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "hash-password", help="read a password from standard input and print its hash"
     )
+    add_sharing_commands(commands)
     return parser
 
 

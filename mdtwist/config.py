@@ -355,6 +355,93 @@ class ControlConfig:
 
 
 @attrs.frozen
+class MingerConfig:
+    """
+    The Minger server (C{[minger]}): answers sharing peers whether an address is hosted here.
+
+    @ivar enable: run the server (in the first process only).
+    @ivar interface: the IP address to listen on (UDP).
+    @ivar port: the UDP port.
+    @ivar secret: the shared secret (at least 16 characters); required unless C{anonymous}.
+    @ivar anonymous: also answer queries that carry no credentials.
+    @ivar foreign_aliases_active: count local aliases of accounts elsewhere as active.
+    @ivar allowed_sources: networks whose queries are answered; L{None}: the addresses of the
+        C{[sharing]} peers.
+    @ivar hardened_sources: networks that must use the hardened (HMAC-SHA256) form.
+    @ivar reply_to_denied: answer status 1 to other sources instead of dropping silently.
+    @ivar rate: queries per second answered for one source.
+    @ivar burst: queries one source may send at once.
+    @ivar global_rate: queries per second answered for all sources together.
+    @ivar unknown_budget: "no such address" answers one source may get per C{unknown_window}.
+    @ivar unknown_window: seconds over which those answers are counted.
+    @ivar unknown_pause: seconds a source that spent its budget gets no answers.
+    """
+
+    enable: bool = False
+    interface: str = "127.0.0.1"
+    port: int = 4069
+    secret: Secret | None = None
+    anonymous: bool = False
+    foreign_aliases_active: bool = False
+    allowed_sources: tuple[str, ...] | None = None
+    hardened_sources: tuple[str, ...] = ()
+    reply_to_denied: bool = False
+    rate: float = 50.0
+    burst: int = 200
+    global_rate: float = 500.0
+    unknown_budget: int = 100
+    unknown_window: float = 600.0
+    unknown_pause: float = 600.0
+
+
+@attrs.frozen
+class SharingPeerConfig:
+    """
+    One Domain Sharing peer (C{[[sharing.peers]]}).
+
+    @ivar host: its host name or IP address.
+    @ivar smtp_port: its SMTP port (where mail for the addresses it hosts goes).
+    @ivar minger_port: its Minger (UDP) port.
+    @ivar password: the Minger shared secret it expects, or L{None} for anonymous queries.
+    @ivar hardened: use the hardened form with it (both sides mdtwist, and configured so).
+    """
+
+    host: str
+    smtp_port: int = 25
+    minger_port: int = 4069
+    password: Secret | None = None
+    hardened: bool = False
+
+    @property
+    def route(self) -> str:
+        """
+        Its SMTP address as C{host:port} (C{[address]:port} for IPv6).
+        """
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.smtp_port}"
+
+
+@attrs.frozen
+class SharingConfig:
+    """
+    Domain Sharing (C{[sharing]}): the users of a local domain spread over several servers.
+
+    @ivar enable: ask the peers about local-domain addresses that have no account here.
+    @ivar peers: the other servers, in order of preference.
+    @ivar no_smarthost_on_error: never send Domain Sharing mail to the smart host when
+        delivery to the peer fails (MDaemon's option; on by default).
+    @ivar timeout: seconds to wait for a Minger reply to one datagram.
+    @ivar attempts: datagrams sent at most per Minger lookup.
+    """
+
+    enable: bool = False
+    peers: tuple[SharingPeerConfig, ...] = ()
+    no_smarthost_on_error: bool = True
+    timeout: float = 2.0
+    attempts: int = 3
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration.
@@ -373,6 +460,8 @@ class Config:
     outbound: OutboundConfig = OutboundConfig()
     queue: QueuePolicy = attrs.field(factory=QueuePolicy)
     control: ControlConfig = ControlConfig()
+    minger: MingerConfig = MingerConfig()
+    sharing: SharingConfig = SharingConfig()
 
     def control_socket(self) -> Path:
         """
@@ -984,6 +1073,125 @@ def _queue(reader: _Reader, top: _Table, hop_limit: int) -> QueuePolicy:
         return defaults
 
 
+def _networks(reader: _Reader, table: _Table, name: str) -> tuple[str, ...]:
+    networks = table.strings(name, ())
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as e:
+            reader.problem(table.key(name), str(e))
+    return networks
+
+
+#: The shortest Minger secret accepted (MDaemon's rule).
+MIN_MINGER_SECRET = 16
+
+
+def _minger(reader: _Reader, top: _Table, sharing: SharingConfig) -> MingerConfig:
+    defaults = MingerConfig()
+    table = top.subtable("minger", set(attrs.fields_dict(MingerConfig)) | {"secret_file"})
+    assert table is not None
+    allowed = None
+    if "allowed_sources" in table.data:
+        allowed = _networks(reader, table, "allowed_sources")
+    config = MingerConfig(
+        enable=table.value("enable", bool, False),
+        interface=table.string("interface", defaults.interface, empty_ok=False),
+        port=table.positive("port", int, defaults.port),
+        secret=table.secret("secret"),
+        anonymous=table.value("anonymous", bool, False),
+        foreign_aliases_active=table.value("foreign_aliases_active", bool, False),
+        allowed_sources=allowed,
+        hardened_sources=_networks(reader, table, "hardened_sources"),
+        reply_to_denied=table.value("reply_to_denied", bool, False),
+        rate=table.positive("rate", float, defaults.rate),
+        burst=table.positive("burst", int, defaults.burst),
+        global_rate=table.positive("global_rate", float, defaults.global_rate),
+        unknown_budget=table.positive("unknown_budget", int, defaults.unknown_budget),
+        unknown_window=table.positive("unknown_window", float, defaults.unknown_window),
+        unknown_pause=table.positive("unknown_pause", float, defaults.unknown_pause),
+    )
+    secret_key = table.key("secret_file" if "secret_file" in table.data else "secret")
+    if config.port > 65535:
+        reader.problem(table.key("port"), "must be at most 65535")
+    try:
+        ipaddress.ip_address(config.interface)
+    except ValueError:
+        reader.problem(table.key("interface"), "must be an IP address (such as 127.0.0.1)")
+    if config.secret is not None:
+        text = config.secret.reveal()
+        if len(text) < MIN_MINGER_SECRET:
+            reader.problem(secret_key, f"must be at least {MIN_MINGER_SECRET} characters")
+        elif not all("!" <= c <= "~" for c in text):
+            reader.problem(secret_key, "must be printable ASCII without spaces")
+    if not config.enable:
+        return config
+    if config.secret is None and not config.anonymous:
+        reader.problem(table.key("secret"), "required unless anonymous = true")
+    if config.hardened_sources and config.secret is None:
+        reader.problem(table.key("hardened_sources"), "the hardened form needs a secret")
+    if config.allowed_sources is None and not sharing.peers:
+        reader.problem(
+            table.key("allowed_sources"),
+            "required when [sharing] lists no peers (the default allows only the peers)",
+        )
+    return config
+
+
+def _sharing_peer(reader: _Reader, key: str, item: object) -> SharingPeerConfig | None:
+    if not isinstance(item, dict):
+        reader.problem(key, f"expected a table, got {_kind(item)}")
+        return None
+    entry = reader.table(
+        item, key, {"host", "minger_port", "password", "password_file", "hardened"}
+    )
+    text = entry.string("host", empty_ok=False)
+    host, port = text, 25
+    if text.startswith("[") or text.count(":") == 1:
+        parsed = parse_host_port(text)
+        if parsed is None:
+            reader.problem(entry.key("host"), "must be host or host:port ([address]:port)")
+            return None
+        host, port = parsed
+    if not host or any(c.isspace() for c in host):
+        reader.problem(entry.key("host"), "must be host or host:port ([address]:port)")
+        return None
+    peer = SharingPeerConfig(
+        host=host,
+        smtp_port=port,
+        minger_port=entry.positive("minger_port", int, 4069),
+        password=entry.secret("password"),
+        hardened=entry.value("hardened", bool, False),
+    )
+    if peer.minger_port > 65535:
+        reader.problem(entry.key("minger_port"), "must be at most 65535")
+    if peer.hardened and peer.password is None:
+        reader.problem(entry.key("hardened"), "the hardened form needs a password")
+    return peer
+
+
+def _sharing(reader: _Reader, top: _Table) -> SharingConfig:
+    defaults = SharingConfig()
+    table = top.subtable("sharing", set(attrs.fields_dict(SharingConfig)))
+    assert table is not None
+    peers = []
+    raw = table.value("peers", list, [])
+    for i, item in enumerate(raw):
+        peer = _sharing_peer(reader, f"{table.key('peers')}[{i}]", item)
+        if peer is not None:
+            peers.append(peer)
+    config = SharingConfig(
+        enable=table.value("enable", bool, False),
+        peers=tuple(peers),
+        no_smarthost_on_error=table.value("no_smarthost_on_error", bool, True),
+        timeout=table.positive("timeout", float, defaults.timeout),
+        attempts=table.positive("attempts", int, defaults.attempts),
+    )
+    if config.enable and not raw:
+        reader.problem(table.key("peers"), "list at least one peer when enable = true")
+    return config
+
+
 def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     """
     Turn parsed TOML into a L{Config}.
@@ -997,9 +1205,21 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     top = reader.table(
         data,
         "",
-        {"server", "smtp", "tls", "directory", "spool", "delivery", "outbound", "queue"}
-        | {"control"},
+        {
+            "server",
+            "smtp",
+            "tls",
+            "directory",
+            "spool",
+            "delivery",
+            "outbound",
+            "queue",
+            "control",
+            "minger",
+            "sharing",
+        },
     )
+    sharing = _sharing(reader, top)
     smtp = _smtp(reader, top)
     config = Config(
         path=source,
@@ -1012,6 +1232,8 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         outbound=_outbound(reader, top),
         queue=_queue(reader, top, smtp.hop_limit),
         control=_control(reader, top),
+        minger=_minger(reader, top, sharing),
+        sharing=sharing,
     )
     _check_shared_listeners(reader, config)
     if reader.problems:

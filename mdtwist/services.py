@@ -13,6 +13,9 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
     spool                closes the spool database on shutdown
     smtp-client-close    closes idle outbound SMTP connections on shutdown
     queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
+    sharing-io           ThreadPoolService with one thread: the Domain Sharing cache ([sharing])
+    sharing              SharingService: Minger lookups at the peers, the shared cache
+    minger               the Minger UDP server ([minger]; first process only)
     smtp-N-MODE          one RequiredListener per [[smtp.listen]]: each opens, or start-up stops
     control              ControlService: mdtwistctl's UNIX socket (first process only)
 
@@ -25,9 +28,13 @@ has C{shards} after its listeners.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.application.internet import UDPServer
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, execute
 from twisted.internet.endpoints import (
@@ -70,6 +77,9 @@ from mdtwist.directory.ldap import LDAPDirectory
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory
 from mdtwist.login_limits import LoginLimits
+from mdtwist.minger.client import MingerClient, Peer
+from mdtwist.minger.limits import RateLimits
+from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
 from mdtwist.portal import LoginPortal, build_login_portal
 from mdtwist.shards import (
     AdoptedListener,
@@ -82,6 +92,8 @@ from mdtwist.shards import (
     share,
     tls_of,
 )
+from mdtwist.sharing.cache import CACHE_NAME, CacheStore, SharingCache
+from mdtwist.sharing.service import SharingPeer, SharingService
 from mdtwist.smtp.client import ClientTimeouts, SMTPClient, trust_root_from_pem
 from mdtwist.smtp.core.client import Credentials
 from mdtwist.smtp.core.server import ServerSettings
@@ -510,6 +522,10 @@ def make_service(
     )
     runner.setName("queue")
     runner.setServiceParent(top)
+    # The receive policy's Domain Sharing collaborator; see sharing_of.
+    build_sharing(config, reactor, top)
+    if config.minger.enable and shard == 0:
+        build_minger_server(config, reactor, directory).setServiceParent(top)
     reloaders = [directory.reload] if isinstance(directory, Reloadable) else []
     tls = None
     if config.tls is not None:
@@ -601,6 +617,119 @@ def _counts(spool: SQLiteSpool) -> Deferred[tuple[int, int]]:
         return active, len(entries) - active
 
     return spool.list().addCallback(count)
+
+
+def peer_addresses(config: Config) -> list[str]:
+    """
+    Resolve the Domain Sharing peers' host names (at start-up, before the reactor runs).
+
+    @param config: the configuration.
+    @return: every IP address of every peer.
+    @raise ConfigError: when a peer's name does not resolve.
+    """
+    found: list[str] = []
+    for i, peer in enumerate(config.sharing.peers):
+        try:
+            infos = socket.getaddrinfo(peer.host, None, type=socket.SOCK_DGRAM)
+        except OSError as e:
+            raise ConfigError(
+                [f"{config.path}: sharing.peers[{i}].host: cannot resolve {peer.host}: {e}"]
+            ) from None
+        found += [str(info[4][0]) for info in infos if str(info[4][0]) not in found]
+    return found
+
+
+def build_sharing(config: Config, reactor: Any, parent: MultiService) -> SharingService | None:
+    """
+    Build Domain Sharing: its cache (beside the spool, shared by every process), the Minger
+    client and the service, all added to C{parent}.
+
+    @param config: the configuration.
+    @param reactor: the reactor (UDP, time, threads).
+    @param parent: gets the cache's thread pool and the service (named C{sharing}).
+    @return: the service, or L{None} when C{[sharing]} is not enabled.
+    @raise ConfigError: when the cache cannot be opened or a peer's name does not resolve.
+    """
+    settings = config.sharing
+    if not settings.enable:
+        return None
+    path = config.spool.directory / CACHE_NAME
+    try:
+        config.spool.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store = CacheStore(path)
+    except (OSError, sqlite3.Error) as e:
+        raise ConfigError(
+            [f"{config.path}: spool.directory: cannot use the sharing cache {path}: {e}"]
+        ) from None
+    pool = ThreadPoolService(reactor, "sharing-io", 1)
+    pool.setServiceParent(parent)
+    peers = [
+        SharingPeer(
+            route=peer.route,
+            minger=Peer(peer.host, peer.minger_port, peer.password, peer.hardened),
+        )
+        for peer in settings.peers
+    ]
+    service = SharingService(
+        peers,
+        MingerClient(reactor, timeout=settings.timeout, attempts=settings.attempts),
+        SharingCache(store, pool.run, reactor),
+        peer_addresses=peer_addresses(config),
+    )
+    service.setServiceParent(parent)
+    return service
+
+
+def sharing_of(top: MultiService) -> SharingService | None:
+    """
+    @param top: the tree L{make_service} built.
+    @return: its Domain Sharing service (the receive policy's sharing lookup), or L{None} when
+        C{[sharing]} is not enabled.
+    """
+    try:
+        service = top.getServiceNamed("sharing")
+    except KeyError:
+        return None
+    assert isinstance(service, SharingService)
+    return service
+
+
+def build_minger_server(config: Config, reactor: Any, directory: IDirectory) -> UDPServer:
+    """
+    Build the Minger UDP server (run it in the first process only, so that its limits count
+    once).
+
+    @param config: the configuration.
+    @param reactor: the reactor (UDP, time).
+    @param directory: the local directory it answers from (never the sharing cache).
+    @return: the service, named C{minger}.
+    @raise ConfigError: when a peer's name does not resolve (for the default allow-list).
+    """
+    minger = config.minger
+    if minger.allowed_sources is not None:
+        allowed = parse_networks(minger.allowed_sources)
+    else:
+        allowed = tuple(ipaddress.ip_network(a) for a in peer_addresses(config))
+    settings = MingerSettings(
+        secret=minger.secret,
+        anonymous=minger.anonymous,
+        foreign_aliases_active=minger.foreign_aliases_active,
+        allowed=allowed,
+        hardened_sources=parse_networks(minger.hardened_sources),
+        reply_to_denied=minger.reply_to_denied,
+        limits=RateLimits(
+            rate=minger.rate,
+            burst=minger.burst,
+            global_rate=minger.global_rate,
+            unknown_budget=minger.unknown_budget,
+            unknown_window=minger.unknown_window,
+            unknown_pause=minger.unknown_pause,
+        ),
+    )
+    protocol = MingerServerProtocol(MingerResponder(directory, settings, reactor))
+    server = UDPServer(minger.port, protocol, interface=minger.interface, reactor=reactor)
+    server.setName("minger")
+    return server
 
 
 def _active(spool: SQLiteSpool) -> Deferred[int]:

@@ -49,6 +49,7 @@ class Daemon:
         domain: str = "example.test",
         server_extra: str = "",
         accounts_extra: str = "",
+        extra: str = "",
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -66,6 +67,7 @@ class Daemon:
             L{PASSWORDS}.
         @param server_extra: more TOML lines for the C{[server]} table.
         @param accounts_extra: more lines for the C{[directory.file]} table.
+        @param extra: more TOML tables, appended at the end of the file.
         """
         directory = directory.resolve()
         self.directory = directory
@@ -136,6 +138,8 @@ socket = "{self.control_socket}"
 
 [outbound]
 {outbound if "dns_servers" in outbound else 'dns_servers = ["127.0.0.1:9"]' + chr(10) + outbound}
+
+{extra}
 """
         )
         self.log_path = directory / "mdtwist.log"

@@ -1,0 +1,3 @@
+"""
+Domain Sharing: finding which peer server hosts an address of a shared domain.
+"""

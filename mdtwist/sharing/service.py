@@ -1,0 +1,262 @@
+# -*- test-case-name: tests.sharing.test_service -*-
+"""
+Domain Sharing: which peer server hosts an address of a shared domain.
+
+The receive policy calls L{SharingService.lookup} for an address in a local domain that has no
+local account. Theory of operation:
+
+  1. Loop guard: mail from one of the sharing peers themselves (the SMTP client's address is
+     one of theirs) is never fanned out again; the answer is NOT_FOUND at once.
+  2. The five-day cache (L{mdtwist.sharing.cache}), shared by all processes: an entry whose peer
+     is still configured answers FOUND. A cache that cannot be read counts as a miss.
+  3. Otherwise every peer is asked in parallel over Minger. The first peer to answer
+     "active" decides: FOUND, routed to that peer's SMTP C{host:port}, and cached. A second
+     "active" from another peer is logged as a conflict (the same account on two servers).
+     When every peer has answered without an "active": NOT_FOUND if every one said "unknown",
+     else UNAVAILABLE (a timeout, a refusal, an "inactive" answer: nothing definite, so the
+     caller answers 4xx and the sender retries). Failures are never cached.
+
+The number of such lookups one SMTP session may trigger is capped by the caller (the receive
+policy), which answers 451 past its cap without calling here.
+
+L{SharingService.check_all_unknown} is the check before an account is created: every peer is
+asked and creation may go ahead only if every one says "unknown".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+from typing_extensions import override
+from zope.interface import implementer
+
+from mdtwist.envelope import ClientInfo
+from mdtwist.interfaces import ISharingLookup
+from mdtwist.minger.client import MingerClient, Peer, Result
+from mdtwist.route import SharingAnswer
+from mdtwist.sharing.cache import SharingCache
+
+
+@attrs.frozen
+class SharingPeer:
+    """
+    One sharing peer.
+
+    @ivar route: its SMTP address as C{host:port} (C{[address]:port} for IPv6): where mail for
+        the addresses it hosts goes, and what the cache stores.
+    @ivar minger: how to ask it (its Minger host, port, secret and mode).
+    """
+
+    route: str
+    minger: Peer
+
+
+@attrs.frozen
+class AccountCheck:
+    """
+    The answers of every peer about an address that is about to be created here.
+
+    @ivar answers: each peer with its result, in configured order.
+    """
+
+    answers: tuple[tuple[SharingPeer, Result], ...]
+
+    @property
+    def free(self) -> bool:
+        """
+        Whether every peer said it has no such address (creation may go ahead).
+        """
+        return all(result is Result.UNKNOWN for _, result in self.answers)
+
+    @property
+    def taken(self) -> tuple[SharingPeer, ...]:
+        """
+        The peers that host the address (active or inactive).
+        """
+        return tuple(
+            peer for peer, result in self.answers if result in (Result.ACTIVE, Result.INACTIVE)
+        )
+
+
+def _normal_ip(text: str) -> str:
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+@implementer(ISharingLookup)
+class SharingService(Service):
+    """
+    Looks addresses up at the sharing peers, with the shared cache in front.
+
+    It is the receive policy's Domain Sharing collaborator (L{ISharingLookup}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        peers: Sequence[SharingPeer],
+        client: MingerClient,
+        cache: SharingCache | None = None,
+        *,
+        peer_addresses: Iterable[str] = (),
+    ) -> None:
+        """
+        @param peers: the peers, in configured order.
+        @param client: the Minger client.
+        @param cache: the shared cache, or L{None} for none.
+        @param peer_addresses: the IP addresses of the peers, for the loop guard.
+        """
+        self.peers = tuple(peers)
+        self._client = client
+        self.cache = cache
+        self._routes = {peer.route for peer in self.peers}
+        self._peer_addresses = frozenset(_normal_ip(a) for a in peer_addresses)
+        self.setName("sharing")
+
+    def lookup(self, address: str, client: ClientInfo) -> Deferred[SharingAnswer]:
+        """
+        Find the peer that hosts an address.
+
+        @param address: a recipient in a local domain with no local account.
+        @param client: the SMTP client that gave it.
+        @return: a Deferred firing with the answer; it never fails.
+        """
+        if _normal_ip(client.address) in self._peer_addresses:
+            self.log.info(
+                "sharing: {rcpt} from sharing peer {peer} is not asked about again",
+                rcpt=address,
+                peer=client.address,
+            )
+            return succeed(SharingAnswer.not_found())
+        return Deferred.fromCoroutine(self._lookup(address))
+
+    async def _lookup(self, address: str) -> SharingAnswer:
+        if self.cache is not None:
+            try:
+                route = await self.cache.get(address)
+            except Exception as e:
+                self.log.warn(
+                    "sharing: cache unreadable for {rcpt}: {error}", rcpt=address, error=str(e)
+                )
+                route = None
+            if route is not None and route in self._routes:
+                return SharingAnswer.found(route)
+        return await self._ask(address)
+
+    def _ask(self, address: str) -> Deferred[SharingAnswer]:
+        decided: Deferred[SharingAnswer] = Deferred()
+        if not self.peers:
+            return succeed(SharingAnswer.not_found())
+        results: dict[SharingPeer, Result] = {}
+        found: list[SharingPeer] = []
+
+        def answered(result: Result, peer: SharingPeer) -> None:
+            results[peer] = result
+            self._log_result(address, peer, result)
+            if result is Result.ACTIVE:
+                found.append(peer)
+                if len(found) == 1:
+                    self._remember(address, peer)
+                    decided.callback(SharingAnswer.found(peer.route))
+                else:
+                    self.log.error(
+                        "sharing: conflict: {rcpt} is active on {first} and on {other}",
+                        rcpt=address,
+                        first=found[0].route,
+                        other=peer.route,
+                    )
+            if len(results) == len(self.peers) and not found:
+                if all(r is Result.UNKNOWN for r in results.values()):
+                    decided.callback(SharingAnswer.not_found())
+                else:
+                    decided.callback(SharingAnswer.unavailable())
+
+        try:
+            queries = [(peer, self._client.query(peer.minger, address)) for peer in self.peers]
+        except ValueError:
+            self.log.info("sharing: {rcpt} cannot be asked about over Minger", rcpt=address)
+            return succeed(SharingAnswer.not_found())
+        for peer, query in queries:
+            query.addCallback(answered, peer)
+        return decided
+
+    def _remember(self, address: str, peer: SharingPeer) -> None:
+        if self.cache is None:
+            return
+        self.cache.put(address, peer.route).addErrback(
+            lambda failure: self.log.warn(
+                "sharing: cannot cache {rcpt}: {error}",
+                rcpt=address,
+                error=failure.getErrorMessage(),
+            )
+        )
+
+    def _log_result(self, address: str, peer: SharingPeer, result: Result) -> None:
+        if result in (Result.DENIED, Result.BAD_CREDENTIALS, Result.MALFORMED):
+            self.log.error(
+                "sharing: peer {peer} refused our query for {rcpt} ({result}): check the"
+                " Minger settings on both sides",
+                peer=peer.route,
+                rcpt=address,
+                result=result.value,
+            )
+        elif result is Result.TIMEOUT:
+            self.log.warn(
+                "sharing: peer {peer} did not answer about {rcpt}", peer=peer.route, rcpt=address
+            )
+        else:
+            self.log.debug(
+                "sharing: peer {peer} says {rcpt} is {result}",
+                peer=peer.route,
+                rcpt=address,
+                result=result.value,
+            )
+
+    def check_all_unknown(self, address: str) -> Deferred[AccountCheck]:
+        """
+        Ask every peer about an address that is about to be created here (no cache).
+
+        @param address: the new address (or alias).
+        @return: a Deferred firing with every peer's answer; creation may go ahead only when
+            L{AccountCheck.free} is true. It never fails.
+        @raise ValueError: when the address cannot travel in a Minger query.
+        """
+        queries = [self._client.query(peer.minger, address) for peer in self.peers]
+        d = DeferredList(queries, consumeErrors=True)
+        return d.addCallback(
+            lambda outcomes: AccountCheck(
+                tuple(
+                    (peer, result if ok else Result.TIMEOUT)
+                    for peer, (ok, result) in zip(self.peers, outcomes, strict=True)
+                )
+            )
+        )
+
+    def drop(self, address: str) -> Deferred[bool]:
+        """
+        Forget a cached address (a peer said 5.1.1 for it, or a local account appeared).
+
+        @param address: the address.
+        @return: a Deferred firing with whether it was cached.
+        """
+        if self.cache is None:
+            return succeed(False)
+        return self.cache.drop(address)
+
+    @override
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.cache is None:
+            return None
+        return self.cache.close()
