@@ -48,3 +48,11 @@ class SpoolError(MdtwistError):
     """
     A message could not be stored (disk full, I/O error); callers answer C{452 4.3.1}.
     """
+
+
+class LoginThrottled(MdtwistError):
+    """
+    A login was refused unchecked: its client address or its login name failed too often
+    lately. Temporary, and distinct from a wrong password (HTTP answers C{429} with
+    C{Retry-After}).
+    """

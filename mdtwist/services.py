@@ -13,6 +13,8 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
     smtp-client-close    closes idle outbound SMTP connections on shutdown
     queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     smtp-N-MODE          one StreamServerEndpointService per [[smtp.listen]]
+    settings-io          ThreadPoolService: writes of the client-settings receipts
+    http-N               one StreamServerEndpointService per [[http.listen]] (first process only)
 
 With C{server.processes} above 1 (see L{mdtwist.shards}), the first process has C{shards}
 instead of the C{smtp-N-MODE} listeners: its SO_REUSEPORT sockets and the child processes. A
@@ -22,11 +24,13 @@ process that only has spool shards left over to drain has C{shards} after its li
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, execute
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -36,13 +40,16 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamClientEndpoint
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mdtwist.config import (
+    ClientSettingsConfig,
     Config,
     DirectoryBackend,
     ListenConfig,
+    ListenerMode,
     LocalDelivery,
     parse_host_port,
 )
@@ -56,8 +63,19 @@ from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.directory.cache import CachedDirectory
 from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
+from mdtwist.directory.model import Account
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory
+from mdtwist.settings.model import Security, ServerFacts, SettingsError
+from mdtwist.settings.model import Service as ClientService
+from mdtwist.settings.store import (
+    RECEIPTS_NAME,
+    Policy,
+    ReceiptStore,
+    SettingsSource,
+    SettingsStore,
+)
+from mdtwist.settings.web import SettingsResource, build_site
 from mdtwist.shards import (
     AdoptedListener,
     ChildSpec,
@@ -454,6 +472,7 @@ def make_service(
         listener = StreamServerEndpointService(endpoint, factory)
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
+    add_http(config, reactor, directory, tls, top)
     if children:
         config_path = str(config.path.absolute())
         supervisor = ShardSupervisor(
@@ -465,6 +484,145 @@ def make_service(
         supervisor.setName("shards")
         supervisor.setServiceParent(top)
     return top
+
+
+def settings_config(config: Config) -> ClientSettingsConfig:
+    """
+    @param config: the configuration.
+    @return: its C{[settings]}, or the defaults (documents beside the configuration file).
+    """
+    if config.settings is not None:
+        return config.settings
+    return ClientSettingsConfig(directory=config.path.parent / "client-settings")
+
+
+def server_facts(config: Config, machine_name: str = "") -> ServerFacts:
+    """
+    What the server offers clients, from its own configuration: the defaults of the client
+    settings, autoconfig, Autodiscover and the SRV advice.
+
+    @param config: the configuration.
+    @param machine_name: the machine's name (C{$MACHINENAME$}).
+    @return: the facts; submission services prefer implicit TLS, then STARTTLS.
+    """
+    settings = settings_config(config)
+    hostname = settings.hostname or config.server.hostname
+    submission: list[tuple[Security, int]] = list(settings.submission)
+    if not submission:
+        for listen in config.smtp.listen:
+            if listen.mode is ListenerMode.MX:
+                continue
+            spec = listen_spec(listen.endpoint)
+            if spec is None or spec.port == 0:
+                continue
+            implicit = listen.mode is ListenerMode.SMTPS or spec.tls is not None
+            security = Security.IMPLICIT_TLS if implicit else Security.STARTTLS
+            if config.tls is None and not implicit:
+                security = Security.NONE
+            submission.append((security, spec.port))
+        order = [Security.IMPLICIT_TLS, Security.STARTTLS, Security.NONE]
+        submission.sort(key=lambda service: order.index(service[0]))
+    return ServerFacts(
+        hostname=hostname,
+        imap=ClientService(
+            settings.imap_host or hostname, settings.imap_port, settings.imap_security
+        ),
+        submission=tuple(ClientService(hostname, port, sec) for sec, port in submission),
+        machine_name=machine_name,
+    )
+
+
+class DirectoryLogin:
+    """
+    Checks HTTP logins against the directory.
+    """
+
+    # replaced by mdtwist.portal at merge
+
+    def __init__(self, directory: IDirectory) -> None:
+        """
+        @param directory: the account directory.
+        """
+        self.directory = directory
+
+    def login(
+        self, client_address: str, login: str, password: str, *, service: str
+    ) -> Deferred[Account]:
+        """
+        @return: a Deferred firing with the account, or failing with L{UnauthorizedLogin}
+            (or L{mdtwist.errors.DirectoryUnavailable}).
+        """
+
+        def checked(account: Account | None) -> Account:
+            if account is None:
+                raise UnauthorizedLogin()
+            return account
+
+        return self.directory.authenticate(login, password).addCallback(checked)
+
+
+def load_settings(config: Config) -> SettingsStore:
+    """
+    Read the client-settings documents at start-up.
+
+    @param config: the configuration.
+    @return: the loaded store.
+    @raise ConfigError: with a line per problem of the documents.
+    """
+    store = SettingsStore(settings_config(config).directory)
+    try:
+        store.load()
+    except SettingsError as e:
+        raise ConfigError(e.problems) from None
+    return store
+
+
+def add_http(
+    config: Config,
+    reactor: Any,
+    directory: IDirectory,
+    tls: IOpenSSLServerConnectionCreator | None,
+    top: MultiService,
+) -> None:
+    """
+    Add the HTTP(S) listeners of client settings, autoconfig and Autodiscover.
+
+    They run in the first process only: the answers are small and rare (clients ask when
+    they start), and the receipts then have one writer.
+
+    @param config: the configuration.
+    @param reactor: the reactor.
+    @param directory: the directory (logins, hosted domains).
+    @param tls: the C{[tls]} context, for listeners with C{tls = true}.
+    @param top: the service tree.
+    """
+    if not config.http.listen:
+        return
+    settings = settings_config(config)
+    source = SettingsSource(
+        load_settings(config),
+        server_facts(config, socket.gethostname()),
+        Policy(push_enabled=settings.push_enabled, allow_override=settings.allow_override),
+    )
+    pool = ThreadPoolService(reactor, "settings-io", 1)
+    pool.setServiceParent(top)
+    try:
+        receipts = ReceiptStore(config.spool.directory / RECEIPTS_NAME)
+    except SettingsError as e:
+        raise ConfigError([f"{config.path}: spool.directory: {p}" for p in e.problems]) from None
+    OnStop("settings-receipts-close", receipts.close).setServiceParent(top)
+    resource = SettingsResource(
+        source, DirectoryLogin(directory), directory.domains, receipts, pool.run, reactor
+    )
+    site = build_site(resource)
+    for i, listen in enumerate(config.http.listen):
+        factory: Any = site
+        if listen.tls:
+            assert tls is not None
+            factory = TLSMemoryBIOFactory(tls, False, site)
+        service = StreamServerEndpointService(serverFromString(reactor, listen.endpoint), factory)
+        service.setName(f"http-{i}")
+        service.setServiceParent(top)
 
 
 def _active(spool: SQLiteSpool) -> Deferred[int]:

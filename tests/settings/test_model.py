@@ -21,6 +21,7 @@ from mdtwist.settings.model import (
     Service,
     SettingsDocument,
     SettingsError,
+    Value,
     check_value,
     client_supported,
     content,
@@ -54,11 +55,11 @@ ALICE = MacroContext(
 T = "2026-12-05T09:00:00Z"
 
 
-def base(push: bool = True, allow_override: bool = False) -> dict[str, object]:
+def base(push: bool = True, allow_override: bool = False) -> dict[str, Value]:
     values = defaults(FACTS)
     values["policy.push_enabled"] = push
     values["policy.allow_override"] = allow_override
-    return values  # type: ignore[return-value]
+    return values
 
 
 def doc(scope: str, **values: object) -> SettingsDocument:
