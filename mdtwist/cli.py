@@ -7,7 +7,8 @@ Commands:
     then the bad queue (parked messages, with their reason);
   - C{mdtwistctl queue show ID --spool DIR [--body]}: the envelope, the queue (and why a message
     is in the bad queue) and each recipient's state;
-  - C{mdtwistctl hash-password}: read a password, print its argon2id hash.
+  - C{mdtwistctl hash-password}: read a password, print its argon2id hash;
+  - C{mdtwistctl settings ...}: the client settings (L{mdtwist.settings.cli}).
 
 The queue commands open the spool database read-only, so they are safe while the server runs.
 A server of several processes keeps one spool shard per process (C{DIR} itself and its
@@ -28,6 +29,7 @@ from typing import TextIO
 
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import SpoolError
+from mdtwist.settings import cli as settings_cli
 from mdtwist.spool.store import (
     DATABASE_NAME,
     Queue,
@@ -79,10 +81,12 @@ def main(
             _queue_show(Path(options.spool), options.queue_id, options.body, stdout)
         elif options.command == "hash-password":
             _hash_password(stdin, stdout)
+        elif options.command == "settings":
+            settings_cli.run(options, stdout)
         else:
             parser.print_usage(stderr)
             return 2
-    except (_CommandError, SpoolError) as e:
+    except (_CommandError, SpoolError, settings_cli.CommandError) as e:
         stderr.write(f"{_PROGRAM}: {e}\n")
         return 1
     return 0
@@ -102,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "hash-password", help="read a password from standard input and print its hash"
     )
+    settings_cli.add_parser(commands)
     return parser
 
 
