@@ -19,6 +19,7 @@ from mdtwist.config import (
 )
 from mdtwist.delivery.router import Mode
 from mdtwist.errors import ConfigError
+from mdtwist.settings.model import Security
 from mdtwist.smtp.client import TLSMode
 
 GOOD = """
@@ -488,4 +489,75 @@ class ConfigTests(SynchronousTestCase):
         [problem] = self.problems(text)
         self.assertTrue(
             problem.startswith("queue: maximal_backoff (60.0) must not be less"), problem
+        )
+
+
+class ClientSettingsConfigTests(SynchronousTestCase):
+    """
+    C{[[http.listen]]} and C{[settings]}.
+    """
+
+    write = ConfigTests.write
+    problems = ConfigTests.problems
+
+    def test_defaults(self) -> None:
+        """
+        No HTTP listener, push and override off, documents beside the configuration file.
+        """
+        path = self.write(GOOD)
+        config = load_config(path)
+        self.assertEqual(config.http.listen, ())
+        settings = config.settings
+        assert settings is not None
+        self.assertEqual((settings.push_enabled, settings.allow_override), (False, False))
+        self.assertEqual(settings.directory, path.parent / "client-settings")
+        self.assertEqual(
+            (settings.imap_port, settings.imap_security), (993, Security.IMPLICIT_TLS)
+        )
+
+    def test_values(self) -> None:
+        """
+        Listeners, switches and the advertised services are read.
+        """
+        text = GOOD + (
+            '[[http.listen]]\nendpoint = "tcp:8080"\n'
+            '[settings]\npush_enabled = true\nallow_override = true\ndirectory = "cs"\n'
+            'imap_security = "starttls"\nimap_port = 143\n'
+            'submission = ["implicit-tls:465", "starttls:587"]\n'
+        )
+        path = self.write(text)
+        config = load_config(path)
+        self.assertEqual([listen.endpoint for listen in config.http.listen], ["tcp:8080"])
+        settings = config.settings
+        assert settings is not None
+        self.assertTrue(settings.push_enabled and settings.allow_override)
+        self.assertEqual(settings.directory, path.parent / "cs")
+        self.assertEqual(
+            settings.submission, ((Security.IMPLICIT_TLS, 465), (Security.STARTTLS, 587))
+        )
+
+    def test_problems(self) -> None:
+        """
+        Each bad value is named.
+        """
+        text = GOOD + (
+            '[[http.listen]]\nendpoint = "tcp:8443"\ntls = true\ncolour = 1\n'
+            '[[http.listen]]\nendpoint = "nonsense:1"\n'
+            '[settings]\nimap_security = "ssl"\nsubmission = ["tls:465"]\nimap_port = 70000\n'
+        )
+        self.assertEqual(
+            sorted(self.problems(text)),
+            sorted(
+                [
+                    "http.listen[0].colour: unknown key",
+                    "http.listen[1].endpoint: not a valid server endpoint: "
+                    "Unknown endpoint type: 'nonsense'",
+                    "settings.imap_security: must be one of 'implicit-tls', 'starttls', 'none',"
+                    " got 'ssl'",
+                    "settings.submission: 'tls:465' is not SECURITY:PORT (SECURITY one of"
+                    " implicit-tls, starttls, none)",
+                    "settings.imap_port: must be at most 65535",
+                    "http.listen[0].tls: needs the [tls] certificate",
+                ]
+            ),
         )
