@@ -497,8 +497,17 @@ class ClientSettingsConfigTests(SynchronousTestCase):
     C{[[http.listen]]} and C{[settings]}.
     """
 
-    write = ConfigTests.write
-    problems = ConfigTests.problems
+    def write(self, text: str) -> Path:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "mdtwist.toml"
+        path.write_text(text)
+        return path
+
+    def problems(self, text: str) -> list[str]:
+        path = self.write(text)
+        error = self.assertRaises(ConfigError, load_config, path)
+        return [line.removeprefix(f"{path}: ") for line in error.problems]
 
     def test_defaults(self) -> None:
         """
