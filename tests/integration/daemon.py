@@ -45,6 +45,8 @@ class Daemon:
         outbound: str = "",
         domain: str = "example.test",
         server_extra: str = "",
+        extra: str = "",
+        extra_ports: Sequence[int] = (),
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -60,12 +62,15 @@ class Daemon:
         @param domain: the local domain; its accounts are alice and bob with the passwords of
             L{PASSWORDS}.
         @param server_extra: more TOML lines for the C{[server]} table.
+        @param extra: more TOML tables, appended at the end (such as C{[[http.listen]]}).
+        @param extra_ports: more ports L{start} waits for (those of C{extra}'s listeners).
         """
         directory = directory.resolve()
         self.directory = directory
         self.mx_port = free_port()
         self.submission_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_ports = tuple(extra_ports)
         directory.mkdir(parents=True, exist_ok=True)
         self.certificate, self.key = make_certificate(directory / "tls", "mail.example.test")
         accounts = [f'domains = ["{domain}"]']
@@ -121,6 +126,8 @@ delay_after_temp_error = 1.0
 
 [outbound]
 {outbound if "dns_servers" in outbound else 'dns_servers = ["127.0.0.1:9"]' + chr(10) + outbound}
+
+{extra}
 """
         )
         self.log_path = directory / "mdtwist.log"
@@ -175,7 +182,7 @@ delay_after_temp_error = 1.0
         self.process = start_process(
             self.command(),
             self.log_path,
-            ports=(self.mx_port, self.submission_port),
+            ports=(self.mx_port, self.submission_port, *self.extra_ports),
             env=env,
             cwd=_ROOT,
             timeout=30.0,
