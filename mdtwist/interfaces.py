@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from mdtwist.directory.model import Account
     from mdtwist.envelope import ClientInfo, Envelope
+    from mdtwist.settings.model import Merged
     from mdtwist.smtp.core.replies import Reply
 
 
@@ -88,4 +89,32 @@ class IReceivePolicy(Interface):
         @param sender: the reverse-path of the transaction.
         @param recipient: the forward-path without brackets (a bare C{postmaster} is allowed).
         @return: a Deferred firing with the reply to C{RCPT TO}.
+        """
+
+
+class ISettingsSource(Interface):
+    """
+    The client settings in force: per domain, the merge of the defaults (the server's own
+    services), the configuration's switches, the global document and the domain's document.
+    """
+
+    facts = Attribute("the L{mdtwist.settings.model.ServerFacts} the defaults come from")
+
+    def merged(domain: str) -> Merged:
+        """
+        @param domain: a domain, lower-case.
+        @return: its settings before macros.
+        """
+
+    def push_anywhere() -> bool:
+        """
+        @return: whether the push is on for any domain.
+        """
+
+    def refresh() -> tuple[str, ...]:
+        """
+        Read changed settings again.
+
+        @return: one line per problem of a failed reload (the last good settings stay), or
+            C{()}.
         """

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import attrs
 import tomli_w
+from zope.interface import implementer
 
+from mdtwist.interfaces import ISettingsSource
 from mdtwist.settings.model import (
     GLOBAL,
     Merged,
@@ -244,6 +246,7 @@ class Policy:
     allow_override: bool = False
 
 
+@implementer(ISettingsSource)
 class SettingsSource:
     """
     The merged settings of each domain: code defaults from the server's own services, the
@@ -276,13 +279,25 @@ class SettingsSource:
         """
         return merge(self.base(), self.store.document(GLOBAL), self.store.document(domain.lower()))
 
-    def default_domain(self) -> str:
+    def push_anywhere(self) -> bool:
         """
-        @return: the domain used when a request names none that is hosted here.
+        @return: whether the push is on for any domain (by the configuration or a document).
         """
-        if self.facts.domains:
-            return sorted(self.facts.domains)[0]
-        return self.facts.hostname.partition(".")[2] or self.facts.hostname
+        if self.policy.push_enabled:
+            return True
+        return any(
+            (document := self.store.document(scope)) is not None
+            and document.values.get("policy.push_enabled") is True
+            for scope in self.store.scopes()
+        )
+
+    def refresh(self) -> tuple[str, ...]:
+        """
+        Read changed documents again.
+
+        @return: the problems of a failed reload (the last good documents stay), or C{()}.
+        """
+        return self.store.refresh()
 
 
 @attrs.frozen

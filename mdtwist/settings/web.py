@@ -50,6 +50,7 @@ from typing_extensions import override
 
 from mdtwist.directory.model import Account
 from mdtwist.errors import DirectoryUnavailable, LoginThrottled
+from mdtwist.interfaces import ISettingsSource
 from mdtwist.settings import render
 from mdtwist.settings.model import (
     MacroContext,
@@ -60,7 +61,7 @@ from mdtwist.settings.model import (
     served_document,
     source_hash,
 )
-from mdtwist.settings.store import ReceiptStore, SettingsSource
+from mdtwist.settings.store import ReceiptStore
 
 _log = Logger()
 
@@ -148,7 +149,7 @@ class SettingsResource(Resource):
 
     def __init__(
         self,
-        source: SettingsSource,
+        source: ISettingsSource,
         portal: ILoginPortal,
         hosted_domains: Callable[[], Deferred[frozenset[str]]],
         receipts: ReceiptStore | None,
@@ -239,7 +240,7 @@ class SettingsResource(Resource):
         if self._checked_at is not None and now - self._checked_at < REFRESH_INTERVAL:
             return
         self._checked_at = now
-        problems = self.source.store.refresh()
+        problems = self.source.refresh()
         for problem in problems:
             _log.error("client settings not reloaded: {problem}", problem=problem)
 
@@ -301,19 +302,9 @@ class SettingsResource(Resource):
 
     # --- the MC settings ----------------------------------------------------------------------
 
-    def _push_anywhere(self) -> bool:
-        store = self.source.store
-        if self.source.policy.push_enabled:
-            return True
-        return any(
-            (document := store.document(scope)) is not None
-            and document.values.get("policy.push_enabled") is True
-            for scope in store.scopes()
-        )
-
     def _settings(self, request: Request) -> Deferred[bytes]:
         self._require_tls(request)
-        if not self._push_anywhere():
+        if not self.source.push_anywhere():
             raise _Answer(404, "push-disabled", "client settings are not pushed")
         version_header = request.getHeader("mc-client-version")
         client_version = parse_client_version(version_header) if version_header else None
@@ -347,7 +338,7 @@ class SettingsResource(Resource):
 
     def _ack(self, request: Request) -> Deferred[bytes]:
         self._require_tls(request)
-        if not self._push_anywhere():
+        if not self.source.push_anywhere():
             raise _Answer(404, "push-disabled", "client settings are not pushed")
         body = _body(request)
         try:

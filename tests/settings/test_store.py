@@ -8,11 +8,22 @@ import os
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
-from mdtwist.settings.model import GLOBAL, SettingsDocument, SettingsError
+from mdtwist.interfaces import ISettingsSource
+from mdtwist.settings.model import (
+    GLOBAL,
+    Security,
+    ServerFacts,
+    Service,
+    SettingsDocument,
+    SettingsError,
+)
 from mdtwist.settings.store import (
+    Policy,
     Receipt,
     ReceiptStore,
+    SettingsSource,
     SettingsStore,
     behind,
     check_domain,
@@ -140,3 +151,26 @@ class ReceiptStoreTests(SynchronousTestCase):
         """
         e = self.assertRaises(SettingsError, ReceiptStore, Path("/nonexistent/dir/x.sqlite"))
         self.assertIn("/nonexistent/dir/x.sqlite: cannot open", e.problems[0])
+
+
+class SettingsSourceTests(SynchronousTestCase):
+    def test_interface(self) -> None:
+        """
+        The source provides ISettingsSource; the push is "anywhere" when the configuration or
+        any document turns it on.
+        """
+        store = SettingsStore(Path(self.mktemp()))
+        store.load()
+        facts = ServerFacts(
+            hostname="h.test", imap=Service("h.test", 993, Security.IMPLICIT_TLS), submission=()
+        )
+        source = SettingsSource(store, facts, Policy())
+        verifyObject(ISettingsSource, source)
+        self.assertFalse(source.push_anywhere())
+        store.save(SettingsDocument(scope="a.test").with_value("policy.push_enabled", True, "t"))
+        self.assertTrue(source.push_anywhere())
+        self.assertTrue(source.merged("A.TEST").values["policy.push_enabled"])
+        self.assertTrue(
+            SettingsSource(SettingsStore(Path("x")), facts, Policy(True)).push_anywhere()
+        )
+        self.assertEqual(source.refresh(), ())
