@@ -8,7 +8,9 @@ Commands:
   - C{mdtwistctl queue show ID --spool DIR [--body]}: the envelope, the queue (and why a message
     is in the bad queue) and each recipient's state;
   - C{mdtwistctl hash-password}: read a password, print its argon2id hash;
-  - C{mdtwistctl settings ...}: the client settings (L{mdtwist.settings.cli}).
+  - C{mdtwistctl settings ...}: the client settings (L{mdtwist.settings.cli});
+  - C{mdtwistctl discover ADDRESS}: find a mailbox's IMAP and SMTP settings as a client would
+    (L{mdtwist.settings.discover}).
 
 The queue commands open the spool database read-only, so they are safe while the server runs.
 A server of several processes keeps one spool shard per process (C{DIR} itself and its
@@ -30,6 +32,7 @@ from typing import TextIO
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import SpoolError
 from mdtwist.settings import cli as settings_cli
+from mdtwist.settings import discover
 from mdtwist.spool.store import (
     DATABASE_NAME,
     Queue,
@@ -83,10 +86,15 @@ def main(
             _hash_password(stdin, stdout)
         elif options.command == "settings":
             settings_cli.run(options, stdout)
+        elif options.command == "discover":
+            password = stdin.readline().rstrip("\r\n") if options.password_stdin else None
+            text, status = discover.main(options, password)
+            stdout.write(text)
+            return status
         else:
             parser.print_usage(stderr)
             return 2
-    except (_CommandError, SpoolError, settings_cli.CommandError) as e:
+    except (_CommandError, SpoolError, settings_cli.CommandError, discover.UsageError) as e:
         stderr.write(f"{_PROGRAM}: {e}\n")
         return 1
     return 0
@@ -107,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         "hash-password", help="read a password from standard input and print its hash"
     )
     settings_cli.add_parser(commands)
+    discover.add_parser(commands)
     return parser
 
 
