@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import enum
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,7 +35,12 @@ from twisted.internet.defer import (
     fail,
     succeed,
 )
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.error import (
     ConnectError,
     ConnectingCancelledError,
@@ -258,6 +264,14 @@ class _Lines(LineReceiver):
             self.transport.loseConnection()
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _text(line: bytes) -> str:
     # Server text, safe to print: control characters escaped.
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in line.decode("latin-1"))
@@ -309,9 +323,15 @@ class Prober:
         if address is None and options.only_mapped:
             return Outcome(attempt, False, Stage.RESOLVE, "not mapped (--only-mapped)")
         port = options.ports.get(attempt.port, attempt.port)
-        endpoint: Any = HostnameEndpoint(
-            self.reactor, address or attempt.host, port, timeout=options.timeout
-        )
+        endpoint: Any
+        if address is not None and _is_ip(address):
+            # A mapped address: connect to it directly, no name resolution at all.
+            kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+            endpoint = kind(self.reactor, address, port, timeout=int(options.timeout) or 1)
+        else:
+            endpoint = HostnameEndpoint(
+                self.reactor, address or attempt.host, port, timeout=options.timeout
+            )
         if attempt.security is Security.IMPLICIT_TLS:
             endpoint = wrapClientTLS(options.tls(attempt.host), endpoint)
         lines = _Lines(self.reactor, options.timeout)
@@ -572,14 +592,25 @@ def chosen(outcomes: Sequence[Outcome], tries: Sequence[Try]) -> dict[Protocol, 
     """
     @param outcomes: what L{probe} returned.
     @param tries: the tries in priority order.
-    @return: per protocol, the best try that worked.
+    @return: per protocol, the best try that worked; none for a protocol whose server
+        rejected the password (a plaintext try that "would work" proves nothing then).
     """
     best: dict[Protocol, Outcome] = {}
     rank = {attempt: i for i, attempt in enumerate(tries)}
+    rejected = rejected_protocols(outcomes)
     for outcome in sorted(outcomes, key=lambda o: rank[o.attempt]):
-        if outcome.ok and outcome.attempt.protocol not in best:
-            best[outcome.attempt.protocol] = outcome
+        protocol = outcome.attempt.protocol
+        if outcome.ok and protocol not in best and protocol not in rejected:
+            best[protocol] = outcome
     return best
+
+
+def rejected_protocols(outcomes: Sequence[Outcome]) -> set[Protocol]:
+    """
+    @param outcomes: what L{probe} returned.
+    @return: the protocols whose server rejected the password (nothing is chosen for them).
+    """
+    return {o.attempt.protocol for o in outcomes if o.authenticated is False}
 
 
 def fragment(best: Mapping[Protocol, Outcome], login: str) -> dict[str, Any]:
@@ -735,7 +766,13 @@ def report(
             for o in outcomes
         ]
         chosen_rows = {p.value: rows[outcomes.index(o)] for p, o in best.items()}
-        text = json.dumps({"tries": rows, "chosen": chosen_rows, "settings": settings}, indent=1)
+        document = {
+            "tries": rows,
+            "chosen": chosen_rows,
+            "credentials_rejected": sorted(p.value for p in rejected_protocols(outcomes)),
+            "settings": settings,
+        }
+        text = json.dumps(document, indent=1)
         return text + "\n", status
     lines = []
     for o in outcomes:
@@ -745,13 +782,13 @@ def report(
             f"{mark}{a.protocol.value:<4} {a.host:<28} {a.port:>5} {a.security.value:<12}"
             f" {o.stage.value:<10} {o.detail}"
         )
+    rejected = rejected_protocols(outcomes)
     for protocol in Protocol:
         pick = best.get(protocol)
-        found = (
-            "none found"
-            if pick is None
-            else f"{pick.attempt.host}:{pick.attempt.port} {pick.attempt.security.value}"
-        )
+        if pick is not None:
+            found = f"{pick.attempt.host}:{pick.attempt.port} {pick.attempt.security.value}"
+        else:
+            found = "credentials rejected" if protocol in rejected else "none found"
         lines.append(f"{protocol.value}: {found}")
     lines.append(json.dumps(settings, indent=1))
     return "\n".join(lines) + "\n", status
