@@ -340,6 +340,15 @@ class AuthenticationTests(Base):
         self.assertEqual(response.status, 429)
         self.assertEqual(response.headers["Retry-After"], "60")
 
+    def test_unexpected_failure_500_json(self) -> None:
+        """
+        A failure nobody expected is logged and answered 500 with a JSON body.
+        """
+        self.h.portal.failure = RuntimeError("boom")
+        response = self.h.get_settings()
+        self.assertEqual((response.status, response.json()["error"]), (500, "internal-error"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_directory_down_503(self) -> None:
         """
         A directory that cannot answer is 503, not 401.
@@ -420,6 +429,19 @@ class ChangeDetectionTests(Base):
         response = self.h.get_settings(if_none_match=etag)
         self.assertEqual(response.status, 200)
         self.assertEqual(response.json()["screens"]["general"]["display_name"], "Alice Jones")
+
+    def test_head(self) -> None:
+        """
+        HEAD gets the headers of GET (ETag included) without the body.
+        """
+        etag = self.first()
+        response = self.h.request(
+            "HEAD",
+            "/mc/v1/settings",
+            headers={"Authorization": basic("alice@example.test", "alice-pw")},
+        )
+        self.assertEqual((response.status, response.headers["ETag"]), (200, etag))
+        self.assertEqual(response.body, b"")
 
     def test_headers_per_user(self) -> None:
         """
