@@ -361,6 +361,8 @@ class ClientSettingsConfig:
     @ivar imap_security: its connection security.
     @ivar submission: C{SECURITY:PORT} of each submission service clients should use,
         preferred first; empty: the C{submission} and C{smtps} listeners' ports.
+    @ivar profile_certificate: PEM certificate (and chain) that signs Apple profiles.
+    @ivar profile_private_key: its private key (mode 0600).
     """
 
     directory: Path
@@ -371,6 +373,8 @@ class ClientSettingsConfig:
     imap_port: int = 993
     imap_security: Security = Security.IMPLICIT_TLS
     submission: tuple[tuple[Security, int], ...] = ()
+    profile_certificate: Path | None = None
+    profile_private_key: Path | None = None
 
 
 @attrs.frozen
@@ -1016,7 +1020,19 @@ def _settings(reader: _Reader, top: _Table) -> ClientSettingsConfig:
     port = table.positive("imap_port", int, defaults.imap_port)
     if port > 65535:
         reader.problem(table.key("imap_port"), "must be at most 65535")
+    certificate = table.path("profile_certificate", None)
+    private_key = table.path("profile_private_key", None)
+    if (certificate is None) != (private_key is None):
+        reader.problem(
+            table.key("profile_certificate"), "give profile_certificate and profile_private_key"
+        )
+    if certificate is not None and not os.access(certificate, os.R_OK):
+        reader.problem(table.key("profile_certificate"), f"cannot read {certificate}")
+    if private_key is not None:
+        _read_secret_file(reader, table.key("profile_private_key"), private_key)
     return ClientSettingsConfig(
+        profile_certificate=certificate,
+        profile_private_key=private_key,
         directory=table.path("directory", defaults.directory) or defaults.directory,
         push_enabled=table.value("push_enabled", bool, False),
         allow_override=table.value("allow_override", bool, False),

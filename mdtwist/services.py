@@ -68,6 +68,7 @@ from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory
 from mdtwist.settings.model import Security, ServerFacts, SettingsError
 from mdtwist.settings.model import Service as ClientService
+from mdtwist.settings.signing import ProfileSigner
 from mdtwist.settings.store import (
     RECEIPTS_NAME,
     Policy,
@@ -611,8 +612,22 @@ def add_http(
     except SettingsError as e:
         raise ConfigError([f"{config.path}: spool.directory: {p}" for p in e.problems]) from None
     OnStop("settings-receipts-close", receipts.close).setServiceParent(top)
+    signer = None
+    if settings.profile_certificate is not None and settings.profile_private_key is not None:
+        try:
+            signer = ProfileSigner(settings.profile_certificate, settings.profile_private_key)
+        except SettingsError as e:
+            raise ConfigError(
+                [f"{config.path}: settings.profile_certificate: {p}" for p in e.problems]
+            ) from None
     resource = SettingsResource(
-        source, DirectoryLogin(directory), directory.domains, receipts, pool.run, reactor
+        source,
+        DirectoryLogin(directory),
+        directory.domains,
+        receipts,
+        pool.run,
+        reactor,
+        sign_profile=None if signer is None else signer.sign,
     )
     site = build_site(resource)
     for i, listen in enumerate(config.http.listen):

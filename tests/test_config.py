@@ -506,6 +506,7 @@ class ClientSettingsConfigTests(SynchronousTestCase):
 
     def problems(self, text: str) -> list[str]:
         path = self.write(text)
+        self.problems_path = str(path.parent)
         error = self.assertRaises(ConfigError, load_config, path)
         return [line.removeprefix(f"{path}: ") for line in error.problems]
 
@@ -569,4 +570,19 @@ class ClientSettingsConfigTests(SynchronousTestCase):
                     "http.listen[0].tls: needs the [tls] certificate",
                 ]
             ),
+        )
+
+    def test_profile_signing_needs_both(self) -> None:
+        """
+        A profile certificate needs its key, and the files must be readable.
+        """
+        text = GOOD + '[settings]\nprofile_certificate = "missing.pem"\n'
+        problems = sorted(self.problems(text))
+        self.assertEqual(
+            problems,
+            [
+                "settings.profile_certificate: cannot read "
+                + str(Path(self.problems_path) / "missing.pem"),
+                "settings.profile_certificate: give profile_certificate and profile_private_key",
+            ],
         )

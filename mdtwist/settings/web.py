@@ -11,7 +11,8 @@ Paths (matched without regard to case, a final slash ignored):
   - C{POST /mc/v1/settings/ack}: C{{"version": ..., "client": ..., "client_version": ...}}
     records what a client applied (C{204}).
   - C{GET /mc/v1/macros}, C{GET /mc/v1/schema.json}: the macro reference and the fields.
-  - C{GET /mc/v1/apple.mobileconfig}: the caller's Apple profile (Basic over TLS).
+  - C{GET /mc/v1/apple.mobileconfig}: the caller's Apple profile (Basic over TLS), signed when
+    a signing certificate is configured.
   - C{GET /mail/config-v1.1.xml}, C{/.well-known/autoconfig/mail/config-v1.1.xml},
     C{/.well-known/mail-v1.xml}: Thunderbird autoconfig, public, with or without
     C{emailaddress}; the same answer for every local part of a domain.
@@ -155,6 +156,8 @@ class SettingsResource(Resource):
         receipts: ReceiptStore | None,
         run: Callable[..., Deferred[Any]],
         clock: IReactorTime,
+        *,
+        sign_profile: Callable[[bytes], bytes] | None = None,
     ) -> None:
         """
         @param source: the merged settings of each domain.
@@ -163,6 +166,7 @@ class SettingsResource(Resource):
         @param receipts: where served and applied versions are recorded, if anywhere.
         @param run: runs blocking receipt writes on a thread pool.
         @param clock: the time of receipts and of the settings files' checks.
+        @param sign_profile: signs Apple profiles; L{None}: they are served unsigned.
         """
         super().__init__()
         self.source = source
@@ -171,6 +175,7 @@ class SettingsResource(Resource):
         self.receipts = receipts
         self.run = run
         self.clock = clock
+        self.sign_profile = sign_profile
         self._checked_at: float | None = None
         get = frozenset({b"GET", b"HEAD"})
         self._routes: dict[tuple[str, ...], _Route] = {
@@ -509,7 +514,8 @@ class SettingsResource(Resource):
             request.setHeader("Content-Type", "application/x-apple-aspen-config")
             request.setHeader("Content-Disposition", 'attachment; filename="mail.mobileconfig"')
             request.setHeader("Cache-Control", "private, no-cache")
-            return render.mobileconfig(profile, self.source.facts.hostname)
+            data = render.mobileconfig(profile, self.source.facts.hostname)
+            return data if self.sign_profile is None else self.sign_profile(data)
 
         return self._authenticate(request).addCallback(authenticated)
 
