@@ -13,7 +13,10 @@ Commands:
     counts;
   - C{mdtwistctl hash-password}: read a password, print its argon2id hash;
   - C{mdtwistctl minger query ...} and C{mdtwistctl sharing check|cache ...}: see
-    L{mdtwist.sharing.commands}.
+    L{mdtwist.sharing.commands};
+  - C{mdtwistctl settings ...}: the client settings (L{mdtwist.settings.cli});
+  - C{mdtwistctl discover ADDRESS}: find a mailbox's IMAP and SMTP settings as a client would
+    (L{mdtwist.settings.discover}).
 
 C{--config FILE} (before the command; by default C{etc/mdtwist.toml} when it exists, else
 C{/etc/mdtwist/mdtwist.toml}) says where the spool and the control socket are; C{--spool}
@@ -44,6 +47,8 @@ from mdtwist.control.client import ControlClientError, call
 from mdtwist.control.commands import QueueRun, Reload, Status
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import ConfigError, SpoolError
+from mdtwist.settings import cli as settings_cli
+from mdtwist.settings import discover
 from mdtwist.sharing.commands import add_commands as add_sharing_commands
 from mdtwist.sharing.commands import run_command as run_sharing_command
 from mdtwist.spool.model import Queue, QueuedMessage, QueueEntry
@@ -112,11 +117,23 @@ def main(
             if status is None:
                 parser.print_usage(stderr)
                 return 2
+        elif options.command == "settings":
+            settings_cli.run(options, stdout)
+        elif options.command == "discover":
+            password = stdin.readline().rstrip("\r\n") if options.password_stdin else None
+            text, status = discover.main(options, password)
+            stdout.write(text)
             return status
         else:
             parser.print_usage(stderr)
             return 2
-    except (_CommandError, SpoolError, ControlClientError) as e:
+    except (
+        _CommandError,
+        SpoolError,
+        ControlClientError,
+        settings_cli.CommandError,
+        discover.UsageError,
+    ) as e:
         stderr.write(f"{_PROGRAM}: {e}\n")
         return 1
     return 0
@@ -182,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
         "hash-password", help="read a password from standard input and print its hash"
     )
     add_sharing_commands(commands)
+    settings_cli.add_parser(commands)
+    discover.add_parser(commands)
     return parser
 
 

@@ -40,6 +40,7 @@ from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
+from mdtwist.settings.model import Security
 from mdtwist.smtp.modes import ListenerMode as ListenerMode  # re-exported: its old home
 from mdtwist.smtp.modes import TLSMode
 
@@ -442,6 +443,57 @@ class SharingConfig:
 
 
 @attrs.frozen
+class HTTPListenConfig:
+    """
+    @ivar endpoint: a Twisted server endpoint string (C{ssl:} for HTTPS with its own
+        certificate files).
+    @ivar tls: serve HTTPS on a C{tcp:} endpoint with the C{[tls]} certificate.
+    """
+
+    endpoint: str
+    tls: bool = False
+
+
+@attrs.frozen
+class HTTPConfig:
+    """
+    @ivar listen: the HTTP(S) listeners (client settings, autoconfig, Autodiscover).
+    """
+
+    listen: tuple[HTTPListenConfig, ...] = ()
+
+
+@attrs.frozen
+class ClientSettingsConfig:
+    """
+    Client settings (C{[settings]}): the switches and where the documents live.
+
+    @ivar push_enabled: push client settings to users (off by default).
+    @ivar allow_override: users may change pushed settings (off: every screen locked).
+    @ivar directory: the directory of the settings documents (TOML files).
+    @ivar hostname: the host name clients connect to (C{$FQDN$}); C{""}: C{server.hostname}.
+    @ivar imap_host: the IMAP server users read mail on; C{""}: the host name.
+    @ivar imap_port: its port.
+    @ivar imap_security: its connection security.
+    @ivar submission: C{SECURITY:PORT} of each submission service clients should use,
+        preferred first; empty: the C{submission} and C{smtps} listeners' ports.
+    @ivar profile_certificate: PEM certificate (and chain) that signs Apple profiles.
+    @ivar profile_private_key: its private key (mode 0600).
+    """
+
+    directory: Path
+    push_enabled: bool = False
+    allow_override: bool = False
+    hostname: str = ""
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_security: Security = Security.IMPLICIT_TLS
+    submission: tuple[tuple[Security, int], ...] = ()
+    profile_certificate: Path | None = None
+    profile_private_key: Path | None = None
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration.
@@ -462,6 +514,8 @@ class Config:
     control: ControlConfig = ControlConfig()
     minger: MingerConfig = MingerConfig()
     sharing: SharingConfig = SharingConfig()
+    http: HTTPConfig = HTTPConfig()
+    settings: ClientSettingsConfig | None = None
 
     def control_socket(self) -> Path:
         """
@@ -1217,6 +1271,8 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
             "control",
             "minger",
             "sharing",
+            "http",
+            "settings",
         },
     )
     sharing = _sharing(reader, top)
@@ -1234,11 +1290,87 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         control=_control(reader, top),
         minger=_minger(reader, top, sharing),
         sharing=sharing,
+        http=_http(reader, top),
+        settings=_settings(reader, top),
     )
+    if config.tls is None:
+        for i, listen in enumerate(config.http.listen):
+            if listen.tls:
+                reader.problem(f"http.listen[{i}].tls", "needs the [tls] certificate")
     _check_shared_listeners(reader, config)
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
+
+
+def _http(reader: _Reader, top: _Table) -> HTTPConfig:
+    table = top.subtable("http", {"listen"})
+    assert table is not None
+    listeners = []
+    for i, item in enumerate(table.value("listen", list, [])):
+        key = f"http.listen[{i}]"
+        if not isinstance(item, dict):
+            reader.problem(key, f"expected a table, got {_kind(item)}")
+            continue
+        entry = reader.table(item, key, {"endpoint", "tls"})
+        endpoint = entry.string("endpoint", empty_ok=False)
+        tls = entry.value("tls", bool, False)
+        if endpoint:
+            _check_endpoint(reader, entry.key("endpoint"), endpoint)
+            if tls and endpoint.startswith("ssl:"):
+                reader.problem(entry.key("tls"), "an ssl: endpoint is TLS already; drop tls")
+        listeners.append(HTTPListenConfig(endpoint=endpoint, tls=tls))
+    return HTTPConfig(listen=tuple(listeners))
+
+
+def _service(reader: _Reader, key: str, text: str) -> tuple[Security, int] | None:
+    security, colon, port = text.rpartition(":")
+    try:
+        result = Security(security), int(port)
+    except ValueError:
+        result = None
+    if not colon or result is None or not 0 < result[1] < 65536:
+        allowed = ", ".join(s.value for s in Security)
+        reader.problem(key, f"{text!r} is not SECURITY:PORT (SECURITY one of {allowed})")
+        return None
+    return result
+
+
+def _settings(reader: _Reader, top: _Table) -> ClientSettingsConfig:
+    keys = set(attrs.fields_dict(ClientSettingsConfig))
+    table = top.subtable("settings", keys)
+    assert table is not None
+    defaults = ClientSettingsConfig(directory=reader.base / "client-settings")
+    submission = []
+    for text in table.strings("submission", ()):
+        service = _service(reader, table.key("submission"), text)
+        if service is not None:
+            submission.append(service)
+    port = table.positive("imap_port", int, defaults.imap_port)
+    if port > 65535:
+        reader.problem(table.key("imap_port"), "must be at most 65535")
+    certificate = table.path("profile_certificate", None)
+    private_key = table.path("profile_private_key", None)
+    if (certificate is None) != (private_key is None):
+        reader.problem(
+            table.key("profile_certificate"), "give profile_certificate and profile_private_key"
+        )
+    if certificate is not None and not os.access(certificate, os.R_OK):
+        reader.problem(table.key("profile_certificate"), f"cannot read {certificate}")
+    if private_key is not None:
+        _read_secret_file(reader, table.key("profile_private_key"), private_key)
+    return ClientSettingsConfig(
+        profile_certificate=certificate,
+        profile_private_key=private_key,
+        directory=table.path("directory", defaults.directory) or defaults.directory,
+        push_enabled=table.value("push_enabled", bool, False),
+        allow_override=table.value("allow_override", bool, False),
+        hostname=table.string("hostname", ""),
+        imap_host=table.string("imap_host", ""),
+        imap_port=port,
+        imap_security=table.choice("imap_security", Security, defaults.imap_security),
+        submission=tuple(submission),
+    )
 
 
 #: The endpoints whose sockets several processes can share (C{SO_REUSEPORT} needs TCP).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from mdtwist.directory.model import Account
     from mdtwist.envelope import ClientInfo, Envelope
     from mdtwist.route import SharingAnswer
+    from mdtwist.settings.model import Merged
     from mdtwist.smtp.core.replies import Reply
     from mdtwist.smtp.policy import RecipientDecision
 
@@ -111,4 +112,32 @@ class ISharingLookup(Interface):
         @return: a Deferred firing with the answer: found on a peer (its C{host:port}), found
             nowhere, or cannot tell now. It does not fail: a lookup that cannot be made is
             L{mdtwist.route.SharingStatus.UNAVAILABLE}.
+        """
+
+
+class ISettingsSource(Interface):
+    """
+    The client settings in force: per domain, the merge of the defaults (the server's own
+    services), the configuration's switches, the global document and the domain's document.
+    """
+
+    facts = Attribute("the L{mdtwist.settings.model.ServerFacts} the defaults come from")
+
+    def merged(domain: str) -> Merged:
+        """
+        @param domain: a domain, lower-case.
+        @return: its settings before macros.
+        """
+
+    def push_anywhere() -> bool:
+        """
+        @return: whether the push is on for any domain.
+        """
+
+    def refresh() -> tuple[str, ...]:
+        """
+        Read changed settings again.
+
+        @return: one line per problem of a failed reload (the last good settings stay), or
+            C{()}.
         """

@@ -17,6 +17,8 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
     sharing              SharingService: Minger lookups at the peers, the shared cache
     minger               the Minger UDP server ([minger]; first process only)
     smtp-N-MODE          one RequiredListener per [[smtp.listen]]: each opens, or start-up stops
+    settings-io          ThreadPoolService: writes of the client-settings receipts
+    http-N               one RequiredListener per [[http.listen]] (first process only)
     control              ControlService: mdtwistctl's UNIX socket (first process only)
 
 With C{server.processes} above 1 (see L{mdtwist.shards}), the first process has C{shards}
@@ -46,14 +48,17 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamClientEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mdtwist import __version__
 from mdtwist.config import (
+    ClientSettingsConfig,
     Config,
     DirectoryBackend,
     ListenConfig,
+    ListenerMode,
     LocalDelivery,
     parse_host_port,
 )
@@ -81,6 +86,17 @@ from mdtwist.minger.client import MingerClient, Peer
 from mdtwist.minger.limits import RateLimits
 from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
 from mdtwist.portal import LoginPortal, build_login_portal
+from mdtwist.settings.model import Security, ServerFacts, SettingsError
+from mdtwist.settings.model import Service as ClientService
+from mdtwist.settings.signing import ProfileSigner
+from mdtwist.settings.store import (
+    RECEIPTS_NAME,
+    Policy,
+    ReceiptStore,
+    SettingsSource,
+    SettingsStore,
+)
+from mdtwist.settings.web import SettingsResource, build_site
 from mdtwist.shards import (
     AdoptedListener,
     ChildSpec,
@@ -575,6 +591,7 @@ def make_service(
         )
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
+    add_http(config, reactor, directory, portal, tls, top)
     links = ChildLinks(reactor, [spec.shard for spec in children])
     if children:
         config_path = str(config.path.absolute())
@@ -730,6 +747,137 @@ def build_minger_server(config: Config, reactor: Any, directory: IDirectory) -> 
     server = UDPServer(minger.port, protocol, interface=minger.interface, reactor=reactor)
     server.setName("minger")
     return server
+
+
+def settings_config(config: Config) -> ClientSettingsConfig:
+    """
+    @param config: the configuration.
+    @return: its C{[settings]}, or the defaults (documents beside the configuration file).
+    """
+    if config.settings is not None:
+        return config.settings
+    return ClientSettingsConfig(directory=config.path.parent / "client-settings")
+
+
+def server_facts(config: Config, machine_name: str = "") -> ServerFacts:
+    """
+    What the server offers clients, from its own configuration: the defaults of the client
+    settings, autoconfig, Autodiscover and the SRV advice.
+
+    @param config: the configuration.
+    @param machine_name: the machine's name (C{$MACHINENAME$}).
+    @return: the facts; submission services prefer implicit TLS, then STARTTLS.
+    """
+    settings = settings_config(config)
+    hostname = settings.hostname or config.server.hostname
+    submission: list[tuple[Security, int]] = list(settings.submission)
+    if not submission:
+        for listen in config.smtp.listen:
+            if listen.mode is ListenerMode.MX:
+                continue
+            spec = listen_spec(listen.endpoint)
+            if spec is None or spec.port == 0:
+                continue
+            implicit = listen.mode is ListenerMode.SMTPS or spec.tls is not None
+            security = Security.IMPLICIT_TLS if implicit else Security.STARTTLS
+            if config.tls is None and not implicit:
+                security = Security.NONE
+            submission.append((security, spec.port))
+        order = [Security.IMPLICIT_TLS, Security.STARTTLS, Security.NONE]
+        submission.sort(key=lambda service: order.index(service[0]))
+    return ServerFacts(
+        hostname=hostname,
+        imap=ClientService(
+            settings.imap_host or hostname, settings.imap_port, settings.imap_security
+        ),
+        submission=tuple(ClientService(hostname, port, sec) for sec, port in submission),
+        machine_name=machine_name,
+    )
+
+
+def load_settings(config: Config) -> SettingsStore:
+    """
+    Read the client-settings documents at start-up.
+
+    @param config: the configuration.
+    @return: the loaded store.
+    @raise ConfigError: with a line per problem of the documents.
+    """
+    store = SettingsStore(settings_config(config).directory)
+    try:
+        store.load()
+    except SettingsError as e:
+        raise ConfigError(e.problems) from None
+    return store
+
+
+def add_http(
+    config: Config,
+    reactor: Any,
+    directory: IDirectory,
+    portal: LoginPortal,
+    tls: IOpenSSLServerConnectionCreator | None,
+    top: MultiService,
+) -> None:
+    """
+    Add the HTTP(S) listeners of client settings, autoconfig and Autodiscover.
+
+    They run in the first process only: the answers are small and rare (clients ask when
+    they start), and the receipts then have one writer.
+
+    @param config: the configuration.
+    @param reactor: the reactor.
+    @param directory: the directory (hosted domains).
+    @param portal: the login portal (HTTP Basic logins, service C{"http"}).
+    @param tls: the C{[tls]} context, for listeners with C{tls = true}.
+    @param top: the service tree.
+    """
+    if not config.http.listen:
+        return
+    settings = settings_config(config)
+    source = SettingsSource(
+        load_settings(config),
+        server_facts(config, socket.gethostname()),
+        Policy(push_enabled=settings.push_enabled, allow_override=settings.allow_override),
+    )
+    pool = ThreadPoolService(reactor, "settings-io", 1)
+    pool.setServiceParent(top)
+    try:
+        receipts = ReceiptStore(config.spool.directory / RECEIPTS_NAME)
+    except SettingsError as e:
+        raise ConfigError([f"{config.path}: spool.directory: {p}" for p in e.problems]) from None
+    OnStop("settings-receipts-close", receipts.close).setServiceParent(top)
+    signer = None
+    if settings.profile_certificate is not None and settings.profile_private_key is not None:
+        try:
+            signer = ProfileSigner(settings.profile_certificate, settings.profile_private_key)
+        except SettingsError as e:
+            raise ConfigError(
+                [f"{config.path}: settings.profile_certificate: {p}" for p in e.problems]
+            ) from None
+    resource = SettingsResource(
+        source,
+        portal,
+        directory.domains,
+        receipts,
+        pool.run,
+        reactor,
+        sign_profile=None if signer is None else signer.sign,
+    )
+    site = build_site(resource)
+    for i, listen in enumerate(config.http.listen):
+        factory: Any = site
+        if listen.tls:
+            assert tls is not None
+            factory = TLSMemoryBIOFactory(tls, False, site)
+        service = RequiredListener(
+            serverFromString(reactor, listen.endpoint),
+            factory,
+            key=f"http.listen[{i}].endpoint",
+            description=listen.endpoint,
+        )
+        service.setName(f"http-{i}")
+        service.setServiceParent(top)
 
 
 def _active(spool: SQLiteSpool) -> Deferred[int]:

@@ -22,6 +22,7 @@ from mdtwist.config import (
 from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.router import Mode
 from mdtwist.errors import ConfigError
+from mdtwist.settings.model import Security
 from mdtwist.smtp.modes import TLSMode
 
 GOOD = """
@@ -676,4 +677,100 @@ class ControlConfigTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, load_locations, missing)
         self.assertEqual(
             list(error.problems), [f"{missing}: cannot read: No such file or directory"]
+        )
+
+
+class ClientSettingsConfigTests(SynchronousTestCase):
+    """
+    C{[[http.listen]]} and C{[settings]}.
+    """
+
+    def write(self, text: str) -> Path:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "mdtwist.toml"
+        path.write_text(text)
+        return path
+
+    def problems(self, text: str) -> list[str]:
+        path = self.write(text)
+        self.problems_path = str(path.parent)
+        error = self.assertRaises(ConfigError, load_config, path)
+        return [line.removeprefix(f"{path}: ") for line in error.problems]
+
+    def test_defaults(self) -> None:
+        """
+        No HTTP listener, push and override off, documents beside the configuration file.
+        """
+        path = self.write(GOOD)
+        config = load_config(path)
+        self.assertEqual(config.http.listen, ())
+        settings = config.settings
+        assert settings is not None
+        self.assertEqual((settings.push_enabled, settings.allow_override), (False, False))
+        self.assertEqual(settings.directory, path.parent / "client-settings")
+        self.assertEqual(
+            (settings.imap_port, settings.imap_security), (993, Security.IMPLICIT_TLS)
+        )
+
+    def test_values(self) -> None:
+        """
+        Listeners, switches and the advertised services are read.
+        """
+        text = GOOD + (
+            '[[http.listen]]\nendpoint = "tcp:8080"\n'
+            '[settings]\npush_enabled = true\nallow_override = true\ndirectory = "cs"\n'
+            'imap_security = "starttls"\nimap_port = 143\n'
+            'submission = ["implicit-tls:465", "starttls:587"]\n'
+        )
+        path = self.write(text)
+        config = load_config(path)
+        self.assertEqual([listen.endpoint for listen in config.http.listen], ["tcp:8080"])
+        settings = config.settings
+        assert settings is not None
+        self.assertTrue(settings.push_enabled and settings.allow_override)
+        self.assertEqual(settings.directory, path.parent / "cs")
+        self.assertEqual(
+            settings.submission, ((Security.IMPLICIT_TLS, 465), (Security.STARTTLS, 587))
+        )
+
+    def test_problems(self) -> None:
+        """
+        Each bad value is named.
+        """
+        text = GOOD + (
+            '[[http.listen]]\nendpoint = "tcp:8443"\ntls = true\ncolour = 1\n'
+            '[[http.listen]]\nendpoint = "nonsense:1"\n'
+            '[settings]\nimap_security = "ssl"\nsubmission = ["tls:465"]\nimap_port = 70000\n'
+        )
+        self.assertEqual(
+            sorted(self.problems(text)),
+            sorted(
+                [
+                    "http.listen[0].colour: unknown key",
+                    "http.listen[1].endpoint: not a valid server endpoint: "
+                    "Unknown endpoint type: 'nonsense'",
+                    "settings.imap_security: must be one of 'implicit-tls', 'starttls', 'none',"
+                    " got 'ssl'",
+                    "settings.submission: 'tls:465' is not SECURITY:PORT (SECURITY one of"
+                    " implicit-tls, starttls, none)",
+                    "settings.imap_port: must be at most 65535",
+                    "http.listen[0].tls: needs the [tls] certificate",
+                ]
+            ),
+        )
+
+    def test_profile_signing_needs_both(self) -> None:
+        """
+        A profile certificate needs its key, and the files must be readable.
+        """
+        text = GOOD + '[settings]\nprofile_certificate = "missing.pem"\n'
+        problems = sorted(self.problems(text))
+        self.assertEqual(
+            problems,
+            [
+                "settings.profile_certificate: cannot read "
+                + str(Path(self.problems_path) / "missing.pem"),
+                "settings.profile_certificate: give profile_certificate and profile_private_key",
+            ],
         )

@@ -75,6 +75,10 @@ class BuildTests(_DemoCase):
                 "queue",
                 "smtp-0-mx",
                 "smtp-1-submission",
+                "settings-io",
+                "settings-receipts-close",
+                "http-0",
+                "http-1",
                 "control",
             ],
         )
@@ -90,8 +94,12 @@ class BuildTests(_DemoCase):
         listening = {
             (port, interface): factory for port, factory, _, interface in reactor.tcpServers
         }
-        self.assertEqual(sorted(listening), [(2525, "127.0.0.1"), (2587, "127.0.0.1")])
-        self.assertTrue(all(isinstance(f, SMTPServerFactory) for f in listening.values()))
+        self.assertEqual(
+            sorted(listening),
+            [(2525, "127.0.0.1"), (2587, "127.0.0.1"), (8080, "127.0.0.1"), (8443, "127.0.0.1")],
+        )
+        smtp = {key for key, f in listening.items() if isinstance(f, SMTPServerFactory)}
+        self.assertEqual(smtp, {(2525, "127.0.0.1"), (2587, "127.0.0.1")})
         modes = {key: f.mode for key, f in listening.items() if isinstance(f, SMTPServerFactory)}
         self.assertEqual(
             modes,
@@ -274,7 +282,8 @@ class ProcessesTests(_DemoCase):
         self.config.write_text(text.replace("tcp:2525", "tcp:0").replace("tcp:2587", "tcp:0"))
         service, reactor = self.build()
         names = [child.name for child in service]
-        self.assertEqual(names[-3:], ["queue", "shards", "control"])
+        # The HTTP listeners (client settings) run in this first process only.
+        self.assertEqual(names[-4:], ["http-0", "http-1", "shards", "control"])
         self.assertFalse([name for name in names if name.startswith("smtp-0")])
         supervisor = service.getServiceNamed("shards")
         supervisor.privilegedStartService()

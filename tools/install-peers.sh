@@ -10,8 +10,9 @@ for prog in slapd:slapd slapadd:slapd ldapsearch:ldap-utils swaks:swaks smtp-sou
     name=${prog%%:*}
     command -v "$name" >/dev/null 2>&1 || [ -x "/usr/sbin/$name" ] || missing="$missing ${prog#*:}"
 done
-# Perl modules that swaks needs for STARTTLS and SASL, and Dovecot's POP3 and LMTP services.
-for pkg in libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl dovecot-pop3d dovecot-lmtpd; do
+# Perl modules that swaks needs for STARTTLS and SASL, and Dovecot's POP3, LMTP and IMAP services.
+for pkg in libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl dovecot-pop3d dovecot-lmtpd \
+           dovecot-imapd; do
     dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $pkg"
 done
 [ -z "$missing" ] && exit 0

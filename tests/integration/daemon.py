@@ -50,6 +50,7 @@ class Daemon:
         server_extra: str = "",
         accounts_extra: str = "",
         extra: str = "",
+        extra_ports: Sequence[int] = (),
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -67,13 +68,15 @@ class Daemon:
             L{PASSWORDS}.
         @param server_extra: more TOML lines for the C{[server]} table.
         @param accounts_extra: more lines for the C{[directory.file]} table.
-        @param extra: more TOML tables, appended at the end of the file.
+        @param extra: more TOML tables, appended at the end (such as C{[[http.listen]]}).
+        @param extra_ports: more ports L{start} waits for (those of C{extra}'s listeners).
         """
         directory = directory.resolve()
         self.directory = directory
         self.mx_port = free_port()
         self.submission_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_ports = tuple(extra_ports)
         directory.mkdir(parents=True, exist_ok=True)
         # A UNIX socket's path is limited to 107 bytes: the control socket lives in a short
         # private directory, removed with this object.
@@ -211,7 +214,7 @@ socket = "{self.control_socket}"
         self.process = start_process(
             self.command(),
             self.log_path,
-            ports=(self.mx_port, self.submission_port),
+            ports=(self.mx_port, self.submission_port, *self.extra_ports),
             env=env,
             cwd=_ROOT,
             timeout=30.0,

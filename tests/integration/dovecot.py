@@ -1,5 +1,6 @@
 """
-A private Dovecot for integration tests: LMTP (and POP3) on free loopback ports.
+A private Dovecot for integration tests: LMTP (and POP3) on free loopback ports, and IMAP
+(STARTTLS and implicit TLS) when given a certificate.
 
 Users live in a passwd-file; mail is stored as Maildir under the private directory, owned by
 uid/gid 65534 (mail processes refuse to run as root).
@@ -25,14 +26,23 @@ class Dovecot:
 
     @ivar lmtp_port: the LMTP port.
     @ivar pop3_port: the POP3 port.
+    @ivar imap_port: the IMAP port (STARTTLS), when IMAP is on.
+    @ivar imaps_port: the IMAP port with implicit TLS, when IMAP is on.
     """
 
-    def __init__(self, directory: Path, users: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        users: Mapping[str, str],
+        *,
+        imap_tls: tuple[Path, Path] | None = None,
+    ) -> None:
         """
         Write the configuration.
 
         @param directory: where Dovecot's log is copied when it stops.
         @param users: address -> plain password.
+        @param imap_tls: certificate and key files: serve IMAP with them.
         """
         # Dovecot's own processes (auth, lmtp) run as other users and must reach every file,
         # and a Unix socket path must stay under 108 bytes; trial's temp directories are
@@ -41,6 +51,8 @@ class Dovecot:
         self.directory = Path(tempfile.mkdtemp(prefix="dovecot-"))
         self.lmtp_port = free_port()
         self.pop3_port = free_port()
+        self.imap_port = free_port() if imap_tls else 0
+        self.imaps_port = free_port() if imap_tls else 0
         self.process: subprocess.Popen[bytes] | None = None
         d = self.directory
         for sub in ("run", "state", "mail"):
@@ -52,6 +64,26 @@ class Dovecot:
         ]
         (d / "users").write_text("\n".join(lines) + "\n")
         os.chmod(d / "users", 0o644)
+        imap = ""
+        if imap_tls is not None:
+            shutil.copy(imap_tls[0], d / "cert.pem")
+            shutil.copy(imap_tls[1], d / "key.pem")
+            imap = f"""
+protocols = $protocols imap
+ssl_cert = <{d}/cert.pem
+ssl_key = <{d}/key.pem
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {self.imaps_port}
+    ssl = yes
+  }}
+}}
+"""
         (d / "dovecot.conf").write_text(
             f"""
 protocols = lmtp pop3
@@ -61,7 +93,7 @@ state_dir = {d}/state
 instance_name = mdtwist-test-{self.lmtp_port}
 log_path = {d}/dovecot.log
 info_log_path = {d}/dovecot.log
-ssl = no
+ssl = {"yes" if imap_tls else "no"}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -93,6 +125,7 @@ userdb {{
   driver = passwd-file
   args = username_format=%u {d}/users
 }}
+{imap}
 """
         )
         subprocess.run(["chown", "-R", f"{_MAIL_UID}:{_MAIL_UID}", str(d / "mail")], check=True)
@@ -104,7 +137,9 @@ userdb {{
         self.process = start_process(
             [find_program("dovecot"), "-F", "-c", str(self.directory / "dovecot.conf")],
             self.directory / "dovecot.out",
-            ports=(self.lmtp_port, self.pop3_port),
+            ports=tuple(
+                p for p in (self.lmtp_port, self.pop3_port, self.imap_port, self.imaps_port) if p
+            ),
         )
 
     def stop(self) -> None:

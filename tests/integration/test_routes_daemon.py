@@ -8,6 +8,7 @@ from __future__ import annotations
 import smtplib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -26,7 +27,7 @@ class RouteDaemonTests(SynchronousTestCase):
     The daemon resolves postmaster, delivers one copy per mailbox, and upgrades old spools.
     """
 
-    def start(self, **kwargs: str) -> Daemon:
+    def start(self, **kwargs: Any) -> Daemon:
         """
         Start a daemon in a private directory, stopped when the test ends.
 
