@@ -41,6 +41,7 @@ PURE_PACKAGES = ("mdtwist.smtp.core",)
 #: alike).
 PURE_MODULES = (
     *LEAF_MODULES,
+    "mdtwist.login_limits",
     "mdtwist.minger.codec",
     "mdtwist.minger.limits",
     "mdtwist.spool.model",
