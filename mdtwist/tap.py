@@ -16,6 +16,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
+from mdtwist import maillog
 from mdtwist.config import Config, config_warnings, load_config
 from mdtwist.errors import ConfigError
 from mdtwist.services import make_service
@@ -118,6 +119,8 @@ def makeService(options: Options) -> IService:  # noqa: N802 - the name twistd c
     """
     from twisted.internet import reactor
 
+    # The first line twistd writes once logging starts names the version.
+    maillog.started()
     # A listener that cannot open stops start-up with one line, not a traceback.
     one_line_startup_errors()
     return build(options, reactor, argv=sys.argv, on_hangup=hangup_installer(reactor))

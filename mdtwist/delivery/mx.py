@@ -137,8 +137,27 @@ def make_resolver(
     if not timeout or any(t <= 0 for t in timeout):
         raise ValueError(f"DNS timeouts must be positive seconds, got {tuple(timeout)!r}")
     chosen = list(servers) if servers else read_resolv_conf(resolv_conf)
-    resolver: IResolver = client.Resolver(servers=chosen, timeout=tuple(timeout), reactor=reactor)
+    resolver: IResolver = client.Resolver(
+        servers=chosen, timeout=tuple(timeout), reactor=_QuietUDP(reactor)
+    )
     return resolver
+
+
+class _QuietUDP:
+    # The reactor as the DNS client sees it: the datagram protocol it starts for each query
+    # does not log "Starting protocol" and "Stopping protocol".
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenUDP(  # noqa: N802 - IReactorUDP's name
+        self, port: int, protocol: Any, interface: str = "", max_packet_size: int = 8192
+    ) -> Any:
+        protocol.noisy = False
+        return self._reactor.listenUDP(port, protocol, interface, max_packet_size)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -35,6 +35,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHandshakeListener,
     IOpenSSLServerConnectionCreator,
     IProtocol,
     IReactorTime,
@@ -45,7 +46,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
+from zope.interface import implementer
 
+from mdtwist import maillog
 from mdtwist.delivery.dsn import DSNRequests, restrict_requests
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
@@ -197,6 +200,21 @@ def listener_settings(
     )
 
 
+#: This process's mark in session ids: random, so that the ids of an earlier run of the
+#: server do not come up again in the same log.
+_SESSION_PREFIX = secrets.token_hex(2)
+_session_numbers = itertools.count(1)
+
+
+def new_session_id() -> str:
+    """
+    A session id unique in this process and unlikely to repeat across restarts.
+
+    @return: such as C{3fa9-1c}: this process's random mark, a dash, a hexadecimal count.
+    """
+    return f"{_SESSION_PREFIX}-{next(_session_numbers):x}"
+
+
 class SMTPServerFactory(Factory):
     """
     Builds one L{SMTPServerProtocol} per connection and keeps the per-IP counters.
@@ -212,6 +230,9 @@ class SMTPServerFactory(Factory):
     @ivar keep_auth_password: whether AUTH passwords are kept with the messages.
     @ivar login_service: the service label AUTH logs in with at the portal.
     """
+
+    #: No "Starting factory" lines: the mail log says what the listener does.
+    noisy = False
 
     def __init__(
         self,
@@ -276,11 +297,10 @@ class SMTPServerFactory(Factory):
         self.dsn_untrusted = dsn_untrusted
         self.trusted = trusted
         self._sessions: defaultdict[str, int] = defaultdict(int)
-        self._ids = itertools.count(1)
 
     @override
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:
-        return SMTPServerProtocol(self, f"{next(self._ids):x}")
+        return SMTPServerProtocol(self, new_session_id())
 
     def session_opened(self, address: str) -> Reply | None:
         """
@@ -320,6 +340,7 @@ class SMTPServerFactory(Factory):
         return self._sessions.get(address, 0)
 
 
+@implementer(IHandshakeListener)
 class SMTPServerProtocol(Protocol):
     """
     One inbound SMTP session.
@@ -359,6 +380,10 @@ class SMTPServerProtocol(Protocol):
         self._add_recipient = True
         self._auth: Deferred[Account] | None = None
         self._turn_to: Callable[[], IProtocol] | None = None
+        # For the mail log: the TLS in use, the messages accepted and the commands refused.
+        self._tls: tuple[str, str] | None = None
+        self._messages = 0
+        self._rejects = 0
 
     @property
     def client(self) -> ClientInfo:
@@ -407,8 +432,13 @@ class SMTPServerProtocol(Protocol):
         self._peer = str(getattr(peer, "host", peer))
         refusal = self._factory.session_opened(self._peer)
         self._counted = refusal is None
+        maillog.connected(
+            session=self.session,
+            peer=self._peer,
+            client_name=None,
+            listener=self._factory.mode.value,
+        )
         if refusal is None:
-            self.log.info("SMTP session from {peer}", session=self.session, peer=self._peer)
             self.core.start()
         elif refusal is SERVER_BUSY:
             self.log.warn(
@@ -433,6 +463,31 @@ class SMTPServerProtocol(Protocol):
         self._cancel_timer()
         self._cancel_auth()
         self._release()
+        if not self._detached:
+            tls_version, tls_cipher = self._tls or (None, None)
+            maillog.disconnected(
+                session=self.session,
+                peer=self._peer,
+                client_name=None,
+                tls_version=tls_version,
+                tls_cipher=tls_cipher,
+                user=self._user,
+                messages=self._messages,
+                rejects=self._rejects,
+            )
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
+        """
+        The TLS handshake is done (implicit TLS, or after STARTTLS): log its version and cipher.
+        """
+        self._tls = _tls_parameters(self.transport)
+        maillog.tls_established(
+            session=self.session,
+            peer=self._peer,
+            client_name=None,
+            tls_version=self._tls[0],
+            tls_cipher=self._tls[1],
+        )
 
     # -- the event loop --
 
@@ -490,6 +545,8 @@ class SMTPServerProtocol(Protocol):
         self._waiting = False
         if self._gone:
             return
+        if answer.category in (4, 5):
+            self._refused(event, answer)
         if isinstance(event, MailFrom) and answer.is_positive:
             self._routes = []
             self._accepted = set()
@@ -502,7 +559,6 @@ class SMTPServerProtocol(Protocol):
             self.core.start_tls()
             self._user = None
             self._password = None
-            self.log.info("STARTTLS", session=self.session, peer=self._peer)
         turn_to, self._turn_to = self._turn_to, None
         if turn_to is not None and answer.code == 250:
             self._turn(turn_to)
@@ -511,6 +567,32 @@ class SMTPServerProtocol(Protocol):
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
         self._process()
+
+    def _refused(self, event: Event, answer: Reply) -> None:
+        # One mail-log line per refused command (a refused recipient, a refused message ...).
+        self._rejects += 1
+        if isinstance(event, MessageReceived):
+            command = "DATA"
+            mail_from: str | None = event.sender
+            rcpt = None
+        else:
+            command = _VERBS.get(type(event), "")
+            if isinstance(event, ExtensionCommand):
+                command = event.verb
+            mail_from = event.sender if isinstance(event, MailFrom) else self.core.sender
+            rcpt = event.recipient if isinstance(event, RcptTo) else None
+        maillog.refused(
+            session=self.session,
+            peer=self._peer,
+            client_name=None,
+            command=command,
+            code=answer.code,
+            enhanced=answer.enhanced,
+            reason=" ".join(answer.lines),
+            mail_from=mail_from,
+            rcpt=rcpt,
+            helo=self.core.helo,
+        )
 
     def _flush(self) -> None:
         data = self.core.data_to_send()
@@ -619,12 +701,8 @@ class SMTPServerProtocol(Protocol):
     def _tls_description(self) -> str | None:
         if not self.core.tls_active:
             return None
-        try:
-            # An OpenSSL connection (TLSMemoryBIOProtocol's handle) names protocol and cipher.
-            handle: Any = self.transport.getHandle()  # type: ignore[union-attr]
-            return f"{handle.get_protocol_version_name()} {handle.get_cipher_name()}"
-        except Exception:
-            return "TLS"
+        version, cipher = self._tls or _tls_parameters(self.transport)
+        return f"{version} {cipher}" if cipher else version
 
     def _check(self, method: Callable[..., Deferred[Reply]], *args: object) -> Deferred[Reply]:
         d: Deferred[Reply] = maybeDeferred(method, *args)
@@ -714,13 +792,17 @@ class SMTPServerProtocol(Protocol):
         return d.addCallbacks(self._queued, self._not_queued, callbackArgs=(event,))
 
     def _queued(self, queue_id: str, event: MessageReceived) -> Reply:
-        self.log.info(
-            "message {queue_id} queued from {mail_from}",
+        self._messages += 1
+        maillog.accepted(
+            queue_id=queue_id,
             session=self.session,
             peer=self._peer,
-            queue_id=queue_id,
-            mail_from=escape_text(event.sender),
+            client_name=None,
+            mail_from=event.sender,
             msg_size=len(event.body),
+            nrcpt=len(event.recipients),
+            message_id=maillog.message_id(event.body),
+            user=self._user,
         )
         return reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
@@ -759,7 +841,9 @@ class SMTPServerProtocol(Protocol):
             factory.portal.login_with, self._peer, credentials, service=factory.login_service
         )
         self._auth = d
-        replied = d.addBoth(self._auth_done).addCallbacks(self._auth_result, self._auth_error)
+        replied = d.addBoth(self._auth_done).addCallbacks(
+            self._auth_result, self._auth_error, callbackArgs=(event.mechanism,)
+        )
         if factory.keep_auth_password and event.challenge is None:
             password = Secret(event.password)
 
@@ -782,10 +866,14 @@ class SMTPServerProtocol(Protocol):
         if pending is not None:
             pending.cancel()
 
-    def _auth_result(self, account: Account) -> Reply:
+    def _auth_result(self, account: Account, mechanism: str) -> Reply:
         self._user = account.login
-        self.log.info(
-            "AUTH succeeded for {user}", session=self.session, peer=self._peer, user=account.login
+        maillog.logged_in(
+            session=self.session,
+            peer=self._peer,
+            client_name=None,
+            user=account.login,
+            method=mechanism,
         )
         return AUTH_OK
 
@@ -798,6 +886,31 @@ class SMTPServerProtocol(Protocol):
         if not failure.check(DirectoryUnavailable, CancelledError):
             self.log.failure("AUTH check failed", failure, session=self.session, peer=self._peer)
         return AUTH_UNAVAILABLE
+
+
+#: The verb of each command event, for the mail log.
+_VERBS: dict[type, str] = {
+    MailFrom: "MAIL",
+    RcptTo: "RCPT",
+    MessageReceived: "DATA",
+    Authenticate: "AUTH",
+    StartTLS: "STARTTLS",
+    Quit: "QUIT",
+}
+
+
+def _tls_parameters(transport: object) -> tuple[str, str]:
+    # The TLS version and cipher of a connection, from its OpenSSL connection: the transport's
+    # handle under implicit TLS, the TLS layer's after STARTTLS on a TCP transport.
+    for holder in (transport, getattr(transport, "protocol", None)):
+        try:
+            handle: Any = holder.getHandle()  # type: ignore[union-attr]
+            version = handle.get_protocol_version_name()
+            cipher = handle.get_cipher_name()
+        except Exception:
+            continue
+        return str(version), "" if cipher is None else str(cipher)
+    return "TLS", ""
 
 
 def _now(answer: Reply) -> Deferred[Reply]:

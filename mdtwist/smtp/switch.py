@@ -87,6 +87,8 @@ class SwitchingFactory(WrappingFactory[SwitchingProtocol]):
     """
 
     protocol = SwitchingProtocol
+    #: No "Starting factory" lines for the wrapper (the wrapped factory decides for itself).
+    noisy = False
 
 
 def switching(factory: IProtocolFactory) -> SwitchingFactory:

@@ -51,6 +51,7 @@ class Daemon:
         accounts_extra: str = "",
         extra: str = "",
         extra_ports: Sequence[int] = (),
+        logger: str = "mdtwist.logging.text_observer",
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -70,6 +71,8 @@ class Daemon:
         @param accounts_extra: more lines for the C{[directory.file]} table.
         @param extra: more TOML tables, appended at the end (such as C{[[http.listen]]}).
         @param extra_ports: more ports L{start} waits for (those of C{extra}'s listeners).
+        @param logger: the log observer factory given to C{twistd --logger} (text lines, or
+            C{mdtwist.logging.json_observer} for JSON).
         """
         directory = directory.resolve()
         self.directory = directory
@@ -77,6 +80,7 @@ class Daemon:
         self.submission_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.extra_ports = tuple(extra_ports)
+        self.logger = logger
         directory.mkdir(parents=True, exist_ok=True)
         # A UNIX socket's path is limited to 107 bytes: the control socket lives in a short
         # private directory, removed with this object.
@@ -182,7 +186,7 @@ socket = "{self.control_socket}"
             "--nodaemon",
             "--pidfile=",
             "--logger",
-            "mdtwist.logging.text_observer",
+            self.logger,
             "mdtwist",
             "--config",
             str(self.config),
