@@ -215,7 +215,7 @@ def refused(
         peer=peer,
         client_name=client_name or peer,
         client=client_label(peer, client_name),
-        command=command,
+        command=_text(command),
         code=code,
         enhanced=enhanced or NONE,
         reason=escape_text(reason),

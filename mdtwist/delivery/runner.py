@@ -109,6 +109,8 @@ class AttemptOutcome:
     @ivar park: the reason to park the message in the bad queue, or L{None}.
     @ivar expired: positions of the recipients that failed because the message was queued
         too long.
+    @ivar reported: the action (C{failed}, C{delayed}, C{delivered}) of each recipient the
+        notice reports, for the mail log.
     """
 
     results: tuple[RecipientResult, ...]
@@ -117,6 +119,7 @@ class AttemptOutcome:
     delay_notified: tuple[int, ...] = ()
     park: str | None = None
     expired: tuple[int, ...] = ()
+    reported: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -522,7 +525,13 @@ class QueueRunner(Service):
         if reports:
             notices = (self._notice(message, reports, now),)
         return AttemptOutcome(
-            final, when, notices, tuple(delay_notified), park, tuple(expired_now)
+            final,
+            when,
+            notices,
+            tuple(delay_notified),
+            park,
+            tuple(expired_now),
+            tuple(r.action.value for r in reports),
         )
 
     def _reports(
@@ -597,12 +606,6 @@ class QueueRunner(Service):
             f"<{uuid.uuid4().hex}@{self._hostname}>",
             texts=self._policy.texts,
         )
-        maillog.notice(
-            queue_id=message.queue_id,
-            mail_from=message.envelope.sender,
-            actions=[r.action.value for r in reports],
-            nrcpt=len(reports),
-        )
         return Notice(notice_envelope(message.envelope, self._hostname, now, body), body)
 
     def _expire(
@@ -654,6 +657,13 @@ class QueueRunner(Service):
                 status=status,
                 reason=result.diagnostic,
                 next_attempt=outcome.next_attempt,
+            )
+        if outcome.reported:
+            maillog.notice(
+                queue_id=message.queue_id,
+                mail_from=message.envelope.sender,
+                actions=outcome.reported,
+                nrcpt=len(outcome.reported),
             )
 
 

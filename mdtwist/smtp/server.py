@@ -498,6 +498,8 @@ class SMTPServerProtocol(Protocol):
         try:
             while not self._waiting and not self._gone:
                 event = self.core.next_event()
+                for verb, refusal in self.core.take_refusals():
+                    self._log_refusal(verb, refusal, rcpt=None)
                 self._flush()
                 if event is Sentinel.CLOSE:
                     if self.core.sync_error is not None:
@@ -570,17 +572,20 @@ class SMTPServerProtocol(Protocol):
 
     def _refused(self, event: Event, answer: Reply) -> None:
         # One mail-log line per refused command (a refused recipient, a refused message ...).
-        self._rejects += 1
         if isinstance(event, MessageReceived):
-            command = "DATA"
-            mail_from: str | None = event.sender
-            rcpt = None
+            self._log_refusal("DATA", answer, rcpt=None, mail_from=event.sender)
+        elif isinstance(event, ExtensionCommand):
+            self._log_refusal(event.verb, answer, rcpt=None)
+        elif isinstance(event, MailFrom):
+            self._log_refusal("MAIL", answer, rcpt=None, mail_from=event.sender)
         else:
-            command = _VERBS.get(type(event), "")
-            if isinstance(event, ExtensionCommand):
-                command = event.verb
-            mail_from = event.sender if isinstance(event, MailFrom) else self.core.sender
             rcpt = event.recipient if isinstance(event, RcptTo) else None
+            self._log_refusal(_VERBS.get(type(event), ""), answer, rcpt=rcpt)
+
+    def _log_refusal(
+        self, command: str, answer: Reply, *, rcpt: str | None, mail_from: str | None = None
+    ) -> None:
+        self._rejects += 1
         maillog.refused(
             session=self.session,
             peer=self._peer,
@@ -589,7 +594,7 @@ class SMTPServerProtocol(Protocol):
             code=answer.code,
             enhanced=answer.enhanced,
             reason=" ".join(answer.lines),
-            mail_from=mail_from,
+            mail_from=self.core.sender if mail_from is None else mail_from,
             rcpt=rcpt,
             helo=self.core.helo,
         )
@@ -889,14 +894,7 @@ class SMTPServerProtocol(Protocol):
 
 
 #: The verb of each command event, for the mail log.
-_VERBS: dict[type, str] = {
-    MailFrom: "MAIL",
-    RcptTo: "RCPT",
-    MessageReceived: "DATA",
-    Authenticate: "AUTH",
-    StartTLS: "STARTTLS",
-    Quit: "QUIT",
-}
+_VERBS: dict[type, str] = {RcptTo: "RCPT", Authenticate: "AUTH", StartTLS: "STARTTLS"}
 
 
 def _tls_parameters(transport: object) -> tuple[str, str]:
