@@ -25,6 +25,7 @@ from mdtwist.delivery.mx import (
     parse_address_literal,
     read_resolv_conf,
 )
+from tests.support.logs import capture_logs
 
 #: An answer that never comes.
 SILENT = object()
@@ -699,3 +700,60 @@ class FailedHostsTests(SynchronousTestCase):
         self.clock.advance(1000)
         self.hosts.mark_failed("192.0.2.2")
         self.assertEqual(list(self.hosts._hosts), [("192.0.2.2", 25)])
+
+
+class _UDPClock(Clock):
+    # A clock that also hands out UDP ports, connecting each protocol to a fake transport.
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocols: list[Any] = []
+
+    def listenUDP(  # noqa: N802 - IReactorUDP's name
+        self, port: int, protocol: Any, interface: str = "", max_packet_size: int = 8192
+    ) -> _FakeUDP:
+        transport = _FakeUDP(protocol)
+        protocol.makeConnection(transport)
+        self.protocols.append(protocol)
+        return transport
+
+
+class _FakeUDP:
+    # A UDP port that keeps what is written and stops its protocol when it stops listening.
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.written: list[object] = []
+
+    def write(self, data: bytes, address: object = None) -> None:
+        self.written.append((data, address))
+
+    def stopListening(self) -> None:  # noqa: N802 - IListeningPort's name
+        self.protocol.doStop()
+
+
+class QuietResolverTests(SynchronousTestCase):
+    """
+    A DNS query logs nothing of the UDP protocol it starts and stops.
+    """
+
+    def test_no_protocol_lines(self) -> None:
+        """
+        The query's datagram protocol is quiet: no "Starting protocol" or "Stopping protocol"
+        line, which a plain one writes.
+        """
+        events = capture_logs(self)
+        clock = _UDPClock()
+        resolver: Any = make_resolver([("127.0.0.1", 5353)], clock, timeout=(1,))
+        d = resolver.lookupAddress("example.org")
+        [protocol] = clock.protocols
+        self.assertEqual(len(protocol.transport.written), 1)
+        clock.advance(2)
+        self.failureResultOf(d)
+        self.assertFalse(protocol.noisy)
+        texts = [str(e.get("log_text", "")) for e in events]
+        self.assertFalse([t for t in texts if "protocol" in t], texts)
+        plain = dns.DNSDatagramProtocol(None, reactor=clock)
+        plain.makeConnection(_FakeUDP(plain))  # type: ignore[arg-type]
+        texts = [str(e.get("log_text", "")) for e in events]
+        self.assertEqual(len([t for t in texts if t.startswith("Starting protocol")]), 1)
