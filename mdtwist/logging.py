@@ -13,7 +13,10 @@ For JSON::
 
 Event fields use a fixed vocabulary: C{session}, C{peer}, C{listener}, C{helo}, C{tls}, C{user},
 C{mail_from}, C{rcpt}, C{code}, C{enhanced}, C{queue_id}, C{msg_size}, C{mx}, C{attempt},
-C{dn}, C{elapsed_ms}, C{status}, C{detail}. Passwords, SASL payloads and message bodies never
+C{dn}, C{elapsed_ms}, C{status}, C{detail}; the mail log (L{mdtwist.maillog}, whose lines
+C{docs/mail-log.md} lists) adds C{client}, C{client_name}, C{tls_version}, C{tls_cipher},
+C{command}, C{reason}, C{nrcpt}, C{message_id}, C{mailbox}, C{relay}, C{relay_address},
+C{delay}, C{next_attempt}. Passwords, SASL payloads and message bodies never
 appear in any field. A value the client chose (a login, an EHLO name, an address) goes into a
 field through L{escape_text}, so that no CR, LF or other control character of the client's can
 start a forged line or hide text in the log.

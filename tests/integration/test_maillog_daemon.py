@@ -13,6 +13,7 @@ import json
 import re
 import smtplib
 import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 import mdtwist
 from tests.integration.daemon import PASSWORDS, Daemon
 from tests.integration.dns import DNSServer, start_dns_server
+from tests.integration.peers import find_program
 from tests.integration.sink import Sink
 from tests.integration.test_smtp_daemon import wait_for
 
@@ -28,6 +30,7 @@ ALICE = "alice@example.test"
 REMOTE = "bob@example.org"
 UNKNOWN = "nobody@example.test"
 MESSAGE_ID = "<maillog-test.1@laptop.example.test>"
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _no_verify() -> ssl.SSLContext:
@@ -207,3 +210,46 @@ class MailLogTests(SynchronousTestCase):
             {k: deliveries[ALICE][k] for k in ("relay", "status", "next_attempt")},
             {"relay": "local", "status": "sent", "next_attempt": "-"},
         )
+
+
+class Fail2banTests(SynchronousTestCase):
+    """
+    The fail2ban filter shipped in C{etc/fail2ban/mdtwist.conf} finds the client address of
+    every failed and throttled login in the daemon's text log, whatever the login says.
+    """
+
+    def test_filter(self) -> None:
+        """
+        C{fail2ban-regex} matches each failure line of the portal, once, with the client's
+        address, even for a login that holds C{from} and another address.
+        """
+        daemon = Daemon(Path(self.mktemp()))
+        daemon.start()
+        self.addCleanup(daemon.stop)
+        for login in ["bob@example.test", "evil from 10.9.9.9", "x\r\ny"]:
+            with smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=20) as client:
+                client.ehlo("laptop.example.test")
+                client.starttls(context=_no_verify())
+                client.ehlo("laptop.example.test")
+                with self.assertRaises(smtplib.SMTPAuthenticationError):
+                    client.login(login, "wrong")
+        self.assertTrue(
+            wait_for(lambda: "too many recent failures" in daemon.log()), daemon.log()[-3000:]
+        )
+        wanted = [line for line in daemon.log().splitlines() if "[mdtwist.portal#" in line]
+        found = subprocess.run(
+            [
+                find_program("fail2ban-regex"),
+                "--verbose",
+                str(daemon.log_path),
+                str(_ROOT / "etc" / "fail2ban" / "mdtwist.conf"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        hosts = re.findall(r"^\|\s+(\S+)\s+\w{3} \w{3} [ \d]\d ", found, re.M)
+        self.assertEqual(hosts, ["127.0.0.1"] * len(wanted), found)
+        self.assertIn(f"{len(wanted)} matched", found)
+        self.assertGreaterEqual(len(wanted), 4)
