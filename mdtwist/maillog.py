@@ -266,6 +266,25 @@ def accepted(
     )
 
 
+def timed_out(*, session: str, peer: str, client_name: str | None, state: str) -> None:
+    """
+    A client said nothing for too long; the session ends with C{421 4.4.2}.
+
+    @param session: the session id.
+    @param peer: the client's IP address.
+    @param client_name: its name, or L{None}.
+    @param state: where the session was (C{COMMAND}, C{DATA}, C{AUTH} ...).
+    """
+    log.info(
+        "{session}: timeout in {state} from {client}",
+        session=session,
+        peer=peer,
+        client_name=client_name or peer,
+        client=client_label(peer, client_name),
+        state=state,
+    )
+
+
 def disconnected(
     *,
     session: str,

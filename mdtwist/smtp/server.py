@@ -684,7 +684,12 @@ class SMTPServerProtocol(Protocol):
         if self._waiting:
             self._timer = self._factory.clock.callLater(self._timeout(), self._timed_out)
             return
-        self.log.info("SMTP session timed out", session=self.session, peer=self._peer)
+        maillog.timed_out(
+            session=self.session,
+            peer=self._peer,
+            client_name=None,
+            state=self.core.state.name,
+        )
         self.core.abort(TIMEOUT)
         self._flush()
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -748,13 +753,7 @@ class SMTPServerProtocol(Protocol):
     def _enqueue(self, event: MessageReceived) -> Deferred[Reply]:
         hops = count_received(event.body)
         if hops > self._factory.limits.hop_limit:
-            self.log.warn(
-                "message refused: {hops} hops",
-                session=self.session,
-                peer=self._peer,
-                mail_from=escape_text(event.sender),
-                hops=hops,
-            )
+            # The mail log's reject line says it (554 5.4.6 Too many hops).
             return _now(TOO_MANY_HOPS)
         client = self._client()
         now = self._factory.clock.seconds()

@@ -167,6 +167,28 @@ class MailLogTests(GlueTestsBase):
         everything = " ".join(str(e) for e in self.events)
         self.assertNotIn("secret", everything)
 
+    def test_refused_message_and_timeout(self) -> None:
+        """
+        A message refused at the end of DATA (a loop) is a reject of DATA with the sender;
+        a client that goes quiet gets a timeout line naming where the session was.
+        """
+        protocol, _ = self.connect(self.factory())
+        session = protocol.session
+        protocol.dataReceived(ENVELOPE + b"Received: x\r\n" * 101 + b"\r\nbody\r\n.\r\n")
+        protocol.dataReceived(
+            b"MAIL FROM:<b@c.example>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nhalf a message\r\n"
+        )
+        self.clock.advance(600)
+        client = "192.0.2.1[192.0.2.1]"
+        self.assertEqual(
+            self.lines()[1:],
+            [
+                f"{session}: reject DATA from {client}: 554 5.4.6 Too many hops, mail loop"
+                " detected; from=<a@c.example> to=<> helo=c.example",
+                f"{session}: timeout in DATA from {client}",
+            ],
+        )
+
     def test_refused_connection(self) -> None:
         """
         A connection refused for too many sessions from its address still has its connect
