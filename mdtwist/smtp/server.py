@@ -91,6 +91,8 @@ AUTH_BLOCKED = reply(454, "4.7.0", "Too many authentication failures, try again 
 TLS_READY = reply(220, "2.0.0", "Ready to start TLS")
 TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
 BYE = reply(221, "2.0.0", "Bye")
+#: The longest wait, in seconds, for a client's name before the connect line is logged without.
+REVERSE_NAME_TIMEOUT = 10.0
 COMMAND_FAILED = reply(451, "4.3.0", "Local error in processing, try again later")
 CANNOT_TURN = reply(451, "4.3.0", "Cannot turn this connection round")
 NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
@@ -251,6 +253,7 @@ class SMTPServerFactory(Factory):
         tally: SessionTally | None = None,
         dsn_untrusted: DSNRequests | None = None,
         trusted: Callable[[ClientInfo], bool] | None = None,
+        reverse_name: Callable[[str], Deferred[str | None]] | None = None,
     ) -> None:
         """
         Set up a listener.
@@ -277,6 +280,8 @@ class SMTPServerFactory(Factory):
         @param dsn_untrusted: how the DSN requests of a client that did not authenticate and
             is not C{trusted} are honoured (C{smtp.dsn}); L{None} to honour them all.
         @param trusted: whether a client is in a trusted network; none is without it.
+        @param reverse_name: finds a client's name from its address for the mail log (see
+            L{mdtwist.delivery.mx.MXResolver.reverse_name}); without it the address stands in.
         """
         self.settings = listener_settings(settings, mode, tls is not None)
         self.commands = {verb.upper(): h for verb, h in (commands or {}).items()}
@@ -296,6 +301,7 @@ class SMTPServerFactory(Factory):
         self.tally = tally
         self.dsn_untrusted = dsn_untrusted
         self.trusted = trusted
+        self.reverse_name = reverse_name
         self._sessions: defaultdict[str, int] = defaultdict(int)
 
     @override
@@ -384,6 +390,9 @@ class SMTPServerProtocol(Protocol):
         self._tls: tuple[str, str] | None = None
         self._messages = 0
         self._rejects = 0
+        self._client_name: str | None = None
+        self._connect_logged = False
+        self._lookup: Deferred[str | None] | None = None
 
     @property
     def client(self) -> ClientInfo:
@@ -405,6 +414,7 @@ class SMTPServerProtocol(Protocol):
         self._gone = True
         self._cancel_timer()
         self._cancel_auth()
+        self._cancel_lookup()
         self._release()
         if self._paused:
             self._paused = False
@@ -414,6 +424,39 @@ class SMTPServerProtocol(Protocol):
             "SMTP session handed over", session=self.session, peer=self._peer, unread=len(unread)
         )
         return unread
+
+    # -- the mail log --
+
+    def _who(self) -> dict[str, Any]:
+        # The session's fields of every mail-log line; the connect line goes first.
+        self._log_connect()
+        return {"session": self.session, "peer": self._peer, "client_name": self._client_name}
+
+    def _log_connect(self) -> None:
+        if not self._connect_logged:
+            self._connect_logged = True
+            maillog.connected(
+                session=self.session,
+                peer=self._peer,
+                client_name=self._client_name,
+                listener=self._factory.mode.value,
+            )
+
+    def _named(self, name: str | None) -> None:
+        self._lookup = None
+        self._client_name = name
+        self._log_connect()
+
+    def _unnamed(self, failure: Failure) -> None:
+        # Timed out, cancelled with the session, or a resolver that failed: no name.
+        self._lookup = None
+        self._log_connect()
+
+    def _cancel_lookup(self) -> None:
+        lookup, self._lookup = self._lookup, None
+        if lookup is not None:
+            lookup.cancel()
+        self._log_connect()
 
     def _release(self) -> None:
         if self._counted:
@@ -432,12 +475,16 @@ class SMTPServerProtocol(Protocol):
         self._peer = str(getattr(peer, "host", peer))
         refusal = self._factory.session_opened(self._peer)
         self._counted = refusal is None
-        maillog.connected(
-            session=self.session,
-            peer=self._peer,
-            client_name=None,
-            listener=self._factory.mode.value,
-        )
+        reverse = self._factory.reverse_name
+        if reverse is not None and refusal is None:
+            # The connect line waits for the client's name (never the greeting); any other
+            # line of the session comes after it, with the name if it is known by then.
+            lookup: Deferred[str | None] = maybeDeferred(reverse, self._peer)
+            lookup.addTimeout(REVERSE_NAME_TIMEOUT, self._factory.clock)
+            self._lookup = lookup
+            lookup.addCallbacks(self._named, self._unnamed)
+        else:
+            self._log_connect()
         if refusal is None:
             self.core.start()
         elif refusal is SERVER_BUSY:
@@ -462,13 +509,12 @@ class SMTPServerProtocol(Protocol):
         self._gone = True
         self._cancel_timer()
         self._cancel_auth()
+        self._cancel_lookup()
         self._release()
         if not self._detached:
             tls_version, tls_cipher = self._tls or (None, None)
             maillog.disconnected(
-                session=self.session,
-                peer=self._peer,
-                client_name=None,
+                **self._who(),
                 tls_version=tls_version,
                 tls_cipher=tls_cipher,
                 user=self._user,
@@ -482,9 +528,7 @@ class SMTPServerProtocol(Protocol):
         """
         self._tls = _tls_parameters(self.transport)
         maillog.tls_established(
-            session=self.session,
-            peer=self._peer,
-            client_name=None,
+            **self._who(),
             tls_version=self._tls[0],
             tls_cipher=self._tls[1],
         )
@@ -587,9 +631,7 @@ class SMTPServerProtocol(Protocol):
     ) -> None:
         self._rejects += 1
         maillog.refused(
-            session=self.session,
-            peer=self._peer,
-            client_name=None,
+            **self._who(),
             command=command,
             code=answer.code,
             enhanced=answer.enhanced,
@@ -685,9 +727,7 @@ class SMTPServerProtocol(Protocol):
             self._timer = self._factory.clock.callLater(self._timeout(), self._timed_out)
             return
         maillog.timed_out(
-            session=self.session,
-            peer=self._peer,
-            client_name=None,
+            **self._who(),
             state=self.core.state.name,
         )
         self.core.abort(TIMEOUT)
@@ -799,9 +839,7 @@ class SMTPServerProtocol(Protocol):
         self._messages += 1
         maillog.accepted(
             queue_id=queue_id,
-            session=self.session,
-            peer=self._peer,
-            client_name=None,
+            **self._who(),
             mail_from=event.sender,
             msg_size=len(event.body),
             nrcpt=len(event.recipients),
@@ -873,9 +911,7 @@ class SMTPServerProtocol(Protocol):
     def _auth_result(self, account: Account, mechanism: str) -> Reply:
         self._user = account.login
         maillog.logged_in(
-            session=self.session,
-            peer=self._peer,
-            client_name=None,
+            **self._who(),
             user=account.login,
             method=mechanism,
         )

@@ -3,8 +3,9 @@ The mail log of the real daemon: one message followed from the client's connecti
 deliveries by its session id and queue id, in the text log and in the JSON log.
 
 The message is sent over the submission listener with STARTTLS and AUTH (stdlib C{smtplib}),
-to a local mailbox, to a mailbox at example.org (an smtp-sink MX host found through a dnsmasq
-on loopback) and to an unknown local address, which is refused at RCPT.
+from 127.0.0.3, whose name laptop.example.org the daemon looks up (C{smtp.reverse_lookup}), to
+a local mailbox, to a mailbox at example.org (an smtp-sink MX host found through a dnsmasq on
+loopback) and to an unknown local address, which is refused at RCPT.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import smtplib
 import ssl
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ ALICE = "alice@example.test"
 REMOTE = "bob@example.org"
 UNKNOWN = "nobody@example.test"
 MESSAGE_ID = "<maillog-test.1@laptop.example.test>"
+#: The client's address and the name its PTR record gives (and that leads back to it).
+CLIENT_ADDRESS = "127.0.0.3"
+CLIENT_NAME = "laptop.example.org"
+CLIENT = f"{CLIENT_NAME}[{CLIENT_ADDRESS}]"
 _ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,6 +59,7 @@ class MailLogTests(SynchronousTestCase):
         def setup(dns: DNSServer) -> None:
             dns.mx("example.org", 10, "mx1.example.org")
             dns.address("mx1.example.org", "127.0.0.2")
+            dns.address(CLIENT_NAME, CLIENT_ADDRESS)  # with its PTR record
 
         self.dns = start_dns_server(self, ["example.org"], setup)
 
@@ -61,14 +68,22 @@ class MailLogTests(SynchronousTestCase):
         daemon = Daemon(
             Path(self.mktemp()),
             outbound=f'dns_servers = ["{host}:{port}"]\nmx_port = {self.sink.port}\n',
+            smtp_extra="reverse_lookup = true",
             logger=logger,
         )
         daemon.start()
         self.addCleanup(daemon.stop)
         return daemon
 
-    def send(self, daemon: Daemon) -> None:
-        with smtplib.SMTP("127.0.0.1", daemon.submission_port, timeout=20) as client:
+    def send(self, daemon: Daemon, named: Callable[[], bool]) -> None:
+        """
+        Send the message from L{CLIENT_ADDRESS}; before the first command, wait until
+        C{named} says the connect line (logged once the name is known) is there.
+        """
+        with smtplib.SMTP(
+            "127.0.0.1", daemon.submission_port, timeout=20, source_address=(CLIENT_ADDRESS, 0)
+        ) as client:
+            self.assertTrue(wait_for(named), daemon.log()[-3000:])
             client.ehlo("laptop.example.test")
             client.starttls(context=_no_verify())
             client.ehlo("laptop.example.test")
@@ -88,7 +103,7 @@ class MailLogTests(SynchronousTestCase):
         No line of the DNS client's UDP chatter is there.
         """
         daemon = self.run_daemon("mdtwist.logging.text_observer")
-        self.send(daemon)
+        self.send(daemon, lambda: f"connect from {CLIENT} listener=submission" in daemon.log())
         self.assertTrue(
             wait_for(lambda: re.search(r"\] [0-9A-F]{12}: removed", daemon.log()) is not None),
             daemon.log()[-3000:],
@@ -98,7 +113,7 @@ class MailLogTests(SynchronousTestCase):
         self.assertIn(f"mdtwist {mdtwist.__version__} starting", lines[0])
         accepted = re.search(
             r"\[mdtwist\.maillog#info\] ([0-9A-F]{12}): accepted session=(\S+)"
-            r" client=127\.0\.0\.1\[127\.0\.0\.1\] from=<alice@example\.test> size=(\d+)"
+            rf" client={re.escape(CLIENT)} from=<alice@example\.test> size=(\d+)"
             rf" nrcpt=2 message_id={re.escape(MESSAGE_ID)} user=alice@example\.test$",
             log,
             re.M,
@@ -107,23 +122,23 @@ class MailLogTests(SynchronousTestCase):
         queue_id, session = accepted.group(1), accepted.group(2)
         mine = [line.split("] ", 1)[1] for line in lines if f"] {session}: " in line]
         self.assertEqual(len(mine), 5, mine)
-        client = "127.0.0.1[127.0.0.1]"
+        client = CLIENT
         self.assertEqual(mine[0], f"{session}: connect from {client} listener=submission")
         self.assertRegex(
             mine[1], rf"^{session}: TLS from {re.escape(client)} tls=TLSv1\.[23] cipher=\S+$"
         )
         self.assertEqual(
             mine[2],
-            f"{session}: login from 127.0.0.1[127.0.0.1] user=alice@example.test method=PLAIN",
+            f"{session}: login from {client} user=alice@example.test method=PLAIN",
         )
         self.assertEqual(
             mine[3],
-            f"{session}: reject RCPT from 127.0.0.1[127.0.0.1]: 550 5.1.1 No such user here;"
+            f"{session}: reject RCPT from {client}: 550 5.1.1 No such user here;"
             f" from=<{ALICE}> to=<{UNKNOWN}> helo=laptop.example.test",
         )
         self.assertRegex(
             mine[4],
-            rf"^{session}: disconnect from 127\.0\.0\.1\[127\.0\.0\.1\] tls=TLSv1\.[23]"
+            rf"^{session}: disconnect from {re.escape(client)} tls=TLSv1\.[23]"
             r" cipher=\S+ user=alice@example\.test messages=1 rejects=1$",
         )
         deliveries = [line.split("] ", 1)[1] for line in lines if f"] {queue_id}: " in line]
@@ -155,10 +170,17 @@ class MailLogTests(SynchronousTestCase):
         session, and the session's and the queue id's events follow the message through.
         """
         daemon = self.run_daemon("mdtwist.logging.json_observer")
-        self.send(daemon)
 
         def events() -> list[dict[str, Any]]:
             return [json.loads(line) for line in daemon.log().splitlines() if line.strip()]
+
+        self.send(
+            daemon,
+            lambda: any(
+                e.get("client_name") == CLIENT_NAME and e.get("listener") == "submission"
+                for e in events()
+            ),
+        )
 
         def removed() -> bool:
             return any(e.get("log_format") == "{queue_id}: removed" for e in events())
@@ -169,9 +191,13 @@ class MailLogTests(SynchronousTestCase):
         mail = [e for e in everything if e.get("log_namespace") == "mdtwist.maillog"]
         [accepted] = [e for e in mail if e["log_format"].startswith("{queue_id}: accepted")]
         self.assertEqual(
-            {k: accepted[k] for k in ("peer", "mail_from", "nrcpt", "message_id", "user")},
             {
-                "peer": "127.0.0.1",
+                k: accepted[k]
+                for k in ("peer", "client_name", "mail_from", "nrcpt", "message_id", "user")
+            },
+            {
+                "peer": CLIENT_ADDRESS,
+                "client_name": CLIENT_NAME,
                 "mail_from": ALICE,
                 "nrcpt": 2,
                 "message_id": MESSAGE_ID,

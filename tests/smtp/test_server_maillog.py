@@ -15,7 +15,7 @@ from mdtwist.envelope import ClientInfo
 from mdtwist.smtp.core.replies import reply
 from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.policy import RecipientDecision
-from mdtwist.smtp.server import new_session_id
+from mdtwist.smtp.server import REVERSE_NAME_TIMEOUT, SMTPServerFactory, new_session_id
 from tests.smtp.test_server import ENVELOPE, PLAIN_ALICE, TLS_CONTEXT, GlueTestsBase
 from tests.support.logs import capture_logs
 
@@ -226,3 +226,95 @@ class SessionIdTests(GlueTestsBase):
             self.assertRegex(session, r"^[0-9a-f]{4}-[0-9a-f]+$")
         marks: set[Any] = {re.sub(r"-.*", "", s) for s in (first.session, second.session)}
         self.assertEqual(len(marks), 1)
+
+
+class ClientNameTests(GlueTestsBase):
+    """
+    With a name lookup, the connect line waits for the client's name (the greeting does not),
+    and the session's lines name the client once the name is known.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events = capture_logs(self)
+        self.lookups: list[tuple[str, Deferred[str | None]]] = []
+
+    def named_factory(self) -> SMTPServerFactory:
+        factory = self.factory()
+
+        def reverse_name(address: str) -> Deferred[str | None]:
+            d: Deferred[str | None] = Deferred()
+            self.lookups.append((address, d))
+            return d
+
+        factory.reverse_name = reverse_name
+        return factory
+
+    def lines(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if e.get("log_namespace") == "mdtwist.maillog"]
+
+    def test_named(self) -> None:
+        """
+        The greeting goes out at once; the connect line comes when the name is known, and
+        every later line has it.
+        """
+        protocol, transport = self.connect(self.named_factory())
+        session = protocol.session
+        self.assertEqual(self.replies(transport), [(220, None)])
+        self.assertEqual(self.lines(), [])
+        [(address, lookup)] = self.lookups
+        self.assertEqual(address, "192.0.2.1")
+        lookup.callback("c.example")
+        protocol.dataReceived(b"EHLO c.example\r\nMAIL FROM:<a@c.example>\r\nDATA\r\n")
+        protocol.connectionLost(None)
+        client = "c.example[192.0.2.1]"
+        self.assertEqual(
+            self.lines(),
+            [
+                f"{session}: connect from {client} listener=mx",
+                f"{session}: reject DATA from {client}: 554 5.5.1 No valid recipients;"
+                " from=<a@c.example> to=<> helo=c.example",
+                f"{session}: disconnect from {client} tls=- cipher=- user=- messages=0 rejects=1",
+            ],
+        )
+
+    def test_line_before_the_name(self) -> None:
+        """
+        A line of the session before the name is known brings the connect line first,
+        without the name; a name found later is not logged again.
+        """
+        protocol, _ = self.connect(self.named_factory())
+        session = protocol.session
+        protocol.dataReceived(b"BOGUS\r\n")
+        [(_, lookup)] = self.lookups
+        lookup.callback("c.example")
+        self.assertEqual([line.split(" ")[1] for line in self.lines()], ["connect", "reject"])
+        self.assertEqual(
+            self.lines()[0], f"{session}: connect from 192.0.2.1[192.0.2.1] listener=mx"
+        )
+
+    def test_no_answer(self) -> None:
+        """
+        A lookup that takes too long is given up: the connect line comes without the name;
+        a connection lost during the lookup cancels it and still logs connect and
+        disconnect.
+        """
+        protocol, _ = self.connect(self.named_factory())
+        self.clock.advance(REVERSE_NAME_TIMEOUT)
+        self.assertEqual(
+            self.lines(), [f"{protocol.session}: connect from 192.0.2.1[192.0.2.1] listener=mx"]
+        )
+        second, _ = self.connect(self.named_factory())
+        second.connectionLost(None)
+        lookup = self.lookups[-1][1]
+        self.assertTrue(lookup.called)
+        self.assertEqual(
+            [line.split(" ")[1] for line in self.lines() if line.startswith(second.session)],
+            ["connect", "disconnect"],
+        )
+
+
+class ClientNameBytewiseTests(ClientNameTests):
+    """L{ClientNameTests}, every input fed one byte at a time."""
+
+    bytewise = True
