@@ -469,8 +469,9 @@ class SMTPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         if not self.core.tls_active and ISSLTransport.providedBy(self.transport):
             # Already encrypted (a connection turned round inside TLS): say so in the trace
-            # and offer no STARTTLS.
+            # and offer no STARTTLS; the handshake is over, its parameters are known.
             self.core = ServerCore(attrs.evolve(self.core.settings, tls_active=True))
+            self._tls = _tls_parameters(self.transport)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._peer = str(getattr(peer, "host", peer))
         refusal = self._factory.session_opened(self._peer)

@@ -8,8 +8,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, LogLevel, formatEvent
+from zope.interface import directlyProvides
 
 from mdtwist.envelope import ClientInfo
 from mdtwist.smtp.core.replies import reply
@@ -188,6 +192,19 @@ class MailLogTests(GlueTestsBase):
                 f"{session}: timeout in DATA from {client}",
             ],
         )
+
+    def test_turned_inside_tls(self) -> None:
+        """
+        A session that starts on a connection encrypted already (turned round inside TLS)
+        knows its TLS version and cipher without a handshake of its own.
+        """
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 1234))
+        directlyProvides(transport, ISSLTransport)
+        transport.getHandle = _Handle  # type: ignore[attr-defined]
+        protocol = self.factory().buildProtocol(None)
+        protocol.makeConnection(transport)
+        protocol.connectionLost(None)
+        self.assertIn(" tls=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256 ", self.lines()[-1])
 
     def test_refused_connection(self) -> None:
         """
