@@ -37,8 +37,9 @@ events with a C{shard} field. The first process's lines are unchanged.
 
 Both observers leave out Twisted's chatter about the short-lived UDP ports of DNS and Minger
 queries (C{DNSDatagramProtocol starting on 40123}, C{(UDP Port 40123 Closed)}: two lines per
-query that say nothing to an administrator; see L{is_chatter}). The mail log of a message is
-in L{mdtwist.maillog}.
+query that say nothing to an administrator) and AMP's "connection established" and
+"connection lost" for every control connection (each C{mdtwistctl} command); see
+L{is_chatter}. The mail log of a message is in L{mdtwist.maillog}.
 """
 
 from __future__ import annotations
@@ -82,16 +83,29 @@ SHARD_VARIABLE = "MDTWIST_SHARD"
 _CHATTER = re.compile(r"(?:DNSDatagramProtocol|_Exchange) starting on \d+|\(UDP Port \d+ Closed\)")
 
 
+#: The formats of the events L{is_chatter} may leave out, and the namespace each comes from.
+CHATTER_FORMATS = {
+    "{log_text}": "log_legacy",
+    "{cls} connection established (HOST:{host} PEER:{peer})": "twisted.protocols.amp",
+    "{cls} connection lost (HOST:{host} PEER:{peer})": "twisted.protocols.amp",
+}
+
+
 def is_chatter(event: LogEvent) -> bool:
     """
     Whether an event is library chatter the observers leave out: Twisted's unconditional
-    lines about the UDP port each DNS query or Minger lookup opens and closes.
+    lines about the UDP port each DNS query or Minger lookup opens and closes, and AMP's
+    line for each connection made and lost (the control channel's).
 
     @param event: the event.
     @return: C{True} for such a line.
     """
-    if event.get("log_format") != "{log_text}" or event.get("log_namespace") != "log_legacy":
+    log_format = event.get("log_format")
+    namespace = CHATTER_FORMATS.get(log_format) if isinstance(log_format, str) else None
+    if namespace is None or event.get("log_namespace") != namespace:
         return False
+    if namespace != "log_legacy":
+        return True
     text = event.get("log_text")
     return isinstance(text, str) and _CHATTER.fullmatch(text) is not None
 
@@ -242,7 +256,7 @@ class TextObserver:
         """
         text = None
         log_format = event.get("log_format")
-        if log_format == "{log_text}" and is_chatter(event):
+        if log_format.__class__ is str and log_format in CHATTER_FORMATS and is_chatter(event):
             return
         if (
             log_format.__class__ is str

@@ -14,6 +14,7 @@ from typing import cast
 
 from twisted.application.app import ServerOptions
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -26,6 +27,7 @@ from twisted.logger import (
     formatTime,
     textFileLogObserver,
 )
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.python.log import LogPublisher as LegacyLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -468,3 +470,23 @@ class ChatterTests(SynchronousTestCase):
         plain.doStop()
         starts = [e for e in events if e.get("log_format") == "Starting factory {factory!r}"]
         self.assertEqual([e["factory"] for e in starts], [plain])
+
+    def test_amp_connections(self) -> None:
+        """
+        AMP's lines for each connection made and lost are chatter; other AMP events are not.
+        """
+        events = capture_logs(self)
+        protocol = amp.AMP()
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.connectionLost(Failure(ConnectionError("gone")))
+        mine = [e for e in events if e.get("log_namespace") == "twisted.protocols.amp"]
+        self.assertEqual(len(mine), 2)
+        self.assertEqual([mdtwist.logging.is_chatter(e) for e in mine], [True, True])
+        stream = io.StringIO()
+        observer = text_observer(stream)
+        for event in mine:
+            observer(event)
+        self.assertEqual(stream.getvalue(), "")
+        other = {**mine[0], "log_format": "{cls} did something else"}
+        self.assertFalse(mdtwist.logging.is_chatter(other))

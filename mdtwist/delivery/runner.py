@@ -337,7 +337,7 @@ class QueueRunner(Service):
             results = await self._attempt(message, where)
             now = self._clock.seconds()
             outcome = self.conclude(message, results, now)
-            self._log_results(message, outcome, where, now)
+            self._log_results(message, outcome, where, {r.position for r in results}, now)
             if outcome.park is not None:
                 maillog.parked(queue_id=queue_id, reason=outcome.park)
             removed = await self._spool.record(
@@ -625,9 +625,11 @@ class QueueRunner(Service):
         message: QueuedMessage,
         outcome: AttemptOutcome,
         where: dict[int, _Where],
+        attempted: set[int],
         now: float,
     ) -> None:
-        # One mail-log line per recipient attempted (or expired) in this attempt.
+        # One mail-log line per recipient attempted (or expired) in this attempt; one that
+        # expired without being attempted now (held, no remote delivery) counts no attempt.
         recipients = message.envelope.recipients
         delay = now - message.envelope.arrival
         for result in outcome.results:
@@ -652,7 +654,7 @@ class QueueRunner(Service):
                 relay=relay,
                 relay_address=result.relay_address,
                 delay=delay,
-                attempt=recipient.attempts + 1,
+                attempt=recipient.attempts + (1 if result.position in attempted else 0),
                 enhanced=result.status,
                 status=status,
                 reason=result.diagnostic,

@@ -157,6 +157,21 @@ class RunnerMailLogTests(SynchronousTestCase):
             lines[1], f"{queue_id}: notice to=<s@remote.example> actions=failed nrcpt=1"
         )
 
+    def test_expired_unattempted(self) -> None:
+        """
+        A recipient that expires without an attempt (no remote delivery here) is logged with
+        the attempts it had: none.
+        """
+        queue_id = self.enqueue(make_envelope("x@elsewhere.test"))
+        self.clock.advance(100)
+        self.start(policy=QueuePolicy(lifetime=50, delay_notice=False))
+        self.assertEqual(
+            self.lines(queue_id)[0],
+            f"{queue_id}: to=<x@elsewhere.test> mailbox=<x@elsewhere.test> relay=none[-]"
+            " delay=100.00 attempt=0 dsn=4.4.7 status=expired"
+            " (delivery time expired; last error: none) next=-",
+        )
+
     def test_remote(self) -> None:
         """
         A remote result names the relay host and the address it connected to; a permanent
