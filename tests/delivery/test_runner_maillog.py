@@ -137,6 +137,23 @@ class RunnerMailLogTests(SynchronousTestCase):
         local.answer()
         self.assertIn(" attempt=2 dsn=2.0.0 status=sent ", self.lines(queue_id)[1])
 
+    def test_delay_notice(self) -> None:
+        """
+        A recipient still deferred once the message is in the retry queue gets the sender a
+        delay notice: the deferral, then the notice line with its action and queue id.
+        """
+        local = HeldDelivery()
+        queue_id = self.enqueue(make_envelope("alice@example.com"))
+        self.clock.advance(QueuePolicy().remote_residency)
+        self.start(local=local)
+        local.answer(DeliveryStatus.TEMPORARY)
+        lines = self.lines(queue_id)
+        self.assertIn(" status=deferred ", lines[0])
+        self.assertEqual(
+            lines[1], f"{queue_id}: notice to=<s@remote.example> actions=delayed nrcpt=1"
+        )
+        self.assertRegex(lines[2], rf"^{queue_id}: notice queued as [0-9A-F]{{12}}$")
+
     def test_expired(self) -> None:
         """
         A recipient still pending when the message has been queued too long is logged as
