@@ -12,14 +12,14 @@ from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
 from mdtwist.config import load_config
-from mdtwist.errors import ConfigError
-from mdtwist.minger.codec import encode_query
 from mdtwist.envelope import ClientInfo
+from mdtwist.errors import ConfigError
 from mdtwist.interfaces import ISharingLookup
+from mdtwist.minger.codec import encode_query
 from mdtwist.route import LookupBudget, Route, SharingAnswer
 from mdtwist.services import login_portal, make_service, peer_addresses, sharing_of, smtp_factory
-from mdtwist.smtp.policy import ReceivePolicy
 from mdtwist.sharing.service import SharingService
+from mdtwist.smtp.policy import ReceivePolicy
 from mdtwist.tap import Options, build
 from tests.minger.fakes import FakeUDPReactor
 from tests.spool.fakes import FakeDirectory

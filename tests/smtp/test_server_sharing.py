@@ -114,9 +114,7 @@ class PendingLookupTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.assertEqual(len(self.codes(transport)), 3)
         pending.callback(SharingAnswer.found("peer.example.com:2525"))
-        self.assertEqual(
-            self.codes(transport)[3:], [(250, "2.1.5"), (250, "2.1.5"), (354, None)]
-        )
+        self.assertEqual(self.codes(transport)[3:], [(250, "2.1.5"), (250, "2.1.5"), (354, None)])
         self.send(protocol, b"Subject: hi\r\n\r\nbody\r\n.\r\n")
         self.assertEqual(self.codes(transport)[-1], (250, "2.0.0"))
         [(envelope, _)] = self.spool.messages
