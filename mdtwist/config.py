@@ -433,6 +433,8 @@ class SharingConfig:
         delivery to the peer fails (MDaemon's option; on by default).
     @ivar timeout: seconds to wait for a Minger reply to one datagram.
     @ivar attempts: datagrams sent at most per Minger lookup.
+    @ivar lookups_per_session: the most distinct addresses one SMTP session may have asked
+        about at the peers (cache hits do not count); past it such recipients get 451.
     """
 
     enable: bool = False
@@ -440,6 +442,7 @@ class SharingConfig:
     no_smarthost_on_error: bool = True
     timeout: float = 2.0
     attempts: int = 3
+    lookups_per_session: int = 20
 
 
 @attrs.frozen
@@ -1240,6 +1243,9 @@ def _sharing(reader: _Reader, top: _Table) -> SharingConfig:
         no_smarthost_on_error=table.value("no_smarthost_on_error", bool, True),
         timeout=table.positive("timeout", float, defaults.timeout),
         attempts=table.positive("attempts", int, defaults.attempts),
+        lookups_per_session=table.positive(
+            "lookups_per_session", int, defaults.lookups_per_session
+        ),
     )
     if config.enable and not raw:
         reader.problem(table.key("peers"), "list at least one peer when enable = true")

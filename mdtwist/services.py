@@ -11,10 +11,10 @@ first, then the queue runner, then the spool is closed, and the thread pools go 
     spool-read           ThreadPoolService: message loads on read-only connections
     delivery-io          ThreadPoolService: Maildir writes and fsyncs (idle with LMTP)
     spool                closes the spool database on shutdown
-    smtp-client-close    closes idle outbound SMTP connections on shutdown
-    queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     sharing-io           ThreadPoolService with one thread: the Domain Sharing cache ([sharing])
     sharing              SharingService: Minger lookups at the peers, the shared cache
+    smtp-client-close    closes idle outbound SMTP connections on shutdown
+    queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     minger               the Minger UDP server ([minger]; first process only)
     smtp-N-MODE          one RequiredListener per [[smtp.listen]]: each opens, or start-up stops
     settings-io          ThreadPoolService: writes of the client-settings receipts
@@ -80,7 +80,7 @@ from mdtwist.directory.cache import CachedDirectory, Reloadable
 from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
 from mdtwist.errors import ConfigError, SpoolError
-from mdtwist.interfaces import IDirectory
+from mdtwist.interfaces import IDirectory, ISharingLookup
 from mdtwist.login_limits import LoginLimits
 from mdtwist.minger.client import MingerClient, Peer
 from mdtwist.minger.limits import RateLimits
@@ -293,7 +293,12 @@ def build_local_delivery(
 
 
 def build_remote_delivery(
-    config: Config, reactor: Any, directory: IDirectory, parent: MultiService, shard: int = 0
+    config: Config,
+    reactor: Any,
+    directory: IDirectory,
+    parent: MultiService,
+    shard: int = 0,
+    sharing: SharingService | None = None,
 ) -> RemoteDelivery:
     """
     Build remote delivery: the router's policy, MX resolution, the SMTP client and the
@@ -304,6 +309,7 @@ def build_remote_delivery(
     @param directory: finds sending accounts for per-account smart-host AUTH.
     @param parent: gets the service that closes idle client connections at shutdown.
     @param shard: this process's shard, for its share of the per-host connection limit.
+    @param sharing: Domain Sharing, whose cache forgets an address its peer says C{5.1.1} to.
     @return: the remote delivery for the queue runner.
     @raise ConfigError: when the smart host's CA file cannot be read.
     """
@@ -315,6 +321,7 @@ def build_remote_delivery(
         port=outbound.mx_port,
         bounce_no_address=outbound.bounce_if_no_mx_or_a,
         bounce_on_first_5xx=outbound.bounce_on_first_5xx,
+        sharing_smarthost_fallback=not config.sharing.no_smarthost_on_error,
     )
     servers = [_checked(parse_host_port(text)) for text in outbound.dns_servers] or None
     resolver = MXResolver(
@@ -388,6 +395,7 @@ def build_remote_delivery(
         mx_tls=outbound.mx_tls,
         abort_on_rcpt_5xx=outbound.abort_on_rcpt_5xx,
         delay_after_temp_error=config.queue.delay_after_temp_error,
+        forget_peer_address=None if sharing is None else sharing.drop,
     )
 
 
@@ -406,6 +414,7 @@ def smtp_factory(
     reactor: Any,
     portal: LoginPortal,
     tally: SessionTally | None = None,
+    sharing: ISharingLookup | None = None,
 ) -> SMTPServerFactory:
     """
     Build the protocol factory of one SMTP listener.
@@ -418,6 +427,8 @@ def smtp_factory(
     @param reactor: the clock for timeouts.
     @param portal: the login portal every listener shares (L{login_portal}).
     @param tally: the process's sessions over every listener (C{smtp.max_sessions}).
+    @param sharing: Domain Sharing (this process's L{SharingService}), asked about local
+        addresses without an account here; L{None} when C{[sharing]} is off.
     @return: the factory.
     """
     smtp = config.smtp
@@ -442,6 +453,8 @@ def smtp_factory(
         trusted_networks=parse_networks(smtp.trusted_networks),
         postmaster=config.server.postmaster,
         sender_must_match_login=listen.sender_login_match,
+        sharing=sharing,
+        sharing_lookups_per_session=config.sharing.lookups_per_session,
     )
     return SMTPServerFactory(
         settings=settings,
@@ -524,6 +537,9 @@ def make_service(
         pool.setServiceParent(top)
     spool = open_spool(config, spool_pool.run, read_pool.run, shard=shard)
     SpoolService(spool).setServiceParent(top)
+    # Domain Sharing before the queue, so that it stops after it (remote delivery drops
+    # cache entries); every process has its own service over the one shared cache.
+    sharing = build_sharing(config, reactor, top)
     runner = QueueRunner(
         spool,
         directory,
@@ -533,13 +549,11 @@ def make_service(
         concurrency=config.delivery.concurrency,
         policy=config.queue,
         hostname=config.server.hostname,
-        remote=build_remote_delivery(config, reactor, directory, top, shard),
+        remote=build_remote_delivery(config, reactor, directory, top, shard, sharing),
         postmaster=config.server.postmaster,
     )
     runner.setName("queue")
     runner.setServiceParent(top)
-    # The receive policy's Domain Sharing collaborator; see sharing_of.
-    build_sharing(config, reactor, top)
     if config.minger.enable and shard == 0:
         build_minger_server(config, reactor, directory).setServiceParent(top)
     reloaders = [directory.reload] if isinstance(directory, Reloadable) else []
@@ -551,7 +565,7 @@ def make_service(
     # One tally for every listener of this process (smtp.max_sessions counts per process).
     tally = SessionTally(config.smtp.max_sessions)
     factories = [
-        smtp_factory(config, listen, directory, spool, tls, reactor, portal, tally)
+        smtp_factory(config, listen, directory, spool, tls, reactor, portal, tally, sharing)
         for listen in config.smtp.listen
     ]
     # Features register their control commands here (see mdtwist.control).

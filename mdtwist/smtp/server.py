@@ -50,7 +50,7 @@ from mdtwist.delivery.dsn import DSNRequests, restrict_requests
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
 from mdtwist.errors import DirectoryUnavailable, LoginThrottled, SpoolError
-from mdtwist.interfaces import IReceivePolicy, ISpool
+from mdtwist.interfaces import IReceivePolicy, ISessionPolicies, ISpool
 from mdtwist.logging import escape_text
 from mdtwist.portal import CramMD5Response, LoginPortal
 from mdtwist.route import Route, duplicate_key
@@ -359,6 +359,14 @@ class SMTPServerProtocol(Protocol):
         self._add_recipient = True
         self._auth: Deferred[Account] | None = None
         self._turn_to: Callable[[], IProtocol] | None = None
+        # The policy of this session: a view of its own when the policy keeps per-session
+        # state (the budget of Domain Sharing lookups).
+        policy = factory.policy
+        self._policy = (
+            ISessionPolicies(policy).for_session()
+            if ISessionPolicies.providedBy(policy)
+            else policy
+        )
 
     @property
     def client(self) -> ClientInfo:
@@ -472,7 +480,7 @@ class SMTPServerProtocol(Protocol):
 
     def _dispatch(self, event: Event) -> Deferred[Reply]:
         if isinstance(event, MailFrom):
-            return self._check(self._factory.policy.check_sender, self._client(), event.sender)
+            return self._check(self._policy.check_sender, self._client(), event.sender)
         if isinstance(event, RcptTo):
             return self._check_recipient(event)
         if isinstance(event, MessageReceived):
@@ -632,7 +640,7 @@ class SMTPServerProtocol(Protocol):
 
     def _check_recipient(self, event: RcptTo) -> Deferred[Reply]:
         d: Deferred[RecipientDecision] = maybeDeferred(
-            self._factory.policy.check_recipient, self._client(), self._sender(), event.recipient
+            self._policy.check_recipient, self._client(), self._sender(), event.recipient
         )
         return d.addCallback(self._decided, event).addErrback(self._lookup_failed)
 
