@@ -26,6 +26,7 @@ with a DSN, a temporary one stays held.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -99,6 +100,7 @@ class HeldMail:
         self._clock = clock
         self._remote = remote
         self._running: set[Deferred[None]] = set()
+        self._releases = itertools.count(1)
 
     async def rows(self) -> list[tuple[str, int, str]]:
         """
@@ -177,7 +179,7 @@ class HeldMail:
     async def _etrn(self, domains: Collection[str], targets: dict[str, Route]) -> int:
         found = await self.find(domains)
         for held in found:
-            holder = f"etrn-{held.queue_id}"
+            holder = f"etrn-{next(self._releases)}"
             if not self._leases.take(held.queue_id, holder):
                 continue
             self._start(held, holder, targets)

@@ -292,3 +292,149 @@ class ODMRWithFetchmailTests(_Base):
             self.assertEqual(second.returncode, 8, second.stderr)
         finally:
             running.wait(_WAIT)
+
+
+class ETRNWithFetchmailTests(_Base):
+    """
+    The real fetchmail as an ETRN client; the released mail goes over a new connection to the
+    gateway's configured host (an smtp-sink).
+    """
+
+    def etrn(
+        self, port: int, auth: bool, domains: str = GATEWAY
+    ) -> subprocess.CompletedProcess[str]:
+        rc = f"poll 127.0.0.1 protocol ETRN service {port} timeout 30"
+        if auth:
+            rc += f' esmtpname "{GATEWAY}" esmtppassword "{SECRET}"'
+        rc += f'\n  user "{GATEWAY}" fetchdomains {domains}\n'
+        return FetchmailRun().run(rc)
+
+    def test_etrn_with_auth(self) -> None:
+        """
+        ETRN needs AUTH (the default): fetchmail logs in with CRAM-MD5 on the ODMR listener and
+        sends ETRN; the reply is 253 and the held mail arrives at the configured host.
+        """
+        sink = self.sink()
+        daemon = self.start(etrn_deliver_to=f'"[127.0.0.1]:{sink.port}"')
+        send(daemon.mx_port, [f"carol@{GATEWAY}"], "released by ETRN\n")
+        wait_for(lambda: held_count(daemon) == 1, "a held recipient")
+        result = self.etrn(self.odmr_port, auth=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("253", result.stderr + result.stdout)
+        wait_for(lambda: len(sink.messages()) == 1, "the released message")
+        self.assertIn(f"<carol@{GATEWAY}>".encode(), sink.messages()[0])
+        wait_for(lambda: queued(daemon) == 0, "an empty queue")
+
+    def test_etrn_without_auth_refused(self) -> None:
+        """
+        Without AUTH, ETRN on the mx listener gets 530 and the mail stays held.
+        """
+        sink = self.sink()
+        daemon = self.start(etrn_deliver_to=f'"[127.0.0.1]:{sink.port}"')
+        send(daemon.mx_port, [f"carol@{GATEWAY}"], "held\n")
+        wait_for(lambda: held_count(daemon) == 1, "a held recipient")
+        result = self.etrn(daemon.mx_port, auth=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("530", result.stderr + result.stdout)
+        self.assertEqual(held_count(daemon), 1)
+        self.assertEqual(sink.messages(), [])
+
+    def test_etrn_no_auth_needed(self) -> None:
+        """
+        With C{etrn_requires_auth = false}, ETRN without AUTH on the mx listener releases the
+        mail; a second ETRN finds nothing waiting (251).
+        """
+        sink = self.sink()
+        daemon = self.start(
+            etrn_deliver_to=f'"[127.0.0.1]:{sink.port}"', etrn_requires_auth="false"
+        )
+        send(daemon.mx_port, [f"carol@{GATEWAY}"], "released by ETRN\n")
+        wait_for(lambda: held_count(daemon) == 1, "a held recipient")
+        result = self.etrn(daemon.mx_port, auth=False)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        wait_for(lambda: len(sink.messages()) == 1, "the released message")
+        wait_for(lambda: queued(daemon) == 0, "an empty queue")
+        again = self.etrn(daemon.mx_port, auth=False)
+        self.assertIn("251", again.stderr + again.stdout)
+
+
+def held_per_shard(daemon: Daemon) -> dict[int, int]:
+    """The messages queued in each shard."""
+    counts = {}
+    for shard in existing_shards(daemon.spool):
+        reader = SpoolReader(shard_directory(daemon.spool, shard))
+        try:
+            counts[shard] = len(reader.list())
+        finally:
+            reader.close()
+    return counts
+
+
+class TwoProcessesTests(_Base):
+    """
+    With C{[server] processes = 2} held mail sits in both spool shards; one ATRN or ETRN,
+    whichever process takes it, releases all of it, each message once.
+    """
+
+    processes = 2
+
+    def fill_both_shards(self, daemon: Daemon) -> int:
+        # Connections are spread over the processes by the kernel: send until both shards
+        # hold mail (bounded).
+        for index in range(60):
+            send(daemon.mx_port, [f"carol@{GATEWAY}"], f"message {index}\n", f"held {index}")
+            sent = index + 1
+
+            def all_held(n: int = sent) -> bool:
+                return held_count(daemon) == n
+
+            wait_for(all_held, f"{sent} held recipients")
+            if sent >= 4 and len([k for k, n in held_per_shard(daemon).items() if n]) == 2:
+                return sent
+        raise AssertionError("the kernel never gave a connection to the second process")
+
+    def subjects(self, sink: Sink) -> list[str]:
+        found = []
+        for message in sink.messages():
+            for line in message.split(b"\n"):
+                if line.startswith(b"Subject: "):
+                    found.append(line[9:].decode())
+        return sorted(found)
+
+    def test_atrn_releases_every_shard(self) -> None:
+        """
+        Fetchmail's ATRN (the ODMR listener is in the first process) receives the held mail of
+        both shards, each message once, and both shards end empty.
+        """
+        daemon = self.start()
+        sent = self.fill_both_shards(daemon)
+        sink = self.sink()
+        result = self.odmr(sink.port, domains=GATEWAY)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        wait_for(lambda: queued(daemon) == 0, "an empty queue")
+        self.assertEqual(
+            self.subjects(self.sink_of(sink)), sorted(f"held {i}" for i in range(sent))
+        )
+
+    def sink_of(self, sink: Sink) -> Sink:
+        wait_for(lambda: sink.messages(), "the sink's messages")
+        return sink
+
+    def test_etrn_releases_every_shard_once(self) -> None:
+        """
+        ETRN without AUTH on the shared mx listener, sent several times in a row (each may go
+        to either process): every held message of both shards arrives at the gateway's host
+        exactly once.
+        """
+        sink = self.sink()
+        daemon = self.start(
+            etrn_deliver_to=f'"[127.0.0.1]:{sink.port}"', etrn_requires_auth="false"
+        )
+        sent = self.fill_both_shards(daemon)
+        for _ in range(4):
+            with smtplib.SMTP("127.0.0.1", daemon.mx_port, timeout=30) as client:
+                client.ehlo("office")
+                code, _ = client.docmd("ETRN", GATEWAY)
+                self.assertIn(code, (251, 253))
+        wait_for(lambda: queued(daemon) == 0, "an empty queue")
+        self.assertEqual(self.subjects(sink), sorted(f"held {i}" for i in range(sent)))
