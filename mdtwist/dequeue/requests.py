@@ -102,7 +102,7 @@ def etrn_refused(node: str, why: str) -> Reply:
     @param why: the reason, for the client.
     @return: C{459}: the node may not be released.
     """
-    return reply(459, "5.7.1", f"<{node}> not allowed: {why}")
+    return reply(459, "4.7.1", f"<{node}> not allowed: {why}")
 
 
 def etrn_started(node: str, count: int) -> Reply:
