@@ -87,6 +87,7 @@ from mdtwist.dequeue.release import (
     Release,
     Shards,
     register_gateway_commands,
+    register_release_command,
 )
 from mdtwist.directory.cache import CachedDirectory, Reloadable
 from mdtwist.directory.file import FileDirectory
@@ -659,6 +660,7 @@ def make_service(
         supervisor.setServiceParent(top)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
     first.append(dispatcher)
+    register_release_command(registry, provider.release_targets, release)
     assert shard_links is not None
     shard_links.children = links
     if config.provider.odmr_listen:

@@ -151,6 +151,26 @@ class GatewayProvider:
         #: The ATRN sessions running: lease name -> (login, domains).
         self.active: dict[str, tuple[str, frozenset[str]]] = {}
 
+    def release_targets(self, domains: Sequence[str]) -> tuple[dict[str, Route], list[str]]:
+        """
+        Where an operator's release sends each gateway's mail (C{gateway-release}).
+
+        @param domains: gateway domains, lower case; empty for every gateway.
+        @return: the route of each domain that can be released so, and the domains skipped
+            (not gateways, or delivered to the requester's address, which an operator's
+            release does not have).
+        """
+        names = list(domains) or [g.domain for g in self.book.gateways]
+        routes: dict[str, Route] = {}
+        skipped: list[str] = []
+        for name in names:
+            gateway = self.book.find(name)
+            if gateway is None or gateway.etrn_target is EtrnTarget.REQUESTER:
+                skipped.append(name)
+            else:
+                routes[name] = etrn_route(gateway, "")
+        return routes, skipped
+
     # -- ETRN --
 
     def etrn_handler(self, gateway_auth: bool) -> CommandHandler:

@@ -16,7 +16,9 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.control.registry import Answer, ControlDispatcher, ControlProtocol, ControlRegistry
+from mdtwist.dequeue.gateways import EtrnTarget, Gateway, GatewayBook, ProviderSettings
 from mdtwist.dequeue.held import HeldMessage
+from mdtwist.dequeue.provider import GatewayProvider
 from mdtwist.dequeue.release import (
     ControlSocketRelease,
     DispatcherRelease,
@@ -25,10 +27,12 @@ from mdtwist.dequeue.release import (
     GatewayGiveBack,
     GatewayHeld,
     GatewayRecord,
+    GatewayRelease,
     Shards,
     combine_etrn,
     combine_held,
     register_gateway_commands,
+    register_release_command,
     results_from_wire,
     results_to_wire,
     targets_from_wire,
@@ -38,6 +42,7 @@ from mdtwist.envelope import RecipientState
 from mdtwist.route import Route
 from mdtwist.spool.model import RecipientResult
 from tests.dequeue.test_held import GATE, OTHER, _Setup, held
+from tests.dequeue.test_provider import FakeRelease
 
 
 class FakeChildren:
@@ -229,3 +234,43 @@ class ShardsTests(_Setup):
         )
         self.successResultOf(shards.give_back(0, "atrn-1"))
         self.assertIsNone(self.leases.holder(queue_id))
+
+
+class ReleaseCommandTests(SynchronousTestCase):
+    """C{gateway-release}: the operator's release, with targets from the configuration."""
+
+    def test_release(self) -> None:
+        """
+        Named domains go to their targets; unknown ones and "requester" ones are skipped;
+        an empty list means every gateway; nothing releasable answers at once.
+        """
+        book = GatewayBook(
+            [
+                Gateway(GATE, GATE),
+                Gateway(OTHER, OTHER, etrn_target=EtrnTarget.REQUESTER),
+                Gateway(
+                    "host.test",
+                    "host.test",
+                    etrn_target=EtrnTarget.HOST,
+                    etrn_host="[192.0.2.9]:26",
+                ),
+            ]
+        )
+        release = FakeRelease(count=3)
+        provider = GatewayProvider(book, ProviderSettings(), None, release=release)  # type: ignore[arg-type]
+        registry = ControlRegistry()
+        register_release_command(registry, provider.release_targets, release)
+        dispatcher = ControlDispatcher(registry)
+        answer = self.successResultOf(
+            dispatcher.call(GatewayRelease, {"domains": ["Gate.Test.", OTHER, "nope.test"]})
+        )
+        self.assertEqual(
+            answer, {"messages": 3, "released": [GATE], "skipped": [OTHER, "nope.test"]}
+        )
+        self.assertEqual(release.calls[0], ([GATE], {GATE: Route.remote()}))
+        everything = self.successResultOf(dispatcher.call(GatewayRelease, {"domains": []}))
+        self.assertEqual(everything["released"], [GATE, "host.test"])
+        self.assertEqual(release.calls[1][1]["host.test"], Route.sharing_peer("[192.0.2.9]:26"))
+        nothing = self.successResultOf(dispatcher.call(GatewayRelease, {"domains": [OTHER]}))
+        self.assertEqual(nothing, {"messages": 0, "released": [], "skipped": [OTHER]})
+        self.assertEqual(len(release.calls), 2)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mdtwist.control.client import call
+from mdtwist.dequeue.release import GatewayHeld, GatewayRelease
 from mdtwist.spool.store import SpoolReader, existing_shards, shard_directory
 from tests.integration.daemon import Daemon
 from tests.integration.peers import find_program, free_port
@@ -436,5 +438,28 @@ class TwoProcessesTests(_Base):
                 client.ehlo("office")
                 code, _ = client.docmd("ETRN", GATEWAY)
                 self.assertIn(code, (251, 253))
+        wait_for(lambda: queued(daemon) == 0, "an empty queue")
+        self.assertEqual(self.subjects(sink), sorted(f"held {i}" for i in range(sent)))
+
+    def test_operator_release(self) -> None:
+        """
+        Over the control socket, C{gateway-held} counts the held mail of both shards and
+        C{gateway-release} sends all of it to the gateway's host, each message once.
+        """
+        sink = self.sink()
+        daemon = self.start(etrn_deliver_to=f'"[127.0.0.1]:{sink.port}"')
+        sent = self.fill_both_shards(daemon)
+        counts = call(daemon.control_socket, GatewayHeld)
+        self.assertEqual(
+            counts,
+            {
+                "domains": [{"domain": GATEWAY, "messages": sent, "recipients": sent}],
+                "missing": [],
+            },
+        )
+        answer = call(daemon.control_socket, GatewayRelease, {"domains": [GATEWAY, "nope.test"]})
+        self.assertEqual(
+            answer, {"messages": sent, "released": [GATEWAY], "skipped": ["nope.test"]}
+        )
         wait_for(lambda: queued(daemon) == 0, "an empty queue")
         self.assertEqual(self.subjects(sink), sorted(f"held {i}" for i in range(sent)))
