@@ -10,7 +10,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.config import load_config
+from mdtwist.config import config_warnings, load_config
 from mdtwist.dequeue.gateways import (
     DAY,
     EtrnTarget,
@@ -284,3 +284,26 @@ password = "y"
         self.assertTrue(any(p.startswith("gateway[3].etrn_deliver_to: must be") for p in found))
         self.assertTrue(any(p.startswith("gateway[3].etrn_port: must be at most") for p in found))
         self.assertTrue(any(p.startswith("provider.odmr_listen: not a valid") for p in found))
+
+    def test_no_odmr_listener(self) -> None:
+        """
+        A gateway honouring ATRN (or ETRN with AUTH) without an ODMR listener is warned about;
+        one releasable by ETRN without AUTH is not.
+        """
+        config = self.load(
+            '[[gateway]]\ndomain = "a.test"\npassword = "pw"\n'
+            '[[gateway]]\ndomain = "b.test"\nhonour_atrn = false\netrn_requires_auth = false\n'
+        )
+        warnings = [w for w in config_warnings(config) if ": gateway[" in w]  # type: ignore[arg-type]
+        self.assertEqual(
+            warnings,
+            [
+                f"{self.path}: gateway[0]: warning: a.test can only log in on the ODMR"
+                " listener, and provider.odmr_listen is not set"
+            ],
+        )
+        with_listener = self.load(
+            '[provider]\nodmr_listen = "tcp:366"\n'
+            '[[gateway]]\ndomain = "a.test"\npassword = "pw"\n'
+        )
+        self.assertEqual([w for w in config_warnings(with_listener) if ": gateway[" in w], [])  # type: ignore[arg-type]
