@@ -6,6 +6,7 @@ Children start in the order they are added and stop in the reverse order, so the
 first, then the queue runner, then the spool is closed, and the thread pools go last:
 
     spool-lock           the exclusive lock of this process's spool directory (twistd only)
+    accounts-watch       re-reads the accounts file when it changes (file backend only)
     directory            ThreadPoolService: LDAP calls and password hashing
     spool-io             ThreadPoolService with one thread: the spool's only writer
     spool-read           ThreadPoolService: message loads on read-only connections
@@ -77,7 +78,7 @@ from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.delivery.runner import QueueRunner
 from mdtwist.directory.cache import CachedDirectory, Reloadable
-from mdtwist.directory.file import FileDirectory
+from mdtwist.directory.file import AccountsWatch, FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory
@@ -192,13 +193,16 @@ def build_directory(
             raise ConfigError(
                 [f"{config.path}: directory.file.path: cannot read {path}: {e.strerror}"]
             ) from None
-        backend = FileDirectory(
-            settings.file.path, reactor, run, check_interval=settings.file.check_interval
-        )
+        backend = FileDirectory(settings.file.path, run)
     cache = settings.cache
-    return CachedDirectory(
+    cached = CachedDirectory(
         backend, reactor, ttl=cache.ttl, negative_ttl=cache.negative_ttl, size=cache.size
     )
+    if isinstance(backend, FileDirectory):
+        assert settings.file is not None
+        interval = settings.file.check_interval
+        AccountsWatch(backend.check, cached.forget, reactor, interval).setServiceParent(parent)
+    return cached
 
 
 def take_spool_lock(config: Config, shard: int = 0) -> SpoolLock:

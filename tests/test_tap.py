@@ -66,6 +66,7 @@ class BuildTests(_DemoCase):
             [child.name for child in service],
             [
                 "spool-lock",
+                "accounts-watch",
                 "directory",
                 "spool-io",
                 "spool-read",
