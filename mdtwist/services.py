@@ -546,7 +546,9 @@ def make_service(
     build_sharing(config, reactor, top)
     if config.minger.enable and shard == 0:
         build_minger_server(config, reactor, directory).setServiceParent(top)
-    reloaders = [directory.reload] if isinstance(directory, Reloadable) else []
+    reloaders: list[Callable[[], Sequence[str]]] = []
+    if isinstance(directory, Reloadable):
+        reloaders.append(directory.reload)
     tls = None
     if config.tls is not None:
         tls = ReloadableTLS(config.tls.certificate, config.tls.private_key)
@@ -595,7 +597,7 @@ def make_service(
         )
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
-    add_http(config, reactor, directory, portal, tls, top)
+    add_http(config, reactor, directory, portal, tls, top, reloaders)
     links = ChildLinks(reactor, [spec.shard for spec in children])
     if children:
         config_path = str(config.path.absolute())
@@ -822,6 +824,7 @@ def add_http(
     portal: LoginPortal,
     tls: IOpenSSLServerConnectionCreator | None,
     top: MultiService,
+    reloaders: list[Callable[[], Sequence[str]]] | None = None,
 ) -> None:
     """
     Add the HTTP(S) listeners of client settings, autoconfig and Autodiscover.
@@ -835,6 +838,7 @@ def add_http(
     @param portal: the login portal (HTTP Basic logins, service C{"http"}).
     @param tls: the C{[tls]} context, for listeners with C{tls = true}.
     @param top: the service tree.
+    @param reloaders: gets the reload of the client settings (C{mdtwistctl reload}, SIGHUP).
     """
     if not config.http.listen:
         return
@@ -844,6 +848,8 @@ def add_http(
         server_facts(config, socket.gethostname()),
         Policy(push_enabled=settings.push_enabled, allow_override=settings.allow_override),
     )
+    if reloaders is not None:
+        reloaders.append(source.refresh)
     pool = ThreadPoolService(reactor, "settings-io", 1)
     pool.setServiceParent(top)
     try:

@@ -398,4 +398,6 @@ class HangupTests(_DemoCase):
         formats = [e["log_format"] for e in events]
         self.assertIn("SIGHUP: reloading", formats)
         self.assertIn("accounts file {path} reloaded: {count} addresses", formats)
-        self.assertIn("Reloaded the accounts and the TLS certificate", formats)
+        self.assertIn(
+            "Reloaded the accounts, the TLS certificate and the client settings", formats
+        )
