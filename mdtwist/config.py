@@ -83,11 +83,14 @@ class ServerConfig:
         share the SMTP listeners (see L{mdtwist.shards}).
     @ivar postmaster: the mailbox that receives mail for C{postmaster} (bare and at every
         local domain) unless an account has that address itself; L{None}: not set.
+    @ivar drain_timeout: seconds a stopping server gives its SMTP sessions to finish the
+        message they are receiving (see L{mdtwist.drain}).
     """
 
     hostname: str
     processes: int = 1
     postmaster: str | None = None
+    drain_timeout: float = 30.0
 
 
 @attrs.frozen
@@ -742,7 +745,9 @@ MAX_PROCESSES = 64
 
 
 def _server(reader: _Reader, top: _Table) -> ServerConfig:
-    table = top.subtable("server", {"hostname", "processes", "postmaster"}, required=True)
+    table = top.subtable(
+        "server", {"hostname", "processes", "postmaster", "drain_timeout"}, required=True
+    )
     if table is None:
         return ServerConfig(hostname="")
     processes = table.positive("processes", int, 1)
@@ -757,6 +762,7 @@ def _server(reader: _Reader, top: _Table) -> ServerConfig:
         hostname=table.string("hostname", empty_ok=False),
         processes=processes,
         postmaster=postmaster,
+        drain_timeout=table.positive("drain_timeout", float, ServerConfig("").drain_timeout),
     )
 
 

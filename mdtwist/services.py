@@ -2,8 +2,9 @@
 """
 Builds the service tree from the configuration and hands every object its collaborators.
 
-Children start in the order they are added and stop in the reverse order, so the listeners stop
-first, then the queue runner, then the spool is closed, and the thread pools go last:
+The top service is a L{mdtwist.drain.ServerTree}: on stop it first drains the SMTP sessions
+(within C{server.drain_timeout}), then stops its children. Children start in the order they are
+added and stop in the reverse order, so the listeners stop first, then the queue runner, then the spool is closed, and the thread pools go last:
 
     spool-lock           the exclusive lock of this process's spool directory (twistd only)
     accounts-watch       re-reads the accounts file when it changes (file backend only)
@@ -80,6 +81,7 @@ from mdtwist.delivery.runner import QueueRunner
 from mdtwist.directory.cache import CachedDirectory, Reloadable
 from mdtwist.directory.file import AccountsWatch, FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
+from mdtwist.drain import ServerTree, SessionDrain
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory
 from mdtwist.login_limits import LoginLimits
@@ -512,7 +514,7 @@ def make_service(
     @raise ConfigError: when a part cannot be built (a bad accounts file, an unusable spool,
         a certificate that does not load, a spool locked by another server).
     """
-    top = MultiService()
+    top = ServerTree()
     top.setName("mdtwist")
     if lock_spool:
         # The first child, so the last to stop: the lock is held until the spool is closed.
@@ -560,6 +562,8 @@ def make_service(
         smtp_factory(config, listen, directory, spool, tls, reactor, portal, tally)
         for listen in config.smtp.listen
     ]
+    # On stop, the sessions finish their messages (within a bound) before anything stops.
+    top.drains.append(SessionDrain(factories, reactor, config.server.drain_timeout))
     # Features register their control commands here (see mdtwist.control).
     registry = ControlRegistry()
     register_basics(
