@@ -3,8 +3,9 @@
 Builds the service tree from the configuration and hands every object its collaborators.
 
 The top service is a L{mdtwist.drain.ServerTree}: on stop it first drains the SMTP sessions
-(within C{server.drain_timeout}), then stops its children. Children start in the order they are
-added and stop in the reverse order, so the listeners stop first, then the queue runner, then the spool is closed, and the thread pools go last:
+(within C{server.drain_timeout}), then stops its children. Children start in the order they
+are added and stop in the reverse order, so the listeners stop first, then the queue runner,
+then the spool is closed, and the thread pools go last:
 
     spool-lock           the exclusive lock of this process's spool directory (twistd only)
     accounts-watch       re-reads the accounts file when it changes (file backend only)
