@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from mdtwist.config import load_locations
+from mdtwist.config import DEFAULT_CONFIG_FILES, load_locations
 from mdtwist.control.client import ControlClientError, call
 from mdtwist.control.commands import QueueRun, Reload, Status
 from mdtwist.directory.passwords import hash_password
@@ -63,7 +63,7 @@ from mdtwist.spool.store import (
 _PROGRAM = "mdtwistctl"
 
 #: The configuration files tried, in this order, without C{--config}.
-DEFAULT_CONFIGS = (Path("etc/mdtwist.toml"), Path("/etc/mdtwist/mdtwist.toml"))
+DEFAULT_CONFIGS = DEFAULT_CONFIG_FILES
 
 
 class _CommandError(Exception):

@@ -1425,6 +1425,24 @@ def _control(reader: _Reader, top: _Table) -> ControlConfig:
     return ControlConfig(socket=socket)
 
 
+#: The configuration files tried, in this order, when none is named (C{twistd mdtwist} and
+#: C{mdtwistctl} without C{--config}).
+DEFAULT_CONFIG_FILES = (Path("etc/mdtwist.toml"), Path("/etc/mdtwist/mdtwist.toml"))
+
+
+def default_config_file(candidates: tuple[Path, ...] = DEFAULT_CONFIG_FILES) -> Path:
+    """
+    Find the configuration file to use when none is named.
+
+    @param candidates: the files tried, in order.
+    @return: the first that exists, or the first of all (so that the error names it).
+    """
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[0]
+
+
 def load_locations(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """
     Read only where the spool and the control socket are (for C{mdtwistctl}, which needs no
