@@ -712,7 +712,25 @@ class _ParseOnlyReactor:
         raise NotImplementedError("a parse-only reactor resolves nothing")
 
 
+def _check_systemd_endpoint(reader: _Reader, key: str, description: str) -> None:
+    # Outside systemd (no LISTEN_FDS: "--check", "mdtwistctl check") no socket was handed
+    # over, so only the form of a systemd: endpoint can be checked.
+    options = dict(part.partition("=")[::2] for part in description.split(":")[1:])
+    unknown = sorted(set(options) - {"domain", "index", "name"})
+    if unknown or options.get("domain") not in ("INET", "INET6", "UNIX"):
+        reader.problem(
+            key, "a systemd: endpoint takes domain=INET|INET6|UNIX and index=N or name=NAME"
+        )
+    elif ("index" in options) == ("name" in options):
+        reader.problem(key, "a systemd: endpoint takes either index=N or name=NAME")
+    elif "index" in options and not options["index"].isdigit():
+        reader.problem(key, "index must be a number (0 for the first socket)")
+
+
 def _check_endpoint(reader: _Reader, key: str, description: str) -> None:
+    if description.startswith("systemd:") and "LISTEN_FDS" not in os.environ:
+        _check_systemd_endpoint(reader, key, description)
+        return
     try:
         endpoint = serverFromString(_ParseOnlyReactor(), description)
     except Exception as e:  # Twisted's parsers raise many kinds; each is a config problem.

@@ -47,7 +47,6 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     clientFromString,
-    serverFromString,
 )
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -123,7 +122,7 @@ from mdtwist.smtp.tls import ReloadableTLS
 from mdtwist.spool.lock import SpoolLock, SpoolLocked
 from mdtwist.spool.model import Queue, QueueEntry
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
-from mdtwist.startup import RequiredListener
+from mdtwist.startup import RequiredListener, server_endpoint
 from mdtwist.threadpool import ThreadPoolService
 
 _log = Logger()
@@ -596,7 +595,7 @@ def make_service(
         if processes > 1:
             shared.append((_checked_spec(listen_spec(listen.endpoint)), factory))
             continue
-        endpoint = serverFromString(reactor, listen.endpoint)
+        endpoint = server_endpoint(reactor, listen.endpoint)
         listener = RequiredListener(
             endpoint, factory, key=f"smtp.listen[{i}].endpoint", description=listen.endpoint
         )
@@ -886,7 +885,7 @@ def add_http(
             assert tls is not None
             factory = TLSMemoryBIOFactory(tls, False, site)
         service = RequiredListener(
-            serverFromString(reactor, listen.endpoint),
+            server_endpoint(reactor, listen.endpoint),
             factory,
             key=f"http.listen[{i}].endpoint",
             description=listen.endpoint,
