@@ -76,7 +76,9 @@ class PrivilegeDropTests(SynchronousTestCase):
         directory.chmod(0o755)
         self.daemon = Daemon(
             directory / "daemon",
-            extra=f'[[smtp.listen]]\nendpoint = "tcp:{self.port}:interface=127.0.0.1"\nmode = "mx"',
+            extra=(
+                f'[[smtp.listen]]\nendpoint = "tcp:{self.port}:interface=127.0.0.1"\nmode = "mx"'
+            ),
         )
         self.addCleanup(self.daemon.stop)
         # The control socket's own private directory must be the server user's.
