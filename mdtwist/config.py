@@ -221,7 +221,7 @@ class LDAPAttributes:
     """
 
     mail: str = "mail"
-    alias: str = "mailAlternateAddress"
+    alias: str = "mailLocalAddress"
     display_name: str = "cn"
     first_name: str = "givenName"
     last_name: str = "sn"
@@ -250,9 +250,7 @@ class LDAPConfig:
     ca_file: Path | None = None
     bind_dn: str = ""
     bind_password: Secret | None = None
-    filter: str = (
-        "(&(objectClass=inetOrgPerson)(|(mail={address})(mailAlternateAddress={address})))"
-    )
+    filter: str = "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})))"
     auth_filter: str = "(&(objectClass=inetOrgPerson)(|(uid={login})(mail={login})))"
     auth_method: LDAPAuthMethod = LDAPAuthMethod.BIND
     disabled_values: frozenset[str] = frozenset({"disabled", "false", "0", "no", "inactive"})
