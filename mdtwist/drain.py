@@ -23,6 +23,7 @@ again: nothing is lost.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -46,12 +47,13 @@ class ServerTree(MultiService):
     """
     The top service: on stop, runs its drains first, then stops its children.
 
-    @ivar drains: each returns a Deferred that fires when its part has drained.
+    @ivar drains: each returns a Deferred that fires when its part has drained (or
+        L{None} when it is done at once).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.drains: list[Callable[[], Deferred[None]]] = []
+        self.drains: list[Callable[[], Deferred[Any] | None]] = []
 
     @override
     def stopService(self) -> Deferred[None]:

@@ -81,6 +81,7 @@ from mdtwist.delivery.runner import QueueRunner
 from mdtwist.directory.cache import CachedDirectory, Reloadable
 from mdtwist.directory.file import AccountsWatch, FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
+from mdtwist.drain import GRACE as DRAIN_GRACE
 from mdtwist.drain import ServerTree, SessionDrain
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory
@@ -612,9 +613,13 @@ def make_service(
             lambda spec, sockets: child_argv(config_path, spec, sockets, argv),
             link=links.attach,
             drained=links.finished,
+            # A child drains its own sessions first (see mdtwist.drain).
+            stop_grace=config.server.drain_timeout + DRAIN_GRACE + 5.0,
         )
         supervisor.setName("shards")
         supervisor.setServiceParent(top)
+        # The children drain at the same time as this process, not after it.
+        top.drains.append(supervisor.stopService)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
     _on_hangup_reload(on_hangup, dispatcher)
     control = ControlService(reactor, config.control_socket(), dispatcher)

@@ -112,6 +112,46 @@ class DrainTests(SynchronousTestCase):
         self.assertIn(b"second half", messages[0])
 
 
+class ProcessesDrainTests(SynchronousTestCase):
+    """
+    With two processes, SIGTERM to the first drains the sessions of both at once: every
+    message in progress is finished and acknowledged.
+    """
+
+    def setUp(self) -> None:
+        self.daemon = Daemon(
+            Path(self.mktemp()), server_extra="processes = 2\ndrain_timeout = 25.0"
+        )
+        self.addCleanup(self.daemon.stop)
+        self.daemon.start()
+        _wait_for(lambda: "Started process" in self.daemon.log(), "the child")
+
+    def test_sigterm_drains_every_process(self) -> None:
+        """
+        See the class docstring.
+        """
+        sessions = []
+        for _ in range(6):
+            session = _Session(self.daemon.mx_port)
+            self.addCleanup(session.close)
+            self.assertEqual(session.reply()[0], 220)
+            self.assertEqual(session.command("EHLO client.example")[0], 250)
+            self.assertEqual(session.command("MAIL FROM:<someone@elsewhere.test>")[0], 250)
+            self.assertEqual(session.command("RCPT TO:<alice@example.test>")[0], 250)
+            self.assertEqual(session.command("DATA")[0], 354)
+            session.send(b"Subject: drained\r\n\r\nfirst half\r\n")
+            sessions.append(session)
+        assert self.daemon.process is not None
+        self.daemon.process.send_signal(signal.SIGTERM)
+        _wait_for(lambda: "Shutting down: waiting up to" in self.daemon.log(), "the drain")
+        for session in sessions:
+            session.send(b"second half\r\n.\r\n")
+            self.assertEqual(session.reply()[0], 250)
+            code, text = session.reply()
+            self.assertEqual((code, text[4:9]), (421, "4.3.2"))
+        self.assertEqual(self.daemon.process.wait(_WAIT), -signal.SIGTERM)
+
+
 class ReloadTests(SynchronousTestCase):
     """
     Reloads while clients send mail, and the accounts file watched on its timer.
