@@ -88,7 +88,7 @@ def serve(kind: str, accounts: Path) -> None:
             raise AssertionError("no password checks here")
 
         directory = CachedDirectory(
-            FileDirectory(accounts, reactor, no_run),  # type: ignore[arg-type]
+            FileDirectory(accounts, no_run),  # type: ignore[arg-type]
             reactor,  # type: ignore[arg-type]
             ttl=60.0,
             negative_ttl=5.0,

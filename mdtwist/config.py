@@ -84,11 +84,14 @@ class ServerConfig:
         share the SMTP listeners (see L{mdtwist.shards}).
     @ivar postmaster: the mailbox that receives mail for C{postmaster} (bare and at every
         local domain) unless an account has that address itself; L{None}: not set.
+    @ivar drain_timeout: seconds a stopping server gives its SMTP sessions to finish the
+        message they are receiving (see L{mdtwist.drain}).
     """
 
     hostname: str
     processes: int = 1
     postmaster: str | None = None
+    drain_timeout: float = 30.0
 
 
 @attrs.frozen
@@ -219,7 +222,7 @@ class LDAPAttributes:
     """
 
     mail: str = "mail"
-    alias: str = "mailAlternateAddress"
+    alias: str = "mailLocalAddress"
     display_name: str = "cn"
     first_name: str = "givenName"
     last_name: str = "sn"
@@ -248,9 +251,7 @@ class LDAPConfig:
     ca_file: Path | None = None
     bind_dn: str = ""
     bind_password: Secret | None = None
-    filter: str = (
-        "(&(objectClass=inetOrgPerson)(|(mail={address})(mailAlternateAddress={address})))"
-    )
+    filter: str = "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})))"
     auth_filter: str = "(&(objectClass=inetOrgPerson)(|(uid={login})(mail={login})))"
     auth_method: LDAPAuthMethod = LDAPAuthMethod.BIND
     disabled_values: frozenset[str] = frozenset({"disabled", "false", "0", "no", "inactive"})
@@ -724,7 +725,25 @@ class _ParseOnlyReactor:
         raise NotImplementedError("a parse-only reactor resolves nothing")
 
 
+def _check_systemd_endpoint(reader: _Reader, key: str, description: str) -> None:
+    # Outside systemd (no LISTEN_FDS: "--check", "mdtwistctl check") no socket was handed
+    # over, so only the form of a systemd: endpoint can be checked.
+    options = dict(part.partition("=")[::2] for part in description.split(":")[1:])
+    unknown = sorted(set(options) - {"domain", "index", "name"})
+    if unknown or options.get("domain") not in ("INET", "INET6", "UNIX"):
+        reader.problem(
+            key, "a systemd: endpoint takes domain=INET|INET6|UNIX and index=N or name=NAME"
+        )
+    elif ("index" in options) == ("name" in options):
+        reader.problem(key, "a systemd: endpoint takes either index=N or name=NAME")
+    elif "index" in options and not options["index"].isdigit():
+        reader.problem(key, "index must be a number (0 for the first socket)")
+
+
 def _check_endpoint(reader: _Reader, key: str, description: str) -> None:
+    if description.startswith("systemd:") and "LISTEN_FDS" not in os.environ:
+        _check_systemd_endpoint(reader, key, description)
+        return
     try:
         endpoint = serverFromString(_ParseOnlyReactor(), description)
     except Exception as e:  # Twisted's parsers raise many kinds; each is a config problem.
@@ -757,7 +776,9 @@ MAX_PROCESSES = 64
 
 
 def _server(reader: _Reader, top: _Table) -> ServerConfig:
-    table = top.subtable("server", {"hostname", "processes", "postmaster"}, required=True)
+    table = top.subtable(
+        "server", {"hostname", "processes", "postmaster", "drain_timeout"}, required=True
+    )
     if table is None:
         return ServerConfig(hostname="")
     processes = table.positive("processes", int, 1)
@@ -772,6 +793,7 @@ def _server(reader: _Reader, top: _Table) -> ServerConfig:
         hostname=table.string("hostname", empty_ok=False),
         processes=processes,
         postmaster=postmaster,
+        drain_timeout=table.positive("drain_timeout", float, ServerConfig("").drain_timeout),
     )
 
 
@@ -1439,6 +1461,24 @@ def _control(reader: _Reader, top: _Table) -> ControlConfig:
             table.key("socket"), f"{socket} is longer than {MAX_SOCKET_PATH} bytes (UNIX socket)"
         )
     return ControlConfig(socket=socket)
+
+
+#: The configuration files tried, in this order, when none is named (C{twistd mdtwist} and
+#: C{mdtwistctl} without C{--config}).
+DEFAULT_CONFIG_FILES = (Path("etc/mdtwist.toml"), Path("/etc/mdtwist/mdtwist.toml"))
+
+
+def default_config_file(candidates: tuple[Path, ...] = DEFAULT_CONFIG_FILES) -> Path:
+    """
+    Find the configuration file to use when none is named.
+
+    @param candidates: the files tried, in order.
+    @return: the first that exists, or the first of all (so that the error names it).
+    """
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[0]
 
 
 def load_locations(path: str | os.PathLike[str]) -> tuple[Path, Path]:

@@ -2,10 +2,13 @@
 """
 Builds the service tree from the configuration and hands every object its collaborators.
 
-Children start in the order they are added and stop in the reverse order, so the listeners stop
-first, then the queue runner, then the spool is closed, and the thread pools go last:
+The top service is a L{mdtwist.drain.ServerTree}: on stop it first drains the SMTP sessions
+(within C{server.drain_timeout}), then stops its children. Children start in the order they
+are added and stop in the reverse order, so the listeners stop first, then the queue runner,
+then the spool is closed, and the thread pools go last:
 
     spool-lock           the exclusive lock of this process's spool directory (twistd only)
+    accounts-watch       re-reads the accounts file when it changes (file backend only)
     directory            ThreadPoolService: LDAP calls and password hashing
     spool-io             ThreadPoolService with one thread: the spool's only writer
     spool-read           ThreadPoolService: message loads on read-only connections
@@ -45,7 +48,6 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     clientFromString,
-    serverFromString,
 )
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -90,8 +92,10 @@ from mdtwist.dequeue.release import (
     register_release_command,
 )
 from mdtwist.directory.cache import CachedDirectory, Reloadable
-from mdtwist.directory.file import FileDirectory
+from mdtwist.directory.file import AccountsWatch, FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
+from mdtwist.drain import GRACE as DRAIN_GRACE
+from mdtwist.drain import ServerTree, SessionDrain
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory, ISharingLookup
 from mdtwist.login_limits import LoginLimits
@@ -132,7 +136,7 @@ from mdtwist.smtp.tls import ReloadableTLS
 from mdtwist.spool.lock import SpoolLock, SpoolLocked
 from mdtwist.spool.model import Queue, QueuedMessage, QueueEntry
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
-from mdtwist.startup import RequiredListener
+from mdtwist.startup import RequiredListener, server_endpoint
 from mdtwist.threadpool import ThreadPoolService
 
 _log = Logger()
@@ -205,13 +209,16 @@ def build_directory(
             raise ConfigError(
                 [f"{config.path}: directory.file.path: cannot read {path}: {e.strerror}"]
             ) from None
-        backend = FileDirectory(
-            settings.file.path, reactor, run, check_interval=settings.file.check_interval
-        )
+        backend = FileDirectory(settings.file.path, run)
     cache = settings.cache
-    return CachedDirectory(
+    cached = CachedDirectory(
         backend, reactor, ttl=cache.ttl, negative_ttl=cache.negative_ttl, size=cache.size
     )
+    if isinstance(backend, FileDirectory):
+        assert settings.file is not None
+        interval = settings.file.check_interval
+        AccountsWatch(backend.check, cached.forget, reactor, interval).setServiceParent(parent)
+    return cached
 
 
 def take_spool_lock(config: Config, shard: int = 0) -> SpoolLock:
@@ -543,7 +550,7 @@ def make_service(
     @raise ConfigError: when a part cannot be built (a bad accounts file, an unusable spool,
         a certificate that does not load, a spool locked by another server).
     """
-    top = MultiService()
+    top = ServerTree()
     top.setName("mdtwist")
     if lock_spool:
         # The first child, so the last to stop: the lock is held until the spool is closed.
@@ -583,7 +590,9 @@ def make_service(
     runner.setServiceParent(top)
     if config.minger.enable and shard == 0:
         build_minger_server(config, reactor, directory).setServiceParent(top)
-    reloaders = [directory.reload] if isinstance(directory, Reloadable) else []
+    reloaders: list[Callable[[], Sequence[str]]] = []
+    if isinstance(directory, Reloadable):
+        reloaders.append(directory.reload)
     tls = None
     if config.tls is not None:
         tls = ReloadableTLS(config.tls.certificate, config.tls.private_key)
@@ -622,6 +631,8 @@ def make_service(
         )
         for listen in config.smtp.listen
     ]
+    # On stop, the sessions finish their messages (within a bound) before anything stops.
+    top.drains.append(SessionDrain(factories, reactor, config.server.drain_timeout))
     # Features register their control commands here (see mdtwist.control).
     registry = ControlRegistry()
     register_basics(
@@ -654,13 +665,13 @@ def make_service(
         if processes > 1:
             shared.append((_checked_spec(listen_spec(listen.endpoint)), factory))
             continue
-        endpoint = serverFromString(reactor, listen.endpoint)
+        endpoint = server_endpoint(reactor, listen.endpoint)
         listener = RequiredListener(
             endpoint, factory, key=f"smtp.listen[{i}].endpoint", description=listen.endpoint
         )
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
-    add_http(config, reactor, directory, portal, tls, top)
+    add_http(config, reactor, directory, portal, tls, top, reloaders)
     links = ChildLinks(reactor, [spec.shard for spec in children])
     if children:
         config_path = str(config.path.absolute())
@@ -671,9 +682,13 @@ def make_service(
             lambda spec, sockets: child_argv(config_path, spec, sockets, argv),
             link=links.attach,
             drained=links.finished,
+            # A child drains its own sessions first (see mdtwist.drain).
+            stop_grace=config.server.drain_timeout + DRAIN_GRACE + 5.0,
         )
         supervisor.setName("shards")
         supervisor.setServiceParent(top)
+        # The children drain at the same time as this process, not after it.
+        top.drains.append(supervisor.stopService)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
     first.append(dispatcher)
     register_release_command(registry, provider.release_targets, release)
@@ -720,7 +735,7 @@ def _add_odmr_listener(
     )
     description = config.provider.odmr_listen
     listener = RequiredListener(
-        serverFromString(reactor, description),
+        server_endpoint(reactor, description),
         factory,
         key="provider.odmr_listen",
         description=description,
@@ -943,6 +958,7 @@ def add_http(
     portal: LoginPortal,
     tls: IOpenSSLServerConnectionCreator | None,
     top: MultiService,
+    reloaders: list[Callable[[], Sequence[str]]] | None = None,
 ) -> None:
     """
     Add the HTTP(S) listeners of client settings, autoconfig and Autodiscover.
@@ -956,6 +972,7 @@ def add_http(
     @param portal: the login portal (HTTP Basic logins, service C{"http"}).
     @param tls: the C{[tls]} context, for listeners with C{tls = true}.
     @param top: the service tree.
+    @param reloaders: gets the reload of the client settings (C{mdtwistctl reload}, SIGHUP).
     """
     if not config.http.listen:
         return
@@ -965,6 +982,8 @@ def add_http(
         server_facts(config, socket.gethostname()),
         Policy(push_enabled=settings.push_enabled, allow_override=settings.allow_override),
     )
+    if reloaders is not None:
+        reloaders.append(source.refresh)
     pool = ThreadPoolService(reactor, "settings-io", 1)
     pool.setServiceParent(top)
     try:
@@ -996,7 +1015,7 @@ def add_http(
             assert tls is not None
             factory = TLSMemoryBIOFactory(tls, False, site)
         service = RequiredListener(
-            serverFromString(reactor, listen.endpoint),
+            server_endpoint(reactor, listen.endpoint),
             factory,
             key=f"http.listen[{i}].endpoint",
             description=listen.endpoint,
