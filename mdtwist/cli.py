@@ -12,6 +12,8 @@ Commands:
   - C{mdtwistctl status [--json]}: the running server's version, processes, listeners and queue
     counts;
   - C{mdtwistctl hash-password}: read a password, print its argon2id hash;
+  - C{mdtwistctl check [--ldap]}: the configuration, accounts and TLS files, and with
+    C{--ldap} the LDAP directory (L{mdtwist.check});
   - C{mdtwistctl minger query ...} and C{mdtwistctl sharing check|cache ...}: see
     L{mdtwist.sharing.commands};
   - C{mdtwistctl settings ...}: the client settings (L{mdtwist.settings.cli});
@@ -42,7 +44,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from mdtwist.config import load_locations
+from mdtwist import check
+from mdtwist.config import DEFAULT_CONFIG_FILES, default_config_file, load_locations
 from mdtwist.control.client import ControlClientError, call
 from mdtwist.control.commands import QueueRun, Reload, Status
 from mdtwist.directory.passwords import hash_password
@@ -63,7 +66,7 @@ from mdtwist.spool.store import (
 _PROGRAM = "mdtwistctl"
 
 #: The configuration files tried, in this order, without C{--config}.
-DEFAULT_CONFIGS = (Path("etc/mdtwist.toml"), Path("/etc/mdtwist/mdtwist.toml"))
+DEFAULT_CONFIGS = DEFAULT_CONFIG_FILES
 
 
 class _CommandError(Exception):
@@ -112,6 +115,13 @@ def main(
             _status(locations.socket(), options.json, stdout, stderr)
         elif options.command == "hash-password":
             _hash_password(stdin, stdout)
+        elif options.command == "check":
+            path = (
+                Path(options.config)
+                if options.config
+                else default_config_file(tuple(default_configs))
+            )
+            return check.run(path, options.ldap, stdout)
         elif options.command in ("minger", "sharing"):
             status = run_sharing_command(options, stdout, stderr)
             if status is None:
@@ -198,6 +208,19 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     commands.add_parser(
         "hash-password", help="read a password from standard input and print its hash"
+    )
+    checking = commands.add_parser(
+        "check",
+        help="check the configuration, the accounts file and the TLS files"
+        " (and with --ldap the directory)",
+        description="Check the configuration as the server would use it. Problems are"
+        " printed as FILE: KEY: REASON and make the exit status 1.",
+    )
+    checking.add_argument(
+        "--ldap",
+        action="store_true",
+        help="also bind to the configured LDAP directory and search it: the base DN, the"
+        " schema's attributes and object classes, what the bind DN can read",
     )
     add_sharing_commands(commands)
     settings_cli.add_parser(commands)
