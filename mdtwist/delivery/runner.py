@@ -362,7 +362,7 @@ class QueueRunner(Service):
             results = await self._attempt(message, where)
             now = self._clock.seconds()
             outcome = self.conclude(message, results, now)
-            self._log_results(message, outcome, where, {r.position for r in results}, now)
+            self.log_attempt(message, results, outcome, now, where)
             if outcome.park is not None:
                 maillog.parked(queue_id=queue_id, reason=outcome.park)
             removed = await self._spool.record(
@@ -684,16 +684,29 @@ class QueueRunner(Service):
             diagnostic = f"delivery time expired; last error: {last}"
         return RecipientResult(position, _FAILED, "4.4.7", diagnostic, remote_mta)
 
-    def _log_results(
+    def log_attempt(
         self,
         message: QueuedMessage,
+        results: Sequence[RecipientResult],
         outcome: AttemptOutcome,
-        where: dict[int, _Where],
-        attempted: set[int],
         now: float,
+        where: dict[int, _Where] | None = None,
     ) -> None:
-        # One mail-log line per recipient attempted (or expired) in this attempt; one that
-        # expired without being attempted now (held, no remote delivery) counts no attempt.
+        """
+        Write the mail-log lines of an attempt (L{mdtwist.maillog.delivery} per recipient,
+        then the notice, if any): for the queue runner's own attempts, and for deliveries made
+        elsewhere and concluded with L{conclude} (a gateway's ETRN or ATRN).
+
+        @param message: the message as it was before the attempt.
+        @param results: the results of the attempt, as given to L{conclude}.
+        @param outcome: what L{conclude} made of them.
+        @param now: the time after the attempt.
+        @param where: for local copies, the agent and the mailbox an address led to.
+        """
+        # A recipient that expired without being attempted now (held, no remote delivery)
+        # counts no attempt.
+        attempted = {r.position for r in results}
+        where = {} if where is None else where
         recipients = message.envelope.recipients
         delay = now - message.envelope.arrival
         for result in outcome.results:
