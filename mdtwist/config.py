@@ -134,6 +134,8 @@ class SMTPConfig:
         reply it must wait for (RFC 2920; Postfix's C{smtpd_forbid_unauth_pipelining}).
     @ivar max_sessions: concurrent sessions per process over all listeners; more are greeted
         with C{421 4.3.2} (100, as Postfix's C{default_process_limit}).
+    @ivar reverse_lookup: look up each client's name (a PTR record that leads back to the
+        address) for the mail log.
     @ivar dsn: how the DSN requests of clients that neither authenticated nor are in a
         trusted network are honoured.
     """
@@ -154,6 +156,7 @@ class SMTPConfig:
     max_text_line: int = 1000
     forbid_unauth_pipelining: bool = True
     max_sessions: int = 100
+    reverse_lookup: bool = False
     dsn: DSNRequests = DSNRequests.LIMITED
 
 
@@ -822,6 +825,7 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
             "allow_plaintext_auth",
             "forbid_unauth_pipelining",
             "dsn",
+            "reverse_lookup",
             *_SMTP_LIMITS,
         },
     )
@@ -863,6 +867,7 @@ def _smtp(reader: _Reader, top: _Table) -> SMTPConfig:
         allow_plaintext_auth=table.value("allow_plaintext_auth", bool, False),
         forbid_unauth_pipelining=table.value("forbid_unauth_pipelining", bool, True),
         dsn=table.choice("dsn", DSNRequests, DSNRequests.LIMITED),
+        reverse_lookup=table.value("reverse_lookup", bool, False),
         **limits,
     )
 

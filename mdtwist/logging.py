@@ -13,7 +13,10 @@ For JSON::
 
 Event fields use a fixed vocabulary: C{session}, C{peer}, C{listener}, C{helo}, C{tls}, C{user},
 C{mail_from}, C{rcpt}, C{code}, C{enhanced}, C{queue_id}, C{msg_size}, C{mx}, C{attempt},
-C{dn}, C{elapsed_ms}, C{status}, C{detail}. Passwords, SASL payloads and message bodies never
+C{dn}, C{elapsed_ms}, C{status}, C{detail}; the mail log (L{mdtwist.maillog}, whose lines
+C{docs/mail-log.md} lists) adds C{client}, C{client_name}, C{tls_version}, C{tls_cipher},
+C{command}, C{reason}, C{nrcpt}, C{message_id}, C{mailbox}, C{relay}, C{relay_address},
+C{delay}, C{next_attempt}. Passwords, SASL payloads and message bodies never
 appear in any field. A value the client chose (a login, an EHLO name, an address) goes into a
 field through L{escape_text}, so that no CR, LF or other control character of the client's can
 start a forged line or hide text in the log.
@@ -31,15 +34,23 @@ With C{server.processes} above 1 the child processes log to the same output as t
 child has its shard number in the environment (L{SHARD_VARIABLE}, set by the first process),
 and both observers mark its events with it: text lines as C{[shard-2 namespace#info]}, JSON
 events with a C{shard} field. The first process's lines are unchanged.
+
+Both observers leave out Twisted's chatter about the short-lived UDP ports of DNS and Minger
+queries (C{DNSDatagramProtocol starting on 40123}, C{(UDP Port 40123 Closed)}: two lines per
+query that say nothing to an administrator) and AMP's "connection established" and
+"connection lost" for every control connection (each C{mdtwistctl} command); see
+L{is_chatter}. The mail log of a message is in L{mdtwist.maillog}.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import string
 import sys
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
 
+from twisted.internet.protocol import Factory
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -67,6 +78,37 @@ _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 #: The environment variable in which a child process finds its spool shard (internal).
 SHARD_VARIABLE = "MDTWIST_SHARD"
 
+#: The text of the legacy lines L{is_chatter} recognises: Twisted's UDP port opened and
+#: closed for each DNS query (C{DNSDatagramProtocol}) or Minger lookup (C{_Exchange}).
+_CHATTER = re.compile(r"(?:DNSDatagramProtocol|_Exchange) starting on \d+|\(UDP Port \d+ Closed\)")
+
+
+#: The formats of the events L{is_chatter} may leave out, and the namespace each comes from.
+CHATTER_FORMATS = {
+    "{log_text}": "log_legacy",
+    "{cls} connection established (HOST:{host} PEER:{peer})": "twisted.protocols.amp",
+    "{cls} connection lost (HOST:{host} PEER:{peer})": "twisted.protocols.amp",
+}
+
+
+def is_chatter(event: LogEvent) -> bool:
+    """
+    Whether an event is library chatter the observers leave out: Twisted's unconditional
+    lines about the UDP port each DNS query or Minger lookup opens and closes, and AMP's
+    line for each connection made and lost (the control channel's).
+
+    @param event: the event.
+    @return: C{True} for such a line.
+    """
+    log_format = event.get("log_format")
+    namespace = CHATTER_FORMATS.get(log_format) if isinstance(log_format, str) else None
+    if namespace is None or event.get("log_namespace") != namespace:
+        return False
+    if namespace != "log_legacy":
+        return True
+    text = event.get("log_text")
+    return isinstance(text, str) and _CHATTER.fullmatch(text) is not None
+
 
 def escape_text(value: str) -> str:
     r"""
@@ -77,6 +119,21 @@ def escape_text(value: str) -> str:
     @return: the text with every control character escaped.
     """
     return value.translate(_CONTROLS)
+
+
+_F = TypeVar("_F", bound="Factory[Any]")
+
+
+def quiet(factory: _F) -> _F:
+    """
+    Make a factory quiet: no "Starting factory" and "Stopping factory" lines, which Twisted
+    writes for every outbound connection a plain factory makes.
+
+    @param factory: the factory, such as C{Factory.forProtocol(...)}.
+    @return: the same factory.
+    """
+    factory.noisy = False
+    return factory
 
 
 def child_shard() -> int | None:
@@ -100,7 +157,19 @@ def json_observer(stream: TextIO | None = None) -> ILogObserver:
         stream if stream is not None else sys.stdout, recordSeparator=""
     )
     shard = child_shard()
-    return observer if shard is None else _ShardTagged(observer, shard)
+    return _Quiet(observer if shard is None else _ShardTagged(observer, shard))
+
+
+@implementer(ILogObserver)
+class _Quiet:
+    # Passes each event on, except library chatter (is_chatter).
+
+    def __init__(self, observer: ILogObserver) -> None:
+        self._observer = observer
+
+    def __call__(self, event: LogEvent) -> None:
+        if not is_chatter(event):
+            self._observer(event)
 
 
 @implementer(ILogObserver)
@@ -187,6 +256,8 @@ class TextObserver:
         """
         text = None
         log_format = event.get("log_format")
+        if log_format.__class__ is str and log_format in CHATTER_FORMATS and is_chatter(event):
+            return
         if (
             log_format.__class__ is str
             and "log_failure" not in event

@@ -493,7 +493,21 @@ def smtp_factory(
         dsn_untrusted=None if smtp.dsn is DSNRequests.HONOUR else smtp.dsn,
         trusted=policy.trusted,
         commands=commands,
+        reverse_name=reverse_names(config, reactor) if smtp.reverse_lookup else None,
     )
+
+
+def reverse_names(config: Config, reactor: Any) -> Callable[[str], Deferred[str | None]]:
+    """
+    Build the lookup of client names for the mail log (C{smtp.reverse_lookup}), asking the
+    DNS servers of C{[outbound]}.
+
+    @param config: the configuration.
+    @param reactor: the reactor (UDP for DNS, the clock).
+    @return: finds the forward-confirmed name of a client address.
+    """
+    servers = [_checked(parse_host_port(t)) for t in config.outbound.dns_servers] or None
+    return MXResolver(make_resolver(servers, reactor), reactor).reverse_name
 
 
 def login_portal(config: Config, directory: IDirectory, reactor: Any) -> LoginPortal:

@@ -17,6 +17,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
+from mdtwist import maillog
 from mdtwist.config import Config, config_warnings, default_config_file, load_config
 from mdtwist.errors import ConfigError
 from mdtwist.privileges import Owner, hand_over, service_owner
@@ -133,6 +134,8 @@ def makeService(options: Options) -> IService:  # noqa: N802 - the name twistd c
     """
     from twisted.internet import reactor
 
+    # The first line twistd writes once logging starts names the version.
+    maillog.started()
     # A listener that cannot open stops start-up with one line, not a traceback.
     one_line_startup_errors()
     owner = service_owner(getattr(options, "parent", None), os.geteuid())

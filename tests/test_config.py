@@ -501,6 +501,20 @@ class ConfigTests(SynchronousTestCase):
             ["smtp.forbid_unauth_pipelining: expected true or false, got a string"],
         )
 
+    def test_reverse_lookup_switch(self) -> None:
+        """
+        C{smtp.reverse_lookup} is off unless switched on; a value that is not a boolean is
+        named.
+        """
+        self.assertIs(load_config(self.write(GOOD)).smtp.reverse_lookup, False)
+        smtp = '[[smtp.listen]]\nendpoint = "tcp:2525:interface=127.0.0.1"\nmode = "mx"\n'
+        on = GOOD.replace(smtp, "[smtp]\nreverse_lookup = true\n\n" + smtp)
+        self.assertIs(load_config(self.write(on)).smtp.reverse_lookup, True)
+        self.assertEqual(
+            self.problems(on.replace("= true", "= 1")),
+            ["smtp.reverse_lookup: expected true or false, got an integer"],
+        )
+
     def test_hardening_keys(self) -> None:
         """
         C{smtp.max_sessions} (default 100), C{smtp.dsn} (default C{limited}) and each

@@ -10,8 +10,11 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import cast
 
 from twisted.application.app import ServerOptions
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -24,6 +27,7 @@ from twisted.logger import (
     formatTime,
     textFileLogObserver,
 )
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.python.log import LogPublisher as LegacyLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -31,6 +35,7 @@ from zope.interface.verify import verifyObject
 
 import mdtwist.logging
 from mdtwist.logging import TextObserver, escape_text, json_observer, text_observer
+from tests.support.logs import capture_logs
 
 
 class JSONObserverTests(SynchronousTestCase):
@@ -403,3 +408,85 @@ class EscapeTextTests(SynchronousTestCase):
         )
         self.assertEqual(stream.getvalue().count("\n"), 1)
         self.assertIn("a\\x0d\\x0a2026", stream.getvalue())
+
+
+class ChatterTests(SynchronousTestCase):
+    """
+    Twisted's lines about the short-lived UDP ports of DNS and Minger queries are left out;
+    other legacy lines, such as a listener's port, are kept.
+    """
+
+    def emit(self, observer: ILogObserver, *texts: str) -> None:
+        publisher = LogPublisher(observer)
+        legacy = LegacyLogPublisher(observerPublisher=publisher, publishPublisher=publisher)
+        for text in texts:
+            legacy.msg(text)
+
+    def test_is_chatter(self) -> None:
+        """
+        The port lines of DNS and Minger queries are chatter; a listener's line and an event
+        of ours with the same words are not.
+        """
+        seen: list[LogEvent] = []
+        self.emit(
+            cast(ILogObserver, seen.append),
+            "DNSDatagramProtocol starting on 40123",
+            "(UDP Port 40123 Closed)",
+            "_Exchange starting on 5123",
+            "SMTPServerFactory starting on 2525",
+            "(TCP Port 2525 Closed)",
+        )
+        self.assertEqual(
+            [mdtwist.logging.is_chatter(e) for e in seen], [True, True, True, False, False]
+        )
+        ours = {"log_format": "{log_text}", "log_text": "(UDP Port 1 Closed)"}
+        self.assertFalse(mdtwist.logging.is_chatter({**ours, "log_namespace": "mdtwist"}))
+
+    def test_observers_leave_it_out(self) -> None:
+        """
+        Neither the text nor the JSON observer writes chatter.
+        """
+        for make in (text_observer, json_observer):
+            stream = io.StringIO()
+            self.emit(
+                make(stream),
+                "DNSDatagramProtocol starting on 40123",
+                "SMTPServerFactory starting on 2525",
+                "(UDP Port 40123 Closed)",
+            )
+            self.assertEqual(len(stream.getvalue().splitlines()), 1, stream.getvalue())
+            self.assertIn("SMTPServerFactory starting on 2525", stream.getvalue())
+
+    def test_quiet(self) -> None:
+        """
+        A quiet factory writes no "Starting factory" line when it starts; a plain one does.
+        """
+        events = capture_logs(self)
+        factory = mdtwist.logging.quiet(Factory.forProtocol(Protocol))
+        factory.doStart()
+        factory.doStop()
+        plain = Factory.forProtocol(Protocol)
+        plain.doStart()
+        plain.doStop()
+        starts = [e for e in events if e.get("log_format") == "Starting factory {factory!r}"]
+        self.assertEqual([e["factory"] for e in starts], [plain])
+
+    def test_amp_connections(self) -> None:
+        """
+        AMP's lines for each connection made and lost are chatter; other AMP events are not.
+        """
+        events = capture_logs(self)
+        protocol = amp.AMP()
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.connectionLost(Failure(ConnectionError("gone")))
+        mine = [e for e in events if e.get("log_namespace") == "twisted.protocols.amp"]
+        self.assertEqual(len(mine), 2)
+        self.assertEqual([mdtwist.logging.is_chatter(e) for e in mine], [True, True])
+        stream = io.StringIO()
+        observer = text_observer(stream)
+        for event in mine:
+            observer(event)
+        self.assertEqual(stream.getvalue(), "")
+        other = {**mine[0], "log_format": "{cls} did something else"}
+        self.assertFalse(mdtwist.logging.is_chatter(other))

@@ -41,6 +41,8 @@ CHILD_TIMEOUT = 30.0
 class _Given(Factory):
     # Hands out one protocol made beforehand (the reactor adopts one connection with it).
 
+    noisy = False
+
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
 

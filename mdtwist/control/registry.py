@@ -236,6 +236,9 @@ class ControlFactory(Factory):
     Makes the protocol of each control socket connection.
     """
 
+    #: No "Starting factory" lines: the control service says when the socket is open.
+    noisy = False
+
     def __init__(self, dispatcher: ControlDispatcher) -> None:
         """
         @param dispatcher: carries the commands out.

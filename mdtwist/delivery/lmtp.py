@@ -37,6 +37,7 @@ from mdtwist.delivery.local import (
 )
 from mdtwist.directory.model import Account
 from mdtwist.envelope import Recipient
+from mdtwist.logging import quiet
 from mdtwist.smtp.client import ClientTimeouts, DeliveryReport, Destination, SMTPClientProtocol
 from mdtwist.smtp.core.client import (
     ClientCore,
@@ -62,22 +63,26 @@ class LMTPServer(Destination):
         return f"LMTP {self.host}"
 
 
-def result_of(outcome: RecipientOutcome) -> DeliveryResult:
+def result_of(outcome: RecipientOutcome, server: str = "server") -> DeliveryResult:
     """
     Turn the verdict of the LMTP session on the recipient into a delivery result.
 
     @param outcome: the verdict.
+    @param server: names the LMTP server (its endpoint), for the result's C{relay}.
     @return: delivered for 2xx, permanent for 5xx (or a permanent check before MAIL),
         temporary for everything else (always with a C{4.x.x} code).
     """
+    relay = f"lmtp:{server}"
     if outcome.status is RecipientStatus.DELIVERED:
-        return DeliveryResult(DeliveryStatus.DELIVERED, outcome.enhanced, "delivered over LMTP")
+        return DeliveryResult(
+            DeliveryStatus.DELIVERED, outcome.enhanced, "delivered over LMTP", relay
+        )
     code = "" if outcome.code is None else f"{outcome.code} "
     reason = f"LMTP {outcome.phase.value}: {code}{outcome.text}"[:300]
     if outcome.status is RecipientStatus.PERMANENT:
-        return DeliveryResult(DeliveryStatus.PERMANENT, outcome.enhanced, reason)
+        return DeliveryResult(DeliveryStatus.PERMANENT, outcome.enhanced, reason, relay)
     enhanced = outcome.enhanced if outcome.enhanced.startswith("4.") else "4.0.0"
-    return DeliveryResult(DeliveryStatus.TEMPORARY, enhanced, reason)
+    return DeliveryResult(DeliveryStatus.TEMPORARY, enhanced, reason, relay)
 
 
 def _no_tls() -> IOpenSSLClientConnectionCreator:
@@ -126,7 +131,7 @@ class LMTPSession(SMTPClientProtocol):
     def _done(self, report: DeliveryReport) -> None:
         [transaction] = report.transactions
         [outcome] = transaction.recipients
-        self.result.callback(result_of(outcome))
+        self.result.callback(result_of(outcome, self.destination.host))
         self.quit()
 
 
@@ -193,7 +198,7 @@ class LMTPDelivery:
         except ValueError as e:
             result = DeliveryResult(DeliveryStatus.PERMANENT, "5.1.3", f"LMTP: {e}")
             return succeed(result)
-        connecting = self._endpoint().connect(Factory.forProtocol(lambda: session))
+        connecting = self._endpoint().connect(quiet(Factory.forProtocol(lambda: session)))
 
         def refused(reason: Failure) -> DeliveryResult:
             log.warn(
@@ -201,7 +206,10 @@ class LMTPDelivery:
                 rcpt=recipient,
                 error=reason.getErrorMessage(),
             )
-            return DeliveryResult(DeliveryStatus.TEMPORARY, "4.4.1", "LMTP server unreachable")
+            relay = f"lmtp:{self._server}"
+            return DeliveryResult(
+                DeliveryStatus.TEMPORARY, "4.4.1", "LMTP server unreachable", relay
+            )
 
         def connected(_: object) -> Deferred[DeliveryResult]:
             return session.result

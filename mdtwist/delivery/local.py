@@ -68,11 +68,14 @@ class DeliveryResult:
     @ivar status: delivered, or a temporary or permanent failure.
     @ivar enhanced: the enhanced status code (C{2.0.0}, C{4.3.1}, C{5.2.1}).
     @ivar reason: a short explanation for logs and bounces; never message content.
+    @ivar relay: where the copy went, for the mail log (C{local} for a Maildir, C{lmtp:...}
+        for an LMTP server).
     """
 
     status: DeliveryStatus
     enhanced: str
     reason: str = ""
+    relay: str = "local"
 
 
 _DELIVERED_TO = b"delivered-to:"

@@ -50,6 +50,7 @@ from mdtwist.delivery.hosts import MXHost, MXResult, MXResultKind
 
 __all__ = [
     "MAX_CNAME_HOPS",
+    "MAX_PTR_NAMES",
     "AddressPolicy",
     "MXHost",
     "MXResolver",
@@ -64,6 +65,9 @@ log = Logger()
 
 #: How many CNAMEs are followed before the chain counts as broken.
 MAX_CNAME_HOPS = 8
+
+#: How many names of a client's PTR records L{MXResolver.reverse_name} checks at most.
+MAX_PTR_NAMES = 4
 
 #: The default retransmission timeouts (seconds) of one query, as C{twisted.names} takes them.
 DEFAULT_TIMEOUT = (1, 3, 5)
@@ -137,8 +141,27 @@ def make_resolver(
     if not timeout or any(t <= 0 for t in timeout):
         raise ValueError(f"DNS timeouts must be positive seconds, got {tuple(timeout)!r}")
     chosen = list(servers) if servers else read_resolv_conf(resolv_conf)
-    resolver: IResolver = client.Resolver(servers=chosen, timeout=tuple(timeout), reactor=reactor)
+    resolver: IResolver = client.Resolver(
+        servers=chosen, timeout=tuple(timeout), reactor=_QuietUDP(reactor)
+    )
     return resolver
+
+
+class _QuietUDP:
+    # The reactor as the DNS client sees it: the datagram protocol it starts for each query
+    # does not log "Starting protocol" and "Stopping protocol".
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenUDP(  # noqa: N802 - IReactorUDP's name
+        self, port: int, protocol: Any, interface: str = "", max_packet_size: int = 8192
+    ) -> Any:
+        protocol.noisy = False
+        return self._reactor.listenUDP(port, protocol, interface, max_packet_size)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -227,6 +250,41 @@ class MXResolver:
         if literal is not None:
             return succeed(literal)  # a smart host given as [address]: once per message
         return Deferred.fromCoroutine(self._resolve_address(name))
+
+    def reverse_name(self, address: str) -> Deferred[str | None]:
+        """
+        The name of a client address, for the mail log: the first name of its PTR records
+        whose own address records include the address (forward-confirmed, as Postfix does;
+        a name that does not lead back is not trusted). At most L{MAX_PTR_NAMES} names are
+        checked.
+
+        @param address: an IPv4 or IPv6 address.
+        @return: a Deferred that fires with the name (lower case, no trailing dot), or with
+            L{None} when there is none, it does not lead back, or DNS cannot answer; it does
+            not fail.
+        """
+        return Deferred.fromCoroutine(self._reverse_name(address))
+
+    async def _reverse_name(self, address: str) -> str | None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        kind = dns.A if ip.version == 4 else dns.AAAA
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        try:
+            pointers = await self._records(ip.reverse_pointer, dns.PTR)
+        except (_NoDomain, _Temporary):
+            return None
+        for record in pointers[:MAX_PTR_NAMES]:
+            name = _name(record.name.name)
+            try:
+                forward = await self._records(name, kind)
+            except (_NoDomain, _Temporary):
+                continue
+            if any(socket.inet_ntop(family, r.address) == ip.compressed for r in forward):
+                return name
+        return None
 
     async def _resolve_address(self, name: str) -> MXResult:
         host = _name(name.strip("[]"))
@@ -437,6 +495,8 @@ class MXResolver:
         method: Callable[..., Deferred[Any]]
         if kind == dns.MX:
             method = resolver.lookupMailExchange
+        elif kind == dns.PTR:
+            method = resolver.lookupPointer
         elif kind == dns.A:
             method = resolver.lookupAddress
         else:

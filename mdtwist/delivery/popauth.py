@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mdtwist.errors import MdtwistError
+from mdtwist.logging import quiet
 from mdtwist.secret import Secret
 from mdtwist.smtp.core.framing import LineBuffer
 
@@ -153,7 +154,7 @@ def pop_before_smtp(
         L{POPUnavailable} on connection problems, protocol errors and the timeout.
     """
     protocol = POPLoginProtocol(login, password, clock, timeout)
-    connecting = endpoint.connect(Factory.forProtocol(lambda: protocol))
+    connecting = endpoint.connect(quiet(Factory.forProtocol(lambda: protocol)))
     timer = clock.callLater(timeout, connecting.cancel)
 
     def connected(_: object) -> Deferred[bool]:

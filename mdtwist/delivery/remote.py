@@ -347,7 +347,7 @@ class RemoteDelivery:
                 if outcome.status is RecipientStatus.RETRY_NOW:
                     retry.append(p)
                     continue
-                answers[p] = self._answer(p, outcome, hop, refused)
+                answers[p] = self._answer(p, outcome, hop, refused, address)
             if not retry or len(retry) == len(pending):
                 for p in retry:
                     answers[p] = (
@@ -359,7 +359,12 @@ class RemoteDelivery:
         return answers
 
     def _answer(
-        self, position: int, outcome: RecipientOutcome, hop: Hop, greeting_refused: bool
+        self,
+        position: int,
+        outcome: RecipientOutcome,
+        hop: Hop,
+        greeting_refused: bool,
+        address: str,
     ) -> tuple[HostOutcome, RecipientResult]:
         diagnostic = (
             f"{outcome.code} {outcome.enhanced} {outcome.text}".strip()
@@ -385,6 +390,7 @@ class RemoteDelivery:
             diagnostic,
             remote_mta=hop.host,
             retry_after=retry_after,
+            relay_address=address,
         )
 
     async def _destination(self, message: QueuedMessage, hop: Hop) -> SMTPDestination | None:

@@ -44,7 +44,6 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import attrs
 from twisted.application.service import Service
@@ -54,6 +53,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from typing_extensions import override
 
+from mdtwist import maillog
 from mdtwist.delivery.dsn import (
     Action,
     RecipientReport,
@@ -112,6 +112,10 @@ class AttemptOutcome:
     @ivar notices: the DSN to queue with the results, if any.
     @ivar delay_notified: positions of the recipients the DSN tells of a delay.
     @ivar park: the reason to park the message in the bad queue, or L{None}.
+    @ivar expired: positions of the recipients that failed because the message was queued
+        too long.
+    @ivar reported: the action (C{failed}, C{delayed}, C{delivered}) of each recipient the
+        notice reports, for the mail log.
     """
 
     results: tuple[RecipientResult, ...]
@@ -119,6 +123,15 @@ class AttemptOutcome:
     notices: tuple[Notice, ...] = ()
     delay_notified: tuple[int, ...] = ()
     park: str | None = None
+    expired: tuple[int, ...] = ()
+    reported: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class _Where:
+    # Where a local copy went, for the mail log: the agent and the mailbox the address led to.
+    relay: str
+    mailbox: str | None = None
 
 
 def count_hops(message: bytes) -> int:
@@ -342,17 +355,16 @@ class QueueRunner(Service):
                     f"mail loop: {hops} Received/Delivered-To lines, more than the hop limit"
                     f" of {self._policy.hop_limit}"
                 )
-                log.warn("Parking {queue_id} in the bad queue: {reason}", **_park(message, reason))
+                maillog.parked(queue_id=queue_id, reason=reason)
                 await self._spool.park(queue_id, reason)
                 return
-            results = await self._attempt(message)
+            where: dict[int, _Where] = {}
+            results = await self._attempt(message, where)
             now = self._clock.seconds()
             outcome = self.conclude(message, results, now)
+            self.log_attempt(message, results, outcome, now, where)
             if outcome.park is not None:
-                log.warn(
-                    "Parking {queue_id} in the bad queue: {reason}",
-                    **_park(message, outcome.park),
-                )
+                maillog.parked(queue_id=queue_id, reason=outcome.park)
             removed = await self._spool.record(
                 queue_id,
                 outcome.results,
@@ -367,9 +379,11 @@ class QueueRunner(Service):
             return
         if removed:
             self._told_remote.discard(queue_id)
-            log.info("Message {queue_id} left the queue", queue_id=queue_id)
+            maillog.removed(queue_id=queue_id)
 
-    async def _attempt(self, message: QueuedMessage) -> list[RecipientResult]:
+    async def _attempt(
+        self, message: QueuedMessage, where: dict[int, _Where]
+    ) -> list[RecipientResult]:
         pending = [
             (position, recipient)
             for position, recipient in enumerate(message.envelope.recipients)
@@ -393,11 +407,12 @@ class QueueRunner(Service):
                     classified[position] = route
             if route is None:
                 results.append(RecipientResult(position, _FAILED, "5.1.3", "bad address syntax"))
-                self._log_result(message, recipient, results[-1])
             elif route.kind is RouteKind.LOCAL:
                 assert route.target is not None
                 results.append(
-                    await self._deliver_local(message, position, recipient, route.target, domains)
+                    await self._deliver_local(
+                        message, position, recipient, route.target, domains, where
+                    )
                 )
             elif route.kind is RouteKind.GATEWAY_HOLD:
                 # Held until the gateway dequeues it: no attempt, it stays pending.
@@ -417,6 +432,7 @@ class QueueRunner(Service):
         recipient: Recipient,
         mailbox: str,
         domains: frozenset[str],
+        where: dict[int, _Where],
     ) -> RecipientResult:
         try:
             account = await find_mailbox(
@@ -431,6 +447,8 @@ class QueueRunner(Service):
                 result = RecipientResult(position, _FAILED, "5.2.1", "mailbox disabled")
             else:
                 assert message.body is not None
+                if account.address.lower() != recipient.address.lower():
+                    where[position] = _Where("none", account.address)
                 try:
                     delivery = await self._local.deliver(
                         account,
@@ -453,7 +471,7 @@ class QueueRunner(Service):
                         DeliveryStatus.PERMANENT: _FAILED,
                     }[delivery.status]
                     result = RecipientResult(position, state, delivery.enhanced, delivery.reason)
-        self._log_result(message, recipient, result)
+                    where[position] = _Where(delivery.relay, account.address)
         return result
 
     async def _deliver_remote(
@@ -492,6 +510,7 @@ class QueueRunner(Service):
         envelope = message.envelope
         is_notice = message.kind is MessageKind.NOTICE
         by_position = {result.position: result for result in results}
+        expired_now: list[int] = []
         queue_expired = expired(policy, envelope.arrival, now, notice=is_notice)
         hold_ends: list[float] = []
         for position, recipient in enumerate(envelope.recipients):
@@ -504,8 +523,10 @@ class QueueRunner(Service):
             if hold_end is None:
                 if queue_expired:
                     by_position[position] = self._expire(message, position, result)
+                    expired_now.append(position)
             elif now >= hold_end:
                 by_position[position] = self._expire(message, position, result, held=True)
+                expired_now.append(position)
             else:
                 hold_ends.append(hold_end)
         final = tuple(by_position[position] for position in sorted(by_position))
@@ -543,7 +564,15 @@ class QueueRunner(Service):
         notices: tuple[Notice, ...] = ()
         if reports:
             notices = (self._notice(message, reports, now),)
-        return AttemptOutcome(final, when, notices, tuple(delay_notified), park)
+        return AttemptOutcome(
+            final,
+            when,
+            notices,
+            tuple(delay_notified),
+            park,
+            tuple(expired_now),
+            tuple(r.action.value for r in reports),
+        )
 
     def _reports(
         self,
@@ -619,12 +648,6 @@ class QueueRunner(Service):
             f"<{uuid.uuid4().hex}@{self._hostname}>",
             texts=self._policy.texts,
         )
-        log.info(
-            "Notice about {queue_id} to <{sender}>: {summary}",
-            queue_id=message.queue_id,
-            sender=message.envelope.sender,
-            summary=", ".join(f"{r.recipient.address} {r.action.value}" for r in reports),
-        )
         return Notice(notice_envelope(message.envelope, self._hostname, now, body), body)
 
     def _hold_end(self, recipient: Recipient, arrival: float) -> float | None:
@@ -649,11 +672,6 @@ class QueueRunner(Service):
         diagnostic = recipient.diagnostic if result is None else result.diagnostic
         remote_mta = None if result is None else result.remote_mta
         if held:
-            log.warn(
-                "Giving up on {rcpt} of {queue_id}: its gateway did not release it in time",
-                rcpt=recipient.address,
-                queue_id=message.queue_id,
-            )
             return RecipientResult(
                 position,
                 _FAILED,
@@ -661,42 +679,77 @@ class QueueRunner(Service):
                 "delivery time expired; held for its gateway domain and not released",
                 remote_mta,
             )
-        log.warn(
-            "Giving up on {rcpt} of {queue_id}: queued too long",
-            rcpt=recipient.address,
-            queue_id=message.queue_id,
-        )
         if not _SMTP_REPLY.match(diagnostic):
             last = f"{status} {diagnostic}".strip() or "none"
             diagnostic = f"delivery time expired; last error: {last}"
         return RecipientResult(position, _FAILED, "4.4.7", diagnostic, remote_mta)
 
-    def _log_result(
-        self, message: QueuedMessage, recipient: Recipient, result: RecipientResult
+    def log_attempt(
+        self,
+        message: QueuedMessage,
+        results: Sequence[RecipientResult],
+        outcome: AttemptOutcome,
+        now: float,
+        where: dict[int, _Where] | None = None,
     ) -> None:
-        fields: dict[str, Any] = {
-            "queue_id": message.queue_id,
-            "rcpt": recipient.address,
-            "attempt": recipient.attempts + 1,
-            "enhanced": result.status,
-            "reason": result.diagnostic,
-        }
-        if result.state is RecipientState.DELIVERED:
-            log.info("Delivered {queue_id} to {rcpt} (attempt {attempt})", **fields)
-        elif result.state is _PENDING:
-            log.warn("Deferred {queue_id} to {rcpt}: {enhanced} {reason}", **fields)
-        else:
-            log.warn("Failed {queue_id} to {rcpt}: {enhanced} {reason}", **fields)
+        """
+        Write the mail-log lines of an attempt (L{mdtwist.maillog.delivery} per recipient,
+        then the notice, if any): for the queue runner's own attempts, and for deliveries made
+        elsewhere and concluded with L{conclude} (a gateway's ETRN or ATRN).
+
+        @param message: the message as it was before the attempt.
+        @param results: the results of the attempt, as given to L{conclude}.
+        @param outcome: what L{conclude} made of them.
+        @param now: the time after the attempt.
+        @param where: for local copies, the agent and the mailbox an address led to.
+        """
+        # A recipient that expired without being attempted now (held, no remote delivery)
+        # counts no attempt.
+        attempted = {r.position for r in results}
+        where = {} if where is None else where
+        recipients = message.envelope.recipients
+        delay = now - message.envelope.arrival
+        for result in outcome.results:
+            recipient = recipients[result.position]
+            place = where.get(result.position)
+            if result.remote_mta is not None:
+                relay = result.remote_mta
+            else:
+                relay = place.relay if place is not None else "none"
+            if result.position in outcome.expired:
+                status = maillog.Status.EXPIRED
+            elif result.state is _DELIVERED:
+                status = maillog.Status.SENT
+            elif result.state is _PENDING:
+                status = maillog.Status.DEFERRED
+            else:
+                status = maillog.Status.BOUNCED
+            maillog.delivery(
+                queue_id=message.queue_id,
+                rcpt=recipient.address,
+                mailbox=None if place is None else place.mailbox,
+                relay=relay,
+                relay_address=result.relay_address,
+                delay=delay,
+                attempt=recipient.attempts + (1 if result.position in attempted else 0),
+                enhanced=result.status,
+                status=status,
+                reason=result.diagnostic,
+                next_attempt=outcome.next_attempt,
+            )
+        if outcome.reported:
+            maillog.notice(
+                queue_id=message.queue_id,
+                mail_from=message.envelope.sender,
+                actions=outcome.reported,
+                nrcpt=len(outcome.reported),
+            )
 
 
 def _progress(message: QueuedMessage, position: int) -> RecipientProgress:
     if position < len(message.progress):
         return message.progress[position]
     return RecipientProgress()
-
-
-def _park(message: QueuedMessage, reason: str) -> dict[str, Any]:
-    return {"queue_id": message.queue_id, "reason": reason}
 
 
 def _with_routes(message: QueuedMessage, routes: dict[int, Route]) -> QueuedMessage:

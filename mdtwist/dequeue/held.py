@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Collection, Iterable, Sequence
-from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
@@ -37,6 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mdtwist import maillog
 from mdtwist.delivery.leases import Leases
 from mdtwist.delivery.runner import QueueRunner, RemoteDelivery
 from mdtwist.envelope import RecipientState
@@ -246,18 +246,9 @@ class HeldMail:
             delay_notified=outcome.delay_notified,
             park=outcome.park,
         )
-        for result in results:
-            recipient = message.envelope.recipients[result.position]
-            fields: dict[str, Any] = {
-                "queue_id": message.queue_id,
-                "rcpt": recipient.address,
-                "enhanced": result.status,
-                "reason": result.diagnostic,
-                "state": result.state.value,
-            }
-            log.info(
-                "Gateway release of {queue_id} to {rcpt}: {state} {enhanced} {reason}", **fields
-            )
+        self._runner.log_attempt(message, results, outcome, now)
+        if removed:
+            maillog.removed(queue_id=message.queue_id)
         return removed
 
     def wait(self) -> Deferred[None]:

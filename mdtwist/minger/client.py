@@ -122,6 +122,9 @@ class _Exchange(DatagramProtocol):
     One lookup on its own connected UDP port.
     """
 
+    #: No "Starting protocol" lines for each lookup.
+    noisy = False
+
     log = Logger()
 
     def __init__(

@@ -53,6 +53,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from mdtwist.logging import quiet
 from mdtwist.settings.model import Security
 
 
@@ -337,7 +338,7 @@ class Prober:
         lines = _Lines(self.reactor, options.timeout)
         stage = Stage.CONNECT
         try:
-            await endpoint.connect(Factory.forProtocol(lambda: lines))
+            await endpoint.connect(quiet(Factory.forProtocol(lambda: lines)))
         except DNSLookupError:
             return Outcome(attempt, False, Stage.RESOLVE, "the host name does not resolve")
         except ConnectingCancelledError:

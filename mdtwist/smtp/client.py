@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from mdtwist.logging import quiet
 from mdtwist.smtp.core.client import (
     ClientCore,
     ClientEvent,
@@ -523,10 +524,11 @@ class SMTPClientProtocol(Protocol):
                 "queue_id": self._queue_id,
                 "elapsed_ms": elapsed_ms,
             }
+            # Debug only: the mail log has one line per recipient and attempt, with the reply.
             if r.status is RecipientStatus.DELIVERED:
-                log.info("delivered to {rcpt} via {mx}", **fields)
+                log.debug("delivered to {rcpt} via {mx}", **fields)
             else:
-                log.info(
+                log.debug(
                     "not delivered to {rcpt} via {mx}: {status}",
                     status=r.status.value,
                     **fields,
@@ -736,7 +738,7 @@ class SMTPClient:
         protocol.ended.addCallback(self._ended, key, protocol)
         protocol.run(pending.transactions, pending.queue_id).chainDeferred(pending.result)
         log.debug("connecting to {mx}", mx=destination.label, queue_id=pending.queue_id)
-        connecting = pending.endpoint.connect(Factory.forProtocol(lambda: protocol))
+        connecting = pending.endpoint.connect(quiet(Factory.forProtocol(lambda: protocol)))
         timer = self._clock.callLater(self._timeouts.connect, connecting.cancel)
 
         def connected(result: object) -> None:

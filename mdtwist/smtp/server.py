@@ -35,6 +35,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IDelayedCall,
+    IHandshakeListener,
     IOpenSSLServerConnectionCreator,
     IProtocol,
     IReactorTime,
@@ -45,7 +46,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
+from zope.interface import implementer
 
+from mdtwist import maillog
 from mdtwist.delivery.dsn import DSNRequests, restrict_requests
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
@@ -89,6 +92,8 @@ AUTH_BLOCKED = reply(454, "4.7.0", "Too many authentication failures, try again 
 TLS_READY = reply(220, "2.0.0", "Ready to start TLS")
 TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
 BYE = reply(221, "2.0.0", "Bye")
+#: The longest wait, in seconds, for a client's name before the connect line is logged without.
+REVERSE_NAME_TIMEOUT = 10.0
 COMMAND_FAILED = reply(451, "4.3.0", "Local error in processing, try again later")
 CANNOT_TURN = reply(451, "4.3.0", "Cannot turn this connection round")
 NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
@@ -198,6 +203,21 @@ def listener_settings(
     )
 
 
+#: This process's mark in session ids: random, so that the ids of an earlier run of the
+#: server do not come up again in the same log.
+_SESSION_PREFIX = secrets.token_hex(2)
+_session_numbers = itertools.count(1)
+
+
+def new_session_id() -> str:
+    """
+    A session id unique in this process and unlikely to repeat across restarts.
+
+    @return: such as C{3fa9-1c}: this process's random mark, a dash, a hexadecimal count.
+    """
+    return f"{_SESSION_PREFIX}-{next(_session_numbers):x}"
+
+
 class SMTPServerFactory(Factory):
     """
     Builds one L{SMTPServerProtocol} per connection and keeps the per-IP counters.
@@ -216,6 +236,9 @@ class SMTPServerFactory(Factory):
     @ivar closing: the server is shutting down: new sessions get C{421 4.3.2}.
     """
 
+    #: No "Starting factory" lines: the mail log says what the listener does.
+    noisy = False
+
     def __init__(
         self,
         *,
@@ -233,6 +256,7 @@ class SMTPServerFactory(Factory):
         tally: SessionTally | None = None,
         dsn_untrusted: DSNRequests | None = None,
         trusted: Callable[[ClientInfo], bool] | None = None,
+        reverse_name: Callable[[str], Deferred[str | None]] | None = None,
     ) -> None:
         """
         Set up a listener.
@@ -259,6 +283,8 @@ class SMTPServerFactory(Factory):
         @param dsn_untrusted: how the DSN requests of a client that did not authenticate and
             is not C{trusted} are honoured (C{smtp.dsn}); L{None} to honour them all.
         @param trusted: whether a client is in a trusted network; none is without it.
+        @param reverse_name: finds a client's name from its address for the mail log (see
+            L{mdtwist.delivery.mx.MXResolver.reverse_name}); without it the address stands in.
         """
         self.settings = listener_settings(settings, mode, tls is not None)
         self.commands = {verb.upper(): h for verb, h in (commands or {}).items()}
@@ -278,14 +304,14 @@ class SMTPServerFactory(Factory):
         self.tally = tally
         self.dsn_untrusted = dsn_untrusted
         self.trusted = trusted
+        self.reverse_name = reverse_name
         self._sessions: defaultdict[str, int] = defaultdict(int)
-        self._ids = itertools.count(1)
         self.open_sessions: set[SMTPServerProtocol] = set()
         self.closing = False
 
     @override
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:
-        return SMTPServerProtocol(self, f"{next(self._ids):x}")
+        return SMTPServerProtocol(self, new_session_id())
 
     def session_opened(self, address: str) -> Reply | None:
         """
@@ -327,6 +353,7 @@ class SMTPServerFactory(Factory):
         return self._sessions.get(address, 0)
 
 
+@implementer(IHandshakeListener)
 class SMTPServerProtocol(Protocol):
     """
     One inbound SMTP session.
@@ -366,6 +393,13 @@ class SMTPServerProtocol(Protocol):
         self._add_recipient = True
         self._auth: Deferred[Account] | None = None
         self._turn_to: Callable[[], IProtocol] | None = None
+        # For the mail log: the TLS in use, the messages accepted and the commands refused.
+        self._tls: tuple[str, str] | None = None
+        self._messages = 0
+        self._rejects = 0
+        self._client_name: str | None = None
+        self._connect_logged = False
+        self._lookup: Deferred[str | None] | None = None
         # The policy of this session: a view of its own when the policy keeps per-session
         # state (the budget of Domain Sharing lookups).
         policy = factory.policy
@@ -398,6 +432,7 @@ class SMTPServerProtocol(Protocol):
         self._gone = True
         self._cancel_timer()
         self._cancel_auth()
+        self._cancel_lookup()
         self._release()
         if self._paused:
             self._paused = False
@@ -407,6 +442,39 @@ class SMTPServerProtocol(Protocol):
             "SMTP session handed over", session=self.session, peer=self._peer, unread=len(unread)
         )
         return unread
+
+    # -- the mail log --
+
+    def _who(self) -> dict[str, Any]:
+        # The session's fields of every mail-log line; the connect line goes first.
+        self._log_connect()
+        return {"session": self.session, "peer": self._peer, "client_name": self._client_name}
+
+    def _log_connect(self) -> None:
+        if not self._connect_logged:
+            self._connect_logged = True
+            maillog.connected(
+                session=self.session,
+                peer=self._peer,
+                client_name=self._client_name,
+                listener=self._factory.mode.value,
+            )
+
+    def _named(self, name: str | None) -> None:
+        self._lookup = None
+        self._client_name = name
+        self._log_connect()
+
+    def _unnamed(self, failure: Failure) -> None:
+        # Timed out, cancelled with the session, or a resolver that failed: no name.
+        self._lookup = None
+        self._log_connect()
+
+    def _cancel_lookup(self) -> None:
+        lookup, self._lookup = self._lookup, None
+        if lookup is not None:
+            lookup.cancel()
+        self._log_connect()
 
     def close_when_idle(self, *, now: bool = False) -> None:
         """
@@ -448,15 +516,25 @@ class SMTPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         if not self.core.tls_active and ISSLTransport.providedBy(self.transport):
             # Already encrypted (a connection turned round inside TLS): say so in the trace
-            # and offer no STARTTLS.
+            # and offer no STARTTLS; the handshake is over, its parameters are known.
             self.core = ServerCore(attrs.evolve(self.core.settings, tls_active=True))
+            self._tls = _tls_parameters(self.transport)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self._peer = str(getattr(peer, "host", peer))
         refusal = self._factory.session_opened(self._peer)
         self._counted = refusal is None
+        reverse = self._factory.reverse_name
+        if reverse is not None and refusal is None:
+            # The connect line waits for the client's name (never the greeting); any other
+            # line of the session comes after it, with the name if it is known by then.
+            lookup: Deferred[str | None] = maybeDeferred(reverse, self._peer)
+            lookup.addTimeout(REVERSE_NAME_TIMEOUT, self._factory.clock)
+            self._lookup = lookup
+            lookup.addCallbacks(self._named, self._unnamed)
+        else:
+            self._log_connect()
         if refusal is None:
             self._factory.open_sessions.add(self)
-            self.log.info("SMTP session from {peer}", session=self.session, peer=self._peer)
             self.core.start()
         elif refusal is SHUTTING_DOWN:
             self.core.start(refusal)
@@ -482,7 +560,29 @@ class SMTPServerProtocol(Protocol):
         self._gone = True
         self._cancel_timer()
         self._cancel_auth()
+        self._cancel_lookup()
         self._release()
+        if not self._detached:
+            tls_version, tls_cipher = self._tls or (None, None)
+            maillog.disconnected(
+                **self._who(),
+                tls_version=tls_version,
+                tls_cipher=tls_cipher,
+                user=self._user,
+                messages=self._messages,
+                rejects=self._rejects,
+            )
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
+        """
+        The TLS handshake is done (implicit TLS, or after STARTTLS): log its version and cipher.
+        """
+        self._tls = _tls_parameters(self.transport)
+        maillog.tls_established(
+            **self._who(),
+            tls_version=self._tls[0],
+            tls_cipher=self._tls[1],
+        )
 
     # -- the event loop --
 
@@ -495,6 +595,8 @@ class SMTPServerProtocol(Protocol):
                 if self._closing is not None and self._close_if_idle():
                     return
                 event = self.core.next_event()
+                for verb, refusal in self.core.take_refusals():
+                    self._log_refusal(verb, refusal, rcpt=None)
                 self._flush()
                 if event is Sentinel.CLOSE:
                     if self.core.sync_error is not None:
@@ -542,6 +644,8 @@ class SMTPServerProtocol(Protocol):
         self._waiting = False
         if self._gone:
             return
+        if answer.category in (4, 5):
+            self._refused(event, answer)
         if isinstance(event, MailFrom) and answer.is_positive:
             self._routes = []
             self._accepted = set()
@@ -554,7 +658,6 @@ class SMTPServerProtocol(Protocol):
             self.core.start_tls()
             self._user = None
             self._password = None
-            self.log.info("STARTTLS", session=self.session, peer=self._peer)
         turn_to, self._turn_to = self._turn_to, None
         if turn_to is not None and answer.code == 250:
             self._turn(turn_to)
@@ -563,6 +666,33 @@ class SMTPServerProtocol(Protocol):
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
         self._process()
+
+    def _refused(self, event: Event, answer: Reply) -> None:
+        # One mail-log line per refused command (a refused recipient, a refused message ...).
+        if isinstance(event, MessageReceived):
+            self._log_refusal("DATA", answer, rcpt=None, mail_from=event.sender)
+        elif isinstance(event, ExtensionCommand):
+            self._log_refusal(event.verb, answer, rcpt=None)
+        elif isinstance(event, MailFrom):
+            self._log_refusal("MAIL", answer, rcpt=None, mail_from=event.sender)
+        else:
+            rcpt = event.recipient if isinstance(event, RcptTo) else None
+            self._log_refusal(_VERBS.get(type(event), ""), answer, rcpt=rcpt)
+
+    def _log_refusal(
+        self, command: str, answer: Reply, *, rcpt: str | None, mail_from: str | None = None
+    ) -> None:
+        self._rejects += 1
+        maillog.refused(
+            **self._who(),
+            command=command,
+            code=answer.code,
+            enhanced=answer.enhanced,
+            reason=" ".join(answer.lines),
+            mail_from=self.core.sender if mail_from is None else mail_from,
+            rcpt=rcpt,
+            helo=self.core.helo,
+        )
 
     def _flush(self) -> None:
         data = self.core.data_to_send()
@@ -649,7 +779,10 @@ class SMTPServerProtocol(Protocol):
         if self._waiting:
             self._timer = self._factory.clock.callLater(self._timeout(), self._timed_out)
             return
-        self.log.info("SMTP session timed out", session=self.session, peer=self._peer)
+        maillog.timed_out(
+            **self._who(),
+            state=self.core.state.name,
+        )
         self.core.abort(TIMEOUT)
         self._flush()
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -671,12 +804,8 @@ class SMTPServerProtocol(Protocol):
     def _tls_description(self) -> str | None:
         if not self.core.tls_active:
             return None
-        try:
-            # An OpenSSL connection (TLSMemoryBIOProtocol's handle) names protocol and cipher.
-            handle: Any = self.transport.getHandle()  # type: ignore[union-attr]
-            return f"{handle.get_protocol_version_name()} {handle.get_cipher_name()}"
-        except Exception:
-            return "TLS"
+        version, cipher = self._tls or _tls_parameters(self.transport)
+        return f"{version} {cipher}" if cipher else version
 
     def _check(self, method: Callable[..., Deferred[Reply]], *args: object) -> Deferred[Reply]:
         d: Deferred[Reply] = maybeDeferred(method, *args)
@@ -717,13 +846,7 @@ class SMTPServerProtocol(Protocol):
     def _enqueue(self, event: MessageReceived) -> Deferred[Reply]:
         hops = count_received(event.body)
         if hops > self._factory.limits.hop_limit:
-            self.log.warn(
-                "message refused: {hops} hops",
-                session=self.session,
-                peer=self._peer,
-                mail_from=escape_text(event.sender),
-                hops=hops,
-            )
+            # The mail log's reject line says it (554 5.4.6 Too many hops).
             return _now(TOO_MANY_HOPS)
         client = self._client()
         now = self._factory.clock.seconds()
@@ -766,13 +889,15 @@ class SMTPServerProtocol(Protocol):
         return d.addCallbacks(self._queued, self._not_queued, callbackArgs=(event,))
 
     def _queued(self, queue_id: str, event: MessageReceived) -> Reply:
-        self.log.info(
-            "message {queue_id} queued from {mail_from}",
-            session=self.session,
-            peer=self._peer,
+        self._messages += 1
+        maillog.accepted(
             queue_id=queue_id,
-            mail_from=escape_text(event.sender),
+            **self._who(),
+            mail_from=event.sender,
             msg_size=len(event.body),
+            nrcpt=len(event.recipients),
+            message_id=maillog.message_id(event.body),
+            user=self._user,
         )
         return reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
@@ -811,7 +936,9 @@ class SMTPServerProtocol(Protocol):
             factory.portal.login_with, self._peer, credentials, service=factory.login_service
         )
         self._auth = d
-        replied = d.addBoth(self._auth_done).addCallbacks(self._auth_result, self._auth_error)
+        replied = d.addBoth(self._auth_done).addCallbacks(
+            self._auth_result, self._auth_error, callbackArgs=(event.mechanism,)
+        )
         if factory.keep_auth_password and event.challenge is None:
             password = Secret(event.password)
 
@@ -834,10 +961,12 @@ class SMTPServerProtocol(Protocol):
         if pending is not None:
             pending.cancel()
 
-    def _auth_result(self, account: Account) -> Reply:
+    def _auth_result(self, account: Account, mechanism: str) -> Reply:
         self._user = account.login
-        self.log.info(
-            "AUTH succeeded for {user}", session=self.session, peer=self._peer, user=account.login
+        maillog.logged_in(
+            **self._who(),
+            user=account.login,
+            method=mechanism,
         )
         return AUTH_OK
 
@@ -850,6 +979,24 @@ class SMTPServerProtocol(Protocol):
         if not failure.check(DirectoryUnavailable, CancelledError):
             self.log.failure("AUTH check failed", failure, session=self.session, peer=self._peer)
         return AUTH_UNAVAILABLE
+
+
+#: The verb of each command event, for the mail log.
+_VERBS: dict[type, str] = {RcptTo: "RCPT", Authenticate: "AUTH", StartTLS: "STARTTLS"}
+
+
+def _tls_parameters(transport: object) -> tuple[str, str]:
+    # The TLS version and cipher of a connection, from its OpenSSL connection: the transport's
+    # handle under implicit TLS, the TLS layer's after STARTTLS on a TCP transport.
+    for holder in (transport, getattr(transport, "protocol", None)):
+        try:
+            handle: Any = holder.getHandle()  # type: ignore[union-attr]
+            version = handle.get_protocol_version_name()
+            cipher = handle.get_cipher_name()
+        except Exception:
+            continue
+        return str(version), "" if cipher is None else str(cipher)
+    return "TLS", ""
 
 
 def _now(answer: Reply) -> Deferred[Reply]:

@@ -25,15 +25,16 @@ from __future__ import annotations
 
 from typing import cast
 
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
+from twisted.internet.interfaces import IHandshakeListener, IProtocol, IProtocolFactory, ITransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from zope.interface import directlyProvides, providedBy
+from zope.interface import directlyProvides, implementer, providedBy
 
 log = Logger()
 
 
+@implementer(IHandshakeListener)
 class SwitchingProtocol(ProtocolWrapper):
     """
     The protocol a transport knows for a connection whose protocol may change.
@@ -51,6 +52,14 @@ class SwitchingProtocol(ProtocolWrapper):
         """The protocol bytes go to now; L{None} once the connection is lost."""
         inner: IProtocol | None = self.wrappedProtocol
         return inner
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 - IHandshakeListener's name
+        """
+        Tell the inner protocol that the TLS handshake is done, when it wants to know.
+        """
+        inner = self.wrappedProtocol
+        if IHandshakeListener.providedBy(inner):
+            inner.handshakeCompleted()
 
     def switch_to(self, new: IProtocol, unread: bytes = b"") -> None:
         """
@@ -87,6 +96,8 @@ class SwitchingFactory(WrappingFactory[SwitchingProtocol]):
     """
 
     protocol = SwitchingProtocol
+    #: No "Starting factory" lines for the wrapper (the wrapped factory decides for itself).
+    noisy = False
 
 
 def switching(factory: IProtocolFactory) -> SwitchingFactory:

@@ -145,6 +145,8 @@ class RecipientResult:
         to L{QueuePolicy.delay_after_temp_error
         <mdtwist.delivery.schedule.QueuePolicy.delay_after_temp_error>} after an SMTP 4xx reply;
         the message's next attempt is then no sooner.
+    @ivar relay_address: the IP address of C{remote_mta} when a connection was made, for the
+        mail log (not stored).
     """
 
     position: int
@@ -153,6 +155,7 @@ class RecipientResult:
     diagnostic: str = ""
     remote_mta: str | None = None
     retry_after: float | None = None
+    relay_address: str | None = None
 
 
 @attrs.frozen

@@ -66,6 +66,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mdtwist import maillog
 from mdtwist.durable import fsync_directory, write_new_file
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, RecipientState
 from mdtwist.errors import SpoolError
@@ -455,12 +456,7 @@ class SQLiteSpool:
         def committed(outcome: tuple[bool, builtins.list[str]]) -> bool:
             removed, ids = outcome
             if ids:
-                log.info(
-                    "Queued {count} notices about {queue_id}: {ids}",
-                    count=len(ids),
-                    queue_id=queue_id,
-                    ids=" ".join(ids),
-                )
+                maillog.notices_queued(queue_id=queue_id, ids=ids)
                 self._tell_observers(ids)
             return removed
 

@@ -58,13 +58,17 @@ class LMTPSessionTests(SynchronousTestCase):
 
     def test_delivered(self) -> None:
         """
-        The whole conversation, with dot-stuffing and a final CRLF added, ends delivered.
+        The whole conversation, with dot-stuffing and a final CRLF added, ends delivered;
+        the result names the LMTP server as its relay (for the mail log).
         """
         self.run_to_data()
         self.assertNoResult(self.session.result)
         self.assertEqual(self.exchange(b"250 2.0.0 <alice@example.test> Saved\r\n"), b"QUIT\r\n")
         self.assertEqual(
-            self.result(), DeliveryResult(DeliveryStatus.DELIVERED, "2.0.0", "delivered over LMTP")
+            self.result(),
+            DeliveryResult(
+                DeliveryStatus.DELIVERED, "2.0.0", "delivered over LMTP", "lmtp:server"
+            ),
         )
         self.assertFalse(self.transport.disconnecting)
         self.exchange(b"221 2.0.0 Bye\r\n")
@@ -186,12 +190,15 @@ class LMTPDeliveryTests(SynchronousTestCase):
 
     def test_unreachable(self) -> None:
         """
-        A server that cannot be reached is a temporary failure.
+        A server that cannot be reached is a temporary failure, with the server as its relay.
         """
         endpoint = _FailingEndpoint()
         result = self.deliver(endpoint, "alice@example.test")
         self.assertEqual(
-            result, DeliveryResult(DeliveryStatus.TEMPORARY, "4.4.1", "LMTP server unreachable")
+            result,
+            DeliveryResult(
+                DeliveryStatus.TEMPORARY, "4.4.1", "LMTP server unreachable", "lmtp:tcp:x:24"
+            ),
         )
 
     def test_unsafe_address(self) -> None:

@@ -25,6 +25,7 @@ from mdtwist.delivery.mx import (
     parse_address_literal,
     read_resolv_conf,
 )
+from tests.support.logs import capture_logs
 
 #: An answer that never comes.
 SILENT = object()
@@ -699,3 +700,122 @@ class FailedHostsTests(SynchronousTestCase):
         self.clock.advance(1000)
         self.hosts.mark_failed("192.0.2.2")
         self.assertEqual(list(self.hosts._hosts), [("192.0.2.2", 25)])
+
+
+class _UDPClock(Clock):
+    # A clock that also hands out UDP ports, connecting each protocol to a fake transport.
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocols: list[Any] = []
+
+    def listenUDP(  # noqa: N802 - IReactorUDP's name
+        self, port: int, protocol: Any, interface: str = "", max_packet_size: int = 8192
+    ) -> _FakeUDP:
+        transport = _FakeUDP(protocol)
+        protocol.makeConnection(transport)
+        self.protocols.append(protocol)
+        return transport
+
+
+class _FakeUDP:
+    # A UDP port that keeps what is written and stops its protocol when it stops listening.
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.written: list[object] = []
+
+    def write(self, data: bytes, address: object = None) -> None:
+        self.written.append((data, address))
+
+    def stopListening(self) -> None:  # noqa: N802 - IListeningPort's name
+        self.protocol.doStop()
+
+
+class QuietResolverTests(SynchronousTestCase):
+    """
+    A DNS query logs nothing of the UDP protocol it starts and stops.
+    """
+
+    def test_no_protocol_lines(self) -> None:
+        """
+        The query's datagram protocol is quiet: no "Starting protocol" or "Stopping protocol"
+        line, which a plain one writes.
+        """
+        events = capture_logs(self)
+        clock = _UDPClock()
+        resolver: Any = make_resolver([("127.0.0.1", 5353)], clock, timeout=(1,))
+        d = resolver.lookupAddress("example.org")
+        [protocol] = clock.protocols
+        self.assertEqual(len(protocol.transport.written), 1)
+        clock.advance(2)
+        self.failureResultOf(d)
+        self.assertFalse(protocol.noisy)
+        texts = [str(e.get("log_text", "")) for e in events]
+        self.assertFalse([t for t in texts if "protocol" in t], texts)
+        plain = dns.DNSDatagramProtocol(None, reactor=clock)
+        plain.makeConnection(_FakeUDP(plain))  # type: ignore[arg-type]
+        texts = [str(e.get("log_text", "")) for e in events]
+        self.assertEqual(len([t for t in texts if t.startswith("Starting protocol")]), 1)
+
+
+class ReverseNameTests(SynchronousTestCase):
+    """
+    L{MXResolver.reverse_name}: the client's name when its PTR record leads back to it.
+    """
+
+    def setUp(self) -> None:
+        self.dns = FakeResolver()
+        self.clock = Clock()
+        self.resolver = MXResolver(self.dns, self.clock, rng=random.Random(1))
+
+    def ptr(self, address: str, *names: str) -> None:
+        import ipaddress
+
+        reverse = ipaddress.ip_address(address).reverse_pointer
+        for name in names:
+            self.dns.add(reverse, dns.Record_PTR(name))
+
+    def name(self, address: str) -> str | None:
+        result: str | None = self.successResultOf(self.resolver.reverse_name(address))
+        return result
+
+    def test_confirmed(self) -> None:
+        """
+        A PTR name whose address records hold the address is the name (lower case, no dot);
+        for IPv6 the AAAA records are asked.
+        """
+        self.ptr("192.0.2.7", "Client.Example.Test.")
+        self.dns.a("client.example.test", "192.0.2.7")
+        self.ptr("2001:db8::7", "six.example.test")
+        self.dns.a("six.example.test", "2001:db8::7")
+        self.assertEqual(self.name("192.0.2.7"), "client.example.test")
+        self.assertEqual(self.name("2001:db8::7"), "six.example.test")
+        self.assertIn(("six.example.test", dns.AAAA), self.dns.queries)
+
+    def test_not_confirmed(self) -> None:
+        """
+        A name that does not lead back, or does not exist, is not used; the next PTR name
+        that does is.
+        """
+        self.ptr("192.0.2.7", "forged.example.test", "gone.example.test", "real.example.test")
+        self.dns.a("forged.example.test", "192.0.2.99")
+        self.dns.a("real.example.test", "192.0.2.7")
+        self.assertEqual(self.name("192.0.2.7"), "real.example.test")
+        self.ptr("192.0.2.8", "forged.example.test")
+        self.assertIsNone(self.name("192.0.2.8"))
+
+    def test_no_answer(self) -> None:
+        """
+        No PTR record, a DNS failure, a silent server or a bad address give no name, and the
+        Deferred never fails.
+        """
+        self.assertIsNone(self.name("192.0.2.9"))
+        self.dns.set("10.2.0.192.in-addr.arpa", dns.PTR, DNSServerError("SERVFAIL"))
+        self.assertIsNone(self.name("192.0.2.10"))
+        self.assertIsNone(self.name("not an address"))
+        self.dns.set("11.2.0.192.in-addr.arpa", dns.PTR, SILENT)
+        d = self.resolver.reverse_name("192.0.2.11")
+        self.assertNoResult(d)
+        self.clock.advance(self.resolver.query_timeout)
+        self.assertIsNone(self.successResultOf(d))

@@ -157,13 +157,28 @@ class RemoteDeliveryTests(SynchronousTestCase):
 
     def test_delivered_by_best_mx(self) -> None:
         """
-        The best MX takes the message; the result names it as the remote MTA.
+        The best MX takes the message; the result names it as the remote MTA, with the
+        address it was reached at (for the mail log).
         """
         remote, client, _ = self.remote({"192.0.2.1": lambda r: ACCEPT})
         [result] = self.deliver(remote, message("bob@remote.test"))
         self.assertEqual((result.state, result.status), (RecipientState.DELIVERED, "2.0.0"))
         self.assertEqual(result.remote_mta, "mx1.remote.test")
+        self.assertEqual(result.relay_address, "192.0.2.1")
         self.assertEqual([s[0] for s in client.sessions], ["192.0.2.1"])
+
+    def test_permanent_failure_keeps_reply(self) -> None:
+        """
+        A 5xx from the only MX fails the recipient with the whole reply as its diagnostic,
+        and the host and address that gave it.
+        """
+        hard: Answer = (RecipientStatus.PERMANENT, 550, "5.1.1", "no such user")
+        remote, _, _ = self.remote({"192.0.2.1": lambda r: hard, "192.0.2.2": lambda r: hard})
+        [result] = self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual(
+            (result.state, result.status, result.diagnostic, result.relay_address),
+            (RecipientState.FAILED, "5.1.1", "550 5.1.1 no such user", "192.0.2.2"),
+        )
 
     def test_unreachable_host_is_remembered(self) -> None:
         """

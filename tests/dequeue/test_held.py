@@ -10,6 +10,7 @@ from pathlib import Path
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.delivery.leases import Leases
@@ -23,6 +24,7 @@ from mdtwist.route import Route, RouteKind
 from mdtwist.spool.model import MessageKind, QueuedMessage, RecipientResult
 from mdtwist.spool.store import SQLiteSpool
 from tests.spool.fakes import FakeDirectory, make_account, make_envelope, run_now
+from tests.support.logs import capture_logs
 
 BODY = b"Subject: held\r\n\r\nhello\r\n"
 GATE = "gate.test"
@@ -325,3 +327,51 @@ class EtrnReleaseTests(_Setup):
         self.remote.answer()
         self.successResultOf(waiting)
         self.assertIsNone(self.successResultOf(succeed(None)))
+
+
+class HeldMailLogTests(_Setup):
+    """
+    Releases of held mail (ETRN over a new connection, ATRN over the turned one) are in the
+    mail log like the queue runner's own deliveries.
+    """
+
+    def test_etrn_release_logged(self) -> None:
+        """
+        Each released recipient gets its delivery line (relay, DSN code, status, reply).
+        """
+        events = capture_logs(self)
+        queue_id = self.enqueue(held(f"a@{GATE}"))
+        self.successResultOf(self.held.etrn([GATE], {GATE: Route.remote()}))
+        self.remote.answer()
+        lines = [
+            formatEvent(e)
+            for e in events
+            if e.get("log_namespace") == "mdtwist.maillog" and e.get("queue_id") == queue_id
+        ]
+        self.assertEqual(
+            lines,
+            [
+                f"{queue_id}: to=<a@{GATE}> mailbox=<a@{GATE}> relay=gw.example[-] delay=0.00"
+                " attempt=1 dsn=2.0.0 status=sent (2.0.0 reply) next=-",
+                f"{queue_id}: removed",
+            ],
+        )
+
+    def test_atrn_results_logged(self) -> None:
+        """
+        Results recorded for an ATRN session get their lines too: a bounce, a deferral.
+        """
+        events = capture_logs(self)
+        queue_id = self.enqueue(held(f"a@{GATE}"), held(f"b@{GATE}"))
+        self.successResultOf(Deferred.fromCoroutine(self.held.claim([GATE], "atrn-1")))
+        results = [
+            RecipientResult(0, RecipientState.FAILED, "5.1.1", "550 5.1.1 no such user"),
+            RecipientResult(1, RecipientState.PENDING, "4.2.0", "450 4.2.0 later"),
+        ]
+        self.successResultOf(Deferred.fromCoroutine(self.held.record(queue_id, "atrn-1", results)))
+        statuses = [
+            e["status"]
+            for e in events
+            if e.get("log_namespace") == "mdtwist.maillog" and "status" in e
+        ]
+        self.assertEqual(statuses, ["bounced", "deferred"])

@@ -54,6 +54,7 @@ class Daemon:
         interface: str = "127.0.0.1",
         hostname: str = "mail.example.test",
         accounts: Mapping[str, str] | None = None,
+        logger: str = "mdtwist.logging.text_observer",
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -77,6 +78,8 @@ class Daemon:
         @param hostname: C{server.hostname}.
         @param accounts: the accounts (address -> password) instead of L{PASSWORDS}; their
             addresses are used as they are.
+        @param logger: the log observer factory given to C{twistd --logger} (text lines, or
+            C{mdtwist.logging.json_observer} for JSON).
         """
         directory = directory.resolve()
         self.directory = directory
@@ -85,6 +88,7 @@ class Daemon:
         self.submission_port = free_port(interface)
         self.process: subprocess.Popen[bytes] | None = None
         self.extra_ports = tuple(extra_ports)
+        self.logger = logger
         directory.mkdir(parents=True, exist_ok=True)
         # A UNIX socket's path is limited to 107 bytes: the control socket lives in a short
         # private directory, removed with this object.
@@ -191,7 +195,7 @@ socket = "{self.control_socket}"
             "--nodaemon",
             "--pidfile=",
             "--logger",
-            "mdtwist.logging.text_observer",
+            self.logger,
             "mdtwist",
             "--config",
             str(self.config),

@@ -241,7 +241,7 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(answer.startswith(b"250 2.0.0"), answer)
         self.delivered(ALICE)
         self.assertTrue(wait_for(lambda: self.queue() == []), self.queue())
-        self.assertNotIn("Notice about", self.daemon.log())
+        self.assertNotIn(": notice to=<", self.daemon.log())
         client = self.submission()
         client.sendmail(
             ALICE,

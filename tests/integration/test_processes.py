@@ -123,9 +123,9 @@ class ProcessesTests(SynchronousTestCase):
         """
         self._send_and_check(20)
         log = self.daemon.log()
-        self.assertRegex(log, r"\[mdtwist\.[\w.]+#info\] message 00[0-9A-F]{10} queued from")
+        self.assertRegex(log, r"\[mdtwist\.maillog#info\] 00[0-9A-F]{10}: accepted session=")
         self.assertRegex(
-            log, r"\[shard-1 mdtwist\.[\w.]+#info\] message 01[0-9A-F]{10} queued from"
+            log, r"\[shard-1 mdtwist\.maillog#info\] 01[0-9A-F]{10}: accepted session="
         )
         self.assertTrue((self.daemon.spool / "shard-1").is_dir())
 
@@ -147,7 +147,10 @@ class ProcessesTests(SynchronousTestCase):
         log = self.daemon.log()
         ended = "The process of spool shard 1 ended (signal SIGKILL)"
         self.assertIn(ended, log)
-        self.assertRegex(log.partition(ended)[2], r"message 01[0-9A-F]{10} queued from sender@")
+        self.assertRegex(
+            log.partition(ended)[2],
+            r" 01[0-9A-F]{10}: accepted session=\S+ client=\S+ from=<sender@",
+        )
 
     def test_stopping_the_parent_stops_the_child(self) -> None:
         """

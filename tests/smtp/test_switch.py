@@ -12,19 +12,20 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IProtocol,
     IReactorTime,
     ISSLTransport,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import directlyProvides
+from zope.interface import directlyProvides, implementer
 
 from mdtwist.config import ListenerMode
 from mdtwist.envelope import Recipient
@@ -760,3 +761,35 @@ class SwitchingProtocolTests(SynchronousTestCase):
         bare = Recorder()
         bare.makeConnection(StringTransport())
         self.assertIsNone(switcher_of(bare))
+
+
+@implementer(IHandshakeListener)
+class _Listener(Recorder):
+    """A recorder that counts TLS handshakes."""
+
+    handshakes = 0
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        """Count the handshake."""
+        self.handshakes += 1
+
+
+class HandshakeTests(SynchronousTestCase):
+    """
+    The end of a TLS handshake reaches the inner protocol through the switching protocol.
+    """
+
+    def test_forwarded(self) -> None:
+        """
+        An inner protocol that listens for the handshake hears of it; one that does not is
+        left alone.
+        """
+        listener = _Listener()
+        wrapper = switching(Factory.forProtocol(lambda: listener)).buildProtocol(CUSTOMER_ADDRESS)
+        self.assertTrue(IHandshakeListener.providedBy(wrapper))
+        wrapper.makeConnection(StringTransport())
+        wrapper.handshakeCompleted()
+        self.assertEqual(listener.handshakes, 1)
+        plain = switching(Factory.forProtocol(Recorder)).buildProtocol(CUSTOMER_ADDRESS)
+        plain.makeConnection(StringTransport())
+        plain.handshakeCompleted()

@@ -289,6 +289,11 @@ class ServerCore:
         self._chunk_refusal: Reply | None = None
         self._encoding = "utf-8" if settings.smtputf8 else "ascii"
         self._sync_error: str | None = None
+        # The verb of the command being read, and the 4xx/5xx replies the core gave by itself
+        # (for take_refusals); _answering is true while send() queues the glue's reply.
+        self._verb = ""
+        self._refusals: list[tuple[str, Reply]] = []
+        self._answering = False
 
     # -- what the glue may read --
 
@@ -403,6 +408,18 @@ class ServerCore:
         if self._state is not SessionState.CLOSED:
             self._lines.feed(data)
 
+    def take_refusals(self) -> list[tuple[str, Reply]]:
+        """
+        Take the refusals the core answered by itself since the last call: syntax errors,
+        commands out of sequence, refused messages (the replies given with L{send} are not
+        among them; the glue knows those).
+
+        @return: for each, the command's verb in upper case (cut to 20 characters; C{""} when
+            the line could not be read) and the 4xx or 5xx reply.
+        """
+        refusals, self._refusals = self._refusals, []
+        return refusals
+
     def data_to_send(self) -> bytes:
         """
         Take the bytes queued for the client.
@@ -490,7 +507,11 @@ class ServerCore:
             self._state = SessionState.TLS_PENDING
         elif isinstance(event, Quit):
             self._state = SessionState.CLOSED
-        self._reply(answer)
+        self._answering = True
+        try:
+            self._reply(answer)
+        finally:
+            self._answering = False
 
     def start_tls(self) -> None:
         """
@@ -541,6 +562,8 @@ class ServerCore:
         # Queue a reply. Returns None (typed as a handler result, so that a handler can end
         # with "return self._reply(...)").
         self._out += answer.to_bytes()
+        if answer.category >= 4 and not self._answering:
+            self._refusals.append((self._verb, answer))
         if answer.code == 421:
             self._state = SessionState.CLOSED
         elif answer.category == 5:
@@ -567,6 +590,7 @@ class ServerCore:
             return None
 
     def _command(self, line: Line) -> Event | None:
+        self._verb = ""
         if line.overflow:
             return self._refuse(500, "5.5.6", "Line too long")
         if line.has_bare_cr_or_lf:
@@ -576,6 +600,7 @@ class ServerCore:
             return self._refuse(500, "5.5.2", "Invalid characters in command")
         verb, _, args = text.partition(" ")
         name = verb.upper()
+        self._verb = name[:20]
         handler = _COMMANDS.get(name)
         extension = handler is None and name in self._settings.commands
         if (

@@ -55,6 +55,30 @@ def _messages(glue: ScriptedGlue) -> list[MessageReceived]:
 class ServerConversationTestsMixin(ConversationMixin):
     """Conversations with a plain MX core."""
 
+    def test_refusals_taken(self) -> None:
+        """
+        The 4xx and 5xx replies the core gives by itself can be taken, each with the verb of
+        its command (for the mail log); the glue's own refusals are not among them, and each
+        refusal is taken once.
+        """
+
+        def answer(event: Event) -> Reply:
+            if isinstance(event, RcptTo) and event.recipient.startswith("no@"):
+                return reply(550, "5.1.1", "No such user")
+            return default_answer(event)
+
+        glue = self.converse(
+            b"EHLO c.example\r\nMAIL FROM:a@c.example\r\nBogus\r\nRCPT TO:<b@mx.example>\r\n"
+            b"MAIL FROM:<a@c.example>\r\nRCPT TO:<no@mx.example>\r\n",
+            answer=answer,
+        )
+        self.assertEqual(
+            [(verb, r.code, r.enhanced) for verb, r in glue.core.take_refusals()],
+            [("MAIL", 501, "5.5.4"), ("BOGUS", 500, "5.5.1"), ("RCPT", 503, "5.5.1")],
+        )
+        self.assertEqual(glue.core.take_refusals(), [])
+        self.assertEqual(glue.codes()[-1], (550, "5.1.1"))
+
     def test_greeting_without_enhanced_code(self) -> None:
         """The greeting is C{220 <hostname> ESMTP ready}, without an enhanced code (RFC 2034)."""
         glue = self.converse(b"")
