@@ -83,6 +83,9 @@ class ProcessesTests(SynchronousTestCase):
         assert self.daemon.process is not None
         self.parent = self.daemon.process.pid
         self.child = self._child()
+        # The listeners accept before twistd runs its reactor (and installs its signal
+        # handlers); a control command answered means the reactor runs.
+        _wait_for(lambda: self.daemon.ctl("status").returncode == 0, "the running server")
 
     def _child(self) -> int:
         pids = _wait_for(lambda: _children(self.parent), "the child process")
