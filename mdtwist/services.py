@@ -65,6 +65,7 @@ from mdtwist.config import (
 from mdtwist.control.commands import Reload
 from mdtwist.control.handlers import ProcessFacts, register_basics
 from mdtwist.control.pipe import ChildLinks, ParentLink
+from mdtwist.control.queue import register_queue_commands
 from mdtwist.control.registry import ControlDispatcher, ControlRegistry
 from mdtwist.control.service import ControlService
 from mdtwist.delivery.dsn import DSNRequests
@@ -82,6 +83,7 @@ from mdtwist.directory.ldap import LDAPDirectory
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory
 from mdtwist.login_limits import LoginLimits
+from mdtwist.metricsweb import Metrics, MetricsResource, MetricsRoot, register_metrics
 from mdtwist.minger.client import MingerClient, Peer
 from mdtwist.minger.limits import RateLimits
 from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
@@ -116,8 +118,9 @@ from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import SessionLimits, SessionTally, SMTPServerFactory
 from mdtwist.smtp.tls import ReloadableTLS
+from mdtwist.spool.admin import QueueStats, queue_stats
 from mdtwist.spool.lock import SpoolLock, SpoolLocked
-from mdtwist.spool.model import Queue, QueueEntry
+from mdtwist.spool.model import Queue
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
 from mdtwist.startup import RequiredListener
 from mdtwist.threadpool import ThreadPoolService
@@ -568,6 +571,8 @@ def make_service(
         run_queue=runner.run_now,
         reloaders=reloaders,
     )
+    register_queue_commands(registry, shard=shard, spool=spool, runner=runner, clock=reactor)
+    register_metrics(registry, shard=shard, spool=spool, clock=reactor)
     if shard > 0:
         dispatcher = ControlDispatcher(registry, shard=shard)
         _on_hangup_reload(on_hangup, dispatcher)
@@ -591,7 +596,6 @@ def make_service(
         )
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
-    add_http(config, reactor, directory, portal, tls, top)
     links = ChildLinks(reactor, [spec.shard for spec in children])
     if children:
         config_path = str(config.path.absolute())
@@ -606,6 +610,9 @@ def make_service(
         supervisor.setName("shards")
         supervisor.setServiceParent(top)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
+    add_http(
+        config, reactor, directory, portal, tls, top, scrape=lambda: dispatcher.call(Metrics, {})
+    )
     _on_hangup_reload(on_hangup, dispatcher)
     control = ControlService(reactor, config.control_socket(), dispatcher)
     control.setName("control")
@@ -627,13 +634,13 @@ def _on_hangup_reload(
     on_hangup(reload)
 
 
-def _counts(spool: SQLiteSpool) -> Deferred[tuple[int, int]]:
-    # The numbers of messages in the active and in the bad queue.
-    def count(entries: list[QueueEntry]) -> tuple[int, int]:
-        active = sum(entry.queue is Queue.ACTIVE for entry in entries)
-        return active, len(entries) - active
+def _counts(spool: SQLiteSpool) -> Deferred[tuple[int, int, int]]:
+    # The numbers of messages in the active queue, held, and in the bad queue.
+    def count(stats: QueueStats) -> tuple[int, int, int]:
+        counts = stats.counts
+        return counts[Queue.ACTIVE], counts[Queue.HOLD], counts[Queue.BAD]
 
-    return spool.list().addCallback(count)
+    return spool.inspect(queue_stats).addCallback(count)
 
 
 def peer_addresses(config: Config) -> list[str]:
@@ -818,9 +825,12 @@ def add_http(
     portal: LoginPortal,
     tls: IOpenSSLServerConnectionCreator | None,
     top: MultiService,
+    *,
+    scrape: Callable[[], Deferred[Any]] | None = None,
 ) -> None:
     """
-    Add the HTTP(S) listeners of client settings, autoconfig and Autodiscover.
+    Add the HTTP(S) listeners of client settings, autoconfig and Autodiscover, and of
+    C{/metrics} when C{[metrics]} is enabled.
 
     They run in the first process only: the answers are small and rare (clients ask when
     they start), and the receipts then have one writer.
@@ -831,6 +841,7 @@ def add_http(
     @param portal: the login portal (HTTP Basic logins, service C{"http"}).
     @param tls: the C{[tls]} context, for listeners with C{tls = true}.
     @param top: the service tree.
+    @param scrape: runs the metrics command over every process (L{mdtwist.metricsweb}).
     """
     if not config.http.listen:
         return
@@ -865,6 +876,10 @@ def add_http(
         sign_profile=None if signer is None else signer.sign,
     )
     site = build_site(resource)
+    if config.metrics.enable and scrape is not None:
+        site.resource = MetricsRoot(
+            MetricsResource(scrape, config.metrics.allowed_networks), resource
+        )
     for i, listen in enumerate(config.http.listen):
         factory: Any = site
         if listen.tls:

@@ -19,6 +19,7 @@ from mdtwist.cli import main
 from mdtwist.control.client import ControlClientError, connect_error
 from mdtwist.directory.passwords import verify_password
 from mdtwist.envelope import Recipient, RecipientState
+from mdtwist.spool import commands as queue_commands
 from mdtwist.spool.model import RecipientResult
 from mdtwist.spool.store import SQLiteSpool, shard_directory
 from tests.spool.fakes import make_envelope, run_now
@@ -98,7 +99,7 @@ class QueueCommandTests(CLITestCase):
             ],
         )
         self.assertEqual(lines[1].split()[3:5], ["<>", "1/1"])
-        self.assertEqual(lines[2], "2 messages")
+        self.assertEqual(lines[2], "2 messages in the active queue")
 
     def test_list_bad_queue(self) -> None:
         """C{queue list} lists the bad queue apart, with each message's reason."""
@@ -108,7 +109,7 @@ class QueueCommandTests(CLITestCase):
         self.assertEqual(lines[3:5], ["", "Bad queue:"])
         self.assertEqual(lines[5].split()[0], self.parked)
         self.assertTrue(lines[5].endswith("  <s@remote.example>  mail loop: 101 hops"), lines[5])
-        self.assertEqual(lines[6], "1 messages in the bad queue")
+        self.assertEqual(lines[6], "1 message in the bad queue")
 
     def test_show_bad_queue(self) -> None:
         """C{queue show} of a parked message names the bad queue and the reason."""
@@ -209,7 +210,7 @@ class ShardedQueueCommandTests(CLITestCase):
         lines = out.splitlines()
         self.assertEqual(
             [line.split()[0] for line in lines[:2]] + lines[2:4],
-            ["000000000001", "010000000001", "2 messages", ""],
+            ["000000000001", "010000000001", "2 messages in the active queue", ""],
         )
         self.assertEqual(lines[4], "Bad queue:")
         self.assertEqual(
@@ -307,6 +308,7 @@ class ServerCommandTests(SynchronousTestCase):
             return answer
 
         self.patch(cli, "call", call)
+        self.patch(queue_commands, "call", call)
 
     def run_cli(self, *argv: str, defaults: Sequence[Path] = ()) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -324,11 +326,12 @@ class ServerCommandTests(SynchronousTestCase):
             "processes": 3,
             "listeners": ["mx tcp:25"],
             "shards": [
-                {"shard": 0, "pid": 10, "active": 2, "bad": 1},
-                {"shard": 1, "pid": 11, "active": 3, "bad": 0},
+                {"shard": 0, "pid": 10, "active": 2, "held": 0, "bad": 1},
+                {"shard": 1, "pid": 11, "active": 3, "held": 4, "bad": 0},
             ],
             "missing": [2],
             "active": 5,
+            "held": 4,
             "bad": 1,
         }
         status, out, err = self.run_cli("--config", str(self.config), "status")
@@ -338,11 +341,11 @@ class ServerCommandTests(SynchronousTestCase):
             [
                 "mdtwist 1.2, 3 processes",
                 "Listening: mx tcp:25",
-                "Shard       PID    Active       Bad",
-                "    0        10         2         1",
-                "    1        11         3         0",
-                "    2         -         ?         ?  (not answering)",
-                "Total                   5         1",
+                "Shard       PID    Active      Held       Bad",
+                "    0        10         2         0         1",
+                "    1        11         3         4         0",
+                "    2         -         ?         ?         ?  (not answering)",
+                "Total                   5         4         1",
             ],
         )
         self.assertEqual(self.calls, [(self.socket, "status")])

@@ -53,6 +53,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from typing_extensions import override
 
+from mdtwist import metrics
 from mdtwist.delivery.dsn import (
     Action,
     RecipientReport,
@@ -337,6 +338,7 @@ class QueueRunner(Service):
                 delay_notified=outcome.delay_notified,
                 park=outcome.park,
             )
+            metrics.attempt_recorded(message, outcome.results, now)
         except Exception:
             log.failure("Delivery attempt for {queue_id} failed", queue_id=queue_id)
             return

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from mdtwist.config import load_config, parse_host_port
+from mdtwist.config import Config, SharingPeerConfig, load_config, parse_host_port
 from mdtwist.errors import ConfigError
 from mdtwist.minger.client import Result
 from mdtwist.minger.codec import (
@@ -215,15 +215,20 @@ def _minger_query(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0 if result in (Result.ACTIVE, Result.INACTIVE, Result.UNKNOWN) else 1
 
 
-def _sharing_check(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    config = load_config(options.config)
-    peers = config.sharing.peers
-    if not peers:
-        err.write(f"mdtwistctl: {config.path}: sharing.peers: no peers to ask\n")
-        return 1
-    if not valid_mailbox(options.address):
-        raise ValueError(f"{options.address!r} cannot be asked about over Minger")
+def ask_peers(config: Config, address: str) -> list[tuple[SharingPeerConfig, Result]]:
+    """
+    Ask every configured peer about an address at once, as before an account is created
+    (C{sharing check}, C{account add}).
+
+    @param config: the configuration (its C{[sharing]} peers, timeout and attempts).
+    @param address: the address.
+    @return: each peer with its answer (L{Result.TIMEOUT} when it cannot be reached).
+    @raise ValueError: when the address cannot travel in a Minger query.
+    """
+    if not valid_mailbox(address):
+        raise ValueError(f"{address!r} cannot be asked about over Minger")
     settings = config.sharing
+    peers = settings.peers
 
     def ask(index: int) -> Result:
         peer = peers[index]
@@ -231,7 +236,7 @@ def _sharing_check(options: argparse.Namespace, out: TextIO, err: TextIO) -> int
             return blocking_query(
                 peer.host,
                 peer.minger_port,
-                options.address,
+                address,
                 secret=None if peer.password is None else peer.password.reveal(),
                 hardened=peer.hardened,
                 timeout=settings.timeout,
@@ -240,9 +245,20 @@ def _sharing_check(options: argparse.Namespace, out: TextIO, err: TextIO) -> int
         except OSError:
             return Result.TIMEOUT
 
+    if not peers:
+        return []
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(peers), 16)) as pool:
-        results = list(pool.map(ask, range(len(peers))))
-    for peer, result in zip(peers, results, strict=True):
+        return list(zip(peers, pool.map(ask, range(len(peers))), strict=True))
+
+
+def _sharing_check(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = load_config(options.config)
+    if not config.sharing.peers:
+        err.write(f"mdtwistctl: {config.path}: sharing.peers: no peers to ask\n")
+        return 1
+    answers = ask_peers(config, options.address)
+    results = [result for _, result in answers]
+    for peer, result in answers:
         out.write(f"{peer.route}  {result.value}\n")
     if all(result is Result.UNKNOWN for result in results):
         out.write(f"{options.address}: no peer has it\n")
@@ -276,7 +292,7 @@ def _cache_list(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             store.close()
     for entry in entries:
         out.write(f"{entry.address}  {entry.peer}  verified {_time(entry.verified)}\n")
-    out.write(f"{len(entries)} addresses\n")
+    out.write(f"{len(entries)} {'address' if len(entries) == 1 else 'addresses'}\n")
     return 0
 
 

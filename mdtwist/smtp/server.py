@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from mdtwist import metrics
 from mdtwist.delivery.dsn import DSNRequests, restrict_requests
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
@@ -394,6 +395,7 @@ class SMTPServerProtocol(Protocol):
         if self._counted:
             self._counted = False
             self._factory.session_closed(self._peer)
+            metrics.session_closed(self._factory.mode.value)
 
     # -- Twisted callbacks --
 
@@ -407,6 +409,7 @@ class SMTPServerProtocol(Protocol):
         self._peer = str(getattr(peer, "host", peer))
         refusal = self._factory.session_opened(self._peer)
         self._counted = refusal is None
+        metrics.session_opened(self._factory.mode.value, accepted=refusal is None)
         if refusal is None:
             self.log.info("SMTP session from {peer}", session=self.session, peer=self._peer)
             self.core.start()
@@ -494,6 +497,10 @@ class SMTPServerProtocol(Protocol):
             self._routes = []
             self._accepted = set()
         add, self._add_recipient = self._add_recipient, True
+        if not answer.is_positive and isinstance(event, MailFrom | RcptTo | MessageReceived):
+            stage = "mail" if isinstance(event, MailFrom) else "rcpt"
+            stage = "data" if isinstance(event, MessageReceived) else stage
+            metrics.refused(stage, answer.code, answer.enhanced)
         self.core.send(answer, add_recipient=add)
         self._flush()
         if isinstance(event, StartTLS) and answer.code == 220:
@@ -714,6 +721,7 @@ class SMTPServerProtocol(Protocol):
         return d.addCallbacks(self._queued, self._not_queued, callbackArgs=(event,))
 
     def _queued(self, queue_id: str, event: MessageReceived) -> Reply:
+        metrics.message_accepted(self._factory.mode.value, len(event.body))
         self.log.info(
             "message {queue_id} queued from {mail_from}",
             session=self.session,

@@ -66,6 +66,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mdtwist import metrics
 from mdtwist.durable import fsync_directory, write_new_file
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, RecipientState
 from mdtwist.errors import SpoolError
@@ -255,6 +256,19 @@ class SpoolReader:
         try:
             return _select_message(self._db, self._directory / BODIES_NAME, rowid, with_body)
         except (sqlite3.Error, OSError) as e:
+            raise SpoolError(str(e)) from e
+
+    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """
+        Run a query of its own on the database (L{mdtwist.spool.admin.select}).
+
+        @param query: called with the read-only connection.
+        @return: its result.
+        @raise SpoolError: when the database cannot be read.
+        """
+        try:
+            return query(self._db)
+        except sqlite3.Error as e:
             raise SpoolError(str(e)) from e
 
     def close(self) -> None:
@@ -495,6 +509,41 @@ class SQLiteSpool:
         d: Deferred[builtins.list[QueueEntry]] = self._run(self._guarded, _select_entries)
         return d
 
+    def inspect(self, query: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        """
+        Read the database on the writer thread (the queue statistics of the metrics).
+
+        @param query: called with the connection; it must not write.
+        @return: a Deferred firing with its result, or failing with L{SpoolError}.
+        """
+        d: Deferred[T] = self._run(self._guarded, query)
+        return d
+
+    def administer(
+        self, work: Callable[[sqlite3.Connection, Path], tuple[T, builtins.list[str]]]
+    ) -> Deferred[T]:
+        """
+        Make an operator's change (L{mdtwist.spool.admin}) in one write transaction on the
+        writer thread.
+
+        @param work: called with the connection and the directory of body files; returns its
+            result and the names of body files to delete once the transaction has committed.
+        @return: a Deferred firing with the result, or failing with L{SpoolError} (then
+            nothing changed).
+        """
+        d: Deferred[T] = self._run(self._guarded, self._administer, work)
+        return d
+
+    def _administer(
+        self,
+        db: sqlite3.Connection,
+        work: Callable[[sqlite3.Connection, Path], tuple[T, builtins.list[str]]],
+    ) -> T:
+        with immediate(db):
+            result, unused = work(db, self._bodies)
+        self._discard([self._bodies / name for name in unused])
+        return result
+
     def _write_next_batch(self) -> None:
         # One writer cycle: every message and every delivery outcome that arrived since the
         # last one, in one transaction (group commit for both).
@@ -503,6 +552,7 @@ class SQLiteSpool:
         self._writing = True
         items = [(envelope, body) for envelope, body, _ in batch]
         requests = [(update, notices) for update, notices, _ in records]
+        metrics.commit_batch(len(items) + len(requests))
         written: Deferred[tuple[builtins.list[str], builtins.list[_RecordDone | SpoolError]]]
         written = self._run(self._write_batch, items, requests)
 
@@ -953,7 +1003,8 @@ def _update_message(
     if row is None:
         raise SpoolError(f"no message {queue_id} in the spool")
     body_file, queue = row
-    if queue != Queue.ACTIVE.value:
+    if queue == Queue.BAD.value:
+        # A held message may still get the outcome of an attempt that started before the hold.
         raise SpoolError(f"message {queue_id} is in the {queue} queue")
     for result in update.results:
         cursor = db.execute(
