@@ -86,9 +86,7 @@ class BasicsTests(SynchronousTestCase):
                 "version": "9.9",
                 "processes": 2,
                 "listeners": ["mx tcp:25", "submission tcp:587"],
-                "shards": [
-                    {"shard": 1, "pid": os.getpid(), "active": 3, "held": 2, "bad": 1}
-                ],
+                "shards": [{"shard": 1, "pid": os.getpid(), "active": 3, "held": 2, "bad": 1}],
                 "missing": [],
                 "active": 3,
                 "held": 2,
@@ -132,9 +130,7 @@ def _status(shard: int, active: int, bad: int) -> Answer:
         "version": "9.9",
         "processes": 3,
         "listeners": ["mx tcp:25"],
-        "shards": [
-            {"shard": shard, "pid": 100 + shard, "active": active, "held": 1, "bad": bad}
-        ],
+        "shards": [{"shard": shard, "pid": 100 + shard, "active": active, "held": 1, "bad": bad}],
         "missing": [],
         "active": active,
         "held": 1,
