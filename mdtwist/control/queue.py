@@ -127,8 +127,9 @@ class QueueActions:
             d = Deferred.fromCoroutine(self._bounce_all(mine))
         else:
             now = self._clock.seconds()
+            limit = self._spool.inline_limit
             d = self._spool.administer(
-                lambda db, bodies: administer(db, bodies, chosen, mine, now)
+                lambda db, bodies: administer(db, bodies, chosen, mine, now, inline_limit=limit)
             )
         return d.addCallbacks(self._answer, self._failed, callbackArgs=(chosen,))
 

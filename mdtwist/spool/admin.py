@@ -215,7 +215,13 @@ class Refusal:
 
 
 def administer(
-    db: sqlite3.Connection, bodies: Path, action: Action, ids: Sequence[str], now: float
+    db: sqlite3.Connection,
+    bodies: Path,
+    action: Action,
+    ids: Sequence[str],
+    now: float,
+    *,
+    inline_limit: int = DEFAULT_INLINE_LIMIT,
 ) -> tuple[tuple[list[str], list[Refusal]], list[str]]:
     """
     Carry an action out on messages, inside the caller's write transaction.
@@ -225,6 +231,7 @@ def administer(
     @param action: any action but L{Action.BOUNCE}.
     @param ids: the queue ids.
     @param now: the time: when released, retried and requeued messages are due.
+    @param inline_limit: a requeued body larger than this is written to a file.
     @return: the ids it was done to and the refusals, and the body files that no row names any
         more (to delete once the transaction has committed).
     """
@@ -245,7 +252,7 @@ def administer(
         queue, body_file = Queue(row[0]), row[1]
         problem = _refusal(action, queue)
         if problem is None and action is Action.REQUEUE:
-            problem = _requeue(db, bodies, rowid, body_file, now, unused)
+            problem = _requeue(db, bodies, rowid, body_file, now, unused, inline_limit)
         elif problem is None:
             _apply(db, action, rowid, now)
             if action is Action.DELETE and body_file:
@@ -291,6 +298,7 @@ def _requeue(
     body_file: str | None,
     now: float,
     unused: list[str],
+    inline_limit: int,
 ) -> str | None:
     # Back to the active queue: failed recipients pending again, the reason line removed.
     db.execute(
@@ -311,7 +319,7 @@ def _requeue(
     if body.startswith(_BAD_QUEUE_PREFIX):
         body = body[body.find(b"\r\n") + 2 :] if b"\r\n" in body else b""
     new_file = None
-    if len(body) > DEFAULT_INLINE_LIMIT:
+    if len(body) > inline_limit:
         new_file = uuid.uuid4().hex
         write_new_file(bodies / new_file, body)
         fsync_directory(bodies)

@@ -339,6 +339,13 @@ class SQLiteSpool:
 
     # Reactor side.
 
+    @property
+    def inline_limit(self) -> int:
+        """
+        Bodies up to this many bytes are stored in the database, larger ones in files.
+        """
+        return self._inline_limit
+
     def open(self) -> Deferred[None]:
         """
         Open the database now, creating the schema and removing orphaned body files.
