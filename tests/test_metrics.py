@@ -229,7 +229,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(_value(samples, "mdtwist_processes", state="missing"), 2.0)
 
 
-def _request(host: str = "127.0.0.1") -> DummyRequest:
+def _request(host: str = "127.0.0.1") -> Any:
     request = DummyRequest([b"metrics"])
     request.client = IPv4Address("TCP", host, 12345)
     return request
