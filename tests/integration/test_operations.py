@@ -394,3 +394,136 @@ class ClosedPipeTests(SynchronousTestCase):
         errors = process.stderr.read()
         process.stderr.close()
         self.assertEqual((process.wait(timeout=60), errors), (0, b""))
+
+
+class AccountSharingTests(SynchronousTestCase):
+    """
+    C{account add} with Domain Sharing on asks a real peer (our daemon with its Minger server)
+    before it adds an address.
+    """
+
+    def setUp(self) -> None:
+        from tests.integration.test_minger_daemon import SECRET, free_udp_port
+
+        minger_port = free_udp_port()
+        self.peer = Daemon(
+            Path(self.mktemp()),
+            extra=f"""
+[minger]
+enable = true
+port = {minger_port}
+secret = "{SECRET}"
+allowed_sources = ["127.0.0.0/8"]
+""",
+        )
+        self.addCleanup(self.peer.stop)
+        with (self.peer.directory / "accounts.toml").open("a") as accounts:
+            accounts.write(
+                f'[[account]]\naddress = "erin@example.test"\npassword = "{_password_hash()}"\n'
+            )
+        self.peer.start()
+        self.here = Daemon(
+            Path(self.mktemp()),
+            extra=f"""
+[sharing]
+enable = true
+timeout = 0.5
+attempts = 2
+
+[[sharing.peers]]
+host = "127.0.0.1:{self.peer.mx_port}"
+minger_port = {minger_port}
+password = "{SECRET}"
+""",
+        )
+
+    def add(self, address: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        program = str(Path(sys.executable).parent / "mdtwistctl")
+        return subprocess.run(
+            [program, "--config", str(self.here.config), "account", "add", address, *extra],
+            input="pw\n",
+            capture_output=True,
+            text=True,
+            timeout=60.0,
+            check=False,
+            cwd=_ROOT,
+        )
+
+    def test_peer_decides(self) -> None:
+        """
+        An address the peer has is refused; one it does not know is added; while the peer
+        cannot be asked, only C{--force} adds one.
+        """
+        route = f"127.0.0.1:{self.peer.mx_port}"
+        result = self.add("erin@example.test")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"erin@example.test: {route}  active\n", result.stdout)
+        self.assertIn("erin@example.test exists on the Domain Sharing peer", result.stderr)
+        result = self.add("frank@example.test")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"frank@example.test: {route}  unknown\n", result.stdout)
+        self.assertIn("Added frank@example.test\n", result.stdout)
+        self.peer.stop()
+        result = self.add("gina@example.test")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("cannot verify that no Domain Sharing peer has the address", result.stderr)
+        result = self.add("gina@example.test", "--force")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        accounts = (self.here.directory / "accounts.toml").read_text()
+        self.assertIn('"frank@example.test"', accounts)
+        self.assertIn('"gina@example.test"', accounts)
+        self.assertNotIn('"erin@example.test"', accounts)
+
+
+def _password_hash() -> str:
+    from mdtwist.directory.passwords import hash_password
+
+    return hash_password("erin-pw")
+
+
+class TwoProcessQueueTests(SynchronousTestCase):
+    """
+    With two processes every process acts on its own spool shard, and the answers add up.
+    """
+
+    def setUp(self) -> None:
+        self.daemon = Daemon(
+            Path(self.mktemp()),
+            trusted_networks=["127.0.0.0/8"],
+            server_extra="processes = 2",
+            queue="remote_interval = 3600.0\ndelay_notice = false",
+        )
+        self.addCleanup(self.daemon.stop)
+        self.daemon.start()
+
+    def listing(self) -> list[dict[str, Any]]:
+        result = self.daemon.ctl("queue", "list", "--json")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        entries: list[dict[str, Any]] = json.loads(result.stdout)
+        return entries
+
+    def test_hold_and_delete_across_shards(self) -> None:
+        """
+        Mail queued by both processes is held by one command, counted per shard by
+        C{status}, and deleted by another.
+        """
+        _wait_for(
+            lambda: json.loads(self.daemon.ctl("status", "--json").stdout)["missing"] == [],
+            "the child",
+        )
+        sent = 0
+        while {entry["queue_id"][:2] for entry in self.listing()} != {"00", "01"}:
+            _send(self.daemon.mx_port, "s@remote.example", f"r{sent}@remote.example", "x")
+            sent += 1
+            self.assertLess(sent, 100, "no message reached the second process")
+        entries = _wait_for(lambda: len(e := self.listing()) == sent and e, "every message queued")
+        result = self.daemon.ctl("queue", "hold", "--all")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, f"{sent} messages held\n")
+        status = json.loads(self.daemon.ctl("status", "--json").stdout)
+        self.assertEqual(status["held"], sent)
+        self.assertEqual([shard["held"] > 0 for shard in status["shards"]], [True, True])
+        result = self.daemon.ctl("queue", "delete", "--all", "--yes")
+        self.assertEqual((result.returncode, result.stdout), (0, f"{sent} messages deleted\n"))
+        self.assertEqual(self.listing(), [])
+        self.assertEqual(len(entries), sent)
