@@ -596,6 +596,17 @@ def make_service(
         )
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
+    # /metrics asks every process through the dispatcher, which is made below.
+    dispatchers: list[ControlDispatcher] = []
+    add_http(
+        config,
+        reactor,
+        directory,
+        portal,
+        tls,
+        top,
+        scrape=lambda: dispatchers[0].call(Metrics, {}),
+    )
     links = ChildLinks(reactor, [spec.shard for spec in children])
     if children:
         config_path = str(config.path.absolute())
@@ -610,9 +621,7 @@ def make_service(
         supervisor.setName("shards")
         supervisor.setServiceParent(top)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
-    add_http(
-        config, reactor, directory, portal, tls, top, scrape=lambda: dispatcher.call(Metrics, {})
-    )
+    dispatchers.append(dispatcher)
     _on_hangup_reload(on_hangup, dispatcher)
     control = ControlService(reactor, config.control_socket(), dispatcher)
     control.setName("control")
@@ -896,9 +905,10 @@ def add_http(
 
 
 def _active(spool: SQLiteSpool) -> Deferred[int]:
-    # The number of messages in the active queue.
+    # The number of messages still to deliver: the active queue and held messages (a held
+    # message keeps a draining process alive, so that the operator can release it).
     return spool.list().addCallback(
-        lambda entries: sum(entry.queue is Queue.ACTIVE for entry in entries)
+        lambda entries: sum(entry.queue is not Queue.BAD for entry in entries)
     )
 
 
@@ -959,7 +969,7 @@ def leftover_shards(config: Config) -> list[int]:
             found.append(shard)
             continue
         try:
-            if any(entry.queue is Queue.ACTIVE for entry in reader.list()):
+            if any(entry.queue is not Queue.BAD for entry in reader.list()):
                 found.append(shard)
         except SpoolError:
             found.append(shard)
