@@ -1,5 +1,6 @@
 # Two commands on a fresh Debian 12 machine:
 #   make run    build .venv, install mdtwist, run it in the foreground on etc/mdtwist.toml
+#               (make run CONFIG=FILE: on another configuration file)
 #   make test   build .venv, install the test peers (Debian packages) when missing, lint, type-check, test
 
 PYTHON ?= python3
@@ -7,18 +8,22 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 LINTED := mdtwist tests twisted tools $(wildcard bench)
+CONFIG ?= etc/mdtwist.toml
 
 .PHONY: run test lint typecheck trial peers clean
 
+# PYTHONWARNINGS=ignore: setuptools' banner about the "compat" editable mode (which keeps the
+# twistd plugin in twisted/plugins/ visible) says nothing the user can act on.
 $(STAMP): setup.cfg pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e . --config-settings editable_mode=compat -r requirements-dev.txt
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e . --config-settings editable_mode=compat \
+	  -r requirements-dev.txt
 	touch $@
 
 run: $(STAMP) var/tls/cert.pem
 	mkdir -p var
-	$(VENV)/bin/twistd --nodaemon --pidfile= --logger mdtwist.logging.text_observer mdtwist --config etc/mdtwist.toml
+	$(VENV)/bin/twistd --nodaemon --pidfile= --logger mdtwist.logging.text_observer mdtwist --config $(CONFIG)
 
 peers:
 	sh tools/install-peers.sh

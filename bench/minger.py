@@ -29,6 +29,14 @@ the queries name an account and half get "no such address".
 Then the ratios of our server to the ceiling. Numbers are printed, never asserted; the load
 generator shares the machine's cores with the servers, so the ceiling is a ceiling of this
 set-up, not of the hardware.
+
+Last, the RCPT latency of Domain Sharing (C{--rcpts}, 0 to skip; C{--rcpt-only} skips the
+rest): our real daemon (C{twistd mdtwist}, one process) with C{[sharing]} on, the same 2000
+accounts, and a sharing cache filled beforehand with 2000 other addresses of the domain routed
+to a peer (which is never asked: every lookup is a cache hit). One client session sends
+C{RCPT TO} one at a time (each waits for its reply), alternating a local account and a cached
+address, a new transaction every 50 recipients. Printed: p50 and p99 round trip of each kind
+and the difference (goal: a cache hit within 0.2 ms of a local account).
 """
 
 from __future__ import annotations
@@ -80,7 +88,7 @@ def serve(kind: str, accounts: Path) -> None:
             raise AssertionError("no password checks here")
 
         directory = CachedDirectory(
-            FileDirectory(accounts, reactor, no_run),  # type: ignore[arg-type]
+            FileDirectory(accounts, no_run),  # type: ignore[arg-type]
             reactor,  # type: ignore[arg-type]
             ttl=60.0,
             negative_ttl=5.0,
@@ -223,6 +231,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rate", type=float, default=5000.0)
+    parser.add_argument("--rcpts", type=int, default=20000, help="RCPTs of each kind (0: none)")
+    parser.add_argument("--rcpt-only", action="store_true", help="only the RCPT latency")
     parser.add_argument("--serve", choices=("mdtwist", "ceiling"), help=argparse.SUPPRESS)
     parser.add_argument("--accounts", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -243,65 +253,226 @@ def main() -> int:
                 f'password = "{password}"',
             ]
         accounts.write_text("\n".join(lines) + "\n")
-        servers: dict[str, tuple[subprocess.Popen[str], int]] = {}
-        try:
-            for kind in ("mdtwist", "ceiling"):
-                process = subprocess.Popen(
-                    [sys.executable, __file__, "--serve", kind, "--accounts", str(accounts)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                    env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
-                )
-                assert process.stdout is not None
-                servers[kind] = (process, int(process.stdout.readline()))
-            for _, port in servers.values():
-                throughput(port, 2000)  # warm up (directory cache, code paths)
-            # per server: queries/s, then p50 and p99 at half its load, then at --rate
-            rows: dict[str, list[tuple[float, float, float, float, float]]] = {
-                kind: [] for kind in servers
-            }
-            print(f"{time.strftime('%Y-%m-%d %H:%M')}  load average {os.getloadavg()[0]:.2f}")
-            print(
-                f"{'run':>3}  {'server':8} {'queries/s':>10} {'lost':>5}  {'half load/s':>11}"
-                f" {'p50 ms':>7} {'p99 ms':>7}  {'at ' + str(int(options.rate)) + '/s p50':>14}"
-                f" {'p99 ms':>7}"
-            )
-            for run in range(1, options.runs + 1):
-                for kind, (_, port) in servers.items():
-                    rate, lost = throughput(port, options.queries)
-                    p50, p99, _ = latency(port, rate / 2, options.seconds)
-                    f50, f99, _ = latency(port, options.rate, options.seconds)
-                    rows[kind].append((rate, p50, p99, f50, f99))
-                    print(
-                        f"{run:>3}  {kind:8} {rate:>10.0f} {lost:>5}  {rate / 2:>11.0f}"
-                        f" {p50:>7.3f} {p99:>7.3f}  {f50:>14.3f} {f99:>7.3f}",
-                        flush=True,
-                    )
-            medians = {
-                kind: [statistics.median(column) for column in zip(*values, strict=True)]
-                for kind, values in rows.items()
-            }
-            ours, ceiling = medians["mdtwist"], medians["ceiling"]
-            print("\nmedians        queries/s  p50/p99 at half load  p50/p99 at the same load")
-            for kind, (rate, p50, p99, f50, f99) in medians.items():
-                print(
-                    f"{kind:12} {rate:>11.0f}  {p50:>8.3f} / {p99:<8.3f}   {f50:>8.3f} / {f99:.3f}"
-                )
-            print(
-                f"mdtwist/ceiling: queries/s {ours[0] / ceiling[0]:.2f},"
-                f" p99 at the same load {ours[4] / ceiling[4]:.2f}"
-            )
-        finally:
-            for process, _ in servers.values():
-                assert process.stdin is not None
-                process.stdin.close()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        if not options.rcpt_only:
+            compare(options, accounts)
+        if options.rcpts > 0:
+            rcpt_latency(Path(workdir), accounts, options.rcpts)
     return 0
+
+
+def compare(options: argparse.Namespace, accounts: Path) -> None:
+    """
+    Our Minger server against the ceiling (the module docstring's first part).
+
+    @param options: the command line.
+    @param accounts: the accounts file.
+    """
+    servers: dict[str, tuple[subprocess.Popen[str], int]] = {}
+    try:
+        for kind in ("mdtwist", "ceiling"):
+            process = subprocess.Popen(
+                [sys.executable, __file__, "--serve", kind, "--accounts", str(accounts)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+            )
+            assert process.stdout is not None
+            servers[kind] = (process, int(process.stdout.readline()))
+        for _, port in servers.values():
+            throughput(port, 2000)  # warm up (directory cache, code paths)
+        # per server: queries/s, then p50 and p99 at half its load, then at --rate
+        rows: dict[str, list[tuple[float, float, float, float, float]]] = {
+            kind: [] for kind in servers
+        }
+        print(f"{time.strftime('%Y-%m-%d %H:%M')}  load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"{'run':>3}  {'server':8} {'queries/s':>10} {'lost':>5}  {'half load/s':>11}"
+            f" {'p50 ms':>7} {'p99 ms':>7}  {'at ' + str(int(options.rate)) + '/s p50':>14}"
+            f" {'p99 ms':>7}"
+        )
+        for run in range(1, options.runs + 1):
+            for kind, (_, port) in servers.items():
+                rate, lost = throughput(port, options.queries)
+                p50, p99, _ = latency(port, rate / 2, options.seconds)
+                f50, f99, _ = latency(port, options.rate, options.seconds)
+                rows[kind].append((rate, p50, p99, f50, f99))
+                print(
+                    f"{run:>3}  {kind:8} {rate:>10.0f} {lost:>5}  {rate / 2:>11.0f}"
+                    f" {p50:>7.3f} {p99:>7.3f}  {f50:>14.3f} {f99:>7.3f}",
+                    flush=True,
+                )
+        medians = {
+            kind: [statistics.median(column) for column in zip(*values, strict=True)]
+            for kind, values in rows.items()
+        }
+        ours, ceiling = medians["mdtwist"], medians["ceiling"]
+        print("\nmedians        queries/s  p50/p99 at half load  p50/p99 at the same load")
+        for kind, (rate, p50, p99, f50, f99) in medians.items():
+            print(f"{kind:12} {rate:>11.0f}  {p50:>8.3f} / {p99:<8.3f}   {f50:>8.3f} / {f99:.3f}")
+        print(
+            f"mdtwist/ceiling: queries/s {ours[0] / ceiling[0]:.2f},"
+            f" p99 at the same load {ours[4] / ceiling[4]:.2f}"
+        )
+    finally:
+        for process, _ in servers.values():
+            assert process.stdin is not None
+            process.stdin.close()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _reply(sock: socket.socket, buffer: bytearray) -> bytes:
+    # One whole SMTP reply (its last line has a space after the code).
+    while True:
+        start = 0
+        end = buffer.find(b"\r\n")
+        while end >= 0:
+            if buffer[start + 3 : start + 4] == b" ":
+                reply = bytes(buffer[: end + 2])
+                del buffer[: end + 2]
+                return reply
+            start = end + 2
+            end = buffer.find(b"\r\n", start)
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        buffer += data
+
+
+def rcpt_latency(workdir: Path, accounts: Path, count: int) -> None:
+    """
+    The RCPT round trip of a sharing cache hit against a local account, on our daemon.
+
+    @param workdir: a private directory.
+    @param accounts: the accounts file (C{user<i>@example.test}).
+    @param count: RCPTs of each kind.
+    """
+    from mdtwist.sharing.cache import CACHE_NAME, CacheStore
+
+    port = _free_port()
+    spool = workdir / "spool"
+    spool.mkdir()
+    store = CacheStore(spool / CACHE_NAME)
+    now = time.time()
+    for i in range(ACCOUNTS):
+        store.put(f"remote{i}@example.test", "127.0.0.9:25", now)
+    store.close()
+    config = workdir / "mdtwist.toml"
+    config.write_text(
+        f"""
+[server]
+hostname = "bench.example.test"
+
+[smtp]
+max_recipients = 100
+
+[[smtp.listen]]
+endpoint = "tcp:{port}:interface=127.0.0.1"
+mode = "mx"
+
+[directory]
+backend = "file"
+
+[directory.file]
+path = "{accounts}"
+
+[spool]
+directory = "{spool}"
+
+[delivery]
+maildir_root = "{workdir / "mail"}"
+
+[control]
+socket = "{workdir / "control.sock"}"
+
+[sharing]
+enable = true
+timeout = 0.2
+attempts = 1
+
+[[sharing.peers]]
+host = "127.0.0.9:25"
+minger_port = 9
+"""
+    )
+    twistd = str(Path(sys.executable).parent / "twistd")
+    log = (workdir / "twistd.log").open("wb")
+    process = subprocess.Popen(
+        [twistd, "--nodaemon", "--pidfile=", "mdtwist", "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the daemon did not start; see {log.name}") from None
+                time.sleep(0.05)
+        samples: dict[str, list[float]] = {"local": [], "cache hit": []}
+        refused = 0
+        with sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buffer = bytearray()
+            _reply(sock, buffer)
+            sock.sendall(b"EHLO bench.client\r\n")
+            _reply(sock, buffer)
+            warm_up = 2 * ACCOUNTS  # every address once, so that caches are warm on both sides
+            for n in range(warm_up + 2 * count):
+                if n % 50 == 0:
+                    sock.sendall(b"RSET\r\nMAIL FROM:<bench@client.test>\r\n")
+                    _reply(sock, buffer)
+                    _reply(sock, buffer)
+                i = (n // 2) % ACCOUNTS
+                kind = "local" if n % 2 == 0 else "cache hit"
+                name = f"user{i}" if kind == "local" else f"remote{i}"
+                command = f"RCPT TO:<{name}@example.test>\r\n".encode()
+                start = time.perf_counter()
+                sock.sendall(command)
+                reply = _reply(sock, buffer)
+                elapsed = time.perf_counter() - start
+                if not reply.startswith(b"250"):
+                    refused += 1
+                elif n >= warm_up:
+                    samples[kind].append(elapsed)
+            sock.sendall(b"QUIT\r\n")
+        print(f"\nRCPT round trip on our daemon, {count} of each kind, one at a time:")
+        results = {}
+        for kind, values in samples.items():
+            values.sort()
+            p50 = statistics.median(values) * 1000
+            p99 = values[min(len(values) - 1, int(0.99 * len(values)))] * 1000
+            results[kind] = (p50, p99)
+            print(f"  {kind:10} p50 {p50:.3f} ms  p99 {p99:.3f} ms")
+        print(
+            f"  cache hit - local: p50 {results['cache hit'][0] - results['local'][0]:+.3f} ms,"
+            f" p99 {results['cache hit'][1] - results['local'][1]:+.3f} ms"
+            f"  ({refused} refused)"
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ lists the commands; every command has C{--help}. The commands:
   - C{reload}: the running server reads its accounts file and TLS certificate again;
   - C{status [--json]}: the running server's version, processes, listeners and queue counts;
   - C{hash-password}: read a password, print its argon2id hash;
+  - C{check [--ldap]}: the configuration, accounts and TLS files, and with C{--ldap} the LDAP
+    directory (L{mdtwist.check});
   - C{minger query ...} and C{sharing check|cache ...}: see L{mdtwist.sharing.commands};
   - C{settings ...}: the client settings (L{mdtwist.settings.cli});
   - C{discover ADDRESS}: find a mailbox's IMAP and SMTP settings as a client would
@@ -35,6 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from mdtwist import check
+from mdtwist.config import DEFAULT_CONFIG_FILES, default_config_file
 from mdtwist.console import (
     DEFAULT_CONFIGS,
     CommandError,
@@ -117,7 +121,7 @@ def _main(
     try:
         if options.command in ("minger", "sharing", "settings", "discover"):
             # Their own code reads the configuration file it is given.
-            options.config = str(_config_path(locations, default_configs))
+            options.config = str(_config_path(options.config, default_configs))
         if options.command == "queue":
             return queue_commands.run(options, locations, stdin, stdout, stderr)
         if options.command == "account":
@@ -128,6 +132,8 @@ def _main(
             _status(locations.socket(), options.json, stdout)
         elif options.command == "hash-password":
             _hash_password(stdin, stdout)
+        elif options.command == "check":
+            return check.run(_config_path(options.config, default_configs), options.ldap, stdout)
         elif options.command in ("minger", "sharing"):
             status = run_sharing_command(options, stdout, stderr)
             if status is None:
@@ -154,13 +160,12 @@ def _main(
     return 0
 
 
-def _config_path(locations: Locations, defaults: Sequence[Path]) -> Path:
-    # The configuration a command that reads it itself gets: the one found, or (when none
-    # exists) the first default, which it then reports as missing.
-    try:
-        return locations.path()
-    except CommandError:
-        return defaults[0] if defaults else Path("etc/mdtwist.toml")
+def _config_path(config: str | None, defaults: Sequence[Path]) -> Path:
+    # The configuration a command that reads it itself gets: --config, else the first default
+    # that exists, else the first default (which it then reports as missing).
+    if config is not None:
+        return Path(config)
+    return default_config_file(tuple(defaults)) if defaults else DEFAULT_CONFIG_FILES[0]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,6 +204,19 @@ def _parser() -> argparse.ArgumentParser:
         help="read a password and print its hash",
         description="Read a password (twice on a terminal, else one line of standard input)"
         " and print its argon2id hash, for the accounts file.",
+    )
+    checking = commands.add_parser(
+        "check",
+        help="check the configuration, the accounts file and the TLS files"
+        " (and with --ldap the directory)",
+        description="Check the configuration as the server would use it. Problems are"
+        " printed as FILE: KEY: REASON and make the exit status 1.",
+    )
+    checking.add_argument(
+        "--ldap",
+        action="store_true",
+        help="also bind to the configured LDAP directory and search it: the base DN, the"
+        " schema's attributes and object classes, what the bind DN can read",
     )
     add_sharing_commands(commands)
     settings_cli.add_parser(commands)

@@ -38,6 +38,7 @@ from mdtwist.address import parse_address
 from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.delivery.schedule import QueuePolicy
+from mdtwist.dequeue.gateways import DAY, EtrnTarget, Gateway, ProviderSettings, normalise_domain
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
 from mdtwist.settings.model import Security
@@ -83,11 +84,14 @@ class ServerConfig:
         share the SMTP listeners (see L{mdtwist.shards}).
     @ivar postmaster: the mailbox that receives mail for C{postmaster} (bare and at every
         local domain) unless an account has that address itself; L{None}: not set.
+    @ivar drain_timeout: seconds a stopping server gives its SMTP sessions to finish the
+        message they are receiving (see L{mdtwist.drain}).
     """
 
     hostname: str
     processes: int = 1
     postmaster: str | None = None
+    drain_timeout: float = 30.0
 
 
 @attrs.frozen
@@ -218,7 +222,7 @@ class LDAPAttributes:
     """
 
     mail: str = "mail"
-    alias: str = "mailAlternateAddress"
+    alias: str = "mailLocalAddress"
     display_name: str = "cn"
     first_name: str = "givenName"
     last_name: str = "sn"
@@ -247,9 +251,7 @@ class LDAPConfig:
     ca_file: Path | None = None
     bind_dn: str = ""
     bind_password: Secret | None = None
-    filter: str = (
-        "(&(objectClass=inetOrgPerson)(|(mail={address})(mailAlternateAddress={address})))"
-    )
+    filter: str = "(&(objectClass=inetOrgPerson)(|(mail={address})(mailLocalAddress={address})))"
     auth_filter: str = "(&(objectClass=inetOrgPerson)(|(uid={login})(mail={login})))"
     auth_method: LDAPAuthMethod = LDAPAuthMethod.BIND
     disabled_values: frozenset[str] = frozenset({"disabled", "false", "0", "no", "inactive"})
@@ -433,6 +435,8 @@ class SharingConfig:
         delivery to the peer fails (MDaemon's option; on by default).
     @ivar timeout: seconds to wait for a Minger reply to one datagram.
     @ivar attempts: datagrams sent at most per Minger lookup.
+    @ivar lookups_per_session: the most distinct addresses one SMTP session may have asked
+        about at the peers (cache hits do not count); past it such recipients get 451.
     """
 
     enable: bool = False
@@ -440,6 +444,7 @@ class SharingConfig:
     no_smarthost_on_error: bool = True
     timeout: float = 2.0
     attempts: int = 3
+    lookups_per_session: int = 20
 
 
 @attrs.frozen
@@ -530,6 +535,10 @@ class Config:
     sharing: SharingConfig = SharingConfig()
     http: HTTPConfig = HTTPConfig()
     settings: ClientSettingsConfig | None = None
+    #: The gateway domains we hold mail for (C{[[gateway]]}).
+    gateways: tuple[Gateway, ...] = ()
+    #: The provider side of dequeuing (C{[provider]}).
+    provider: ProviderSettings = attrs.field(factory=ProviderSettings)
     metrics: MetricsConfig = MetricsConfig()
 
     def control_socket(self) -> Path:
@@ -553,6 +562,13 @@ def config_warnings(config: Config) -> list[str]:
             f"{config.path}: server.postmaster: warning: not set, so RCPT TO:<postmaster> is"
             " refused, and postmaster@<local domain> too unless an account has that address"
         )
+    if not config.provider.odmr_listen:
+        for i, gateway in enumerate(config.gateways):
+            if gateway.honour_atrn or (gateway.honour_etrn and gateway.etrn_requires_auth):
+                warnings.append(
+                    f"{config.path}: gateway[{i}]: warning: {gateway.domain} can only log in"
+                    " on the ODMR listener, and provider.odmr_listen is not set"
+                )
     return warnings
 
 
@@ -724,7 +740,25 @@ class _ParseOnlyReactor:
         raise NotImplementedError("a parse-only reactor resolves nothing")
 
 
+def _check_systemd_endpoint(reader: _Reader, key: str, description: str) -> None:
+    # Outside systemd (no LISTEN_FDS: "--check", "mdtwistctl check") no socket was handed
+    # over, so only the form of a systemd: endpoint can be checked.
+    options = dict(part.partition("=")[::2] for part in description.split(":")[1:])
+    unknown = sorted(set(options) - {"domain", "index", "name"})
+    if unknown or options.get("domain") not in ("INET", "INET6", "UNIX"):
+        reader.problem(
+            key, "a systemd: endpoint takes domain=INET|INET6|UNIX and index=N or name=NAME"
+        )
+    elif ("index" in options) == ("name" in options):
+        reader.problem(key, "a systemd: endpoint takes either index=N or name=NAME")
+    elif "index" in options and not options["index"].isdigit():
+        reader.problem(key, "index must be a number (0 for the first socket)")
+
+
 def _check_endpoint(reader: _Reader, key: str, description: str) -> None:
+    if description.startswith("systemd:") and "LISTEN_FDS" not in os.environ:
+        _check_systemd_endpoint(reader, key, description)
+        return
     try:
         endpoint = serverFromString(_ParseOnlyReactor(), description)
     except Exception as e:  # Twisted's parsers raise many kinds; each is a config problem.
@@ -757,7 +791,9 @@ MAX_PROCESSES = 64
 
 
 def _server(reader: _Reader, top: _Table) -> ServerConfig:
-    table = top.subtable("server", {"hostname", "processes", "postmaster"}, required=True)
+    table = top.subtable(
+        "server", {"hostname", "processes", "postmaster", "drain_timeout"}, required=True
+    )
     if table is None:
         return ServerConfig(hostname="")
     processes = table.positive("processes", int, 1)
@@ -772,6 +808,7 @@ def _server(reader: _Reader, top: _Table) -> ServerConfig:
         hostname=table.string("hostname", empty_ok=False),
         processes=processes,
         postmaster=postmaster,
+        drain_timeout=table.positive("drain_timeout", float, ServerConfig("").drain_timeout),
     )
 
 
@@ -1255,6 +1292,9 @@ def _sharing(reader: _Reader, top: _Table) -> SharingConfig:
         no_smarthost_on_error=table.value("no_smarthost_on_error", bool, True),
         timeout=table.positive("timeout", float, defaults.timeout),
         attempts=table.positive("attempts", int, defaults.attempts),
+        lookups_per_session=table.positive(
+            "lookups_per_session", int, defaults.lookups_per_session
+        ),
     )
     if config.enable and not raw:
         reader.problem(table.key("peers"), "list at least one peer when enable = true")
@@ -1288,6 +1328,8 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
             "sharing",
             "http",
             "settings",
+            "gateway",
+            "provider",
             "metrics",
         },
     )
@@ -1308,6 +1350,8 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         sharing=sharing,
         http=_http(reader, top),
         settings=_settings(reader, top),
+        gateways=_gateways(reader, top),
+        provider=_provider(reader, top),
         metrics=_metrics(reader, top),
     )
     if config.metrics.enable and not config.http.listen:
@@ -1453,6 +1497,24 @@ def _control(reader: _Reader, top: _Table) -> ControlConfig:
     return ControlConfig(socket=socket)
 
 
+#: The configuration files tried, in this order, when none is named (C{twistd mdtwist} and
+#: C{mdtwistctl} without C{--config}).
+DEFAULT_CONFIG_FILES = (Path("etc/mdtwist.toml"), Path("/etc/mdtwist/mdtwist.toml"))
+
+
+def default_config_file(candidates: tuple[Path, ...] = DEFAULT_CONFIG_FILES) -> Path:
+    """
+    Find the configuration file to use when none is named.
+
+    @param candidates: the files tried, in order.
+    @return: the first that exists, or the first of all (so that the error names it).
+    """
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[0]
+
+
 def load_locations(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """
     Read only where the spool and the control socket are (for C{mdtwistctl}, which needs no
@@ -1497,3 +1559,121 @@ def _load_toml(source: Path, loader: Callable[[Path], bytes] | None) -> dict[str
         raise ConfigError([f"{source}: cannot read: {e.strerror or e}"]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError([f"{source}: not valid TOML: {e}"]) from None
+
+
+_GATEWAY_KEYS = {
+    "domain",
+    "login",
+    "password",
+    "password_file",
+    "honour_etrn",
+    "honour_atrn",
+    "etrn_requires_auth",
+    "auth_any_address",
+    "allowed_networks",
+    "one_atrn_session",
+    "etrn_deliver_to",
+    "etrn_port",
+    "hold_days",
+}
+
+
+def _gateway(reader: _Reader, key: str, item: object) -> Gateway | None:
+    if not isinstance(item, dict):
+        reader.problem(key, f"expected a table, got {_kind(item)}")
+        return None
+    entry = reader.table(item, key, _GATEWAY_KEYS)
+    text = entry.string("domain", empty_ok=False)
+    domain = normalise_domain(text) if text else None
+    if text and domain is None:
+        reader.problem(entry.key("domain"), f"{text!r} is not a domain name")
+    login = entry.string("login", domain or "", empty_ok=False).lower()
+    password = entry.secret("password")
+    etrn_auth = entry.value("etrn_requires_auth", bool, True)
+    honour_atrn = entry.value("honour_atrn", bool, True)
+    if password is None and (honour_atrn or etrn_auth):
+        reader.problem(
+            entry.key("password"),
+            "required (or password_file) while honour_atrn or etrn_requires_auth is on",
+        )
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for net in entry.strings("allowed_networks", ()):
+        try:
+            networks.append(ipaddress.ip_network(net, strict=False))
+        except ValueError:
+            reader.problem(entry.key("allowed_networks"), f"{net!r} is not a network")
+    deliver_to = entry.string("etrn_deliver_to", "mx", empty_ok=False)
+    host = ""
+    if deliver_to in ("mx", "requester"):
+        target = EtrnTarget(deliver_to)
+    else:
+        target, host = EtrnTarget.HOST, deliver_to
+        try:
+            parse_host_spec(host)
+        except HostSpecError as e:
+            reader.problem(
+                entry.key("etrn_deliver_to"), f"must be 'mx', 'requester' or a host: {e}"
+            )
+    if target is EtrnTarget.REQUESTER and not etrn_auth:
+        reader.problem(
+            entry.key("etrn_deliver_to"),
+            "'requester' needs etrn_requires_auth = true (else anyone could take the mail)",
+        )
+    port = entry.positive("etrn_port", int, 25)
+    if port > 65535:
+        reader.problem(entry.key("etrn_port"), "must be at most 65535")
+    days = entry.positive("hold_days", float, 7.0)
+    if domain is None:
+        return None
+    return Gateway(
+        domain=domain,
+        login=login or domain,
+        password=password,
+        honour_etrn=entry.value("honour_etrn", bool, True),
+        honour_atrn=honour_atrn,
+        etrn_requires_auth=etrn_auth,
+        auth_any_address=entry.value("auth_any_address", bool, True),
+        allowed_networks=tuple(networks),
+        one_atrn_session=entry.value("one_atrn_session", bool, False),
+        etrn_target=target,
+        etrn_host=host,
+        etrn_port=port,
+        hold_time=days * DAY,
+    )
+
+
+def _gateways(reader: _Reader, top: _Table) -> tuple[Gateway, ...]:
+    raw = top.value("gateway", list, [])
+    gateways: list[Gateway] = []
+    passwords: dict[str, Secret | None] = {}
+    for i, item in enumerate(raw):
+        key = f"gateway[{i}]"
+        gateway = _gateway(reader, key, item)
+        if gateway is None:
+            continue
+        if any(g.domain == gateway.domain for g in gateways):
+            reader.problem(f"{key}.domain", f"{gateway.domain} is listed twice")
+            continue
+        if gateway.login in passwords and passwords[gateway.login] != gateway.password:
+            reader.problem(
+                f"{key}.password",
+                f"login {gateway.login} is used by another gateway with another password",
+            )
+        passwords.setdefault(gateway.login, gateway.password)
+        gateways.append(gateway)
+    return tuple(gateways)
+
+
+def _provider(reader: _Reader, top: _Table) -> ProviderSettings:
+    defaults = ProviderSettings()
+    table = top.subtable("provider", set(attrs.fields_dict(ProviderSettings)))
+    assert table is not None
+    listen = table.string("odmr_listen", "")
+    if listen:
+        _check_endpoint(reader, table.key("odmr_listen"), listen)
+    return ProviderSettings(
+        odmr_listen=listen,
+        etrn_per_session=table.positive("etrn_per_session", int, defaults.etrn_per_session),
+        idle_timeout=table.positive("idle_timeout", float, defaults.idle_timeout),
+        turned_timeout=table.positive("turned_timeout", float, defaults.turned_timeout),
+    )

@@ -15,11 +15,11 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from mdtwist.config import Config, load_config, load_locations
+from mdtwist.config import DEFAULT_CONFIG_FILES, Config, load_config, load_locations
 from mdtwist.errors import ConfigError
 
 #: The configuration files tried, in this order, without C{--config}.
-DEFAULT_CONFIGS = (Path("etc/mdtwist.toml"), Path("/etc/mdtwist/mdtwist.toml"))
+DEFAULT_CONFIGS = DEFAULT_CONFIG_FILES
 
 #: Operations over more messages than this show a progress bar (on a terminal).
 PROGRESS_THRESHOLD = 100

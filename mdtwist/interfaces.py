@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from mdtwist.directory.model import Account
     from mdtwist.envelope import ClientInfo, Envelope
-    from mdtwist.route import SharingAnswer
+    from mdtwist.route import LookupBudget, SharingAnswer
     from mdtwist.settings.model import Merged
     from mdtwist.smtp.core.replies import Reply
     from mdtwist.smtp.policy import RecipientDecision
@@ -99,19 +99,44 @@ class IReceivePolicy(Interface):
         """
 
 
+class ISessionPolicies(Interface):
+    """
+    A receive policy that keeps some state per SMTP session (such as the session's budget of
+    Domain Sharing lookups): the SMTP glue asks it for a view of its own for each session.
+    """
+
+    def for_session() -> IReceivePolicy:
+        """
+        @return: the policy of one new session; it lives as long as the session.
+        """
+
+
 class ISharingLookup(Interface):
     """
     Domain Sharing: finds the peer server that has the mailbox of an address in one of our
     domains when no local account has it.
     """
 
-    def lookup(address: str, client: ClientInfo) -> Deferred[SharingAnswer]:
+    def lookup(
+        address: str, client: ClientInfo, budget: LookupBudget | None = None
+    ) -> Deferred[SharingAnswer]:
         """
         @param address: the recipient, in a local domain, with no local account.
         @param client: the SMTP client asking (for logs and rate limits).
+        @param budget: the SMTP session's budget of lookups at the peers; a lookup that
+            would ask the peers once it is spent is L{mdtwist.route.SharingStatus.UNAVAILABLE}
+            without asking. L{None}: no limit.
         @return: a Deferred firing with the answer: found on a peer (its C{host:port}), found
             nowhere, or cannot tell now. It does not fail: a lookup that cannot be made is
             L{mdtwist.route.SharingStatus.UNAVAILABLE}.
+        """
+
+    def local_account(address: str) -> None:
+        """
+        Tell it that a local account has the address now: any route it remembers for the
+        address is forgotten (in the background; nothing to wait for).
+
+        @param address: the recipient as given, in a local domain, with a local account.
         """
 
 

@@ -223,3 +223,45 @@ class SharingAnswer:
         @return: the answer "cannot tell now".
         """
         return cls(SharingStatus.UNAVAILABLE)
+
+
+class LookupBudget:
+    """
+    How many distinct addresses one SMTP session may have looked up at the Domain Sharing
+    peers (cache hits are free): past the limit the session cannot use this server to sweep
+    the peers for valid addresses.
+
+    It belongs to one session and is changed in place as the session goes on.
+
+    @ivar limit: the most distinct addresses asked about.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """
+        @param limit: the most distinct addresses asked about (0: none).
+        """
+        self.limit = limit
+        self._spent: set[str] = set()
+
+    def spend(self, address: str) -> bool:
+        """
+        Count a lookup at the peers.
+
+        @param address: the address about to be asked about (any case).
+        @return: whether it may be asked: the same address again always may; a new one only
+            while fewer than C{limit} were asked about.
+        """
+        key = address.lower()
+        if key in self._spent:
+            return True
+        if len(self._spent) >= self.limit:
+            return False
+        self._spent.add(key)
+        return True
+
+    @property
+    def spent(self) -> int:
+        """
+        The number of distinct addresses asked about so far.
+        """
+        return len(self._spent)

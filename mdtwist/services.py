@@ -2,19 +2,22 @@
 """
 Builds the service tree from the configuration and hands every object its collaborators.
 
-Children start in the order they are added and stop in the reverse order, so the listeners stop
-first, then the queue runner, then the spool is closed, and the thread pools go last:
+The top service is a L{mdtwist.drain.ServerTree}: on stop it first drains the SMTP sessions
+(within C{server.drain_timeout}), then stops its children. Children start in the order they
+are added and stop in the reverse order, so the listeners stop first, then the queue runner,
+then the spool is closed, and the thread pools go last:
 
     spool-lock           the exclusive lock of this process's spool directory (twistd only)
+    accounts-watch       re-reads the accounts file when it changes (file backend only)
     directory            ThreadPoolService: LDAP calls and password hashing
     spool-io             ThreadPoolService with one thread: the spool's only writer
     spool-read           ThreadPoolService: message loads on read-only connections
     delivery-io          ThreadPoolService: Maildir writes and fsyncs (idle with LMTP)
     spool                closes the spool database on shutdown
-    smtp-client-close    closes idle outbound SMTP connections on shutdown
-    queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     sharing-io           ThreadPoolService with one thread: the Domain Sharing cache ([sharing])
     sharing              SharingService: Minger lookups at the peers, the shared cache
+    smtp-client-close    closes idle outbound SMTP connections on shutdown
+    queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     minger               the Minger UDP server ([minger]; first process only)
     smtp-N-MODE          one RequiredListener per [[smtp.listen]]: each opens, or start-up stops
     settings-io          ThreadPoolService: writes of the client-settings receipts
@@ -33,7 +36,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import UDPServer
@@ -44,7 +48,6 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     clientFromString,
-    serverFromString,
 )
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -70,6 +73,7 @@ from mdtwist.control.registry import ControlDispatcher, ControlRegistry
 from mdtwist.control.service import ControlService
 from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.hosts import FailedHosts
+from mdtwist.delivery.leases import Leases
 from mdtwist.delivery.lmtp import LMTPDelivery
 from mdtwist.delivery.local import ILocalDelivery, MaildirDelivery
 from mdtwist.delivery.mx import AddressPolicy, MXResolver, make_resolver
@@ -77,11 +81,24 @@ from mdtwist.delivery.popauth import pop_before_smtp
 from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.delivery.runner import QueueRunner
+from mdtwist.dequeue.gateways import GatewayBook
+from mdtwist.dequeue.held import HeldMail
+from mdtwist.dequeue.provider import GatewayProvider, odmr_factory
+from mdtwist.dequeue.release import (
+    ControlSocketRelease,
+    DispatcherRelease,
+    Release,
+    Shards,
+    register_gateway_commands,
+    register_release_command,
+)
 from mdtwist.directory.cache import CachedDirectory, Reloadable
-from mdtwist.directory.file import FileDirectory
+from mdtwist.directory.file import AccountsWatch, FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
+from mdtwist.drain import GRACE as DRAIN_GRACE
+from mdtwist.drain import ServerTree, SessionDrain
 from mdtwist.errors import ConfigError, SpoolError
-from mdtwist.interfaces import IDirectory
+from mdtwist.interfaces import IDirectory, ISharingLookup
 from mdtwist.login_limits import LoginLimits
 from mdtwist.metricsweb import Metrics, MetricsResource, MetricsRoot, register_metrics
 from mdtwist.minger.client import MingerClient, Peer
@@ -116,13 +133,13 @@ from mdtwist.smtp.client import ClientTimeouts, SMTPClient, trust_root_from_pem
 from mdtwist.smtp.core.client import Credentials
 from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
-from mdtwist.smtp.server import SessionLimits, SessionTally, SMTPServerFactory
+from mdtwist.smtp.server import CommandHandler, SessionLimits, SessionTally, SMTPServerFactory
 from mdtwist.smtp.tls import ReloadableTLS
 from mdtwist.spool.admin import QueueStats, queue_stats
 from mdtwist.spool.lock import SpoolLock, SpoolLocked
-from mdtwist.spool.model import Queue
+from mdtwist.spool.model import Queue, QueuedMessage
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
-from mdtwist.startup import RequiredListener
+from mdtwist.startup import RequiredListener, server_endpoint
 from mdtwist.threadpool import ThreadPoolService
 
 _log = Logger()
@@ -195,13 +212,16 @@ def build_directory(
             raise ConfigError(
                 [f"{config.path}: directory.file.path: cannot read {path}: {e.strerror}"]
             ) from None
-        backend = FileDirectory(
-            settings.file.path, reactor, run, check_interval=settings.file.check_interval
-        )
+        backend = FileDirectory(settings.file.path, run)
     cache = settings.cache
-    return CachedDirectory(
+    cached = CachedDirectory(
         backend, reactor, ttl=cache.ttl, negative_ttl=cache.negative_ttl, size=cache.size
     )
+    if isinstance(backend, FileDirectory):
+        assert settings.file is not None
+        interval = settings.file.check_interval
+        AccountsWatch(backend.check, cached.forget, reactor, interval).setServiceParent(parent)
+    return cached
 
 
 def take_spool_lock(config: Config, shard: int = 0) -> SpoolLock:
@@ -296,7 +316,12 @@ def build_local_delivery(
 
 
 def build_remote_delivery(
-    config: Config, reactor: Any, directory: IDirectory, parent: MultiService, shard: int = 0
+    config: Config,
+    reactor: Any,
+    directory: IDirectory,
+    parent: MultiService,
+    shard: int = 0,
+    sharing: SharingService | None = None,
 ) -> RemoteDelivery:
     """
     Build remote delivery: the router's policy, MX resolution, the SMTP client and the
@@ -307,6 +332,7 @@ def build_remote_delivery(
     @param directory: finds sending accounts for per-account smart-host AUTH.
     @param parent: gets the service that closes idle client connections at shutdown.
     @param shard: this process's shard, for its share of the per-host connection limit.
+    @param sharing: Domain Sharing, whose cache forgets an address its peer says C{5.1.1} to.
     @return: the remote delivery for the queue runner.
     @raise ConfigError: when the smart host's CA file cannot be read.
     """
@@ -318,6 +344,7 @@ def build_remote_delivery(
         port=outbound.mx_port,
         bounce_no_address=outbound.bounce_if_no_mx_or_a,
         bounce_on_first_5xx=outbound.bounce_on_first_5xx,
+        sharing_smarthost_fallback=not config.sharing.no_smarthost_on_error,
     )
     servers = [_checked(parse_host_port(text)) for text in outbound.dns_servers] or None
     resolver = MXResolver(
@@ -391,6 +418,7 @@ def build_remote_delivery(
         mx_tls=outbound.mx_tls,
         abort_on_rcpt_5xx=outbound.abort_on_rcpt_5xx,
         delay_after_temp_error=config.queue.delay_after_temp_error,
+        forget_peer_address=None if sharing is None else sharing.drop,
     )
 
 
@@ -409,6 +437,8 @@ def smtp_factory(
     reactor: Any,
     portal: LoginPortal,
     tally: SessionTally | None = None,
+    sharing: ISharingLookup | None = None,
+    commands: Mapping[str, CommandHandler] | None = None,
 ) -> SMTPServerFactory:
     """
     Build the protocol factory of one SMTP listener.
@@ -421,6 +451,9 @@ def smtp_factory(
     @param reactor: the clock for timeouts.
     @param portal: the login portal every listener shares (L{login_portal}).
     @param tally: the process's sessions over every listener (C{smtp.max_sessions}).
+    @param sharing: Domain Sharing (this process's L{SharingService}), asked about local
+        addresses without an account here; L{None} when C{[sharing]} is off.
+    @param commands: extension command handlers (ETRN for gateway domains).
     @return: the factory.
     """
     smtp = config.smtp
@@ -445,6 +478,9 @@ def smtp_factory(
         trusted_networks=parse_networks(smtp.trusted_networks),
         postmaster=config.server.postmaster,
         sender_must_match_login=listen.sender_login_match,
+        sharing=sharing,
+        sharing_lookups_per_session=config.sharing.lookups_per_session,
+        gateway_domains=[g.domain for g in config.gateways],
     )
     return SMTPServerFactory(
         settings=settings,
@@ -459,6 +495,7 @@ def smtp_factory(
         tally=tally,
         dsn_untrusted=None if smtp.dsn is DSNRequests.HONOUR else smtp.dsn,
         trusted=policy.trusted,
+        commands=commands,
     )
 
 
@@ -476,7 +513,12 @@ def login_portal(config: Config, directory: IDirectory, reactor: Any) -> LoginPo
     limits = LoginLimits(
         max_failures=config.smtp.max_auth_failures, window=config.smtp.auth_failure_window
     )
-    return build_login_portal(directory, reactor, limits=limits)
+    return build_login_portal(
+        directory,
+        reactor,
+        limits=limits,
+        gateway_secrets=GatewayBook(config.gateways).secrets(),
+    )
 
 
 def make_service(
@@ -511,7 +553,7 @@ def make_service(
     @raise ConfigError: when a part cannot be built (a bad accounts file, an unusable spool,
         a certificate that does not load, a spool locked by another server).
     """
-    top = MultiService()
+    top = ServerTree()
     top.setName("mdtwist")
     if lock_spool:
         # The first child, so the last to stop: the lock is held until the spool is closed.
@@ -527,6 +569,12 @@ def make_service(
         pool.setServiceParent(top)
     spool = open_spool(config, spool_pool.run, read_pool.run, shard=shard)
     SpoolService(spool).setServiceParent(top)
+    # Domain Sharing before the queue, so that it stops after it (remote delivery drops
+    # cache entries); every process has its own service over the one shared cache.
+    sharing = build_sharing(config, reactor, top)
+    book = GatewayBook(config.gateways)
+    leases = Leases()
+    remote = build_remote_delivery(config, reactor, directory, top, shard, sharing)
     runner = QueueRunner(
         spool,
         directory,
@@ -536,16 +584,18 @@ def make_service(
         concurrency=config.delivery.concurrency,
         policy=config.queue,
         hostname=config.server.hostname,
-        remote=build_remote_delivery(config, reactor, directory, top, shard),
+        remote=remote,
         postmaster=config.server.postmaster,
+        hold_time=book.hold_time,
+        leases=leases,
     )
     runner.setName("queue")
     runner.setServiceParent(top)
-    # The receive policy's Domain Sharing collaborator; see sharing_of.
-    build_sharing(config, reactor, top)
     if config.minger.enable and shard == 0:
         build_minger_server(config, reactor, directory).setServiceParent(top)
-    reloaders = [directory.reload] if isinstance(directory, Reloadable) else []
+    reloaders: list[Callable[[], Sequence[str]]] = []
+    if isinstance(directory, Reloadable):
+        reloaders.append(directory.reload)
     tls = None
     if config.tls is not None:
         tls = ReloadableTLS(config.tls.certificate, config.tls.private_key)
@@ -553,10 +603,39 @@ def make_service(
     portal = login_portal(config, directory, reactor)
     # One tally for every listener of this process (smtp.max_sessions counts per process).
     tally = SessionTally(config.smtp.max_sessions)
+    held = HeldMail(spool, runner, leases, reactor, remote)
+    # The first process's dispatcher, once built (ETRN in the first process uses it).
+    first: list[ControlDispatcher] = []
+    release: Release = (
+        DispatcherRelease(lambda: first[0] if first else None)
+        if shard == 0
+        else ControlSocketRelease(reactor, config.control_socket())
+    )
+    shard_links = Shards(held) if shard == 0 else None
+    provider = GatewayProvider(
+        book,
+        config.provider,
+        reactor,
+        release=release,
+        shards=shard_links,
+        load=lambda k, queue_id: read_pool.run(
+            _load_held, shard_directory(config.spool.directory, k), queue_id
+        ),
+        hostname=config.server.hostname,
+    )
+    etrn = (
+        {"ETRN": provider.etrn_handler(False)}
+        if any(g.honour_etrn for g in book.gateways)
+        else None
+    )
     factories = [
-        smtp_factory(config, listen, directory, spool, tls, reactor, portal, tally)
+        smtp_factory(
+            config, listen, directory, spool, tls, reactor, portal, tally, sharing, commands=etrn
+        )
         for listen in config.smtp.listen
     ]
+    # On stop, the sessions finish their messages (within a bound) before anything stops.
+    top.drains.append(SessionDrain(factories, reactor, config.server.drain_timeout))
     # Features register their control commands here (see mdtwist.control).
     registry = ControlRegistry()
     register_basics(
@@ -571,7 +650,10 @@ def make_service(
         run_queue=runner.run_now,
         reloaders=reloaders,
     )
-    register_queue_commands(registry, shard=shard, spool=spool, runner=runner, clock=reactor)
+    register_gateway_commands(registry, held)
+    register_queue_commands(
+        registry, shard=shard, spool=spool, runner=runner, clock=reactor, leases=leases
+    )
     register_metrics(registry, shard=shard, spool=spool, clock=reactor)
     if shard > 0:
         dispatcher = ControlDispatcher(registry, shard=shard)
@@ -590,14 +672,13 @@ def make_service(
         if processes > 1:
             shared.append((_checked_spec(listen_spec(listen.endpoint)), factory))
             continue
-        endpoint = serverFromString(reactor, listen.endpoint)
+        endpoint = server_endpoint(reactor, listen.endpoint)
         listener = RequiredListener(
             endpoint, factory, key=f"smtp.listen[{i}].endpoint", description=listen.endpoint
         )
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
-    # /metrics asks every process through the dispatcher, which is made below.
-    dispatchers: list[ControlDispatcher] = []
+    # /metrics asks every process through the first process's dispatcher, made below.
     add_http(
         config,
         reactor,
@@ -605,7 +686,8 @@ def make_service(
         portal,
         tls,
         top,
-        scrape=lambda: dispatchers[0].call(Metrics, {}),
+        reloaders,
+        scrape=lambda: first[0].call(Metrics, {}),
     )
     links = ChildLinks(reactor, [spec.shard for spec in children])
     if children:
@@ -617,16 +699,75 @@ def make_service(
             lambda spec, sockets: child_argv(config_path, spec, sockets, argv),
             link=links.attach,
             drained=links.finished,
+            # A child drains its own sessions first (see mdtwist.drain).
+            stop_grace=config.server.drain_timeout + DRAIN_GRACE + 5.0,
         )
         supervisor.setName("shards")
         supervisor.setServiceParent(top)
+        # The children drain at the same time as this process, not after it.
+        top.drains.append(supervisor.stopService)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
-    dispatchers.append(dispatcher)
+    first.append(dispatcher)
+    register_release_command(registry, provider.release_targets, release)
+    assert shard_links is not None
+    shard_links.children = links
+    if config.provider.odmr_listen:
+        _add_odmr_listener(config, reactor, provider, directory, spool, portal, top)
     _on_hangup_reload(on_hangup, dispatcher)
     control = ControlService(reactor, config.control_socket(), dispatcher)
     control.setName("control")
     control.setServiceParent(top)
     return top
+
+
+def _add_odmr_listener(
+    config: Config,
+    reactor: Any,
+    provider: GatewayProvider,
+    directory: IDirectory,
+    spool: SQLiteSpool,
+    portal: LoginPortal,
+    top: MultiService,
+) -> None:
+    # The ODMR listener (port 366): in the first process only, which reaches every shard.
+    smtp_config = config.smtp
+    settings = ServerSettings(
+        hostname=config.server.hostname,
+        max_command_line=smtp_config.max_command_line,
+        max_errors=smtp_config.max_errors,
+    )
+    limits = SessionLimits(
+        max_sessions_per_ip=smtp_config.max_sessions_per_ip,
+        idle_timeout=config.provider.idle_timeout,
+        data_timeout=config.provider.idle_timeout,
+    )
+    factory = odmr_factory(
+        provider,
+        settings=settings,
+        policy=ReceivePolicy(directory),
+        spool=spool,
+        portal=portal,
+        clock=reactor,
+        limits=limits,
+    )
+    description = config.provider.odmr_listen
+    listener = RequiredListener(
+        server_endpoint(reactor, description),
+        factory,
+        key="provider.odmr_listen",
+        description=description,
+    )
+    listener.setName("odmr")
+    listener.setServiceParent(top)
+
+
+def _load_held(directory: Path, queue_id: str) -> QueuedMessage | None:
+    # On a reading thread: a held message of any shard, read-only, with its body.
+    reader = SpoolReader(directory)
+    try:
+        return reader.load(queue_id, with_body=True)
+    finally:
+        reader.close()
 
 
 def _on_hangup_reload(
@@ -834,6 +975,7 @@ def add_http(
     portal: LoginPortal,
     tls: IOpenSSLServerConnectionCreator | None,
     top: MultiService,
+    reloaders: list[Callable[[], Sequence[str]]] | None = None,
     *,
     scrape: Callable[[], Deferred[Any]] | None = None,
 ) -> None:
@@ -850,6 +992,7 @@ def add_http(
     @param portal: the login portal (HTTP Basic logins, service C{"http"}).
     @param tls: the C{[tls]} context, for listeners with C{tls = true}.
     @param top: the service tree.
+    @param reloaders: gets the reload of the client settings (C{mdtwistctl reload}, SIGHUP).
     @param scrape: runs the metrics command over every process (L{mdtwist.metricsweb}).
     """
     if not config.http.listen:
@@ -860,6 +1003,8 @@ def add_http(
         server_facts(config, socket.gethostname()),
         Policy(push_enabled=settings.push_enabled, allow_override=settings.allow_override),
     )
+    if reloaders is not None:
+        reloaders.append(source.refresh)
     pool = ThreadPoolService(reactor, "settings-io", 1)
     pool.setServiceParent(top)
     try:
@@ -895,7 +1040,7 @@ def add_http(
             assert tls is not None
             factory = TLSMemoryBIOFactory(tls, False, site)
         service = RequiredListener(
-            serverFromString(reactor, listen.endpoint),
+            server_endpoint(reactor, listen.endpoint),
             factory,
             key=f"http.listen[{i}].endpoint",
             description=listen.endpoint,

@@ -372,6 +372,7 @@ class ShardSupervisor(Service):
         argv: Callable[[ChildSpec, int], list[str]],
         link: Callable[[int, socket.socket], object] = lambda shard, end: None,
         drained: Callable[[int], object] = lambda shard: None,
+        stop_grace: float = STOP_GRACE,
     ) -> None:
         """
         @param reactor: an C{IReactorProcess}, C{IReactorSocket}, C{IReactorTime} and
@@ -384,8 +385,11 @@ class ShardSupervisor(Service):
             wants one, as the end is closed afterwards.
         @param drained: told the shard of a draining child that finished (it is not started
             again; L{mdtwist.control.pipe.ChildLinks.finished}).
+        @param stop_grace: seconds a stopping child gets (to drain its sessions) before it is
+            killed.
         """
         self._reactor = reactor
+        self._stop_grace = stop_grace
         self._listeners = listeners
         self._specs = children
         self._argv = argv
@@ -496,7 +500,7 @@ class ShardSupervisor(Service):
         stopped: Deferred[None] = Deferred()
         self._stopped[shard] = stopped
         _signal(process, "TERM")
-        kill = self._reactor.callLater(STOP_GRACE, _signal, process, "KILL")
+        kill = self._reactor.callLater(self._stop_grace, _signal, process, "KILL")
 
         def done(result: None) -> None:
             if kill.active():

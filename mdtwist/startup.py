@@ -20,13 +20,66 @@ from types import TracebackType
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from typing_extensions import override
+from zope.interface import implementer
 
 from mdtwist.errors import StartupError
 
 _log = Logger()
+
+
+@implementer(IStreamServerEndpoint)
+class SystemdEndpoint:
+    """
+    A C{systemd:} server endpoint, looked up only when it listens.
+
+    Twisted finds the socket systemd handed over (C{LISTEN_FDS}, C{LISTEN_FDNAMES}) as soon
+    as it parses the string; parsed later, at C{privilegedStartService}, a missing socket is
+    a one-line start-up error of its listener, and C{--check} works outside systemd.
+    """
+
+    def __init__(self, reactor: Any, description: str) -> None:
+        """
+        @param reactor: the reactor.
+        @param description: the endpoint string, such as C{systemd:domain=INET:name=smtp}.
+        """
+        self._reactor = reactor
+        self._description = description
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """
+        Listen on the socket systemd handed over.
+
+        @param factory: the protocol factory.
+        @return: the listening port.
+        @raise CannotListenError: (synchronously) when systemd handed over no such socket.
+        """
+        try:
+            endpoint = serverFromString(self._reactor, self._description)
+        except (KeyError, IndexError):
+            raise CannotListenError(
+                "", 0, OSError(0, "systemd handed over no such socket (LISTEN_FDS)")
+            ) from None
+        result: Deferred[IListeningPort] = endpoint.listen(factory)
+        return result
+
+
+def server_endpoint(reactor: Any, description: str) -> Any:
+    """
+    Parse a server endpoint string; C{systemd:} ones only when they listen.
+
+    @param reactor: the reactor.
+    @param description: the endpoint string (checked by the configuration already).
+    @return: the endpoint.
+    """
+    if description.startswith("systemd:"):
+        return SystemdEndpoint(reactor, description)
+    return serverFromString(reactor, description)
 
 
 def listen_failure(key: str, description: str, error: BaseException) -> str:

@@ -7,6 +7,7 @@ This is the only module that imports the global reactor, and only inside L{makeS
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,8 +17,9 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
-from mdtwist.config import Config, config_warnings, load_config
+from mdtwist.config import Config, config_warnings, default_config_file, load_config
 from mdtwist.errors import ConfigError
+from mdtwist.privileges import Owner, hand_over, service_owner
 from mdtwist.services import make_service
 from mdtwist.shards import parse_fds
 from mdtwist.spool.store import MAX_SHARDS
@@ -30,7 +32,13 @@ class Options(usage.Options):
     """
 
     optParameters = [  # noqa: RUF012, N815 - the name Twisted reads
-        ["config", "c", "etc/mdtwist.toml", "The configuration file (TOML)."],
+        [
+            "config",
+            "c",
+            None,
+            "The configuration file (TOML); default: etc/mdtwist.toml when it exists,"
+            " else /etc/mdtwist/mdtwist.toml.",
+        ],
         ["shard", None, "0", "Internal: the spool shard of a child process (server.processes)."],
         [
             "listen-fds",
@@ -58,6 +66,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--shard: must be from 0 to {MAX_SHARDS - 1}")
         if fds and shard == 0:
             raise usage.UsageError("--listen-fds: only for a child process (--shard above 0)")
+        if self["config"] is None:
+            self["config"] = str(default_config_file())
         self["shard"] = shard
         self["listen-fds"] = fds
 
@@ -69,6 +79,7 @@ def build(
     argv: Sequence[str] = (),
     stdout: TextIO = sys.stdout,
     on_hangup: Callable[[Callable[[], object]], object] | None = None,
+    owner: Owner | None = None,
 ) -> IService:
     """
     Load the configuration and build the service tree, or report why not.
@@ -83,6 +94,8 @@ def build(
     @param stdout: where C{--check} says that the configuration is valid.
     @param argv: twistd's command line, for the child processes of C{server.processes}.
     @param on_hangup: installs the function SIGHUP calls (L{hangup_installer}).
+    @param owner: the user and group twistd switches to after binding (C{--uid}, C{--gid});
+        what start-up made as root is given to them (L{mdtwist.privileges.hand_over}).
     @return: the top service.
     @raise SystemExit: on a bad configuration (status 1), and after C{--check} (status 0).
     """
@@ -106,6 +119,8 @@ def build(
             print(line, file=stderr)
         print(f"{options['config']}: configuration is valid", file=stdout)
         raise SystemExit(0)
+    if owner is not None:
+        hand_over(config, owner)
     return service
 
 
@@ -120,7 +135,8 @@ def makeService(options: Options) -> IService:  # noqa: N802 - the name twistd c
 
     # A listener that cannot open stops start-up with one line, not a traceback.
     one_line_startup_errors()
-    return build(options, reactor, argv=sys.argv, on_hangup=hangup_installer(reactor))
+    owner = service_owner(getattr(options, "parent", None), os.geteuid())
+    return build(options, reactor, argv=sys.argv, on_hangup=hangup_installer(reactor), owner=owner)
 
 
 def hangup_installer(reactor: Any) -> Callable[[Callable[[], object]], None]:

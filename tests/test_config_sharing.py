@@ -66,6 +66,18 @@ class SharingConfigTests(SynchronousTestCase):
         self.assertEqual((config.minger.interface, config.minger.port), ("127.0.0.1", 4069))
         self.assertIsNone(config.minger.allowed_sources)
         self.assertTrue(config.sharing.no_smarthost_on_error)
+        self.assertEqual(config.sharing.lookups_per_session, 20)
+
+    def test_lookups_per_session(self) -> None:
+        """
+        C{lookups_per_session} is read, and must be above 0.
+        """
+        config = load_config(self.write("[sharing]\nlookups_per_session = 5\n"))
+        self.assertEqual(config.sharing.lookups_per_session, 5)
+        self.assertEqual(
+            self.problems("[sharing]\nlookups_per_session = 0\n"),
+            ["sharing.lookups_per_session: must be greater than 0"],
+        )
 
     def test_peers(self) -> None:
         """

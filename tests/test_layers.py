@@ -27,6 +27,7 @@ LEAF_MODULES = (
     "mdtwist.envelope",
     "mdtwist.errors",
     "mdtwist.delivery.schedule",
+    "mdtwist.dequeue.gateways",
     "mdtwist.route",
     "mdtwist.secret",
     "mdtwist.settings.model",
@@ -41,6 +42,8 @@ PURE_PACKAGES = ("mdtwist.smtp.core",)
 #: alike).
 PURE_MODULES = (
     *LEAF_MODULES,
+    "mdtwist.dequeue.requests",
+    "mdtwist.login_limits",
     "mdtwist.minger.codec",
     "mdtwist.minger.limits",
     "mdtwist.spool.model",

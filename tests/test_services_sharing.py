@@ -7,15 +7,22 @@ from __future__ import annotations
 import io
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import DatagramProtocol
+from zope.interface import implementer
 
 from mdtwist.config import load_config
+from mdtwist.envelope import ClientInfo
 from mdtwist.errors import ConfigError
+from mdtwist.interfaces import ISharingLookup
 from mdtwist.minger.codec import encode_query
-from mdtwist.services import make_service, peer_addresses, sharing_of
+from mdtwist.route import LookupBudget, Route, SharingAnswer
+from mdtwist.services import login_portal, make_service, peer_addresses, sharing_of, smtp_factory
 from mdtwist.sharing.service import SharingService
+from mdtwist.smtp.policy import ReceivePolicy
 from mdtwist.tap import Options, build
 from tests.minger.fakes import FakeUDPReactor
+from tests.spool.fakes import FakeDirectory
 from tests.test_tap import _DemoCase
 
 SECRET = "Kx7pQ2vL9sT4wZ8mN3bR6yH1"
@@ -62,14 +69,22 @@ class SharingServicesTests(_DemoCase):
 
     def test_children(self) -> None:
         """
-        The cache's pool, the sharing service and the Minger server come after the queue and
-        before the listeners.
+        The cache's pool and the sharing service come before the queue (so they stop after
+        it: remote delivery drops cache entries), the Minger server before the listeners.
         """
         service, _ = self.build()
         names = [child.name for child in service]
         self.assertEqual(
-            names[names.index("queue") :],
-            ["queue", "sharing-io", "sharing", "minger", "smtp-0-mx", "smtp-1-submission"],
+            names[names.index("sharing-io") : names.index("smtp-1-submission") + 1],
+            [
+                "sharing-io",
+                "sharing",
+                "smtp-client-close",
+                "queue",
+                "minger",
+                "smtp-0-mx",
+                "smtp-1-submission",
+            ],
         )
         sharing = sharing_of(service)
         assert isinstance(sharing, SharingService)
@@ -79,6 +94,51 @@ class SharingServicesTests(_DemoCase):
             [("127.0.0.2", 4069), ("::1", 24069)],
         )
         self.assertTrue((self.root / "var" / "spool" / "sharing.sqlite3").exists())
+
+    def test_listeners_ask_sharing(self) -> None:
+        """
+        Every SMTP listener's policy asks the process's sharing service about a local address
+        without an account, with a budget per session of C{sharing.lookups_per_session}.
+        """
+        self.configure(
+            SHARING.replace("enable = true\n\n[[", "enable = true\nlookups_per_session = 1\n\n[[")
+        )
+        config = load_config(self.config)
+        asked: list[tuple[str, int]] = []
+
+        @implementer(ISharingLookup)
+        class Sharing:
+            def lookup(
+                self, address: str, client: ClientInfo, budget: LookupBudget | None = None
+            ) -> Deferred[SharingAnswer]:
+                assert budget is not None
+                asked.append((address, budget.limit))
+                return succeed(SharingAnswer.found("127.0.0.2:2525"))
+
+            def local_account(self, address: str) -> None:
+                pass
+
+        directory = FakeDirectory([], ["example.test"])
+        reactor = FakeUDPReactor()
+        for listen in config.smtp.listen:
+            factory = smtp_factory(
+                config,
+                listen,
+                directory,
+                None,  # type: ignore[arg-type]
+                None,
+                reactor,
+                login_portal(config, directory, reactor),
+                sharing=Sharing(),
+            )
+            policy = factory.policy
+            assert isinstance(policy, ReceivePolicy)
+            client = ClientInfo("192.0.2.9", "client.test", user="alice@example.test")
+            decision = self.successResultOf(
+                policy.for_session().check_recipient(client, "", "carol@example.test")
+            )
+            self.assertEqual(decision.route, Route.sharing_peer("127.0.0.2:2525"))
+        self.assertEqual(asked, [("carol@example.test", 1)] * len(config.smtp.listen))
 
     def test_off_by_default(self) -> None:
         """

@@ -66,6 +66,7 @@ class BuildTests(_DemoCase):
             [child.name for child in service],
             [
                 "spool-lock",
+                "accounts-watch",
                 "directory",
                 "spool-io",
                 "spool-read",
@@ -397,4 +398,6 @@ class HangupTests(_DemoCase):
         formats = [e["log_format"] for e in events]
         self.assertIn("SIGHUP: reloading", formats)
         self.assertIn("accounts file {path} reloaded: {count} addresses", formats)
-        self.assertIn("Reloaded the accounts and the TLS certificate", formats)
+        self.assertIn(
+            "Reloaded the accounts, the TLS certificate and the client settings", formats
+        )

@@ -95,14 +95,10 @@ def register_basics(
 
     def reload() -> Answer:
         problems = [problem for reloader in reloaders for problem in reloader()]
-        if problems:
-            _log.error(
-                "Reload kept the old settings of {count} part(s): {problems}",
-                count=len(problems),
-                problems="; ".join(problems),
-            )
-        else:
-            _log.info("Reloaded the accounts and the TLS certificate")
+        for problem in problems:
+            _log.error("Reload kept the last good settings: {problem}", problem=problem)
+        if not problems:
+            _log.info("Reloaded the accounts, the TLS certificate and the client settings")
         return {"shards": [facts.shard], "missing": [], "problems": problems}
 
     registry.register(Status, status, combine=combine_status)

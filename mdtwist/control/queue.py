@@ -6,16 +6,15 @@ messages by queue id (C{mdtwistctl queue ...}).
 The command line chooses the messages (reading the spool, L{mdtwist.spool.admin.select}) and
 sends their ids in batches, so it can show its progress. Every process receives every batch
 and acts on the ids of its own spool shard (a queue id names its shard); the answers are
-combined. A message the queue runner is delivering while the operator acts on it keeps the
-outcome of that attempt: hold and release are recorded with it, while a delete or bounce that
-comes first makes the attempt's own record fail (it is logged, and nothing is delivered twice
-by us; the copy the attempt had delivered stays delivered).
+combined. Each message's lease (L{mdtwist.delivery.leases}) is taken for the action, so a
+message that the queue runner or a gateway release is delivering right now is refused ("being
+delivered now") rather than changed under it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -24,6 +23,7 @@ from twisted.protocols import amp
 
 from mdtwist.control.commands import ControlCommand, ControlError
 from mdtwist.control.registry import Answer, ControlRegistry
+from mdtwist.delivery.leases import Leases
 from mdtwist.delivery.runner import QueueRunner
 from mdtwist.envelope import RecipientState
 from mdtwist.errors import SpoolError
@@ -33,12 +33,17 @@ from mdtwist.spool.store import SQLiteSpool, shard_of
 
 _log = Logger()
 
+T = TypeVar("T")
+
 #: The enhanced status code and the reason of a recipient bounced by the operator.
 BOUNCE_STATUS = "5.0.0"
 BOUNCE_REASON = "delivery cancelled by the postmaster"
 
 #: The most ids one command carries (AMP values are at most 64 KiB).
 BATCH = 200
+
+#: The lease holder name of the operator's actions.
+_OPERATOR = "operator"
 
 _REFUSED = amp.AmpList([(b"queue_id", amp.Unicode()), (b"reason", amp.Unicode())])
 
@@ -73,6 +78,7 @@ def register_queue_commands(
     spool: SQLiteSpool,
     runner: QueueRunner,
     clock: IReactorTime,
+    leases: Leases | None = None,
 ) -> None:
     """
     Register L{QueueAct} for one process.
@@ -83,8 +89,9 @@ def register_queue_commands(
     @param runner: its queue runner (woken after a release, retry or requeue; makes the
         notices of a bounce).
     @param clock: the time of the changes.
+    @param leases: the message leases of its shard (shared with the runner).
     """
-    act = QueueActions(shard, spool, runner, clock)
+    act = QueueActions(shard, spool, runner, clock, leases)
     registry.register(QueueAct, act.act, combine=combine_queue_act)
 
 
@@ -94,18 +101,25 @@ class QueueActions:
     """
 
     def __init__(
-        self, shard: int, spool: SQLiteSpool, runner: QueueRunner, clock: IReactorTime
+        self,
+        shard: int,
+        spool: SQLiteSpool,
+        runner: QueueRunner,
+        clock: IReactorTime,
+        leases: Leases | None = None,
     ) -> None:
         """
         @param shard: this process's spool shard.
         @param spool: its spool.
         @param runner: its queue runner.
         @param clock: the time of the changes.
+        @param leases: the message leases of the shard; L{None}: none are taken.
         """
         self._shard = shard
         self._spool = spool
         self._runner = runner
         self._clock = clock
+        self._leases = leases
 
     def act(self, action: str, ids: list[str]) -> Deferred[Answer]:
         """
@@ -122,7 +136,14 @@ class QueueActions:
             raise ControlError(f"unknown queue action {action!r}") from None
         if len(ids) > BATCH:
             raise ControlError(f"at most {BATCH} queue ids at a time")
-        mine = [queue_id for queue_id in ids if shard_of(queue_id) == self._shard]
+        mine = [queue_id.upper() for queue_id in ids if shard_of(queue_id) == self._shard]
+        busy = [Refusal(queue_id, "being delivered now; try again") for queue_id in mine]
+        if self._leases is not None:
+            taken = [queue_id for queue_id in mine if self._leases.take(queue_id, _OPERATOR)]
+            busy = [refusal for refusal in busy if refusal.queue_id not in taken]
+            mine = taken
+        else:
+            busy = []
         if chosen is Action.BOUNCE:
             d = Deferred.fromCoroutine(self._bounce_all(mine))
         else:
@@ -131,7 +152,19 @@ class QueueActions:
             d = self._spool.administer(
                 lambda db, bodies: administer(db, bodies, chosen, mine, now, inline_limit=limit)
             )
+
+        def done(outcome: tuple[list[str], list[Refusal]]) -> tuple[list[str], list[Refusal]]:
+            return outcome[0], outcome[1] + busy
+
+        d.addCallback(done).addBoth(self._give_back, mine)
         return d.addCallbacks(self._answer, self._failed, callbackArgs=(chosen,))
+
+    def _give_back(self, result: T, ids: list[str]) -> T:
+        # The leases taken for an action, given back whatever its outcome.
+        if self._leases is not None:
+            for queue_id in ids:
+                self._leases.give_back(queue_id, _OPERATOR)
+        return result
 
     def _answer(self, outcome: tuple[list[str], list[Refusal]], action: Action) -> Answer:
         done, refused = outcome

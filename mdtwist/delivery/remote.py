@@ -21,6 +21,9 @@ Smart-host sessions use the configured credentials (or the sending account's own
 login, with per-account AUTH) and, with POP-before-SMTP, a POP3 login first; a failed POP
 login defers. A temporary result that came from an SMTP reply asks the queue to wait at least
 C{delay_after_temp_error} before the next attempt (MDaemon's "delay after a 4xx").
+A C{SHARING_PEER} recipient that fails with C{5.1.1} (the peer has no such mailbox any more)
+bounces like any other, and its address is handed to C{forget_peer_address} so that the Domain
+Sharing cache stops routing it to that peer.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ class RemoteDelivery:
         mx_tls: TLSMode = TLSMode.OPPORTUNISTIC,
         abort_on_rcpt_5xx: bool = False,
         delay_after_temp_error: float = 0.0,
+        forget_peer_address: Callable[[str], object] | None = None,
     ) -> None:
         """
         @param policy: the routing settings.
@@ -128,6 +132,8 @@ class RemoteDelivery:
         @param mx_tls: TLS towards MX hosts.
         @param abort_on_rcpt_5xx: MDaemon's "abort delivery if a RCPT gets 5xx".
         @param delay_after_temp_error: the least wait, in seconds, after an SMTP 4xx.
+        @param forget_peer_address: called with the address of a sharing-peer recipient the
+            peer refused with C{5.1.1} (L{mdtwist.sharing.service.SharingService.drop}).
         """
         self._policy = policy
         self._resolver = resolver
@@ -139,6 +145,7 @@ class RemoteDelivery:
         self._mx_tls = mx_tls
         self._abort = abort_on_rcpt_5xx
         self._delay_after_4xx = delay_after_temp_error
+        self._forget = forget_peer_address
 
     async def __call__(
         self, message: QueuedMessage, positions: Sequence[int]
@@ -172,7 +179,30 @@ class RemoteDelivery:
         for group in group_recipients(self._policy, labelled):
             members = [int(label) for label in group.recipients]
             results.extend(await self._deliver_group(message, group.destination, members))
+        if self._forget is not None:
+            self._forget_unknown(message, results)
         return results
+
+    def _forget_unknown(self, message: QueuedMessage, results: Sequence[RecipientResult]) -> None:
+        # A sharing peer that says "no such user" for an address it was routed for.
+        assert self._forget is not None
+        recipients = message.envelope.recipients
+        for result in results:
+            recipient = recipients[result.position]
+            route = recipient.route
+            if (
+                result.state is RecipientState.FAILED
+                and result.status == "5.1.1"
+                and route is not None
+                and route.kind is RouteKind.SHARING_PEER
+            ):
+                log.info(
+                    "sharing peer {peer} has no {rcpt} ({queue_id}): forgotten",
+                    peer=route.target,
+                    rcpt=recipient.address,
+                    queue_id=message.queue_id,
+                )
+                self._forget(recipient.address)
 
     async def _deliver_group(
         self, message: QueuedMessage, destination: Destination, members: list[int]

@@ -44,7 +44,11 @@ Other kinds of destination never go to the smart host:
     - L{DomainKind.LOCAL}: L{Local}, delivered on this server.
     - L{DomainKind.GATEWAY}: L{Hold}, kept until the gateway dequeues it (ETRN/ATRN).
     - L{DomainKind.SHARING_PEER}: the peer server's address records (never MX), on its port;
-      every failure defers (4.4.1, 4.4.3 or 4.4.4).
+      every failure defers (4.4.1, 4.4.3 or 4.4.4), unless
+      L{RoutingPolicy.sharing_smarthost_fallback} is on and there is a smart host: then a peer
+      that cannot be resolved or reached, or answers 4xx, hands the mail to the smart host
+      (MDaemon with "do not send Domain Sharing mail to the smart host" unchecked). A 5xx
+      from the peer bounces either way.
 
 Within one connection series, L{judge_recipient} decides per recipient after each host: any
 2xx -> delivered; a 5xx to MAIL, RCPT or DATA with L{RoutingPolicy.bounce_on_first_5xx}
@@ -243,6 +247,8 @@ class RoutingPolicy:
     @ivar bounce_on_first_5xx: bounce at the first 5xx to MAIL, RCPT or DATA from an MX host;
         off: try the other hosts and bounce only when none answered 4xx.
     @ivar max_addresses: the most addresses tried in one connection series (at least 2).
+    @ivar sharing_smarthost_fallback: hand Domain Sharing mail to the smart host when its
+        peer fails (the inverse of C{sharing.no_smarthost_on_error}; off by default).
     @raise ValueError: when a smart host is needed and missing, or C{max_addresses} < 2.
     """
 
@@ -253,6 +259,7 @@ class RoutingPolicy:
     bounce_unusable_mx: bool = True
     bounce_on_first_5xx: bool = False
     max_addresses: int = 5
+    sharing_smarthost_fallback: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.mode is not Mode.DIRECT and self.smart_host is None:
@@ -298,12 +305,13 @@ class Progress:
     """
     What has happened so far in this delivery attempt (start each attempt with a new one).
 
-    @ivar direct: the result of resolving the destination domain, once done.
+    @ivar direct: the result of resolving the destination domain (or the sharing peer),
+        once done.
     @ivar direct_failed: every direct host was tried and none took the recipients, and none
         answered 5xx to them (L{Verdict.UNREACHABLE}).
     @ivar direct_status: the enhanced status of the last direct failure, if known.
-    @ivar relay: the result of resolving the smart host (or the sharing peer), once done.
-    @ivar relay_failed: every host of the smart host (or peer) was tried without success.
+    @ivar relay: the result of resolving the smart host, once done.
+    @ivar relay_failed: every host of the smart host was tried without success.
     @ivar relay_status: the enhanced status of the last such failure, if known.
     """
 
@@ -341,7 +349,7 @@ class Resolve:
 
     @ivar name: the domain or host name (or an address literal) to resolve.
     @ivar lookup: which lookup.
-    @ivar relay: whether the result goes to L{Progress.relay} (smart host, sharing peer);
+    @ivar relay: whether the result goes to L{Progress.relay} (the smart host);
         otherwise to L{Progress.direct}.
     """
 
@@ -356,7 +364,7 @@ class Connect:
     Next step: try these hosts in order; stop at the first that takes the recipients.
 
     @ivar hops: the hosts, never empty.
-    @ivar relay: whether they are the smart host or a sharing peer; the outcome goes to
+    @ivar relay: whether they are the smart host; the outcome goes to
         L{Progress.relay_failed} when every hop fails, else to L{Progress.direct_failed}.
     """
 
@@ -435,8 +443,7 @@ def route(
         return Hold(f"held for gateway domain {destination.domain}")
     if destination.kind is DomainKind.SHARING_PEER:
         assert destination.peer is not None  # checked by Destination
-        spec = HostSpec(destination.peer.host, destination.peer.port, bracketed=True)
-        return _relay(policy, spec, progress, down, smart_host=False, what="sharing peer")
+        return _peer(policy, destination.peer, progress, down)
     if policy.mode is Mode.SMARTHOST:
         return _smart(policy, progress, down)
     return _direct(policy, destination, progress, down)
@@ -484,6 +491,31 @@ def _direct(
     return Defer("4.4.4", detail)
 
 
+def _peer(
+    policy: RoutingPolicy,
+    peer: HostSpec,
+    progress: Progress,
+    down: Collection[tuple[str, int]],
+) -> Decision:
+    # A Domain Sharing peer: its address records on its port, tracked in the direct part of
+    # the progress; when that fails, the smart host only with sharing_smarthost_fallback.
+    spec = HostSpec(peer.host, peer.port, bracketed=True)
+    result = progress.direct
+    if result is None:
+        return Resolve(spec.lookup_name, spec.lookup)
+    if result.usable and not progress.direct_failed:
+        return Connect(_hops(result.hosts, spec.port, False, policy, down))
+    if policy.sharing_smarthost_fallback and policy.smart_host is not None:
+        return _smart(policy, progress, down)
+    if result.usable:
+        return Defer(progress.direct_status or "4.4.1", f"sharing peer {spec} did not take it")
+    status = {
+        MXResultKind.TEMPORARY: "4.4.3",
+        MXResultKind.SELF_BEST: "4.4.6",
+    }.get(result.kind, "4.4.4")
+    return Defer(status, f"sharing peer {spec}: {result.detail or result.kind.value}")
+
+
 def _smart(
     policy: RoutingPolicy, progress: Progress, down: Collection[tuple[str, int]]
 ) -> Decision:
@@ -501,7 +533,7 @@ def _relay(
     smart_host: bool,
     what: str,
 ) -> Decision:
-    # One configured host (smart host or sharing peer): resolve, connect, or defer.
+    # One configured host (the smart host): resolve, connect, or defer.
     result = progress.relay
     if result is None:
         return Resolve(spec.lookup_name, spec.lookup, relay=True)

@@ -69,6 +69,13 @@ class CachedDirectory:
         self._entries: OrderedDict[str, tuple[float, Account | None]] = OrderedDict()
         self._domains: tuple[float, frozenset[str]] | None = None
 
+    def forget(self) -> None:
+        """
+        Forget every remembered answer (the backend's data changed).
+        """
+        self._entries.clear()
+        self._domains = None
+
     def reload(self) -> list[str]:
         """
         Forget every remembered answer, and reload the backend when it can be
@@ -76,8 +83,7 @@ class CachedDirectory:
 
         @return: the problems the backend's reload reported.
         """
-        self._entries.clear()
-        self._domains = None
+        self.forget()
         if isinstance(self._backend, Reloadable):
             return self._backend.reload()
         return []

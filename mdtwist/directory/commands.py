@@ -274,10 +274,10 @@ def _ask_peers(config: Config, addresses: list[str], force: bool, out: TextIO) -
     unreachable: list[str] = []
     for address in addresses:
         try:
-            answers = ask_peers(config, address)
+            check = ask_peers(config, address)
         except ValueError as e:
             raise CommandError(str(e)) from None
-        for peer, result in answers:
+        for peer, result in check.answers:
             out.write(f"{address}: {peer.route}  {result.value}\n")
             if result in (Result.ACTIVE, Result.INACTIVE):
                 raise CommandError(

@@ -21,11 +21,13 @@ The file looks like this::
 
 Passwords are stored only as hashes (argon2id, or C{{SSHA}} from an LDIF export).
 
-Theory of operation: the file is parsed into an immutable L{AccountTable}. At most once every
-C{check_interval} seconds (measured on the injected clock) a lookup first compares the file's
-size, modification time and inode with those of the last load; when they changed the file is
-parsed again. A file that no longer parses is reported in the log with its reason and the last
-good table stays in force, so a typo never takes every mailbox offline.
+Theory of operation: the file is parsed into an immutable L{AccountTable}. Every
+C{check_interval} seconds (on the injected clock) L{AccountsWatch} has L{FileDirectory.check}
+compare the file's size, modification time and inode with those of the last load; when they
+changed the file is parsed again, and on success the directory's cache is emptied so that the
+edit applies at once, not at the next cache miss. A file that no longer parses is logged, one
+line per problem, and the last good table stays in force, so a typo never takes every mailbox
+offline; the same broken file is not reported again until it changes.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -227,18 +231,14 @@ class FileDirectory:
     def __init__(
         self,
         path: Path,
-        clock: IReactorTime,
         run: Callable[..., Deferred[Any]],
-        check_interval: float = 1.0,
     ) -> None:
         """
-        Load the file now.
+        Load the file now; L{check} or L{reload} read it again.
 
         @param path: the accounts file.
-        @param clock: the clock that spaces out checks for changes.
         @param run: runs a blocking function (password hashing) off the reactor thread and
             returns a Deferred of its result.
-        @param check_interval: seconds between checks.
         @raise ConfigError: when the file cannot be read or has problems.
         """
         self._path = path
@@ -246,11 +246,8 @@ class FileDirectory:
         # Checked when the login is unknown, so that an unknown login costs as much time as a
         # wrong password and timing does not tell which logins exist.
         self._dummy_hash = hash_password(os.urandom(16).hex())
-        self._clock = clock
-        self._interval = check_interval
         self._signature = self._stat()
         self._table = parse_accounts(self._read(), path)
-        self._next_check = clock.seconds() + check_interval
 
     def _stat(self) -> tuple[int, int, int]:
         try:
@@ -266,27 +263,44 @@ class FileDirectory:
             raise ConfigError([f"{self._path}: cannot read: {e.strerror}"]) from None
 
     def _current(self) -> AccountTable:
-        now = self._clock.seconds()
-        if now < self._next_check:
-            return self._table
-        self._next_check = now + self._interval
+        return self._table
+
+    def _not_reloaded(self, problems: list[str]) -> None:
+        for problem in problems:
+            self.log.error(
+                "accounts file {path} not reloaded, keeping the last good accounts: {problem}",
+                path=str(self._path),
+                problem=problem,
+            )
+
+    def _reloaded(self) -> None:
+        self.log.info(
+            "accounts file {path} reloaded: {count} addresses",
+            path=str(self._path),
+            count=len(self._table.by_address),
+        )
+
+    def check(self) -> bool:
+        """
+        Read the file again if it changed since it was last read (L{AccountsWatch} calls this
+        every C{directory.file.check_interval} seconds).
+
+        A file that changed but does not read is logged, one line per problem, and not
+        reported again until it changes once more; the last good accounts stay in use.
+
+        @return: whether new accounts are now in use.
+        """
         try:
             signature = self._stat()
-            if signature != self._signature:
-                self._signature = signature
-                self._table = parse_accounts(self._read(), self._path)
-                self.log.info(
-                    "accounts file {path} reloaded: {count} addresses",
-                    path=str(self._path),
-                    count=len(self._table.by_address),
-                )
+            if signature == self._signature:
+                return False
+            self._signature = signature
+            self._table = parse_accounts(self._read(), self._path)
         except ConfigError as e:
-            self.log.error(
-                "accounts file {path} not reloaded, keeping the last good accounts: {problems}",
-                path=str(self._path),
-                problems="; ".join(e.problems),
-            )
-        return self._table
+            self._not_reloaded(list(e.problems))
+            return False
+        self._reloaded()
+        return True
 
     def reload(self) -> list[str]:
         """
@@ -295,23 +309,14 @@ class FileDirectory:
         @return: the problems that kept the file from being used (the last good accounts stay
             in use); empty when it was reloaded.
         """
-        self._next_check = self._clock.seconds() + self._interval
         try:
             signature = self._stat()
             table = parse_accounts(self._read(), self._path)
         except ConfigError as e:
-            self.log.error(
-                "accounts file {path} not reloaded, keeping the last good accounts: {problems}",
-                path=str(self._path),
-                problems="; ".join(e.problems),
-            )
+            self._not_reloaded(list(e.problems))
             return list(e.problems)
         self._signature, self._table = signature, table
-        self.log.info(
-            "accounts file {path} reloaded: {count} addresses",
-            path=str(self._path),
-            count=len(table.by_address),
-        )
+        self._reloaded()
         return []
 
     def find(self, address: str) -> Deferred[Account | None]:
@@ -343,3 +348,50 @@ class FileDirectory:
         See L{IDirectory.domains}.
         """
         return succeed(self._current().domains)
+
+
+class AccountsWatch(Service):
+    """
+    Checks the accounts file for changes on a timer, and empties the cache in front of the
+    directory when new accounts are in use.
+    """
+
+    def __init__(
+        self,
+        check: Callable[[], bool],
+        changed: Callable[[], object],
+        clock: IReactorTime,
+        interval: float,
+    ) -> None:
+        """
+        @param check: reads the file again when it changed (L{FileDirectory.check}); returns
+            whether new accounts are in use.
+        @param changed: called when they are (the cache's C{forget}).
+        @param clock: the clock of the timer.
+        @param interval: seconds between checks.
+        """
+        self._check = check
+        self._changed = changed
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._interval = interval
+        self.setName("accounts-watch")
+
+    def _tick(self) -> None:
+        if self._check():
+            self._changed()
+
+    def startService(self) -> None:  # noqa: N802 - the name Twisted calls
+        """
+        Start checking, the first time one interval from now.
+        """
+        super().startService()
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> None:  # noqa: N802 - the name Twisted calls
+        """
+        Stop checking.
+        """
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()

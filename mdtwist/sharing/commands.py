@@ -12,6 +12,8 @@ The C{mdtwistctl} commands of Minger and Domain Sharing.
     its database directly (safe while the server runs).
 
 They run without a reactor: a query is a blocking UDP socket with a timeout per attempt.
+L{ask_peers} is the same check for other commands (creating an account asks every peer
+first).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from mdtwist.config import Config, SharingPeerConfig, load_config, parse_host_port
+from mdtwist.config import Config, load_config, parse_host_port
 from mdtwist.errors import ConfigError
-from mdtwist.minger.client import Result
+from mdtwist.minger.client import Peer, Result
 from mdtwist.minger.codec import (
     DEFAULT_PORT,
     check_hardened_reply,
@@ -42,6 +44,7 @@ from mdtwist.minger.codec import (
     valid_mailbox,
 )
 from mdtwist.sharing.cache import CACHE_NAME, CacheStore
+from mdtwist.sharing.service import AccountCheck, SharingPeer
 
 _DEFAULT_CONFIG = "etc/mdtwist.toml"
 
@@ -132,7 +135,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "check", help="ask every peer whether it has an address (before creating it here)"
     )
     check.add_argument("address", metavar="ADDRESS")
-    check.add_argument("--config", default=_DEFAULT_CONFIG, help="the configuration file")
+    # SUPPRESS: without it here, the top-level "mdtwistctl --config FILE" is kept.
+    check.add_argument(
+        "--config", default=argparse.SUPPRESS, help=f"the configuration file ({_DEFAULT_CONFIG})"
+    )
     cache = sharing_commands.add_parser("cache", help="the five-day cache of peer addresses")
     cache_commands = cache.add_subparsers(dest="cache_command", metavar="CACHE-COMMAND")
     listing = cache_commands.add_parser("list", help="list the cached addresses")
@@ -140,7 +146,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     drop.add_argument("address", metavar="ADDRESS")
     for parser in (listing, drop):
         where = parser.add_mutually_exclusive_group()
-        where.add_argument("--config", help=f"the configuration file ({_DEFAULT_CONFIG})")
+        where.add_argument(
+            "--config",
+            default=argparse.SUPPRESS,
+            help=f"the configuration file ({_DEFAULT_CONFIG})",
+        )
         where.add_argument("--spool", metavar="DIR", help="the spool directory")
 
 
@@ -215,30 +225,38 @@ def _minger_query(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0 if result in (Result.ACTIVE, Result.INACTIVE, Result.UNKNOWN) else 1
 
 
-def ask_peers(config: Config, address: str) -> list[tuple[SharingPeerConfig, Result]]:
+def ask_peers(config: Config, address: str) -> AccountCheck:
     """
-    Ask every configured peer about an address at once, as before an account is created
-    (C{sharing check}, C{account add}).
+    Ask every configured sharing peer about an address, blocking (all peers at once), as
+    before an account or alias is created here: creation may go ahead only when
+    L{AccountCheck.free}; L{AccountCheck.taken} names the peers that have it; neither means
+    some peer could not be asked (refuse unless the operator forces it).
 
-    @param config: the configuration (its C{[sharing]} peers, timeout and attempts).
-    @param address: the address.
-    @return: each peer with its answer (L{Result.TIMEOUT} when it cannot be reached).
-    @raise ValueError: when the address cannot travel in a Minger query.
+    @param config: the configuration (its C{[sharing]} peers and Minger settings).
+    @param address: the address about to be created.
+    @return: every peer's answer, in configured order; a peer that cannot be reached (or
+        whose name does not resolve) is L{Result.TIMEOUT}. With no peers, it is free.
+    @raise ValueError: when the address cannot be asked about over Minger.
     """
     if not valid_mailbox(address):
         raise ValueError(f"{address!r} cannot be asked about over Minger")
     settings = config.sharing
-    peers = settings.peers
+    peers = [
+        SharingPeer(
+            route=peer.route,
+            minger=Peer(peer.host, peer.minger_port, peer.password, peer.hardened),
+        )
+        for peer in settings.peers
+    ]
 
-    def ask(index: int) -> Result:
-        peer = peers[index]
+    def ask(peer: SharingPeer) -> Result:
         try:
             return blocking_query(
-                peer.host,
-                peer.minger_port,
+                peer.minger.host,
+                peer.minger.port,
                 address,
-                secret=None if peer.password is None else peer.password.reveal(),
-                hardened=peer.hardened,
+                secret=None if peer.minger.secret is None else peer.minger.secret.reveal(),
+                hardened=peer.minger.hardened,
                 timeout=settings.timeout,
                 attempts=settings.attempts,
             )
@@ -246,24 +264,24 @@ def ask_peers(config: Config, address: str) -> list[tuple[SharingPeerConfig, Res
             return Result.TIMEOUT
 
     if not peers:
-        return []
+        return AccountCheck(())
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(peers), 16)) as pool:
-        return list(zip(peers, pool.map(ask, range(len(peers))), strict=True))
+        results = list(pool.map(ask, peers))
+    return AccountCheck(tuple(zip(peers, results, strict=True)))
 
 
 def _sharing_check(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    config = load_config(options.config)
+    config = load_config(options.config or _DEFAULT_CONFIG)
     if not config.sharing.peers:
         err.write(f"mdtwistctl: {config.path}: sharing.peers: no peers to ask\n")
         return 1
-    answers = ask_peers(config, options.address)
-    results = [result for _, result in answers]
-    for peer, result in answers:
+    check = ask_peers(config, options.address)
+    for peer, result in check.answers:
         out.write(f"{peer.route}  {result.value}\n")
-    if all(result is Result.UNKNOWN for result in results):
+    if check.free:
         out.write(f"{options.address}: no peer has it\n")
         return 0
-    if any(result in (Result.ACTIVE, Result.INACTIVE) for result in results):
+    if check.taken:
         out.write(f"{options.address}: already exists on a peer\n")
     else:
         out.write(f"{options.address}: cannot verify that no peer has it\n")

@@ -16,8 +16,16 @@ local account. Theory of operation:
      else UNAVAILABLE (a timeout, a refusal, an "inactive" answer: nothing definite, so the
      caller answers 4xx and the sender retries). Failures are never cached.
 
-The number of such lookups one SMTP session may trigger is capped by the caller (the receive
-policy), which answers 451 past its cap without calling here.
+The number of distinct addresses one SMTP session may have asked about at the peers is capped:
+the receive policy hands each session's L{mdtwist.route.LookupBudget} to L{SharingService.lookup},
+which spends it only when it is about to ask the peers (cache hits are free). A lookup past the
+cap is UNAVAILABLE at once (the policy answers 451): the session cannot use this server to sweep
+the peers for valid addresses.
+
+A cache entry is dropped when delivery to its peer gets C{5.1.1} (L{SharingService.drop}, called
+by remote delivery), and when the receive policy finds a local account for a cached address
+(L{SharingService.local_account}; local accounts are checked before the cache, so an entry
+shadowed by a local account is never used, this only tidies it away).
 
 L{SharingService.check_all_unknown} is the check before an account is created: every peer is
 asked and creation may go ahead only if every one says "unknown".
@@ -32,13 +40,14 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
 from mdtwist.envelope import ClientInfo
 from mdtwist.interfaces import ISharingLookup
 from mdtwist.minger.client import MingerClient, Peer, Result
-from mdtwist.route import SharingAnswer
+from mdtwist.route import LookupBudget, SharingAnswer
 from mdtwist.sharing.cache import SharingCache
 
 
@@ -122,14 +131,20 @@ class SharingService(Service):
         self.cache = cache
         self._routes = {peer.route for peer in self.peers}
         self._peer_addresses = frozenset(_normal_ip(a) for a in peer_addresses)
+        # Local addresses whose cache entry this process has already dropped (bounded).
+        self._tidied: set[str] = set()
         self.setName("sharing")
 
-    def lookup(self, address: str, client: ClientInfo) -> Deferred[SharingAnswer]:
+    def lookup(
+        self, address: str, client: ClientInfo, budget: LookupBudget | None = None
+    ) -> Deferred[SharingAnswer]:
         """
         Find the peer that hosts an address.
 
         @param address: a recipient in a local domain with no local account.
         @param client: the SMTP client that gave it.
+        @param budget: the session's budget of lookups at the peers (see the module
+            docstring); L{None}: no limit.
         @return: a Deferred firing with the answer; it never fails.
         """
         if _normal_ip(client.address) in self._peer_addresses:
@@ -139,9 +154,11 @@ class SharingService(Service):
                 peer=client.address,
             )
             return succeed(SharingAnswer.not_found())
-        return Deferred.fromCoroutine(self._lookup(address))
+        return Deferred.fromCoroutine(self._lookup(address, client, budget))
 
-    async def _lookup(self, address: str) -> SharingAnswer:
+    async def _lookup(
+        self, address: str, client: ClientInfo, budget: LookupBudget | None
+    ) -> SharingAnswer:
         if self.cache is not None:
             try:
                 route = await self.cache.get(address)
@@ -152,6 +169,15 @@ class SharingService(Service):
                 route = None
             if route is not None and route in self._routes:
                 return SharingAnswer.found(route)
+        if budget is not None and not budget.spend(address):
+            self.log.warn(
+                "sharing: {peer} has had {limit} addresses looked up in this session;"
+                " {rcpt} is not asked about",
+                peer=client.address,
+                limit=budget.limit,
+                rcpt=address,
+            )
+            return SharingAnswer.unavailable()
         return await self._ask(address)
 
     def _ask(self, address: str) -> Deferred[SharingAnswer]:
@@ -253,6 +279,39 @@ class SharingService(Service):
         if self.cache is None:
             return succeed(False)
         return self.cache.drop(address)
+
+    def local_account(self, address: str) -> None:
+        """
+        Tidy away the cache entry of an address that has a local account (the receive policy
+        found one): in the background, at most once per address while this process runs.
+
+        @param address: the local account's address as the client gave it.
+        """
+        if self.cache is None:
+            return
+        key = address.lower()
+        if key in self._tidied:
+            return
+        if len(self._tidied) >= 4096:
+            self._tidied.clear()
+        self._tidied.add(key)
+
+        def dropped(was_cached: bool) -> None:
+            if was_cached:
+                self.log.info(
+                    "sharing: {rcpt} has a local account now; its cache entry is dropped",
+                    rcpt=address,
+                )
+
+        def failed(failure: Failure) -> None:
+            self._tidied.discard(key)
+            self.log.warn(
+                "sharing: cannot drop {rcpt} from the cache: {error}",
+                rcpt=address,
+                error=failure.getErrorMessage(),
+            )
+
+        self.cache.drop(address).addCallbacks(dropped, failed)
 
     @override
     def stopService(self) -> Deferred[None] | None:

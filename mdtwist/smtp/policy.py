@@ -18,7 +18,11 @@ Each recipient gets a L{RecipientDecision}: the reply and, when accepted, its ro
      with C{550 5.1.1} (never accepted to bounce later); another address is asked of the
      Domain Sharing lookup when there is one (found: route C{SHARING_PEER}; found nowhere:
      C{550 5.1.1}; cannot tell: C{451 4.4.3}), else refused with C{550 5.1.1}. A directory
-     that cannot answer gives C{451 4.3.0} (never a 5xx).
+     that cannot answer gives C{451 4.3.0} (never a 5xx). One session may have at most
+     C{sharing_lookups_per_session} distinct addresses asked about at the peers (cache hits
+     do not count; see L{ReceivePolicy.for_session}); past that, an address the cache does
+     not know gets C{451 4.4.3} without asking: temporary, so a real sender retries it in a
+     later session, while a session sweeping for valid addresses learns nothing more.
   4. Any other recipient is relayed (route C{REMOTE}) only for an authenticated session or a
      client in a trusted network; otherwise C{554 5.7.1}.
 
@@ -43,9 +47,17 @@ from mdtwist.address import parse_address
 from mdtwist.directory.mailbox import find_mailbox
 from mdtwist.envelope import ClientInfo
 from mdtwist.errors import DirectoryUnavailable
-from mdtwist.interfaces import IDirectory, IReceivePolicy, ISharingLookup
+from mdtwist.interfaces import IDirectory, IReceivePolicy, ISessionPolicies, ISharingLookup
 from mdtwist.logging import escape_text
-from mdtwist.route import POSTMASTER, Route, RouteKind, SharingStatus, classify, is_postmaster
+from mdtwist.route import (
+    POSTMASTER,
+    LookupBudget,
+    Route,
+    RouteKind,
+    SharingStatus,
+    classify,
+    is_postmaster,
+)
 from mdtwist.smtp.core.replies import Reply
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -111,7 +123,11 @@ def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(item, strict=False) for item in items)
 
 
-@implementer(IReceivePolicy)
+#: The default most distinct addresses one SMTP session may have looked up at the sharing peers.
+SHARING_LOOKUPS_PER_SESSION = 20
+
+
+@implementer(IReceivePolicy, ISessionPolicies)
 class ReceivePolicy:
     """
     The policy of one listener.
@@ -128,6 +144,7 @@ class ReceivePolicy:
         sharing: ISharingLookup | None = None,
         gateway_domains: Collection[str] = frozenset(),
         sender_must_match_login: bool = False,
+        sharing_lookups_per_session: int = SHARING_LOOKUPS_PER_SESSION,
     ) -> None:
         """
         @param directory: the account directory.
@@ -139,6 +156,8 @@ class ReceivePolicy:
         @param gateway_domains: domains whose mail is accepted and held for their gateway.
         @param sender_must_match_login: refuse a C{MAIL FROM} of an authenticated session
             whose address is not one of its own account's.
+        @param sharing_lookups_per_session: the most distinct addresses one session (see
+            L{for_session}) may have asked about at the sharing peers.
         """
         self._directory = directory
         self._trusted = tuple(trusted_networks)
@@ -146,6 +165,14 @@ class ReceivePolicy:
         self._sharing = sharing
         self._gateways = frozenset(domain.lower() for domain in gateway_domains)
         self._sender_login = sender_must_match_login
+        self._lookups_per_session = sharing_lookups_per_session
+
+    def for_session(self) -> IReceivePolicy:
+        """
+        See L{ISessionPolicies.for_session}: the view of one SMTP session, with its own budget
+        of Domain Sharing lookups.
+        """
+        return SessionPolicy(self, LookupBudget(self._lookups_per_session))
 
     def trusted(self, client: ClientInfo) -> bool:
         """
@@ -193,14 +220,22 @@ class ReceivePolicy:
         return not_owned(sender)
 
     def check_recipient(
-        self, client: ClientInfo, sender: str, recipient: str
+        self,
+        client: ClientInfo,
+        sender: str,
+        recipient: str,
+        budget: LookupBudget | None = None,
     ) -> Deferred[RecipientDecision]:
         """
         See L{IReceivePolicy.check_recipient}.
-        """
-        return Deferred.fromCoroutine(self._check_recipient(client, recipient))
 
-    async def _check_recipient(self, client: ClientInfo, recipient: str) -> RecipientDecision:
+        @param budget: the session's budget of Domain Sharing lookups; L{None}: no limit.
+        """
+        return Deferred.fromCoroutine(self._check_recipient(client, recipient, budget))
+
+    async def _check_recipient(
+        self, client: ClientInfo, recipient: str, budget: LookupBudget | None
+    ) -> RecipientDecision:
         if recipient.lower() != POSTMASTER and parse_address(recipient) is None:
             return RecipientDecision.refuse(BAD_ADDRESS)
         try:
@@ -208,7 +243,7 @@ class ReceivePolicy:
             route = classify(recipient, domains, self._gateways)
             assert route is not None
             if route.kind is RouteKind.LOCAL:
-                return await self._local(client, recipient, domains)
+                return await self._local(client, recipient, domains, budget)
         except DirectoryUnavailable:
             self.log.warn("directory unavailable for {rcpt}", rcpt=recipient)
             return RecipientDecision.refuse(TRY_LATER)
@@ -220,7 +255,11 @@ class ReceivePolicy:
         return RecipientDecision.refuse(RELAY_DENIED)
 
     async def _local(
-        self, client: ClientInfo, recipient: str, domains: frozenset[str]
+        self,
+        client: ClientInfo,
+        recipient: str,
+        domains: frozenset[str],
+        budget: LookupBudget | None,
     ) -> RecipientDecision:
         account = await find_mailbox(
             self._directory, recipient, postmaster=self._postmaster, local_domains=domains
@@ -228,11 +267,13 @@ class ReceivePolicy:
         if account is not None:
             if not account.enabled:
                 return RecipientDecision.refuse(DISABLED)
+            if self._sharing is not None:
+                self._sharing.local_account(recipient)
             return RecipientDecision.accept(Route.local(account.address))
         if self._sharing is None or is_postmaster(recipient, domains):
             return RecipientDecision.refuse(NO_SUCH_USER)
         try:
-            answer = await self._sharing.lookup(recipient, client)
+            answer = await self._sharing.lookup(recipient, client, budget)
         except Exception:
             self.log.failure("sharing lookup for {rcpt} failed", rcpt=recipient)
             return RecipientDecision.refuse(SHARING_UNAVAILABLE)
@@ -243,3 +284,35 @@ class ReceivePolicy:
             return RecipientDecision.refuse(NO_SUCH_USER)
         self.log.warn("sharing lookup unavailable for {rcpt}", rcpt=recipient)
         return RecipientDecision.refuse(SHARING_UNAVAILABLE)
+
+
+@implementer(IReceivePolicy)
+class SessionPolicy:
+    """
+    The receive policy of one SMTP session: the listener's L{ReceivePolicy} with the session's
+    budget of Domain Sharing lookups.
+
+    @ivar budget: the session's budget.
+    """
+
+    def __init__(self, policy: ReceivePolicy, budget: LookupBudget) -> None:
+        """
+        @param policy: the listener's policy.
+        @param budget: the new session's budget.
+        """
+        self._policy = policy
+        self.budget = budget
+
+    def check_sender(self, client: ClientInfo, sender: str) -> Deferred[Reply]:
+        """
+        See L{IReceivePolicy.check_sender}.
+        """
+        return self._policy.check_sender(client, sender)
+
+    def check_recipient(
+        self, client: ClientInfo, sender: str, recipient: str
+    ) -> Deferred[RecipientDecision]:
+        """
+        See L{IReceivePolicy.check_recipient}.
+        """
+        return self._policy.check_recipient(client, sender, recipient, self.budget)

@@ -51,7 +51,7 @@ from mdtwist.delivery.dsn import DSNRequests, restrict_requests
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
 from mdtwist.errors import DirectoryUnavailable, LoginThrottled, SpoolError
-from mdtwist.interfaces import IReceivePolicy, ISpool
+from mdtwist.interfaces import IReceivePolicy, ISessionPolicies, ISpool
 from mdtwist.logging import escape_text
 from mdtwist.portal import CramMD5Response, LoginPortal
 from mdtwist.route import Route, duplicate_key
@@ -78,6 +78,7 @@ from mdtwist.smtp.switch import switcher_of
 BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")
 SERVER_BUSY = reply(421, "4.3.2", "Too many connections, try again later")
 TIMEOUT = reply(421, "4.4.2", "Timeout, closing connection")
+SHUTTING_DOWN = reply(421, "4.3.2", "Server shutting down, try again later")
 POLICY_FAILED = reply(451, "4.3.0", "Temporary lookup failure, try again later")
 SPOOL_FULL = reply(452, "4.3.1", "Insufficient system storage, try again later")
 SPOOL_FAILED = reply(451, "4.3.0", "Local error in processing, try again later")
@@ -212,6 +213,8 @@ class SMTPServerFactory(Factory):
     @ivar limits: the session limits.
     @ivar keep_auth_password: whether AUTH passwords are kept with the messages.
     @ivar login_service: the service label AUTH logs in with at the portal.
+    @ivar open_sessions: the sessions open now (counted ones), for the drain at shutdown.
+    @ivar closing: the server is shutting down: new sessions get C{421 4.3.2}.
     """
 
     def __init__(
@@ -278,6 +281,8 @@ class SMTPServerFactory(Factory):
         self.trusted = trusted
         self._sessions: defaultdict[str, int] = defaultdict(int)
         self._ids = itertools.count(1)
+        self.open_sessions: set[SMTPServerProtocol] = set()
+        self.closing = False
 
     @override
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:
@@ -292,6 +297,8 @@ class SMTPServerFactory(Factory):
             refuses it (C{421 4.3.2} when the process is full, C{421 4.7.0} when the address
             has too many sessions), and it was not counted.
         """
+        if self.closing:
+            return SHUTTING_DOWN
         if self._sessions.get(address, 0) >= self.limits.max_sessions_per_ip:
             return BUSY
         if self.tally is not None and not self.tally.take():
@@ -360,6 +367,17 @@ class SMTPServerProtocol(Protocol):
         self._add_recipient = True
         self._auth: Deferred[Account] | None = None
         self._turn_to: Callable[[], IProtocol] | None = None
+        # The policy of this session: a view of its own when the policy keeps per-session
+        # state (the budget of Domain Sharing lookups).
+        policy = factory.policy
+        self._policy = (
+            ISessionPolicies(policy).for_session()
+            if ISessionPolicies.providedBy(policy)
+            else policy
+        )
+        # Shutting down: None (no), False (close when no transaction is open), True (close
+        # as soon as no answer of ours is pending).
+        self._closing: bool | None = None
 
     @property
     def client(self) -> ClientInfo:
@@ -391,7 +409,36 @@ class SMTPServerProtocol(Protocol):
         )
         return unread
 
+    def close_when_idle(self, *, now: bool = False) -> None:
+        """
+        The server is shutting down: end the session with C{421 4.3.2} as soon as no
+        transaction is open (a message being received is finished first), or with C{now}
+        as soon as no answer of ours is pending.
+
+        @param now: do not wait for the client to finish its transaction.
+        """
+        self._closing = now or bool(self._closing)
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> bool:
+        # Close a session that is shutting down when it may be; returns whether it did.
+        if self._closing is None or self._gone or self._waiting:
+            return False
+        if not self._closing and (
+            self.core.sender is not None or self.core.state is not SessionState.COMMAND
+        ):
+            return False
+        self.log.info(
+            "SMTP session closed: server shutting down", session=self.session, peer=self._peer
+        )
+        self._cancel_timer()
+        self.core.abort(SHUTTING_DOWN)
+        self._flush()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        return True
+
     def _release(self) -> None:
+        self._factory.open_sessions.discard(self)
         if self._counted:
             self._counted = False
             self._factory.session_closed(self._peer)
@@ -411,8 +458,11 @@ class SMTPServerProtocol(Protocol):
         self._counted = refusal is None
         metrics.session_opened(self._factory.mode.value, accepted=refusal is None)
         if refusal is None:
+            self._factory.open_sessions.add(self)
             self.log.info("SMTP session from {peer}", session=self.session, peer=self._peer)
             self.core.start()
+        elif refusal is SHUTTING_DOWN:
+            self.core.start(refusal)
         elif refusal is SERVER_BUSY:
             self.log.warn(
                 "too many sessions in this process, refused {peer}",
@@ -445,6 +495,8 @@ class SMTPServerProtocol(Protocol):
         self._processing = True
         try:
             while not self._waiting and not self._gone:
+                if self._closing is not None and self._close_if_idle():
+                    return
                 event = self.core.next_event()
                 self._flush()
                 if event is Sentinel.CLOSE:
@@ -475,7 +527,7 @@ class SMTPServerProtocol(Protocol):
 
     def _dispatch(self, event: Event) -> Deferred[Reply]:
         if isinstance(event, MailFrom):
-            return self._check(self._factory.policy.check_sender, self._client(), event.sender)
+            return self._check(self._policy.check_sender, self._client(), event.sender)
         if isinstance(event, RcptTo):
             return self._check_recipient(event)
         if isinstance(event, MessageReceived):
@@ -639,7 +691,7 @@ class SMTPServerProtocol(Protocol):
 
     def _check_recipient(self, event: RcptTo) -> Deferred[Reply]:
         d: Deferred[RecipientDecision] = maybeDeferred(
-            self._factory.policy.check_recipient, self._client(), self._sender(), event.recipient
+            self._policy.check_recipient, self._client(), self._sender(), event.recipient
         )
         return d.addCallback(self._decided, event).addErrback(self._lookup_failed)
 

@@ -121,8 +121,8 @@ class BasicsTests(SynchronousTestCase):
             self.call(Reload)["problems"], ["cert.pem: cannot read: Permission denied"]
         )
         self.assertEqual(self.reloads, 2)
-        [event] = [e for e in events if "kept the old" in e["log_format"]]
-        self.assertEqual(event["problems"], "cert.pem: cannot read: Permission denied")
+        [event] = [e for e in events if "kept the last good" in e["log_format"]]
+        self.assertEqual(event["problem"], "cert.pem: cannot read: Permission denied")
 
 
 def _status(shard: int, active: int, bad: int) -> Answer:

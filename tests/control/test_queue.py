@@ -17,6 +17,7 @@ from mdtwist.control.queue import (
     register_queue_commands,
 )
 from mdtwist.control.registry import ControlDispatcher, ControlRegistry
+from mdtwist.delivery.leases import Leases
 from mdtwist.delivery.local import MaildirDelivery
 from mdtwist.delivery.runner import QueueRunner
 from mdtwist.spool.model import MessageKind, Queue
@@ -84,6 +85,26 @@ class QueueActionsTests(SynchronousTestCase):
             answer["refused"], [{"queue_id": "0000000000FF", "reason": "no such message"}]
         )
         self.assertEqual(self.runner.wakes, 1)
+
+    def test_leases(self) -> None:
+        """
+        A message whose lease another holder has (the runner delivering it) is refused; the
+        operator's own leases are given back after the action.
+        """
+        leases = Leases()
+        actions = QueueActions(0, self.spool, self.runner, self.clock, leases)
+        busy = self.enqueue("r@remote.example")
+        free = self.enqueue("q@remote.example")
+        self.assertTrue(leases.take(busy, "queue-runner"))
+        answer = self.successResultOf(actions.act("delete", [busy, free.lower()]))
+        self.assertEqual(answer["done"], [free])
+        self.assertEqual(
+            answer["refused"], [{"queue_id": busy, "reason": "being delivered now; try again"}]
+        )
+        self.assertEqual((leases.holder(busy), leases.holder(free)), ("queue-runner", None))
+        leases.give_back(busy, "queue-runner")
+        self.assertEqual(self.successResultOf(actions.act("bounce", [busy]))["done"], [busy])
+        self.assertIsNone(leases.holder(busy))
 
     def test_bounce(self) -> None:
         """

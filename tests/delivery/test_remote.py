@@ -374,6 +374,72 @@ class RouteTests(SynchronousTestCase):
             [("peer.test", 2526, ("carol@local.test",)), ("smart.test", 25, ("bob@remote.test",))],
         )
 
+    def peer_delivery(
+        self,
+        answer: Answer,
+        forgotten: list[str],
+        resolver: FakeResolver | None = None,
+        **policy: object,
+    ) -> tuple[RemoteDelivery, FakeClient]:
+        client = FakeClient({"192.0.2.99": lambda r: answer})
+        remote = RemoteDelivery(
+            policy=RoutingPolicy(**policy),  # type: ignore[arg-type]
+            resolver=resolver or FakeResolver(()),  # type: ignore[arg-type]
+            client=client,  # type: ignore[arg-type]
+            failed_hosts=FailedHosts(Clock()),
+            connect=lambda address, port: FakeEndpoint(address, port),  # type: ignore[arg-type,return-value]
+            directory=FakeDirectory([], ["local.test"]),
+            smart_host=SmartHostAccess(),
+            forget_peer_address=forgotten.append,
+        )
+        return remote, client
+
+    def test_peer_unknown_forgotten(self) -> None:
+        """
+        A peer's C{550 5.1.1} bounces the recipient and hands its address to
+        C{forget_peer_address} (the sharing cache drops it); a remote recipient's 5.1.1 and
+        a peer's 4xx do not.
+        """
+        capture_logs(self)
+        forgotten: list[str] = []
+        unknown: Answer = (RecipientStatus.PERMANENT, 550, "5.1.1", "no such user")
+        resolver = FakeResolver((MXHost("mx.remote.test", 10, ("192.0.2.99",)),))
+        remote, _ = self.peer_delivery(unknown, forgotten, resolver)
+        msg = routed(
+            Recipient("carol@local.test", route=Route.sharing_peer("peer.test:2526")),
+            Recipient("bob@remote.test", route=Route.remote()),
+        )
+        results = self.successResultOf(Deferred.fromCoroutine(remote(msg, [0, 1])))
+        self.assertEqual(
+            [(r.state, r.status) for r in results], [(RecipientState.FAILED, "5.1.1")] * 2
+        )
+        self.assertEqual(forgotten, ["carol@local.test"])
+        busy: Answer = (RecipientStatus.TEMPORARY, 451, "4.3.0", "try later")
+        remote, _ = self.peer_delivery(busy, forgotten)
+        results = self.successResultOf(Deferred.fromCoroutine(remote(msg, [0])))
+        self.assertEqual([r.state for r in results], [RecipientState.PENDING])
+        self.assertEqual(forgotten, ["carol@local.test"])
+
+    def test_peer_smarthost_fallback(self) -> None:
+        """
+        With C{sharing_smarthost_fallback} a peer's 4xx hands the recipient to the smart
+        host; without it (the default) the recipient is deferred and the smart host is never
+        contacted.
+        """
+        busy: Answer = (RecipientStatus.TEMPORARY, 451, "4.3.0", "try later")
+        msg = routed(Recipient("carol@local.test", route=Route.sharing_peer("peer.test:2526")))
+        smart = parse_host_spec("[smart.test]")
+        for fallback, hosts in ((False, ["peer.test"]), (True, ["peer.test", "smart.test"])):
+            remote, client = self.peer_delivery(
+                busy,
+                [],
+                mode=Mode.DIRECT_THEN_SMARTHOST,
+                smart_host=smart,
+                sharing_smarthost_fallback=fallback,
+            )
+            self.successResultOf(Deferred.fromCoroutine(remote(msg, [0])))
+            self.assertEqual([d.host for _, d, _ in client.sessions], hosts)
+
     def test_bad_peer_stays_pending(self) -> None:
         """
         A stored peer that is not a host specification keeps its recipient pending (C{4.3.5})

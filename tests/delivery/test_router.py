@@ -496,19 +496,46 @@ class OtherDestinationTests(SynchronousTestCase):
         for mode in Mode:
             p = policy(mode)
             self.assertEqual(
-                route(p, destination, Progress()),
-                Resolve("peer.ours.test", Lookup.ADDRESS, relay=True),
+                route(p, destination, Progress()), Resolve("peer.ours.test", Lookup.ADDRESS)
             )
             self.assertEqual(
-                route(p, destination, Progress(relay=peer_ok)),
-                Connect((Hop("peer.ours.test", 2525, ("192.0.2.50",)),), relay=True),
+                route(p, destination, Progress(direct=peer_ok)),
+                Connect((Hop("peer.ours.test", 2525, ("192.0.2.50",)),)),
             )
-            for failed in (
-                Progress(relay=peer_ok, relay_failed=True),
-                Progress(relay=result(MXResultKind.TEMPORARY)),
-                Progress(relay=result(MXResultKind.NO_DOMAIN)),
+            for failed, status in (
+                (Progress(direct=peer_ok, direct_failed=True), "4.4.1"),
+                (Progress(direct=peer_ok, direct_failed=True, direct_status="4.2.0"), "4.2.0"),
+                (Progress(direct=result(MXResultKind.TEMPORARY)), "4.4.3"),
+                (Progress(direct=result(MXResultKind.NO_DOMAIN)), "4.4.4"),
             ):
-                self.assertIsInstance(route(p, destination, failed), Defer)
+                decision = route(p, destination, failed)
+                assert isinstance(decision, Defer)
+                self.assertEqual(decision.status, status)
+
+    def test_sharing_smarthost_fallback(self) -> None:
+        """
+        With C{sharing_smarthost_fallback} (C{sharing.no_smarthost_on_error = false}) and a
+        smart host, a peer that cannot be resolved or reached hands the mail to the smart
+        host; without a smart host it is deferred as before.
+        """
+        peer = HostSpec("peer.ours.test", 2525)
+        destination = Destination("ours.test", DomainKind.SHARING_PEER, peer)
+        peer_ok = MXResult(MXResultKind.ADDRESS, (MXHost("peer.ours.test", 0, ("192.0.2.50",)),))
+        fallback = policy(Mode.DIRECT_THEN_SMARTHOST, sharing_smarthost_fallback=True)
+        for failed in (
+            Progress(direct=peer_ok, direct_failed=True),
+            Progress(direct=result(MXResultKind.TEMPORARY)),
+        ):
+            self.assertEqual(
+                route(fallback, destination, failed),
+                Resolve(SMART.lookup_name, SMART.lookup, relay=True),
+            )
+            self.assertEqual(
+                route(fallback, destination, attrs.evolve(failed, relay=SMART_OK)), SMART_CONNECT
+            )
+        no_smart = policy(Mode.DIRECT, sharing_smarthost_fallback=True)
+        failed = Progress(direct=peer_ok, direct_failed=True)
+        self.assertIsInstance(route(no_smart, destination, failed), Defer)
 
 
 class JudgeRecipientTests(SynchronousTestCase):

@@ -12,11 +12,12 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.cli import main
-from mdtwist.config import SharingPeerConfig
+from mdtwist.config import Config
 from mdtwist.directory import commands
 from mdtwist.directory.file import parse_accounts
 from mdtwist.directory.passwords import hash_password, verify_password
-from mdtwist.minger.client import Result
+from mdtwist.minger.client import Peer, Result
+from mdtwist.sharing.service import AccountCheck, SharingPeer
 
 CONFIG = """
 [server]
@@ -92,10 +93,15 @@ class AccountCommandTests(SynchronousTestCase):
         self.asked: list[str] = []
         self.answers: dict[str, Result] = {}
 
-        def ask_peers(config: object, address: str) -> list[tuple[SharingPeerConfig, Result]]:
+        def ask_peers(config: Config, address: str) -> AccountCheck:
             self.asked.append(address)
-            peers = getattr(config, "sharing").peers  # noqa: B009
-            return [(peer, self.answers.get(peer.route, Result.UNKNOWN)) for peer in peers]
+            peers = [
+                SharingPeer(peer.route, Peer(peer.host, peer.minger_port))
+                for peer in config.sharing.peers
+            ]
+            return AccountCheck(
+                tuple((peer, self.answers.get(peer.route, Result.UNKNOWN)) for peer in peers)
+            )
 
         self.patch(commands, "ask_peers", ask_peers)
 

@@ -15,7 +15,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from mdtwist.directory.file import FileDirectory
+from mdtwist.directory.cache import CachedDirectory
+from mdtwist.directory.file import AccountsWatch, FileDirectory
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import ConfigError
 from mdtwist.interfaces import IDirectory
@@ -64,7 +65,13 @@ class FileDirectoryTests(SynchronousTestCase):
         self.path = Path(self.mktemp())
         self.path.write_text(ACCOUNTS)
         self.clock = Clock()
-        self.directory = FileDirectory(self.path, self.clock, run_inline, check_interval=1.0)
+        self.directory = FileDirectory(self.path, run_inline)
+        self.cache = CachedDirectory(
+            self.directory, self.clock, ttl=60.0, negative_ttl=5.0, size=100
+        )
+        self.watch = AccountsWatch(self.directory.check, self.cache.forget, self.clock, 1.0)
+        self.watch.startService()
+        self.addCleanup(self.watch.stopService)
 
     def find(self, address: str) -> object:
         return self.successResultOf(self.directory.find(address))
@@ -154,7 +161,7 @@ class FileDirectoryTests(SynchronousTestCase):
             calls.append(getattr(f, "__name__", ""))
             return run_inline(f, *args)
 
-        directory = FileDirectory(self.path, self.clock, counting)
+        directory = FileDirectory(self.path, counting)
         self.successResultOf(directory.authenticate("nobody@example.test", "x"))
         self.assertEqual(calls, ["verify_password"])
 
@@ -174,27 +181,49 @@ class FileDirectoryTests(SynchronousTestCase):
 
     def test_reload_after_change(self) -> None:
         """
-        An edit of the file is picked up after the check interval, without a restart.
+        An edit of the file is picked up by the watch after the check interval, without a
+        restart and without waiting for the cache in front of the directory to expire.
         """
+        events = capture_logs(self)
+        found = self.successResultOf(self.cache.find("bob@example.test"))
+        self.assertIsNotNone(found)
         self.rewrite(ACCOUNTS.replace("bob@example.test", "robert@example.test"))
-        self.assertIsNotNone(self.find("bob@example.test"))
-        self.clock.advance(1.0)
-        self.assertIsNone(self.find("bob@example.test"))
-        self.assertIsNotNone(self.find("robert@example.test"))
+        self.clock.advance(0.5)
+        self.assertIsNotNone(self.successResultOf(self.cache.find("bob@example.test")))
+        self.clock.advance(0.5)
+        self.assertIsNone(self.successResultOf(self.cache.find("bob@example.test")))
+        self.assertIsNotNone(self.successResultOf(self.cache.find("robert@example.test")))
+        self.assertEqual([e["count"] for e in events if "reloaded:" in e["log_format"]], [4])
+
+    def test_unchanged_file_is_not_read_again(self) -> None:
+        """
+        L{FileDirectory.check} reads nothing and says so when the file did not change.
+        """
+        self.assertFalse(self.directory.check())
 
     def test_bad_edit_keeps_last_good_data(self) -> None:
         """
-        An edit that breaks the file is logged with its reason and the old accounts stay.
+        An edit that breaks the file is logged with one line per problem, once, and the old
+        accounts stay.
         """
         events = capture_logs(self)
         self.rewrite(ACCOUNTS + "\n[[account]]\naddress = 'x@elsewhere.test'\n")
         self.clock.advance(1.0)
+        self.clock.advance(1.0)
         self.assertIsNotNone(self.find("alice@example.test"))
-        [event] = [e for e in events if "not reloaded" in e["log_format"]]
-        self.assertIn(
-            "account[3].address: domain elsewhere.test is not in domains", event["problems"]
-        )
-        self.assertIn("account[3].password: required", event["problems"])
+        problems = [e["problem"] for e in events if "not reloaded" in e["log_format"]]
+        self.assertEqual(len(problems), 2)
+        self.assertIn("account[3].address: domain elsewhere.test is not in domains", problems[0])
+        self.assertIn("account[3].password: required", problems[1])
+
+    def test_watch_stops(self) -> None:
+        """
+        A stopped watch checks no more.
+        """
+        self.watch.stopService()
+        self.rewrite(ACCOUNTS.replace("bob@example.test", "robert@example.test"))
+        self.clock.advance(5.0)
+        self.assertIsNotNone(self.find("bob@example.test"))
 
     def test_file_removed_keeps_last_good_data(self) -> None:
         """
@@ -238,7 +267,7 @@ class AccountsFileErrorTests(SynchronousTestCase):
     def problems(self, text: str) -> list[str]:
         path = Path(self.mktemp())
         path.write_text(text)
-        error = self.assertRaises(ConfigError, FileDirectory, path, Clock(), run_inline)
+        error = self.assertRaises(ConfigError, FileDirectory, path, run_inline)
         return [line.split(": ", 1)[1] for line in error.problems]
 
     def test_missing_file(self) -> None:
@@ -246,7 +275,7 @@ class AccountsFileErrorTests(SynchronousTestCase):
         A missing file is reported.
         """
         path = Path(self.mktemp())
-        error = self.assertRaises(ConfigError, FileDirectory, path, Clock(), run_inline)
+        error = self.assertRaises(ConfigError, FileDirectory, path, run_inline)
         self.assertEqual(error.problems, (f"{path}: cannot read: No such file or directory",))
 
     def test_plain_password_refused(self) -> None:

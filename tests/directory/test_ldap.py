@@ -143,7 +143,7 @@ def _alice() -> dict[str, Any]:
         "givenName": "Alice",
         "sn": "Example",
         "mail": ["Alice@Example.COM", "a.example@example.com"],
-        "mailAlternateAddress": ["ally@Example.ORG", "a.example@EXAMPLE.com", "not an address"],
+        "mailLocalAddress": ["ally@Example.ORG", "a.example@EXAMPLE.com", "not an address"],
         "userPassword": "alicepw",
         "employeeType": "staff",
         "mdSmarthostLogin": "alice-relay",

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mdtwist.directory.passwords import hash_password
@@ -51,6 +51,9 @@ class Daemon:
         accounts_extra: str = "",
         extra: str = "",
         extra_ports: Sequence[int] = (),
+        interface: str = "127.0.0.1",
+        hostname: str = "mail.example.test",
+        accounts: Mapping[str, str] | None = None,
     ) -> None:
         """
         Write the configuration; the process starts with L{start}.
@@ -70,11 +73,16 @@ class Daemon:
         @param accounts_extra: more lines for the C{[directory.file]} table.
         @param extra: more TOML tables, appended at the end (such as C{[[http.listen]]}).
         @param extra_ports: more ports L{start} waits for (those of C{extra}'s listeners).
+        @param interface: the loopback address the SMTP listeners bind to.
+        @param hostname: C{server.hostname}.
+        @param accounts: the accounts (address -> password) instead of L{PASSWORDS}; their
+            addresses are used as they are.
         """
         directory = directory.resolve()
         self.directory = directory
-        self.mx_port = free_port()
-        self.submission_port = free_port()
+        self.interface = interface
+        self.mx_port = free_port(interface)
+        self.submission_port = free_port(interface)
         self.process: subprocess.Popen[bytes] | None = None
         self.extra_ports = tuple(extra_ports)
         directory.mkdir(parents=True, exist_ok=True)
@@ -84,21 +92,22 @@ class Daemon:
         weakref.finalize(self, shutil.rmtree, control, ignore_errors=True)
         self.control_socket = control / "control.sock"
         self.certificate, self.key = make_certificate(directory / "tls", "mail.example.test")
-        accounts = [f'domains = ["{domain}"]']
-        for address, password in PASSWORDS.items():
-            address = address.replace("example.test", domain)
-            accounts += [
+        lines = [f'domains = ["{domain}"]']
+        for address, password in (accounts or PASSWORDS).items():
+            if accounts is None:
+                address = address.replace("example.test", domain)
+            lines += [
                 "[[account]]",
                 f'address = "{address}"',
                 f'password = "{hash_password(password)}"',
             ]
-        (directory / "accounts.toml").write_text("\n".join(accounts) + "\n")
+        (directory / "accounts.toml").write_text("\n".join(lines) + "\n")
         networks = ", ".join(f'"{n}"' for n in trusted_networks)
         self.config = directory / "mdtwist.toml"
         self.config.write_text(
             f"""
 [server]
-hostname = "mail.example.test"
+hostname = "{hostname}"
 {server_extra}
 
 [smtp]
@@ -110,11 +119,11 @@ certificate = "tls/cert.pem"
 private_key = "tls/key.pem"
 
 [[smtp.listen]]
-endpoint = "tcp:{self.mx_port}:interface=127.0.0.1"
+endpoint = "tcp:{self.mx_port}:interface={interface}"
 mode = "mx"
 
 [[smtp.listen]]
-endpoint = "tcp:{self.submission_port}:interface=127.0.0.1"
+endpoint = "tcp:{self.submission_port}:interface={interface}"
 mode = "submission"
 
 [directory]
@@ -215,6 +224,7 @@ socket = "{self.control_socket}"
             self.command(),
             self.log_path,
             ports=(self.mx_port, self.submission_port, *self.extra_ports),
+            host=self.interface,
             env=env,
             cwd=_ROOT,
             timeout=30.0,

@@ -144,7 +144,12 @@ class OneProcessTests(SynchronousTestCase):
         self.daemon.process.send_signal(signal.SIGHUP)
         _wait_for(lambda: "SIGHUP: reloading" in self.daemon.log(), "the SIGHUP reload")
         _wait_for(
-            lambda: self.daemon.log().count("Reloaded the accounts and the TLS certificate") == 2,
+            lambda: (
+                self.daemon.log().count(
+                    "Reloaded the accounts, the TLS certificate and the client settings"
+                )
+                == 2
+            ),
             "the second reload",
         )
         self.assertTrue(_can_log_in(self.daemon, "dave@example.test", "dave-pw"))

@@ -12,7 +12,9 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.cli import main
+from mdtwist.config import load_config
 from mdtwist.sharing.cache import CACHE_NAME, CacheStore
+from mdtwist.sharing.commands import ask_peers
 from tests.test_config import GOOD
 
 
@@ -89,6 +91,30 @@ class CacheCommandTests(SynchronousTestCase):
             "sharing", "cache", "list", "--config", str(self.root / "mdtwist.toml")
         )
         self.assertEqual((status, out.splitlines()[-1]), (0, "2 addresses"))
+
+    def test_top_level_config(self) -> None:
+        """
+        C{mdtwistctl --config FILE sharing ...} (the option before the command, as every other
+        command takes it) is used too.
+        """
+        (self.root / "mdtwist.toml").write_text(GOOD)
+        self.fill()
+        config = str(self.root / "mdtwist.toml")
+        status, out, _ = self.ctl("--config", config, "sharing", "cache", "list")
+        self.assertEqual((status, out.splitlines()[-1]), (0, "2 addresses"))
+        status, _, err = self.ctl("--config", config, "sharing", "check", "x@example.test")
+        self.assertEqual(status, 1)
+        self.assertIn("sharing.peers: no peers to ask", err)
+
+    def test_ask_peers_without_peers(self) -> None:
+        """
+        L{ask_peers} with no peers configured finds the address free; an address that cannot
+        travel over Minger is refused.
+        """
+        (self.root / "mdtwist.toml").write_text(GOOD)
+        config = load_config(self.root / "mdtwist.toml")
+        self.assertTrue(ask_peers(config, "new@example.test").free)
+        self.assertRaises(ValueError, ask_peers, config, "not an address")
 
     def test_bad_config(self) -> None:
         """

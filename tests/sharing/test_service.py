@@ -17,7 +17,7 @@ from mdtwist.envelope import ClientInfo
 from mdtwist.interfaces import ISharingLookup
 from mdtwist.minger.client import MingerClient, Peer, Result
 from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
-from mdtwist.route import SharingAnswer, SharingStatus
+from mdtwist.route import LookupBudget, SharingAnswer, SharingStatus
 from mdtwist.secret import Secret
 from mdtwist.sharing.cache import CacheStore, SharingCache
 from mdtwist.sharing.service import AccountCheck, SharingPeer, SharingService
@@ -235,6 +235,76 @@ class SharingServiceTests(_ThreePeers):
         self.settle(service.lookup("bob@example.com", CLIENT))
         self.assertTrue(self.successResultOf(service.drop("bob@example.com")))
         self.assertIsNone(self.successResultOf(self.cache.get("bob@example.com")))
+
+
+class BudgetTests(_ThreePeers):
+    """
+    The session's budget of lookups at the peers, and the tidying of entries that a local
+    account shadows.
+    """
+
+    def test_budget(self) -> None:
+        """
+        Only lookups that ask the peers spend the budget, once per address; past it a new
+        address is UNAVAILABLE without a datagram, while a cached one is still found.
+        """
+        logs = capture_logs(self)
+        self.start()
+        service = self.service()
+        self.settle(service.lookup("bob@example.com", CLIENT))
+        budget = LookupBudget(1)
+        found = self.settle(service.lookup("bob@example.com", CLIENT, budget))
+        self.assertEqual((found, budget.spent), (SharingAnswer.found("127.0.0.2:25"), 0))
+        asked = self.queries()
+        self.assertEqual(
+            self.settle(service.lookup("nobody@example.com", CLIENT, budget)),
+            SharingAnswer.not_found(),
+        )
+        self.assertEqual((self.queries(), budget.spent), (asked + 3, 1))
+        self.assertEqual(
+            self.settle(service.lookup("carol@example.com", CLIENT, budget)),
+            SharingAnswer.unavailable(),
+        )
+        self.assertEqual(self.queries(), asked + 3)
+        self.assertEqual(
+            [e["rcpt"] for e in logs if "not asked about" in e["log_format"]],
+            ["carol@example.com"],
+        )
+
+    def test_local_account(self) -> None:
+        """
+        A cached address that has a local account now is dropped from the cache, once per
+        address (later calls touch nothing).
+        """
+        capture_logs(self)
+        self.start()
+        service = self.service()
+        self.settle(service.lookup("bob@example.com", CLIENT))
+        service.local_account("Bob@example.com")
+        self.assertEqual(self.successResultOf(self.cache.list()), [])
+        self.successResultOf(self.cache.put("bob@example.com", "127.0.0.2:25"))
+        service.local_account("bob@example.com")
+        self.assertEqual(len(self.successResultOf(self.cache.list())), 1)
+        SharingService(self.peers, self.client).local_account("bob@example.com")
+
+    def test_expires_after_five_days(self) -> None:
+        """
+        A confirmed address is routed from the cache for five days; after that the peers
+        are asked again.
+        """
+        self.start()
+        service = self.service()
+        self.settle(service.lookup("bob@example.com", CLIENT))
+        asked = self.queries()
+        self.reactor.advance(5 * 86400.0 - 1.0)
+        self.settle(service.lookup("bob@example.com", CLIENT))
+        self.assertEqual(self.queries(), asked)
+        self.reactor.advance(2.0)
+        self.assertEqual(
+            self.settle(service.lookup("bob@example.com", CLIENT)),
+            SharingAnswer.found("127.0.0.2:25"),
+        )
+        self.assertEqual(self.queries(), asked + 3)
 
 
 class AccountCheckTests(_ThreePeers):

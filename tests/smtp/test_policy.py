@@ -13,7 +13,7 @@ from mdtwist.directory.model import Account
 from mdtwist.envelope import ClientInfo
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISharingLookup
-from mdtwist.route import Route, SharingAnswer
+from mdtwist.route import LookupBudget, Route, SharingAnswer
 from mdtwist.smtp.core.replies import Reply
 from mdtwist.smtp.policy import (
     NO_SUCH_USER,
@@ -254,18 +254,29 @@ class FakeSharing:
     @ivar answers: the answer per address; others are not found.
     @ivar calls: the addresses looked up.
     @ivar error: an exception to fail with, or L{None}.
+    @ivar cached: addresses answered without asking the peers (they do not spend a budget).
+    @ivar locals: the addresses it was told have a local account.
     """
 
     def __init__(self) -> None:
         self.answers: dict[str, SharingAnswer] = {}
         self.calls: list[str] = []
         self.error: Exception | None = None
+        self.cached: set[str] = set()
+        self.locals: list[str] = []
 
-    def lookup(self, address: str, client: ClientInfo) -> Deferred[SharingAnswer]:
+    def lookup(
+        self, address: str, client: ClientInfo, budget: LookupBudget | None = None
+    ) -> Deferred[SharingAnswer]:
         self.calls.append(address)
         if self.error is not None:
             return fail(self.error)
+        if address not in self.cached and budget is not None and not budget.spend(address):
+            return succeed(SharingAnswer.unavailable())
         return succeed(self.answers.get(address, SharingAnswer.not_found()))
+
+    def local_account(self, address: str) -> None:
+        self.locals.append(address)
 
 
 class SharingTests(SynchronousTestCase):
@@ -333,6 +344,42 @@ class SharingTests(SynchronousTestCase):
         """
         self.assertEqual(self.decide("postmaster@local.test").reply.code, 550)
         self.assertEqual(self.sharing.calls, [])
+
+    def test_local_account_told(self) -> None:
+        """
+        A recipient with a local account is passed on to the lookup, so that a cached route
+        for it is forgotten.
+        """
+        self.decide("Alice@local.test")
+        self.assertEqual(self.sharing.locals, ["Alice@local.test"])
+
+    def test_session_cap(self) -> None:
+        """
+        One session may have at most C{sharing_lookups_per_session} distinct addresses asked
+        about at the peers; past that, 451 4.4.3 without asking. The same address again, a
+        cached address and a new session are not held back.
+        """
+        capture_logs(self)
+        policy = ReceivePolicy(TwoAccounts(), sharing=self.sharing, sharing_lookups_per_session=2)
+        self.assertTrue(verifyObject(IReceivePolicy, policy.for_session()))
+        session = policy.for_session()
+        self.sharing.cached.add("cached@local.test")
+        self.sharing.answers["cached@local.test"] = SharingAnswer.found("peer.test:25")
+
+        def decide(recipient: str, policy: IReceivePolicy = session) -> Reply:
+            decision = self.successResultOf(
+                policy.check_recipient(STRANGER, "s@x.test", recipient)
+            )
+            return decision.reply
+
+        self.assertEqual(decide("one@local.test"), NO_SUCH_USER)
+        self.assertEqual(decide("two@local.test"), NO_SUCH_USER)
+        self.assertEqual(decide("three@local.test"), SHARING_UNAVAILABLE)
+        self.assertEqual(decide("One@local.test"), NO_SUCH_USER)
+        self.assertEqual(decide("cached@local.test").code, 250)
+        self.assertEqual(decide("three@local.test", policy.for_session()), NO_SUCH_USER)
+        # The policy itself, used without a session, has no cap.
+        self.assertEqual(decide("four@local.test", policy), NO_SUCH_USER)
 
 
 class SenderLoginTests(SynchronousTestCase):
