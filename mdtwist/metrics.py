@@ -25,8 +25,8 @@ The metrics (counters carry the C{_total} suffix in the exposition):
   - C{mdtwist_spool_commit_batch_messages}: messages and outcomes per group commit;
   - C{mdtwist_minger_queries_total{status}}: Minger queries answered, by status name, or
     C{no_answer};
-  - C{mdtwist_dequeue_signals_total{kind, outcome}}: dequeue signals (ETRN, ATRN, ...) sent
-    and received (L{dequeue_signal}, for the dequeue code);
+  - C{mdtwist_dequeue_signals_total{kind, outcome}}: dequeue requests and signals
+    (C{etrn-received}, C{atrn-received}: C{accepted} or C{refused}; L{dequeue_signal});
   - C{mdtwist_processes{state}}: processes whose numbers are in the scrape (C{answered}) and
     those that did not answer (C{missing}).
 
