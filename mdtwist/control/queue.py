@@ -6,9 +6,13 @@ messages by queue id (C{mdtwistctl queue ...}).
 The command line chooses the messages (reading the spool, L{mdtwist.spool.admin.select}) and
 sends their ids in batches, so it can show its progress. Every process receives every batch
 and acts on the ids of its own spool shard (a queue id names its shard); the answers are
-combined. Each message's lease (L{mdtwist.delivery.leases}) is taken for the action, so a
-message that the queue runner or a gateway release is delivering right now is refused ("being
-delivered now") rather than changed under it.
+combined.
+
+Delete and bounce take each message's lease (L{mdtwist.delivery.leases}), so a message that the
+queue runner or a gateway release is delivering right now is refused ("being delivered now; try
+again") rather than removed under it. The other actions need no lease: an attempt that is under
+way when a message is held, released or retried is still recorded as usual (a retry it
+overlaps is then simply superseded by the attempt's own schedule).
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ class QueueActions:
             raise ControlError(f"at most {BATCH} queue ids at a time")
         mine = [queue_id.upper() for queue_id in ids if shard_of(queue_id) == self._shard]
         busy = [Refusal(queue_id, "being delivered now; try again") for queue_id in mine]
-        if self._leases is not None:
+        if self._leases is not None and chosen in (Action.DELETE, Action.BOUNCE):
             taken = [queue_id for queue_id in mine if self._leases.take(queue_id, _OPERATOR)]
             busy = [refusal for refusal in busy if refusal.queue_id not in taken]
             mine = taken
@@ -156,7 +160,9 @@ class QueueActions:
         def done(outcome: tuple[list[str], list[Refusal]]) -> tuple[list[str], list[Refusal]]:
             return outcome[0], outcome[1] + busy
 
-        d.addCallback(done).addBoth(self._give_back, mine)
+        if self._leases is not None and chosen in (Action.DELETE, Action.BOUNCE):
+            d.addBoth(self._give_back, mine)
+        d.addCallback(done)
         return d.addCallbacks(self._answer, self._failed, callbackArgs=(chosen,))
 
     def _give_back(self, result: T, ids: list[str]) -> T:

@@ -88,8 +88,8 @@ class QueueActionsTests(SynchronousTestCase):
 
     def test_leases(self) -> None:
         """
-        A message whose lease another holder has (the runner delivering it) is refused; the
-        operator's own leases are given back after the action.
+        A message whose lease another holder has (the runner delivering it) is not deleted or
+        bounced; the operator's own leases are given back after the action.
         """
         leases = Leases()
         actions = QueueActions(0, self.spool, self.runner, self.clock, leases)
@@ -102,6 +102,8 @@ class QueueActionsTests(SynchronousTestCase):
             answer["refused"], [{"queue_id": busy, "reason": "being delivered now; try again"}]
         )
         self.assertEqual((leases.holder(busy), leases.holder(free)), ("queue-runner", None))
+        # Holding needs no lease: an attempt under way is recorded on the held message.
+        self.assertEqual(self.successResultOf(actions.act("hold", [busy]))["done"], [busy])
         leases.give_back(busy, "queue-runner")
         self.assertEqual(self.successResultOf(actions.act("bounce", [busy]))["done"], [busy])
         self.assertIsNone(leases.holder(busy))
