@@ -23,10 +23,13 @@ rule: the bounce is in the queue before the recipients are marked done). Bodies 
 of parked messages that are too large to be inline are written and fsynced before that
 transaction, as for new mail.
 
-Queues: a message is I{active} (delivered and retried by the queue runner) or I{bad} (parked
-for a person to look at, with a reason, never retried: loops, undeliverable notices). A parked
+Queues: a message is I{active} (delivered and retried by the queue runner), I{held} by the
+operator (kept, never attempted until released; L{mdtwist.spool.admin}) or I{bad} (parked for
+a person to look at, with a reason, never retried: loops, undeliverable notices). A parked
 message keeps its recipients' states, and its stored body starts with an
-C{X-Mdtwist-Bad-Queue-Reason:} header line.
+C{X-Mdtwist-Bad-Queue-Reason:} header line. The queue is a value of the C{queue} column, so
+holding needed no new schema version (an older mdtwist does not read a spool holding held
+mail: release it before going back).
 
 Opening the database is the crash-recovery path: it creates the schema when it is absent,
 migrates a database of an older schema in place (L{mdtwist.spool.schema}), refuses one of a
