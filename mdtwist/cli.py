@@ -1,77 +1,66 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-C{mdtwistctl}: look at the queue, talk to the running server, make password hashes.
+C{mdtwistctl}: operate an mdtwist server.
 
-Commands:
-  - C{mdtwistctl queue list [--spool DIR]}: one line per queued message, the active queue first,
-    then the bad queue (parked messages, with their reason);
-  - C{mdtwistctl queue show ID [--spool DIR] [--body]}: the envelope, the queue (and why a
-    message is in the bad queue) and each recipient's state;
-  - C{mdtwistctl queue run}: the running server attempts every queued message now;
-  - C{mdtwistctl reload}: the running server reads its accounts file and TLS certificate again;
-  - C{mdtwistctl status [--json]}: the running server's version, processes, listeners and queue
-    counts;
-  - C{mdtwistctl hash-password}: read a password, print its argon2id hash;
-  - C{mdtwistctl check [--ldap]}: the configuration, accounts and TLS files, and with
-    C{--ldap} the LDAP directory (L{mdtwist.check});
-  - C{mdtwistctl minger query ...} and C{mdtwistctl sharing check|cache ...}: see
-    L{mdtwist.sharing.commands};
-  - C{mdtwistctl settings ...}: the client settings (L{mdtwist.settings.cli});
-  - C{mdtwistctl discover ADDRESS}: find a mailbox's IMAP and SMTP settings as a client would
+Bare C{mdtwistctl} (or a command group without its subcommand, such as C{mdtwistctl queue})
+lists the commands; every command has C{--help}. The commands:
+  - C{queue list|show|run|retry|hold|release|requeue|delete|bounce}: the mail queue
+    (L{mdtwist.spool.commands});
+  - C{account list|add|disable|enable|passwd}: the accounts file (L{mdtwist.directory.commands});
+  - C{reload}: the running server reads its accounts file and TLS certificate again;
+  - C{status [--json]}: the running server's version, processes, listeners and queue counts;
+  - C{hash-password}: read a password, print its argon2id hash;
+  - C{check [--ldap]}: the configuration, accounts and TLS files, and with C{--ldap} the LDAP
+    directory (L{mdtwist.check});
+  - C{minger query ...} and C{sharing check|cache ...}: see L{mdtwist.sharing.commands};
+  - C{settings ...}: the client settings (L{mdtwist.settings.cli});
+  - C{discover ADDRESS}: find a mailbox's IMAP and SMTP settings as a client would
     (L{mdtwist.settings.discover}).
 
-C{--config FILE} (before the command; by default C{etc/mdtwist.toml} when it exists, else
-C{/etc/mdtwist/mdtwist.toml}) says where the spool and the control socket are; C{--spool}
-overrides the spool of the queue reading commands. The commands for the running server talk to
-it over its control socket (L{mdtwist.control}); when it is not running, or the socket may not
-be used, they say so in one line and exit with status 1.
+C{--config FILE} (before the command, or after it; by default C{etc/mdtwist.toml} when it
+exists, else C{/etc/mdtwist/mdtwist.toml}) is the server's configuration: every command finds
+the spool, the control socket, the accounts file and the peers there. The commands for the
+running server talk to it over its control socket (L{mdtwist.control}); when it is not running,
+or the socket may not be used, they say so in one line and exit with status 1.
 
-The queue commands open the spool database read-only, so they are safe while the server runs.
-A server of several processes keeps one spool shard per process (C{DIR} itself and its
-C{shard-<k>} subdirectories): C{queue list} lists every shard there is, in queue id order within
-each queue, and C{queue show} reads the shard its id names.
+Output that is a table has C{--json}. When the reader of the output goes away (C{| head}),
+the command ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import getpass
-import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from mdtwist import check
-from mdtwist.config import DEFAULT_CONFIG_FILES, default_config_file, load_locations
+from mdtwist.config import DEFAULT_CONFIG_FILES, default_config_file
+from mdtwist.console import (
+    DEFAULT_CONFIGS,
+    CommandError,
+    Locations,
+    plural,
+    read_new_password,
+    write_json,
+)
 from mdtwist.control.client import ControlClientError, call
-from mdtwist.control.commands import QueueRun, Reload, Status
+from mdtwist.control.commands import Reload, Status
+from mdtwist.directory import commands as account_commands
 from mdtwist.directory.passwords import hash_password
-from mdtwist.errors import ConfigError, SpoolError
+from mdtwist.errors import SpoolError
 from mdtwist.settings import cli as settings_cli
 from mdtwist.settings import discover
 from mdtwist.sharing.commands import add_commands as add_sharing_commands
 from mdtwist.sharing.commands import run_command as run_sharing_command
-from mdtwist.spool.model import Queue, QueuedMessage, QueueEntry
-from mdtwist.spool.store import (
-    DATABASE_NAME,
-    SpoolReader,
-    existing_shards,
-    shard_directory,
-    shard_of,
-)
+from mdtwist.spool import commands as queue_commands
 
 _PROGRAM = "mdtwistctl"
 
-#: The configuration files tried, in this order, without C{--config}.
-DEFAULT_CONFIGS = DEFAULT_CONFIG_FILES
-
-
-class _CommandError(Exception):
-    # A command failed; the message is for the user.
-    pass
+__all__ = ["DEFAULT_CONFIGS", "main"]
 
 
 def main(
@@ -86,42 +75,65 @@ def main(
     Run C{mdtwistctl}.
 
     @param argv: the arguments after the program name; C{sys.argv[1:]} when L{None}.
-    @param stdin: where passwords are read from; C{sys.stdin} when L{None}.
+    @param stdin: where passwords and confirmations are read from; C{sys.stdin} when L{None}.
     @param stdout: where results go; C{sys.stdout} when L{None}.
     @param stderr: where errors go; C{sys.stderr} when L{None}.
     @param default_configs: the configuration files tried without C{--config}.
     @return: the exit status: 0 on success, 1 when the command failed, 2 for bad usage.
     """
+    real_stdout = stdout is None
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
+    try:
+        status = _main(argv, stdin, stdout, stderr, default_configs)
+        stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly. Python flushes standard output again at
+        # exit; point it at /dev/null so that flush cannot complain either.
+        if real_stdout:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return 0
+    return status
+
+
+def _main(
+    argv: Sequence[str] | None,
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+    default_configs: Sequence[Path],
+) -> int:
     parser = _parser()
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             options = parser.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    locations = _Locations(options.config, default_configs)
+    if options.help_group is not None:
+        # A command group without its subcommand: list what it offers (status 2: nothing
+        # was done).
+        stdout.write(options.help_group.format_help())
+        return 2
+    locations = Locations(options.config, default_configs)
     try:
-        if options.command == "queue" and options.queue_command == "list":
-            _queue_list(locations.spool(options.spool), stdout)
-        elif options.command == "queue" and options.queue_command == "show":
-            _queue_show(locations.spool(options.spool), options.queue_id, options.body, stdout)
-        elif options.command == "queue" and options.queue_command == "run":
-            return _queue_run(locations.socket(), stdout, stderr)
-        elif options.command == "reload":
+        if options.command in ("minger", "sharing", "settings", "discover"):
+            # Their own code reads the configuration file it is given.
+            options.config = str(_config_path(options.config, default_configs))
+        if options.command == "queue":
+            return queue_commands.run(options, locations, stdin, stdout, stderr)
+        if options.command == "account":
+            return account_commands.run(options, locations, stdin, stdout, stderr)
+        if options.command == "reload":
             return _reload(locations.socket(), stdout, stderr)
-        elif options.command == "status":
-            _status(locations.socket(), options.json, stdout, stderr)
+        if options.command == "status":
+            _status(locations.socket(), options.json, stdout)
         elif options.command == "hash-password":
             _hash_password(stdin, stdout)
         elif options.command == "check":
-            path = (
-                Path(options.config)
-                if options.config
-                else default_config_file(tuple(default_configs))
-            )
-            return check.run(path, options.ldap, stdout)
+            return check.run(_config_path(options.config, default_configs), options.ldap, stdout)
         elif options.command in ("minger", "sharing"):
             status = run_sharing_command(options, stdout, stderr)
             if status is None:
@@ -135,79 +147,63 @@ def main(
             text, status = discover.main(options, password)
             stdout.write(text)
             return status
-        else:
-            parser.print_usage(stderr)
-            return 2
     except (
-        _CommandError,
+        CommandError,
         SpoolError,
         ControlClientError,
         settings_cli.CommandError,
         discover.UsageError,
     ) as e:
-        stderr.write(f"{_PROGRAM}: {e}\n")
+        for line in str(e).splitlines() or [""]:
+            stderr.write(f"{_PROGRAM}: {line}\n")
         return 1
     return 0
 
 
-class _Locations:
-    # Where the spool and the control socket are, read from the configuration when needed.
-
-    def __init__(self, config: str | None, defaults: Sequence[Path]) -> None:
-        self._config = config
-        self._defaults = defaults
-
-    def _read(self) -> tuple[Path, Path]:
-        if self._config is not None:
-            path = Path(self._config)
-        else:
-            found = [path for path in self._defaults if path.is_file()]
-            if not found:
-                tried = " or ".join(str(path) for path in self._defaults)
-                raise _CommandError(f"no configuration file ({tried}); give --config FILE")
-            path = found[0]
-        try:
-            return load_locations(path)
-        except ConfigError as e:
-            raise _CommandError("; ".join(e.problems) or f"{path}: no spool.directory") from None
-
-    def spool(self, override: str | None) -> Path:
-        return Path(override) if override is not None else self._read()[0]
-
-    def socket(self) -> Path:
-        return self._read()[1]
+def _config_path(config: str | None, defaults: Sequence[Path]) -> Path:
+    # The configuration a command that reads it itself gets: --config, else the first default
+    # that exists, else the first default (which it then reports as missing).
+    if config is not None:
+        return Path(config)
+    return default_config_file(tuple(defaults)) if defaults else DEFAULT_CONFIG_FILES[0]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=_PROGRAM, description="Manage an mdtwist server.")
+    parser = argparse.ArgumentParser(
+        prog=_PROGRAM,
+        description="Operate an mdtwist mail server: its queue, its accounts, the running"
+        " server, Domain Sharing and client settings.",
+        epilog="Run 'mdtwistctl COMMAND --help' for a command's options.",
+    )
     parser.add_argument(
         "--config",
         metavar="FILE",
         help="the server's configuration (default: etc/mdtwist.toml, then"
-        " /etc/mdtwist/mdtwist.toml): where the spool and the control socket are",
+        " /etc/mdtwist/mdtwist.toml): where the spool, the control socket, the accounts file"
+        " and the peers are",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    queue = commands.add_parser("queue", help="look at the mail queue, or run it")
-    queue_commands = queue.add_subparsers(dest="queue_command", metavar="QUEUE-COMMAND")
-    spool_help = "the spool directory (default: the configuration's spool.directory)"
-    listing = queue_commands.add_parser("list", help="list queued messages")
-    listing.add_argument("--spool", metavar="DIR", help=spool_help)
-    show = queue_commands.add_parser("show", help="show one queued message")
-    show.add_argument("queue_id", metavar="ID", help="the queue id")
-    show.add_argument("--spool", metavar="DIR", help=spool_help)
-    show.add_argument("--body", action="store_true", help="print the message itself too")
-    queue_commands.add_parser(
-        "run", help="make the running server attempt every queued message now"
-    )
+    queue_commands.add_parser(commands)
+    account_commands.add_parser(commands)
     commands.add_parser(
-        "reload", help="make the running server read its accounts and TLS certificate again"
+        "reload",
+        help="make the running server read its accounts and TLS certificate again",
+        description="Make every process of the running server read its accounts file and its"
+        " TLS certificate again (as SIGHUP does). A file with problems is not used: the old"
+        " one stays in force and each problem is printed.",
     )
     status = commands.add_parser(
-        "status", help="the running server's version, processes, listeners and queue counts"
+        "status",
+        help="the running server's version, processes, listeners and queue counts",
+        description="Show the running server's version, processes, listeners and the number"
+        " of messages each process holds.",
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     commands.add_parser(
-        "hash-password", help="read a password from standard input and print its hash"
+        "hash-password",
+        help="read a password and print its hash",
+        description="Read a password (twice on a terminal, else one line of standard input)"
+        " and print its argon2id hash, for the accounts file.",
     )
     checking = commands.add_parser(
         "check",
@@ -225,24 +221,32 @@ def _parser() -> argparse.ArgumentParser:
     add_sharing_commands(commands)
     settings_cli.add_parser(commands)
     discover.add_parser(commands)
+    _finish(parser)
     return parser
 
 
-def _plural(count: int, word: str, plural: str | None = None) -> str:
-    return f"{count} {word if count == 1 else plural or word + 's'}"
+def _finish(parser: argparse.ArgumentParser) -> None:
+    # Walk the tree of subcommands: a group remembers itself (a subcommand chosen below it
+    # sets None again), so that a group named without its subcommand prints its help; and a
+    # subcommand's own --config does not override the one given before the command unless it
+    # is given itself.
+    parser.set_defaults(help_group=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                    _finish(sub)
+                else:
+                    sub.set_defaults(help_group=None)
+                for option in sub._actions:
+                    if option.dest == "config":
+                        option.default = argparse.SUPPRESS
+                        option.help = "the server's configuration (as --config before the command)"
 
 
 def _not_answering(missing: Sequence[int], err: TextIO) -> None:
     for shard in missing:
         err.write(f"{_PROGRAM}: the process of shard {shard} did not answer\n")
-
-
-def _queue_run(socket: Path, out: TextIO, err: TextIO) -> int:
-    answer = call(socket, QueueRun)
-    shards = answer["shards"]
-    out.write(f"Queue run started in {_plural(len(shards), 'process', 'processes')}\n")
-    _not_answering(answer["missing"], err)
-    return 1 if answer["missing"] else 0
 
 
 def _reload(socket: Path, out: TextIO, err: TextIO) -> int:
@@ -253,146 +257,29 @@ def _reload(socket: Path, out: TextIO, err: TextIO) -> int:
     if answer["problems"] or answer["missing"]:
         return 1
     shards = answer["shards"]
-    out.write(f"Reloaded in {_plural(len(shards), 'process', 'processes')}\n")
+    out.write(f"Reloaded in {plural(len(shards), 'process', 'processes')}\n")
     return 0
 
 
-def _status(socket: Path, as_json: bool, out: TextIO, err: TextIO) -> None:
+def _status(socket: Path, as_json: bool, out: TextIO) -> None:
     answer: dict[str, Any] = call(socket, Status)
     if as_json:
-        out.write(json.dumps(answer, indent=2, sort_keys=True) + "\n")
+        write_json(out, answer)
         return
     processes = answer["processes"]
-    out.write(f"mdtwist {answer['version']}, {_plural(processes, 'process', 'processes')}\n")
+    out.write(f"mdtwist {answer['version']}, {plural(processes, 'process', 'processes')}\n")
     for listener in answer["listeners"]:
         out.write(f"Listening: {listener}\n")
-    out.write(f"{'Shard':>5}  {'PID':>8}  {'Active':>8}  {'Bad':>8}\n")
+    columns = ("active", "held", "bad")
+    out.write(f"{'Shard':>5}  {'PID':>8}  {'Active':>8}  {'Held':>8}  {'Bad':>8}\n")
     for entry in answer["shards"]:
-        out.write(
-            f"{entry['shard']:>5}  {entry['pid']:>8}  {entry['active']:>8}  {entry['bad']:>8}\n"
-        )
+        counts = "  ".join(f"{entry[c]:>8}" for c in columns)
+        out.write(f"{entry['shard']:>5}  {entry['pid']:>8}  {counts}\n")
     for shard in answer["missing"]:
-        out.write(f"{shard:>5}  {'-':>8}  {'?':>8}  {'?':>8}  (not answering)\n")
-    out.write(f"{'Total':>5}  {'':>8}  {answer['active']:>8}  {answer['bad']:>8}\n")
-
-
-def _time(seconds: float) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _queue_list(spool: Path, out: TextIO) -> None:
-    entries = _list_shards(spool)
-    active = [entry for entry in entries if entry.queue is Queue.ACTIVE]
-    bad = [entry for entry in entries if entry.queue is not Queue.ACTIVE]
-    for entry in active:
-        out.write(
-            f"{entry.queue_id}  {_time(entry.arrival)}  {entry.size:>9}  <{entry.sender}>"
-            f"  {entry.pending}/{entry.recipients} pending\n"
-        )
-    out.write(f"{len(active)} messages\n")
-    if bad:
-        out.write("\nBad queue:\n")
-        for entry in bad:
-            out.write(
-                f"{entry.queue_id}  {_time(entry.arrival)}  {entry.size:>9}  <{entry.sender}>"
-                f"  {entry.reason or '-'}\n"
-            )
-        out.write(f"{len(bad)} messages in the bad queue\n")
-
-
-def _list_shards(spool: Path) -> list[QueueEntry]:
-    # Every shard's messages; shards in ascending order, so the ids stay in ascending order.
-    # With no shard at all, the reader of the spool directory says there is no database.
-    entries: list[QueueEntry] = []
-    for shard in existing_shards(spool) or [0]:
-        reader = SpoolReader(shard_directory(spool, shard))
-        try:
-            entries += reader.list()
-        finally:
-            reader.close()
-    return entries
-
-
-def _queue_show(spool: Path, queue_id: str, body: bool, out: TextIO) -> None:
-    message = _load(spool, queue_id, body)
-    if message is None:
-        raise _CommandError(f"no message {queue_id} in {spool}")
-    for name, value in _describe(message):
-        out.write(f"{name}: {value}\n")
-    if message.body is not None:
-        out.write("\n")
-        out.flush()
-        raw = getattr(out, "buffer", None)
-        if raw is not None:
-            raw.write(message.body)
-            raw.flush()
-        else:
-            out.write(message.body.decode("utf-8", "replace"))
-
-
-def _load(spool: Path, queue_id: str, body: bool) -> QueuedMessage | None:
-    # Read the message from the shard its id names. A shard without a database holds no
-    # message; when the spool has no shard at all, the reader of the spool directory says so.
-    directory = shard_directory(spool, shard_of(queue_id) or 0)
-    if not (directory / DATABASE_NAME).is_file():
-        if existing_shards(spool):
-            return None
-        directory = spool
-    reader = SpoolReader(directory)
-    try:
-        return reader.load(queue_id, with_body=body)
-    finally:
-        reader.close()
-
-
-def _describe(message: QueuedMessage) -> list[tuple[str, str]]:
-    envelope = message.envelope
-    client = envelope.client
-    lines = [
-        ("Queue-Id", message.queue_id),
-        ("Queue", message.queue.value),
-    ]
-    if message.reason is not None:
-        lines.append(("Bad-Queue-Reason", message.reason))
-    lines += [
-        ("Kind", message.kind.value),
-        ("Arrival", _time(envelope.arrival)),
-        ("Size", str(message.size)),
-        ("Sender", f"<{envelope.sender}>"),
-        ("Client", f"{client.address} helo={client.helo or '-'}"),
-        ("Authenticated", client.user or "-"),
-        ("TLS", client.tls or "-"),
-        ("Body-Type", envelope.body_type.value),
-        ("SMTPUTF8", "yes" if envelope.smtputf8 else "no"),
-        ("Declared-Size", "-" if envelope.size is None else str(envelope.size)),
-        ("DSN-Ret", envelope.ret or "-"),
-        ("DSN-Envid", envelope.envid or "-"),
-        ("Attempts", str(message.attempts)),
-        ("Next-Attempt", _time(message.next_attempt)),
-    ]
-    for position, recipient in enumerate(envelope.recipients):
-        notify = "-" if recipient.notify is None else ",".join(sorted(recipient.notify))
-        delayed = position < len(message.progress) and message.progress[position].delay_notified
-        lines.append(
-            (
-                "Recipient",
-                f"<{recipient.address}> {recipient.state.value} attempts={recipient.attempts}"
-                f" status={recipient.status or '-'} notify={notify}"
-                f" orcpt={recipient.orcpt or '-'}{' delay-notified' if delayed else ''}"
-                f" {recipient.diagnostic}".rstrip(),
-            )
-        )
-    return lines
+        out.write(f"{shard:>5}  {'-':>8}  {'?':>8}  {'?':>8}  {'?':>8}  (not answering)\n")
+    totals = "  ".join(f"{answer[c]:>8}" for c in columns)
+    out.write(f"{'Total':>5}  {'':>8}  {totals}\n")
 
 
 def _hash_password(stdin: TextIO, out: TextIO) -> None:
-    if stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            raise _CommandError("the passwords differ")
-    else:
-        password = stdin.readline().rstrip("\r\n")
-    if not password:
-        raise _CommandError("empty password")
-    out.write(hash_password(password) + "\n")
+    out.write(hash_password(read_new_password(stdin)) + "\n")

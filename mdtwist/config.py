@@ -502,6 +502,20 @@ class ClientSettingsConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """
+    The Prometheus endpoint (C{[metrics]}): C{GET /metrics} on the C{[[http.listen]]}
+    listeners.
+
+    @ivar enable: serve it.
+    @ivar allowed_networks: the client networks (CIDR) that may read it; others get 403.
+    """
+
+    enable: bool = False
+    allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration.
@@ -528,6 +542,7 @@ class Config:
     gateways: tuple[Gateway, ...] = ()
     #: The provider side of dequeuing (C{[provider]}).
     provider: ProviderSettings = attrs.field(factory=ProviderSettings)
+    metrics: MetricsConfig = MetricsConfig()
 
     def control_socket(self) -> Path:
         """
@@ -1320,6 +1335,7 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
             "settings",
             "gateway",
             "provider",
+            "metrics",
         },
     )
     sharing = _sharing(reader, top)
@@ -1341,7 +1357,10 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         settings=_settings(reader, top),
         gateways=_gateways(reader, top),
         provider=_provider(reader, top),
+        metrics=_metrics(reader, top),
     )
+    if config.metrics.enable and not config.http.listen:
+        reader.problem("metrics.enable", "needs an [[http.listen]] listener to serve /metrics")
     if config.tls is None:
         for i, listen in enumerate(config.http.listen):
             if listen.tls:
@@ -1350,6 +1369,21 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
+
+
+def _metrics(reader: _Reader, top: _Table) -> MetricsConfig:
+    defaults = MetricsConfig()
+    table = top.subtable("metrics", set(attrs.fields_dict(MetricsConfig)))
+    assert table is not None
+    networks = table.strings("allowed_networks", defaults.allowed_networks)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as e:
+            reader.problem(table.key("allowed_networks"), str(e))
+    return MetricsConfig(
+        enable=table.value("enable", bool, defaults.enable), allowed_networks=networks
+    )
 
 
 def _http(reader: _Reader, top: _Table) -> HTTPConfig:

@@ -68,6 +68,7 @@ from mdtwist.config import (
 from mdtwist.control.commands import Reload
 from mdtwist.control.handlers import ProcessFacts, register_basics
 from mdtwist.control.pipe import ChildLinks, ParentLink
+from mdtwist.control.queue import register_queue_commands
 from mdtwist.control.registry import ControlDispatcher, ControlRegistry
 from mdtwist.control.service import ControlService
 from mdtwist.delivery.dsn import DSNRequests
@@ -99,6 +100,7 @@ from mdtwist.drain import ServerTree, SessionDrain
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory, ISharingLookup
 from mdtwist.login_limits import LoginLimits
+from mdtwist.metricsweb import Metrics, MetricsResource, MetricsRoot, register_metrics
 from mdtwist.minger.client import MingerClient, Peer
 from mdtwist.minger.limits import RateLimits
 from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
@@ -133,8 +135,9 @@ from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import CommandHandler, SessionLimits, SessionTally, SMTPServerFactory
 from mdtwist.smtp.tls import ReloadableTLS
+from mdtwist.spool.admin import QueueStats, queue_stats
 from mdtwist.spool.lock import SpoolLock, SpoolLocked
-from mdtwist.spool.model import Queue, QueuedMessage, QueueEntry
+from mdtwist.spool.model import Queue, QueuedMessage
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
 from mdtwist.startup import RequiredListener, server_endpoint
 from mdtwist.threadpool import ThreadPoolService
@@ -662,6 +665,10 @@ def make_service(
         reloaders=reloaders,
     )
     register_gateway_commands(registry, held)
+    register_queue_commands(
+        registry, shard=shard, spool=spool, runner=runner, clock=reactor, leases=leases
+    )
+    register_metrics(registry, shard=shard, spool=spool, clock=reactor)
     if shard > 0:
         dispatcher = ControlDispatcher(registry, shard=shard)
         _on_hangup_reload(on_hangup, dispatcher)
@@ -685,7 +692,17 @@ def make_service(
         )
         listener.setName(f"smtp-{i}-{listen.mode.value}")
         listener.setServiceParent(top)
-    add_http(config, reactor, directory, portal, tls, top, reloaders)
+    # /metrics asks every process through the first process's dispatcher, made below.
+    add_http(
+        config,
+        reactor,
+        directory,
+        portal,
+        tls,
+        top,
+        reloaders,
+        scrape=lambda: first[0].call(Metrics, {}),
+    )
     links = ChildLinks(reactor, [spec.shard for spec in children])
     if children:
         config_path = str(config.path.absolute())
@@ -781,13 +798,13 @@ def _on_hangup_reload(
     on_hangup(reload)
 
 
-def _counts(spool: SQLiteSpool) -> Deferred[tuple[int, int]]:
-    # The numbers of messages in the active and in the bad queue.
-    def count(entries: list[QueueEntry]) -> tuple[int, int]:
-        active = sum(entry.queue is Queue.ACTIVE for entry in entries)
-        return active, len(entries) - active
+def _counts(spool: SQLiteSpool) -> Deferred[tuple[int, int, int]]:
+    # The numbers of messages in the active queue, held, and in the bad queue.
+    def count(stats: QueueStats) -> tuple[int, int, int]:
+        counts = stats.counts
+        return counts[Queue.ACTIVE], counts[Queue.HOLD], counts[Queue.BAD]
 
-    return spool.list().addCallback(count)
+    return spool.inspect(queue_stats).addCallback(count)
 
 
 def peer_addresses(config: Config) -> list[str]:
@@ -973,9 +990,12 @@ def add_http(
     tls: IOpenSSLServerConnectionCreator | None,
     top: MultiService,
     reloaders: list[Callable[[], Sequence[str]]] | None = None,
+    *,
+    scrape: Callable[[], Deferred[Any]] | None = None,
 ) -> None:
     """
-    Add the HTTP(S) listeners of client settings, autoconfig and Autodiscover.
+    Add the HTTP(S) listeners of client settings, autoconfig and Autodiscover, and of
+    C{/metrics} when C{[metrics]} is enabled.
 
     They run in the first process only: the answers are small and rare (clients ask when
     they start), and the receipts then have one writer.
@@ -987,6 +1007,7 @@ def add_http(
     @param tls: the C{[tls]} context, for listeners with C{tls = true}.
     @param top: the service tree.
     @param reloaders: gets the reload of the client settings (C{mdtwistctl reload}, SIGHUP).
+    @param scrape: runs the metrics command over every process (L{mdtwist.metricsweb}).
     """
     if not config.http.listen:
         return
@@ -1023,6 +1044,10 @@ def add_http(
         sign_profile=None if signer is None else signer.sign,
     )
     site = build_site(resource)
+    if config.metrics.enable and scrape is not None:
+        site.resource = MetricsRoot(
+            MetricsResource(scrape, config.metrics.allowed_networks), resource
+        )
     for i, listen in enumerate(config.http.listen):
         factory: Any = site
         if listen.tls:
@@ -1039,9 +1064,10 @@ def add_http(
 
 
 def _active(spool: SQLiteSpool) -> Deferred[int]:
-    # The number of messages in the active queue.
+    # The number of messages still to deliver: the active queue and held messages (a held
+    # message keeps a draining process alive, so that the operator can release it).
     return spool.list().addCallback(
-        lambda entries: sum(entry.queue is Queue.ACTIVE for entry in entries)
+        lambda entries: sum(entry.queue is not Queue.BAD for entry in entries)
     )
 
 
@@ -1102,7 +1128,7 @@ def leftover_shards(config: Config) -> list[int]:
             found.append(shard)
             continue
         try:
-            if any(entry.queue is Queue.ACTIVE for entry in reader.list()):
+            if any(entry.queue is not Queue.BAD for entry in reader.list()):
                 found.append(shard)
         except SpoolError:
             found.append(shard)

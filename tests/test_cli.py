@@ -19,6 +19,7 @@ from mdtwist.cli import main
 from mdtwist.control.client import ControlClientError, connect_error
 from mdtwist.directory.passwords import verify_password
 from mdtwist.envelope import Recipient, RecipientState
+from mdtwist.spool import commands as queue_commands
 from mdtwist.spool.model import RecipientResult
 from mdtwist.spool.store import SQLiteSpool, shard_directory
 from tests.spool.fakes import make_envelope, run_now
@@ -98,7 +99,7 @@ class QueueCommandTests(CLITestCase):
             ],
         )
         self.assertEqual(lines[1].split()[3:5], ["<>", "1/1"])
-        self.assertEqual(lines[2], "2 messages")
+        self.assertEqual(lines[2], "2 messages in the active queue")
 
     def test_list_bad_queue(self) -> None:
         """C{queue list} lists the bad queue apart, with each message's reason."""
@@ -108,7 +109,7 @@ class QueueCommandTests(CLITestCase):
         self.assertEqual(lines[3:5], ["", "Bad queue:"])
         self.assertEqual(lines[5].split()[0], self.parked)
         self.assertTrue(lines[5].endswith("  <s@remote.example>  mail loop: 101 hops"), lines[5])
-        self.assertEqual(lines[6], "1 messages in the bad queue")
+        self.assertEqual(lines[6], "1 message in the bad queue")
 
     def test_show_bad_queue(self) -> None:
         """C{queue show} of a parked message names the bad queue and the reason."""
@@ -209,7 +210,7 @@ class ShardedQueueCommandTests(CLITestCase):
         lines = out.splitlines()
         self.assertEqual(
             [line.split()[0] for line in lines[:2]] + lines[2:4],
-            ["000000000001", "010000000001", "2 messages", ""],
+            ["000000000001", "010000000001", "2 messages in the active queue", ""],
         )
         self.assertEqual(lines[4], "Bad queue:")
         self.assertEqual(
@@ -307,6 +308,7 @@ class ServerCommandTests(SynchronousTestCase):
             return answer
 
         self.patch(cli, "call", call)
+        self.patch(queue_commands, "call", call)
 
     def run_cli(self, *argv: str, defaults: Sequence[Path] = ()) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -324,11 +326,12 @@ class ServerCommandTests(SynchronousTestCase):
             "processes": 3,
             "listeners": ["mx tcp:25"],
             "shards": [
-                {"shard": 0, "pid": 10, "active": 2, "bad": 1},
-                {"shard": 1, "pid": 11, "active": 3, "bad": 0},
+                {"shard": 0, "pid": 10, "active": 2, "held": 0, "bad": 1},
+                {"shard": 1, "pid": 11, "active": 3, "held": 4, "bad": 0},
             ],
             "missing": [2],
             "active": 5,
+            "held": 4,
             "bad": 1,
         }
         status, out, err = self.run_cli("--config", str(self.config), "status")
@@ -338,11 +341,11 @@ class ServerCommandTests(SynchronousTestCase):
             [
                 "mdtwist 1.2, 3 processes",
                 "Listening: mx tcp:25",
-                "Shard       PID    Active       Bad",
-                "    0        10         2         1",
-                "    1        11         3         0",
-                "    2         -         ?         ?  (not answering)",
-                "Total                   5         1",
+                "Shard       PID    Active      Held       Bad",
+                "    0        10         2         0         1",
+                "    1        11         3         4         0",
+                "    2         -         ?         ?         ?  (not answering)",
+                "Total                   5         4         1",
             ],
         )
         self.assertEqual(self.calls, [(self.socket, "status")])
@@ -436,3 +439,192 @@ class ServerCommandTests(SynchronousTestCase):
         )
         self.assertEqual(status, 1)
         self.assertIn(str(other), err)
+
+
+class FakeErrorTerminal(io.StringIO):
+    """Standard error that claims to be a terminal (where a progress bar shows)."""
+
+    def isatty(self) -> bool:
+        """
+        Claim to be a terminal.
+
+        @return: C{True}.
+        """
+        return True
+
+
+class QueueActionCommandTests(SynchronousTestCase):
+    """
+    C{mdtwistctl queue ACTION}: choosing the messages from the spool, batches sent to the
+    server (a fake here), progress, confirmation and output.
+    """
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir()
+        self.config = directory / "mdtwist.toml"
+        self.config.write_text('[spool]\ndirectory = "spool"\n')
+        spool = SQLiteSpool(directory / "spool", run_now)
+        self.addCleanup(spool.close)
+        self.ids = [
+            self.successResultOf(
+                spool.enqueue(
+                    make_envelope(f"r{i}@one.example" if i % 2 else "x@two.example"), BODY
+                )
+            )
+            for i in range(150)
+        ]
+        self.batches: list[tuple[str, list[str]]] = []
+
+        def call(path: Path, command: type[amp.Command], arguments: Any = None) -> Any:
+            assert arguments is not None
+            self.batches.append((arguments["action"], arguments["ids"]))
+            ids = arguments["ids"]
+            return {
+                "done": ids[1:],
+                "refused": [{"queue_id": ids[0], "reason": "already held"}],
+                "shards": [0],
+                "missing": [],
+            }
+
+        self.patch(queue_commands, "call", call)
+
+    def run_cli(
+        self, *argv: str, stdin: io.StringIO | None = None, err: io.StringIO | None = None
+    ) -> tuple[int, str, str]:
+        out = io.StringIO()
+        err = io.StringIO() if err is None else err
+        status = main(
+            ["--config", str(self.config), *argv],
+            stdin=stdin or io.StringIO(),
+            stdout=out,
+            stderr=err,
+        )
+        return status, out.getvalue(), err.getvalue()
+
+    def test_batches_and_progress(self) -> None:
+        """
+        The chosen ids go in batches of 100; on a terminal a progress bar shows; refusals are
+        named and make the status 1; the count of what was done has the right plural.
+        """
+        status, out, err = self.run_cli(
+            "queue", "hold", "--domain", "one.example", err=FakeErrorTerminal()
+        )
+        chosen = self.ids[1::2]
+        self.assertEqual([action for action, _ in self.batches], ["hold"])
+        self.assertEqual(self.batches[0][1], chosen)
+        self.assertEqual(status, 1)
+        self.assertEqual(out, "74 messages held\n")
+        self.assertIn(f"mdtwistctl: {chosen[0]}: already held\n", err)
+        self.batches.clear()
+        status, out, err = self.run_cli("queue", "hold", "--all", err=FakeErrorTerminal())
+        self.assertEqual([len(ids) for _, ids in self.batches], [100, 50])
+        self.assertIn("Hold", err)
+        self.assertIn("/150 ", err)
+        self.assertEqual(out, "148 messages held\n")
+
+    def test_no_progress_without_terminal(self) -> None:
+        """
+        Without a terminal there is no progress bar; C{--json} prints the outcome.
+        """
+        status, out, err = self.run_cli("queue", "retry", "--all", "--json")
+        self.assertEqual(status, 1)  # the fake server refuses one id per batch
+        self.assertNotIn("%", err)
+        outcome = json.loads(out)
+        self.assertEqual(len(outcome["done"]), 148)
+        self.assertEqual(len(outcome["refused"]), 2)
+        self.assertEqual(outcome["missing"], [])
+
+    def test_confirmation(self) -> None:
+        """
+        Delete and bounce ask on a terminal; anything but yes does nothing. Without a
+        terminal they need --yes.
+        """
+        status, _, err = self.run_cli("queue", "delete", self.ids[0], stdin=FakeTerminal("n\n"))
+        self.assertEqual((status, self.batches), (1, []))
+        self.assertIn("Delete 1 message? [y/N] ", err)
+        self.assertIn("mdtwistctl: nothing done\n", err)
+        status, _, err = self.run_cli("queue", "bounce", "--all")
+        self.assertEqual((status, self.batches), (1, []))
+        self.assertIn("Bounce 150 messages? Give --yes", err)
+        self.run_cli("queue", "delete", self.ids[0], stdin=FakeTerminal("yes\n"))
+        self.assertEqual(self.batches, [("delete", [self.ids[0]])])
+
+    def test_selection_errors(self) -> None:
+        """
+        Without ids or conditions the action is refused; a bad id is named.
+        """
+        status, _, err = self.run_cli("queue", "release")
+        self.assertEqual(status, 1)
+        self.assertIn("say which messages", err)
+        status, _, err = self.run_cli("queue", "release", "ZZZ")
+        self.assertEqual(err, "mdtwistctl: 'ZZZ' is not a queue id\n")
+        self.assertEqual(self.batches, [])
+
+    def test_list_json_and_filters(self) -> None:
+        """
+        C{queue list} takes the same conditions and prints JSON when asked.
+        """
+        status, out, _ = self.run_cli("queue", "list", "--recipient", "R3@one.EXAMPLE", "--json")
+        [entry] = json.loads(out)
+        self.assertEqual(entry["queue_id"], self.ids[3])
+        self.assertEqual((entry["queue"], entry["pending"], entry["recipients"]), ("active", 1, 1))
+        status, out, _ = self.run_cli("queue", "show", self.ids[3], "--json")
+        self.assertEqual(status, 0)
+        shown = json.loads(out)
+        self.assertEqual(shown["recipients"][0]["address"], "r3@one.example")
+
+
+class ToolTests(SynchronousTestCase):
+    """
+    The tool as a whole: every command explains itself, and --config reaches every command.
+    """
+
+    def test_bare_lists_commands(self) -> None:
+        """
+        Bare C{mdtwistctl}, or a group without its subcommand, lists what it offers.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main([], stdout=out, stderr=err), 2)
+        for command in ("queue", "account", "reload", "status", "sharing", "settings"):
+            self.assertIn(f"    {command}", out.getvalue())
+        out = io.StringIO()
+        self.assertEqual(main(["account"], stdout=out, stderr=err), 2)
+        for command in ("list", "add", "disable", "passwd"):
+            self.assertIn(f"    {command}", out.getvalue())
+
+    def test_every_command_has_help(self) -> None:
+        """
+        Every command and subcommand has a line of help in its group's list.
+        """
+        parser = cli._parser()
+        missing: list[str] = []
+
+        def walk(parser: Any, prefix: str) -> None:
+            for action in parser._actions:
+                if action.__class__.__name__ == "_SubParsersAction":
+                    helps = {choice.dest: choice.help for choice in action._choices_actions}
+                    for name, sub in action.choices.items():
+                        if not helps.get(name):
+                            missing.append(f"{prefix}{name}")
+                        walk(sub, f"{prefix}{name} ")
+
+        walk(parser, "")
+        self.assertEqual(missing, [])
+
+    def test_config_reaches_subcommands(self) -> None:
+        """
+        C{--config} before the command is the one C{sharing check} reads (its own option
+        after the command still works).
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        config = directory / "mdtwist.toml"
+        config.write_text("not toml [")
+        for argv in (
+            ["--config", str(config), "sharing", "check", "a@example.test"],
+            ["sharing", "check", "a@example.test", "--config", str(config)],
+        ):
+            out, err = io.StringIO(), io.StringIO()
+            self.assertEqual(main(argv, stdout=out, stderr=err), 1)
+            self.assertIn(f"{config}: not valid TOML", err.getvalue())

@@ -788,3 +788,59 @@ class ClientSettingsConfigTests(SynchronousTestCase):
                 "settings.profile_certificate: give profile_certificate and profile_private_key",
             ],
         )
+
+
+class MetricsConfigTests(SynchronousTestCase):
+    """
+    C{[metrics]}.
+    """
+
+    def load(self, text: str) -> Config | list[str]:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "mdtwist.toml"
+        path.write_text(text)
+        try:
+            return load_config(path)
+        except ConfigError as e:
+            return [line.removeprefix(f"{path}: ") for line in e.problems]
+
+    def test_default_off(self) -> None:
+        """
+        Off, and only loopback may read it once on.
+        """
+        config = self.load(GOOD)
+        assert isinstance(config, Config)
+        self.assertFalse(config.metrics.enable)
+        self.assertEqual(config.metrics.allowed_networks, ("127.0.0.0/8", "::1/128"))
+
+    def test_values(self) -> None:
+        """
+        Enabled with its networks, beside an HTTP listener.
+        """
+        config = self.load(
+            GOOD
+            + '[[http.listen]]\nendpoint = "tcp:8080"\n'
+            + '[metrics]\nenable = true\nallowed_networks = ["192.0.2.0/24"]\n'
+        )
+        assert isinstance(config, Config)
+        self.assertTrue(config.metrics.enable)
+        self.assertEqual(config.metrics.allowed_networks, ("192.0.2.0/24",))
+
+    def test_problems(self) -> None:
+        """
+        Metrics need an HTTP listener; bad networks and unknown keys are named.
+        """
+        problems = self.load(
+            GOOD + '[metrics]\nenable = true\nallowed_networks = ["nonsense"]\nport = 9\n'
+        )
+        assert isinstance(problems, list)
+        self.assertEqual(
+            sorted(problems),
+            [
+                "metrics.allowed_networks: 'nonsense' does not appear to be an IPv4 or IPv6"
+                " network",
+                "metrics.enable: needs an [[http.listen]] listener to serve /metrics",
+                "metrics.port: unknown key",
+            ],
+        )

@@ -33,6 +33,7 @@ SHARD_STATUS = amp.AmpList(
         (b"shard", amp.Integer()),
         (b"pid", amp.Integer()),
         (b"active", amp.Integer()),
+        (b"held", amp.Integer()),
         (b"bad", amp.Integer()),
     ]
 )
@@ -44,8 +45,8 @@ class Status(ControlCommand):
 
     Response: C{version}; C{processes} (C{server.processes}); C{listeners}, one
     C{"MODE ENDPOINT"} each; C{shards}, one entry per process that answered (its shard, process
-    id, active and bad queue counts); C{missing}, the shards whose process did not answer; and
-    C{active}/C{bad}, the totals of the shards that answered.
+    id, active, held and bad queue counts); C{missing}, the shards whose process did not
+    answer; and C{active}/C{held}/C{bad}, the totals of the shards that answered.
     """
 
     commandName = b"status"  # noqa: N815 - the name AMP reads
@@ -57,6 +58,7 @@ class Status(ControlCommand):
         (b"shards", SHARD_STATUS),
         (b"missing", amp.ListOf(amp.Integer())),
         (b"active", amp.Integer()),
+        (b"held", amp.Integer()),
         (b"bad", amp.Integer()),
     ]
 

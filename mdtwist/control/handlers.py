@@ -44,7 +44,7 @@ def register_basics(
     registry: ControlRegistry,
     *,
     facts: ProcessFacts,
-    count_queue: Callable[[], Deferred[tuple[int, int]]],
+    count_queue: Callable[[], Deferred[tuple[int, int, int]]],
     run_queue: Callable[[], object],
     reloaders: Sequence[Callable[[], Sequence[str]]],
 ) -> None:
@@ -53,7 +53,7 @@ def register_basics(
 
     @param registry: where.
     @param facts: this process's facts.
-    @param count_queue: counts this process's spool shard: active and bad queue.
+    @param count_queue: counts this process's spool shard: active, held and bad messages.
     @param run_queue: starts a queue run that attempts every queued message now
         (L{mdtwist.delivery.runner.QueueRunner.run_now}).
     @param reloaders: each reads one thing again (the accounts, the certificate) and returns
@@ -61,18 +61,25 @@ def register_basics(
     """
 
     def status() -> Deferred[Answer]:
-        def counted(counts: tuple[int, int]) -> Answer:
-            active, bad = counts
+        def counted(counts: tuple[int, int, int]) -> Answer:
+            active, held, bad = counts
             return {
                 "version": facts.version,
                 "processes": facts.processes,
                 "listeners": list(facts.listeners),
                 # The process id is read now: twistd forks after the services are built.
                 "shards": [
-                    {"shard": facts.shard, "pid": os.getpid(), "active": active, "bad": bad}
+                    {
+                        "shard": facts.shard,
+                        "pid": os.getpid(),
+                        "active": active,
+                        "held": held,
+                        "bad": bad,
+                    }
                 ],
                 "missing": [],
                 "active": active,
+                "held": held,
                 "bad": bad,
             }
 
@@ -125,6 +132,7 @@ def combine_status(answers: Mapping[int, Answer | None]) -> Answer:
         "shards": shards,
         "missing": _missing(answers),
         "active": sum(entry["active"] for entry in shards),
+        "held": sum(entry["held"] for entry in shards),
         "bad": sum(entry["bad"] for entry in shards),
     }
 

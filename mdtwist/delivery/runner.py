@@ -53,7 +53,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from typing_extensions import override
 
-from mdtwist import maillog
+from mdtwist import maillog, metrics
 from mdtwist.delivery.dsn import (
     Action,
     RecipientReport,
@@ -374,6 +374,7 @@ class QueueRunner(Service):
                 delay_notified=outcome.delay_notified,
                 park=outcome.park,
             )
+            metrics.attempt_recorded(message, outcome.results, now)
         except Exception:
             log.failure("Delivery attempt for {queue_id} failed", queue_id=queue_id)
             return

@@ -36,6 +36,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 
+from mdtwist import metrics
 from mdtwist.dequeue.gateways import EtrnTarget, Gateway, GatewayBook, ProviderSettings
 from mdtwist.dequeue.held import HeldMessage
 from mdtwist.dequeue.release import Release, Shards
@@ -96,6 +97,12 @@ ODMR_COMMANDS = ("EHLO", "AUTH", "ATRN", "ETRN", "QUIT")
 
 def _answer(reply: Reply) -> CommandAnswer:
     return CommandAnswer(reply)
+
+
+def _counted(answer: CommandAnswer, kind: str) -> CommandAnswer:
+    # Count a dequeue request by its reply's class (mdtwist_dequeue_signals_total).
+    metrics.dequeue_signal(kind, "accepted" if answer.reply.is_positive else "refused")
+    return answer
 
 
 def etrn_route(gateway: Gateway, requester: str) -> Route:
@@ -186,7 +193,8 @@ class GatewayProvider:
         def handle(
             session: SMTPServerProtocol, command: ExtensionCommand
         ) -> Deferred[CommandAnswer]:
-            return Deferred.fromCoroutine(self._etrn(session, command, gateway_auth))
+            d = Deferred.fromCoroutine(self._etrn(session, command, gateway_auth))
+            return d.addCallback(_counted, "etrn-received")
 
         return handle
 
@@ -259,7 +267,8 @@ class GatewayProvider:
         @param command: the command.
         @return: the answer; with C{250} it turns the connection round.
         """
-        return Deferred.fromCoroutine(self._atrn(session, command))
+        d = Deferred.fromCoroutine(self._atrn(session, command))
+        return d.addCallback(_counted, "atrn-received")
 
     async def _atrn(self, session: SMTPServerProtocol, command: ExtensionCommand) -> CommandAnswer:
         client = session.client

@@ -11,15 +11,20 @@ login is checked against the directory.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mdtwist import metrics
 from mdtwist.address import address_key
 from mdtwist.directory.model import Account
+from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -107,13 +112,13 @@ class CachedDirectory:
                     self._entries.popitem(last=False)
             return account
 
-        return self._backend.find(address).addCallback(remember)
+        return self._timed("find", self._backend.find(address)).addCallback(remember)
 
     def authenticate(self, login: str, password: str) -> Deferred[Account | None]:
         """
         See L{IDirectory.authenticate}; never cached.
         """
-        return self._backend.authenticate(login, password)
+        return self._timed("authenticate", self._backend.authenticate(login, password))
 
     def domains(self) -> Deferred[frozenset[str]]:
         """
@@ -128,4 +133,15 @@ class CachedDirectory:
                 self._domains = (self._clock.seconds() + self._ttl, domains)
             return domains
 
-        return self._backend.domains().addCallback(remember)
+        return self._timed("domains", self._backend.domains()).addCallback(remember)
+
+    def _timed(self, operation: str, d: Deferred[T]) -> Deferred[T]:
+        # The time and the failures of the backend's calls, for the metrics.
+        start = self._clock.seconds()
+
+        def done(result: T | Failure) -> T | Failure:
+            failed = isinstance(result, Failure) and result.check(DirectoryUnavailable) is not None
+            metrics.directory_call(operation, self._clock.seconds() - start, failed=failed)
+            return result
+
+        return d.addBoth(done)

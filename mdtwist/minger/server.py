@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from mdtwist import metrics
 from mdtwist.address import Address, parse_address
 from mdtwist.directory.model import Account
 from mdtwist.errors import DirectoryUnavailable
@@ -181,8 +182,10 @@ class MingerResponder:
             self.log.info(
                 "minger: malformed query from {peer}: {reason}", peer=source, reason=parsed.reason
             )
+            metrics.minger_answered("bad_request")
             return succeed(encode_reply(parsed.echo, Status.BAD_REQUEST))
         if not allowed:
+            metrics.minger_answered("denied")
             return succeed(encode_reply(parsed.echo, Status.DENIED))
         problem = check_credentials(
             parsed,
@@ -200,6 +203,7 @@ class MingerResponder:
                 mailbox=parsed.mailbox,
                 reason=problem,
             )
+            metrics.minger_answered("bad_credentials")
             return succeed(encode_reply(parsed.echo, Status.BAD_CREDENTIALS))
         d = self.status_of(parsed.mailbox)
         d.addCallbacks(
@@ -213,6 +217,7 @@ class MingerResponder:
     def _reply(self, status: Status, query: Query, source: str) -> bytes:
         # Answers are not logged one by one (a busy peer asks thousands of times a second);
         # refusals, malformed queries and paused sources are.
+        metrics.minger_answered(status.name.lower())
         if status is Status.UNKNOWN and self.limiter.note_unknown(source, self._clock.seconds()):
             self.log.warn(
                 "minger: {peer} asked for too many unknown addresses; no answers for {pause} s",
@@ -224,6 +229,7 @@ class MingerResponder:
         return encode_reply(query.echo, status)
 
     def _no_answer(self, failure: Failure, query: Query, source: str) -> None:
+        metrics.minger_answered("no_answer")
         if failure.check(DirectoryUnavailable):
             self.log.warn(
                 "minger: directory unavailable; no answer to {peer} for {mailbox}",

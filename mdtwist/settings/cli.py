@@ -277,4 +277,4 @@ def _status(config: Config, source: SettingsSource, out: TextIO) -> None:
             f"{receipt.account}  {receipt.client}  {receipt.client_version or '-'}"
             f"  applied {receipt.applied_version} at {when:%Y-%m-%dT%H:%M:%SZ}: {reason}\n"
         )
-    out.write(f"{count} of {len(rows)} clients behind\n")
+    out.write(f"{count} of {len(rows)} {'client' if len(rows) == 1 else 'clients'} behind\n")

@@ -310,7 +310,7 @@ def _cache_list(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             store.close()
     for entry in entries:
         out.write(f"{entry.address}  {entry.peer}  verified {_time(entry.verified)}\n")
-    out.write(f"{len(entries)} addresses\n")
+    out.write(f"{len(entries)} {'address' if len(entries) == 1 else 'addresses'}\n")
     return 0
 
 

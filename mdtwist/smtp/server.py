@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from mdtwist import maillog
+from mdtwist import maillog, metrics
 from mdtwist.delivery.dsn import DSNRequests, restrict_requests
 from mdtwist.directory.model import Account
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient
@@ -509,6 +509,7 @@ class SMTPServerProtocol(Protocol):
         if self._counted:
             self._counted = False
             self._factory.session_closed(self._peer)
+            metrics.session_closed(self._factory.mode.value)
 
     # -- Twisted callbacks --
 
@@ -523,6 +524,7 @@ class SMTPServerProtocol(Protocol):
         self._peer = str(getattr(peer, "host", peer))
         refusal = self._factory.session_opened(self._peer)
         self._counted = refusal is None
+        metrics.session_opened(self._factory.mode.value, accepted=refusal is None)
         reverse = self._factory.reverse_name
         if reverse is not None and refusal is None:
             # The connect line waits for the client's name (never the greeting); any other
@@ -650,6 +652,10 @@ class SMTPServerProtocol(Protocol):
             self._routes = []
             self._accepted = set()
         add, self._add_recipient = self._add_recipient, True
+        if not answer.is_positive and isinstance(event, MailFrom | RcptTo | MessageReceived):
+            stage = "mail" if isinstance(event, MailFrom) else "rcpt"
+            stage = "data" if isinstance(event, MessageReceived) else stage
+            metrics.refused(stage, answer.code, answer.enhanced)
         self.core.send(answer, add_recipient=add)
         self._flush()
         if isinstance(event, StartTLS) and answer.code == 220:
@@ -889,6 +895,7 @@ class SMTPServerProtocol(Protocol):
         return d.addCallbacks(self._queued, self._not_queued, callbackArgs=(event,))
 
     def _queued(self, queue_id: str, event: MessageReceived) -> Reply:
+        metrics.message_accepted(self._factory.mode.value, len(event.body))
         self._messages += 1
         maillog.accepted(
             queue_id=queue_id,

@@ -38,6 +38,8 @@ class Queue(enum.Enum):
     ACTIVE = "active"
     #: Parked with a reason for a person to look at; never retried.
     BAD = "bad"
+    #: Held by the operator (C{mdtwistctl queue hold}): kept, not attempted until released.
+    HOLD = "hold"
 
 
 class MessageKind(enum.Enum):

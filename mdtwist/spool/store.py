@@ -23,10 +23,13 @@ rule: the bounce is in the queue before the recipients are marked done). Bodies 
 of parked messages that are too large to be inline are written and fsynced before that
 transaction, as for new mail.
 
-Queues: a message is I{active} (delivered and retried by the queue runner) or I{bad} (parked
-for a person to look at, with a reason, never retried: loops, undeliverable notices). A parked
+Queues: a message is I{active} (delivered and retried by the queue runner), I{held} by the
+operator (kept, never attempted until released; L{mdtwist.spool.admin}) or I{bad} (parked for
+a person to look at, with a reason, never retried: loops, undeliverable notices). A parked
 message keeps its recipients' states, and its stored body starts with an
-C{X-Mdtwist-Bad-Queue-Reason:} header line.
+C{X-Mdtwist-Bad-Queue-Reason:} header line. The queue is a value of the C{queue} column, so
+holding needed no new schema version (an older mdtwist does not read a spool holding held
+mail: release it before going back).
 
 Opening the database is the crash-recovery path: it creates the schema when it is absent,
 migrates a database of an older schema in place (L{mdtwist.spool.schema}), refuses one of a
@@ -66,7 +69,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mdtwist import maillog
+from mdtwist import maillog, metrics
 from mdtwist.durable import fsync_directory, write_new_file
 from mdtwist.envelope import BodyType, ClientInfo, Envelope, Recipient, RecipientState
 from mdtwist.errors import SpoolError
@@ -258,6 +261,19 @@ class SpoolReader:
         except (sqlite3.Error, OSError) as e:
             raise SpoolError(str(e)) from e
 
+    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """
+        Run a query of its own on the database (L{mdtwist.spool.admin.select}).
+
+        @param query: called with the read-only connection.
+        @return: its result.
+        @raise SpoolError: when the database cannot be read.
+        """
+        try:
+            return query(self._db)
+        except sqlite3.Error as e:
+            raise SpoolError(str(e)) from e
+
     def close(self) -> None:
         """
         Close the database.
@@ -325,6 +341,13 @@ class SQLiteSpool:
         self._observers: list[Callable[[Sequence[str]], None]] = []
 
     # Reactor side.
+
+    @property
+    def inline_limit(self) -> int:
+        """
+        Bodies up to this many bytes are stored in the database, larger ones in files.
+        """
+        return self._inline_limit
 
     def open(self) -> Deferred[None]:
         """
@@ -502,6 +525,41 @@ class SQLiteSpool:
         d: Deferred[builtins.list[QueueEntry]] = self._run(self._guarded, _select_entries)
         return d
 
+    def inspect(self, query: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        """
+        Read the database on the writer thread (the queue statistics of the metrics).
+
+        @param query: called with the connection; it must not write.
+        @return: a Deferred firing with its result, or failing with L{SpoolError}.
+        """
+        d: Deferred[T] = self._run(self._guarded, query)
+        return d
+
+    def administer(
+        self, work: Callable[[sqlite3.Connection, Path], tuple[T, builtins.list[str]]]
+    ) -> Deferred[T]:
+        """
+        Make an operator's change (L{mdtwist.spool.admin}) in one write transaction on the
+        writer thread.
+
+        @param work: called with the connection and the directory of body files; returns its
+            result and the names of body files to delete once the transaction has committed.
+        @return: a Deferred firing with the result, or failing with L{SpoolError} (then
+            nothing changed).
+        """
+        d: Deferred[T] = self._run(self._guarded, self._administer, work)
+        return d
+
+    def _administer(
+        self,
+        db: sqlite3.Connection,
+        work: Callable[[sqlite3.Connection, Path], tuple[T, builtins.list[str]]],
+    ) -> T:
+        with immediate(db):
+            result, unused = work(db, self._bodies)
+        self._discard([self._bodies / name for name in unused])
+        return result
+
     def _write_next_batch(self) -> None:
         # One writer cycle: every message and every delivery outcome that arrived since the
         # last one, in one transaction (group commit for both).
@@ -510,6 +568,7 @@ class SQLiteSpool:
         self._writing = True
         items = [(envelope, body) for envelope, body, _ in batch]
         requests = [(update, notices) for update, notices, _ in records]
+        metrics.commit_batch(len(items) + len(requests))
         written: Deferred[tuple[builtins.list[str], builtins.list[_RecordDone | SpoolError]]]
         written = self._run(self._write_batch, items, requests)
 
@@ -960,7 +1019,8 @@ def _update_message(
     if row is None:
         raise SpoolError(f"no message {queue_id} in the spool")
     body_file, queue = row
-    if queue != Queue.ACTIVE.value:
+    if queue == Queue.BAD.value:
+        # A held message may still get the outcome of an attempt that started before the hold.
         raise SpoolError(f"message {queue_id} is in the {queue} queue")
     for result in update.results:
         cursor = db.execute(

@@ -40,10 +40,10 @@ class BasicsTests(SynchronousTestCase):
 
         self.spool_error: Exception | None = None
 
-        def count() -> Deferred[tuple[int, int]]:
+        def count() -> Deferred[tuple[int, int, int]]:
             if self.spool_error is not None:
                 return fail(self.spool_error)
-            return succeed((3, 1))
+            return succeed((3, 2, 1))
 
         def run() -> None:
             self.runs += 1
@@ -86,9 +86,10 @@ class BasicsTests(SynchronousTestCase):
                 "version": "9.9",
                 "processes": 2,
                 "listeners": ["mx tcp:25", "submission tcp:587"],
-                "shards": [{"shard": 1, "pid": os.getpid(), "active": 3, "bad": 1}],
+                "shards": [{"shard": 1, "pid": os.getpid(), "active": 3, "held": 2, "bad": 1}],
                 "missing": [],
                 "active": 3,
+                "held": 2,
                 "bad": 1,
             },
         )
@@ -129,9 +130,10 @@ def _status(shard: int, active: int, bad: int) -> Answer:
         "version": "9.9",
         "processes": 3,
         "listeners": ["mx tcp:25"],
-        "shards": [{"shard": shard, "pid": 100 + shard, "active": active, "bad": bad}],
+        "shards": [{"shard": shard, "pid": 100 + shard, "active": active, "held": 1, "bad": bad}],
         "missing": [],
         "active": active,
+        "held": 1,
         "bad": bad,
     }
 
@@ -153,11 +155,12 @@ class CombineTests(SynchronousTestCase):
                 "processes": 3,
                 "listeners": ["mx tcp:25"],
                 "shards": [
-                    {"shard": 0, "pid": 100, "active": 2, "bad": 0},
-                    {"shard": 2, "pid": 102, "active": 5, "bad": 1},
+                    {"shard": 0, "pid": 100, "active": 2, "held": 1, "bad": 0},
+                    {"shard": 2, "pid": 102, "active": 5, "held": 1, "bad": 1},
                 ],
                 "missing": [1],
                 "active": 7,
+                "held": 2,
                 "bad": 1,
             },
         )

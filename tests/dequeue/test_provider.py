@@ -19,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from mdtwist import metrics
 from mdtwist.delivery.leases import Leases
 from mdtwist.delivery.local import MaildirDelivery
 from mdtwist.delivery.runner import QueueRunner
@@ -465,6 +466,27 @@ class ODMRTests(_Setup):
         talk2.command("EHLO vm")
         talk2.cram(GATE, SECRET)
         self.assertEqual(talk2.command(f"ETRN {GATE}").code, 253)
+
+    def test_etrn_counted(self) -> None:
+        """
+        Each ETRN counts in C{mdtwist_dequeue_signals_total}, accepted or refused.
+        """
+
+        def counts() -> tuple[float, float]:
+            found = {
+                labels["outcome"]: value
+                for _, name, labels, value in metrics.samples()
+                if name == "mdtwist_dequeue_signals_total" and labels["kind"] == "etrn-received"
+            }
+            return found.get("accepted", 0.0), found.get("refused", 0.0)
+
+        accepted, refused = counts()
+        talk = self.odmr()
+        talk.command("EHLO vm")
+        self.assertEqual(talk.command(f"ETRN {GATE}").code, 530)
+        talk.cram(GATE, SECRET)
+        self.assertEqual(talk.command(f"ETRN {GATE}").code, 253)
+        self.assertEqual(counts(), (accepted + 1, refused + 1))
 
     def test_authenticated_any_address(self) -> None:
         """

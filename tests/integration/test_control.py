@@ -90,14 +90,15 @@ class OneProcessTests(SynchronousTestCase):
         lines = result.stdout.splitlines()
         self.assertEqual(lines[0], f"mdtwist {__version__}, 1 process")
         self.assertIn(f"Listening: mx tcp:{self.daemon.mx_port}:interface=127.0.0.1", lines)
-        self.assertEqual(lines[-1].split(), ["Total", "0", "0"])
+        self.assertEqual(lines[-1].split(), ["Total", "0", "0", "0"])
         result = self.daemon.ctl("status", "--json")
         self.assertEqual(result.returncode, 0)
         status = json.loads(result.stdout)
         assert self.daemon.process is not None
         self.assertEqual(status["processes"], 1)
         self.assertEqual(
-            status["shards"], [{"shard": 0, "pid": self.daemon.process.pid, "active": 0, "bad": 0}]
+            status["shards"],
+            [{"shard": 0, "pid": self.daemon.process.pid, "active": 0, "held": 0, "bad": 0}],
         )
         self.assertEqual(status["missing"], [])
 

@@ -164,7 +164,7 @@ push_enabled = false
         )
         self.assertEqual(ack.status, 204)
         self.assertTrue(
-            wait_until(lambda: self.ctl("status").endswith("0 of 1 clients behind\n")),
+            wait_until(lambda: self.ctl("status").endswith("0 of 1 client behind\n")),
             self.ctl("status"),
         )
 

@@ -139,12 +139,12 @@ class UsageTests(SynchronousTestCase):
 
     def test_incomplete(self) -> None:
         """
-        A command without its subcommand prints the usage, exit status 2.
+        A command without its subcommand lists its subcommands, exit status 2.
         """
         for args in (("minger",), ("sharing",), ("sharing", "cache")):
-            status, _, err = self.ctl(*args)
+            status, out, _ = self.ctl(*args)
             self.assertEqual(status, 2, args)
-            self.assertIn("usage:", err)
+            self.assertIn("usage:", out)
 
     def test_bad_query(self) -> None:
         """
