@@ -381,14 +381,30 @@ def build_remote_delivery(
         policy=policy,
         resolver=resolver,
         client=client,
-        failed_hosts=FailedHosts(reactor),
+        failed_hosts=dead_hosts(config),
         connect=connect,
         directory=directory,
         smart_host=access,
         mx_tls=outbound.mx_tls,
         abort_on_rcpt_5xx=outbound.abort_on_rcpt_5xx,
         delay_after_temp_error=config.queue.delay_after_temp_error,
+        clock=reactor,
     )
+
+
+def dead_hosts(config: Config) -> FailedHosts:
+    """
+    Build the dead-host cache of remote delivery.
+
+    A host that failed is left alone for 5 minutes at first, longer on repeats, but never
+    longer than the remote queue's retry interval when that is longer than 5 minutes (so the
+    cache never holds mail back beyond the configured schedule by more than its first period).
+
+    @param config: the configuration.
+    @return: the cache.
+    """
+    base = 300.0
+    return FailedHosts(base=base, maximum=max(base, config.queue.remote_interval))
 
 
 def _checked(value: tuple[str, int] | None) -> tuple[str, int]:
@@ -524,6 +540,7 @@ def make_service(
         pool.setServiceParent(top)
     spool = open_spool(config, spool_pool.run, read_pool.run, shard=shard)
     SpoolService(spool).setServiceParent(top)
+    remote = build_remote_delivery(config, reactor, directory, top, shard)
     runner = QueueRunner(
         spool,
         directory,
@@ -533,7 +550,7 @@ def make_service(
         concurrency=config.delivery.concurrency,
         policy=config.queue,
         hostname=config.server.hostname,
-        remote=build_remote_delivery(config, reactor, directory, top, shard),
+        remote=remote,
         postmaster=config.server.postmaster,
     )
     runner.setName("queue")
@@ -565,7 +582,7 @@ def make_service(
             shard=shard,
         ),
         count_queue=lambda: _counts(spool),
-        run_queue=runner.run_now,
+        run_queue=lambda: _run_queue(runner, remote),
         reloaders=reloaders,
     )
     if shard > 0:
@@ -625,6 +642,12 @@ def _on_hangup_reload(
         dispatcher.call(Reload, {}).addErrback(lambda f: _log.failure("Reload failed", f))
 
     on_hangup(reload)
+
+
+def _run_queue(runner: QueueRunner, remote: RemoteDelivery) -> None:
+    # An operator's queue run tries every message now, dead hosts included.
+    remote.forget_failed_hosts()
+    runner.run_now()
 
 
 def _counts(spool: SQLiteSpool) -> Deferred[tuple[int, int]]:
