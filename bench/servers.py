@@ -137,6 +137,7 @@ class MdtwistServer:
         self._directory = parent
         self._port = 0
         self._hash = hash_password("bench-password")
+        self.config_path: Path | None = None
 
     @property
     def port(self) -> int:
@@ -207,6 +208,7 @@ class MdtwistServer:
         self._directory.mkdir()
         self._port = free_port()
         config = self._write_config()
+        self.config_path = Path(config)
         command = [
             *self._launcher(),
             "--nodaemon",
@@ -217,10 +219,19 @@ class MdtwistServer:
             "--config",
             config,
         ]
+        self.before_start(self._directory)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self._process = start_process(
             command, self.log_path, ports=(self._port,), env=env, cwd=ROOT, timeout=60.0
         )
+
+    def before_start(self, run_directory: Path) -> None:
+        """
+        Called with the run's directory, its configuration written, before the daemon starts
+        (a subclass seeds the spool here).
+
+        @param run_directory: the run's directory.
+        """
 
     def _launcher(self) -> list[str]:
         # twistd itself, or twistd inside the profiling wrapper.
@@ -268,6 +279,25 @@ maildir_root = "mail"
 """
         )
         return str(config)
+
+    def queue_run(self) -> None:
+        """
+        Ask the daemon for a queue run (C{mdtwistctl queue run}): every queued message is
+        tried now and the dead-host cache is forgotten, as C{postqueue -f} does for Postfix.
+
+        @raise PeerError: when the command fails.
+        """
+        program = str(Path(sys.executable).parent / "mdtwistctl")
+        result = subprocess.run(
+            [program, "--config", str(self.config_path), "queue", "run"],
+            capture_output=True,
+            text=True,
+            timeout=60.0,
+            check=False,
+            cwd=ROOT,
+        )
+        if result.returncode != 0:
+            raise PeerError(f"mdtwistctl queue run: {result.stderr.strip()[-300:]}")
 
     def delivered(self, count: int) -> bool:
         """

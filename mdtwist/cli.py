@@ -38,7 +38,7 @@ import datetime
 import getpass
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -258,36 +258,36 @@ def _time(seconds: float) -> str:
 
 
 def _queue_list(spool: Path, out: TextIO) -> None:
-    entries = _list_shards(spool)
-    active = [entry for entry in entries if entry.queue is Queue.ACTIVE]
-    bad = [entry for entry in entries if entry.queue is not Queue.ACTIVE]
-    for entry in active:
+    # Streamed: each queue is read page by page (SpoolReader.entries), printed as it comes.
+    active = 0
+    for entry in _stream_shards(spool, Queue.ACTIVE):
+        active += 1
         out.write(
             f"{entry.queue_id}  {_time(entry.arrival)}  {entry.size:>9}  <{entry.sender}>"
             f"  {entry.pending}/{entry.recipients} pending\n"
         )
-    out.write(f"{len(active)} messages\n")
+    out.write(f"{active} messages\n")
+    bad = 0
+    for entry in _stream_shards(spool, Queue.BAD):
+        if not bad:
+            out.write("\nBad queue:\n")
+        bad += 1
+        out.write(
+            f"{entry.queue_id}  {_time(entry.arrival)}  {entry.size:>9}  <{entry.sender}>"
+            f"  {entry.reason or '-'}\n"
+        )
     if bad:
-        out.write("\nBad queue:\n")
-        for entry in bad:
-            out.write(
-                f"{entry.queue_id}  {_time(entry.arrival)}  {entry.size:>9}  <{entry.sender}>"
-                f"  {entry.reason or '-'}\n"
-            )
-        out.write(f"{len(bad)} messages in the bad queue\n")
+        out.write(f"{bad} messages in the bad queue\n")
 
 
-def _list_shards(spool: Path) -> list[QueueEntry]:
-    # Every shard's messages; shards in ascending order, so the ids stay in ascending order.
-    # With no shard at all, the reader of the spool directory says there is no database.
-    entries: list[QueueEntry] = []
+def _stream_shards(spool: Path, queue: Queue) -> Iterator[QueueEntry]:
+    # One queue of every shard, shards in ascending order (so ids stay in ascending order).
     for shard in existing_shards(spool) or [0]:
         reader = SpoolReader(shard_directory(spool, shard))
         try:
-            entries += reader.list()
+            yield from reader.entries(queue)
         finally:
             reader.close()
-    return entries
 
 
 def _queue_show(spool: Path, queue_id: str, body: bool, out: TextIO) -> None:

@@ -117,7 +117,7 @@ from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import SessionLimits, SessionTally, SMTPServerFactory
 from mdtwist.smtp.tls import ReloadableTLS
 from mdtwist.spool.lock import SpoolLock, SpoolLocked
-from mdtwist.spool.model import Queue, QueueEntry
+from mdtwist.spool.model import Queue
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
 from mdtwist.startup import RequiredListener
 from mdtwist.threadpool import ThreadPoolService
@@ -651,12 +651,8 @@ def _run_queue(runner: QueueRunner, remote: RemoteDelivery) -> None:
 
 
 def _counts(spool: SQLiteSpool) -> Deferred[tuple[int, int]]:
-    # The numbers of messages in the active and in the bad queue.
-    def count(entries: list[QueueEntry]) -> tuple[int, int]:
-        active = sum(entry.queue is Queue.ACTIVE for entry in entries)
-        return active, len(entries) - active
-
-    return spool.list().addCallback(count)
+    # The numbers of messages in the active and in the bad queue (counted, not listed).
+    return spool.counts().addCallback(lambda counts: (counts[Queue.ACTIVE], counts[Queue.BAD]))
 
 
 def peer_addresses(config: Config) -> list[str]:
@@ -905,9 +901,7 @@ def add_http(
 
 def _active(spool: SQLiteSpool) -> Deferred[int]:
     # The number of messages in the active queue.
-    return spool.list().addCallback(
-        lambda entries: sum(entry.queue is Queue.ACTIVE for entry in entries)
-    )
+    return spool.counts().addCallback(lambda counts: counts[Queue.ACTIVE])
 
 
 def _checked_spec(spec: ListenSpec | None) -> ListenSpec:

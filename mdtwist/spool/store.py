@@ -56,7 +56,7 @@ import re
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -97,6 +97,9 @@ BODIES_NAME = "bodies"
 
 #: Bodies larger than this many bytes are stored in files, smaller ones inline.
 DEFAULT_INLINE_LIMIT = 64 * 1024
+
+#: How many entries one page of a queue listing reads (L{SpoolReader.entries}).
+LIST_PAGE = 1000
 
 #: The header line put at the top of a message parked in the bad queue.
 BAD_QUEUE_HEADER = "X-Mdtwist-Bad-Queue-Reason"
@@ -235,8 +238,47 @@ class SpoolReader:
         @return: every queued message, oldest first.
         @raise SpoolError: when the database cannot be read.
         """
+        return builtins.list(self.entries())
+
+    def entries(
+        self, queue: Queue | None = None, *, page: int = LIST_PAGE
+    ) -> Iterator[QueueEntry]:
+        """
+        List the queue as a stream, a page at a time: memory stays flat however long the
+        queue is, and the first entries come at once.
+
+        Each page is read in a short read transaction of its own (a long one would keep the
+        server from checkpointing its write-ahead log), after the last id of the page before;
+        so a message queued during the listing may or may not be in it, and none is listed
+        twice.
+
+        @param queue: only the messages of this queue; every message when L{None}.
+        @param page: how many entries to read at a time.
+        @return: an iterator of the entries in queue-id order (oldest first).
+        @raise SpoolError: when the database cannot be read (while iterating).
+        """
+        after = 0
+        while True:
+            try:
+                entries = _select_page(self._db, after, page, queue)
+            except sqlite3.Error as e:
+                raise SpoolError(str(e)) from e
+            yield from entries
+            if len(entries) < page:
+                return
+            last = parse_queue_id(entries[-1].queue_id)
+            assert last is not None
+            after = last
+
+    def counts(self) -> dict[Queue, int]:
+        """
+        Count the messages of each queue, without listing them.
+
+        @return: the number of messages in each queue (every queue present, 0 when empty).
+        @raise SpoolError: when the database cannot be read.
+        """
         try:
-            return _select_entries(self._db)
+            return _select_counts(self._db)
         except sqlite3.Error as e:
             raise SpoolError(str(e)) from e
 
@@ -493,6 +535,35 @@ class SQLiteSpool:
         @return: a Deferred firing with every queued message, oldest first.
         """
         d: Deferred[builtins.list[QueueEntry]] = self._run(self._guarded, _select_entries)
+        return d
+
+    def page(
+        self, after: str | None, limit: int, queue: Queue | None = None
+    ) -> Deferred[builtins.list[QueueEntry]]:
+        """
+        List one page of the queue: a long queue is listed page by page, each a short read.
+
+        @param after: the last queue id of the page before, or L{None} for the first page.
+        @param limit: the most entries to return; fewer means this was the last page.
+        @param queue: only the messages of this queue; every message when L{None}.
+        @return: a Deferred firing with the entries after C{after}, in queue-id order.
+        """
+        rowid = 0 if after is None else parse_queue_id(after)
+        if rowid is None:
+            raise ValueError(f"not a queue id: {after!r}")
+        d: Deferred[builtins.list[QueueEntry]] = self._run(
+            self._guarded, _select_page, rowid, limit, queue
+        )
+        return d
+
+    def counts(self) -> Deferred[dict[Queue, int]]:
+        """
+        Count the messages of each queue, without listing them.
+
+        @return: a Deferred firing with the number of messages in each queue (every queue
+            present, 0 when empty).
+        """
+        d: Deferred[dict[Queue, int]] = self._run(self._guarded, _select_counts)
         return d
 
     def _write_next_batch(self) -> None:
@@ -1037,6 +1108,37 @@ def _select_entries(db: sqlite3.Connection) -> list[QueueEntry]:
         " JOIN recipient AS r ON r.message_id = m.id GROUP BY m.id ORDER BY m.id",
         (RecipientState.PENDING.value,),
     )
+    return _entries(rows)
+
+
+def _select_page(
+    db: sqlite3.Connection, after: int, limit: int, queue: Queue | None
+) -> list[QueueEntry]:
+    # One page of a listing: a range of the primary key, the recipients counted per message
+    # through their own primary key (no sort, no grouping of the whole table).
+    where = "" if queue is None else " AND m.queue = ?"
+    parameters: tuple[object, ...] = (RecipientState.PENDING.value, after)
+    if queue is not None:
+        parameters += (queue.value,)
+    rows = db.execute(
+        "SELECT m.id, m.arrival, m.size, m.sender, m.attempts, m.next_attempt,"
+        " (SELECT count(*) FROM recipient WHERE message_id = m.id),"
+        " (SELECT count(*) FROM recipient WHERE message_id = m.id AND state = ?),"
+        f" m.queue, m.reason, m.kind FROM message AS m WHERE m.id > ?{where}"
+        " ORDER BY m.id LIMIT ?",
+        (*parameters, limit),
+    )
+    return _entries(rows)
+
+
+def _select_counts(db: sqlite3.Connection) -> dict[Queue, int]:
+    counts = dict.fromkeys(Queue, 0)
+    for queue, count in db.execute("SELECT queue, count(*) FROM message GROUP BY queue"):
+        counts[Queue(queue)] = int(count)
+    return counts
+
+
+def _entries(rows: Iterable[tuple[Any, ...]]) -> list[QueueEntry]:
     return [
         QueueEntry(
             queue_id=format_queue_id(rowid),
