@@ -24,7 +24,6 @@ way the spool stores messages) and copied into each run.
 from __future__ import annotations
 
 import argparse
-import resource
 import shutil
 import sqlite3
 import statistics
@@ -107,8 +106,8 @@ def timed_list(config: Path) -> tuple[float, float, int, float]:
     Run C{mdtwistctl queue list} and read its output as it comes.
 
     @param config: the daemon's configuration file.
-    @return: seconds until the first line, seconds until the end, lines, peak RSS in MiB of
-        the listing processes (the largest C{mdtwistctl} so far in this process's children).
+    @return: seconds until the first line, seconds until the end, lines, and the peak RSS of
+        the command in MiB (read while it prints).
     @raise RunFailed: when the command fails.
     """
     program = str(Path(sys.executable).parent / "mdtwistctl")
@@ -119,16 +118,30 @@ def timed_list(config: Path) -> tuple[float, float, int, float]:
         [program, "--config", str(config), "queue", "list"], stdout=subprocess.PIPE
     ) as process:
         assert process.stdout is not None
+        peak = 0
         for _ in process.stdout:
             if first is None:
                 first = time.perf_counter() - started
             lines += 1
+            if lines % 2000 == 0:
+                peak = max(peak, _high_water(process.pid))
         status = process.wait(timeout=600)
     total = time.perf_counter() - started
     if status != 0:
         raise RunFailed(f"mdtwistctl queue list exited with {status}")
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return first or total, total, lines, rss
+    return first or total, total, lines, peak / 1024
+
+
+def _high_water(pid: int) -> int:
+    # The peak resident memory (VmHWM, KiB) of a running process so far; 0 when it is gone.
+    # (Not the rusage of the child: Linux counts the forking parent's size in it.)
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def main(argv: Sequence[str]) -> int:
@@ -143,6 +156,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--messages", type=int, default=3000, help="messages per run")
     parser.add_argument("--runs", type=int, default=3, help="runs per server and case")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--list-only", action="store_true", help="only time the queue list")
     options = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="mdtwist-growth-", dir=options.workdir)).resolve()
     base.chmod(0o755)
@@ -164,7 +178,7 @@ def main(argv: Sequence[str]) -> int:
     ]
     results: list[Run] = []
     try:
-        for number in range(1, options.runs + 1):
+        for number in range(1, 0 if options.list_only else options.runs + 1):
             for case in CASES:
                 for server in servers:
                     server.prepare()
@@ -195,19 +209,31 @@ def main(argv: Sequence[str]) -> int:
             server.close()
         shutil.rmtree(base, ignore_errors=True)
     print(f"\nload average at the end: {load_average()}")
-    print("| case | spool | msgs/s per run | median msgs/s | drained after s (median) |")
-    print("| --- | --- | --- | --- | --- |")
+    if not results:
+        return 0
+    print(
+        "| case | spool | msgs/s per run | median msgs/s | server CPU ms/msg per run (accept)"
+        " | median CPU ms/msg | drained after s (median) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for case in CASES:
         medians = []
+        cpus = []
         for server in servers:
             runs = [r for r in results if r.server == server.name and r.case == case.label]
             rates = [r.rate for r in runs]
+            cpu = [1000 * r.cpu_accept_s / r.messages for r in runs]
             medians.append(statistics.median(rates))
+            cpus.append(statistics.median(cpu))
             print(
                 f"| `{case.label}` | {server.name} | {'/'.join(f'{r:.0f}' for r in rates)}"
-                f" | **{medians[-1]:.0f}** | {statistics.median(r.drain_s for r in runs):.2f} |"
+                f" | **{medians[-1]:.0f}** | {'/'.join(f'{c:.2f}' for c in cpu)}"
+                f" | {cpus[-1]:.2f} | {statistics.median(r.drain_s for r in runs):.2f} |"
             )
-        print(f"| `{case.label}` | **full/empty** | | **{medians[1] / medians[0]:.2f}** | |")
+        print(
+            f"| `{case.label}` | **full/empty** | | **{medians[1] / medians[0]:.2f}** |"
+            f" | {cpus[1] / cpus[0]:.2f} | |"
+        )
     return 0
 
 

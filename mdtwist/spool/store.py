@@ -1138,6 +1138,11 @@ def _select_counts(db: sqlite3.Connection) -> dict[Queue, int]:
     return counts
 
 
+# The enums by their stored values: a dict lookup per row instead of an enum call.
+_QUEUES = {queue.value: queue for queue in Queue}
+_KINDS = {kind.value: kind for kind in MessageKind}
+
+
 def _entries(rows: Iterable[tuple[Any, ...]]) -> list[QueueEntry]:
     return [
         QueueEntry(
@@ -1149,9 +1154,9 @@ def _entries(rows: Iterable[tuple[Any, ...]]) -> list[QueueEntry]:
             pending=pending,
             attempts=attempts,
             next_attempt=next_attempt,
-            queue=Queue(queue),
+            queue=_QUEUES[queue],
             reason=reason,
-            kind=MessageKind(kind),
+            kind=_KINDS[kind],
         )
         for (
             rowid,
