@@ -8,11 +8,11 @@ Usage (from the repository root)::
 For each run, mdtwist (a fresh daemon, the README's configuration: one process, Maildir) and
 the private Postfix that writes a Maildir (L{bench.servers.PostfixMaildirServer}), in turns:
 
-  - B{peak}: 20 connections, reused, send C{--messages} messages (1 KiB, one local
-    recipient, no pipelining, like smtp-source) as fast as the server answers: messages/s;
-  - B{latency at half of the peak}: the same 20 connections send messages on an even
-    schedule of half that rate for C{--seconds}; the time from sending the final dot until
-    the 250 is read, p50 and p99 in milliseconds;
+  - B{peak}: C{smtp-source -d -s 20} sends C{--messages} messages (1 KiB, one local
+    recipient) as fast as the server answers, as in C{inbound.py}: messages/s;
+  - B{latency at half of the peak}: 20 connections of this script (reused, no pipelining)
+    send messages on an even schedule of half that rate for C{--seconds}; the time from
+    sending the final dot until the 250 is read, p50 and p99 in milliseconds;
   - B{idle sessions} (mdtwist only, see below): C{--idle} connections that were greeted and
     said EHLO, then wait; the resident memory of the server's whole process tree (RSS and
     PSS, MiB) before and with them, and per session.
@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import RunFailed, load_average, settle
+from bench.inbound import Case, measure
 from bench.procfs import tree_pids
 from bench.servers import RECIPIENT, SENDER, BenchServer, MdtwistServer, PostfixMaildirServer
 from tests.integration.peers import PeerError
@@ -46,7 +47,10 @@ from tests.integration.peers import PeerError
 #: Connections of the peak and latency measurements.
 CONNECTIONS = 20
 
-BODY = b"Subject: latency\r\n\r\n" + b"x" * 1000 + b"\r\n.\r\n"
+#: The peak: smtp-source with reused connections (a C client, so the server is the limit).
+PEAK = Case("-s 20 -d", True)
+
+BODY = b"Subject: latency\r\n\r\n" + (b"x" * 98 + b"\r\n") * 10 + b".\r\n"
 
 
 async def _reply(reader: asyncio.StreamReader) -> bytes:
@@ -181,6 +185,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--messages", type=int, default=3000, help="messages of the peak")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of the paced load")
     parser.add_argument("--idle", type=int, default=10_000, help="idle sessions (mdtwist)")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="the paced rate (default: half the peak)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     options = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -202,8 +209,8 @@ def main(argv: Sequence[str]) -> int:
                 server.prepare()
                 try:
                     settle()
-                    peak, _ = asyncio.run(load(server.port, options.messages, None))
-                    rate = peak / 2
+                    peak = measure(server, PEAK, options.messages, CONNECTIONS).rate
+                    rate = options.rate or peak / 2
                     count = max(CONNECTIONS, int(rate * options.seconds))
                     achieved, samples = asyncio.run(load(server.port, count, rate))
                     p50, p99 = _percentile(samples, 0.5), _percentile(samples, 0.99)

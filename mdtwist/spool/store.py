@@ -15,6 +15,11 @@ the current one returns. Each enqueue Deferred fires with its queue id after the
 holds its message has returned, or fails with L{SpoolError} when the batch could not be stored;
 then the transaction is rolled back and the body files of the batch are deleted.
 
+Durability: a transaction that holds new messages is fsynced before their enqueue Deferreds
+fire (C{synchronous=FULL}); one that holds delivery outcomes only is not fsynced itself
+(C{synchronous=NORMAL}): the next fsynced commit or checkpoint of the write-ahead log makes it
+durable, and until then a power cut can only undo it, which repeats that delivery attempt.
+
 L{SQLiteSpool.record} stores the outcome of a delivery attempt in one transaction: the new
 recipient states, the notices (DSNs) those states call for, the "delay notice sent" marks, and
 when asked the move of the message to the bad queue. So a crash can neither lose a notice nor
@@ -354,6 +359,7 @@ class SQLiteSpool:
         # Writer-thread state.
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._full_sync = True  # the connection's synchronous setting: FULL, else NORMAL
         # Reactor-thread state.
         self._batch: list[tuple[Envelope, bytes, Deferred[str]]] = []
         self._records: list[tuple[_Update, tuple[Notice, ...], Deferred[_RecordDone]]] = []
@@ -703,6 +709,7 @@ class SQLiteSpool:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+                self._full_sync = True
             readers, self._reader_connections = self._reader_connections, []
         for reader in readers:
             reader.close()
@@ -714,6 +721,16 @@ class SQLiteSpool:
                 return f(self._connection(), *args)
             except (sqlite3.Error, OSError) as e:
                 raise SpoolError(str(e)) from e
+
+    def _sync_for(self, db: sqlite3.Connection, durable: bool) -> None:
+        # A transaction with new messages is fsynced before it returns (their 250 waits for
+        # it); one with delivery outcomes only is not: in WAL mode the next fsynced commit (or
+        # checkpoint) makes it durable along with everything before it. Losing such an outcome
+        # in a power cut only repeats the attempt: a Maildir copy is found by its name and not
+        # written twice, a notice is lost together with the state that called for it.
+        if durable != self._full_sync:
+            db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+            self._full_sync = durable
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         db = self._connection()
@@ -779,6 +796,7 @@ class SQLiteSpool:
                     _check_room(db, self._directory / DATABASE_NAME, self._shard)
                     return ids, outcomes
 
+                self._sync_for(db, durable=bool(items))
                 ids, outcomes = self._transaction(work)
             except (sqlite3.Error, OSError, SpoolError) as e:
                 self._discard(files)

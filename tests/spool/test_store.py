@@ -70,6 +70,21 @@ class FlakyConnection(sqlite3.Connection):
         return super().executemany(sql, parameters)
 
 
+class SyncRecordingConnection(sqlite3.Connection):
+    """
+    A connection that notes the C{synchronous} setting in effect at each commit.
+    """
+
+    commits: ClassVar[list[int]] = []
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        """Run a statement; before a commit, note the setting (2 FULL, 1 NORMAL)."""
+        if sql == "COMMIT":
+            (level,) = super().execute("PRAGMA synchronous").fetchone()
+            type(self).commits.append(level)
+        return super().execute(sql, parameters)
+
+
 def flaky(prefix: str | None = None, after: int = 0) -> type[FlakyConnection]:
     """
     Make a fresh L{FlakyConnection} class.
@@ -186,6 +201,35 @@ class SQLiteSpoolTests(SynchronousTestCase):
             (queue_id, "s@remote.example", 2, 1, 1),
         )
         self.assertEqual((entry.arrival, entry.next_attempt, entry.size), (1000, 1300, len(SMALL)))
+
+    def test_only_new_mail_waits_for_fsync(self) -> None:
+        """
+        A transaction that holds new messages commits with C{synchronous=FULL} (fsynced before
+        the 250); one with delivery outcomes only commits with C{NORMAL} (made durable by the
+        next fsynced commit of the write-ahead log).
+        """
+        factory: type[SyncRecordingConnection] = type(
+            "Recording", (SyncRecordingConnection,), {"commits": []}
+        )
+        writer = HeldRunner()
+        spool = SQLiteSpool(Path(self.mktemp()), writer, factory=factory)
+        self.addCleanup(writer.run_all)
+        self.addCleanup(spool.close)
+        spool.open()
+        writer.run_all()
+        del factory.commits[:]
+        first = spool.enqueue(make_envelope("a@x", "b@x"), SMALL)
+        writer.run_all()
+        queue_id = self.successResultOf(first)
+        spool.record(queue_id, [RecipientResult(0, RecipientState.DELIVERED)], 1300)
+        writer.run_all()
+        # While a write is in flight, an outcome and a new message wait for one batch.
+        spool.enqueue(make_envelope("a@x"), SMALL)
+        spool.record(queue_id, [RecipientResult(1, RecipientState.DELIVERED)], 1300)
+        spool.enqueue(make_envelope("a@x"), SMALL)
+        self.assertEqual(len(writer.calls), 1)
+        writer.run_all()
+        self.assertEqual(factory.commits, [2, 1, 2, 2])
 
     def test_page_and_counts(self) -> None:
         """
