@@ -338,10 +338,10 @@ class SQLiteSpool:
             when absent.
         @param run: calls a function on the single C{spool-io} thread and returns a Deferred
             of its result (L{mdtwist.threadpool.ThreadPoolService.run}).
-        @param read: calls a function on another thread pool, for L{load}: each of its
-            threads reads through a read-only connection of its own, so loads never wait
-            behind writes (WAL readers see every committed transaction). L{None}: loads run
-            on the writer thread too.
+        @param read: calls a function on another thread pool, for L{load} and L{due}: each
+            of its threads reads through a read-only connection of its own, so reads never
+            wait behind writes (WAL readers see every committed transaction). L{None}: they
+            run on the writer thread too.
         @param inline_limit: bodies up to this many bytes are stored in the database, larger
             ones in files.
         @param factory: the SQLite connection class.
@@ -369,6 +369,9 @@ class SQLiteSpool:
         self._read = read
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
+        # Guards the list above only: a reader never waits for the writer's lock (held for a
+        # whole write batch, fsync included).
+        self._readers_lock = threading.Lock()
         self._observers: list[Callable[[Sequence[str]], None]] = []
 
     # Reactor side.
@@ -429,7 +432,13 @@ class SQLiteSpool:
         @return: a Deferred firing with the ids of messages that have pending recipients and
             whose next attempt is due at C{now}, the most overdue first.
         """
-        d: Deferred[list[str]] = self._run(self._guarded, _select_due, now, limit)
+        d: Deferred[list[str]]
+        if self._read is None:
+            d = self._run(self._guarded, _select_due, now, limit)
+        else:
+            # On a reading thread: the query never waits behind a write batch's fsync, and
+            # sees every transaction committed before it starts.
+            d = self._read(self._reading, _select_due, now, limit)
         return d
 
     def load(self, queue_id: str) -> Deferred[QueuedMessage | None]:
@@ -710,7 +719,8 @@ class SQLiteSpool:
                 self._db.close()
                 self._db = None
                 self._full_sync = True
-            readers, self._reader_connections = self._reader_connections, []
+            with self._readers_lock:
+                readers, self._reader_connections = self._reader_connections, []
         for reader in readers:
             reader.close()
 
@@ -837,18 +847,21 @@ class SQLiteSpool:
     def _read_messages(
         self, rowids: builtins.list[int | None]
     ) -> builtins.list[QueuedMessage | SpoolError | None]:
-        # On a reading thread: its own read-only connection.
+        return self._reading(_select_messages, self._bodies, rowids)
+
+    def _reading(self, f: Callable[..., T], *args: Any) -> T:
+        # On a reading thread: f(connection, *args) with the thread's own read-only connection.
         db: sqlite3.Connection | None = getattr(self._readers, "db", None)
-        with self._lock:
+        with self._readers_lock:
             if db is not None and db not in self._reader_connections:
                 db = None  # closed with the spool since this thread last read
         try:
             if db is None:
                 db = open_database(self._directory / DATABASE_NAME, read_only=True)
                 self._readers.db = db
-                with self._lock:
+                with self._readers_lock:
                     self._reader_connections.append(db)
-            return _select_messages(db, self._bodies, rowids)
+            return f(db, *args)
         except (sqlite3.Error, OSError) as e:
             raise SpoolError(str(e)) from e
 

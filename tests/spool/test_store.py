@@ -532,6 +532,25 @@ class ReadConnectionTests(SynchronousTestCase):
         writer.run_all()
         self.assertEqual(spool._reader_connections, [])
 
+    def test_due_while_a_write_is_in_flight(self) -> None:
+        """
+        With a reading pool, the due messages are found while the writer is busy with
+        another write (the query runs on a reading thread), and a message committed before
+        the query is among them.
+        """
+        directory = Path(self.mktemp())
+        writer = HeldRunner()
+        spool = SQLiteSpool(directory, writer, read=run_now)
+        self.addCleanup(writer.run_all)
+        self.addCleanup(spool.close)
+        d = spool.enqueue(make_envelope("a@x"), SMALL)
+        writer.run_all()
+        queue_id = self.successResultOf(d)
+        spool.enqueue(make_envelope("b@x"), SMALL)
+        self.assertEqual(len(writer.calls), 1)
+        self.assertEqual(self.successResultOf(spool.due(5000, 10)), [queue_id])
+        self.assertEqual(len(writer.calls), 1)
+
     def test_loads_batched(self) -> None:
         """
         Loads asked for while a read runs are read together in one call, and a message
