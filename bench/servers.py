@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 from bench.procfs import tree_pids
+from mdtwist.control.client import ControlClientError, call
+from mdtwist.control.commands import QueueRun
 from mdtwist.directory.passwords import hash_password
 from mdtwist.spool.store import DATABASE_NAME, existing_shards, shard_directory
 from tests.integration.peers import (
@@ -116,9 +118,13 @@ class MdtwistServer:
         delivery_extra: str = "",
         extra: str = "",
         processes: int = 1,
+        max_sessions: int | None = None,
+        max_sessions_per_ip: int = 1000,
     ) -> None:
         """
         @param parent: an empty directory; each run gets C{run-N} below it.
+        @param max_sessions: C{smtp.max_sessions}, or L{None} for the default.
+        @param max_sessions_per_ip: C{smtp.max_sessions_per_ip}.
         @param smtp_extra: more TOML lines for the C{[smtp]} table.
         @param delivery_extra: more TOML lines for the C{[delivery]} table.
         @param extra: more TOML tables, appended to the configuration (such as C{[outbound]}).
@@ -128,7 +134,10 @@ class MdtwistServer:
         self.processes = processes
         if processes > 1:
             self.name = f"mdtwist-{processes}p"
-        self._smtp_extra = smtp_extra
+        limits = f"max_sessions_per_ip = {max_sessions_per_ip}\n"
+        if max_sessions is not None:
+            limits += f"max_sessions = {max_sessions}\n"
+        self._smtp_extra = limits + smtp_extra
         self._delivery_extra = delivery_extra
         self._extra = extra
         self.profile_dir: Path | None = None
@@ -137,6 +146,7 @@ class MdtwistServer:
         self._directory = parent
         self._port = 0
         self._hash = hash_password("bench-password")
+        self.config_path: Path | None = None
 
     @property
     def port(self) -> int:
@@ -207,6 +217,7 @@ class MdtwistServer:
         self._directory.mkdir()
         self._port = free_port()
         config = self._write_config()
+        self.config_path = Path(config)
         command = [
             *self._launcher(),
             "--nodaemon",
@@ -217,10 +228,19 @@ class MdtwistServer:
             "--config",
             config,
         ]
+        self.before_start(self._directory)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self._process = start_process(
             command, self.log_path, ports=(self._port,), env=env, cwd=ROOT, timeout=60.0
         )
+
+    def before_start(self, run_directory: Path) -> None:
+        """
+        Called with the run's directory, its configuration written, before the daemon starts
+        (a subclass seeds the spool here).
+
+        @param run_directory: the run's directory.
+        """
 
     def _launcher(self) -> list[str]:
         # twistd itself, or twistd inside the profiling wrapper.
@@ -243,7 +263,6 @@ hostname = "mx.{domain}"
 processes = {self.processes}
 
 [smtp]
-max_sessions_per_ip = 1000
 {self._smtp_extra}
 
 [[smtp.listen]]
@@ -268,6 +287,19 @@ maildir_root = "mail"
 """
         )
         return str(config)
+
+    def queue_run(self) -> None:
+        """
+        Ask the daemon for a queue run (what C{mdtwistctl queue run} sends, from this process
+        so that no interpreter start-up is timed): every queued message is tried now and the
+        dead-host cache is forgotten, as C{postqueue -f} does for Postfix.
+
+        @raise PeerError: when the control channel fails.
+        """
+        try:
+            call(self._directory / "spool" / "control.sock", QueueRun)
+        except ControlClientError as e:
+            raise PeerError(f"queue run: {e}") from e
 
     def delivered(self, count: int) -> bool:
         """

@@ -135,7 +135,6 @@ from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
 from mdtwist.smtp.server import CommandHandler, SessionLimits, SessionTally, SMTPServerFactory
 from mdtwist.smtp.tls import ReloadableTLS
-from mdtwist.spool.admin import QueueStats, queue_stats
 from mdtwist.spool.lock import SpoolLock, SpoolLocked
 from mdtwist.spool.model import Queue, QueuedMessage
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
@@ -411,7 +410,7 @@ def build_remote_delivery(
         policy=policy,
         resolver=resolver,
         client=client,
-        failed_hosts=FailedHosts(reactor),
+        failed_hosts=dead_hosts(config),
         connect=connect,
         directory=directory,
         smart_host=access,
@@ -419,7 +418,23 @@ def build_remote_delivery(
         abort_on_rcpt_5xx=outbound.abort_on_rcpt_5xx,
         delay_after_temp_error=config.queue.delay_after_temp_error,
         forget_peer_address=None if sharing is None else sharing.drop,
+        clock=reactor,
     )
+
+
+def dead_hosts(config: Config) -> FailedHosts:
+    """
+    Build the dead-host cache of remote delivery.
+
+    A host that failed is left alone for 5 minutes at first, longer on repeats, but never
+    longer than the remote queue's retry interval when that is longer than 5 minutes (so the
+    cache never holds mail back beyond the configured schedule by more than its first period).
+
+    @param config: the configuration.
+    @return: the cache.
+    """
+    base = 300.0
+    return FailedHosts(base=base, maximum=max(base, config.queue.remote_interval))
 
 
 def _checked(value: tuple[str, int] | None) -> tuple[str, int]:
@@ -661,7 +676,7 @@ def make_service(
             shard=shard,
         ),
         count_queue=lambda: _counts(spool),
-        run_queue=runner.run_now,
+        run_queue=lambda: _run_queue(runner, remote),
         reloaders=reloaders,
     )
     register_gateway_commands(registry, held)
@@ -798,13 +813,19 @@ def _on_hangup_reload(
     on_hangup(reload)
 
 
+def _run_queue(runner: QueueRunner, remote: RemoteDelivery) -> None:
+    # An operator's queue run tries every message now, dead hosts included.
+    remote.forget_failed_hosts()
+    runner.run_now()
+
+
 def _counts(spool: SQLiteSpool) -> Deferred[tuple[int, int, int]]:
-    # The numbers of messages in the active queue, held, and in the bad queue.
-    def count(stats: QueueStats) -> tuple[int, int, int]:
-        counts = stats.counts
+    # The numbers of messages in the active queue, held, and in the bad queue (counted, not
+    # listed).
+    def count(counts: dict[Queue, int]) -> tuple[int, int, int]:
         return counts[Queue.ACTIVE], counts[Queue.HOLD], counts[Queue.BAD]
 
-    return spool.inspect(queue_stats).addCallback(count)
+    return spool.counts().addCallback(count)
 
 
 def peer_addresses(config: Config) -> list[str]:
@@ -1066,9 +1087,7 @@ def add_http(
 def _active(spool: SQLiteSpool) -> Deferred[int]:
     # The number of messages still to deliver: the active queue and held messages (a held
     # message keeps a draining process alive, so that the operator can release it).
-    return spool.list().addCallback(
-        lambda entries: sum(entry.queue is not Queue.BAD for entry in entries)
-    )
+    return spool.counts().addCallback(lambda counts: counts[Queue.ACTIVE] + counts[Queue.HOLD])
 
 
 def _checked_spec(spec: ListenSpec | None) -> ListenSpec:

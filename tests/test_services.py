@@ -19,7 +19,7 @@ from mdtwist.config import Config, LocalDelivery, load_config
 from mdtwist.delivery.lmtp import LMTPDelivery
 from mdtwist.delivery.local import MaildirDelivery
 from mdtwist.errors import ConfigError
-from mdtwist.services import build_local_delivery, open_spool
+from mdtwist.services import build_local_delivery, dead_hosts, open_spool
 from tests.test_config import GOOD
 
 
@@ -62,6 +62,17 @@ class BuilderTests(SynchronousTestCase):
         self.assertIsInstance(delivery, LMTPDelivery)
         assert config.delivery.maildir_root is not None
         self.assertFalse(config.delivery.maildir_root.exists())
+
+    def test_dead_host_cache(self) -> None:
+        """
+        The dead-host cache leaves a failed host alone for 5 minutes at first and never
+        longer than the remote queue's retry interval when that is longer.
+        """
+        config = self.config()
+        for interval, maximum in ((900.0, 900.0), (1.0, 300.0), (7200.0, 7200.0)):
+            queue = attrs.evolve(config.queue, remote_interval=interval)
+            hosts = dead_hosts(attrs.evolve(config, queue=queue))
+            self.assertEqual((hosts.base, hosts.maximum), (300.0, maximum))
 
     def test_unusable_maildir_root(self) -> None:
         """

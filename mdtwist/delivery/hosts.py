@@ -3,21 +3,23 @@
 Next-hop data shared by the MX resolver and the router, and the memory of hosts that failed.
 
 This module imports neither Twisted nor the clock: L{mdtwist.delivery.router} (a pure core)
-reads the result types from here, and L{FailedHosts} asks an injected clock for the time.
+reads the result types from here, and L{FailedHosts} is given the time by its caller.
 
-Theory of operation of L{FailedHosts}: when a connection to C{(address, port)} fails, the
-address is "down" for C{base} seconds. A further failure within C{remember} seconds after that
-period ended doubles the period (times C{factor}, at most C{maximum}); a success, or a quiet
-C{remember} seconds, forgets the host. Callers filter candidate addresses with
-L{FailedHosts.filter_up}, which skips down hosts but returns every address when all of them
-are down, so that a message is never held back by the memory alone.
+Theory of operation of L{FailedHosts}, the dead-host cache: when a connection to
+C{(address, port)} fails, the address is "down" for C{base} seconds. A further failure within
+C{remember} seconds after that period ended doubles the period (times C{factor}, at most
+C{maximum}); a success, or a quiet C{remember} seconds, forgets the host. Callers filter
+candidate addresses with L{FailedHosts.filter_up}, which skips down hosts and returns nothing
+when all of them are down: then the message is deferred at once, without a connection, until
+the first of them may be tried again (L{FailedHosts.all_down_until}). So while the next hop is
+dead, one message probes it when its period ends, and the others wait (as Postfix's queue
+manager does with a dead destination) instead of each trying the dead host again.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 import attrs
 
@@ -100,17 +102,6 @@ class MXResult:
         return self.kind in USABLE_KINDS and bool(self.hosts)
 
 
-class Clock(Protocol):
-    """
-    The one thing L{FailedHosts} needs from a clock (Twisted's C{IReactorTime} has it).
-    """
-
-    def seconds(self) -> float:
-        """
-        @return: the current time in seconds.
-        """
-
-
 @attrs.define
 class _Failure:
     # One remembered host: how many failures in a row, until when it is down.
@@ -121,9 +112,9 @@ class _Failure:
 @attrs.define
 class FailedHosts:
     """
-    The hosts that recently failed to connect, each down for a while that grows on repeats.
+    The dead-host cache: hosts that recently failed to connect, each down for a while that
+    grows on repeats. Every method takes the current time as a parameter.
 
-    @ivar clock: gives the current time (C{seconds()}).
     @ivar base: seconds a host is down after its first failure.
     @ivar factor: how much the period grows on each further failure.
     @ivar maximum: the longest period, in seconds.
@@ -131,32 +122,36 @@ class FailedHosts:
         counts as a repeat; after that the host is forgotten.
     """
 
-    clock: Clock
     base: float = 300.0
     factor: float = 2.0
     maximum: float = 3600.0
     remember: float = 3600.0
     _hosts: dict[tuple[str, int], _Failure] = attrs.field(factory=dict, init=False)
 
-    def mark_failed(self, address: str, port: int = 25) -> float:
+    def mark_failed(self, address: str, port: int, now: float) -> float:
         """
         Remember that a connection to C{address} failed.
 
+        A failure while the host is already down (another message tried it at the same time)
+        does not lengthen the period again.
+
         @param address: the IP address.
         @param port: the TCP port.
+        @param now: the current time, seconds since the epoch.
         @return: the time until which the host is now considered down.
         """
-        now = self.clock.seconds()
         self._forget_old(now)
         key = (address, port)
         previous = self._hosts.get(key)
+        if previous is not None and now < previous.down_until:
+            return previous.down_until
         count = 1 if previous is None else previous.count + 1
         period = min(self.base * self.factor ** (count - 1), self.maximum)
         until = now + period
         self._hosts[key] = _Failure(count, until)
         return until
 
-    def mark_ok(self, address: str, port: int = 25) -> None:
+    def mark_ok(self, address: str, port: int) -> None:
         """
         Forget a host because a connection to it worked.
 
@@ -165,45 +160,79 @@ class FailedHosts:
         """
         self._hosts.pop((address, port), None)
 
-    def is_down(self, address: str, port: int = 25) -> bool:
+    def forget_all(self) -> None:
+        """
+        Forget every failure, so that each host is tried again at once (an operator's queue
+        run, as Postfix's C{postqueue -f} revives dead destinations).
+        """
+        self._hosts.clear()
+
+    def down_until(self, address: str, port: int, now: float) -> float | None:
         """
         @param address: the IP address.
         @param port: the TCP port.
-        @return: whether the host failed recently and its down period has not ended.
+        @param now: the current time, seconds since the epoch.
+        @return: the end of the host's down period, or L{None} when it is not down at C{now}.
         """
         failure = self._hosts.get((address, port))
-        return failure is not None and self.clock.seconds() < failure.down_until
+        if failure is None or now >= failure.down_until:
+            return None
+        return failure.down_until
 
-    def filter_up(self, addresses: Iterable[str], port: int = 25) -> tuple[str, ...]:
+    def is_down(self, address: str, port: int, now: float) -> bool:
+        """
+        @param address: the IP address.
+        @param port: the TCP port.
+        @param now: the current time, seconds since the epoch.
+        @return: whether the host failed recently and its down period has not ended.
+        """
+        return self.down_until(address, port, now) is not None
+
+    def filter_up(self, addresses: Iterable[str], port: int, now: float) -> tuple[str, ...]:
         """
         Drop the addresses that are down, keeping the order of the rest.
 
         @param addresses: candidate addresses in the order to try.
         @param port: the TCP port they would be tried on.
-        @return: the addresses that are not down; all of them when every one is down (trying
-            a probably dead host beats never delivering).
+        @param now: the current time, seconds since the epoch.
+        @return: the addresses that are not down; empty when every one is down (then the
+            caller defers until L{all_down_until} without connecting).
         """
         candidates = tuple(addresses)
         if not self._hosts:
             return candidates
-        up = tuple(a for a in candidates if not self.is_down(a, port))
-        return up or candidates
+        return tuple(a for a in candidates if not self.is_down(a, port, now))
 
-    def filter_hosts(self, hosts: Sequence[MXHost], port: int = 25) -> tuple[MXHost, ...]:
+    def all_down_until(self, addresses: Iterable[str], port: int, now: float) -> float | None:
+        """
+        Tell until when a whole host is down: every one of its addresses.
+
+        @param addresses: the host's addresses.
+        @param port: the TCP port.
+        @param now: the current time, seconds since the epoch.
+        @return: the earliest end of their down periods (when the first of them may be tried
+            again), or L{None} when some address is up (or there is none).
+        """
+        ends = [self.down_until(a, port, now) for a in addresses]
+        if not ends or None in ends:
+            return None
+        return min(e for e in ends if e is not None)
+
+    def filter_hosts(self, hosts: Sequence[MXHost], port: int, now: float) -> tuple[MXHost, ...]:
         """
         Drop down addresses from a list of hosts, and hosts left without addresses.
 
         @param hosts: hosts in the order to try.
         @param port: the TCP port.
-        @return: the hosts with their up addresses; the hosts unchanged when every address of
-            every host is down.
+        @param now: the current time, seconds since the epoch.
+        @return: the hosts with their up addresses; empty when every address is down.
         """
         kept = []
         for host in hosts:
-            up = tuple(a for a in host.addresses if not self.is_down(a, port))
+            up = self.filter_up(host.addresses, port, now)
             if up:
                 kept.append(attrs.evolve(host, addresses=up))
-        return tuple(kept) if kept else tuple(hosts)
+        return tuple(kept)
 
     def _forget_old(self, now: float) -> None:
         # Drop hosts whose down period ended more than `remember` seconds ago.

@@ -12,7 +12,9 @@ answer:
   - L{Resolve}: ask the L{MXResolver} (MX lookup, or address records for C{[host]} and
     sharing peers) and put the result into the progress;
   - L{Connect}: try the hops in order. A hop is one host; its addresses are tried until one
-    takes a connection (addresses that refuse are remembered in L{FailedHosts}). After each
+    takes a connection (addresses that refuse are remembered in L{FailedHosts}, the dead-host
+    cache; a host whose every address is down there is not connected to at all, and its
+    recipients wait until the first of them may be tried again). After each
     host L{judge_recipient} decides every recipient still open: delivered, bounced, deferred,
     next host, or unreachable. When every host was unreachable for some recipients, the
     progress says so and the router decides between the smart-host fallback and a deferral;
@@ -32,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from mdtwist.address import parse_address
@@ -120,6 +122,7 @@ class RemoteDelivery:
         abort_on_rcpt_5xx: bool = False,
         delay_after_temp_error: float = 0.0,
         forget_peer_address: Callable[[str], object] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         """
         @param policy: the routing settings.
@@ -134,6 +137,8 @@ class RemoteDelivery:
         @param delay_after_temp_error: the least wait, in seconds, after an SMTP 4xx.
         @param forget_peer_address: called with the address of a sharing-peer recipient the
             peer refused with C{5.1.1} (L{mdtwist.sharing.service.SharingService.drop}).
+        @param clock: the time for the dead-host cache; without one, C{failed_hosts} is not
+            used (every address is tried).
         """
         self._policy = policy
         self._resolver = resolver
@@ -146,6 +151,14 @@ class RemoteDelivery:
         self._abort = abort_on_rcpt_5xx
         self._delay_after_4xx = delay_after_temp_error
         self._forget = forget_peer_address
+        self._clock = clock
+
+    def forget_failed_hosts(self) -> None:
+        """
+        Forget the dead-host cache, so that the next attempts try every host again (an
+        operator's queue run).
+        """
+        self._failed.forget_all()
 
     async def __call__(
         self, message: QueuedMessage, positions: Sequence[int]
@@ -314,7 +327,13 @@ class RemoteDelivery:
                 envid=envelope.envid,
             )
             report = None
-            for address in self._failed.filter_up(hop.addresses, hop.port):
+            clock = self._clock
+            addresses = (
+                hop.addresses
+                if clock is None
+                else self._failed.filter_up(hop.addresses, hop.port, clock.seconds())
+            )
+            for address in addresses:
                 report = await self._client.deliver(
                     self._connect(address, hop.port),
                     destination,
@@ -322,7 +341,8 @@ class RemoteDelivery:
                     queue_id=message.queue_id,
                 )
                 if report.session.status is SessionStatus.CONNECTION_FAILED:
-                    self._failed.mark_failed(address, hop.port)
+                    if clock is not None:
+                        self._failed.mark_failed(address, hop.port, clock.seconds())
                     log.info(
                         "No connection to {mx} ({address}) for {queue_id}",
                         mx=hop.host,
@@ -333,13 +353,7 @@ class RemoteDelivery:
                 self._failed.mark_ok(address, hop.port)
                 break
             if report is None or report.session.status is SessionStatus.CONNECTION_FAILED:
-                text = f"no connection to {hop.host}"
-                for p in pending:
-                    answers[p] = (
-                        HostOutcome.UNREACHABLE,
-                        RecipientResult(p, _PENDING, "4.4.1", text),
-                    )
-                return answers
+                return self._unreachable(hop, pending, tried=report is not None)
             refused = report.session.status is SessionStatus.GREETING_REFUSED
             retry = []
             outcome_list = report.transactions[0].recipients if report.transactions else ()
@@ -357,6 +371,28 @@ class RemoteDelivery:
                 return answers
             pending = retry
         return answers
+
+    def _unreachable(
+        self, hop: Hop, positions: list[int], tried: bool
+    ) -> dict[int, tuple[HostOutcome, RecipientResult]]:
+        # No address of the hop took a connection (tried now, or known down): the recipients
+        # wait at least until the first of its addresses may be tried again.
+        text = f"no connection to {hop.host}"
+        retry_after = None
+        if self._clock is not None:
+            now = self._clock.seconds()
+            until = self._failed.all_down_until(hop.addresses, hop.port, now)
+            if until is not None:
+                retry_after = until - now
+                if not tried:
+                    text = f"{text} (failed recently; not tried again for {retry_after:.0f} s)"
+        return {
+            p: (
+                HostOutcome.UNREACHABLE,
+                RecipientResult(p, _PENDING, "4.4.1", text, retry_after=retry_after),
+            )
+            for p in positions
+        }
 
     def _answer(
         self,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -221,22 +221,25 @@ def _entry_json(entry: QueueEntry) -> dict[str, Any]:
 
 
 def _list(spool: Path, selection: Selection, as_json: bool, out: TextIO) -> None:
-    entries = _read(spool, selection)
     if as_json:
-        write_json(out, [_entry_json(entry) for entry in entries])
+        write_json(out, [_entry_json(entry) for entry in _read(spool, selection)])
         return
     groups = [
         (Queue.ACTIVE, "", "in the active queue"),
         (Queue.HOLD, "Held:", "held"),
         (Queue.BAD, "Bad queue:", "in the bad queue"),
     ]
+    chosen = None if _everything(selection) else _read(spool, selection)
     for queue, title, where in groups:
-        chosen = [entry for entry in entries if entry.queue is queue]
-        if queue is not Queue.ACTIVE and not chosen:
-            continue
-        if title:
-            out.write(f"\n{title}\n")
-        for entry in chosen:
+        if chosen is None:
+            entries = _stream(spool, queue)
+        else:
+            entries = iter([entry for entry in chosen if entry.queue is queue])
+        count = 0
+        for entry in entries:
+            if not count and title:
+                out.write(f"\n{title}\n")
+            count += 1
             if queue is Queue.BAD:
                 detail = entry.reason or "-"
             else:
@@ -245,7 +248,30 @@ def _list(spool: Path, selection: Selection, as_json: bool, out: TextIO) -> None
                 f"{entry.queue_id}  {_time(entry.arrival)}  {entry.size:>9}  <{entry.sender}>"
                 f"  {detail}\n"
             )
-        out.write(f"{plural(len(chosen), 'message')} {where}\n")
+        if queue is Queue.ACTIVE or count:
+            out.write(f"{plural(count, 'message')} {where}\n")
+
+
+def _everything(selection: Selection) -> bool:
+    # No message is singled out: the list can stream the queues page by page.
+    return (
+        not selection.ids
+        and selection.sender is None
+        and selection.recipient is None
+        and selection.domain is None
+        and selection.queue is None
+    )
+
+
+def _stream(spool: Path, queue: Queue) -> Iterator[QueueEntry]:
+    # One queue of every shard, page by page (SpoolReader.entries), so memory stays flat and
+    # the first lines come at once however long the queue is; shards in ascending order.
+    for shard in existing_shards(spool) or [0]:
+        reader = SpoolReader(shard_directory(spool, shard))
+        try:
+            yield from reader.entries(queue)
+        finally:
+            reader.close()
 
 
 def _show(spool: Path, queue_id: str, options: argparse.Namespace, out: TextIO) -> None:

@@ -15,6 +15,11 @@ the current one returns. Each enqueue Deferred fires with its queue id after the
 holds its message has returned, or fails with L{SpoolError} when the batch could not be stored;
 then the transaction is rolled back and the body files of the batch are deleted.
 
+Durability: a transaction that holds new messages is fsynced before their enqueue Deferreds
+fire (C{synchronous=FULL}); one that holds delivery outcomes only is not fsynced itself
+(C{synchronous=NORMAL}): the next fsynced commit or checkpoint of the write-ahead log makes it
+durable, and until then a power cut can only undo it, which repeats that delivery attempt.
+
 L{SQLiteSpool.record} stores the outcome of a delivery attempt in one transaction: the new
 recipient states, the notices (DSNs) those states call for, the "delay notice sent" marks, and
 when asked the move of the message to the bad queue. So a crash can neither lose a notice nor
@@ -59,7 +64,7 @@ import re
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +106,9 @@ BODIES_NAME = "bodies"
 
 #: Bodies larger than this many bytes are stored in files, smaller ones inline.
 DEFAULT_INLINE_LIMIT = 64 * 1024
+
+#: How many entries one page of a queue listing reads (L{SpoolReader.entries}).
+LIST_PAGE = 1000
 
 #: The header line put at the top of a message parked in the bad queue.
 BAD_QUEUE_HEADER = "X-Mdtwist-Bad-Queue-Reason"
@@ -239,8 +247,47 @@ class SpoolReader:
         @return: every queued message, oldest first.
         @raise SpoolError: when the database cannot be read.
         """
+        return builtins.list(self.entries())
+
+    def entries(
+        self, queue: Queue | None = None, *, page: int = LIST_PAGE
+    ) -> Iterator[QueueEntry]:
+        """
+        List the queue as a stream, a page at a time: memory stays flat however long the
+        queue is, and the first entries come at once.
+
+        Each page is read in a short read transaction of its own (a long one would keep the
+        server from checkpointing its write-ahead log), after the last id of the page before;
+        so a message queued during the listing may or may not be in it, and none is listed
+        twice.
+
+        @param queue: only the messages of this queue; every message when L{None}.
+        @param page: how many entries to read at a time.
+        @return: an iterator of the entries in queue-id order (oldest first).
+        @raise SpoolError: when the database cannot be read (while iterating).
+        """
+        after = 0
+        while True:
+            try:
+                entries = _select_page(self._db, after, page, queue)
+            except sqlite3.Error as e:
+                raise SpoolError(str(e)) from e
+            yield from entries
+            if len(entries) < page:
+                return
+            last = parse_queue_id(entries[-1].queue_id)
+            assert last is not None
+            after = last
+
+    def counts(self) -> dict[Queue, int]:
+        """
+        Count the messages of each queue, without listing them.
+
+        @return: the number of messages in each queue (every queue present, 0 when empty).
+        @raise SpoolError: when the database cannot be read.
+        """
         try:
-            return _select_entries(self._db)
+            return _select_counts(self._db)
         except sqlite3.Error as e:
             raise SpoolError(str(e)) from e
 
@@ -308,10 +355,10 @@ class SQLiteSpool:
             when absent.
         @param run: calls a function on the single C{spool-io} thread and returns a Deferred
             of its result (L{mdtwist.threadpool.ThreadPoolService.run}).
-        @param read: calls a function on another thread pool, for L{load}: each of its
-            threads reads through a read-only connection of its own, so loads never wait
-            behind writes (WAL readers see every committed transaction). L{None}: loads run
-            on the writer thread too.
+        @param read: calls a function on another thread pool, for L{load} and L{due}: each
+            of its threads reads through a read-only connection of its own, so reads never
+            wait behind writes (WAL readers see every committed transaction). L{None}: they
+            run on the writer thread too.
         @param inline_limit: bodies up to this many bytes are stored in the database, larger
             ones in files.
         @param factory: the SQLite connection class.
@@ -329,6 +376,7 @@ class SQLiteSpool:
         # Writer-thread state.
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._full_sync = True  # the connection's synchronous setting: FULL, else NORMAL
         # Reactor-thread state.
         self._batch: list[tuple[Envelope, bytes, Deferred[str]]] = []
         self._records: list[tuple[_Update, tuple[Notice, ...], Deferred[_RecordDone]]] = []
@@ -338,6 +386,9 @@ class SQLiteSpool:
         self._read = read
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
+        # Guards the list above only: a reader never waits for the writer's lock (held for a
+        # whole write batch, fsync included).
+        self._readers_lock = threading.Lock()
         self._observers: list[Callable[[Sequence[str]], None]] = []
 
     # Reactor side.
@@ -405,7 +456,13 @@ class SQLiteSpool:
         @return: a Deferred firing with the ids of messages that have pending recipients and
             whose next attempt is due at C{now}, the most overdue first.
         """
-        d: Deferred[list[str]] = self._run(self._guarded, _select_due, now, limit)
+        d: Deferred[list[str]]
+        if self._read is None:
+            d = self._run(self._guarded, _select_due, now, limit)
+        else:
+            # On a reading thread: the query never waits behind a write batch's fsync, and
+            # sees every transaction committed before it starts.
+            d = self._read(self._reading, _select_due, now, limit)
         return d
 
     def load(self, queue_id: str) -> Deferred[QueuedMessage | None]:
@@ -560,6 +617,35 @@ class SQLiteSpool:
         self._discard([self._bodies / name for name in unused])
         return result
 
+    def page(
+        self, after: str | None, limit: int, queue: Queue | None = None
+    ) -> Deferred[builtins.list[QueueEntry]]:
+        """
+        List one page of the queue: a long queue is listed page by page, each a short read.
+
+        @param after: the last queue id of the page before, or L{None} for the first page.
+        @param limit: the most entries to return; fewer means this was the last page.
+        @param queue: only the messages of this queue; every message when L{None}.
+        @return: a Deferred firing with the entries after C{after}, in queue-id order.
+        """
+        rowid = 0 if after is None else parse_queue_id(after)
+        if rowid is None:
+            raise ValueError(f"not a queue id: {after!r}")
+        d: Deferred[builtins.list[QueueEntry]] = self._run(
+            self._guarded, _select_page, rowid, limit, queue
+        )
+        return d
+
+    def counts(self) -> Deferred[dict[Queue, int]]:
+        """
+        Count the messages of each queue, without listing them.
+
+        @return: a Deferred firing with the number of messages in each queue (every queue
+            present, 0 when empty).
+        """
+        d: Deferred[dict[Queue, int]] = self._run(self._guarded, _select_counts)
+        return d
+
     def _write_next_batch(self) -> None:
         # One writer cycle: every message and every delivery outcome that arrived since the
         # last one, in one transaction (group commit for both).
@@ -698,7 +784,9 @@ class SQLiteSpool:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            readers, self._reader_connections = self._reader_connections, []
+                self._full_sync = True
+            with self._readers_lock:
+                readers, self._reader_connections = self._reader_connections, []
         for reader in readers:
             reader.close()
 
@@ -709,6 +797,16 @@ class SQLiteSpool:
                 return f(self._connection(), *args)
             except (sqlite3.Error, OSError) as e:
                 raise SpoolError(str(e)) from e
+
+    def _sync_for(self, db: sqlite3.Connection, durable: bool) -> None:
+        # A transaction with new messages is fsynced before it returns (their 250 waits for
+        # it); one with delivery outcomes only is not: in WAL mode the next fsynced commit (or
+        # checkpoint) makes it durable along with everything before it. Losing such an outcome
+        # in a power cut only repeats the attempt: a Maildir copy is found by its name and not
+        # written twice, a notice is lost together with the state that called for it.
+        if durable != self._full_sync:
+            db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+            self._full_sync = durable
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         db = self._connection()
@@ -774,6 +872,7 @@ class SQLiteSpool:
                     _check_room(db, self._directory / DATABASE_NAME, self._shard)
                     return ids, outcomes
 
+                self._sync_for(db, durable=bool(items))
                 ids, outcomes = self._transaction(work)
             except (sqlite3.Error, OSError, SpoolError) as e:
                 self._discard(files)
@@ -814,18 +913,21 @@ class SQLiteSpool:
     def _read_messages(
         self, rowids: builtins.list[int | None]
     ) -> builtins.list[QueuedMessage | SpoolError | None]:
-        # On a reading thread: its own read-only connection.
+        return self._reading(_select_messages, self._bodies, rowids)
+
+    def _reading(self, f: Callable[..., T], *args: Any) -> T:
+        # On a reading thread: f(connection, *args) with the thread's own read-only connection.
         db: sqlite3.Connection | None = getattr(self._readers, "db", None)
-        with self._lock:
+        with self._readers_lock:
             if db is not None and db not in self._reader_connections:
                 db = None  # closed with the spool since this thread last read
         try:
             if db is None:
                 db = open_database(self._directory / DATABASE_NAME, read_only=True)
                 self._readers.db = db
-                with self._lock:
+                with self._readers_lock:
                     self._reader_connections.append(db)
-            return _select_messages(db, self._bodies, rowids)
+            return f(db, *args)
         except (sqlite3.Error, OSError) as e:
             raise SpoolError(str(e)) from e
 
@@ -1115,6 +1217,42 @@ def _select_entries(db: sqlite3.Connection) -> list[QueueEntry]:
         " JOIN recipient AS r ON r.message_id = m.id GROUP BY m.id ORDER BY m.id",
         (RecipientState.PENDING.value,),
     )
+    return _entries(rows)
+
+
+def _select_page(
+    db: sqlite3.Connection, after: int, limit: int, queue: Queue | None
+) -> list[QueueEntry]:
+    # One page of a listing: a range of the primary key, the recipients counted per message
+    # through their own primary key (no sort, no grouping of the whole table).
+    where = "" if queue is None else " AND m.queue = ?"
+    parameters: tuple[object, ...] = (RecipientState.PENDING.value, after)
+    if queue is not None:
+        parameters += (queue.value,)
+    rows = db.execute(
+        "SELECT m.id, m.arrival, m.size, m.sender, m.attempts, m.next_attempt,"
+        " (SELECT count(*) FROM recipient WHERE message_id = m.id),"
+        " (SELECT count(*) FROM recipient WHERE message_id = m.id AND state = ?),"
+        f" m.queue, m.reason, m.kind FROM message AS m WHERE m.id > ?{where}"
+        " ORDER BY m.id LIMIT ?",
+        (*parameters, limit),
+    )
+    return _entries(rows)
+
+
+def _select_counts(db: sqlite3.Connection) -> dict[Queue, int]:
+    counts = dict.fromkeys(Queue, 0)
+    for queue, count in db.execute("SELECT queue, count(*) FROM message GROUP BY queue"):
+        counts[Queue(queue)] = int(count)
+    return counts
+
+
+# The enums by their stored values: a dict lookup per row instead of an enum call.
+_QUEUES = {queue.value: queue for queue in Queue}
+_KINDS = {kind.value: kind for kind in MessageKind}
+
+
+def _entries(rows: Iterable[tuple[Any, ...]]) -> list[QueueEntry]:
     return [
         QueueEntry(
             queue_id=format_queue_id(rowid),
@@ -1125,9 +1263,9 @@ def _select_entries(db: sqlite3.Connection) -> list[QueueEntry]:
             pending=pending,
             attempts=attempts,
             next_attempt=next_attempt,
-            queue=Queue(queue),
+            queue=_QUEUES[queue],
             reason=reason,
-            kind=MessageKind(kind),
+            kind=_KINDS[kind],
         )
         for (
             rowid,

@@ -612,93 +612,120 @@ class HelpersTests(SynchronousTestCase):
 
 class FailedHostsTests(SynchronousTestCase):
     """
-    L{FailedHosts} remembers unreachable hosts for a time that grows on repeats.
+    L{FailedHosts}, the dead-host cache, remembers unreachable hosts for a time that grows on
+    repeats; the time is a parameter of every call.
     """
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.hosts = FailedHosts(self.clock, base=300, factor=2, maximum=1000, remember=600)
+        self.hosts = FailedHosts(base=300, factor=2, maximum=1000, remember=600)
 
     def test_down_for_base_period(self) -> None:
         """
         A failed host is down for the base period, then up again.
         """
-        self.assertEqual(self.hosts.mark_failed("192.0.2.1"), 300)
-        self.assertTrue(self.hosts.is_down("192.0.2.1"))
-        self.assertFalse(self.hosts.is_down("192.0.2.1", 587))
-        self.clock.advance(299)
-        self.assertTrue(self.hosts.is_down("192.0.2.1"))
-        self.clock.advance(1)
-        self.assertFalse(self.hosts.is_down("192.0.2.1"))
+        self.assertEqual(self.hosts.mark_failed("192.0.2.1", 25, 1000.0), 1300.0)
+        self.assertTrue(self.hosts.is_down("192.0.2.1", 25, 1000.0))
+        self.assertFalse(self.hosts.is_down("192.0.2.1", 587, 1000.0))
+        self.assertTrue(self.hosts.is_down("192.0.2.1", 25, 1299.0))
+        self.assertEqual(self.hosts.down_until("192.0.2.1", 25, 1299.0), 1300.0)
+        self.assertFalse(self.hosts.is_down("192.0.2.1", 25, 1300.0))
+        self.assertIsNone(self.hosts.down_until("192.0.2.1", 25, 1300.0))
 
     def test_period_grows_to_maximum(self) -> None:
         """
         Repeated failures double the period up to the maximum.
         """
         periods = []
+        now = 0.0
         for _ in range(4):
-            until = self.hosts.mark_failed("192.0.2.1")
-            periods.append(until - self.clock.seconds())
-            self.clock.advance(until - self.clock.seconds())
+            until = self.hosts.mark_failed("192.0.2.1", 25, now)
+            periods.append(until - now)
+            now = until
         self.assertEqual(periods, [300, 600, 1000, 1000])
+
+    def test_failure_while_down_keeps_period(self) -> None:
+        """
+        Failures reported while the host is down already (several messages tried it at once)
+        neither lengthen the period nor count as repeats.
+        """
+        self.assertEqual(self.hosts.mark_failed("192.0.2.1", 25, 0.0), 300.0)
+        for now in (1.0, 2.0, 299.0):
+            self.assertEqual(self.hosts.mark_failed("192.0.2.1", 25, now), 300.0)
+        self.assertEqual(self.hosts.mark_failed("192.0.2.1", 25, 300.0), 900.0)
 
     def test_forgotten_after_quiet_time(self) -> None:
         """
         A failure long after the last down period ended starts again at the base period.
         """
-        self.hosts.mark_failed("192.0.2.1")
-        self.clock.advance(300 + 600)
-        self.assertEqual(self.hosts.mark_failed("192.0.2.1") - self.clock.seconds(), 300)
+        self.hosts.mark_failed("192.0.2.1", 25, 0.0)
+        self.assertEqual(self.hosts.mark_failed("192.0.2.1", 25, 900.0), 1200.0)
 
     def test_mark_ok_forgets(self) -> None:
         """
         A success forgets the host at once.
         """
-        self.hosts.mark_failed("192.0.2.1")
-        self.hosts.mark_ok("192.0.2.1")
-        self.assertFalse(self.hosts.is_down("192.0.2.1"))
-        self.assertEqual(self.hosts.mark_failed("192.0.2.1") - self.clock.seconds(), 300)
+        self.hosts.mark_failed("192.0.2.1", 25, 0.0)
+        self.hosts.mark_ok("192.0.2.1", 25)
+        self.assertFalse(self.hosts.is_down("192.0.2.1", 25, 0.0))
+        self.assertEqual(self.hosts.mark_failed("192.0.2.1", 25, 0.0), 300.0)
+
+    def test_forget_all(self) -> None:
+        """
+        L{FailedHosts.forget_all} brings every host back at once.
+        """
+        self.hosts.mark_failed("192.0.2.1", 25, 0.0)
+        self.hosts.mark_failed("192.0.2.2", 587, 0.0)
+        self.hosts.forget_all()
+        self.assertEqual(self.hosts.filter_up(["192.0.2.1"], 25, 1.0), ("192.0.2.1",))
+        self.assertFalse(self.hosts.is_down("192.0.2.2", 587, 1.0))
 
     def test_filter_up(self) -> None:
         """
         Down addresses are skipped, keeping the order of the rest.
         """
-        self.hosts.mark_failed("192.0.2.2")
+        self.hosts.mark_failed("192.0.2.2", 25, 0.0)
         self.assertEqual(
-            self.hosts.filter_up(["192.0.2.1", "192.0.2.2", "192.0.2.3"]),
+            self.hosts.filter_up(["192.0.2.1", "192.0.2.2", "192.0.2.3"], 25, 10.0),
             ("192.0.2.1", "192.0.2.3"),
         )
+        self.assertIsNone(self.hosts.all_down_until(["192.0.2.1", "192.0.2.2"], 25, 10.0))
 
     def test_filter_all_down(self) -> None:
         """
-        When every address is down, all are returned: try anyway.
+        When every address is down, none is returned: the dead host is not tried again
+        before the first of its addresses comes back, which L{FailedHosts.all_down_until}
+        tells.
         """
-        self.hosts.mark_failed("192.0.2.1")
-        self.hosts.mark_failed("192.0.2.2")
+        self.hosts.mark_failed("192.0.2.1", 25, 0.0)
+        self.hosts.mark_failed("192.0.2.2", 25, 100.0)
+        self.assertEqual(self.hosts.filter_up(["192.0.2.1", "192.0.2.2"], 25, 200.0), ())
+        self.assertEqual(self.hosts.all_down_until(["192.0.2.1", "192.0.2.2"], 25, 200.0), 300.0)
         self.assertEqual(
-            self.hosts.filter_up(["192.0.2.1", "192.0.2.2"]), ("192.0.2.1", "192.0.2.2")
+            self.hosts.filter_up(["192.0.2.1", "192.0.2.2"], 25, 300.0), ("192.0.2.1",)
         )
+        self.assertIsNone(self.hosts.all_down_until([], 25, 0.0))
 
     def test_filter_hosts(self) -> None:
         """
         Hosts lose their down addresses, and hosts left without addresses are dropped; when
-        every address is down the hosts are returned unchanged.
+        every address is down no host is left.
         """
         a = MXHost("a.test", 10, ("192.0.2.1", "192.0.2.2"))
         b = MXHost("b.test", 20, ("192.0.2.3",))
-        self.hosts.mark_failed("192.0.2.1")
-        self.hosts.mark_failed("192.0.2.3")
-        self.assertEqual(self.hosts.filter_hosts([a, b]), (MXHost("a.test", 10, ("192.0.2.2",)),))
-        self.hosts.mark_failed("192.0.2.2")
-        self.assertEqual(self.hosts.filter_hosts([a, b]), (a, b))
+        self.hosts.mark_failed("192.0.2.1", 25, 0.0)
+        self.hosts.mark_failed("192.0.2.3", 25, 0.0)
+        self.assertEqual(
+            self.hosts.filter_hosts([a, b], 25, 1.0), (MXHost("a.test", 10, ("192.0.2.2",)),)
+        )
+        self.hosts.mark_failed("192.0.2.2", 25, 1.0)
+        self.assertEqual(self.hosts.filter_hosts([a, b], 25, 2.0), ())
 
     def test_old_entries_pruned(self) -> None:
         """
         Hosts quiet for longer than the memory are dropped from the table.
         """
-        self.hosts.mark_failed("192.0.2.1")
-        self.clock.advance(1000)
-        self.hosts.mark_failed("192.0.2.2")
+        self.hosts.mark_failed("192.0.2.1", 25, 0.0)
+        self.hosts.mark_failed("192.0.2.2", 25, 1000.0)
         self.assertEqual(list(self.hosts._hosts), [("192.0.2.2", 25)])
 
 

@@ -134,7 +134,8 @@ class RemoteDeliveryTests(SynchronousTestCase):
             MXHost("mx2.remote.test", 20, ("192.0.2.2",)),
         )
         client = FakeClient(answers)
-        failed = FailedHosts(Clock())
+        failed = FailedHosts()
+        self.clock = Clock()
         remote = RemoteDelivery(
             policy=policy or RoutingPolicy(),
             resolver=FakeResolver(hosts),  # type: ignore[arg-type]
@@ -145,6 +146,7 @@ class RemoteDeliveryTests(SynchronousTestCase):
             smart_host=access or SmartHostAccess(),
             abort_on_rcpt_5xx=abort,
             delay_after_temp_error=180.0,
+            clock=self.clock,
         )
         return remote, client, failed
 
@@ -187,8 +189,51 @@ class RemoteDeliveryTests(SynchronousTestCase):
         remote, client, failed = self.remote({"192.0.2.2": lambda r: ACCEPT})
         [result] = self.deliver(remote, message("bob@remote.test"))
         self.assertEqual(result.state, RecipientState.DELIVERED)
-        self.assertTrue(failed.is_down("192.0.2.1", 25))
+        self.assertTrue(failed.is_down("192.0.2.1", 25, self.clock.seconds()))
         self.assertEqual([s[0] for s in client.sessions], ["192.0.2.1", "192.0.2.2"])
+        # The next message skips the dead host.
+        self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual([s[0] for s in client.sessions][2:], ["192.0.2.2"])
+
+    def test_dead_hosts_not_tried_again(self) -> None:
+        """
+        When every host refused a connection, the next messages are deferred without a
+        connection until the first host's down period ends (the dead-host cache), and ask the
+        queue to wait that long; then one message tries the hosts again.
+        """
+        capture_logs(self)
+        remote, client, _ = self.remote({})
+        [first] = self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual((first.state, first.status), (RecipientState.PENDING, "4.4.1"))
+        self.assertEqual(first.retry_after, 300.0)
+        self.assertEqual(len(client.sessions), 2)
+        self.clock.advance(100)
+        for _ in range(3):
+            [later] = self.deliver(remote, message("bob@remote.test"))
+            self.assertEqual((later.state, later.status), (RecipientState.PENDING, "4.4.1"))
+            self.assertEqual(later.retry_after, 200.0)
+            self.assertIn("failed recently", later.diagnostic)
+        self.assertEqual(len(client.sessions), 2)
+        self.clock.advance(200)
+        [probe] = self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual(len(client.sessions), 4)
+        self.assertEqual(probe.retry_after, 600.0)
+
+    def test_forget_failed_hosts(self) -> None:
+        """
+        After L{RemoteDelivery.forget_failed_hosts} (an operator's queue run) the dead hosts
+        are tried again at once.
+        """
+        capture_logs(self)
+        remote, client, _ = self.remote({})
+        self.deliver(remote, message("bob@remote.test"))
+        client.answers["192.0.2.1"] = lambda r: ACCEPT
+        self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual(len(client.sessions), 2)
+        remote.forget_failed_hosts()
+        [result] = self.deliver(remote, message("bob@remote.test"))
+        self.assertEqual(result.state, RecipientState.DELIVERED)
+        self.assertEqual([s[0] for s in client.sessions][2:], ["192.0.2.1"])
 
     def test_4xx_defers_with_delay(self) -> None:
         """
@@ -367,7 +412,7 @@ class RouteTests(SynchronousTestCase):
             policy=RoutingPolicy(mode=Mode.SMARTHOST, smart_host=parse_host_spec("[smart.test]")),
             resolver=resolver,  # type: ignore[arg-type]
             client=client,  # type: ignore[arg-type]
-            failed_hosts=FailedHosts(Clock()),
+            failed_hosts=FailedHosts(),
             connect=lambda address, port: FakeEndpoint(address, port),  # type: ignore[arg-type,return-value]
             directory=FakeDirectory([], ["local.test"]),
             smart_host=SmartHostAccess(),
@@ -401,7 +446,7 @@ class RouteTests(SynchronousTestCase):
             policy=RoutingPolicy(**policy),  # type: ignore[arg-type]
             resolver=resolver or FakeResolver(()),  # type: ignore[arg-type]
             client=client,  # type: ignore[arg-type]
-            failed_hosts=FailedHosts(Clock()),
+            failed_hosts=FailedHosts(),
             connect=lambda address, port: FakeEndpoint(address, port),  # type: ignore[arg-type,return-value]
             directory=FakeDirectory([], ["local.test"]),
             smart_host=SmartHostAccess(),
@@ -466,7 +511,7 @@ class RouteTests(SynchronousTestCase):
             policy=RoutingPolicy(),
             resolver=FakeResolver((MXHost("mx1.remote.test", 10, ("192.0.2.1",)),)),  # type: ignore[arg-type]
             client=client,  # type: ignore[arg-type]
-            failed_hosts=FailedHosts(Clock()),
+            failed_hosts=FailedHosts(),
             connect=lambda address, port: FakeEndpoint(address, port),  # type: ignore[arg-type,return-value]
             directory=FakeDirectory([], ["local.test"]),
             smart_host=SmartHostAccess(),

@@ -70,6 +70,21 @@ class FlakyConnection(sqlite3.Connection):
         return super().executemany(sql, parameters)
 
 
+class SyncRecordingConnection(sqlite3.Connection):
+    """
+    A connection that notes the C{synchronous} setting in effect at each commit.
+    """
+
+    commits: ClassVar[list[int]] = []
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        """Run a statement; before a commit, note the setting (2 FULL, 1 NORMAL)."""
+        if sql == "COMMIT":
+            (level,) = super().execute("PRAGMA synchronous").fetchone()
+            type(self).commits.append(level)
+        return super().execute(sql, parameters)
+
+
 def flaky(prefix: str | None = None, after: int = 0) -> type[FlakyConnection]:
     """
     Make a fresh L{FlakyConnection} class.
@@ -186,6 +201,56 @@ class SQLiteSpoolTests(SynchronousTestCase):
             (queue_id, "s@remote.example", 2, 1, 1),
         )
         self.assertEqual((entry.arrival, entry.next_attempt, entry.size), (1000, 1300, len(SMALL)))
+
+    def test_only_new_mail_waits_for_fsync(self) -> None:
+        """
+        A transaction that holds new messages commits with C{synchronous=FULL} (fsynced before
+        the 250); one with delivery outcomes only commits with C{NORMAL} (made durable by the
+        next fsynced commit of the write-ahead log).
+        """
+        factory: type[SyncRecordingConnection] = type(
+            "Recording", (SyncRecordingConnection,), {"commits": []}
+        )
+        writer = HeldRunner()
+        spool = SQLiteSpool(Path(self.mktemp()), writer, factory=factory)
+        self.addCleanup(writer.run_all)
+        self.addCleanup(spool.close)
+        spool.open()
+        writer.run_all()
+        del factory.commits[:]
+        first = spool.enqueue(make_envelope("a@x", "b@x"), SMALL)
+        writer.run_all()
+        queue_id = self.successResultOf(first)
+        spool.record(queue_id, [RecipientResult(0, RecipientState.DELIVERED)], 1300)
+        writer.run_all()
+        # While a write is in flight, an outcome and a new message wait for one batch.
+        spool.enqueue(make_envelope("a@x"), SMALL)
+        spool.record(queue_id, [RecipientResult(1, RecipientState.DELIVERED)], 1300)
+        spool.enqueue(make_envelope("a@x"), SMALL)
+        self.assertEqual(len(writer.calls), 1)
+        writer.run_all()
+        self.assertEqual(factory.commits, [2, 1, 2, 2])
+
+    def test_page_and_counts(self) -> None:
+        """
+        L{SQLiteSpool.page} lists the queue a page at a time after a given queue id, and
+        L{SQLiteSpool.counts} counts each queue without listing it.
+        """
+        ids = [
+            self.successResultOf(self.spool.enqueue(make_envelope("a@x"), SMALL)) for _ in "abc"
+        ]
+        self.successResultOf(self.spool.park(ids[1], "looped"))
+        first = self.successResultOf(self.spool.page(None, 2))
+        self.assertEqual([e.queue_id for e in first], ids[:2])
+        rest = self.successResultOf(self.spool.page(first[-1].queue_id, 2))
+        self.assertEqual([e.queue_id for e in rest], ids[2:])
+        bad = self.successResultOf(self.spool.page(None, 10, Queue.BAD))
+        self.assertEqual([e.queue_id for e in bad], [ids[1]])
+        self.assertEqual(
+            self.successResultOf(self.spool.counts()),
+            {Queue.ACTIVE: 2, Queue.HOLD: 0, Queue.BAD: 1},
+        )
+        self.assertRaises(ValueError, self.spool.page, "nonsense", 2)
 
 
 class RecordTests(SynchronousTestCase):
@@ -468,6 +533,25 @@ class ReadConnectionTests(SynchronousTestCase):
         writer.run_all()
         self.assertEqual(spool._reader_connections, [])
 
+    def test_due_while_a_write_is_in_flight(self) -> None:
+        """
+        With a reading pool, the due messages are found while the writer is busy with
+        another write (the query runs on a reading thread), and a message committed before
+        the query is among them.
+        """
+        directory = Path(self.mktemp())
+        writer = HeldRunner()
+        spool = SQLiteSpool(directory, writer, read=run_now)
+        self.addCleanup(writer.run_all)
+        self.addCleanup(spool.close)
+        d = spool.enqueue(make_envelope("a@x"), SMALL)
+        writer.run_all()
+        queue_id = self.successResultOf(d)
+        spool.enqueue(make_envelope("b@x"), SMALL)
+        self.assertEqual(len(writer.calls), 1)
+        self.assertEqual(self.successResultOf(spool.due(5000, 10)), [queue_id])
+        self.assertEqual(len(writer.calls), 1)
+
     def test_loads_batched(self) -> None:
         """
         Loads asked for while a read runs are read together in one call, and a message
@@ -679,6 +763,53 @@ class SpoolReaderTests(SynchronousTestCase):
         reader = SpoolReader(directory)
         self.addCleanup(reader.close)
         self.assertRaises(sqlite3.OperationalError, reader._db.execute, "DELETE FROM message")
+
+    def test_entries_stream_page_by_page(self) -> None:
+        """
+        L{SpoolReader.entries} yields the whole queue in queue-id order, a page at a time,
+        optionally one queue only; L{SpoolReader.counts} counts each queue.
+        """
+        directory = Path(self.mktemp())
+        spool = SQLiteSpool(directory, run_now)
+        self.addCleanup(spool.close)
+        ids = [
+            self.successResultOf(spool.enqueue(make_envelope("a@x", "b@x"), SMALL))
+            for _ in range(7)
+        ]
+        self.successResultOf(spool.park(ids[2], "looped"))
+        self.successResultOf(
+            spool.record(ids[3], [RecipientResult(0, RecipientState.DELIVERED)], 1300)
+        )
+        reader = SpoolReader(directory)
+        self.addCleanup(reader.close)
+        for page in (1, 2, 3, 7, 100):
+            entries = list(reader.entries(page=page))
+            self.assertEqual([e.queue_id for e in entries], ids)
+            self.assertEqual(entries, reader.list())
+        active = list(reader.entries(Queue.ACTIVE, page=2))
+        self.assertEqual([e.queue_id for e in active], ids[:2] + ids[3:])
+        self.assertEqual(
+            [(e.recipients, e.pending) for e in active], [(2, 2)] * 2 + [(2, 1)] + [(2, 2)] * 3
+        )
+        [bad] = reader.entries(Queue.BAD, page=2)
+        self.assertEqual((bad.queue_id, bad.reason), (ids[2], "looped"))
+        self.assertEqual(reader.counts(), {Queue.ACTIVE: 6, Queue.HOLD: 0, Queue.BAD: 1})
+
+    def test_entries_first_page_before_the_rest(self) -> None:
+        """
+        The stream reads lazily: the first entries come before later pages are read, and a
+        message queued meanwhile after the current page is listed once.
+        """
+        directory = Path(self.mktemp())
+        spool = SQLiteSpool(directory, run_now)
+        self.addCleanup(spool.close)
+        first = [self.successResultOf(spool.enqueue(make_envelope("a@x"), SMALL)) for _ in "ab"]
+        reader = SpoolReader(directory)
+        self.addCleanup(reader.close)
+        stream = reader.entries(page=1)
+        self.assertEqual(next(stream).queue_id, first[0])
+        late = self.successResultOf(spool.enqueue(make_envelope("a@x"), SMALL))
+        self.assertEqual([e.queue_id for e in stream], [first[1], late])
 
     def test_missing(self) -> None:
         """A directory without a spool database gives a L{SpoolError} naming the file."""
