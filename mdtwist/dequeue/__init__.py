@@ -1,0 +1,3 @@
+"""
+Dequeuing: held mail released on request (ETRN, ATRN/ODMR and other signals).
+"""
