@@ -325,6 +325,10 @@ class Credentials:
     password: Secret
 
 
+def _mechanism_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 def _check_mechanisms(
     instance: ClientSettings, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
 ) -> None:
@@ -357,7 +361,7 @@ class ClientSettings:
     auth_without_tls: bool = False
     abort_on_rcpt_5xx: bool = False
     auth_mechanisms: tuple[str, ...] = attrs.field(
-        default=CLIENT_MECHANISMS, converter=tuple, validator=_check_mechanisms
+        default=CLIENT_MECHANISMS, converter=_mechanism_tuple, validator=_check_mechanisms
     )
     lmtp: bool = False
     hello: bool = True
