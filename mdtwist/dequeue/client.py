@@ -307,7 +307,7 @@ class _SMTPSignal:
             return  # the session ended first; the outcome says why
         self.reply = answer
         status = judge(self.verb, answer.code, len(answer.lines) == 1)
-        detail = escape_text(" ".join(answer.lines))[:200]
+        detail = _reply_text(answer)
         if self.atrn and answer.code == 250 and len(answer.lines) > 1:
             detail = "a multi-line 250 to ATRN (RFC 2645 wants one line): not turning"
         self.result = self._result(status, answer.code, detail)
@@ -324,7 +324,7 @@ class _SMTPSignal:
         code = outcome.reply.code if outcome.reply is not None else None
         detail = f"{outcome.status.value} at {outcome.phase.value}"
         if outcome.reply is not None:
-            detail += ": " + escape_text(" ".join(outcome.reply.lines))[:200]
+            detail += ": " + _reply_text(outcome.reply)
         elif outcome.detail:
             detail += ": " + escape_text(outcome.detail)[:200]
         refused = outcome.status in (
@@ -338,6 +338,14 @@ class _SMTPSignal:
 
     def _result(self, status: SignalStatus, code: int | None, detail: str) -> SignalResult:
         return SignalResult(self.target.domain, status, code, detail)
+
+
+def _reply_text(answer: Reply) -> str:
+    # The reply's enhanced code and lines on one line, escaped and cut, for the log.
+    text = " ".join(answer.lines)
+    if answer.enhanced:
+        text = f"{answer.enhanced} {text}"
+    return escape_text(text)[:200]
 
 
 class Signaller:
