@@ -16,7 +16,9 @@ Commands:
     L{mdtwist.sharing.commands};
   - C{mdtwistctl settings ...}: the client settings (L{mdtwist.settings.cli});
   - C{mdtwistctl discover ADDRESS}: find a mailbox's IMAP and SMTP settings as a client would
-    (L{mdtwist.settings.discover}).
+    (L{mdtwist.settings.discover});
+  - C{mdtwistctl dequeue run [DOMAIN]}: the running server sends its dequeue signals now
+    (L{mdtwist.dequeue.control}).
 
 C{--config FILE} (before the command; by default C{etc/mdtwist.toml} when it exists, else
 C{/etc/mdtwist/mdtwist.toml}) says where the spool and the control socket are; C{--spool}
@@ -45,6 +47,7 @@ from typing import Any, TextIO
 from mdtwist.config import load_locations
 from mdtwist.control.client import ControlClientError, call
 from mdtwist.control.commands import QueueRun, Reload, Status
+from mdtwist.dequeue import control as dequeue_control
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.settings import cli as settings_cli
@@ -119,6 +122,12 @@ def main(
                 return 2
         elif options.command == "settings":
             settings_cli.run(options, stdout)
+        elif options.command == "dequeue":
+            status = dequeue_control.run_command(options, locations.socket(), stdout, stderr)
+            if status is None:
+                parser.print_usage(stderr)
+                return 2
+            return status
         elif options.command == "discover":
             password = stdin.readline().rstrip("\r\n") if options.password_stdin else None
             text, status = discover.main(options, password)
@@ -201,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     add_sharing_commands(commands)
     settings_cli.add_parser(commands)
     discover.add_parser(commands)
+    dequeue_control.add_parser(commands)
     return parser
 
 

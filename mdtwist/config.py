@@ -35,10 +35,10 @@ from twisted.internet.interfaces import IHostnameResolver, IReactorPluggableName
 from zope.interface import implementer
 
 from mdtwist.address import parse_address
-from mdtwist.dequeue.signal import SignalMode, atrn_domains
 from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.delivery.schedule import QueuePolicy
+from mdtwist.dequeue.signal import SignalMode, atrn_domains
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
 from mdtwist.settings.model import Security
