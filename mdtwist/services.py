@@ -46,7 +46,11 @@ from twisted.internet.endpoints import (
     clientFromString,
     serverFromString,
 )
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IProtocol,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -76,6 +80,8 @@ from mdtwist.delivery.popauth import pop_before_smtp
 from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.delivery.runner import QueueRunner
+from mdtwist.dequeue.client import ReleasedDomainsPolicy
+from mdtwist.dequeue.service import build_dequeue, register_commands
 from mdtwist.directory.cache import CachedDirectory, Reloadable
 from mdtwist.directory.file import FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
@@ -605,6 +611,18 @@ def make_service(
         )
         supervisor.setName("shards")
         supervisor.setServiceParent(top)
+    # Dequeue signals go from the first process; mail an ATRN releases enters its shard.
+    turned = ListenConfig(endpoint="", mode=ListenerMode.MX)
+
+    def atrn_server(domains: frozenset[str]) -> IProtocol:
+        factory = smtp_factory(config, turned, directory, spool, None, reactor, portal, tally)
+        factory.policy = ReleasedDomainsPolicy(factory.policy, domains)
+        return factory.buildProtocol(None)
+
+    dequeue = build_dequeue(config, reactor, runner.add_run_observer, atrn_server)
+    if config.dequeue.signals:
+        dequeue.setServiceParent(top)
+    register_commands(registry, dequeue)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
     _on_hangup_reload(on_hangup, dispatcher)
     control = ControlService(reactor, config.control_socket(), dispatcher)

@@ -13,23 +13,34 @@ is L{SignalStatus.BUSY}.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from typing_extensions import override
 
-from mdtwist.config import DequeueSignalConfig
+from mdtwist.config import Config, DequeueSignalConfig
 from mdtwist.control.commands import ControlError
 from mdtwist.control.registry import Answer, ControlRegistry
-from mdtwist.dequeue.client import Signal, Signaller
+from mdtwist.dequeue.client import Signal, Signaller, TurnedServer
 from mdtwist.dequeue.control import DequeueRun
 from mdtwist.dequeue.signal import SignalResult, SignalStatus, due
+from mdtwist.smtp.client import ClientTimeouts
 
 log = Logger()
 
 #: Adds a queue run observer and returns its remover (C{QueueRunner.add_run_observer}).
 Observe = Callable[[Callable[[int], object]], Callable[[], None]]
+
+
+#: The timeouts of a signal's SMTP session: shorter than mail delivery's, except the reply to
+#: the text (an ATRN provider may search its queue first: 10 minutes).
+SIGNAL_TIMEOUTS = ClientTimeouts(
+    connect=30.0, greeting=120.0, helo=120.0, starttls=60.0, auth=60.0, quit=30.0, command=600.0
+)
 
 
 class UnknownSignal(ValueError):
@@ -172,3 +183,29 @@ def _answer(results: list[SignalResult]) -> Answer:
             for r in results
         ]
     }
+
+
+def build_dequeue(
+    config: Config, reactor: Any, observe: Observe, turned_server: TurnedServer
+) -> DequeueService:
+    """
+    Build the dequeue service of the first process from C{[dequeue]}.
+
+    @param config: the configuration.
+    @param reactor: connects and runs the timeouts.
+    @param observe: the queue runner's C{add_run_observer}.
+    @param turned_server: builds the SMTP server protocol for mail an ATRN releases.
+    @return: the service (it sends nothing when no signal is configured).
+    """
+
+    def connect(host: str, port: int) -> IStreamClientEndpoint:
+        return HostnameEndpoint(reactor, host, port, timeout=int(SIGNAL_TIMEOUTS.connect))
+
+    signaller = Signaller(
+        clock=reactor,
+        connect=connect,
+        hostname=config.server.hostname,
+        turned_server=turned_server,
+        timeouts=SIGNAL_TIMEOUTS,
+    )
+    return DequeueService(signaller, config.dequeue.signals, config.dequeue.every, observe)
