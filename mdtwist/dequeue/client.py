@@ -152,10 +152,13 @@ class _Watched(SwitchingProtocol):
 
 class _WatchedFactory(WrappingFactory[_Watched]):
     protocol = _Watched
+    noisy = False
 
 
 def _watched_factory(protocol: IProtocol) -> _WatchedFactory:
-    return _WatchedFactory(Factory.forProtocol(lambda: protocol))
+    inner = Factory.forProtocol(lambda: protocol)
+    inner.noisy = False
+    return _WatchedFactory(inner)
 
 
 class Signal:
