@@ -156,9 +156,9 @@ class _WatchedFactory(WrappingFactory[_Watched]):
 
 
 def _watched_factory(protocol: IProtocol) -> _WatchedFactory:
-    inner = Factory.forProtocol(lambda: protocol)
-    inner.noisy = False
-    return _WatchedFactory(inner)
+    factory = _WatchedFactory(Factory.forProtocol(lambda: protocol))
+    factory.wrappedFactory.noisy = False
+    return factory
 
 
 class Signal:

@@ -83,7 +83,9 @@ class ETRNPostfixTests(SynchronousTestCase):
         self.assertTrue(
             wait_for(lambda: "Dequeue signal for etrn.test" in office.log()), office.log()
         )
-        self.assertIn(f"etrn.test to 127.0.0.1:{postfix.port}: sent: Queuing started", office.log())
+        self.assertIn(
+            f"etrn.test to 127.0.0.1:{postfix.port}: sent: Queuing started", office.log()
+        )
         self.assertEqual(postfix.deferred(), 0)
 
     def test_refused_then_mdtwistctl(self) -> None:
