@@ -38,6 +38,7 @@ from mdtwist.address import parse_address
 from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.delivery.schedule import QueuePolicy
+from mdtwist.dequeue.gateways import DAY, EtrnTarget, Gateway, ProviderSettings, normalise_domain
 from mdtwist.dequeue.signal import SignalMode, atrn_domains
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
@@ -567,6 +568,10 @@ class Config:
     http: HTTPConfig = HTTPConfig()
     settings: ClientSettingsConfig | None = None
     dequeue: DequeueConfig = DequeueConfig()
+    #: The gateway domains we hold mail for (C{[[gateway]]}).
+    gateways: tuple[Gateway, ...] = ()
+    #: The provider side of dequeuing (C{[provider]}).
+    provider: ProviderSettings = attrs.field(factory=ProviderSettings)
 
     def control_socket(self) -> Path:
         """
@@ -1325,6 +1330,8 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
             "http",
             "settings",
             "dequeue",
+            "gateway",
+            "provider",
         },
     )
     sharing = _sharing(reader, top)
@@ -1345,6 +1352,8 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         http=_http(reader, top),
         settings=_settings(reader, top),
         dequeue=_dequeue(reader, top),
+        gateways=_gateways(reader, top),
+        provider=_provider(reader, top),
     )
     if config.tls is None:
         for i, listen in enumerate(config.http.listen):
@@ -1589,3 +1598,121 @@ def _load_toml(source: Path, loader: Callable[[Path], bytes] | None) -> dict[str
         raise ConfigError([f"{source}: cannot read: {e.strerror or e}"]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError([f"{source}: not valid TOML: {e}"]) from None
+
+
+_GATEWAY_KEYS = {
+    "domain",
+    "login",
+    "password",
+    "password_file",
+    "honour_etrn",
+    "honour_atrn",
+    "etrn_requires_auth",
+    "auth_any_address",
+    "allowed_networks",
+    "one_atrn_session",
+    "etrn_deliver_to",
+    "etrn_port",
+    "hold_days",
+}
+
+
+def _gateway(reader: _Reader, key: str, item: object) -> Gateway | None:
+    if not isinstance(item, dict):
+        reader.problem(key, f"expected a table, got {_kind(item)}")
+        return None
+    entry = reader.table(item, key, _GATEWAY_KEYS)
+    text = entry.string("domain", empty_ok=False)
+    domain = normalise_domain(text) if text else None
+    if text and domain is None:
+        reader.problem(entry.key("domain"), f"{text!r} is not a domain name")
+    login = entry.string("login", domain or "", empty_ok=False).lower()
+    password = entry.secret("password")
+    etrn_auth = entry.value("etrn_requires_auth", bool, True)
+    honour_atrn = entry.value("honour_atrn", bool, True)
+    if password is None and (honour_atrn or etrn_auth):
+        reader.problem(
+            entry.key("password"),
+            "required (or password_file) while honour_atrn or etrn_requires_auth is on",
+        )
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for net in entry.strings("allowed_networks", ()):
+        try:
+            networks.append(ipaddress.ip_network(net, strict=False))
+        except ValueError:
+            reader.problem(entry.key("allowed_networks"), f"{net!r} is not a network")
+    deliver_to = entry.string("etrn_deliver_to", "mx", empty_ok=False)
+    host = ""
+    if deliver_to in ("mx", "requester"):
+        target = EtrnTarget(deliver_to)
+    else:
+        target, host = EtrnTarget.HOST, deliver_to
+        try:
+            parse_host_spec(host)
+        except HostSpecError as e:
+            reader.problem(
+                entry.key("etrn_deliver_to"), f"must be 'mx', 'requester' or a host: {e}"
+            )
+    if target is EtrnTarget.REQUESTER and not etrn_auth:
+        reader.problem(
+            entry.key("etrn_deliver_to"),
+            "'requester' needs etrn_requires_auth = true (else anyone could take the mail)",
+        )
+    port = entry.positive("etrn_port", int, 25)
+    if port > 65535:
+        reader.problem(entry.key("etrn_port"), "must be at most 65535")
+    days = entry.positive("hold_days", float, 7.0)
+    if domain is None:
+        return None
+    return Gateway(
+        domain=domain,
+        login=login or domain,
+        password=password,
+        honour_etrn=entry.value("honour_etrn", bool, True),
+        honour_atrn=honour_atrn,
+        etrn_requires_auth=etrn_auth,
+        auth_any_address=entry.value("auth_any_address", bool, True),
+        allowed_networks=tuple(networks),
+        one_atrn_session=entry.value("one_atrn_session", bool, False),
+        etrn_target=target,
+        etrn_host=host,
+        etrn_port=port,
+        hold_time=days * DAY,
+    )
+
+
+def _gateways(reader: _Reader, top: _Table) -> tuple[Gateway, ...]:
+    raw = top.value("gateway", list, [])
+    gateways: list[Gateway] = []
+    passwords: dict[str, Secret | None] = {}
+    for i, item in enumerate(raw):
+        key = f"gateway[{i}]"
+        gateway = _gateway(reader, key, item)
+        if gateway is None:
+            continue
+        if any(g.domain == gateway.domain for g in gateways):
+            reader.problem(f"{key}.domain", f"{gateway.domain} is listed twice")
+            continue
+        if gateway.login in passwords and passwords[gateway.login] != gateway.password:
+            reader.problem(
+                f"{key}.password",
+                f"login {gateway.login} is used by another gateway with another password",
+            )
+        passwords.setdefault(gateway.login, gateway.password)
+        gateways.append(gateway)
+    return tuple(gateways)
+
+
+def _provider(reader: _Reader, top: _Table) -> ProviderSettings:
+    defaults = ProviderSettings()
+    table = top.subtable("provider", set(attrs.fields_dict(ProviderSettings)))
+    assert table is not None
+    listen = table.string("odmr_listen", "")
+    if listen:
+        _check_endpoint(reader, table.key("odmr_listen"), listen)
+    return ProviderSettings(
+        odmr_listen=listen,
+        etrn_per_session=table.positive("etrn_per_session", int, defaults.etrn_per_session),
+        idle_timeout=table.positive("idle_timeout", float, defaults.idle_timeout),
+        turned_timeout=table.positive("turned_timeout", float, defaults.turned_timeout),
+    )

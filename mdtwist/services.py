@@ -33,7 +33,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import UDPServer
@@ -73,6 +74,7 @@ from mdtwist.control.registry import ControlDispatcher, ControlRegistry
 from mdtwist.control.service import ControlService
 from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.hosts import FailedHosts
+from mdtwist.delivery.leases import Leases
 from mdtwist.delivery.lmtp import LMTPDelivery
 from mdtwist.delivery.local import ILocalDelivery, MaildirDelivery
 from mdtwist.delivery.mx import AddressPolicy, MXResolver, make_resolver
@@ -81,6 +83,16 @@ from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.delivery.runner import QueueRunner
 from mdtwist.dequeue.client import ReleasedDomainsPolicy
+from mdtwist.dequeue.gateways import GatewayBook
+from mdtwist.dequeue.held import HeldMail
+from mdtwist.dequeue.provider import GatewayProvider, odmr_factory
+from mdtwist.dequeue.release import (
+    ControlSocketRelease,
+    DispatcherRelease,
+    Release,
+    Shards,
+    register_gateway_commands,
+)
 from mdtwist.dequeue.service import build_dequeue, register_commands
 from mdtwist.directory.cache import CachedDirectory, Reloadable
 from mdtwist.directory.file import FileDirectory
@@ -120,10 +132,10 @@ from mdtwist.smtp.client import ClientTimeouts, SMTPClient, trust_root_from_pem
 from mdtwist.smtp.core.client import Credentials
 from mdtwist.smtp.core.server import ServerSettings
 from mdtwist.smtp.policy import ReceivePolicy, parse_networks
-from mdtwist.smtp.server import SessionLimits, SessionTally, SMTPServerFactory
+from mdtwist.smtp.server import CommandHandler, SessionLimits, SessionTally, SMTPServerFactory
 from mdtwist.smtp.tls import ReloadableTLS
 from mdtwist.spool.lock import SpoolLock, SpoolLocked
-from mdtwist.spool.model import Queue, QueueEntry
+from mdtwist.spool.model import Queue, QueuedMessage, QueueEntry
 from mdtwist.spool.store import SpoolReader, SQLiteSpool, existing_shards, shard_directory
 from mdtwist.startup import RequiredListener
 from mdtwist.threadpool import ThreadPoolService
@@ -412,6 +424,7 @@ def smtp_factory(
     reactor: Any,
     portal: LoginPortal,
     tally: SessionTally | None = None,
+    commands: Mapping[str, CommandHandler] | None = None,
 ) -> SMTPServerFactory:
     """
     Build the protocol factory of one SMTP listener.
@@ -424,6 +437,7 @@ def smtp_factory(
     @param reactor: the clock for timeouts.
     @param portal: the login portal every listener shares (L{login_portal}).
     @param tally: the process's sessions over every listener (C{smtp.max_sessions}).
+    @param commands: extension command handlers (ETRN for gateway domains).
     @return: the factory.
     """
     smtp = config.smtp
@@ -448,6 +462,7 @@ def smtp_factory(
         trusted_networks=parse_networks(smtp.trusted_networks),
         postmaster=config.server.postmaster,
         sender_must_match_login=listen.sender_login_match,
+        gateway_domains=[g.domain for g in config.gateways],
     )
     return SMTPServerFactory(
         settings=settings,
@@ -462,6 +477,7 @@ def smtp_factory(
         tally=tally,
         dsn_untrusted=None if smtp.dsn is DSNRequests.HONOUR else smtp.dsn,
         trusted=policy.trusted,
+        commands=commands,
     )
 
 
@@ -479,7 +495,12 @@ def login_portal(config: Config, directory: IDirectory, reactor: Any) -> LoginPo
     limits = LoginLimits(
         max_failures=config.smtp.max_auth_failures, window=config.smtp.auth_failure_window
     )
-    return build_login_portal(directory, reactor, limits=limits)
+    return build_login_portal(
+        directory,
+        reactor,
+        limits=limits,
+        gateway_secrets=GatewayBook(config.gateways).secrets(),
+    )
 
 
 def make_service(
@@ -530,6 +551,9 @@ def make_service(
         pool.setServiceParent(top)
     spool = open_spool(config, spool_pool.run, read_pool.run, shard=shard)
     SpoolService(spool).setServiceParent(top)
+    book = GatewayBook(config.gateways)
+    leases = Leases()
+    remote = build_remote_delivery(config, reactor, directory, top, shard)
     runner = QueueRunner(
         spool,
         directory,
@@ -539,8 +563,10 @@ def make_service(
         concurrency=config.delivery.concurrency,
         policy=config.queue,
         hostname=config.server.hostname,
-        remote=build_remote_delivery(config, reactor, directory, top, shard),
+        remote=remote,
         postmaster=config.server.postmaster,
+        hold_time=book.hold_time,
+        leases=leases,
     )
     runner.setName("queue")
     runner.setServiceParent(top)
@@ -556,8 +582,33 @@ def make_service(
     portal = login_portal(config, directory, reactor)
     # One tally for every listener of this process (smtp.max_sessions counts per process).
     tally = SessionTally(config.smtp.max_sessions)
+    held = HeldMail(spool, runner, leases, reactor, remote)
+    # The first process's dispatcher, once built (ETRN in the first process uses it).
+    first: list[ControlDispatcher] = []
+    release: Release = (
+        DispatcherRelease(lambda: first[0] if first else None)
+        if shard == 0
+        else ControlSocketRelease(reactor, config.control_socket())
+    )
+    shard_links = Shards(held) if shard == 0 else None
+    provider = GatewayProvider(
+        book,
+        config.provider,
+        reactor,
+        release=release,
+        shards=shard_links,
+        load=lambda k, queue_id: read_pool.run(
+            _load_held, shard_directory(config.spool.directory, k), queue_id
+        ),
+        hostname=config.server.hostname,
+    )
+    etrn = (
+        {"ETRN": provider.etrn_handler(False)}
+        if any(g.honour_etrn for g in book.gateways)
+        else None
+    )
     factories = [
-        smtp_factory(config, listen, directory, spool, tls, reactor, portal, tally)
+        smtp_factory(config, listen, directory, spool, tls, reactor, portal, tally, etrn)
         for listen in config.smtp.listen
     ]
     # Features register their control commands here (see mdtwist.control).
@@ -574,6 +625,7 @@ def make_service(
         run_queue=runner.run_now,
         reloaders=reloaders,
     )
+    register_gateway_commands(registry, held)
     if shard > 0:
         dispatcher = ControlDispatcher(registry, shard=shard)
         _on_hangup_reload(on_hangup, dispatcher)
@@ -624,11 +676,66 @@ def make_service(
         dequeue.setServiceParent(top)
     register_commands(registry, dequeue)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
+    first.append(dispatcher)
+    assert shard_links is not None
+    shard_links.children = links
+    if config.provider.odmr_listen:
+        _add_odmr_listener(config, reactor, provider, directory, spool, portal, top)
     _on_hangup_reload(on_hangup, dispatcher)
     control = ControlService(reactor, config.control_socket(), dispatcher)
     control.setName("control")
     control.setServiceParent(top)
     return top
+
+
+def _add_odmr_listener(
+    config: Config,
+    reactor: Any,
+    provider: GatewayProvider,
+    directory: IDirectory,
+    spool: SQLiteSpool,
+    portal: LoginPortal,
+    top: MultiService,
+) -> None:
+    # The ODMR listener (port 366): in the first process only, which reaches every shard.
+    smtp_config = config.smtp
+    settings = ServerSettings(
+        hostname=config.server.hostname,
+        max_command_line=smtp_config.max_command_line,
+        max_errors=smtp_config.max_errors,
+    )
+    limits = SessionLimits(
+        max_sessions_per_ip=smtp_config.max_sessions_per_ip,
+        idle_timeout=config.provider.idle_timeout,
+        data_timeout=config.provider.idle_timeout,
+    )
+    factory = odmr_factory(
+        provider,
+        settings=settings,
+        policy=ReceivePolicy(directory),
+        spool=spool,
+        portal=portal,
+        clock=reactor,
+        limits=limits,
+    )
+    description = config.provider.odmr_listen
+    listener = RequiredListener(
+        serverFromString(reactor, description),
+        factory,
+        key="provider.odmr_listen",
+        description=description,
+    )
+    listener.setName("odmr")
+    listener.setServiceParent(top)
+
+
+def _load_held(directory: Path, queue_id: str) -> QueuedMessage | None:
+    # On a reading thread: a held message of any shard, read-only, with its body.
+    reader = SpoolReader(directory)
+    try:
+        return reader.load(queue_id, with_body=True)
+    finally:
+        reader.close()
 
 
 def _on_hangup_reload(

@@ -28,6 +28,7 @@ LEAF_MODULES = (
     "mdtwist.envelope",
     "mdtwist.errors",
     "mdtwist.delivery.schedule",
+    "mdtwist.dequeue.gateways",
     "mdtwist.route",
     "mdtwist.secret",
     "mdtwist.settings.model",
@@ -42,6 +43,7 @@ PURE_PACKAGES = ("mdtwist.smtp.core",)
 #: alike).
 PURE_MODULES = (
     *LEAF_MODULES,
+    "mdtwist.dequeue.requests",
     "mdtwist.minger.codec",
     "mdtwist.minger.limits",
     "mdtwist.spool.model",

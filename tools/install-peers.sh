@@ -6,7 +6,7 @@ set -eu
 missing=""
 for prog in slapd:slapd slapadd:slapd ldapsearch:ldap-utils swaks:swaks smtp-source:postfix \
             smtp-sink:postfix postfix:postfix dovecot:dovecot-core dnsmasq:dnsmasq-base \
-            dig:bind9-dnsutils openssl:openssl; do
+            dig:bind9-dnsutils openssl:openssl fetchmail:fetchmail; do
     name=${prog%%:*}
     command -v "$name" >/dev/null 2>&1 || [ -x "/usr/sbin/$name" ] || missing="$missing ${prog#*:}"
 done

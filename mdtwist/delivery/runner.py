@@ -61,6 +61,7 @@ from mdtwist.delivery.dsn import (
     split_header_section,
     wants_notice,
 )
+from mdtwist.delivery.leases import Leases
 from mdtwist.delivery.local import CopyId, DeliveryStatus, ILocalDelivery
 from mdtwist.delivery.schedule import (
     QueuePolicy,
@@ -89,6 +90,9 @@ from mdtwist.spool.store import SQLiteSpool
 RemoteDelivery = Callable[[QueuedMessage, Sequence[int]], Awaitable[Sequence[RecipientResult]]]
 
 log = Logger()
+
+#: The lease holder name of the queue runner (see L{Leases}).
+_RUNNER = "queue-runner"
 
 _PENDING = RecipientState.PENDING
 _FAILED = RecipientState.FAILED
@@ -149,6 +153,8 @@ class QueueRunner(Service):
         remote: RemoteDelivery | None = None,
         hostname: str = "localhost",
         postmaster: str | None = None,
+        hold_time: Callable[[str], float | None] | None = None,
+        leases: Leases | None = None,
     ) -> None:
         """
         Make a queue runner; nothing happens until the service starts.
@@ -166,6 +172,12 @@ class QueueRunner(Service):
         @param hostname: our host name, the reporting MTA of our notices.
         @param postmaster: the mailbox that receives postmaster's mail (see
             L{mdtwist.directory.mailbox.find_mailbox}), or L{None}.
+        @param hold_time: for a gateway domain, how long its held recipients are kept before
+            they fail (L{None} for a domain that is no longer a gateway: the queue's lifetime
+            applies). Held recipients get no delay notice. Without it the queue's lifetime
+            applies to them too.
+        @param leases: the message leases of this shard, shared with the gateway releases
+            (L{mdtwist.dequeue.held}); a message leased by a release is skipped.
         """
         self.setName("queue-runner")
         self._spool = spool
@@ -178,6 +190,8 @@ class QueueRunner(Service):
         self._remote = remote
         self._hostname = hostname
         self._postmaster = postmaster
+        self._hold_time = hold_time
+        self._leases = leases
         self._semaphore = DeferredSemaphore(concurrency)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -306,6 +320,16 @@ class QueueRunner(Service):
         return Deferred.fromCoroutine(self._process(queue_id))
 
     async def _process(self, queue_id: str) -> None:
+        leases = self._leases
+        if leases is not None and not leases.take(queue_id, _RUNNER):
+            return  # a gateway release has it; it comes back when that is done
+        try:
+            await self._process_leased(queue_id)
+        finally:
+            if leases is not None:
+                leases.give_back(queue_id, _RUNNER)
+
+    async def _process_leased(self, queue_id: str) -> None:
         try:
             message = await self._spool.load(queue_id)
             if message is None or message.queue is not Queue.ACTIVE:
@@ -467,11 +491,22 @@ class QueueRunner(Service):
         envelope = message.envelope
         is_notice = message.kind is MessageKind.NOTICE
         by_position = {result.position: result for result in results}
-        if expired(policy, envelope.arrival, now, notice=is_notice):
-            for position, recipient in enumerate(envelope.recipients):
-                result = by_position.get(position)
-                if recipient.state is _PENDING and (result is None or result.state is _PENDING):
+        queue_expired = expired(policy, envelope.arrival, now, notice=is_notice)
+        hold_ends: list[float] = []
+        for position, recipient in enumerate(envelope.recipients):
+            result = by_position.get(position)
+            if recipient.state is not _PENDING or (
+                result is not None and result.state is not _PENDING
+            ):
+                continue
+            hold_end = self._hold_end(recipient, envelope.arrival)
+            if hold_end is None:
+                if queue_expired:
                     by_position[position] = self._expire(message, position, result)
+            elif now >= hold_end:
+                by_position[position] = self._expire(message, position, result, held=True)
+            else:
+                hold_ends.append(hold_end)
         final = tuple(by_position[position] for position in sorted(by_position))
         pending = [
             position
@@ -486,6 +521,9 @@ class QueueRunner(Service):
         when = next_attempt(
             policy, envelope.arrival, now, retry_after=retry_after, notice=is_notice
         )
+        if hold_ends:
+            # Come back when the first hold ends, to bounce what was not released.
+            when = min(when, max(now, min(hold_ends)))
         failed = [result for result in final if result.state is _FAILED]
         park = None
         if failed and (is_notice or not envelope.sender):
@@ -548,6 +586,8 @@ class QueueRunner(Service):
             for position in pending:
                 recipient = envelope.recipients[position]
                 progress = _progress(message, position)
+                if self._hold_end(recipient, envelope.arrival) is not None:
+                    continue  # held for its gateway: stored as meant, not delayed
                 if progress.delay_notified or not wants_notice(sender, recipient, Action.DELAYED):
                     continue
                 latest = by_position.get(position)
@@ -586,13 +626,40 @@ class QueueRunner(Service):
         )
         return Notice(notice_envelope(message.envelope, self._hostname, now, body), body)
 
+    def _hold_end(self, recipient: Recipient, arrival: float) -> float | None:
+        # When a held recipient's hold ends; None when it is not held (or its gateway is gone).
+        route = recipient.route
+        if self._hold_time is None or route is None or route.kind is not RouteKind.GATEWAY_HOLD:
+            return None
+        assert route.target is not None
+        hold = self._hold_time(route.target)
+        return None if hold is None else arrival + hold
+
     def _expire(
-        self, message: QueuedMessage, position: int, result: RecipientResult | None
+        self,
+        message: QueuedMessage,
+        position: int,
+        result: RecipientResult | None,
+        *,
+        held: bool = False,
     ) -> RecipientResult:
         recipient = message.envelope.recipients[position]
         status = recipient.status if result is None else result.status
         diagnostic = recipient.diagnostic if result is None else result.diagnostic
         remote_mta = None if result is None else result.remote_mta
+        if held:
+            log.warn(
+                "Giving up on {rcpt} of {queue_id}: its gateway did not release it in time",
+                rcpt=recipient.address,
+                queue_id=message.queue_id,
+            )
+            return RecipientResult(
+                position,
+                _FAILED,
+                "4.4.7",
+                "delivery time expired; held for its gateway domain and not released",
+                remote_mta,
+            )
         log.warn(
             "Giving up on {rcpt} of {queue_id}: queued too long",
             rcpt=recipient.address,

@@ -477,6 +477,17 @@ class SQLiteSpool:
         """
         return self.record(queue_id, (), 0.0, park=reason)
 
+    def held(self) -> Deferred[builtins.list[tuple[str, int, str]]]:
+        """
+        Find the recipients held for gateway domains (route C{GATEWAY_HOLD}, still pending)
+        in the active queue.
+
+        @return: a Deferred firing with C{(queue_id, position, gateway domain)} for each,
+            oldest message first.
+        """
+        d: Deferred[builtins.list[tuple[str, int, str]]] = self._run(self._guarded, _select_held)
+        return d
+
     def count(self) -> Deferred[int]:
         """
         Count the queued messages.
@@ -1023,6 +1034,17 @@ def _select_due(db: sqlite3.Connection, now: float, limit: int) -> list[str]:
         (Queue.ACTIVE.value, now, RecipientState.PENDING.value, limit),
     )
     return [format_queue_id(rowid) for (rowid,) in rows]
+
+
+def _select_held(db: sqlite3.Connection) -> list[tuple[str, int, str]]:
+    rows = db.execute(
+        "SELECT r.message_id, r.position, r.route_target FROM recipient AS r"
+        " JOIN message AS m ON m.id = r.message_id"
+        " WHERE m.queue = ? AND r.state = ? AND r.route_kind = ?"
+        " ORDER BY r.message_id, r.position",
+        (Queue.ACTIVE.value, RecipientState.PENDING.value, RouteKind.GATEWAY_HOLD.value),
+    )
+    return [(format_queue_id(rowid), position, target) for rowid, position, target in rows]
 
 
 def _select_count(db: sqlite3.Connection) -> int:

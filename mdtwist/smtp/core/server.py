@@ -127,6 +127,10 @@ def _check_commands(
             raise ValueError(f"{verb!r} cannot be an extension command")
 
 
+def _upper_set(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(verb.upper() for verb in value)
+
+
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:
         raise ValueError(f"{attribute.name} must be at least 1")
@@ -160,6 +164,10 @@ class ServerSettings:
         without having been offered PIPELINING (see L{ServerCore.sync_error}).
     @ivar commands: extension verbs (upper case letters, none of the built-in ones) that are
         advertised as EHLO keywords and handed to the glue as L{ExtensionCommand} events.
+    @ivar only_commands: when not empty, the only verbs the session accepts (upper case);
+        any other known verb gets C{502 5.5.1}, and the EHLO reply lists only
+        C{ENHANCEDSTATUSCODES}, AUTH and the extension verbs (the ODMR listener, RFC 2645
+        section 5.4).
     """
 
     hostname: str
@@ -183,6 +191,7 @@ class ServerSettings:
     commands: tuple[str, ...] = attrs.field(
         default=(), converter=_upper_tuple, validator=_check_commands
     )
+    only_commands: frozenset[str] = attrs.field(default=frozenset(), converter=_upper_set)
 
 
 class SessionState(enum.Enum):
@@ -345,6 +354,11 @@ class ServerCore:
         @return: one string per EHLO line after the first.
         """
         s = self._settings
+        if s.only_commands:
+            result = ["ENHANCEDSTATUSCODES"]
+            if self.auth_offered:
+                result.append("AUTH " + " ".join(s.auth_mechanisms))
+            return [*result, *s.commands]
         result = ["PIPELINING", f"SIZE {s.max_message_size}"]
         if s.eight_bit_mime:
             result.append("8BITMIME")
@@ -573,6 +587,9 @@ class ServerCore:
             self._out += OUT_OF_SYNC.to_bytes()
             self._state = SessionState.CLOSED
             return None
+        only = self._settings.only_commands
+        if only and name not in only and (handler is not None or extension):
+            return self._refuse(502, "5.5.1", "Command not implemented here")
         if extension:
             return ExtensionCommand(name, args)
         if handler is None:
