@@ -482,6 +482,17 @@ class SignalTestsMixin(_Base):
         self.assertEqual(result.status, SignalStatus.REFUSED)
         self.assertIn("does not offer ATRN", result.detail)
 
+    def test_atrn_auth_not_offered(self) -> None:
+        """No AUTH in the EHLO reply: neither credentials nor ATRN are sent; QUIT; refused."""
+        r, signal = self.start(atrn())
+        self.host(r, GREETING + b"250-provider.test\r\n250 ATRN\r\n")
+        self.assertEqual(self.sent(r), b"EHLO office.example\r\nQUIT\r\n")
+        self.host(r, b"221 Bye\r\n")
+        self.close(r)
+        result = self.result(signal)
+        self.assertEqual(result.status, SignalStatus.REFUSED)
+        self.assertIn("no usable AUTH mechanism", result.detail)
+
     def test_atrn_nothing_waiting(self) -> None:
         """453: nothing waiting, no error; QUIT."""
         r, signal = self.start(atrn())
