@@ -120,6 +120,7 @@ def main(
             if status is None:
                 parser.print_usage(stderr)
                 return 2
+            return status
         elif options.command == "settings":
             settings_cli.run(options, stdout)
         elif options.command == "dequeue":

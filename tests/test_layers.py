@@ -44,6 +44,7 @@ PURE_PACKAGES = ("mdtwist.smtp.core",)
 PURE_MODULES = (
     *LEAF_MODULES,
     "mdtwist.dequeue.requests",
+    "mdtwist.login_limits",
     "mdtwist.minger.codec",
     "mdtwist.minger.limits",
     "mdtwist.spool.model",

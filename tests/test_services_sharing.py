@@ -63,13 +63,25 @@ class SharingServicesTests(_DemoCase):
     def test_children(self) -> None:
         """
         The cache's pool, the sharing service and the Minger server come after the queue and
-        before the listeners.
+        before the listeners (SMTP, then HTTP) and the control socket.
         """
         service, _ = self.build()
         names = [child.name for child in service]
         self.assertEqual(
             names[names.index("queue") :],
-            ["queue", "sharing-io", "sharing", "minger", "smtp-0-mx", "smtp-1-submission"],
+            [
+                "queue",
+                "sharing-io",
+                "sharing",
+                "minger",
+                "smtp-0-mx",
+                "smtp-1-submission",
+                "settings-io",
+                "settings-receipts-close",
+                "http-0",
+                "http-1",
+                "control",
+            ],
         )
         sharing = sharing_of(service)
         assert isinstance(sharing, SharingService)
