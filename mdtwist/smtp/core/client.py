@@ -72,7 +72,8 @@ Rules:
  - after the C{220} to STARTTLS, any byte already received, or received before
    C{tls_started()}, is an attack (response injection): the session ends with
    L{SessionStatus.PROTOCOL_ERROR} and those bytes are never read as replies;
- - credentials are never sent before TLS unless C{auth_without_tls} is set;
+ - credentials are never sent before TLS unless C{auth_without_tls} is set (CRAM-MD5 sends
+   none); a server that offers none of our mechanisms is an authentication failure;
  - a C{421} anywhere ends the session (L{SessionStatus.SERVICE_CLOSING}); when the session
    ends early every recipient not yet decided is L{RecipientStatus.TEMPORARY} and the
    L{SessionOutcome} says why;
@@ -1107,17 +1108,17 @@ class ClientCore:
                 return
         if s.credentials is not None and not self._authenticated:
             usable = [m for m in s.auth_mechanisms if m in caps.auth]
-            if not self._tls and not s.auth_without_tls:
+            if usable and not self._tls and not s.auth_without_tls:
                 usable = [m for m in usable if m in _NO_PASSWORD_SENT]
-            if not usable and not self._tls and not s.auth_without_tls:
-                self._end(
-                    SessionStatus.TLS_REQUIRED,
-                    Phase.AUTH,
-                    None,
-                    "credentials are sent only over TLS",
-                    quit=True,
-                )
-                return
+                if not usable:
+                    self._end(
+                        SessionStatus.TLS_REQUIRED,
+                        Phase.AUTH,
+                        None,
+                        "credentials are sent only over TLS",
+                        quit=True,
+                    )
+                    return
             mechanism = usable[0] if usable else None
             if mechanism is None:
                 self._end(
