@@ -274,9 +274,7 @@ class _SMTPSignal:
         self.released = frozenset(domains or (target.domain,))
         self.turned_server = turned_server
         self.sent = False
-        self.reply: Reply | None = None
         self.result: SignalResult | None = None
-        self.protocol: SMTPClientProtocol | None = None
 
     def idle(self, protocol: SMTPClientProtocol) -> None:
         # First idle: after EHLO/AUTH, send the text; the next one: after its reply, QUIT.
@@ -308,7 +306,6 @@ class _SMTPSignal:
     def _replied(self, answer: Reply | None) -> None:
         if answer is None:
             return  # the session ended first; the outcome says why
-        self.reply = answer
         status = judge(self.verb, answer.code, len(answer.lines) == 1)
         detail = _reply_text(answer)
         if self.atrn and answer.code == 250 and len(answer.lines) > 1:
