@@ -43,13 +43,14 @@ class OfficeAndGatewayTests(SynchronousTestCase):
         self.addCleanup(daemon.stop)
         return daemon, odmr_port
 
-    def office(self, odmr_port: int) -> Daemon:
+    def office(self, odmr_port: int, every: int = 100000, processes: int = 1) -> Daemon:
         daemon = Daemon(
             Path(self.mktemp()),
             domain=GATEWAY,
+            server_extra=f"processes = {processes}",
             extra=f"""
 [dequeue]
-every = 100000
+every = {every}
 
 [[dequeue.signal]]
 domain = "{GATEWAY}"
@@ -106,3 +107,25 @@ password = "{SECRET}"
         self.assertTrue(done.stdout.startswith(f"{GATEWAY}: released 250"), done.stdout)
         wait_for(lambda: len(office.messages(CAROL)) == 2, "the third message at the office")
         wait_for(lambda: queued(gateway) == 0, "an empty gateway queue again")
+
+    def test_two_processes(self) -> None:
+        """
+        With two processes the office signals from its first process (and answers
+        C{mdtwistctl dequeue run} there): the mail of both domains arrives, once.
+        """
+        gateway, odmr_port = self.gateway()
+        send(gateway.mx_port, [CAROL], "for carol\n", subject="one")
+        send(gateway.mx_port, [DAVE], "for dave\n", subject="two")
+        wait_for(lambda: held_count(gateway) == 2, "two held recipients")
+        office = self.office(odmr_port, every=0, processes=2)
+        office.start()
+        wait_for(
+            lambda: office.messages(CAROL) and office.messages(DAVE),
+            "the released mail at the office",
+        )
+        wait_for(lambda: queued(gateway) == 0, "an empty gateway queue")
+        # Asked again: nothing is waiting (453), or a scheduled signal is still running.
+        done = office.ctl("dequeue", "run")
+        self.assertRegex(done.stdout + done.stderr, rf"^{GATEWAY}: (no-mail 453|busy)")
+        self.assertEqual(len(office.messages(CAROL)), 1)
+        self.assertEqual(len(office.messages(DAVE)), 1)
