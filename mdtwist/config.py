@@ -594,6 +594,13 @@ def config_warnings(config: Config) -> list[str]:
             f"{config.path}: server.postmaster: warning: not set, so RCPT TO:<postmaster> is"
             " refused, and postmaster@<local domain> too unless an account has that address"
         )
+    if not config.provider.odmr_listen:
+        for i, gateway in enumerate(config.gateways):
+            if gateway.honour_atrn or (gateway.honour_etrn and gateway.etrn_requires_auth):
+                warnings.append(
+                    f"{config.path}: gateway[{i}]: warning: {gateway.domain} can only log in"
+                    " on the ODMR listener, and provider.odmr_listen is not set"
+                )
     return warnings
 
 

@@ -92,6 +92,7 @@ from mdtwist.dequeue.release import (
     Release,
     Shards,
     register_gateway_commands,
+    register_release_command,
 )
 from mdtwist.dequeue.service import build_dequeue, register_commands
 from mdtwist.directory.cache import CachedDirectory, Reloadable
@@ -677,6 +678,7 @@ def make_service(
     register_commands(registry, dequeue)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
     first.append(dispatcher)
+    register_release_command(registry, provider.release_targets, release)
     assert shard_links is not None
     shard_links.children = links
     if config.provider.odmr_listen:

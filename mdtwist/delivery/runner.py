@@ -20,7 +20,8 @@ looked up in the directory (L{mdtwist.directory.mailbox.find_mailbox}) and deliv
 the L{ILocalDelivery} seam, or fails when no account has it (C{5.1.1}) or it is disabled
 (C{5.2.1}); C{REMOTE} and C{SHARING_PEER} recipients go to the remote-delivery collaborator
 (which acts on the route), or stay queued when there is none; C{GATEWAY_HOLD} recipients are
-never attempted here: they stay pending until the gateway dequeues them. A directory that
+never attempted here: they stay pending until the gateway dequeues them (L{mdtwist.dequeue}),
+get no delay notice, and fail after their gateway's hold time. A directory that
 cannot answer keeps the recipient pending (C{4.4.3}). All results of the attempt are recorded
 in one spool transaction; the message leaves the spool when no recipient is left pending.
 Temporary failures are retried on the schedule of L{mdtwist.delivery.schedule.QueuePolicy},

@@ -27,6 +27,7 @@ with a DSN, a temporary one stays held.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -229,7 +230,7 @@ class HeldMail:
                     RecipientResult(p, RecipientState.PENDING, "4.3.0", "remote delivery error")
                     for p in positions
                 ]
-            await self._conclude(message, results)
+            await self._conclude(message, [_kept_unless_refused(message, r) for r in results])
         finally:
             self._leases.give_back(held.queue_id, holder)
 
@@ -273,3 +274,22 @@ def _rerouted(message: QueuedMessage, routes: dict[int, Route]) -> QueuedMessage
         for i, r in enumerate(message.envelope.recipients)
     )
     return attrs.evolve(message, envelope=attrs.evolve(message.envelope, recipients=recipients))
+
+
+#: A diagnostic that is an SMTP reply (a remote server's answer).
+_SMTP_REPLY = re.compile(r"[2-5][0-9][0-9](?:[ -]|$)")
+
+
+def _kept_unless_refused(message: QueuedMessage, result: RecipientResult) -> RecipientResult:
+    # A permanent failure the gateway's host did not give itself (our routing found no way
+    # there: the domain's MX is this server, no address, a null MX) keeps the recipient held
+    # rather than bouncing it: the owner can still fetch it with ATRN or a better ETRN target.
+    if result.state is not RecipientState.FAILED or _SMTP_REPLY.match(result.diagnostic):
+        return result
+    log.warn(
+        "ETRN release of {queue_id} to {rcpt} found no way there ({reason}); kept held",
+        queue_id=message.queue_id,
+        rcpt=message.envelope.recipients[result.position].address,
+        reason=result.diagnostic,
+    )
+    return attrs.evolve(result, state=RecipientState.PENDING)

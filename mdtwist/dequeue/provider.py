@@ -65,6 +65,7 @@ from mdtwist.smtp.client import ClientTimeouts, DeliveryReport, Destination, SMT
 from mdtwist.smtp.core.client import (
     ClientCore,
     ClientSettings,
+    RecipientOutcome,
     RecipientStatus,
     SessionOutcome,
     StartTLSPolicy,
@@ -139,7 +140,7 @@ class GatewayProvider:
         """
         self.book = book
         self.settings = settings
-        self._clock = clock
+        self.clock = clock
         self._release = release
         self._shards = shards
         self._load = load
@@ -150,6 +151,26 @@ class GatewayProvider:
         self._ids = itertools.count(1)
         #: The ATRN sessions running: lease name -> (login, domains).
         self.active: dict[str, tuple[str, frozenset[str]]] = {}
+
+    def release_targets(self, domains: Sequence[str]) -> tuple[dict[str, Route], list[str]]:
+        """
+        Where an operator's release sends each gateway's mail (C{gateway-release}).
+
+        @param domains: gateway domains, lower case; empty for every gateway.
+        @return: the route of each domain that can be released so, and the domains skipped
+            (not gateways, or delivered to the requester's address, which an operator's
+            release does not have).
+        """
+        names = list(domains) or [g.domain for g in self.book.gateways]
+        routes: dict[str, Route] = {}
+        skipped: list[str] = []
+        for name in names:
+            gateway = self.book.find(name)
+            if gateway is None or gateway.etrn_target is EtrnTarget.REQUESTER:
+                skipped.append(name)
+            else:
+                routes[name] = etrn_route(gateway, "")
+        return routes, skipped
 
     # -- ETRN --
 
@@ -196,7 +217,7 @@ class GatewayProvider:
             if gateway.etrn_requires_auth and not authed:
                 refusal = refusal or (
                     ETRN_AUTH_REQUIRED
-                    if client.user is None
+                    if login is None
                     else etrn_refused(node, "authenticated as another gateway")
                 )
             elif not gateway.address_allowed(client.address, authed):
@@ -292,9 +313,17 @@ class GatewayProvider:
         )
         return CommandAnswer(ATRN_TURNING, turn_to=turned.build)
 
-    def _client_protocol(
+    def client_protocol(
         self, peer: str, on_ended: Callable[[SessionOutcome], object]
     ) -> SMTPClientProtocol:
+        """
+        The SMTP client of a turned connection: no STARTTLS, no AUTH, every wait limited to
+        C{turned_timeout}.
+
+        @param peer: the customer's address, for the logs and the results.
+        @param on_ended: called with the session's outcome when the connection ends.
+        @return: the protocol.
+        """
         t = self.settings.turned_timeout
         timeouts = attrs.evolve(
             ClientTimeouts(),
@@ -309,7 +338,7 @@ class GatewayProvider:
             quit=t,
         )
         core = ClientCore(ClientSettings(hostname=self._hostname, starttls=StartTLSPolicy.NEVER))
-        protocol = SMTPClientProtocol(core, Destination(peer), self._clock, timeouts, _no_tls)
+        protocol = SMTPClientProtocol(core, Destination(peer), self.clock, timeouts, _no_tls)
         protocol.ended.addCallback(on_ended)
         return protocol
 
@@ -403,7 +432,7 @@ class TurnedSession:
         The 250 is on its way: when the session is not turned in time (the customer went
         away meanwhile), give everything back.
         """
-        self._turn_timer = self._provider._clock.callLater(
+        self._turn_timer = self._provider.clock.callLater(
             self._provider.settings.turned_timeout, self._not_turned
         )
 
@@ -421,7 +450,7 @@ class TurnedSession:
         if self._turn_timer is not None and self._turn_timer.active():
             self._turn_timer.cancel()
         self._turn_timer = None
-        protocol = self._provider._client_protocol(self._peer, self._session_ended)
+        protocol = self._provider.client_protocol(self._peer, self._session_ended)
         self._protocol = protocol
         self._send()
         return protocol
@@ -508,10 +537,8 @@ class TurnedSession:
         self._provider.active.pop(self._holder, None)
 
 
-def _result(position: int, outcome: object, peer: str) -> RecipientResult:
-    from mdtwist.smtp.core.client import RecipientOutcome
-
-    assert isinstance(outcome, RecipientOutcome)
+def _result(position: int, outcome: RecipientOutcome, peer: str) -> RecipientResult:
+    # What one recipient's outcome on the turned connection means for the held recipient.
     diagnostic = (
         f"{outcome.code} {outcome.enhanced} {outcome.text}".strip()
         if outcome.code is not None

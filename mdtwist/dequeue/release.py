@@ -10,6 +10,8 @@ shard only:
     by every process, the counts summed. Operators call it too (C{mdtwistctl}, see the
     README): it is the "release now" of a gateway domain.
   - C{gateway-held} (L{GatewayHeld}): held messages and recipients per gateway domain, summed.
+  - C{gateway-release} (L{GatewayRelease}, first process): the operator's "release now" of
+    gateway domains to their configured ETRN targets, through C{gateway-etrn}.
   - C{gateway-claim}, C{gateway-record}, C{gateway-give-back}: the ATRN session (always in the
     first process, where the ODMR listener is) leases, records and gives back another shard's
     messages through the link to that shard's process.
@@ -70,6 +72,25 @@ class GatewayEtrn(ControlCommand):
     commandName = b"gateway-etrn"  # noqa: N815 - the name AMP reads
     arguments = [(b"domains", amp.ListOf(amp.Unicode())), (b"targets", _TARGETS)]  # noqa: RUF012
     response = [(b"messages", amp.Integer())]  # noqa: RUF012
+
+
+class GatewayRelease(ControlCommand):
+    """
+    The operator's "release now": release gateway domains to their configured ETRN target,
+    in every process (C{mdtwistctl}); carried out by the first process.
+
+    Arguments: C{domains}, gateway domains (empty: every gateway). Response: C{messages}, the
+    held messages found; C{released}, the domains released; C{skipped}, those that are not
+    gateways or whose target is the requester's address (there is no requester here).
+    """
+
+    commandName = b"gateway-release"  # noqa: N815 - the name AMP reads
+    arguments = [(b"domains", amp.ListOf(amp.Unicode()))]  # noqa: RUF012
+    response = [  # noqa: RUF012 - the name AMP reads
+        (b"messages", amp.Integer()),
+        (b"released", amp.ListOf(amp.Unicode())),
+        (b"skipped", amp.ListOf(amp.Unicode())),
+    ]
 
 
 class GatewayHeld(ControlCommand):
@@ -231,6 +252,32 @@ def register_gateway_commands(registry: ControlRegistry, held: HeldMail) -> None
     registry.register(GatewayClaim, claim)
     registry.register(GatewayRecord, record)
     registry.register(GatewayGiveBack, give_back)
+
+
+def register_release_command(
+    registry: ControlRegistry,
+    targets: Callable[[Sequence[str]], tuple[dict[str, Route], list[str]]],
+    release: Release,
+) -> None:
+    """
+    Register C{gateway-release} (the first process does; it reaches every process).
+
+    @param registry: the first process's control registry.
+    @param targets: for the domains asked for (all when empty), the route each releasable one
+        takes, and the domains skipped.
+    @param release: releases in every process.
+    """
+
+    def handle(domains: list[str]) -> Deferred[Answer]:
+        routes, skipped = targets([d.lower().rstrip(".") for d in domains])
+        if not routes:
+            return succeed({"messages": 0, "released": [], "skipped": skipped})
+        d = release(sorted(routes), routes)
+        return d.addCallback(
+            lambda count: {"messages": count, "released": sorted(routes), "skipped": skipped}
+        )
+
+    registry.register(GatewayRelease, handle)
 
 
 def combine_etrn(answers: Mapping[int, Answer | None]) -> Answer:

@@ -292,6 +292,23 @@ class EtrnReleaseTests(_Setup):
         self.assertEqual(message.envelope.recipients[0].route.kind, RouteKind.GATEWAY_HOLD)  # type: ignore[union-attr]
         self.assertEqual(self.notices(), [])
 
+    def test_no_route_stays_held(self) -> None:
+        """
+        A permanent failure that is our own routing decision (the domain's MX is this server)
+        keeps the recipient held, with no notice; a 5xx reply of the gateway's host bounces.
+        """
+        queue_id = self.enqueue(held(f"a@{GATE}"), held(f"b@{GATE}"))
+        self.successResultOf(self.held.etrn([GATE], {GATE: Route.remote()}))
+        _, _, d = self.remote.calls.pop(0)
+        d.callback(
+            [
+                RecipientResult(0, RecipientState.FAILED, "5.4.6", "mail loops back to myself"),
+                RecipientResult(1, RecipientState.FAILED, "5.1.1", "550 5.1.1 no such user"),
+            ]
+        )
+        self.assertEqual(self.states(queue_id), ["pending", "failed"])
+        self.assertEqual(len(self.notices()), 1)
+
     def test_not_while_atrn_holds_it(self) -> None:
         """A message leased to an ATRN session is not released by ETRN meanwhile."""
         self.enqueue(held(f"a@{GATE}"))

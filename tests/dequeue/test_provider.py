@@ -479,6 +479,29 @@ class ODMRTests(_Setup):
             talk.cram(GATE, SECRET)
             self.assertEqual(talk.command(f"ETRN {GATE}").code, code)
 
+    def test_atrn_address_not_allowed_450(self) -> None:
+        """
+        ATRN from outside the allowed networks, with authenticated requests not valid from
+        anywhere: 450.
+        """
+        self.enqueue(held(f"a@{GATE}"))
+        book = gateways(
+            allowed_networks=parse_networks(["198.51.100.0/24"]), auth_any_address=False
+        )
+        talk = self.odmr(book)
+        talk.command("EHLO vm")
+        talk.cram(GATE, SECRET)
+        self.assertEqual(talk.command(f"ATRN {GATE}").code, 450)
+
+    def test_etrn_to_requester(self) -> None:
+        """With the requester as target, an authenticated ETRN sends to the session's address."""
+        book = gateways(etrn_target=EtrnTarget.REQUESTER, etrn_port=2526)
+        talk = self.odmr(book)
+        talk.command("EHLO vm")
+        talk.cram(GATE, SECRET)
+        self.assertEqual(talk.command(f"ETRN {GATE}").code, 253)
+        self.assertEqual(self.release.calls[0][1], {GATE: Route.sharing_peer("[192.0.2.7]:2526")})
+
     def test_idle_timeout(self) -> None:
         """A silent client before the turn is dropped after the idle timeout (item 29)."""
         talk = self.odmr()

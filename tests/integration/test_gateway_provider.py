@@ -17,6 +17,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from mdtwist.control.client import call
+from mdtwist.dequeue.release import GatewayHeld, GatewayRelease
 from mdtwist.spool.store import SpoolReader, existing_shards, shard_directory
 from tests.integration.daemon import Daemon
 from tests.integration.peers import find_program, free_port
@@ -224,6 +226,22 @@ class ODMRWithFetchmailTests(_Base):
         self.assertEqual(held_count(daemon), 1)
         self.assertEqual(sink.messages(), [])
 
+    def test_atrn_before_auth_530(self) -> None:
+        """
+        On the real daemon's ODMR listener: EHLO lists AUTH CRAM-MD5 and ATRN, MAIL gets 502,
+        ATRN before AUTH gets 530, and QUIT works.
+        """
+        daemon = self.start()
+        send(daemon.mx_port, [f"carol@{GATEWAY}"], "held\n")
+        with smtplib.SMTP("127.0.0.1", self.odmr_port, timeout=30) as client:
+            code, text = client.ehlo("office")
+            self.assertEqual(code, 250)
+            self.assertIn(b"AUTH CRAM-MD5", text)
+            self.assertIn(b"ATRN", text)
+            self.assertEqual(client.docmd("MAIL", "FROM:<a@remote.test>")[0], 502)
+            self.assertEqual(client.docmd("ATRN", GATEWAY)[0], 530)
+        wait_for(lambda: held_count(daemon) == 1, "the mail still held")
+
     def test_wrong_password_535(self) -> None:
         """
         A wrong password gets 535 (fetchmail's authentication failure), the mail stays held.
@@ -354,8 +372,11 @@ class ETRNWithFetchmailTests(_Base):
         self.assertEqual(result.returncode, 0, result.stderr)
         wait_for(lambda: len(sink.messages()) == 1, "the released message")
         wait_for(lambda: queued(daemon) == 0, "an empty queue")
-        again = self.etrn(daemon.mx_port, auth=False)
+        again = self.etrn(daemon.mx_port, auth=False, domains=f"{GATEWAY},{OTHER}")
         self.assertIn("251", again.stderr + again.stdout)
+        # fetchmail stops at the 251: it never asks for the second domain.
+        self.assertEqual(daemon.log().count(f"ETRN {GATEWAY} from"), 2)
+        self.assertNotIn(f"ETRN {OTHER}", daemon.log())
 
 
 def held_per_shard(daemon: Daemon) -> dict[int, int]:
@@ -436,5 +457,28 @@ class TwoProcessesTests(_Base):
                 client.ehlo("office")
                 code, _ = client.docmd("ETRN", GATEWAY)
                 self.assertIn(code, (251, 253))
+        wait_for(lambda: queued(daemon) == 0, "an empty queue")
+        self.assertEqual(self.subjects(sink), sorted(f"held {i}" for i in range(sent)))
+
+    def test_operator_release(self) -> None:
+        """
+        Over the control socket, C{gateway-held} counts the held mail of both shards and
+        C{gateway-release} sends all of it to the gateway's host, each message once.
+        """
+        sink = self.sink()
+        daemon = self.start(etrn_deliver_to=f'"[127.0.0.1]:{sink.port}"')
+        sent = self.fill_both_shards(daemon)
+        counts = call(daemon.control_socket, GatewayHeld)
+        self.assertEqual(
+            counts,
+            {
+                "domains": [{"domain": GATEWAY, "messages": sent, "recipients": sent}],
+                "missing": [],
+            },
+        )
+        answer = call(daemon.control_socket, GatewayRelease, {"domains": [GATEWAY, "nope.test"]})
+        self.assertEqual(
+            answer, {"messages": sent, "released": [GATEWAY], "skipped": ["nope.test"]}
+        )
         wait_for(lambda: queued(daemon) == 0, "an empty queue")
         self.assertEqual(self.subjects(sink), sorted(f"held {i}" for i in range(sent)))

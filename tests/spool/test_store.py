@@ -1157,3 +1157,36 @@ def _version_1_spool(directory: Path) -> Path:
     db.commit()
     db.close()
     return directory
+
+
+class HeldTests(SynchronousTestCase):
+    """L{SQLiteSpool.held}: the pending recipients held for gateway domains."""
+
+    def test_held(self) -> None:
+        """
+        Only pending recipients with a gateway-hold route of active messages are listed, with
+        their domain; a delivered one and a parked message are not.
+        """
+        spool = SQLiteSpool(Path(self.mktemp()), run_now)
+        self.addCleanup(spool.close)
+        hold = Recipient("a@gate.test", route=Route.gateway_hold("gate.test"))
+        first = self.successResultOf(
+            spool.enqueue(
+                make_envelope(
+                    "x@remote.example",
+                    hold,
+                    Recipient("b@other.test", route=Route.gateway_hold("other.test")),
+                ),
+                b"x\r\n",
+            )
+        )
+        second = self.successResultOf(spool.enqueue(make_envelope(hold, hold), b"x\r\n"))
+        parked = self.successResultOf(spool.enqueue(make_envelope(hold), b"x\r\n"))
+        self.successResultOf(
+            spool.record(second, [RecipientResult(0, RecipientState.DELIVERED, "2.0.0")], 0.0)
+        )
+        self.successResultOf(spool.park(parked, "test"))
+        self.assertEqual(
+            self.successResultOf(spool.held()),
+            [(first, 1, "gate.test"), (first, 2, "other.test"), (second, 1, "gate.test")],
+        )

@@ -700,6 +700,27 @@ class ServerCoreTests(SynchronousTestCase):
         self.assertRaises(LocalProtocolError, core.send, reply(250, None, "Ok"))
         core.send(reply(250, "2.1.0", "Ok"))
 
+    def test_only_commands(self) -> None:
+        """
+        With C{only_commands}, other known verbs get C{502 5.5.1} (the ODMR listener), the
+        EHLO reply lists only ENHANCEDSTATUSCODES, AUTH and the extension verbs, and an
+        unknown verb is still C{500}.
+        """
+        settings = attrs.evolve(
+            MX,
+            auth_without_tls=True,
+            commands=("ATRN",),
+            only_commands=("ehlo", "auth", "atrn", "quit"),
+        )
+        core = ServerCore(settings)
+        glue = ScriptedGlue(core)
+        glue.feed([b"EHLO c\r\nMAIL FROM:<a@b>\r\nNOOP\r\nFOO\r\n"])
+        ehlo, mail, noop, foo = glue.replies()[1:]
+        self.assertEqual(ehlo.lines[1:], ("ENHANCEDSTATUSCODES", "AUTH PLAIN LOGIN", "ATRN"))
+        self.assertEqual((mail.code, mail.enhanced), (502, "5.5.1"))
+        self.assertEqual(noop.code, 502)
+        self.assertEqual(foo.code, 500)
+
     def test_start_tls_needs_220(self) -> None:
         """C{start_tls} without a C{220} to STARTTLS raises L{LocalProtocolError}."""
         core = ServerCore(SUBMISSION)
