@@ -15,7 +15,9 @@ lists the commands; every command has C{--help}. The commands:
   - C{minger query ...} and C{sharing check|cache ...}: see L{mdtwist.sharing.commands};
   - C{settings ...}: the client settings (L{mdtwist.settings.cli});
   - C{discover ADDRESS}: find a mailbox's IMAP and SMTP settings as a client would
-    (L{mdtwist.settings.discover}).
+    (L{mdtwist.settings.discover});
+  - C{dequeue run [DOMAIN]}: the running server sends its dequeue signals now
+    (L{mdtwist.dequeue.control}).
 
 C{--config FILE} (before the command, or after it; by default C{etc/mdtwist.toml} when it
 exists, else C{/etc/mdtwist/mdtwist.toml}) is the server's configuration: every command finds
@@ -49,6 +51,7 @@ from mdtwist.console import (
 )
 from mdtwist.control.client import ControlClientError, call
 from mdtwist.control.commands import Reload, Status
+from mdtwist.dequeue import control as dequeue_control
 from mdtwist.directory import commands as account_commands
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import SpoolError
@@ -142,6 +145,12 @@ def _main(
             return status
         elif options.command == "settings":
             settings_cli.run(options, stdout)
+        elif options.command == "dequeue":
+            status = dequeue_control.run_command(options, locations.socket(), stdout, stderr)
+            if status is None:
+                parser.print_usage(stderr)
+                return 2
+            return status
         elif options.command == "discover":
             password = stdin.readline().rstrip("\r\n") if options.password_stdin else None
             text, status = discover.main(options, password)
@@ -221,6 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     add_sharing_commands(commands)
     settings_cli.add_parser(commands)
     discover.add_parser(commands)
+    dequeue_control.add_parser(commands)
     _finish(parser)
     return parser
 

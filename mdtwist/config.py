@@ -39,6 +39,7 @@ from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.router import HostSpecError, Mode, parse_host_spec
 from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.dequeue.gateways import DAY, EtrnTarget, Gateway, ProviderSettings, normalise_domain
+from mdtwist.dequeue.signal import SignalMode, atrn_domains
 from mdtwist.errors import ConfigError
 from mdtwist.secret import Secret
 from mdtwist.settings.model import Security
@@ -516,6 +517,55 @@ class MetricsConfig:
 
 
 @attrs.frozen
+class DequeueSignalConfig:
+    """
+    One domain's signal to the host that holds its mail (C{[[dequeue.signal]]}; MDaemon's
+    Domain Manager > Dequeuing).
+
+    @ivar domain: the domain (names the signal in logs and C{mdtwistctl dequeue run DOMAIN}).
+    @ivar host: the host name or IP address to signal.
+    @ivar port: its port: 25 for ETRN and QSND, 366 usual for ATRN, 79 for FINGER.
+    @ivar enable: whether the signal is sent.
+    @ivar text: what is sent (C{ETRN example.com}, C{ATRN a.example,b.example}, C{QSND x}, any
+        line); empty: just connect.
+    @ivar mode: C{smtp} or C{raw} (see L{SignalMode}).
+    @ivar ehlo: send EHLO before the text (SMTP mode).
+    @ivar login: the AUTH login; empty for no AUTH (ATRN needs it).
+    @ivar password: the AUTH password.
+    @ivar starttls: use STARTTLS when the host offers it.
+    @ivar allow_plaintext_auth: allow AUTH PLAIN or LOGIN without TLS (CRAM-MD5 never needs
+        it).
+    @ivar timeout: raw mode: seconds to read before closing.
+    """
+
+    domain: str
+    host: str
+    port: int = 25
+    enable: bool = True
+    text: str = ""
+    mode: SignalMode = SignalMode.SMTP
+    ehlo: bool = True
+    login: str = ""
+    password: Secret | None = None
+    starttls: bool = True
+    allow_plaintext_auth: bool = False
+    timeout: float = 10.0
+
+
+@attrs.frozen
+class DequeueConfig:
+    """
+    The dequeue signals (C{[dequeue]}).
+
+    @ivar every: signal on every this many queue runs (runs 1, N+1, 2N+1 ...); 0 for every run.
+    @ivar signals: one per domain.
+    """
+
+    every: int = 0
+    signals: tuple[DequeueSignalConfig, ...] = ()
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration.
@@ -538,6 +588,7 @@ class Config:
     sharing: SharingConfig = SharingConfig()
     http: HTTPConfig = HTTPConfig()
     settings: ClientSettingsConfig | None = None
+    dequeue: DequeueConfig = DequeueConfig()
     #: The gateway domains we hold mail for (C{[[gateway]]}).
     gateways: tuple[Gateway, ...] = ()
     #: The provider side of dequeuing (C{[provider]}).
@@ -1333,6 +1384,7 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
             "sharing",
             "http",
             "settings",
+            "dequeue",
             "gateway",
             "provider",
             "metrics",
@@ -1355,6 +1407,7 @@ def parse_config(data: Mapping[str, Any], source: Path) -> Config:
         sharing=sharing,
         http=_http(reader, top),
         settings=_settings(reader, top),
+        dequeue=_dequeue(reader, top),
         gateways=_gateways(reader, top),
         provider=_provider(reader, top),
         metrics=_metrics(reader, top),
@@ -1384,6 +1437,79 @@ def _metrics(reader: _Reader, top: _Table) -> MetricsConfig:
     return MetricsConfig(
         enable=table.value("enable", bool, defaults.enable), allowed_networks=networks
     )
+
+
+def _dequeue_signal(reader: _Reader, key: str, item: object) -> DequeueSignalConfig | None:
+    if not isinstance(item, dict):
+        reader.problem(key, f"expected a table, got {_kind(item)}")
+        return None
+    entry = reader.table(
+        item, key, set(attrs.fields_dict(DequeueSignalConfig)) | {"password_file"}
+    )
+    defaults = DequeueSignalConfig(domain="", host="")
+    signal = DequeueSignalConfig(
+        domain=entry.string("domain", empty_ok=False).rstrip(".").lower(),
+        host=entry.string("host", empty_ok=False),
+        port=entry.positive("port", int, defaults.port),
+        enable=entry.value("enable", bool, True),
+        text=entry.string("text", ""),
+        mode=entry.choice("mode", SignalMode, SignalMode.SMTP),
+        ehlo=entry.value("ehlo", bool, True),
+        login=entry.string("login", ""),
+        password=entry.secret("password"),
+        starttls=entry.value("starttls", bool, True),
+        allow_plaintext_auth=entry.value("allow_plaintext_auth", bool, False),
+        timeout=entry.positive("timeout", float, defaults.timeout),
+    )
+    if signal.port > 65535:
+        reader.problem(entry.key("port"), "must be at most 65535")
+    if any(c.isspace() for c in signal.host):
+        reader.problem(entry.key("host"), "must be a host name or an IP address")
+    if signal.text != signal.text.strip() or not all(
+        c.isprintable() and c.isascii() for c in signal.text
+    ):
+        reader.problem(entry.key("text"), "must be one line of printable ASCII, no outer spaces")
+        return signal
+    try:
+        domains = atrn_domains(signal.text)
+    except ValueError as e:
+        reader.problem(entry.key("text"), str(e))
+        return signal
+    if signal.mode is SignalMode.RAW:
+        for name in ("ehlo", "login", "password", "password_file"):
+            if name in entry.data and (name != "ehlo" or signal.ehlo):
+                reader.problem(entry.key(name), 'has no meaning with mode = "raw"')
+        if domains is not None:
+            reader.problem(entry.key("mode"), 'ATRN needs mode = "smtp"')
+        return signal
+    if bool(signal.login) != (signal.password is not None):
+        reader.problem(entry.key("login"), "give both login and password (or password_file)")
+    if domains is not None and not signal.login:
+        reader.problem(entry.key("login"), "ATRN needs AUTH: set login and password")
+    if signal.login and not signal.ehlo:
+        reader.problem(entry.key("ehlo"), "AUTH needs EHLO: set ehlo = true or drop the login")
+    return signal
+
+
+def _dequeue(reader: _Reader, top: _Table) -> DequeueConfig:
+    table = top.subtable("dequeue", {"every", "signal"})
+    assert table is not None
+    every = table.value("every", int, 0)
+    if every < 0:
+        reader.problem(table.key("every"), "must be 0 (every run) or more")
+        every = 0
+    signals: list[DequeueSignalConfig] = []
+    seen: set[str] = set()
+    for i, item in enumerate(table.value("signal", list, [])):
+        key = f"{table.key('signal')}[{i}]"
+        signal = _dequeue_signal(reader, key, item)
+        if signal is None:
+            continue
+        if signal.domain and signal.domain in seen:
+            reader.problem(f"{key}.domain", f"{signal.domain!r} has a signal already")
+        seen.add(signal.domain)
+        signals.append(signal)
+    return DequeueConfig(every=every, signals=tuple(signals))
 
 
 def _http(reader: _Reader, top: _Table) -> HTTPConfig:

@@ -49,7 +49,11 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     clientFromString,
 )
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLServerConnectionCreator,
+    IProtocol,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -81,6 +85,7 @@ from mdtwist.delivery.popauth import pop_before_smtp
 from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.delivery.runner import QueueRunner
+from mdtwist.dequeue.client import ReleasedDomainsPolicy
 from mdtwist.dequeue.gateways import GatewayBook
 from mdtwist.dequeue.held import HeldMail
 from mdtwist.dequeue.provider import GatewayProvider, odmr_factory
@@ -92,6 +97,7 @@ from mdtwist.dequeue.release import (
     register_gateway_commands,
     register_release_command,
 )
+from mdtwist.dequeue.service import build_dequeue, register_commands
 from mdtwist.directory.cache import CachedDirectory, Reloadable
 from mdtwist.directory.file import AccountsWatch, FileDirectory
 from mdtwist.directory.ldap import LDAPDirectory
@@ -735,6 +741,18 @@ def make_service(
         supervisor.setServiceParent(top)
         # The children drain at the same time as this process, not after it.
         top.drains.append(supervisor.stopService)
+    # Dequeue signals go from the first process; mail an ATRN releases enters its shard.
+    turned = ListenConfig(endpoint="", mode=ListenerMode.MX)
+
+    def atrn_server(domains: frozenset[str]) -> IProtocol:
+        factory = smtp_factory(config, turned, directory, spool, None, reactor, portal, tally)
+        factory.policy = ReleasedDomainsPolicy(factory.policy, domains)
+        return factory.buildProtocol(None)
+
+    dequeue = build_dequeue(config, reactor, runner.add_run_observer, atrn_server)
+    if config.dequeue.signals:
+        dequeue.setServiceParent(top)
+    register_commands(registry, dequeue)
     dispatcher = ControlDispatcher(registry, shard=0, children=links)
     first.append(dispatcher)
     register_release_command(registry, provider.release_targets, release)

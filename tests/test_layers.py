@@ -24,6 +24,7 @@ LEAF_MODULES = (
     "mdtwist.delivery.dsn",
     "mdtwist.delivery.hosts",
     "mdtwist.delivery.router",
+    "mdtwist.dequeue.signal",
     "mdtwist.envelope",
     "mdtwist.errors",
     "mdtwist.delivery.schedule",

@@ -31,7 +31,9 @@ writes commands, and does no I/O. The glue drives it with these calls:
 The session: greeting (C{220}, anything else is L{SessionStatus.GREETING_REFUSED}); C{EHLO}
 (C{HELO} after a 5xx); C{STARTTLS} when the policy asks and the server offers it, then C{EHLO}
 again (only the new capabilities count); C{AUTH PLAIN} or C{AUTH LOGIN} when credentials are
-set; then the transactions, one after the other.
+set (C{AUTH CRAM-MD5} too when the settings list it: it sends no password, so it needs no
+TLS); then the transactions, one after the other. With C{hello=False} (a dequeue signal that
+sends its text straight after the greeting) there is no EHLO, STARTTLS or AUTH.
 
 A transaction: C{MAIL FROM} (with C{SIZE=}, C{BODY=8BITMIME}, C{SMTPUTF8}, C{RET=}, C{ENVID=}
 as needed and offered), one C{RCPT TO} per recipient (C{NOTIFY=}, C{ORCPT=} only when DSN is
@@ -70,7 +72,8 @@ Rules:
  - after the C{220} to STARTTLS, any byte already received, or received before
    C{tls_started()}, is an attack (response injection): the session ends with
    L{SessionStatus.PROTOCOL_ERROR} and those bytes are never read as replies;
- - credentials are never sent before TLS unless C{auth_without_tls} is set;
+ - credentials are never sent before TLS unless C{auth_without_tls} is set (CRAM-MD5 sends
+   none); a server that offers none of our mechanisms is an authentication failure;
  - a C{421} anywhere ends the session (L{SessionStatus.SERVICE_CLOSING}); when the session
    ends early every recipient not yet decided is L{RecipientStatus.TEMPORARY} and the
    L{SessionOutcome} says why;
@@ -83,6 +86,7 @@ Pure: standard library and attrs, plus the pure L{mdtwist.envelope} and L{mdtwis
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import re
 from collections import deque
@@ -96,9 +100,16 @@ from mdtwist.smtp.core.errors import LocalProtocolError, RemoteProtocolError
 from mdtwist.smtp.core.events import Sentinel
 from mdtwist.smtp.core.framing import DotStuffer, LineBuffer
 from mdtwist.smtp.core.replies import MAX_REPLY_LINE, Reply, ReplyParser
+from mdtwist.smtp.core.sasl import cram_md5_response
 
-#: The SASL mechanisms the client can use, in order of preference.
+#: The SASL mechanisms the client uses by default, in order of preference.
 CLIENT_MECHANISMS = ("PLAIN", "LOGIN")
+
+#: Every SASL mechanism the client can use.
+SUPPORTED_CLIENT_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
+
+#: The mechanisms that send no password, so they may be used without TLS.
+_NO_PASSWORD_SENT = frozenset({"CRAM-MD5"})
 
 _UNSAFE = re.compile(r"[\x00-\x20<>\x7f]")
 
@@ -247,6 +258,7 @@ class Capabilities:
     @ivar starttls: STARTTLS (RFC 3207).
     @ivar auth: the SASL mechanisms offered, upper case (RFC 4954).
     @ivar enhanced_status_codes: ENHANCEDSTATUSCODES (RFC 2034).
+    @ivar keywords: every EHLO keyword offered, upper case (C{ATRN}, C{ETRN} ...).
     """
 
     extended: bool = False
@@ -258,6 +270,7 @@ class Capabilities:
     starttls: bool = False
     auth: frozenset[str] = frozenset()
     enhanced_status_codes: bool = False
+    keywords: frozenset[str] = frozenset()
 
     @classmethod
     def from_ehlo(cls, answer: Reply) -> Capabilities:
@@ -269,6 +282,7 @@ class Capabilities:
         """
         fields: dict[str, object] = {"extended": True}
         mechanisms: set[str] = set()
+        keywords: set[str] = set()
         for line in answer.lines[1:]:
             words = line.split()
             if not words:
@@ -276,6 +290,7 @@ class Capabilities:
             keyword, arguments = words[0].upper(), [w.upper() for w in words[1:]]
             if keyword.startswith("AUTH="):
                 keyword, arguments = "AUTH", [keyword[5:], *arguments]
+            keywords.add(keyword)
             if keyword == "PIPELINING":
                 fields["pipelining"] = True
             elif keyword == "SIZE":
@@ -294,6 +309,7 @@ class Capabilities:
             elif keyword == "ENHANCEDSTATUSCODES":
                 fields["enhanced_status_codes"] = True
         fields["auth"] = frozenset(mechanisms)
+        fields["keywords"] = frozenset(keywords)
         return cls(**fields)  # type: ignore[arg-type]
 
 
@@ -310,10 +326,14 @@ class Credentials:
     password: Secret
 
 
+def _mechanism_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 def _check_mechanisms(
     instance: ClientSettings, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
 ) -> None:
-    unknown = set(value) - set(CLIENT_MECHANISMS)
+    unknown = set(value) - set(SUPPORTED_CLIENT_MECHANISMS)
     if unknown:
         raise ValueError(f"unsupported SASL mechanisms: {sorted(unknown)}")
 
@@ -331,6 +351,8 @@ class ClientSettings:
     @ivar abort_on_rcpt_5xx: end a transaction with RSET at the first 5xx to RCPT.
     @ivar auth_mechanisms: the mechanisms we may use, in order of preference.
     @ivar lmtp: speak LMTP (RFC 2033): C{LHLO}, and one reply per recipient after the data.
+    @ivar hello: say EHLO (or HELO) after the greeting; without it the queued commands follow
+        the greeting at once, with no STARTTLS and no AUTH (a dequeue signal's "no EHLO").
     """
 
     hostname: str
@@ -340,9 +362,10 @@ class ClientSettings:
     auth_without_tls: bool = False
     abort_on_rcpt_5xx: bool = False
     auth_mechanisms: tuple[str, ...] = attrs.field(
-        default=CLIENT_MECHANISMS, converter=tuple, validator=_check_mechanisms
+        default=CLIENT_MECHANISMS, converter=_mechanism_tuple, validator=_check_mechanisms
     )
     lmtp: bool = False
+    hello: bool = True
 
 
 def _check_address(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -1023,7 +1046,11 @@ class ClientCore:
     # -- internals: negotiation --
 
     def _greeting(self, answer: Reply, index: int) -> None:
-        if answer.code == 220:
+        if answer.code == 220 and not self._settings.hello:
+            self._capabilities = Capabilities()
+            self._state = ClientState.SENDING
+            self._start_next()
+        elif answer.code == 220:
             self._state = ClientState.NEGOTIATING
             self._hello()
         elif answer.category in (4, 5):
@@ -1080,16 +1107,19 @@ class ClientCore:
                 )
                 return
         if s.credentials is not None and not self._authenticated:
-            if not self._tls and not s.auth_without_tls:
-                self._end(
-                    SessionStatus.TLS_REQUIRED,
-                    Phase.AUTH,
-                    None,
-                    "credentials are sent only over TLS",
-                    quit=True,
-                )
-                return
-            mechanism = next((m for m in s.auth_mechanisms if m in caps.auth), None)
+            usable = [m for m in s.auth_mechanisms if m in caps.auth]
+            if usable and not self._tls and not s.auth_without_tls:
+                usable = [m for m in usable if m in _NO_PASSWORD_SENT]
+                if not usable:
+                    self._end(
+                        SessionStatus.TLS_REQUIRED,
+                        Phase.AUTH,
+                        None,
+                        "credentials are sent only over TLS",
+                        quit=True,
+                    )
+                    return
+            mechanism = usable[0] if usable else None
             if mechanism is None:
                 self._end(
                     SessionStatus.AUTH_FAILED,
@@ -1132,6 +1162,8 @@ class ClientCore:
         self._auth_step = 0
         if mechanism == "PLAIN":
             self._command(Phase.AUTH, f"AUTH PLAIN {self._plain(credentials)}", utf8=True)
+        elif mechanism == "CRAM-MD5":
+            self._command(Phase.AUTH, "AUTH CRAM-MD5")
         else:
             self._command(Phase.AUTH, "AUTH LOGIN")
 
@@ -1157,6 +1189,21 @@ class ClientCore:
         elif answer.code == 334 and self._mechanism == "PLAIN" and self._auth_step == 0:
             self._auth_step = 1
             self._command(Phase.AUTH, self._plain(credentials))
+        elif answer.code == 334 and self._mechanism == "CRAM-MD5" and self._auth_step == 0:
+            self._auth_step = 1
+            try:
+                challenge = base64.b64decode(
+                    answer.lines[0].strip().encode("ascii"), validate=True
+                )
+            except (binascii.Error, UnicodeEncodeError):
+                self._end(
+                    SessionStatus.PROTOCOL_ERROR, Phase.AUTH, answer, "bad CRAM-MD5 challenge"
+                )
+                return
+            response = cram_md5_response(
+                credentials.login, credentials.password.reveal(), challenge
+            )
+            self._command(Phase.AUTH, base64.b64encode(response).decode("ascii"), utf8=True)
         elif answer.category in (4, 5):
             self._end(SessionStatus.AUTH_FAILED, Phase.AUTH, answer, quit=True)
         else:

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.smtp.core.test_sasl -*-
 """
 Server side of the SASL mechanisms PLAIN (RFC 4616), LOGIN and CRAM-MD5 (RFC 2195), for SMTP
-AUTH (RFC 4954).
+AUTH (RFC 4954), and the client's CRAM-MD5 answer (L{cram_md5_response}).
 
 A mechanism is a small state machine: L{ServerMechanism.start} takes the initial response (or
 L{None}), L{ServerMechanism.respond} takes each further client response, and each returns the
@@ -264,6 +264,20 @@ def cram_md5_challenge(nonce: str, hostname: str) -> bytes:
     @return: C{<nonce@hostname>}.
     """
     return f"<{nonce}@{hostname}>".encode()
+
+
+def cram_md5_response(login: str, secret: str, challenge: bytes) -> bytes:
+    """
+    The client's answer to a CRAM-MD5 challenge (RFC 2195): the login, a space and the
+    HMAC-MD5 of the challenge keyed with the secret, as 32 lower-case hex digits.
+
+    @param login: the login.
+    @param secret: the password.
+    @param challenge: the decoded challenge.
+    @return: the answer, to be sent base64-encoded (it holds no secret, only the digest).
+    """
+    digest = hmac.new(secret.encode("utf-8"), challenge, hashlib.md5).hexdigest()
+    return f"{login} {digest}".encode()
 
 
 def decode_response(text: str) -> bytes | None:

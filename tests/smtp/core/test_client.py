@@ -566,6 +566,82 @@ class ClientConversationTestsMixin(_Base):
         assert session is not None
         self.assertEqual(session.status, SessionStatus.AUTH_FAILED)
 
+    def test_auth_cram_md5_without_tls(self) -> None:
+        """
+        CRAM-MD5, preferred when listed first, answers the challenge with the login and the
+        HMAC-MD5 digest (RFC 2195's example) and needs no TLS, as no password is sent.
+        """
+        d = self.drive(
+            tx("a@d.example"),
+            credentials=Credentials("tim", Secret("tanstaaftanstaaf")),
+            auth_mechanisms=("CRAM-MD5", "PLAIN", "LOGIN"),
+        )
+        self.greet(d, b"250-mx.example\r\n250 AUTH PLAIN LOGIN CRAM-MD5\r\n")
+        self.assertEqual(d.take(), b"AUTH CRAM-MD5\r\n")
+        # RFC 2195's challenge <1896.697170952@postoffice.reston.mci.net>.
+        d.server(b"334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n")
+        self.assertEqual(d.take(), b"dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n")
+        d.server(b"235 2.7.0 Ok\r\n")
+        self.assertTrue(d.core.authenticated)
+        self.assertEqual(d.take(), b"MAIL FROM:<s@c.example>\r\n")
+
+    def test_auth_cram_md5_not_offered_without_tls(self) -> None:
+        """
+        CRAM-MD5 allowed but not offered, no TLS: PLAIN is not used over plaintext either.
+        """
+        d = self.drive(
+            tx("a@d.example"),
+            credentials=self.credentials(),
+            auth_mechanisms=("CRAM-MD5", "PLAIN", "LOGIN"),
+        )
+        self.greet(d, EHLO_AUTH)
+        self.assertEqual(d.take(), b"QUIT\r\n")
+        self.assertNotIn(b"AUTH", bytes(d.all_sent))
+        d.server(b"221 Bye\r\n")
+        session = d.session()
+        assert session is not None
+        self.assertEqual(session.status, SessionStatus.TLS_REQUIRED)
+
+    def test_auth_cram_md5_bad_challenge(self) -> None:
+        """
+        A CRAM-MD5 challenge that is not base64 is a protocol error; nothing is answered.
+        """
+        d = self.drive(
+            tx("a@d.example"),
+            credentials=self.credentials(),
+            auth_mechanisms=("CRAM-MD5",),
+        )
+        self.greet(d, b"250-mx.example\r\n250 AUTH CRAM-MD5\r\n")
+        self.assertEqual(d.take(), b"AUTH CRAM-MD5\r\n")
+        d.server(b"334 not*base64\r\n")
+        session = d.session()
+        assert session is not None
+        self.assertEqual(session.status, SessionStatus.PROTOCOL_ERROR)
+        self.assertEqual(d.take(), b"")
+
+    def test_no_hello(self) -> None:
+        """
+        With hello=False a queued command follows the greeting at once: no EHLO.
+        """
+        core = ClientCore(ClientSettings("client.example", hello=False))
+        core.add_command("QSND office.example")
+        d = Driver(core, self.chunk)
+        d.pump()
+        d.server(GREETING)
+        self.assertEqual(d.take(), b"QSND office.example\r\n")
+        d.server(b"250 OK\r\n")
+        self.assertEqual(d.events[-1], Idle(Capabilities()))
+
+    def test_keywords(self) -> None:
+        """
+        Every EHLO keyword is kept, upper case, known or not (ATRN, ETRN ...).
+        """
+        d = self.drive()
+        self.greet(d, b"250-mx.example\r\n250-atrn\r\n250-AUTH CRAM-MD5\r\n250 ETRN\r\n")
+        caps = d.core.capabilities
+        assert caps is not None
+        self.assertEqual(caps.keywords, frozenset({"ATRN", "AUTH", "ETRN"}))
+
     def test_size_over_limit(self) -> None:
         """
         A message bigger than the server's SIZE fails permanently with 5.3.4 without
@@ -1183,7 +1259,8 @@ class ClientCoreTests(SynchronousTestCase):
 
     def test_capabilities_from_ehlo(self) -> None:
         """
-        Every keyword is read, in any case; old AUTH= lines count; unknown ones are ignored.
+        Every keyword is read, in any case; old AUTH= lines count; unknown ones are only
+        listed among the keywords.
         """
         answer = Reply(
             250,
@@ -1199,6 +1276,7 @@ class ClientCoreTests(SynchronousTestCase):
                 size=0,
                 starttls=True,
                 auth=frozenset({"LOGIN", "PLAIN"}),
+                keywords=frozenset({"PIPELINING", "SIZE", "AUTH", "XFOO", "STARTTLS"}),
             ),
         )
 

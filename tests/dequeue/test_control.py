@@ -1,0 +1,110 @@
+"""
+Tests for L{mdtwist.dequeue.control}: C{mdtwistctl dequeue run [DOMAIN]}, and the
+C{dequeue-run} command over a real AMP box exchange.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from twisted.protocols import amp
+from twisted.trial.unittest import SynchronousTestCase
+
+from mdtwist.cli import main
+from mdtwist.control.client import ControlClientError
+from mdtwist.dequeue import control
+from mdtwist.dequeue.control import ANSWER_TIMEOUT, DequeueRun
+
+
+class DequeueCommandTests(SynchronousTestCase):
+    """C{mdtwistctl dequeue run}, with the control socket replaced."""
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp()).absolute()
+        directory.mkdir()
+        self.config = directory / "mdtwist.toml"
+        self.config.write_text('[spool]\ndirectory = "spool"\n')
+        self.socket = directory / "spool" / "control.sock"
+        self.answer: Any = {"results": []}
+        self.calls: list[tuple[Path, str, Any, float]] = []
+
+        def call(path: Path, command: type[amp.Command], arguments: Any, *, timeout: float) -> Any:
+            self.calls.append((path, command.commandName.decode(), arguments, timeout))
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+        self.patch(control, "call", call)
+
+    def run_cli(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        status = main(["--config", str(self.config), *argv], stdout=out, stderr=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_run(self) -> None:
+        """
+        One line per signal; those that did not do their job go to standard error and make
+        the status 1. The wait outlasts the 10 minutes an ATRN reply may take.
+        """
+        self.answer = {
+            "results": [
+                {"domain": "a.example", "status": "sent", "code": 250, "detail": "2.0.0 OK"},
+                {"domain": "b.example", "status": "released", "code": 250, "detail": ""},
+                {"domain": "c.example", "status": "failed", "code": None, "detail": "refused"},
+            ]
+        }
+        status, out, err = self.run_cli("dequeue", "run")
+        self.assertEqual(status, 1)
+        self.assertEqual(out, "a.example: sent 250: 2.0.0 OK\nb.example: released 250\n")
+        self.assertEqual(err, "c.example: failed: refused\n")
+        self.assertEqual(self.calls, [(self.socket, "dequeue-run", {}, ANSWER_TIMEOUT)])
+        self.assertGreater(ANSWER_TIMEOUT, 600)
+
+    def test_run_domain(self) -> None:
+        """A domain is passed on; all good is status 0."""
+        self.answer = {
+            "results": [{"domain": "a.example", "status": "no-mail", "code": 251, "detail": ""}]
+        }
+        self.assertEqual(
+            self.run_cli("dequeue", "run", "a.example"), (0, "a.example: no-mail 251\n", "")
+        )
+        self.assertEqual(self.calls[0][2], {"domain": "a.example"})
+
+    def test_nothing_configured(self) -> None:
+        """No signal: said so."""
+        self.assertEqual(
+            self.run_cli("dequeue", "run"), (0, "No dequeue signal is configured\n", "")
+        )
+
+    def test_server_down(self) -> None:
+        """No server: one line, status 1."""
+        self.answer = ControlClientError("the server is not running")
+        self.assertEqual(
+            self.run_cli("dequeue", "run"), (1, "", "mdtwistctl: the server is not running\n")
+        )
+
+    def test_usage(self) -> None:
+        """C{dequeue} alone prints the group's help (on standard output) and exits 2."""
+        status, out, _err = self.run_cli("dequeue")
+        self.assertEqual(status, 2)
+        self.assertIn("usage: mdtwistctl dequeue", out)
+
+
+class DequeueRunBoxTests(SynchronousTestCase):
+    """The command's arguments and response survive AMP serialisation."""
+
+    def test_round_trip(self) -> None:
+        """An absent domain and an absent code come back as None."""
+        proto = amp.AMP()
+        box = DequeueRun.makeArguments({"domain": None}, proto)
+        self.assertEqual(DequeueRun.parseArguments(box, proto), {"domain": None})
+        answer = {
+            "results": [
+                {"domain": "a.example", "status": "failed", "code": None, "detail": "x"},
+                {"domain": "b.example", "status": "sent", "code": 250, "detail": ""},
+            ]
+        }
+        response = DequeueRun.makeResponse(answer, proto)
+        self.assertEqual(DequeueRun.parseResponse(response, proto), answer)
