@@ -432,15 +432,17 @@ def dead_hosts(config: Config) -> FailedHosts:
     """
     Build the dead-host cache of remote delivery.
 
-    A host that failed is left alone for 5 minutes at first, longer on repeats, but never
-    longer than the remote queue's retry interval when that is longer than 5 minutes (so the
-    cache never holds mail back beyond the configured schedule by more than its first period).
+    A host that failed is left alone for 5 minutes at first (Postfix's minimal backoff), longer
+    on repeats, but never longer than the remote queue's retry interval: a shorter interval
+    also shortens the first period, so the cache never holds mail back beyond the configured
+    schedule.
 
     @param config: the configuration.
     @return: the cache.
     """
-    base = 300.0
-    return FailedHosts(base=base, maximum=max(base, config.queue.remote_interval))
+    interval = config.queue.remote_interval
+    base = min(300.0, interval)
+    return FailedHosts(base=base, maximum=max(base, interval))
 
 
 def _checked(value: tuple[str, int] | None) -> tuple[str, int]:
@@ -687,7 +689,13 @@ def make_service(
     )
     register_gateway_commands(registry, held)
     register_queue_commands(
-        registry, shard=shard, spool=spool, runner=runner, clock=reactor, leases=leases
+        registry,
+        shard=shard,
+        spool=spool,
+        runner=runner,
+        clock=reactor,
+        leases=leases,
+        forget_dead_hosts=remote.forget_failed_hosts,
     )
     register_metrics(registry, shard=shard, spool=spool, clock=reactor)
     if shard > 0:

@@ -65,14 +65,20 @@ class BuilderTests(SynchronousTestCase):
 
     def test_dead_host_cache(self) -> None:
         """
-        The dead-host cache leaves a failed host alone for 5 minutes at first and never
-        longer than the remote queue's retry interval when that is longer.
+        The dead-host cache leaves a failed host alone for 5 minutes at first, and never
+        longer than the remote queue's retry interval (a shorter interval shortens the first
+        period too).
         """
         config = self.config()
-        for interval, maximum in ((900.0, 900.0), (1.0, 300.0), (7200.0, 7200.0)):
+        for interval, base, maximum in (
+            (900.0, 300.0, 900.0),
+            (1.0, 1.0, 1.0),
+            (120.0, 120.0, 120.0),
+            (7200.0, 300.0, 7200.0),
+        ):
             queue = attrs.evolve(config.queue, remote_interval=interval)
             hosts = dead_hosts(attrs.evolve(config, queue=queue))
-            self.assertEqual((hosts.base, hosts.maximum), (300.0, maximum))
+            self.assertEqual((hosts.base, hosts.maximum), (base, maximum))
 
     def test_unusable_maildir_root(self) -> None:
         """

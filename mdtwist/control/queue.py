@@ -17,7 +17,7 @@ overlaps is then simply superseded by the attempt's own schedule).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -83,6 +83,7 @@ def register_queue_commands(
     runner: QueueRunner,
     clock: IReactorTime,
     leases: Leases | None = None,
+    forget_dead_hosts: Callable[[], object] | None = None,
 ) -> None:
     """
     Register L{QueueAct} for one process.
@@ -94,8 +95,10 @@ def register_queue_commands(
         notices of a bounce).
     @param clock: the time of the changes.
     @param leases: the message leases of its shard (shared with the runner).
+    @param forget_dead_hosts: empties remote delivery's dead-host cache, before a retry,
+        release or requeue wakes the runner (the operator wants the attempt made now).
     """
-    act = QueueActions(shard, spool, runner, clock, leases)
+    act = QueueActions(shard, spool, runner, clock, leases, forget_dead_hosts)
     registry.register(QueueAct, act.act, combine=combine_queue_act)
 
 
@@ -111,6 +114,7 @@ class QueueActions:
         runner: QueueRunner,
         clock: IReactorTime,
         leases: Leases | None = None,
+        forget_dead_hosts: Callable[[], object] | None = None,
     ) -> None:
         """
         @param shard: this process's spool shard.
@@ -118,12 +122,14 @@ class QueueActions:
         @param runner: its queue runner.
         @param clock: the time of the changes.
         @param leases: the message leases of the shard; L{None}: none are taken.
+        @param forget_dead_hosts: empties the dead-host cache before the runner is woken.
         """
         self._shard = shard
         self._spool = spool
         self._runner = runner
         self._clock = clock
         self._leases = leases
+        self._forget_dead_hosts = forget_dead_hosts
 
     def act(self, action: str, ids: list[str]) -> Deferred[Answer]:
         """
@@ -181,6 +187,8 @@ class QueueActions:
                 action=action.value,
             )
         if done and action in (Action.RELEASE, Action.RETRY, Action.REQUEUE):
+            if self._forget_dead_hosts is not None:
+                self._forget_dead_hosts()
             self._runner.wake()
         return {
             "done": done,

@@ -193,7 +193,7 @@ class TwoProcessesTests(SynchronousTestCase):
         return sum(
             1
             for line in self.daemon.log().splitlines()
-            if "[shard-1 " in line and "SMTP session from" in line
+            if "[shard-1 mdtwist.maillog#info]" in line and ": connect from " in line
         )
 
     def test_sessions_of_both_processes(self) -> None:

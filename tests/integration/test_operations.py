@@ -110,12 +110,9 @@ class QueueActionTests(SynchronousTestCase):
 
         @return: its queue id.
         """
-        attempts = self.daemon.log().count("No connection to [127.0.0.1]")
+        # The first message to the stopped sink fails to connect; later ones are deferred
+        # by the dead-host cache without a connection. Either is a recorded attempt.
         _send(self.daemon.mx_port, sender, f"{subject}@remote.example", subject)
-        _wait_for(
-            lambda: self.daemon.log().count("No connection to [127.0.0.1]") > attempts,
-            "the failed first attempt",
-        )
         entries = self.listing("--recipient", f"{subject}@remote.example")
         self.assertEqual(len(entries), 1)
         entry = _wait_for(
