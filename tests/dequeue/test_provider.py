@@ -216,7 +216,7 @@ class _Setup(SynchronousTestCase):
 
 
 class ETRNOnMXTests(_Setup):
-    """ETRN on an SMTP listener (research note section 6, items 1-10)."""
+    """ETRN on an SMTP listener: syntax, gateways, limits, repeats and the AUTH rule."""
 
     def test_syntax(self) -> None:
         """No argument, two arguments, a bad domain: 501 (item 1)."""

@@ -33,7 +33,8 @@ from mdtwist.minger.codec import (
 
 SECRET = "Kx7pQ2vL9sT4wZ8mN3bR6yH1"
 MAILBOX = "alice@example.com"
-#: The research note's worked example, byte for byte (44 bytes, no line end).
+#: A worked example of the Minger grammar (MD5 digest of "secret:mailbox"), byte for byte
+#: (44 bytes, no line end).
 QUERY = bytes.fromhex(
     "616c696365406578616d706c652e636f6d20643d7751624756764138766574387663746f4f342f7a30413d3d"
 )

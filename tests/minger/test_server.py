@@ -68,7 +68,8 @@ class ResponderTests(SynchronousTestCase):
 
     def test_worked_example(self) -> None:
         """
-        The research note's example query for an active address gets its 19-byte reply.
+        The worked example query (see tests.minger.test_codec) for an active address gets its
+        19-byte reply.
         """
         self.directory = Directory(account("alice@example.com"))
         self.assertEqual(

@@ -1,6 +1,6 @@
 """
-Tests for L{mdtwist.settings.web}: the endpoint's acceptance items (research note section
-3.12), each as a named test, through a real L{Site} fed raw HTTP bytes.
+Tests for L{mdtwist.settings.web}: the endpoint's acceptance items, each as a named test,
+through a real L{Site} fed raw HTTP bytes.
 """
 
 from __future__ import annotations

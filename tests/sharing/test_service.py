@@ -82,7 +82,8 @@ class _ThreePeers(SynchronousTestCase):
 
 class SharingServiceTests(_ThreePeers):
     """
-    The decision per the research note (section 6.5), the cache and the loop guard.
+    The decision (a peer that has it wins; every peer saying unknown refuses; otherwise the
+    answer is "cannot tell now"), the cache and the loop guard.
     """
 
     def test_protocol(self) -> None:
