@@ -400,7 +400,7 @@ class SignalTestsMixin(_Base):
         self.host(r, b"250-provider.test\r\n250 AUTH PLAIN\r\n")
         self.assertTrue(self.sent(r).startswith(b"AUTH PLAIN "))
 
-    # -- unreachable, silent, never closing (edge case 14) --
+    # -- unreachable, silent, never closing --
 
     def test_connection_refused(self) -> None:
         """A refused connection: failed, said why; the signal is over."""
@@ -638,7 +638,7 @@ class SignalTestsMixin(_Base):
         self.assertEqual(self.result(signal).status, SignalStatus.FAILED)
         self.assertIsNone(endpoint.protocol)
 
-    # -- raw mode (edge case 15) --
+    # -- raw mode --
 
     def test_raw_reads_until_eof(self) -> None:
         """No greeting awaited: the text and CRLF go out at once; read until the host closes."""
