@@ -48,6 +48,7 @@ import os
 import re
 import string
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO, TypeVar
 
 from twisted.internet.protocol import Factory
@@ -145,16 +146,56 @@ def child_shard() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def twistd_log_path(argv: Sequence[str]) -> str | None:
+    """
+    Where a twistd command line sends the log, as twistd's own text logger would: the
+    C{--logfile} (C{-l}) given before the plugin's name, or C{twistd.log} when twistd runs in
+    the background without one.
+
+    @param argv: the command line (C{sys.argv}).
+    @return: the path, or L{None} for standard output (C{--logfile -}, or in the foreground
+        without C{--logfile}).
+    """
+    logfile: str | None = None
+    foreground = not argv or os.path.basename(argv[0]) != "twistd"
+    i = 1
+    while i < len(argv) and argv[i] != "mdtwist":
+        arg = argv[i]
+        if arg in ("-n", "--nodaemon"):
+            foreground = True
+        elif arg.startswith("--logfile="):
+            logfile = arg.partition("=")[2]
+        elif arg in ("--logfile", "-l") and i + 1 < len(argv):
+            i += 1
+            logfile = argv[i]
+        elif arg.startswith("-l") and not arg.startswith("--"):
+            logfile = arg[2:]
+        i += 1
+    if logfile is None:
+        return None if foreground else "twistd.log"
+    return None if logfile == "-" else logfile
+
+
+def _log_stream() -> TextIO:
+    # What the observer factories write to when given no stream: the file twistd's command
+    # line names (appended to, never rotated here: use logrotate's copytruncate), or stdout.
+    path = twistd_log_path(sys.argv)
+    if path is None:
+        return sys.stdout
+    return open(os.path.abspath(path), "a", encoding="utf-8", buffering=1)
+
+
 def json_observer(stream: TextIO | None = None) -> ILogObserver:
     """
     The observer factory for C{twistd --logger}: JSON events, one per line; a child process's
     events carry its C{shard}.
 
-    @param stream: where to write; standard output by default.
+    @param stream: where to write; by default the file of twistd's C{--logfile} (see
+        L{twistd_log_path}), else standard output.
     @return: the observer.
     """
     observer = jsonFileLogObserver(
-        stream if stream is not None else sys.stdout, recordSeparator=""
+        stream if stream is not None else _log_stream(), recordSeparator=""
     )
     shard = child_shard()
     return _Quiet(observer if shard is None else _ShardTagged(observer, shard))
@@ -190,13 +231,14 @@ def text_observer(stream: TextIO | None = None) -> ILogObserver:
     (C{2026-11-21T16:33:02+0000 [namespace#info] message}), written at less cost; a child
     process's lines read C{[shard-2 namespace#info]}.
 
-    @param stream: where to write; standard output by default (like twistd's own text logger
-        when it runs in the foreground without C{--logfile}).
+    @param stream: where to write; by default the file of twistd's C{--logfile} (or
+        C{twistd.log} in the background, as twistd's own text logger does; see
+        L{twistd_log_path}), else standard output.
     @return: the observer.
     """
     shard = child_shard()
     return TextObserver(
-        stream if stream is not None else sys.stdout,
+        stream if stream is not None else _log_stream(),
         tag="" if shard is None else f"shard-{shard}",
     )
 

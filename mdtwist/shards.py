@@ -59,7 +59,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mdtwist.errors import StartupError
-from mdtwist.logging import SHARD_VARIABLE
+from mdtwist.logging import SHARD_VARIABLE, twistd_log_path
 from mdtwist.startup import listen_failure
 
 _log = Logger()
@@ -100,7 +100,8 @@ def child_argv(
     @param config_path: the configuration file, as the parent was given it.
     @param spec: the child.
     @param listeners: how many listening sockets it gets.
-    @param parent_argv: the parent's C{sys.argv}; its C{--logger} choice is passed on.
+    @param parent_argv: the parent's C{sys.argv}; its C{--logger} choice and its log file
+        (L{mdtwist.logging.twistd_log_path}) are passed on.
     @return: the arguments, the program first.
     """
     argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -108,6 +109,9 @@ def child_argv(
     logger = twistd_logger(parent_argv)
     if logger:
         argv.append(f"--logger={logger}")
+    log_path = twistd_log_path(parent_argv)
+    if log_path is not None:
+        argv.append(f"--logfile={os.path.abspath(log_path)}")
     argv += ["mdtwist", "--config", config_path, "--shard", str(spec.shard)]
     if spec.listens and listeners:
         fds = range(FIRST_LISTEN_FD, FIRST_LISTEN_FD + listeners)

@@ -8,6 +8,7 @@ This is the only module that imports the global reactor, and only inside L{makeS
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -51,6 +52,27 @@ class Options(usage.Options):
     optFlags = [  # noqa: RUF012, N815 - the name Twisted reads
         ["check", None, "Check the configuration, print every problem, and exit."],
     ]
+
+    #: Options a parent gives its children; they are left out of C{--help}.
+    internal = ("shard", "listen-fds")
+
+    def getUsage(self, width: int | None = None) -> str:  # noqa: N802 - Twisted's name
+        """
+        The help text, without the internal options.
+
+        @param width: the width of the text.
+        @return: the text.
+        """
+        kept = []
+        hidden = False
+        for line in super().getUsage(width).splitlines():
+            if re.match(r"\s+(-\w, )?--", line):
+                hidden = any(f"--{name}=" in line for name in self.internal)
+            elif not line.startswith(" "):
+                hidden = False
+            if not hidden:
+                kept.append(line)
+        return "\n".join(kept) + "\n"
 
     def postOptions(self) -> None:  # noqa: N802 - the name Twisted calls
         """

@@ -34,8 +34,45 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 import mdtwist.logging
-from mdtwist.logging import TextObserver, escape_text, json_observer, text_observer
+from mdtwist.logging import (
+    TextObserver,
+    escape_text,
+    json_observer,
+    text_observer,
+    twistd_log_path,
+)
 from tests.support.logs import capture_logs
+
+
+class LogPathTests(SynchronousTestCase):
+    """
+    L{twistd_log_path}: where twistd's command line sends the log.
+    """
+
+    def test_spellings(self) -> None:
+        """
+        C{--logfile=F}, C{--logfile F}, C{-l F} and C{-lF} name the file; C{-} is standard
+        output; options after the plugin's name are the plugin's, not twistd's.
+        """
+        for argv, expected in (
+            (["twistd", "-n", "--logfile=/x/a.log", "mdtwist"], "/x/a.log"),
+            (["twistd", "--nodaemon", "--logfile", "b.log", "mdtwist"], "b.log"),
+            (["twistd", "-n", "-l", "c.log", "mdtwist"], "c.log"),
+            (["twistd", "-n", "-ld.log", "mdtwist"], "d.log"),
+            (["twistd", "--logfile", "-", "mdtwist"], None),
+            (["twistd", "-n", "mdtwist", "--logfile", "e.log"], None),
+        ):
+            self.assertEqual(twistd_log_path(argv), expected, argv)
+
+    def test_background_default(self) -> None:
+        """
+        Twistd in the background without C{--logfile} logs to C{twistd.log}, as its own
+        logger does; in the foreground, and under other programs, to standard output.
+        """
+        self.assertEqual(twistd_log_path(["/usr/bin/twistd", "mdtwist"]), "twistd.log")
+        self.assertIsNone(twistd_log_path(["/usr/bin/twistd", "-n", "mdtwist"]))
+        self.assertIsNone(twistd_log_path(["-c", "--nodaemon", "mdtwist"]))
+        self.assertIsNone(twistd_log_path([]))
 
 
 class JSONObserverTests(SynchronousTestCase):

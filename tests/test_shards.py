@@ -120,6 +120,24 @@ class ArgvTests(SynchronousTestCase):
         self.assertFalse([a for a in argv if a.startswith("--logger")])
         self.assertEqual(argv[-2:], ["--shard", "5"])
 
+    def test_log_file_passed_on(self) -> None:
+        """
+        A child writes to the parent's log file (as an absolute path): the one C{--logfile}
+        names, or C{twistd.log} of a parent in the background; none for a parent that logs to
+        standard output.
+        """
+        spec = ChildSpec(1, listens=True)
+        cases = [
+            (["twistd", "-n", "--logfile", "/var/log/m.log", "mdtwist"], "/var/log/m.log"),
+            (["twistd", "-n", "mdtwist"], None),
+            (["twistd", "mdtwist"], os.path.abspath("twistd.log")),
+            (["twistd", "--logfile=-", "mdtwist"], None),
+        ]
+        for parent, expected in cases:
+            argv = child_argv("/c.toml", spec, 1, parent)
+            given = [a.partition("=")[2] for a in argv if a.startswith("--logfile=")]
+            self.assertEqual(given, [] if expected is None else [expected], parent)
+
     def test_twistd_logger(self) -> None:
         """
         The logger is found in both spellings, and not among the plugin's own options.

@@ -120,6 +120,21 @@ class BuildTests(_DemoCase):
         service.privilegedStartService()
         self.assertIn((2465, "127.0.0.2"), [(p, i) for p, _, _, i in reactor.tcpServers])
 
+    def test_help_hides_internal_options(self) -> None:
+        """
+        C{--help} lists the operator's options, not those a parent gives its children (which
+        still parse).
+        """
+        text = Options().getUsage(width=80)
+        self.assertIn("--config=", text)
+        self.assertIn("--check", text)
+        self.assertNotIn("--shard", text)
+        self.assertNotIn("--listen-fds", text)
+        self.assertNotIn("Internal", text)
+        options = Options()
+        options.parseOptions(["--shard", "1", "--listen-fds", "3"])
+        self.assertEqual((options["shard"], options["listen-fds"]), (1, [3]))
+
     def run_build(self, *args: str) -> tuple[int, str]:
         code, text, _ = self.run_build_out(*args)
         return code, text
