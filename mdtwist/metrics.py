@@ -26,7 +26,9 @@ The metrics (counters carry the C{_total} suffix in the exposition):
   - C{mdtwist_minger_queries_total{status}}: Minger queries answered, by status name, or
     C{no_answer};
   - C{mdtwist_dequeue_signals_total{kind, outcome}}: dequeue requests and signals
-    (C{etrn-received}, C{atrn-received}: C{accepted} or C{refused}; L{dequeue_signal});
+    (C{etrn-received}, C{atrn-received}: C{accepted} or C{refused}; the office's own signals
+    C{etrn-sent}, C{atrn-sent}, C{other-sent}, by their result: C{sent}, C{no-mail},
+    C{released}, C{refused}, C{failed}, C{busy}; L{dequeue_signal});
   - C{mdtwist_processes{state}}: processes whose numbers are in the scrape (C{answered}) and
     those that did not answer (C{missing}).
 

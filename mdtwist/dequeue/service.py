@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from typing_extensions import override
 
+from mdtwist import metrics
 from mdtwist.config import Config, DequeueSignalConfig
 from mdtwist.control.commands import ControlError
 from mdtwist.control.registry import Answer, ControlRegistry
@@ -141,6 +142,7 @@ class DequeueService(Service):
         return signal.result.addCallback(decided)
 
     def _log(self, target: DequeueSignalConfig, result: SignalResult) -> None:
+        metrics.dequeue_signal(_signal_kind(target), result.status.value)
         fields = {
             "domain": result.domain,
             "mx": f"{target.host}:{target.port}",
@@ -209,3 +211,9 @@ def build_dequeue(
         timeouts=SIGNAL_TIMEOUTS,
     )
     return DequeueService(signaller, config.dequeue.signals, config.dequeue.every, observe)
+
+
+def _signal_kind(target: DequeueSignalConfig) -> str:
+    # The metrics label of a signal we send: its verb for ETRN and ATRN, else "other-sent".
+    verb = target.text.split(" ", 1)[0].lower()
+    return f"{verb}-sent" if verb in ("etrn", "atrn") else "other-sent"

@@ -1,6 +1,7 @@
 """
-Tests for L{mdtwist.dequeue.service}: the schedule of the signals ("every N runs", edge case
-11 of the dequeue notes), one signal per domain at a time, the log, and the control command.
+Tests for L{mdtwist.dequeue.service}: the schedule of the signals ("every N runs",
+counted over remote queue runs), one signal per domain at a time, the log, the metrics and the
+control command.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from mdtwist import metrics
 from mdtwist.config import DequeueSignalConfig
 from mdtwist.control.commands import ControlError
 from mdtwist.control.registry import ControlDispatcher, ControlRegistry
@@ -22,7 +24,8 @@ from tests.support.logs import capture_logs
 
 def signal_for(domain: str, **kwargs: object) -> DequeueSignalConfig:
     """A signal for a domain."""
-    return DequeueSignalConfig(domain=domain, host=f"mx.{domain}", text=f"ETRN {domain}", **kwargs)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"host": f"mx.{domain}", "text": f"ETRN {domain}", **kwargs}
+    return DequeueSignalConfig(domain=domain, **fields)  # type: ignore[arg-type]
 
 
 class FakeSignaller:
@@ -181,6 +184,29 @@ class RunTests(SynchronousTestCase):
         )
         self.assertIn("trying again on a later run", events[1]["log_format"])
         self.assertEqual(events[1]["mx"], "mx.b.example:25")
+
+    def test_counted(self) -> None:
+        """
+        Each signal sent counts in C{mdtwist_dequeue_signals_total} by its verb and result.
+        """
+
+        def count(kind: str, outcome: str) -> float:
+            return sum(
+                value
+                for _, name, labels, value in metrics.samples()
+                if name == "mdtwist_dequeue_signals_total"
+                and labels == {"kind": kind, "outcome": outcome}
+            )
+
+        sent, refused = count("etrn-sent", "sent"), count("other-sent", "refused")
+        raw = signal_for("b.example", text="QSND b.example")
+        service, signaller, _runner = make(0, signal_for("a.example"), raw)
+        service.run()
+        signaller.end("a.example")
+        signaller.end("b.example", SignalStatus.REFUSED, 451)
+        self.assertEqual(
+            (count("etrn-sent", "sent"), count("other-sent", "refused")), (sent + 1, refused + 1)
+        )
 
 
 class ControlTests(SynchronousTestCase):
