@@ -11,7 +11,8 @@ login is checked against the directory.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Protocol, TypeVar, runtime_checkable
+from enum import Enum
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -25,6 +26,14 @@ from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory
 
 T = TypeVar("T")
+
+
+class Miss(Enum):
+    """
+    The answer of L{CachedDirectory.peek} when nothing usable is remembered.
+    """
+
+    MISS = "miss"
 
 
 @runtime_checkable
@@ -88,24 +97,49 @@ class CachedDirectory:
             return self._backend.reload()
         return []
 
+    def peek(self, address: str) -> Account | Literal[Miss.MISS] | None:
+        """
+        What is remembered for an address, without asking the backend: for callers on a hot
+        path that can answer at once on a hit and fall back to L{find} on a miss.
+
+        @param address: an address.
+        @return: the remembered account, L{None} for a remembered unknown address (or one that
+            is not a plausible address), or L{Miss.MISS}.
+        """
+        key = address_key(address)
+        if key is None:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return Miss.MISS
+        if entry[0] <= self._clock.seconds():
+            del self._entries[key]
+            return Miss.MISS
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def peek_domains(self) -> frozenset[str] | None:
+        """
+        @return: the remembered domain list, or L{None} when it must be asked for with
+            L{domains}.
+        """
+        remembered = self._domains
+        if remembered is not None and remembered[0] > self._clock.seconds():
+            return remembered[1]
+        return None
+
     def find(self, address: str) -> Deferred[Account | None]:
         """
         See L{IDirectory.find}.
         """
+        known = self.peek(address)
+        if known is not Miss.MISS:
+            return succeed(known)
         key = address_key(address)
-        if key is None:
-            return succeed(None)
-        now = self._clock.seconds()
-        entry = self._entries.get(key)
-        if entry is not None:
-            if entry[0] > now:
-                self._entries.move_to_end(key)
-                return succeed(entry[1])
-            del self._entries[key]
 
         def remember(account: Account | None) -> Account | None:
             ttl = self._ttl if account is not None else self._negative_ttl
-            if ttl > 0:
+            if ttl > 0 and key is not None:
                 self._entries[key] = (self._clock.seconds() + ttl, account)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self._size:
@@ -124,9 +158,9 @@ class CachedDirectory:
         """
         See L{IDirectory.domains}.
         """
-        now = self._clock.seconds()
-        if self._domains is not None and self._domains[0] > now:
-            return succeed(self._domains[1])
+        known = self.peek_domains()
+        if known is not None:
+            return succeed(known)
 
         def remember(domains: frozenset[str]) -> frozenset[str]:
             if self._ttl > 0:

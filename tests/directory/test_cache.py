@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from mdtwist.directory.cache import CachedDirectory
+from mdtwist.directory.cache import CachedDirectory, Miss
 from mdtwist.directory.model import Account
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory
@@ -134,6 +134,47 @@ class CachedDirectoryTests(SynchronousTestCase):
         self.clock.advance(60)
         self.assertEqual(self.successResultOf(self.cache.domains()), frozenset({"a.test"}))
         self.assertEqual(self.backend.asked, ["domains", "domains"])
+
+    def test_peek(self) -> None:
+        """
+        L{CachedDirectory.peek} answers from what is remembered, never asks the backend, and
+        says L{Miss.MISS} for an address not remembered or past its TTL.
+        """
+        self.assertIs(self.cache.peek("alice@a.test"), Miss.MISS)
+        self.successResultOf(self.cache.find("alice@a.test"))
+        self.successResultOf(self.cache.find("x@a.test"))
+        self.assertIs(self.cache.peek("Alice@A.test"), ALICE)
+        self.assertIsNone(self.cache.peek("x@a.test"))
+        self.assertIsNone(self.cache.peek("not an address"))
+        self.clock.advance(5)
+        self.assertIs(self.cache.peek("x@a.test"), Miss.MISS)
+        self.assertIs(self.cache.peek("alice@a.test"), ALICE)
+        self.clock.advance(55)
+        self.assertIs(self.cache.peek("alice@a.test"), Miss.MISS)
+        self.assertEqual(self.backend.asked, ["alice@a.test", "x@a.test"])
+
+    def test_peek_keeps_recent(self) -> None:
+        """
+        An address answered by L{CachedDirectory.peek} counts as recently used.
+        """
+        self.successResultOf(self.cache.find("alice@a.test"))
+        self.successResultOf(self.cache.find("x@a.test"))
+        self.cache.peek("alice@a.test")
+        self.successResultOf(self.cache.find("y@a.test"))
+        self.assertIs(self.cache.peek("alice@a.test"), ALICE)
+        self.assertIs(self.cache.peek("x@a.test"), Miss.MISS)
+
+    def test_peek_domains(self) -> None:
+        """
+        L{CachedDirectory.peek_domains} gives the remembered domain list within its TTL, else
+        L{None}, without asking the backend.
+        """
+        self.assertIsNone(self.cache.peek_domains())
+        self.successResultOf(self.cache.domains())
+        self.assertEqual(self.cache.peek_domains(), frozenset({"a.test"}))
+        self.clock.advance(60)
+        self.assertIsNone(self.cache.peek_domains())
+        self.assertEqual(self.backend.asked, ["domains"])
 
     def test_reload(self) -> None:
         """

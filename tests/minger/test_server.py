@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from mdtwist.directory.cache import CachedDirectory
 from mdtwist.minger.codec import (
     Status,
     digest,
@@ -54,10 +56,15 @@ class ResponderTests(SynchronousTestCase):
         return MingerResponder(self.directory, MingerSettings(**options), self.clock)  # type: ignore[arg-type]
 
     def ask(
-        self, data: bytes, responder: MingerResponder | None = None, host: str = PEER
+        self,
+        data: bytes,
+        responder: MingerResponder | None = None,
+        host: str = PEER,
+        port: int = 50000,
     ) -> bytes | None:
         responder = responder or self.responder()
-        return self.successResultOf(responder.answer(data, host, 50000))
+        reply = responder.answer(data, host, port)
+        return self.successResultOf(reply) if isinstance(reply, Deferred) else reply
 
     def status(self, mailbox: str, responder: MingerResponder | None = None) -> Status:
         reply = self.ask(encode_query(mailbox, SECRET), responder)
@@ -148,7 +155,7 @@ class ResponderTests(SynchronousTestCase):
         self.assertIsNone(self.ask(query, host="198.51.100.1"))
         loud = self.responder(reply_to_denied=True)
         self.assertEqual(self.ask(query, loud, host="198.51.100.1"), b"alice@example.com 1")
-        self.assertIsNone(self.successResultOf(self.responder().answer(query, PEER, 53)))
+        self.assertIsNone(self.ask(query, port=53))
         self.assertIsNone(self.ask(query, host="not an address"))
 
     def test_mapped_ipv6(self) -> None:
@@ -157,6 +164,30 @@ class ResponderTests(SynchronousTestCase):
         """
         query = encode_query("alice@example.com", SECRET)
         self.assertEqual(self.ask(query, host="::ffff:192.0.2.10"), b"alice@example.com 5")
+
+    def test_cached_directory_at_once(self) -> None:
+        """
+        Behind a L{CachedDirectory}, an address it remembers is answered at once (no Deferred),
+        with the same reply as the first, looked-up answer; one past its time to live is looked
+        up again.
+        """
+        cached = CachedDirectory(self.directory, self.clock, ttl=60, negative_ttl=5, size=100)
+        responder = MingerResponder(
+            cached, MingerSettings(Secret(SECRET), allowed=LOCAL), self.clock
+        )
+        names = ("alice@example.com", "frozen@example.com", "nobody@example.com", "x@other.test")
+        first = {name: self.ask(encode_query(name, SECRET), responder) for name in names}
+        self.assertEqual(
+            [first[name] for name in names],
+            [f"{name} {digit}".encode() for name, digit in zip(names, "5433", strict=True)],
+        )
+        for name in names:
+            reply = responder.answer(encode_query(name, SECRET), PEER, 50000)
+            self.assertEqual(reply, first[name])
+        self.assertEqual(self.directory.finds, list(names[:3]))
+        self.clock.advance(60)
+        self.assertEqual(self.ask(encode_query(names[0], SECRET), responder), first[names[0]])
+        self.assertEqual(self.directory.finds, [*names[:3], names[0]])
 
     def test_directory_down(self) -> None:
         """
