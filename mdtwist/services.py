@@ -767,7 +767,7 @@ def make_service(
     assert shard_links is not None
     shard_links.children = links
     if config.provider.odmr_listen:
-        _add_odmr_listener(config, reactor, provider, directory, spool, portal, top)
+        _add_odmr_listener(config, reactor, provider, directory, spool, portal, tls, top)
     _on_hangup_reload(on_hangup, dispatcher)
     control = ControlService(reactor, config.control_socket(), dispatcher)
     control.setName("control")
@@ -782,9 +782,11 @@ def _add_odmr_listener(
     directory: IDirectory,
     spool: SQLiteSpool,
     portal: LoginPortal,
+    tls: IOpenSSLServerConnectionCreator | None,
     top: MultiService,
 ) -> None:
-    # The ODMR listener (port 366): in the first process only, which reaches every shard.
+    # The ODMR listener (port 366): in the first process only, which reaches every shard;
+    # STARTTLS with the [tls] context, as on the SMTP listeners.
     smtp_config = config.smtp
     settings = ServerSettings(
         hostname=config.server.hostname,
@@ -804,6 +806,7 @@ def _add_odmr_listener(
         portal=portal,
         clock=reactor,
         limits=limits,
+        tls=tls,
     )
     description = config.provider.odmr_listen
     listener = RequiredListener(

@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
     IProtocol,
     IReactorTime,
 )
@@ -92,7 +93,7 @@ log = Logger()
 Loader = Callable[[int, str], Deferred["QueuedMessage | None"]]
 
 #: The verbs the ODMR listener accepts before the turn (RFC 2645 section 5.4: others get 502).
-ODMR_COMMANDS = ("EHLO", "AUTH", "ATRN", "ETRN", "QUIT")
+ODMR_COMMANDS = ("EHLO", "STARTTLS", "AUTH", "ATRN", "ETRN", "QUIT")
 
 
 def _answer(reply: Reply) -> CommandAnswer:
@@ -567,8 +568,9 @@ def odmr_settings(base: ServerSettings) -> ServerSettings:
     The core settings of the ODMR listener.
 
     @param base: the SMTP listeners' settings.
-    @return: the same limits, with CRAM-MD5 the only AUTH mechanism (offered without TLS: the
-        password never crosses the wire), and only EHLO, AUTH, ATRN, ETRN and QUIT accepted.
+    @return: the same limits, with CRAM-MD5 the only AUTH mechanism (offered with or without
+        TLS: the password never crosses the wire), and only EHLO, STARTTLS (when the listener
+        has a TLS context), AUTH, ATRN, ETRN and QUIT accepted.
     """
     return attrs.evolve(
         base,
@@ -588,6 +590,7 @@ def odmr_factory(
     portal: LoginPortal,
     clock: IReactorTime,
     limits: SessionLimits,
+    tls: IOpenSSLServerConnectionCreator | None = None,
 ) -> SwitchingFactory:
     """
     Build the ODMR listener's factory (port 366; the first process only).
@@ -599,6 +602,8 @@ def odmr_factory(
     @param portal: the login portal; AUTH logs in as a gateway (service C{"gateway"}).
     @param clock: the clock.
     @param limits: the session limits, with the ODMR idle timeout.
+    @param tls: the C{[tls]} context: STARTTLS is offered with it, so that the mail on the
+        turned connection is encrypted too.
     @return: the factory, whose connections can turn round.
     """
     factory = SMTPServerFactory(
@@ -609,6 +614,7 @@ def odmr_factory(
         portal=portal,
         clock=clock,
         limits=limits,
+        tls=tls,
         login_service=GATEWAY,
         commands={"ATRN": provider.atrn, "ETRN": provider.etrn_handler(True)},
     )

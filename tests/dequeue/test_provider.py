@@ -178,9 +178,12 @@ class _Setup(SynchronousTestCase):
         return talk
 
     def odmr(
-        self, book: GatewayBook | None = None, provider: GatewayProvider | None = None
+        self,
+        book: GatewayBook | None = None,
+        provider: GatewayProvider | None = None,
+        tls: object = None,
     ) -> Talk:
-        """A session on the ODMR listener."""
+        """A session on the ODMR listener (with STARTTLS when given a TLS context)."""
         book = book or self.book
         provider = provider or self.provider(book)
         self.current = provider
@@ -192,6 +195,7 @@ class _Setup(SynchronousTestCase):
             portal=build_login_portal(FakeDirectory(), self.clock, gateway_secrets=book.secrets()),
             clock=self.clock,
             limits=SessionLimits(idle_timeout=60, data_timeout=60),
+            tls=tls,  # type: ignore[arg-type]
         )
         talk = Talk(self, factory.buildProtocol(CUSTOMER), self.bytewise)
         greeting = talk.replies()
@@ -358,8 +362,21 @@ class ODMRTests(_Setup):
         self.assertIn("ETRN", lines)
         self.assertNotIn("PIPELINING", lines)
 
+    def test_ehlo_starttls(self) -> None:
+        """
+        With a TLS context, EHLO lists STARTTLS too, ahead of AUTH (the handshake itself is
+        tested with real daemons in tests.integration.test_odmr_end_to_end).
+        """
+        talk = self.odmr(tls=object())
+        talk.send(b"EHLO vm\r\n")
+        lines = talk.replies()[0].lines
+        self.assertEqual(lines[1:4], ("ENHANCEDSTATUSCODES", "STARTTLS", "AUTH CRAM-MD5"))
+
     def test_other_commands_502(self) -> None:
-        """MAIL, RCPT, DATA, VRFY, NOOP, RSET, HELO, STARTTLS: 502 (item 28)."""
+        """
+        MAIL, RCPT, DATA, VRFY, NOOP, RSET, HELO, and STARTTLS without a TLS context: 502
+        (item 28).
+        """
         talk = self.odmr()
         talk.command("EHLO vm")
         for line in (

@@ -96,6 +96,10 @@ password = "{SECRET}"
         )
         [dave] = office.messages(DAVE)
         self.assertIn(b"second message", dave)
+        # The office took STARTTLS on the ODMR listener, so the mail crossed the turned
+        # connection encrypted: the office, now the server, says so in its Received header.
+        self.assertRegex(gateway.log(), r"TLS from 127\.0\.0\.1\[127\.0\.0\.1\] tls=TLSv1\.[23]")
+        self.assertRegex(dave, rb"Received: from [^\n]*\n?[^\n]*with ESMTPS")
         self.assertTrue(gateway.messages("alice@example.test"))
         wait_for(lambda: queued(gateway) == 0, "an empty gateway queue")
         self.assertIn("released", office.log())

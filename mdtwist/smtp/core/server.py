@@ -166,8 +166,8 @@ class ServerSettings:
         advertised as EHLO keywords and handed to the glue as L{ExtensionCommand} events.
     @ivar only_commands: when not empty, the only verbs the session accepts (upper case);
         any other known verb gets C{502 5.5.1}, and the EHLO reply lists only
-        C{ENHANCEDSTATUSCODES}, AUTH and the extension verbs (the ODMR listener, RFC 2645
-        section 5.4).
+        C{ENHANCEDSTATUSCODES}, STARTTLS (when it is one of them and offered), AUTH and the
+        extension verbs (the ODMR listener, RFC 2645 section 5.4).
     """
 
     hostname: str
@@ -361,6 +361,8 @@ class ServerCore:
         s = self._settings
         if s.only_commands:
             result = ["ENHANCEDSTATUSCODES"]
+            if s.starttls and not self._tls and "STARTTLS" in s.only_commands:
+                result.append("STARTTLS")
             if self.auth_offered:
                 result.append("AUTH " + " ".join(s.auth_mechanisms))
             return [*result, *s.commands]

@@ -745,6 +745,23 @@ class ServerCoreTests(SynchronousTestCase):
         self.assertEqual(noop.code, 502)
         self.assertEqual(foo.code, 500)
 
+    def test_only_commands_starttls(self) -> None:
+        """
+        With STARTTLS among C{only_commands} and offered, the EHLO reply lists it until TLS is
+        active; left out of C{only_commands}, it is neither listed nor accepted.
+        """
+        settings = attrs.evolve(
+            MX, starttls=True, commands=("ATRN",), only_commands=("ehlo", "starttls", "atrn")
+        )
+        glue = ScriptedGlue(ServerCore(settings))
+        glue.feed([b"EHLO c\r\n"])
+        self.assertEqual(glue.replies()[1].lines[1:], ("ENHANCEDSTATUSCODES", "STARTTLS", "ATRN"))
+        glue = ScriptedGlue(ServerCore(attrs.evolve(settings, only_commands=("ehlo", "atrn"))))
+        glue.feed([b"EHLO c\r\nSTARTTLS\r\n"])
+        ehlo, starttls = glue.replies()[1:]
+        self.assertEqual(ehlo.lines[1:], ("ENHANCEDSTATUSCODES", "ATRN"))
+        self.assertEqual((starttls.code, starttls.enhanced), (502, "5.5.1"))
+
     def test_start_tls_needs_220(self) -> None:
         """C{start_tls} without a C{220} to STARTTLS raises L{LocalProtocolError}."""
         core = ServerCore(SUBMISSION)
