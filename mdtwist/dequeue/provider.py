@@ -616,6 +616,7 @@ def odmr_factory(
         limits=limits,
         tls=tls,
         login_service=GATEWAY,
+        listener="odmr",
         commands={"ATRN": provider.atrn, "ETRN": provider.etrn_handler(True)},
     )
     return switching(factory)

@@ -232,6 +232,7 @@ class SMTPServerFactory(Factory):
     @ivar limits: the session limits.
     @ivar keep_auth_password: whether AUTH passwords are kept with the messages.
     @ivar login_service: the service label AUTH logs in with at the portal.
+    @ivar listener: the listener's name in the mail log (C{mx}, C{submission}, C{smtps}, C{odmr}).
     @ivar open_sessions: the sessions open now (counted ones), for the drain at shutdown.
     @ivar closing: the server is shutting down: new sessions get C{421 4.3.2}.
     """
@@ -257,6 +258,7 @@ class SMTPServerFactory(Factory):
         dsn_untrusted: DSNRequests | None = None,
         trusted: Callable[[ClientInfo], bool] | None = None,
         reverse_name: Callable[[str], Deferred[str | None]] | None = None,
+        listener: str | None = None,
     ) -> None:
         """
         Set up a listener.
@@ -285,6 +287,8 @@ class SMTPServerFactory(Factory):
         @param trusted: whether a client is in a trusted network; none is without it.
         @param reverse_name: finds a client's name from its address for the mail log (see
             L{mdtwist.delivery.mx.MXResolver.reverse_name}); without it the address stands in.
+        @param listener: the listener's name in the mail log's connect lines; the mode's
+            (C{mx}, C{submission}, C{smtps}) by default.
         """
         self.settings = listener_settings(settings, mode, tls is not None)
         self.commands = {verb.upper(): h for verb, h in (commands or {}).items()}
@@ -293,6 +297,7 @@ class SMTPServerFactory(Factory):
                 self.settings, commands=(*self.settings.commands, *self.commands)
             )
         self.mode = mode
+        self.listener = listener or mode.value
         self.policy = policy
         self.spool = spool
         self.portal = portal
@@ -457,7 +462,7 @@ class SMTPServerProtocol(Protocol):
                 session=self.session,
                 peer=self._peer,
                 client_name=self._client_name,
-                listener=self._factory.mode.value,
+                listener=self._factory.listener,
             )
 
     def _named(self, name: str | None) -> None:

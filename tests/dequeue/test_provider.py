@@ -42,6 +42,7 @@ from tests.smtp.core.helpers import parse_replies
 from tests.smtp.fakes import FakeDirectory, FakePolicy, FakeSpool
 from tests.spool.fakes import FakeDirectory as SpoolDirectory
 from tests.spool.fakes import make_account, make_envelope, run_now
+from tests.support.logs import capture_logs
 
 CUSTOMER = IPv4Address("TCP", "192.0.2.7", 40000)
 GATE = "gate.test"
@@ -361,6 +362,15 @@ class ODMRTests(_Setup):
         self.assertIn("ATRN", lines)
         self.assertIn("ETRN", lines)
         self.assertNotIn("PIPELINING", lines)
+
+    def test_logged_as_odmr(self) -> None:
+        """The mail log's connect line names the listener C{odmr}."""
+        events = capture_logs(self)
+        self.odmr()
+        [connect] = [
+            e for e in events if str(e.get("log_format", "")).startswith("{session}: connect")
+        ]
+        self.assertEqual(connect["listener"], "odmr")
 
     def test_ehlo_starttls(self) -> None:
         """
