@@ -100,7 +100,6 @@ from mdtwist.dequeue.release import (
 from mdtwist.dequeue.service import build_dequeue, register_commands
 from mdtwist.directory.cache import CachedDirectory, Reloadable
 from mdtwist.directory.file import AccountsWatch, FileDirectory
-from mdtwist.directory.ldap import LDAPDirectory
 from mdtwist.drain import GRACE as DRAIN_GRACE
 from mdtwist.drain import ServerTree, SessionDrain
 from mdtwist.errors import ConfigError, SpoolError
@@ -204,6 +203,10 @@ def build_directory(
     backend: IDirectory
     if settings.backend is DirectoryBackend.LDAP:
         assert settings.ldap is not None
+        # Imported here: ldap3 adds about 4.6 MiB to every process that loads it, and the
+        # embedded default (the accounts file) does not need it.
+        from mdtwist.directory.ldap import LDAPDirectory
+
         ldap = LDAPDirectory(settings.ldap, run)
         OnStop("directory-close", ldap.close).setServiceParent(parent)
         backend = ldap
