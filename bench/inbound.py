@@ -61,10 +61,15 @@ class Case:
 
     @ivar label: how the table names it.
     @ivar reuse: whether connections are reused (C{-d}).
+    @ivar size: the message payload in bytes, headers not counted (C{-l}).
+    @ivar recipients: recipients per message (C{-r}); they are the addresses
+        L{source_recipients} gives, each a delivery (a Maildir file) of its own.
     """
 
     label: str
     reuse: bool
+    size: int = 1024
+    recipients: int = 1
 
 
 @dataclass(frozen=True)
@@ -128,18 +133,33 @@ def source_command(case: Case, messages: int, sessions: int, port: int) -> list[
     """
     Build the smtp-source command line, bounded by C{timeout 300}.
 
-    @param case: the load case.
+    @param case: the load case (connection reuse, payload size, recipients per message).
     @param messages: how many messages to send.
     @param sessions: how many sessions in parallel.
     @param port: the server's loopback port.
     @return: the command.
     """
     reuse = ["-d"] if case.reuse else []
+    recipients = ["-r", str(case.recipients)] if case.recipients > 1 else []
     return [
         "timeout", "300", find_program("smtp-source"), *reuse,
-        "-s", str(sessions), "-m", str(messages), "-l", "1024",
+        "-s", str(sessions), "-m", str(messages), "-l", str(case.size), *recipients,
         "-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}",
     ]  # fmt: skip
+
+
+def source_recipients(count: int) -> list[str]:
+    """
+    Name the recipients of every message smtp-source sends with C{-r count -t RECIPIENT}.
+
+    smtp-source sends to L{RECIPIENT} itself, then to L{RECIPIENT} with the numbers 2 to
+    C{count} in front of its local part (C{2rcpt@example.test}, ...), the same addresses in
+    every message.
+
+    @param count: recipients per message.
+    @return: the addresses, L{RECIPIENT} first.
+    """
+    return [RECIPIENT, *(f"{n}{RECIPIENT}" for n in range(2, count + 1))]
 
 
 def wait_delivered(server: BenchServer, messages: int, started: float) -> float:
@@ -147,7 +167,7 @@ def wait_delivered(server: BenchServer, messages: int, started: float) -> float:
     Wait until the server's background delivery is done.
 
     @param server: the server.
-    @param messages: how many messages the run sent.
+    @param messages: how many deliveries the run asked for: messages times recipients.
     @param started: when the run started (C{time.perf_counter}).
     @return: seconds from C{started} until delivery was done.
     @raise RunFailed: when it is not done within L{DRAIN_LIMIT} seconds.
@@ -183,7 +203,7 @@ def measure(server: BenchServer, case: Case, messages: int, sessions: int) -> Ru
             f"{server.name} {case.label}: smtp-source exited with {result.returncode}:"
             f" {result.stderr.strip()[-500:]}"
         )
-    drain = wait_delivered(server, messages, started)
+    drain = wait_delivered(server, messages * case.recipients, started)
     cpu2 = tree_cpu(pid)
     return Run(
         server.name, case.label, messages, accept, drain,

@@ -89,7 +89,7 @@ def serve(kind: str, accounts: Path) -> None:
 
         directory = CachedDirectory(
             FileDirectory(accounts, no_run),  # type: ignore[arg-type]
-            reactor,  # type: ignore[arg-type]
+            reactor,
             ttl=60.0,
             negative_ttl=5.0,
             size=10000,
@@ -100,7 +100,7 @@ def serve(kind: str, accounts: Path) -> None:
         settings = MingerSettings(
             Secret(SECRET), allowed=(ipaddress.ip_network("127.0.0.0/8"),), limits=unlimited
         )
-        protocol = MingerServerProtocol(MingerResponder(directory, settings, reactor))  # type: ignore[arg-type]
+        protocol = MingerServerProtocol(MingerResponder(directory, settings, reactor))
     else:
         known = {f"user{i}@example.test".encode() for i in range(ACCOUNTS)}
 
@@ -116,11 +116,11 @@ def serve(kind: str, accounts: Path) -> None:
 
     class StopOnEOF(Protocol):
         def connectionLost(self, reason: object = None) -> None:  # noqa: N802
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
 
     stdio.StandardIO(StopOnEOF())
     print(port.getHost().port, flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def queries() -> list[tuple[bytes, str]]:

@@ -75,7 +75,7 @@ class BenchServer(Protocol):
         """
         Tell whether the background delivery of the current run is done.
 
-        @param count: how many messages the run sent.
+        @param count: how many deliveries the run asked for: messages times recipients.
         """
 
     def finish(self) -> None:
@@ -120,9 +120,12 @@ class MdtwistServer:
         processes: int = 1,
         max_sessions: int | None = None,
         max_sessions_per_ip: int = 1000,
+        accounts: Sequence[str] = (RECIPIENT,),
     ) -> None:
         """
         @param parent: an empty directory; each run gets C{run-N} below it.
+        @param accounts: the addresses of the accounts file, all of L{RECIPIENT}'s domain; each
+            has its own Maildir.
         @param max_sessions: C{smtp.max_sessions}, or L{None} for the default.
         @param max_sessions_per_ip: C{smtp.max_sessions_per_ip}.
         @param smtp_extra: more TOML lines for the C{[smtp]} table.
@@ -140,6 +143,7 @@ class MdtwistServer:
         self._smtp_extra = limits + smtp_extra
         self._delivery_extra = delivery_extra
         self._extra = extra
+        self._accounts = tuple(accounts)
         self.profile_dir: Path | None = None
         self._runs = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -169,7 +173,11 @@ class MdtwistServer:
         """
         The recipient's C{Maildir/new} folder in the current run.
         """
-        local, domain = RECIPIENT.split("@")
+        return self._new_folder(RECIPIENT)
+
+    def _new_folder(self, address: str) -> Path:
+        # An account's Maildir/new folder in the current run.
+        local, domain = address.split("@")
         return self._directory / "mail" / domain / local / "Maildir" / "new"
 
     @property
@@ -253,8 +261,11 @@ class MdtwistServer:
         # The daemon's configuration and accounts file; returns the configuration's path.
         domain = RECIPIENT.split("@")[1]
         (self._directory / "accounts.toml").write_text(
-            f'domains = ["{domain}"]\n[[account]]\naddress = "{RECIPIENT}"\n'
-            f'password = "{self._hash}"\n'
+            f'domains = ["{domain}"]\n'
+            + "".join(
+                f'[[account]]\naddress = "{address}"\npassword = "{self._hash}"\n'
+                for address in self._accounts
+            )
         )
         config = self._directory / "mdtwist.toml"
         config.write_text(
@@ -303,11 +314,11 @@ maildir_root = "mail"
 
     def delivered(self, count: int) -> bool:
         """
-        Tell whether the Maildir holds every message of the run.
+        Tell whether the accounts' Maildirs hold every message of the run.
 
-        @param count: how many messages the run sent.
+        @param count: how many deliveries the run asked for: messages times recipients.
         """
-        return _count_files(self.maildir) >= count
+        return sum(_count_files(self._new_folder(a)) for a in self._accounts) >= count
 
     def finish(self) -> None:
         """
@@ -431,7 +442,8 @@ class PostfixServer:
         """
         Tell whether the queue is empty again.
 
-        @param count: how many messages the run sent (not needed: the queue is empty then).
+        @param count: how many deliveries the run asked for (not needed: the queue is empty
+            then).
         """
         return self.queued() == 0
 
@@ -469,52 +481,75 @@ class PostfixMaildirServer(PostfixServer):
     """
     A private Postfix like L{PostfixServer}, but delivering into a Maildir as mdtwist does:
     C{example.test} is a virtual mailbox domain, and virtual(8) writes every message for it
-    into one Maildir under the instance's C{mail/} folder.
+    into one Maildir under the instance's C{mail/} folder, or with C{mailboxes} every
+    recipient's copy into that recipient's own Maildir.
     """
 
     name = "postfix-maildir"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, *, mailboxes: Sequence[str] = (), extra_main_cf: str = ""
+    ) -> None:
         """
         Write the configuration, check it, and start the instance.
 
         @param directory: an empty directory.
+        @param mailboxes: addresses of C{example.test}, each with a Maildir of its own (a
+            C{texthash} table), the only recipients accepted then; when empty, every local part
+            of the domain is delivered into L{RECIPIENT}'s Maildir (a C{static} table).
+        @param extra_main_cf: more main.cf lines, appended (such as C{message_size_limit}).
         @raise PeerError: when the configuration is refused or the port does not open.
         """
         owner = pwd.getpwnam("postfix")
         mail = directory / "mail"
         mail.mkdir(parents=True)
         os.chown(mail, owner.pw_uid, owner.pw_gid)
+        maps = "static:example.test/rcpt/Maildir/"
+        if mailboxes:
+            table = directory / "etc" / "mailboxes"
+            table.parent.mkdir(parents=True)
+            table.write_text("".join(f"{a} {_mailbox_path(a)}\n" for a in mailboxes))
+            maps = f"texthash:{table}"
         super().__init__(
             directory,
             extra_main_cf=(
                 "mydestination = localhost\n"
                 "virtual_mailbox_domains = example.test\n"
                 f"virtual_mailbox_base = {mail}\n"
-                "virtual_mailbox_maps = static:example.test/rcpt/Maildir/\n"
+                f"virtual_mailbox_maps = {maps}\n"
                 f"virtual_minimum_uid = {owner.pw_uid}\n"
                 f"virtual_uid_maps = static:{owner.pw_uid}\n"
                 f"virtual_gid_maps = static:{owner.pw_gid}\n"
+                f"{extra_main_cf}"
             ),
         )
-        self.maildir = mail / "example.test" / "rcpt" / "Maildir"
+        self.maildir = mail / _mailbox_path(RECIPIENT)
+        self._maildirs = [mail / _mailbox_path(a) for a in mailboxes] or [self.maildir]
 
     def prepare(self) -> None:
         """
-        Wait until the queue is empty, then empty the Maildir.
+        Wait until the queue is empty, then empty the Maildirs.
 
         @raise PeerError: when the queue does not drain.
         """
         super().prepare()
-        shutil.rmtree(self.maildir, ignore_errors=True)
+        for maildir in self._maildirs:
+            shutil.rmtree(maildir, ignore_errors=True)
 
     def delivered(self, count: int) -> bool:
         """
-        Tell whether the Maildir holds every message of the run.
+        Tell whether the Maildirs hold every message of the run.
 
-        @param count: how many messages the run sent.
+        @param count: how many deliveries the run asked for: messages times recipients.
         """
-        return _count_files(self.maildir / "new") >= count and self.queued() == 0
+        files = sum(_count_files(maildir / "new") for maildir in self._maildirs)
+        return files >= count and self.queued() == 0
+
+
+def _mailbox_path(address: str) -> str:
+    # Where virtual(8) keeps an address's Maildir, below virtual_mailbox_base.
+    local, domain = address.split("@")
+    return f"{domain}/{local}/Maildir/"
 
 
 def _signal_all(pids: list[int], number: signal.Signals) -> None:

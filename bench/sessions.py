@@ -242,7 +242,7 @@ def main(argv: Sequence[str]) -> int:
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, values in rows.items():
-        held = memory[name]
+        holdings = memory[name]
         print(
             f"| {name} | {'/'.join(f'{v[0]:.0f}' for v in values)}"
             f" | {'/'.join(f'{v[1]:.2f}' for v in values)}"
@@ -250,8 +250,8 @@ def main(argv: Sequence[str]) -> int:
             f" | **{statistics.median(v[1] for v in values):.2f} /"
             f" {statistics.median(v[2] for v in values):.2f}**"
             f" | {options.idle if name == mdtwist.name else 100}"
-            f" | {statistics.median(h[1] for h in held):.1f} →"
-            f" **{statistics.median(h[3] for h in held):.1f}** |"
+            f" | {statistics.median(h[1] for h in holdings):.1f} →"
+            f" **{statistics.median(h[3] for h in holdings):.1f}** |"
         )
     return 0
 
