@@ -173,10 +173,16 @@ class LineBuffer:
             stop = buffer.rfind(_CRLF) + 2
             taken, done = stop, False
         lines = bytes(buffer[:stop])
-        crlf = lines.count(_CRLF)
-        if lines.count(b"\r") != crlf or lines.count(b"\n") != crlf:
-            return None
-        if stop > max_length and max(map(len, lines.split(_CRLF))) + 2 > max_length:
+        if stop > max_length:
+            parts = lines.split(_CRLF)
+            if max(map(len, parts)) + 2 > max_length:
+                return None
+            crlf = len(parts) - 1
+        else:
+            crlf = lines.count(_CRLF)
+        # Clean when the CRs and LFs are exactly those of the CRLFs (which cannot overlap):
+        # one pass that drops them all, rather than a count of each.
+        if stop - len(lines.translate(None, b"\r\n")) != 2 * crlf:
             return None
         del buffer[:taken]
         # Without the end marker, what is left holds no CRLF: the next search starts after it.

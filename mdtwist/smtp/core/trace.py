@@ -33,13 +33,12 @@ def count_received(message: bytes) -> int:
     @return: how many header lines (not continuation lines) start with C{Received:}, in any
         case, before the first empty line.
     """
-    count = 0
-    for line in message.split(b"\r\n"):
-        if not line:
-            break
-        if line[:9].lower() == _RECEIVED:
-            count += 1
-    return count
+    if message.startswith(b"\r\n"):
+        return 0
+    end = message.find(b"\r\n\r\n")
+    # Only the header section is split into lines: the body may be megabytes.
+    header = message if end < 0 else message[: end + 2]
+    return sum(1 for line in header.split(b"\r\n") if line[:9].lower() == _RECEIVED)
 
 
 def with_protocol(*, extended: bool, tls: bool, authenticated: bool) -> str:

@@ -235,6 +235,8 @@ class DataReaderFastPathTests(SynchronousTestCase):
             b"y" * 30 + b"\r\n",
             b"\r\r\n",
             b"z\n\r\n",
+            b"b\n\rc\r\n",
+            b"\n\r\r\n",
             b"n\x00ul\r\n",
             b"\x00" * 30 + b"\r\n",
         ]:

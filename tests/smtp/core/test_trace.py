@@ -25,6 +25,16 @@ class TraceTests(SynchronousTestCase):
         message = b"Received: a\r\n\tb\r\nRECEIVED: c\r\nSubject: x\r\n\r\nReceived: body\r\n"
         self.assertEqual(count_received(message), 2)
 
+    def test_count_without_body_or_header(self) -> None:
+        """
+        A message that is all header counts every C{Received:} line; one that starts with
+        the empty line has no header, so nothing counts.
+        """
+        self.assertEqual(count_received(b"Received: a\r\nReceived: b\r\n"), 2)
+        self.assertEqual(count_received(b"Received: a\r\nReceived: b"), 2)
+        self.assertEqual(count_received(b"\r\nReceived: a\r\n"), 0)
+        self.assertEqual(count_received(b"Received: a\r\n\r\n" + b"Received: b\r\n" * 1000), 1)
+
     def test_with_protocol(self) -> None:
         """The C{with} keyword follows RFC 3848."""
         cases = {
