@@ -170,6 +170,10 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--reuse", action="store_true", help="reuse connections (smtp-source -d)")
     parser.add_argument(
+        "--only", action="append", default=[], metavar="CASE",
+        help="run only the cases whose name is given, e.g. '10 MiB x 1' (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()),
         help="parent of the private directory with both servers' files (default: %(default)s)",
     )  # fmt: skip
@@ -184,7 +188,11 @@ def main(argv: Sequence[str]) -> int:
     @return: the exit status: 0 when every run completed, 1 otherwise.
     """
     options = parse_arguments(argv)
-    measured = cases(options.reuse)
+    wanted = set(options.only)
+    measured = [m for m in cases(options.reuse) if not wanted or m.case.label in wanted]
+    if not measured:
+        print(f"no such case: {', '.join(options.only)}", file=sys.stderr)
+        return 2
     addresses = source_recipients(max(m.case.recipients for m in measured))
     base = Path(tempfile.mkdtemp(prefix="mdtwist-costs-", dir=options.workdir)).resolve()
     base.chmod(0o755)
