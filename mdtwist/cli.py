@@ -18,6 +18,8 @@ lists the commands; every command has C{--help}. The commands:
     (L{mdtwist.settings.discover});
   - C{dequeue run [DOMAIN]}: the running server sends its dequeue signals now
     (L{mdtwist.dequeue.control}).
+  - C{gateway held|release}: the mail held for gateway domains, and releasing it now
+    (L{mdtwist.dequeue.gatewayctl}).
 
 C{--config FILE} (before the command, or after it; by default C{etc/mdtwist.toml} when it
 exists, else C{/etc/mdtwist/mdtwist.toml}) is the server's configuration: every command finds
@@ -52,6 +54,7 @@ from mdtwist.console import (
 from mdtwist.control.client import ControlClientError, call
 from mdtwist.control.commands import Reload, Status
 from mdtwist.dequeue import control as dequeue_control
+from mdtwist.dequeue import gatewayctl
 from mdtwist.directory import commands as account_commands
 from mdtwist.directory.passwords import hash_password
 from mdtwist.errors import SpoolError
@@ -145,8 +148,13 @@ def _main(
             return status
         elif options.command == "settings":
             settings_cli.run(options, stdout)
-        elif options.command == "dequeue":
-            status = dequeue_control.run_command(options, locations.socket(), stdout, stderr)
+        elif options.command in ("dequeue", "gateway"):
+            run_on_server = (
+                dequeue_control.run_command
+                if options.command == "dequeue"
+                else gatewayctl.run_command
+            )
+            status = run_on_server(options, locations.socket(), stdout, stderr)
             if status is None:
                 parser.print_usage(stderr)
                 return 2
@@ -231,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     settings_cli.add_parser(commands)
     discover.add_parser(commands)
     dequeue_control.add_parser(commands)
+    gatewayctl.add_parser(commands)
     _finish(parser)
     return parser
 

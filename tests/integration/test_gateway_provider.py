@@ -6,6 +6,7 @@ Postfix's smtp-sink) and as an ETRN client; with C{[server] processes = 2} too.
 
 from __future__ import annotations
 
+import json
 import os
 import smtplib
 import subprocess
@@ -17,8 +18,6 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.control.client import call
-from mdtwist.dequeue.release import GatewayHeld, GatewayRelease
 from mdtwist.spool.store import SpoolReader, existing_shards, shard_directory
 from tests.integration.daemon import Daemon
 from tests.integration.peers import find_program, free_port
@@ -462,23 +461,29 @@ class TwoProcessesTests(_Base):
 
     def test_operator_release(self) -> None:
         """
-        Over the control socket, C{gateway-held} counts the held mail of both shards and
-        C{gateway-release} sends all of it to the gateway's host, each message once.
+        C{mdtwistctl gateway held} counts the held mail of both shards (as text and as JSON)
+        and C{mdtwistctl gateway release} sends all of it to the gateway's host, each message
+        once; a domain that is no gateway is named as skipped, with status 1.
         """
         sink = self.sink()
         daemon = self.start(etrn_deliver_to=f'"[127.0.0.1]:{sink.port}"')
         sent = self.fill_both_shards(daemon)
-        counts = call(daemon.control_socket, GatewayHeld)
+        held = daemon.ctl("gateway", "held", "--json")
+        self.assertEqual(held.returncode, 0, held.stderr)
         self.assertEqual(
-            counts,
+            json.loads(held.stdout),
             {
                 "domains": [{"domain": GATEWAY, "messages": sent, "recipients": sent}],
                 "missing": [],
             },
         )
-        answer = call(daemon.control_socket, GatewayRelease, {"domains": [GATEWAY, "nope.test"]})
-        self.assertEqual(
-            answer, {"messages": sent, "released": [GATEWAY], "skipped": ["nope.test"]}
-        )
+        text = daemon.ctl("gateway", "held")
+        self.assertEqual(text.stdout, f"{GATEWAY}  {sent} messages, {sent} recipients\n")
+        released = daemon.ctl("gateway", "release", GATEWAY, "nope.test")
+        self.assertEqual(released.returncode, 1)
+        self.assertEqual(released.stdout, f"Releasing {GATEWAY}: {sent} held messages\n")
+        self.assertIn("nope.test: skipped", released.stderr)
         wait_for(lambda: queued(daemon) == 0, "an empty queue")
         self.assertEqual(self.subjects(sink), sorted(f"held {i}" for i in range(sent)))
+        empty = daemon.ctl("gateway", "held").stdout
+        self.assertEqual(empty, "No mail is held for a gateway domain\n")
