@@ -73,12 +73,34 @@ class Sink:
 
     def messages(self) -> list[bytes]:
         """
-        @return: every message received so far, each with smtp-sink's C{X-Mail-Args} and
-            C{X-Rcpt-Args} lines that show the envelope.
+        @return: every message received completely so far, each with smtp-sink's
+            C{X-Mail-Args} and C{X-Rcpt-Args} lines that show the envelope.
         """
         if not self.dump.is_dir():
             return []
-        return [path.read_bytes() for path in sorted(self.dump.iterdir())]
+        # smtp-sink writes a message into its file as it arrives: a file it still has open is
+        # not complete yet (once closed, a file is never opened again).
+        writing = self._open_files()
+        return [
+            path.read_bytes() for path in sorted(self.dump.iterdir()) if str(path) not in writing
+        ]
+
+    def _open_files(self) -> set[str]:
+        # The paths of the files smtp-sink has open now, from /proc.
+        if self.process is None:
+            return set()
+        descriptors = Path(f"/proc/{self.process.pid}/fd")
+        paths: set[str] = set()
+        try:
+            entries = list(descriptors.iterdir())
+        except OSError:
+            return paths
+        for entry in entries:
+            try:
+                paths.add(os.readlink(entry))
+            except OSError:
+                continue  # closed meanwhile
+        return paths
 
 
 class SmartHost:
