@@ -66,6 +66,10 @@ from mdtwist.spool import commands as queue_commands
 
 _PROGRAM = "mdtwistctl"
 
+#: The command groups carried out by the running server over the control channel: each
+#: returns the exit status, or None for a group named without its subcommand.
+_SERVER_GROUPS = {"dequeue": dequeue_control.run_command, "gateway": gatewayctl.run_command}
+
 __all__ = ["DEFAULT_CONFIGS", "main"]
 
 
@@ -148,12 +152,8 @@ def _main(
             return status
         elif options.command == "settings":
             settings_cli.run(options, stdout)
-        elif options.command in ("dequeue", "gateway"):
-            run_on_server = (
-                dequeue_control.run_command
-                if options.command == "dequeue"
-                else gatewayctl.run_command
-            )
+        elif options.command in _SERVER_GROUPS:
+            run_on_server = _SERVER_GROUPS[options.command]
             status = run_on_server(options, locations.socket(), stdout, stderr)
             if status is None:
                 parser.print_usage(stderr)

@@ -5,50 +5,29 @@ C{dequeue-run} command over a real AMP box exchange.
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-from typing import Any
-
 from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.cli import main
 from mdtwist.control.client import ControlClientError
 from mdtwist.dequeue import control
 from mdtwist.dequeue.control import ANSWER_TIMEOUT, DequeueRun
+from tests.support.control import FakeControl
 
 
 class DequeueCommandTests(SynchronousTestCase):
     """C{mdtwistctl dequeue run}, with the control socket replaced."""
 
     def setUp(self) -> None:
-        directory = Path(self.mktemp()).absolute()
-        directory.mkdir()
-        self.config = directory / "mdtwist.toml"
-        self.config.write_text('[spool]\ndirectory = "spool"\n')
-        self.socket = directory / "spool" / "control.sock"
-        self.answer: Any = {"results": []}
-        self.calls: list[tuple[Path, str, Any, float]] = []
-
-        def call(path: Path, command: type[amp.Command], arguments: Any, *, timeout: float) -> Any:
-            self.calls.append((path, command.commandName.decode(), arguments, timeout))
-            if isinstance(self.answer, Exception):
-                raise self.answer
-            return self.answer
-
-        self.patch(control, "call", call)
-
-    def run_cli(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        status = main(["--config", str(self.config), *argv], stdout=out, stderr=err)
-        return status, out.getvalue(), err.getvalue()
+        self.control = FakeControl(self, control, {"results": []})
+        self.socket = self.control.socket
+        self.run_cli = self.control.run_cli
 
     def test_run(self) -> None:
         """
         One line per signal; those that did not do their job go to standard error and make
         the status 1. The wait outlasts the 10 minutes an ATRN reply may take.
         """
-        self.answer = {
+        self.control.answer = {
             "results": [
                 {"domain": "a.example", "status": "sent", "code": 250, "detail": "2.0.0 OK"},
                 {"domain": "b.example", "status": "released", "code": 250, "detail": ""},
@@ -59,18 +38,18 @@ class DequeueCommandTests(SynchronousTestCase):
         self.assertEqual(status, 1)
         self.assertEqual(out, "a.example: sent 250: 2.0.0 OK\nb.example: released 250\n")
         self.assertEqual(err, "c.example: failed: refused\n")
-        self.assertEqual(self.calls, [(self.socket, "dequeue-run", {}, ANSWER_TIMEOUT)])
+        self.assertEqual(self.control.calls, [(self.socket, "dequeue-run", {}, ANSWER_TIMEOUT)])
         self.assertGreater(ANSWER_TIMEOUT, 600)
 
     def test_run_domain(self) -> None:
         """A domain is passed on; all good is status 0."""
-        self.answer = {
+        self.control.answer = {
             "results": [{"domain": "a.example", "status": "no-mail", "code": 251, "detail": ""}]
         }
         self.assertEqual(
             self.run_cli("dequeue", "run", "a.example"), (0, "a.example: no-mail 251\n", "")
         )
-        self.assertEqual(self.calls[0][2], {"domain": "a.example"})
+        self.assertEqual(self.control.calls[0][2], {"domain": "a.example"})
 
     def test_nothing_configured(self) -> None:
         """No signal: said so."""
@@ -80,7 +59,7 @@ class DequeueCommandTests(SynchronousTestCase):
 
     def test_server_down(self) -> None:
         """No server: one line, status 1."""
-        self.answer = ControlClientError("the server is not running")
+        self.control.answer = ControlClientError("the server is not running")
         self.assertEqual(
             self.run_cli("dequeue", "run"), (1, "", "mdtwistctl: the server is not running\n")
         )

@@ -5,47 +5,26 @@ socket replaced (the real daemon answers them in tests.integration.test_gateway_
 
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
-from typing import Any
 
-from twisted.protocols import amp
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.cli import main
 from mdtwist.control.client import ControlClientError
 from mdtwist.dequeue import gatewayctl
+from tests.support.control import FakeControl
 
 
 class GatewayCommandTests(SynchronousTestCase):
     """C{mdtwistctl gateway}, answered by a stand-in for the server."""
 
     def setUp(self) -> None:
-        directory = Path(self.mktemp()).absolute()
-        directory.mkdir()
-        self.config = directory / "mdtwist.toml"
-        self.config.write_text('[spool]\ndirectory = "spool"\n')
-        self.socket = directory / "spool" / "control.sock"
-        self.answer: Any = None
-        self.calls: list[tuple[Path, str, Any]] = []
-
-        def call(path: Path, command: type[amp.Command], arguments: Any = None) -> Any:
-            self.calls.append((path, command.commandName.decode(), arguments))
-            if isinstance(self.answer, Exception):
-                raise self.answer
-            return self.answer
-
-        self.patch(gatewayctl, "call", call)
-
-    def run_cli(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        status = main(["--config", str(self.config), *argv], stdout=out, stderr=err)
-        return status, out.getvalue(), err.getvalue()
+        self.control = FakeControl(self, gatewayctl)
+        self.socket = self.control.socket
+        self.run_cli = self.control.run_cli
 
     def test_held(self) -> None:
         """One aligned line per domain, sorted, with correct plurals."""
-        self.answer = {
+        self.control.answer = {
             "domains": [
                 {"domain": "office.test", "messages": 2, "recipients": 3},
                 {"domain": "b.test", "messages": 1, "recipients": 1},
@@ -60,38 +39,41 @@ class GatewayCommandTests(SynchronousTestCase):
                 "",
             ),
         )
-        self.assertEqual(self.calls, [(self.socket, "gateway-held", None)])
+        self.assertEqual(self.control.calls, [(self.socket, "gateway-held", None, None)])
 
     def test_held_json_and_missing(self) -> None:
         """C{--json} prints the counts; a process that did not answer makes the status 1."""
-        self.answer = {
+        self.control.answer = {
             "domains": [{"domain": "office.test", "messages": 1, "recipients": 1}],
             "missing": [1],
         }
         status, out, err = self.run_cli("gateway", "held", "--json")
         self.assertEqual(status, 1)
-        self.assertEqual(json.loads(out), self.answer)
+        self.assertEqual(json.loads(out), self.control.answer)
         self.assertEqual(err, "Not counted: process 1 did not answer\n")
 
     def test_nothing_held(self) -> None:
         """No held mail: said so."""
-        self.answer = {"domains": [], "missing": []}
+        self.control.answer = {"domains": [], "missing": []}
         self.assertEqual(
             self.run_cli("gateway", "held"), (0, "No mail is held for a gateway domain\n", "")
         )
 
     def test_release(self) -> None:
         """The named domains are passed on; what was released is printed."""
-        self.answer = {"messages": 3, "released": ["office.test"], "skipped": []}
+        self.control.answer = {"messages": 3, "released": ["office.test"], "skipped": []}
         self.assertEqual(
             self.run_cli("gateway", "release", "office.test"),
             (0, "Releasing office.test: 3 held messages\n", ""),
         )
-        self.assertEqual(self.calls[0][1:], ("gateway-release", {"domains": ["office.test"]}))
+        self.assertEqual(
+            self.control.calls,
+            [(self.socket, "gateway-release", {"domains": ["office.test"]}, None)],
+        )
 
     def test_release_skipped(self) -> None:
         """A named domain that was skipped goes to standard error and makes the status 1."""
-        self.answer = {"messages": 0, "released": [], "skipped": ["nope.test"]}
+        self.control.answer = {"messages": 0, "released": [], "skipped": ["nope.test"]}
         status, out, err = self.run_cli("gateway", "release", "nope.test")
         self.assertEqual((status, out), (1, ""))
         self.assertIn("nope.test: skipped", err)
@@ -101,19 +83,19 @@ class GatewayCommandTests(SynchronousTestCase):
         Without domains every gateway is released; one skipped then (its mail goes to the
         requester) is reported but is no failure, and no gateway at all is said so.
         """
-        self.answer = {"messages": 1, "released": ["a.test"], "skipped": ["b.test"]}
+        self.control.answer = {"messages": 1, "released": ["a.test"], "skipped": ["b.test"]}
         status, out, err = self.run_cli("gateway", "release")
         self.assertEqual((status, out), (0, "Releasing a.test: 1 held message\n"))
         self.assertIn("b.test: skipped", err)
-        self.assertEqual(self.calls[0][2], {"domains": []})
-        self.answer = {"messages": 0, "released": [], "skipped": []}
+        self.assertEqual(self.control.calls[0][2], {"domains": []})
+        self.control.answer = {"messages": 0, "released": [], "skipped": []}
         self.assertEqual(
             self.run_cli("gateway", "release"), (0, "No gateway domain is configured\n", "")
         )
 
     def test_server_down(self) -> None:
         """No server: one line, status 1."""
-        self.answer = ControlClientError("the server is not running")
+        self.control.answer = ControlClientError("the server is not running")
         self.assertEqual(
             self.run_cli("gateway", "held"), (1, "", "mdtwistctl: the server is not running\n")
         )
