@@ -86,6 +86,8 @@ class Run:
     @ivar cpu_drain_s: the server tree's CPU seconds from the start until delivery was done.
     @ivar source_cpu_s: smtp-source's CPU seconds.
     @ivar machine_busy_s: the machine's busy CPU seconds (all cores) while smtp-source ran.
+    @ivar main_cpu_s: the CPU seconds of the server's main thread (mdtwist's reactor thread)
+        from the start until delivery was done.
     """
 
     server: str
@@ -97,6 +99,7 @@ class Run:
     cpu_drain_s: float
     source_cpu_s: float
     machine_busy_s: float
+    main_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -118,6 +121,7 @@ class Run:
             f"  smtp-source {100 * self.source_cpu_s / self.accept_s:3.0f}%"
             f"  machine {100 * self.machine_busy_s / self.accept_s:4.0f}%/200%"
             f" (others {100 * self.others_s / self.accept_s:3.0f}%)"
+            f"  main thread {1000 * self.main_cpu_s / self.messages:5.2f} ms/msg"
         )
 
     @property
@@ -194,6 +198,7 @@ def measure(server: BenchServer, case: Case, messages: int, sessions: int) -> Ru
     command = source_command(case, messages, sessions, server.port)
     pid = server.pid
     cpu0, busy0, source0 = tree_cpu(pid), machine_busy(), children_cpu()
+    main0 = thread_cpu(pid).get(pid, 0.0)
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=330)
     accept = time.perf_counter() - started
@@ -204,10 +209,10 @@ def measure(server: BenchServer, case: Case, messages: int, sessions: int) -> Ru
             f" {result.stderr.strip()[-500:]}"
         )
     drain = wait_delivered(server, messages * case.recipients, started)
-    cpu2 = tree_cpu(pid)
+    cpu2, main2 = tree_cpu(pid), thread_cpu(pid).get(pid, 0.0)
     return Run(
         server.name, case.label, messages, accept, drain,
-        cpu1 - cpu0, cpu2 - cpu0, source1 - source0, busy1 - busy0,
+        cpu1 - cpu0, cpu2 - cpu0, source1 - source0, busy1 - busy0, main2 - main0,
     )  # fmt: skip
 
 
@@ -334,6 +339,11 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--processes", type=int, default=1, help="mdtwist's server.processes (default: 1)"
     )
+    parser.add_argument(
+        "--baseline", type=Path, metavar="CHECKOUT",
+        help="also run the mdtwist of another checkout (row mdtwist-baseline), for a"
+        " before/after comparison in one series",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -352,7 +362,17 @@ def main(argv: Sequence[str]) -> int:
     mdtwist_parent = base / "mdtwist"
     mdtwist_parent.mkdir()
     mdtwist = MdtwistServer(mdtwist_parent, processes=options.processes)
-    references: list[PostfixServer] = []
+    references: list[BenchServer] = []
+    if options.baseline is not None:
+        (base / "baseline").mkdir()
+        references.append(
+            MdtwistServer(
+                base / "baseline",
+                processes=options.processes,
+                code=options.baseline.resolve(),
+                name="mdtwist-baseline",
+            )
+        )
     try:
         references.append(PostfixServer(base / "postfix"))
         if options.postfix_maildir:
@@ -375,7 +395,7 @@ def main(argv: Sequence[str]) -> int:
 def run_everything(
     options: argparse.Namespace,
     mdtwist: MdtwistServer,
-    references: Sequence[PostfixServer],
+    references: Sequence[BenchServer],
     base: Path,
 ) -> None:
     """

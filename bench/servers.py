@@ -121,9 +121,14 @@ class MdtwistServer:
         max_sessions: int | None = None,
         max_sessions_per_ip: int = 1000,
         accounts: Sequence[str] = (RECIPIENT,),
+        code: Path = ROOT,
+        name: str | None = None,
     ) -> None:
         """
         @param parent: an empty directory; each run gets C{run-N} below it.
+        @param code: the checkout whose C{mdtwist} the daemon runs (another one than this for
+            a before/after comparison in one series).
+        @param name: the row's name, instead of C{mdtwist} (C{mdtwist-Np} with processes).
         @param accounts: the addresses of the accounts file, all of L{RECIPIENT}'s domain; each
             has its own Maildir.
         @param max_sessions: C{smtp.max_sessions}, or L{None} for the default.
@@ -137,6 +142,9 @@ class MdtwistServer:
         self.processes = processes
         if processes > 1:
             self.name = f"mdtwist-{processes}p"
+        if name is not None:
+            self.name = name
+        self._code = code
         limits = f"max_sessions_per_ip = {max_sessions_per_ip}\n"
         if max_sessions is not None:
             limits += f"max_sessions = {max_sessions}\n"
@@ -237,9 +245,9 @@ class MdtwistServer:
             config,
         ]
         self.before_start(self._directory)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=str(self._code))
         self._process = start_process(
-            command, self.log_path, ports=(self._port,), env=env, cwd=ROOT, timeout=60.0
+            command, self.log_path, ports=(self._port,), env=env, cwd=self._code, timeout=60.0
         )
 
     def before_start(self, run_directory: Path) -> None:

@@ -21,6 +21,7 @@ from twisted.python import usage
 from mdtwist import maillog
 from mdtwist.config import Config, config_warnings, default_config_file, load_config
 from mdtwist.errors import ConfigError
+from mdtwist.logging import flush_once_per_turn
 from mdtwist.privileges import Owner, hand_over, service_owner
 from mdtwist.services import make_service
 from mdtwist.shards import parse_fds
@@ -158,6 +159,8 @@ def makeService(options: Options) -> IService:  # noqa: N802 - the name twistd c
 
     # The first line twistd writes once logging starts names the version.
     maillog.started()
+    # The mail log's lines of one reactor turn leave in one write (the observer comes next).
+    flush_once_per_turn(reactor)
     # A listener that cannot open stops start-up with one line, not a traceback.
     one_line_startup_errors()
     owner = service_owner(getattr(options, "parent", None), os.geteuid())

@@ -4,6 +4,7 @@ Tests for L{mdtwist.logging}.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
@@ -14,6 +15,7 @@ from typing import cast
 
 from twisted.application.app import ServerOptions
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import (
     ILogObserver,
@@ -37,6 +39,7 @@ import mdtwist.logging
 from mdtwist.logging import (
     TextObserver,
     escape_text,
+    flush_once_per_turn,
     json_observer,
     text_observer,
     twistd_log_path,
@@ -411,6 +414,110 @@ class TextObserverTests(SynchronousTestCase):
         self.assertTrue(verifyObject(ILogObserver, observer))
         observer({"log_format": "hello {x}", "x": 1, "log_time": None})
         self.assertEqual(stdout.getvalue(), "- [-#-] hello 1\n")
+
+
+class _RunningClock(Clock):
+    """
+    A clock that says whether its reactor runs, and records shutdown triggers.
+    """
+
+    running = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.triggers: list[tuple[str, str, Callable[[], object]]] = []
+
+    def addSystemEventTrigger(  # noqa: N802 - IReactorCore's name
+        self, phase: str, event: str, call: Callable[[], object]
+    ) -> None:
+        self.triggers.append((phase, event, call))
+
+
+class FlushOncePerTurnTests(SynchronousTestCase):
+    """
+    L{flush_once_per_turn}: the lines of one reactor turn leave the process in one write.
+    """
+
+    def _made(self, clock: _RunningClock, make: Callable[[], ILogObserver]) -> list[int]:
+        # Make an observer through its factory with clock set, writing to a stand-in for
+        # standard output; returns the lengths written to the file at each flush.
+        self.patch(mdtwist.logging, "_turn_clock", None)
+        flush_once_per_turn(clock)
+        stdout = io.StringIO()
+        flushed: list[int] = []
+        self.patch(stdout, "flush", lambda: flushed.append(len(stdout.getvalue())))
+        self.patch(sys, "stdout", stdout)
+        self.patch(sys, "argv", ["twistd", "-n", "mdtwist"])
+        self.patch(atexit, "register", lambda call: None)
+        self.stdout = stdout
+        self.observer = make()
+        return flushed
+
+    def test_one_flush_per_turn(self) -> None:
+        """
+        While the reactor runs, the lines logged in one turn are held (even from a stream
+        that writes through) and written and flushed once, when the turn ends; a line of the
+        next turn is written at the end of that one.
+        """
+        clock = _RunningClock()
+        flushed = self._made(clock, text_observer)
+        log = Logger(observer=self.observer, namespace="test")
+        log.info("one")
+        log.info("two")
+        self.assertEqual(flushed, [])
+        self.assertEqual(self.stdout.getvalue(), "")
+        clock.advance(0)
+        self.assertEqual(len(flushed), 1)
+        self.assertEqual(self.stdout.getvalue().count("\n"), 2)
+        log.info("three")
+        clock.advance(0)
+        self.assertEqual(len(flushed), 2)
+
+    def test_json(self) -> None:
+        """
+        The JSON observer's events are flushed once per turn too.
+        """
+        clock = _RunningClock()
+        flushed = self._made(clock, json_observer)
+        log = Logger(observer=self.observer, namespace="test")
+        log.info("one")
+        log.info("two")
+        clock.advance(0)
+        self.assertEqual(len(flushed), 1)
+        self.assertEqual(len(self.stdout.getvalue().splitlines()), 2)
+
+    def test_not_running(self) -> None:
+        """
+        Before the reactor runs and after it has stopped, every line is flushed at once; the
+        reactor's shutdown flushes what is left.
+        """
+        clock = _RunningClock()
+        clock.running = False
+        flushed = self._made(clock, text_observer)
+        log = Logger(observer=self.observer, namespace="test")
+        log.info("starting")
+        self.assertEqual(len(flushed), 1)
+        clock.running = True
+        log.info("running")
+        self.assertEqual(len(flushed), 1)
+        [(phase, event, call)] = clock.triggers
+        self.assertEqual((phase, event), ("after", "shutdown"))
+        call()
+        self.assertEqual(len(flushed), 2)
+
+    def test_default(self) -> None:
+        """
+        Without L{flush_once_per_turn}, the factories write to standard output itself, which
+        the observers flush after every event.
+        """
+        self.patch(mdtwist.logging, "_turn_clock", None)
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        self.patch(sys, "argv", ["twistd", "-n", "mdtwist"])
+        flushes: list[int] = []
+        self.patch(stdout, "flush", lambda: flushes.append(1))
+        Logger(observer=text_observer(), namespace="test").info("one")
+        self.assertEqual(flushes, [1])
 
 
 class EscapeTextTests(SynchronousTestCase):

@@ -73,6 +73,7 @@ from mdtwist.smtp.core.replies import Reply, reply
 from mdtwist.smtp.core.sasl import HashedCredentials
 from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
+from mdtwist.smtp.eager import write_now
 from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.policy import RecipientDecision
 from mdtwist.smtp.switch import switcher_of
@@ -505,7 +506,7 @@ class SMTPServerProtocol(Protocol):
         )
         self._cancel_timer()
         self.core.abort(SHUTTING_DOWN)
-        self._flush()
+        self._flush(now=True)
         self.transport.loseConnection()  # type: ignore[union-attr]
         return True
 
@@ -604,7 +605,6 @@ class SMTPServerProtocol(Protocol):
                 event = self.core.next_event()
                 for verb, refusal in self.core.take_refusals():
                     self._log_refusal(verb, refusal, rcpt=None)
-                self._flush()
                 if event is Sentinel.CLOSE:
                     if self.core.sync_error is not None:
                         self.log.warn(
@@ -614,6 +614,7 @@ class SMTPServerProtocol(Protocol):
                             command=self.core.sync_error,
                         )
                     self._cancel_timer()
+                    self._flush(now=True)
                     self.transport.loseConnection()  # type: ignore[union-attr]
                     return
                 if event is Sentinel.NEED_DATA or event is Sentinel.PAUSED:
@@ -622,6 +623,8 @@ class SMTPServerProtocol(Protocol):
                 self._dispatch(event).addCallback(self._answer, event)
         finally:
             self._processing = False
+        # The replies of one pass leave together: PIPELINING answered in one segment.
+        self._flush()
         if (
             self._waiting
             and not self._paused
@@ -662,14 +665,19 @@ class SMTPServerProtocol(Protocol):
             stage = "data" if isinstance(event, MessageReceived) else stage
             metrics.refused(stage, answer.code, answer.enhanced)
         self.core.send(answer, add_recipient=add)
-        self._flush()
+        turn_to, self._turn_to = self._turn_to, None
+        switching = (isinstance(event, StartTLS) and answer.code == 220) or (
+            turn_to is not None and answer.code == 250
+        )
+        # Inside a pass of _process the reply waits for the others of the pass, unless the
+        # connection changes hands (TLS, a turn) right after it.
+        self._flush(now=switching)
         if isinstance(event, StartTLS) and answer.code == 220:
             assert self._factory.tls is not None
             ITLSTransport(self.transport).startTLS(self._factory.tls)
             self.core.start_tls()
             self._user = None
             self._password = None
-        turn_to, self._turn_to = self._turn_to, None
         if turn_to is not None and answer.code == 250:
             self._turn(turn_to)
             return
@@ -705,10 +713,14 @@ class SMTPServerProtocol(Protocol):
             helo=self.core.helo,
         )
 
-    def _flush(self) -> None:
+    def _flush(self, *, now: bool = False) -> None:
+        # Send what the core has for the client; within a pass of _process only when C{now}
+        # (the pass sends the rest when it ends).
+        if self._gone or (self._processing and not now):
+            return
         data = self.core.data_to_send()
-        if data and not self._gone:
-            self.transport.write(data)  # type: ignore[union-attr]
+        if data:
+            write_now(self.transport, data)  # type: ignore[arg-type]
 
     def _extension(self, event: ExtensionCommand) -> Deferred[Reply]:
         handler = self._factory.commands.get(event.verb)
@@ -795,7 +807,7 @@ class SMTPServerProtocol(Protocol):
             state=self.core.state.name,
         )
         self.core.abort(TIMEOUT)
-        self._flush()
+        self._flush(now=True)
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     # -- collaborators --
