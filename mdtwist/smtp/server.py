@@ -393,9 +393,10 @@ class SMTPServerProtocol(Protocol):
         self._detached = False
         self._timer: IDelayedCall | None = None
         # The routes of the transaction's recipients, in the core's order, and their
-        # duplicate keys; both start afresh with each accepted MAIL FROM.
+        # duplicate keys: made at its first accepted recipient, dropped by each accepted
+        # MAIL FROM (an idle session holds neither).
         self._routes: list[Route] = []
-        self._accepted: set[tuple[str, str]] = set()
+        self._accepted: set[tuple[str, str]] | None = None
         self._add_recipient = True
         self._auth: Deferred[Account] | None = None
         self._turn_to: Callable[[], IProtocol] | None = None
@@ -406,14 +407,9 @@ class SMTPServerProtocol(Protocol):
         self._client_name: str | None = None
         self._connect_logged = False
         self._lookup: Deferred[str | None] | None = None
-        # The policy of this session: a view of its own when the policy keeps per-session
-        # state (the budget of Domain Sharing lookups).
-        policy = factory.policy
-        self._policy = (
-            ISessionPolicies(policy).for_session()
-            if ISessionPolicies.providedBy(policy)
-            else policy
-        )
+        # The policy of this session (see _session_policy), made at its first MAIL FROM:
+        # an idle session holds none.
+        self._policy: IReceivePolicy | None = None
         # Shutting down: None (no), False (close when no transaction is open), True (close
         # as soon as no answer of ours is pending).
         self._closing: bool | None = None
@@ -636,7 +632,7 @@ class SMTPServerProtocol(Protocol):
 
     def _dispatch(self, event: Event) -> Deferred[Reply]:
         if isinstance(event, MailFrom):
-            return self._check(self._policy.check_sender, self._client(), event.sender)
+            return self._check(self._session_policy().check_sender, self._client(), event.sender)
         if isinstance(event, RcptTo):
             return self._check_recipient(event)
         if isinstance(event, MessageReceived):
@@ -658,7 +654,7 @@ class SMTPServerProtocol(Protocol):
             self._refused(event, answer)
         if isinstance(event, MailFrom) and answer.is_positive:
             self._routes = []
-            self._accepted = set()
+            self._accepted = None
         add, self._add_recipient = self._add_recipient, True
         if not answer.is_positive and isinstance(event, MailFrom | RcptTo | MessageReceived):
             stage = "mail" if isinstance(event, MailFrom) else "rcpt"
@@ -834,9 +830,23 @@ class SMTPServerProtocol(Protocol):
         d: Deferred[Reply] = maybeDeferred(method, *args)
         return d.addErrback(self._lookup_failed)
 
+    def _session_policy(self) -> IReceivePolicy:
+        # The policy of this session: a view of its own when the policy keeps per-session
+        # state (the budget of Domain Sharing lookups), made when first needed.
+        policy = self._policy
+        if policy is None:
+            policy = self._factory.policy
+            if ISessionPolicies.providedBy(policy):
+                policy = ISessionPolicies(policy).for_session()
+            self._policy = policy
+        return policy
+
     def _check_recipient(self, event: RcptTo) -> Deferred[Reply]:
         d: Deferred[RecipientDecision] = maybeDeferred(
-            self._policy.check_recipient, self._client(), self._sender(), event.recipient
+            self._session_policy().check_recipient,
+            self._client(),
+            self._sender(),
+            event.recipient,
         )
         return d.addCallback(self._decided, event).addErrback(self._lookup_failed)
 
@@ -846,6 +856,8 @@ class SMTPServerProtocol(Protocol):
         if decision.route is None or not decision.reply.is_positive:
             return decision.reply
         key = duplicate_key(event.recipient, decision.route)
+        if self._accepted is None:
+            self._accepted = set()
         if key in self._accepted:
             self.log.info(
                 "duplicate recipient {rcpt} not added again",
