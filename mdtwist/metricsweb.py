@@ -3,8 +3,8 @@
 C{GET /metrics}: the Prometheus endpoint on the C{[[http.listen]]} listeners (C{[metrics]}).
 
 A scrape reaches the first process; L{MetricsResource} asks the control dispatcher for the
-L{Metrics} command, which every process answers with its own numbers (after reading its spool
-shard's queue sizes) and which L{combine_metrics} adds up (L{mdtwist.metrics.merge}). Only
+L{mdtwist.control.metrics.Metrics} command, which every process answers with its own numbers
+and the first adds up. Only
 clients in C{metrics.allowed_networks} get an answer (others 403); the other paths go to the
 client-settings site as before.
 """
@@ -12,104 +12,23 @@ client-settings site as before.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
 from mdtwist import metrics
-from mdtwist.control.commands import ControlCommand, ControlError
-from mdtwist.control.registry import Answer, ControlRegistry
-from mdtwist.spool.admin import QueueStats, queue_stats
-from mdtwist.spool.store import SQLiteSpool
+from mdtwist.control.registry import Answer
 
 _log = Logger()
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class Metrics(ControlCommand):
-    """
-    Every process's numbers, added up.
-
-    Response: C{samples}, the samples (L{mdtwist.metrics.snapshot}'s form); C{shards}, the
-    shards that answered; C{missing}, those whose process did not.
-    """
-
-    commandName = b"metrics"  # noqa: N815 - the name AMP reads
-    arguments = []  # noqa: RUF012 - the name AMP reads
-    response = [  # noqa: RUF012 - the name AMP reads
-        (b"samples", amp.String()),
-        (b"shards", amp.ListOf(amp.Integer())),
-        (b"missing", amp.ListOf(amp.Integer())),
-    ]
-
-
-def register_metrics(
-    registry: ControlRegistry, *, shard: int, spool: SQLiteSpool, clock: IReactorTime
-) -> None:
-    """
-    Register L{Metrics} for one process.
-
-    @param registry: where.
-    @param shard: this process's spool shard.
-    @param spool: its spool (the queue gauges).
-    @param clock: the time (the age of the oldest messages).
-    """
-
-    def handler() -> Deferred[Answer]:
-        def counted(stats: QueueStats) -> Answer:
-            now = clock.seconds()
-            metrics.set_queues(
-                {queue.value: count for queue, count in stats.counts.items()},
-                {queue.value: now - first for queue, first in stats.oldest.items()},
-            )
-            return {"samples": metrics.snapshot(), "shards": [shard], "missing": []}
-
-        def failed(reason: Failure) -> Answer:
-            raise ControlError(f"cannot count the queue: {reason.getErrorMessage()}")
-
-        return spool.inspect(queue_stats).addCallbacks(counted, failed)
-
-    registry.register(Metrics, handler, combine=combine_metrics)
-
-
-def combine_metrics(answers: Mapping[int, Answer | None]) -> Answer:
-    """
-    Add up the numbers of every process.
-
-    @param answers: each process's answer by shard; L{None} for one that did not answer.
-    @return: the server's answer.
-    """
-    parts = []
-    shards = []
-    missing = []
-    for shard in sorted(answers):
-        answer = answers[shard]
-        if answer is None:
-            missing.append(shard)
-            continue
-        try:
-            parts.append(metrics.read_snapshot(answer["samples"]))
-        except ValueError as e:
-            _log.warn("Shard {shard} sent bad metrics: {error}", shard=shard, error=str(e))
-            missing.append(shard)
-            continue
-        shards.append(shard)
-    merged = metrics.merge(parts, missing=len(missing))
-    return {
-        "samples": metrics.snapshot_of(merged),
-        "shards": shards,
-        "missing": missing,
-    }
 
 
 class MetricsResource(Resource):
@@ -121,7 +40,8 @@ class MetricsResource(Resource):
 
     def __init__(self, scrape: Callable[[], Deferred[Answer]], allowed: Sequence[str]) -> None:
         """
-        @param scrape: runs the L{Metrics} command (through the control dispatcher).
+        @param scrape: runs the L{mdtwist.control.metrics.Metrics} command (through the
+            control dispatcher).
         @param allowed: the client networks (CIDR) that may read it.
         """
         super().__init__()

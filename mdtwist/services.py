@@ -71,6 +71,7 @@ from mdtwist.config import (
 )
 from mdtwist.control.commands import Reload
 from mdtwist.control.handlers import ProcessFacts, register_basics
+from mdtwist.control.metrics import Metrics, register_metrics
 from mdtwist.control.pipe import ChildLinks, ParentLink
 from mdtwist.control.queue import register_queue_commands
 from mdtwist.control.registry import ControlDispatcher, ControlRegistry
@@ -105,7 +106,6 @@ from mdtwist.drain import ServerTree, SessionDrain
 from mdtwist.errors import ConfigError, SpoolError
 from mdtwist.interfaces import IDirectory, ISharingLookup
 from mdtwist.login_limits import LoginLimits
-from mdtwist.metricsweb import Metrics, MetricsResource, MetricsRoot, register_metrics
 from mdtwist.minger.client import MingerClient, Peer
 from mdtwist.minger.limits import RateLimits
 from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerSettings
@@ -120,7 +120,6 @@ from mdtwist.settings.store import (
     SettingsSource,
     SettingsStore,
 )
-from mdtwist.settings.web import SettingsResource, build_site
 from mdtwist.shards import (
     AdoptedListener,
     ChildSpec,
@@ -1064,6 +1063,10 @@ def add_http(
     """
     if not config.http.listen:
         return
+    # twisted.web only for a server that serves HTTP (about 2.5 MiB less in the others).
+    from mdtwist.metricsweb import MetricsResource, MetricsRoot
+    from mdtwist.settings.web import SettingsResource, build_site
+
     settings = settings_config(config)
     source = SettingsSource(
         load_settings(config),

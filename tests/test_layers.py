@@ -129,6 +129,21 @@ class ConfigLeafTests(SynchronousTestCase):
         self.assertEqual(unwanted, [])
 
 
+class WebOnDemandTests(SynchronousTestCase):
+    """
+    Tests that C{twisted.web} is loaded only by a server that serves HTTP.
+    """
+
+    def test_services_without_web(self) -> None:
+        """
+        Importing the service builder (and the plugin's module) loads no C{twisted.web}
+        module; the HTTP resources are imported when an HTTP listener is built.
+        """
+        loaded = imported_by("mdtwist.tap")["mdtwist.tap"]
+        self.assertIn("mdtwist.services", loaded)
+        self.assertEqual(sorted(m for m in loaded if m.startswith("twisted.web")), [])
+
+
 class PureModuleTests(SynchronousTestCase):
     """
     Tests that the pure modules stay free of Twisted.

@@ -16,15 +16,10 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from mdtwist import metrics
 from mdtwist.control.commands import ControlError
+from mdtwist.control.metrics import Metrics, combine_metrics, register_metrics
 from mdtwist.control.registry import ControlDispatcher, ControlRegistry
 from mdtwist.envelope import Recipient, RecipientState
-from mdtwist.metricsweb import (
-    Metrics,
-    MetricsResource,
-    MetricsRoot,
-    combine_metrics,
-    register_metrics,
-)
+from mdtwist.metricsweb import MetricsResource, MetricsRoot
 from mdtwist.route import Route, RouteKind
 from mdtwist.spool.model import QueuedMessage, RecipientResult
 from mdtwist.spool.store import SQLiteSpool

@@ -5,8 +5,9 @@ Tests for L{mdtwist.smtp.eager}: writes sent at once on a real loopback TCP conn
 from __future__ import annotations
 
 from twisted.internet import reactor, tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -40,17 +41,23 @@ class WriteNowTests(TestCase):
         # A server end (tcp.Server) connected to a collecting client; returns both.
         accepted: Deferred[Protocol] = Deferred()
 
-        class Accept(Factory):
+        class Accept(ServerFactory):
             def buildProtocol(self, addr: object) -> Protocol:  # noqa: N802
                 protocol = Protocol()
-                reactor.callLater(0, accepted.callback, protocol)  # type: ignore[attr-defined]
+                reactor.callLater(0, accepted.callback, protocol)
                 return protocol
 
-        port = reactor.listenTCP(0, Accept(), interface="127.0.0.1")  # type: ignore[attr-defined]
-        self.addCleanup(port.stopListening)
         collector = _Collect(expected)
-        factory = ClientFactory.forProtocol(lambda: collector)
-        connector = reactor.connectTCP("127.0.0.1", port.getHost().port, factory)  # type: ignore[attr-defined]
+
+        class Connect(ClientFactory):
+            def buildProtocol(self, addr: object) -> Protocol:  # noqa: N802
+                return collector
+
+        port = reactor.listenTCP(0, Accept(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        connector = reactor.connectTCP("127.0.0.1", address.port, Connect())
         self.addCleanup(connector.disconnect)
         server = yield accepted
         self.addCleanup(server.transport.loseConnection)
@@ -65,7 +72,7 @@ class WriteNowTests(TestCase):
         transport, collector = yield self._connect(len(b"220 ready\r\n"))
         self.assertIsInstance(transport, tcp.Server)
         write_now(transport, b"220 ready\r\n")
-        self.assertNotIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+        self.assertNotIn(transport, reactor.getWriters())
         self.assertEqual(transport._tempDataLen, 0)
         received = yield collector.arrived
         self.assertEqual(received, b"220 ready\r\n")
@@ -79,7 +86,7 @@ class WriteNowTests(TestCase):
         transport, collector = yield self._connect(len(b"first second"))
         transport.write(b"first ")
         write_now(transport, b"second")
-        self.assertIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+        self.assertIn(transport, reactor.getWriters())
         received = yield collector.arrived
         self.assertEqual(received, b"first second")
 
@@ -92,7 +99,7 @@ class WriteNowTests(TestCase):
         data = bytes(range(256)) * 40_000  # 10 MB
         transport, collector = yield self._connect(len(data))
         write_now(transport, data)
-        self.assertIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+        self.assertIn(transport, reactor.getWriters())
         received = yield collector.arrived
         self.assertEqual(received, data)
 
