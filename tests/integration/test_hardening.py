@@ -270,11 +270,15 @@ class SessionCapTests(SynchronousTestCase):
         daemon = Daemon(Path(self.mktemp()), smtp_extra="max_sessions = 3")
         daemon.start()
         self.addCleanup(daemon.stop)
+        # The connections that found each listener open count until the server has seen
+        # them closed: wait for their disconnect lines.
+        self.assertTrue(wait_for(lambda: daemon.log().count(": disconnect from ") == 2))
         open_sessions = []
         for port in [daemon.mx_port, daemon.submission_port, daemon.mx_port]:
             conversation = Conversation(port)
             self.addCleanup(conversation.close)
-            self.assertTrue(conversation.reply().startswith(b"220 "))
+            greeting = conversation.reply()
+            self.assertTrue(greeting.startswith(b"220 "), greeting)
             open_sessions.append(conversation)
         refused = Conversation(daemon.submission_port)
         self.addCleanup(refused.close)
