@@ -344,6 +344,10 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         help="also run the mdtwist of another checkout (row mdtwist-baseline), for a"
         " before/after comparison in one series",
     )  # fmt: skip
+    parser.add_argument(
+        "--baseline-processes", type=int, default=None, metavar="N",
+        help="server.processes of the baseline row (default: --processes)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -368,7 +372,7 @@ def main(argv: Sequence[str]) -> int:
         references.append(
             MdtwistServer(
                 base / "baseline",
-                processes=options.processes,
+                processes=options.baseline_processes or options.processes,
                 code=options.baseline.resolve(),
                 name="mdtwist-baseline",
             )
