@@ -70,7 +70,6 @@ from mdtwist.smtp.core.client import (
 )
 from mdtwist.smtp.core.events import Sentinel
 from mdtwist.smtp.core.replies import Reply
-from mdtwist.smtp.eager import write_now
 from mdtwist.smtp.modes import TLSMode as TLSMode  # re-exported: its home before smtp.modes
 from mdtwist.smtp.switch import switcher_of
 
@@ -440,12 +439,12 @@ class SMTPClientProtocol(Protocol):
     def _flush(self) -> None:
         data = self.core.data_to_send()
         if data and not self._gone and self.transport is not None:
-            write_now(self.transport, data)
+            self.transport.write(data)
 
     def _write_body(self) -> None:
         assert self.transport is not None
         while self.core.sending_body and not self._paused:
-            write_now(self.transport, self.core.body_to_send(BODY_BLOCK))
+            self.transport.write(self.core.body_to_send(BODY_BLOCK))
 
     def _handle(self, event: ClientEvent) -> None:
         if isinstance(event, TLSRequested):

@@ -11,6 +11,12 @@ the discovery of a lost connection as they are.
 
 It does so only for Twisted's plain TCP transports (not under TLS, not a wrapper) whose write
 buffer is empty; anything else goes through C{transport.write} unchanged.
+
+Only the SMTP server uses it, once per pass over the client's commands, so a reply still leaves
+as one segment. The SMTP client does not: a message leaves as several writes (commands, body
+blocks, the final dot), and sent one by one the last small one waits under Nagle's algorithm
+for the peer's delayed acknowledgement, 40 ms per message (measured 2026-12-05: relaying fell
+from about 1 800 to 430 messages per second); Twisted's write buffer sends them together.
 """
 
 from __future__ import annotations
