@@ -10,7 +10,6 @@ import json
 import os
 import smtplib
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
@@ -92,8 +91,12 @@ class FetchmailRun:
     One run of the real fetchmail with its own home and pid file, the rc text on stdin.
     """
 
-    def __init__(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="fetchmail-"))
+    def __init__(self, home: Path) -> None:
+        """
+        @param home: a private directory of the test for fetchmail's files (made here).
+        """
+        home.mkdir(parents=True)
+        self.home = home
 
     def run(self, rc: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run fetchmail once in the foreground; return the finished process."""
@@ -167,7 +170,7 @@ class _Base(SynchronousTestCase):
             f'  user "{GATEWAY}" password "{password}" fetchdomains {domains}\n'
             f"  smtphost 127.0.0.1/{sink_port}\n"
         )
-        return FetchmailRun().run(rc)
+        return FetchmailRun(Path(self.mktemp())).run(rc)
 
 
 class ODMRWithFetchmailTests(_Base):
@@ -277,7 +280,7 @@ class ODMRWithFetchmailTests(_Base):
         send(daemon.mx_port, [f"carol@{GATEWAY}"], "held\n")
         wait_for(lambda: held_count(daemon) == 1, "a held recipient")
         slow = self.sink("-w", "5")
-        home = FetchmailRun()
+        home = FetchmailRun(Path(self.mktemp()))
         env = dict(os.environ, FETCHMAILHOME=str(home.home))
         rc = (
             f"set no syslog\npoll 127.0.0.1 protocol ODMR service {self.odmr_port} timeout 30\n"
@@ -324,7 +327,7 @@ class ETRNWithFetchmailTests(_Base):
         if auth:
             rc += f' esmtpname "{GATEWAY}" esmtppassword "{SECRET}"'
         rc += f'\n  user "{GATEWAY}" fetchdomains {domains}\n'
-        return FetchmailRun().run(rc)
+        return FetchmailRun(Path(self.mktemp())).run(rc)
 
     def test_etrn_with_auth(self) -> None:
         """
