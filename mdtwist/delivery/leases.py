@@ -7,9 +7,15 @@ message's lease before they deliver any of its recipients and give it back after
 whose lease is taken is left alone. A shard's messages are only ever leased in the process that
 owns the shard (an ATRN in another process asks this one over the control channel), so one
 lease per message holds across every process.
+
+A release that finds a message leased (the queue runner is looking at it, an operator is
+acting on it) asks to be told when the lease is given back (L{Leases.when_free}), so that
+it does not silently leave the message held.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 
 class Leases:
@@ -19,6 +25,7 @@ class Leases:
 
     def __init__(self) -> None:
         self._holders: dict[str, str] = {}
+        self._waiting: dict[str, list[Callable[[], object]]] = {}
 
     def take(self, queue_id: str, holder: str) -> bool:
         """
@@ -40,6 +47,7 @@ class Leases:
         """
         if self._holders.get(queue_id) == holder:
             del self._holders[queue_id]
+            self._freed(queue_id)
 
     def give_back_all(self, holder: str) -> list[str]:
         """
@@ -51,7 +59,27 @@ class Leases:
         mine = [queue_id for queue_id, who in self._holders.items() if who == holder]
         for queue_id in mine:
             del self._holders[queue_id]
+        for queue_id in mine:
+            self._freed(queue_id)
         return mine
+
+    def when_free(self, queue_id: str, callback: Callable[[], object]) -> None:
+        """
+        Call C{callback} once the message's lease is free: now when it is, else when its
+        holder gives it back (the callbacks waiting are called in order, and the first may
+        take the lease again).
+
+        @param queue_id: the message.
+        @param callback: called with no argument.
+        """
+        if queue_id in self._holders:
+            self._waiting.setdefault(queue_id, []).append(callback)
+        else:
+            callback()
+
+    def _freed(self, queue_id: str) -> None:
+        for callback in self._waiting.pop(queue_id, ()):
+            callback()
 
     def holder(self, queue_id: str) -> str | None:
         """

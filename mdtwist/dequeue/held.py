@@ -11,10 +11,12 @@ ever writes a shard's spool and leases its messages:
   - ETRN: L{HeldMail.etrn} counts the held messages of the domains and, in the background,
     delivers their held recipients through remote delivery over new connections, to the
     gateway's ETRN target (its MX, a configured host, or the requester's address). A message
-    already being released (its lease taken) is not released again, so a repeated ETRN sends
-    nothing twice.
+    whose lease is taken (the queue runner looking at it, another release sending it) is
+    released when its lease is given back, if it is still queued and held then; a repeated
+    ETRN sends nothing twice, as a sent message has left the queue by then.
   - ATRN: the process with the ODMR session claims the held messages of every shard
-    (L{HeldMail.claim} leases them to the session), reads them from the shard's database
+    (L{HeldMail.claim} leases them to the session, waiting up to L{CLAIM_WAIT} seconds for
+    the leases someone else has now), reads them from the shard's database
     read-only, sends them over the turned connection, and hands each message's results to its
     owner (L{HeldMail.record}); what the session did not finish is given back
     (L{HeldMail.give_back}) and stays held, with no bounce.
@@ -45,6 +47,10 @@ from mdtwist.spool.model import Queue, QueuedMessage, RecipientResult
 from mdtwist.spool.store import SQLiteSpool
 
 log = Logger()
+
+#: Seconds an ATRN claim waits for a message whose lease someone else has (the queue runner
+#: looking at it, an operator's command, an ETRN release sending it) before leaving it out.
+CLAIM_WAIT = 5.0
 
 
 @attrs.frozen
@@ -122,10 +128,27 @@ class HeldMail:
 
         @param domains: the domains released.
         @param holder: the session's lease name.
-        @return: the messages now leased to it (those leased by someone else are left out).
+        @return: the messages now leased to it; one leased by someone else is waited for up
+            to L{CLAIM_WAIT} seconds, and left out when its lease is still taken then.
         """
         found = await self.find(domains)
-        return [m for m in found if self._leases.take(m.queue_id, holder)]
+        busy = [m.queue_id for m in found if not self._leases.take(m.queue_id, holder)]
+        if busy:
+            await gatherResults([self._free(queue_id) for queue_id in busy])
+            for queue_id in busy:
+                self._leases.take(queue_id, holder)
+        return [m for m in found if self._leases.holder(m.queue_id) == holder]
+
+    def _free(self, queue_id: str) -> Deferred[None]:
+        # Fires when the message's lease is free, or after CLAIM_WAIT seconds.
+        d: Deferred[None] = Deferred()
+
+        def fire() -> None:
+            if not d.called:
+                d.callback(None)
+
+        self._leases.when_free(queue_id, fire)
+        return d.addTimeout(CLAIM_WAIT, self._clock, onTimeoutCancel=lambda _, __: None)
 
     def give_back(self, holder: str, queue_ids: Sequence[str] | None = None) -> None:
         """
@@ -167,8 +190,7 @@ class HeldMail:
     def etrn(self, domains: Collection[str], targets: dict[str, Route]) -> Deferred[int]:
         """
         Count the held messages of some domains and release them over new connections, in
-        the background; a message whose lease is taken (being released already) is counted
-        and not released again.
+        the background; a message whose lease is taken is released once it is given back.
 
         @param domains: the domains released.
         @param targets: per domain, the route its recipients take now (remote, or a host as a
@@ -180,11 +202,17 @@ class HeldMail:
     async def _etrn(self, domains: Collection[str], targets: dict[str, Route]) -> int:
         found = await self.find(domains)
         for held in found:
-            holder = f"etrn-{next(self._releases)}"
-            if not self._leases.take(held.queue_id, holder):
-                continue
-            self._start(held, holder, targets)
+            self._start_when_free(held, targets)
         return len(found)
+
+    def _start_when_free(self, held: HeldMessage, targets: dict[str, Route]) -> None:
+        holder = f"etrn-{next(self._releases)}"
+        if self._leases.take(held.queue_id, holder):
+            self._start(held, holder, targets)
+        else:
+            # The runner is looking at it, or a release is sending it: try again when it is
+            # given back (a message sent by then is gone, or no longer held).
+            self._leases.when_free(held.queue_id, lambda: self._start_when_free(held, targets))
 
     def _start(self, held: HeldMessage, holder: str, targets: dict[str, Route]) -> None:
         d = Deferred.fromCoroutine(self._release(held, holder, targets))

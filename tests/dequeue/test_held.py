@@ -18,7 +18,7 @@ from mdtwist.delivery.local import MaildirDelivery
 from mdtwist.delivery.runner import QueueRunner
 from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.dequeue.gateways import DAY
-from mdtwist.dequeue.held import HeldMail, HeldMessage, group_held
+from mdtwist.dequeue.held import CLAIM_WAIT, HeldMail, HeldMessage, group_held
 from mdtwist.envelope import Recipient, RecipientState
 from mdtwist.route import Route, RouteKind
 from mdtwist.spool.model import MessageKind, QueuedMessage, RecipientResult
@@ -132,6 +132,33 @@ class LeasesTests(SynchronousTestCase):
         self.assertEqual(leases.holder("q3"), "b")
         self.assertIsNone(leases.holder("q1"))
 
+    def test_when_free(self) -> None:
+        """
+        A free lease calls back at once; a taken one when its holder gives it back (alone or
+        with all its leases), in order, and a callback may take the lease again.
+        """
+        leases = Leases()
+        called: list[str] = []
+        leases.when_free("q1", lambda: called.append("free"))
+        self.assertEqual(called, ["free"])
+        leases.take("q1", "a")
+        leases.take("q2", "a")
+
+        def first() -> None:
+            called.append("first")
+            leases.take("q1", "b")
+
+        leases.when_free("q1", first)
+        leases.when_free("q1", lambda: called.append("second"))
+        leases.when_free("q2", lambda: called.append("q2"))
+        leases.give_back("q1", "someone else")
+        self.assertEqual(called, ["free"])
+        leases.give_back("q1", "a")
+        self.assertEqual(called, ["free", "first", "second"])
+        self.assertEqual(leases.holder("q1"), "b")
+        leases.give_back_all("a")
+        self.assertEqual(called, ["free", "first", "second", "q2"])
+
 
 class GroupHeldTests(SynchronousTestCase):
     """L{group_held}."""
@@ -196,17 +223,16 @@ class ClaimRecordTests(_Setup):
 
     def test_claim_is_exclusive(self) -> None:
         """
-        A claim leases the held messages of the domains; a second holder gets none of them, a
-        claim for another domain only its own.
+        A claim leases the held messages of the domains; a second holder gets none of them
+        (after waiting L{CLAIM_WAIT} seconds for them), a claim for another domain only its own.
         """
         first = self.enqueue(held(f"a@{GATE}"), held(f"b@{OTHER}"))
         second = self.enqueue(held(f"c@{OTHER}"))
         claimed = self.successResultOf(Deferred.fromCoroutine(self.held.claim([GATE], "atrn-1")))
         self.assertEqual(claimed, [HeldMessage(first, (0,))])
-        again = self.successResultOf(
-            Deferred.fromCoroutine(self.held.claim([GATE, OTHER], "atrn-2"))
-        )
-        self.assertEqual(again, [HeldMessage(second, (0,))])
+        again = Deferred.fromCoroutine(self.held.claim([GATE, OTHER], "atrn-2"))
+        self.clock.advance(CLAIM_WAIT)
+        self.assertEqual(self.successResultOf(again), [HeldMessage(second, (0,))])
 
     def test_record_results(self) -> None:
         """
@@ -235,6 +261,24 @@ class ClaimRecordTests(_Setup):
             self.successResultOf(Deferred.fromCoroutine(self.held.record(queue_id, "x", results)))
         )
         self.assertEqual(self.states(queue_id), ["pending"])
+
+    def test_claim_waits_for_a_short_lease(self) -> None:
+        """
+        A message the queue runner has leased just now is claimed as soon as the runner gives
+        it back; one still leased after L{CLAIM_WAIT} seconds is left out.
+        """
+        first = self.enqueue(held(f"a@{GATE}"))
+        second = self.enqueue(held(f"b@{GATE}"))
+        self.leases.take(first, "queue-runner")
+        self.leases.take(second, "operator")
+        claimed = Deferred.fromCoroutine(self.held.claim([GATE], "atrn-1"))
+        self.assertNoResult(claimed)
+        self.leases.give_back(first, "queue-runner")
+        self.assertNoResult(claimed)
+        self.clock.advance(CLAIM_WAIT)
+        self.assertEqual(self.successResultOf(claimed), [HeldMessage(first, (0,))])
+        self.assertEqual(self.leases.holder(first), "atrn-1")
+        self.assertEqual(self.leases.holder(second), "operator")
 
     def test_give_back_keeps_held(self) -> None:
         """Given back, the messages are claimable again and unchanged."""
@@ -282,6 +326,36 @@ class EtrnReleaseTests(_Setup):
         self.assertEqual(self.successResultOf(self.held.etrn([GATE], route)), 1)
         self.assertEqual(self.successResultOf(self.held.etrn([GATE], route)), 1)
         self.assertEqual(len(self.remote.calls), 1)
+        self.remote.answer()
+        self.assertEqual(self.remote.calls, [])
+
+    def test_repeated_etrn_after_a_temporary_failure(self) -> None:
+        """
+        An ETRN that came while the first one's delivery ran, which then failed for now, sends
+        the message once more when the first gives it back.
+        """
+        queue_id = self.enqueue(held(f"a@{GATE}"))
+        route = {GATE: Route.remote()}
+        self.successResultOf(self.held.etrn([GATE], route))
+        self.successResultOf(self.held.etrn([GATE], route))
+        self.remote.answer(RecipientState.PENDING, "4.4.1")
+        self.assertEqual(len(self.remote.calls), 1)
+        self.remote.answer()
+        self.assertIsNone(self.load(queue_id))
+
+    def test_released_after_the_runner_gives_it_back(self) -> None:
+        """
+        A message the queue runner is looking at when the ETRN comes is released as soon as the
+        runner gives its lease back, not left held.
+        """
+        queue_id = self.enqueue(held(f"a@{GATE}"))
+        self.leases.take(queue_id, "queue-runner")
+        self.assertEqual(self.successResultOf(self.held.etrn([GATE], {GATE: Route.remote()})), 1)
+        self.assertEqual(self.remote.calls, [])
+        self.leases.give_back(queue_id, "queue-runner")
+        self.assertEqual(len(self.remote.calls), 1)
+        self.remote.answer()
+        self.assertIsNone(self.load(queue_id))
 
     def test_temporary_failure_stays_held(self) -> None:
         """A 4xx from the gateway's host keeps the recipient held, with no notice."""
