@@ -40,7 +40,6 @@ loop: it is parked in the bad queue before any attempt.
 
 from __future__ import annotations
 
-import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -312,11 +311,12 @@ class QueueRunner(Service):
     async def _run_pass(self) -> None:
         seen: set[str] = set()
         flush, self._flush_wanted = self._flush_wanted, False
+        after: str | None = None
         while self.running:
             if flush:
-                # Everything pending; the ones attempted already are asked for again (they
-                # may still come first), so ask for that many more.
-                due = await self._spool.due(math.inf, self._batch + len(seen))
+                # Everything pending, whatever its schedule, page by page in queue-id order.
+                due = await self._spool.pending(after, self._batch)
+                after = due[-1] if due else after
             else:
                 due = await self._spool.due(self._clock.seconds(), self._batch)
             fresh = [queue_id for queue_id in due if queue_id not in seen]

@@ -465,6 +465,26 @@ class SQLiteSpool:
             d = self._read(self._reading, _select_due, now, limit)
         return d
 
+    def pending(self, after: str | None, limit: int) -> Deferred[list[str]]:
+        """
+        Walk the active messages that have pending recipients, whatever their schedule, in
+        queue-id order: a flush (C{mdtwistctl queue run}) asks page after page and sees each
+        message once, however long the queue.
+
+        @param after: the last queue id of the page before, or L{None} for the first page.
+        @param limit: the most queue ids to return.
+        @return: a Deferred firing with the ids after C{after}.
+        """
+        rowid = 0 if after is None else parse_queue_id(after)
+        if rowid is None:
+            raise ValueError(f"not a queue id: {after!r}")
+        d: Deferred[list[str]]
+        if self._read is None:
+            d = self._run(self._guarded, _select_pending, rowid, limit)
+        else:
+            d = self._read(self._reading, _select_pending, rowid, limit)
+        return d
+
     def load(self, queue_id: str) -> Deferred[QueuedMessage | None]:
         """
         Read one message with its body.
@@ -1218,6 +1238,15 @@ def _select_entries(db: sqlite3.Connection) -> list[QueueEntry]:
         (RecipientState.PENDING.value,),
     )
     return _entries(rows)
+
+
+def _select_pending(db: sqlite3.Connection, after: int, limit: int) -> list[str]:
+    rows = db.execute(
+        "SELECT id FROM message WHERE id > ? AND queue = ? AND EXISTS (SELECT 1"
+        " FROM recipient WHERE message_id = message.id AND state = ?) ORDER BY id LIMIT ?",
+        (after, Queue.ACTIVE.value, RecipientState.PENDING.value, limit),
+    )
+    return [format_queue_id(rowid) for (rowid,) in rows]
 
 
 def _select_page(

@@ -188,6 +188,29 @@ class SQLiteSpoolTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.spool.due(5000, 10)), [first, second])
         self.assertEqual(self.successResultOf(self.spool.due(5000, 1)), [first])
 
+    def test_pending_pages(self) -> None:
+        """
+        L{SQLiteSpool.pending} walks the active messages with pending recipients in queue-id
+        order, page by page, whatever their schedule; a parked message is not in it.
+        """
+        ids = [
+            self.successResultOf(self.spool.enqueue(make_envelope(f"{n}@x"), SMALL))
+            for n in "abcd"
+        ]
+        later = make_envelope("e@x")
+        ids.append(
+            self.successResultOf(
+                self.spool.enqueue(
+                    Envelope(later.sender, later.recipients, later.client, 9e9), SMALL
+                )
+            )
+        )
+        self.successResultOf(self.spool.park(ids[1], "looping"))
+        self.assertEqual(self.successResultOf(self.spool.pending(None, 2)), [ids[0], ids[2]])
+        self.assertEqual(self.successResultOf(self.spool.pending(ids[2], 2)), [ids[3], ids[4]])
+        self.assertEqual(self.successResultOf(self.spool.pending(ids[4], 2)), [])
+        self.assertRaises(ValueError, self.spool.pending, "nonsense", 2)
+
     def test_count_and_list(self) -> None:
         """The spool counts and lists its messages with their pending recipients."""
         queue_id = self.successResultOf(self.spool.enqueue(make_envelope("a@x", "b@x"), SMALL))
