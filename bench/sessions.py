@@ -53,8 +53,14 @@ PEAK = Case("-s 20 -d", True)
 BODY = b"Subject: latency\r\n\r\n" + (b"x" * 98 + b"\r\n") * 10 + b".\r\n"
 
 
-async def _reply(reader: asyncio.StreamReader) -> bytes:
-    # One whole (possibly multi-line) reply; its first line.
+async def read_reply(reader: asyncio.StreamReader) -> bytes:
+    """
+    Read one whole (possibly multi-line) reply.
+
+    @param reader: the connection.
+    @return: its first line.
+    @raise RunFailed: when the server closed the connection.
+    """
     first = line = await reader.readline()
     while len(line) > 3 and line[3:4] == b"-":
         line = await reader.readline()
@@ -67,14 +73,14 @@ async def _command(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes, expect: bytes
 ) -> None:
     writer.write(line)
-    reply = await _reply(reader)
+    reply = await read_reply(reader)
     if not reply.startswith(expect):
         raise RunFailed(f"{line!r} got {reply!r}")
 
 
 async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    greeting = await _reply(reader)
+    greeting = await read_reply(reader)
     if not greeting.startswith(b"220"):
         raise RunFailed(f"greeting {greeting!r}")
     await _command(reader, writer, b"EHLO client.test\r\n", b"250")
@@ -90,7 +96,7 @@ async def _send(
     await _command(reader, writer, b"DATA\r\n", b"354")
     writer.write(BODY)
     started = time.perf_counter()
-    reply = await _reply(reader)
+    reply = await read_reply(reader)
     samples.append(time.perf_counter() - started)
     if not reply.startswith(b"250"):
         raise RunFailed(f"end of data got {reply!r}")
@@ -125,7 +131,7 @@ async def load(port: int, messages: int, rate: float | None) -> tuple[float, lis
     elapsed = time.perf_counter() - started
     for reader, writer in connections:
         writer.write(b"QUIT\r\n")
-        await _reply(reader)
+        await read_reply(reader)
         writer.close()
     return messages / elapsed, samples
 
