@@ -47,6 +47,7 @@ from bench.servers import (
     MdtwistServer,
     PostfixMaildirServer,
     PostfixServer,
+    worker_name,
 )
 from tests.integration.peers import PeerError, find_program
 
@@ -337,6 +338,14 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         help="also run a second Postfix that delivers into a Maildir, as mdtwist does",
     )  # fmt: skip
     parser.add_argument(
+        "--maildir-processes", type=int, default=0, metavar="N",
+        help="mdtwist's delivery.maildir_processes (default: 0, threads)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--concurrency", type=int, default=0, metavar="N",
+        help="mdtwist's delivery.concurrency (default: the configuration's default)",
+    )  # fmt: skip
+    parser.add_argument(
         "--processes", type=int, default=1, help="mdtwist's server.processes (default: 1)"
     )
     parser.add_argument(
@@ -365,7 +374,13 @@ def main(argv: Sequence[str]) -> int:
     print(f"load average at start: {load_average()}", flush=True)
     mdtwist_parent = base / "mdtwist"
     mdtwist_parent.mkdir()
-    mdtwist = MdtwistServer(mdtwist_parent, processes=options.processes)
+    mdtwist = MdtwistServer(
+        mdtwist_parent,
+        processes=options.processes,
+        delivery_extra=f"maildir_processes = {options.maildir_processes}"
+        + (f"\nconcurrency = {options.concurrency}" if options.concurrency else ""),
+        name=worker_name(options.processes, options.maildir_processes),
+    )
     references: list[BenchServer] = []
     if options.baseline is not None:
         (base / "baseline").mkdir()

@@ -98,6 +98,16 @@ def _count_files(folder: Path) -> int:
         return 0
 
 
+def worker_name(processes: int, maildir_processes: int) -> str:
+    """
+    @param processes: C{server.processes}.
+    @param maildir_processes: C{delivery.maildir_processes}.
+    @return: the row name of mdtwist run so: C{mdtwist}, C{mdtwist-2p}, C{mdtwist-w2}...
+    """
+    name = "mdtwist" if processes == 1 else f"mdtwist-{processes}p"
+    return name if not maildir_processes else f"{name}-w{maildir_processes}"
+
+
 class MdtwistServer:
     """
     The real mdtwist daemon (twistd), started afresh for every run.

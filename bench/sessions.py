@@ -41,7 +41,14 @@ from pathlib import Path
 from bench.common import RunFailed, load_average, settle
 from bench.inbound import Case, measure
 from bench.procfs import tree_pids
-from bench.servers import RECIPIENT, SENDER, BenchServer, MdtwistServer, PostfixMaildirServer
+from bench.servers import (
+    RECIPIENT,
+    SENDER,
+    BenchServer,
+    MdtwistServer,
+    PostfixMaildirServer,
+    worker_name,
+)
 from tests.integration.peers import PeerError
 
 #: Connections of the peak and latency measurements.
@@ -194,6 +201,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--rate", type=float, default=None, help="the paced rate (default: half the peak)"
     )
+    parser.add_argument(
+        "--maildir-processes", type=int, default=0, help="mdtwist's delivery.maildir_processes"
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     options = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -203,7 +213,13 @@ def main(argv: Sequence[str]) -> int:
     print(f"under {base}; load average {load_average()}", flush=True)
     (base / "mdtwist").mkdir()
     sessions = options.idle + 100
-    mdtwist = MdtwistServer(base / "mdtwist", max_sessions=sessions, max_sessions_per_ip=sessions)
+    mdtwist = MdtwistServer(
+        base / "mdtwist",
+        max_sessions=sessions,
+        max_sessions_per_ip=sessions,
+        delivery_extra=f"maildir_processes = {options.maildir_processes}",
+        name=worker_name(1, options.maildir_processes),
+    )
     postfix: PostfixMaildirServer | None = None
     rows: dict[str, list[tuple[float, float, float]]] = {}
     memory: dict[str, list[tuple[float, float, float, float]]] = {}

@@ -29,7 +29,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import RunFailed, load_average, settle
-from bench.servers import RECIPIENT, SENDER, BenchServer, MdtwistServer, PostfixMaildirServer
+from bench.servers import (
+    RECIPIENT,
+    SENDER,
+    BenchServer,
+    MdtwistServer,
+    PostfixMaildirServer,
+    worker_name,
+)
 from bench.sessions import read_reply
 from tests.integration.peers import PeerError
 
@@ -106,13 +113,21 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--messages", type=int, default=3000, help="messages per run")
     parser.add_argument("--processes", type=int, default=1, help="mdtwist's server.processes")
+    parser.add_argument(
+        "--maildir-processes", type=int, default=0, help="mdtwist's delivery.maildir_processes"
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     options = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="mdtwist-steps-", dir=options.workdir)).resolve()
     base.chmod(0o755)
     print(f"under {base}; load average {load_average()}", flush=True)
     (base / "mdtwist").mkdir()
-    mdtwist = MdtwistServer(base / "mdtwist", processes=options.processes)
+    mdtwist = MdtwistServer(
+        base / "mdtwist",
+        processes=options.processes,
+        delivery_extra=f"maildir_processes = {options.maildir_processes}",
+        name=worker_name(options.processes, options.maildir_processes),
+    )
     postfix: PostfixMaildirServer | None = None
     means: dict[str, list[tuple[float, dict[str, float]]]] = {}
     try:

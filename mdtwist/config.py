@@ -196,6 +196,9 @@ class DeliveryConfig:
     @ivar concurrency: messages in delivery at the same time (per process), counted from the
         load to the spool's commit of the outcome, so more than the connections to one host.
     @ivar run_interval: seconds between periodic queue runs.
+    @ivar maildir_processes: worker processes that write Maildir files (per server process),
+        each on C{concurrency} threads of its own; 0: threads of the server process write
+        them (L{mdtwist.delivery.workers}).
     """
 
     local: LocalDelivery = LocalDelivery.MAILDIR
@@ -203,6 +206,7 @@ class DeliveryConfig:
     lmtp_endpoint: str = ""
     concurrency: int = 20
     run_interval: float = 60.0
+    maildir_processes: int = 0
 
 
 @attrs.frozen
@@ -964,10 +968,15 @@ def _spool(reader: _Reader, top: _Table) -> SpoolConfig:
     )
 
 
+#: The most Maildir worker processes C{delivery.maildir_processes} allows per server process.
+MAX_MAILDIR_PROCESSES = 16
+
+
 def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
     table = top.subtable(
         "delivery",
-        {"local", "maildir_root", "lmtp_endpoint", "concurrency", "run_interval"},
+        {"local", "maildir_root", "lmtp_endpoint", "concurrency", "run_interval"}
+        | {"maildir_processes"},
     )
     assert table is not None
     defaults = DeliveryConfig()
@@ -981,12 +990,19 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
             reader.problem(table.key("lmtp_endpoint"), "required when local = 'lmtp'")
         else:
             _check_client_endpoint(reader, table.key("lmtp_endpoint"), lmtp_endpoint)
+    workers = table.value("maildir_processes", int, defaults.maildir_processes)
+    if not 0 <= workers <= MAX_MAILDIR_PROCESSES:
+        reader.problem(
+            table.key("maildir_processes"), f"must be from 0 to {MAX_MAILDIR_PROCESSES}"
+        )
+        workers = defaults.maildir_processes
     return DeliveryConfig(
         local=local,
         maildir_root=maildir_root,
         lmtp_endpoint=lmtp_endpoint,
         concurrency=table.positive("concurrency", int, defaults.concurrency),
         run_interval=table.positive("run_interval", float, defaults.run_interval),
+        maildir_processes=workers,
     )
 
 

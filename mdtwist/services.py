@@ -12,11 +12,13 @@ then the spool is closed, and the thread pools go last:
     directory            ThreadPoolService: LDAP calls and password hashing
     spool-io             ThreadPoolService with one thread: the spool's only writer
     spool-read           ThreadPoolService: message loads on read-only connections
-    delivery-io          ThreadPoolService: Maildir writes and fsyncs (idle with LMTP)
+    delivery-io          ThreadPoolService: Maildir writes and fsyncs (idle with LMTP or
+                         Maildir worker processes)
     spool                closes the spool database on shutdown
     sharing-io           ThreadPoolService with one thread: the Domain Sharing cache ([sharing])
     sharing              SharingService: Minger lookups at the peers, the shared cache
     smtp-client-close    closes idle outbound SMTP connections on shutdown
+    maildir-workers      DeliveryWorkers: the Maildir writes, with delivery.maildir_processes
     queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     minger               the Minger UDP server ([minger]; first process only)
     smtp-N-MODE          one RequiredListener per [[smtp.listen]]: each opens, or start-up stops
@@ -86,6 +88,7 @@ from mdtwist.delivery.popauth import pop_before_smtp
 from mdtwist.delivery.remote import RemoteDelivery, SmartHostAccess
 from mdtwist.delivery.router import RoutingPolicy, parse_host_spec
 from mdtwist.delivery.runner import QueueRunner
+from mdtwist.delivery.workers import DeliveryWorkers
 from mdtwist.dequeue.client import ReleasedDomainsPolicy
 from mdtwist.dequeue.gateways import GatewayBook
 from mdtwist.dequeue.held import HeldMail
@@ -299,7 +302,8 @@ def build_local_delivery(
 
     @param config: the configuration.
     @param reactor: the clock (Maildir file names).
-    @param run: runs blocking writes on the delivery thread pool.
+    @param run: runs blocking writes (on the delivery thread pool, or in the Maildir worker
+        processes).
     @return: the delivery agent.
     @raise ConfigError: when the Maildir root cannot be created.
     """
@@ -614,10 +618,18 @@ def make_service(
     book = GatewayBook(config.gateways)
     leases = Leases()
     remote = build_remote_delivery(config, reactor, directory, top, shard, sharing)
+    write: Callable[..., Deferred[Any]] = delivery_pool.run
+    if config.delivery.local is LocalDelivery.MAILDIR and config.delivery.maildir_processes:
+        # Before the queue runner, so that they stop after it.
+        workers = DeliveryWorkers(
+            reactor, config.delivery.maildir_processes, config.delivery.concurrency
+        )
+        workers.setServiceParent(top)
+        write = workers.run
     runner = QueueRunner(
         spool,
         directory,
-        build_local_delivery(config, reactor, delivery_pool.run),
+        build_local_delivery(config, reactor, write),
         reactor,
         interval=config.delivery.run_interval,
         concurrency=config.delivery.concurrency,

@@ -487,6 +487,24 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.smtp.max_message_size, 52_428_800)
         self.assertIs(config.smtp.forbid_unauth_pipelining, True)
 
+    def test_maildir_processes(self) -> None:
+        """
+        C{delivery.maildir_processes} is 0 (threads) by default and takes 0 to 16; another
+        number or a value that is no integer is named with the file and the key.
+        """
+        self.assertEqual(load_config(self.write(GOOD)).delivery.maildir_processes, 0)
+        two = GOOD.replace('maildir_root = "mail"', 'maildir_root = "mail"\nmaildir_processes = 2')
+        self.assertEqual(load_config(self.write(two)).delivery.maildir_processes, 2)
+        for value, reason in (
+            ("17", "must be from 0 to 16"),
+            ("-1", "must be from 0 to 16"),
+            ("true", "expected an integer, got true or false"),
+        ):
+            bad = GOOD.replace(
+                'maildir_root = "mail"', f'maildir_root = "mail"\nmaildir_processes = {value}'
+            )
+            self.assertEqual(self.problems(bad), [f"delivery.maildir_processes: {reason}"])
+
     def test_unauth_pipelining_switch(self) -> None:
         """
         C{smtp.forbid_unauth_pipelining} can be switched off; a value that is not a boolean

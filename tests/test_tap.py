@@ -84,6 +84,17 @@ class BuildTests(_DemoCase):
             ],
         )
 
+    def test_maildir_workers_stop_after_the_queue(self) -> None:
+        """
+        With C{delivery.maildir_processes} the Maildir workers are a child that comes before
+        the queue runner, so that they stop after it.
+        """
+        text = self.config.read_text().replace("# maildir_processes = 0", "maildir_processes = 2")
+        self.config.write_text(text)
+        service, _ = self.build()
+        names = [child.name for child in service]
+        self.assertEqual(names[names.index("queue") - 1], "maildir-workers")
+
     def test_listeners(self) -> None:
         """
         Starting the service listens on exactly the configured ports and interfaces, each with

@@ -5,7 +5,8 @@ Delivery into local mailboxes: the L{ILocalDelivery} seam and its Maildir implem
 A Maildir delivery (after the Maildir specification of qmail) writes the message to a file with
 a name no other delivery uses in C{tmp/}, fsyncs it, renames it into C{new/} and fsyncs C{new/},
 so a message is either complete in C{new/} or absent. Directories that a delivery creates are
-fsynced into their parents. The blocking work runs on a thread through C{run}.
+fsynced into their parents. The blocking work (L{mdtwist.delivery.maildir_files}) runs through
+C{run}: on a delivery thread, or in a delivery worker process (L{mdtwist.delivery.workers}).
 
 Stored copies have Unix line ends (C{LF}), as Maildir readers expect, and start with a
 C{Return-Path:} line with the envelope sender and a C{Delivered-To:} line naming the account.
@@ -36,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from mdtwist.durable import fsync_directory, write_new_file
+from mdtwist.delivery.maildir_files import write_copy
 from mdtwist.logging import escape_text
 
 if TYPE_CHECKING:
@@ -170,83 +171,6 @@ def _is_safe_header_value(text: str) -> bool:
     return bool(text) and not _CONTROL.search(text)
 
 
-def _make_directories(path: Path, stop: Path) -> None:
-    # Create path and its missing parents below stop, fsyncing each into its parent.
-    missing = []
-    current = path
-    while current != stop and not current.is_dir():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        fsync_directory(directory.parent)
-
-
-def write_maildir_message(
-    root: Path,
-    maildir: Path,
-    name: str,
-    content: bytes,
-    known: set[Path] | None = None,
-    *,
-    final_name: str | None = None,
-) -> None:
-    """
-    Write one message into a Maildir, durably; blocking.
-
-    @param root: the mail root; created when absent, but only its own subdirectories are
-        fsynced into their parents.
-    @param maildir: the Maildir (holding C{tmp}, C{new} and C{cur}); created when absent.
-    @param name: the unique file name.
-    @param content: the file content.
-    @param known: Maildirs known to exist, which are not checked again; this one is added once
-        it exists, and dropped again when it turns out to be gone (then it is made anew).
-    @param final_name: the name in C{new/} when it differs from C{name} (the name in
-        C{tmp/}); the file is then linked, never renamed, into C{new/}, so that a file of that
-        name already there stays as it is (and counts as this message).
-    @raise OSError: when the message could not be written; then no part of it is left behind.
-    """
-    if known is not None and maildir in known:
-        try:
-            _write_into(maildir, name, content, final_name)
-            return
-        except FileNotFoundError:
-            known.discard(maildir)
-    root.mkdir(parents=True, exist_ok=True)
-    for sub in ("tmp", "new", "cur"):
-        _make_directories(maildir / sub, root)
-    _write_into(maildir, name, content, final_name)
-    if known is not None:
-        known.add(maildir)
-
-
-def _write_into(maildir: Path, name: str, content: bytes, final_name: str | None) -> None:
-    temporary = maildir / "tmp" / name
-    final = maildir / "new" / (name if final_name is None else final_name)
-    write_new_file(temporary, content)
-    try:
-        if final_name is None:
-            os.rename(temporary, final)
-        else:
-            try:
-                os.link(temporary, final)
-            except FileExistsError:
-                pass  # delivered by an earlier attempt: that file is the copy
-            finally:
-                temporary.unlink()
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    try:
-        fsync_directory(final.parent)
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
-
-
 @implementer(ILocalDelivery)
 class MaildirDelivery:
     """
@@ -300,7 +224,8 @@ class MaildirDelivery:
         An LDAP account's Maildir used to be named after whichever C{mail} value the server
         returned first; the name no longer depends on that order, and a delivery goes on
         into such an existing Maildir while the account's own one does not exist (see
-        L{choose_maildir}), so no mail is split and none already there is lost from sight.
+        L{mdtwist.delivery.maildir_files.choose_maildir}), so no mail is split and none
+        already there is lost from sight.
 
         An account whose Maildir is named by a directory attribute (C{attributes.mailbox},
         such as C{uid}) has no former Maildirs: another account's attribute value could equal
@@ -391,7 +316,7 @@ class MaildirDelivery:
             return succeed(loop)
         header = f"Return-Path: <{sender}>\nDelivered-To: {account.address}\n".encode()
         d: Deferred[bool] = self._run(
-            _write_copy,
+            write_copy,
             self._root,
             maildir,
             self.former_maildirs(account, maildir),
@@ -426,40 +351,3 @@ class MaildirDelivery:
             )
 
         return d.addCallbacks(delivered, failed)
-
-
-def choose_maildir(maildir: Path, former: tuple[Path, ...], known: set[Path]) -> Path:
-    """
-    Pick the Maildir a copy goes to (blocking: it may look at the disk).
-
-    @param maildir: the account's Maildir.
-    @param former: Maildirs of an earlier naming (L{MaildirDelivery.former_maildirs}).
-    @param known: Maildirs known to exist.
-    @return: C{maildir} when it exists or no former one does; else the first former one that
-        exists.
-    """
-    if maildir in known or not former or maildir.is_dir():
-        return maildir
-    for path in former:
-        if path.is_dir():  # looked at each time: a former Maildir may be moved away
-            return path
-    return maildir
-
-
-def _write_copy(
-    root: Path,
-    maildir: Path,
-    former: tuple[Path, ...],
-    name: str,
-    final_name: str | None,
-    header: bytes,
-    body: bytes,
-    known: set[Path],
-) -> bool:
-    # Whether the copy was written (not found there already).
-    target = choose_maildir(maildir, former, known)
-    if final_name is not None and (target / "new" / final_name).exists():
-        return False  # delivered by an attempt the spool did not record
-    content = header + body.replace(b"\r\n", b"\n")
-    write_maildir_message(root, target, name, content, known, final_name=final_name)
-    return True

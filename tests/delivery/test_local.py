@@ -21,8 +21,8 @@ from mdtwist.delivery.local import (
     ILocalDelivery,
     MaildirDelivery,
     forwarding_loop,
-    write_maildir_message,
 )
+from mdtwist.delivery.maildir_files import write_maildir_message
 from tests.spool.fakes import make_account, run_now
 from tests.support.logs import capture_logs
 

@@ -214,3 +214,49 @@ def _log_tail(log_path: Path | None, lines: int = 20) -> str:
         return ""
     tail = "\n".join(text.splitlines()[-lines:])
     return f"; the end of {log_path}:\n{tail}"
+
+
+def children(pid: int) -> list[int]:
+    """
+    @param pid: a process id.
+    @return: the processes whose parent it is.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces; the parent id follows it.
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """
+    @param pid: a process id.
+    @return: its children, their children and so on (bounded by the process table).
+    """
+    found: list[int] = []
+    todo = [pid]
+    while todo and len(found) < 100_000:
+        for child in children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """
+    @param pid: a process id.
+    @return: whether it runs (a zombie does not).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"

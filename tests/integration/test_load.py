@@ -37,6 +37,9 @@ class SMTPSourceTests(SynchronousTestCase):
     smtp-source sends 5000 messages over 20 parallel sessions.
     """
 
+    #: The daemon's C{[delivery]} lines (its default when empty).
+    delivery = ""
+
     def test_every_message_lands_exactly_once(self) -> None:
         """
         All 5000 messages are accepted, each lands once in the Maildir, and the spool empties.
@@ -44,7 +47,9 @@ class SMTPSourceTests(SynchronousTestCase):
         smtp-source opens a session as soon as it has closed one, before the server may have
         seen the close: the per-address limit is above its 20 sessions.
         """
-        daemon = Daemon(Path(self.mktemp()), smtp_extra="max_sessions_per_ip = 40")
+        daemon = Daemon(
+            Path(self.mktemp()), smtp_extra="max_sessions_per_ip = 40", delivery=self.delivery
+        )
         daemon.start()
         self.addCleanup(daemon.stop)
         result = subprocess.run(
@@ -86,6 +91,9 @@ class CrashTests(SynchronousTestCase):
     kill -9 in the middle of a load run loses no message that got its 250.
     """
 
+    #: The daemon's C{[delivery]} lines (its default when empty).
+    delivery = ""
+
     def test_kill_9_loses_nothing(self) -> None:
         """
         20 clients send messages with unique Message-IDs; the daemon is killed with SIGKILL
@@ -93,7 +101,7 @@ class CrashTests(SynchronousTestCase):
         delivered afterwards, and none twice: a copy that reached the Maildir before the spool
         recorded it (the crash window) is found there by its name and not delivered again.
         """
-        daemon = Daemon(Path(self.mktemp()))
+        daemon = Daemon(Path(self.mktemp()), delivery=self.delivery)
         daemon.start()
         self.addCleanup(daemon.stop)
         accepted: list[str] = []
@@ -142,3 +150,24 @@ class CrashTests(SynchronousTestCase):
         self.assertEqual(lost, [])
         self.assertGreaterEqual(len(delivered), len(acknowledged))
         self.assertEqual(duplicates, 0)
+
+
+#: Maildir files written by two worker processes.
+WORKERS = 'maildir_root = "mail"\nmaildir_processes = 2'
+
+
+class SMTPSourceWorkersTests(SMTPSourceTests):
+    """
+    The same load with the Maildir written by worker processes.
+    """
+
+    delivery = WORKERS
+
+
+class CrashWorkersTests(CrashTests):
+    """
+    The same crash with the Maildir written by worker processes: the workers end with the
+    killed daemon, and what they wrote counts as written.
+    """
+
+    delivery = WORKERS

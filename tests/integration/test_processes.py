@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.spool.store import SQLiteSpool, shard_directory
 from tests.integration.daemon import Daemon
+from tests.integration.peers import alive, children
 from tests.spool.fakes import make_envelope
 
 #: The most seconds a test waits for something the daemon does.
@@ -34,31 +35,6 @@ def _wait_for(condition: Callable[[], object], what: str) -> object:
             return result
         time.sleep(0.05)
     raise AssertionError(f"gave up waiting for {what}")
-
-
-def _children(pid: int) -> list[int]:
-    # The processes whose parent is pid.
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces; the parent id follows it.
-        fields = stat.rpartition(")")[2].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _send(port: int, subject: str) -> None:
@@ -88,7 +64,7 @@ class ProcessesTests(SynchronousTestCase):
         _wait_for(lambda: self.daemon.ctl("status").returncode == 0, "the running server")
 
     def _child(self) -> int:
-        pids = _wait_for(lambda: _children(self.parent), "the child process")
+        pids = _wait_for(lambda: children(self.parent), "the child process")
         assert isinstance(pids, list)
         self.assertEqual(len(pids), 1, pids)
         return int(pids[0])
@@ -142,7 +118,7 @@ class ProcessesTests(SynchronousTestCase):
         os.kill(old, signal.SIGKILL)
         self._send_and_check(20)
         pids = _wait_for(
-            lambda: [pid for pid in _children(self.parent) if pid != old and _alive(pid)],
+            lambda: [pid for pid in children(self.parent) if pid != old and alive(pid)],
             "a new child",
         )
         assert isinstance(pids, list)
@@ -160,14 +136,14 @@ class ProcessesTests(SynchronousTestCase):
         SIGTERM to the parent stops the child too before the parent exits.
         """
         self.assertEqual(self.daemon.stop(), -signal.SIGTERM)
-        self.assertFalse(_alive(self.child))
+        self.assertFalse(alive(self.child))
 
     def test_child_stops_when_the_parent_is_killed(self) -> None:
         """
         A parent killed with SIGKILL cannot stop its child; the child notices and stops.
         """
         self.daemon.kill()
-        _wait_for(lambda: not _alive(self.child), "the child to stop")
+        _wait_for(lambda: not alive(self.child), "the child to stop")
         self.assertIn("The parent process is gone; stopping", self.daemon.log())
 
 
@@ -195,4 +171,4 @@ class LeftoverShardTests(SynchronousTestCase):
         self.assertIn("for spool shard 1 (draining: no listeners)", daemon.log())
         _wait_for(lambda: "Spool shard 1 is drained" in daemon.log(), "the child to end")
         assert daemon.process is not None
-        self.assertEqual(_children(daemon.process.pid), [])
+        self.assertEqual(children(daemon.process.pid), [])

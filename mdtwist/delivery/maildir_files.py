@@ -1,0 +1,146 @@
+# -*- test-case-name: tests.delivery.test_local -*-
+"""
+Writing one copy of a message into a Maildir, durably: the blocking half of
+L{mdtwist.delivery.local.MaildirDelivery}, run off the reactor thread (on a delivery thread,
+or in a delivery worker process: L{mdtwist.delivery.workers}).
+
+The file is written under a name no other delivery uses in C{tmp/}, fsynced, renamed (or
+linked, for a copy with a fixed name) into C{new/}, and C{new/} is fsynced, so a message is
+either complete in C{new/} or absent. Directories created on the way are fsynced into their
+parents. Nothing here imports Twisted, so a worker process stays small.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mdtwist.durable import fsync_directory, write_new_file
+
+
+def _make_directories(path: Path, stop: Path) -> None:
+    # Create path and its missing parents below stop, fsyncing each into its parent.
+    missing = []
+    current = path
+    while current != stop and not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        fsync_directory(directory.parent)
+
+
+def write_maildir_message(
+    root: Path,
+    maildir: Path,
+    name: str,
+    content: bytes,
+    known: set[Path] | None = None,
+    *,
+    final_name: str | None = None,
+) -> None:
+    """
+    Write one message into a Maildir, durably; blocking.
+
+    @param root: the mail root; created when absent, but only its own subdirectories are
+        fsynced into their parents.
+    @param maildir: the Maildir (holding C{tmp}, C{new} and C{cur}); created when absent.
+    @param name: the unique file name.
+    @param content: the file content.
+    @param known: Maildirs known to exist, which are not checked again; this one is added once
+        it exists, and dropped again when it turns out to be gone (then it is made anew).
+    @param final_name: the name in C{new/} when it differs from C{name} (the name in
+        C{tmp/}); the file is then linked, never renamed, into C{new/}, so that a file of that
+        name already there stays as it is (and counts as this message).
+    @raise OSError: when the message could not be written; then no part of it is left behind.
+    """
+    if known is not None and maildir in known:
+        try:
+            _write_into(maildir, name, content, final_name)
+            return
+        except FileNotFoundError:
+            known.discard(maildir)
+    root.mkdir(parents=True, exist_ok=True)
+    for sub in ("tmp", "new", "cur"):
+        _make_directories(maildir / sub, root)
+    _write_into(maildir, name, content, final_name)
+    if known is not None:
+        known.add(maildir)
+
+
+def _write_into(maildir: Path, name: str, content: bytes, final_name: str | None) -> None:
+    temporary = maildir / "tmp" / name
+    final = maildir / "new" / (name if final_name is None else final_name)
+    write_new_file(temporary, content)
+    try:
+        if final_name is None:
+            os.rename(temporary, final)
+        else:
+            try:
+                os.link(temporary, final)
+            except FileExistsError:
+                pass  # delivered by an earlier attempt: that file is the copy
+            finally:
+                temporary.unlink()
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    try:
+        fsync_directory(final.parent)
+    except BaseException:
+        final.unlink(missing_ok=True)
+        raise
+
+
+def choose_maildir(maildir: Path, former: tuple[Path, ...], known: set[Path]) -> Path:
+    """
+    Pick the Maildir a copy goes to (blocking: it may look at the disk).
+
+    @param maildir: the account's Maildir.
+    @param former: Maildirs of an earlier naming (L{MaildirDelivery.former_maildirs}).
+    @param known: Maildirs known to exist.
+    @return: C{maildir} when it exists or no former one does; else the first former one that
+        exists.
+    """
+    if maildir in known or not former or maildir.is_dir():
+        return maildir
+    for path in former:
+        if path.is_dir():  # looked at each time: a former Maildir may be moved away
+            return path
+    return maildir
+
+
+def write_copy(
+    root: Path,
+    maildir: Path,
+    former: tuple[Path, ...],
+    name: str,
+    final_name: str | None,
+    header: bytes,
+    body: bytes,
+    known: set[Path],
+) -> bool:
+    """
+    Write one copy of a message (blocking).
+
+    @param root: the mail root.
+    @param maildir: the account's Maildir.
+    @param former: Maildirs of an earlier naming, used when the account's does not exist.
+    @param name: the unique file name in C{tmp/}.
+    @param final_name: the fixed name in C{new/} (see L{write_maildir_message}), or L{None}.
+    @param header: the lines put before the message (Unix line ends).
+    @param body: the message with CRLF line ends, stored with LF.
+    @param known: Maildirs known to exist (see L{write_maildir_message}).
+    @return: whether the copy was written: C{False} when a copy of C{final_name} is there
+        already (delivered by an attempt the spool did not record).
+    @raise OSError: when it could not be written; then no part of it is left behind.
+    """
+    target = choose_maildir(maildir, former, known)
+    if final_name is not None and (target / "new" / final_name).exists():
+        return False  # delivered by an attempt the spool did not record
+    content = header + body.replace(b"\r\n", b"\n")
+    write_maildir_message(root, target, name, content, known, final_name=final_name)
+    return True

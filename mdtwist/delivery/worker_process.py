@@ -1,0 +1,97 @@
+# -*- test-case-name: tests.delivery.test_workers -*-
+"""
+A Maildir worker process (L{mdtwist.delivery.workers}), run as
+C{python -m mdtwist.delivery.worker_process THREADS}. It imports nothing of Twisted, so a
+worker stays a small Python process.
+
+It reads calls from its standard input and writes their results to its standard output, each a
+frame: a 4-byte big-endian length, then a pickle. A call is C{(number, function, arguments)}
+(a module-level function, pickled by name); its result is C{(number, True, value)} or
+C{(number, False, exception)}, written when the call is done (in any order: calls run on
+C{THREADS} threads). At the end of its input (the server closed it, or died) it finishes the
+calls it has and exits. It ignores the terminal's interrupt: the server ends its workers.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import struct
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+#: The length before each frame.
+HEADER = struct.Struct(">I")
+
+
+def frame(value: object) -> bytes:
+    """
+    @param value: a picklable value.
+    @return: its frame.
+    """
+    data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data)) + data
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def serve(calls: BinaryIO, results: BinaryIO, threads: int) -> None:
+    """
+    Run the calls read from C{calls} until its end, writing their results to C{results}.
+
+    @param calls: the input, binary.
+    @param results: the output, binary.
+    @param threads: how many calls run at once.
+    """
+    lock = threading.Lock()
+
+    def run(number: int, function: Callable[..., Any], arguments: tuple[Any, ...]) -> None:
+        try:
+            value, ok = function(*arguments), True
+        except Exception as e:
+            value, ok = e, False
+        try:
+            answer = frame((number, ok, value))
+        except Exception as e:
+            answer = frame((number, False, RuntimeError(f"result not picklable: {e!r}")))
+        with lock:
+            results.write(answer)
+            results.flush()
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="maildir") as pool:
+        while True:
+            header = _read_exactly(calls, HEADER.size)
+            if header is None:
+                break
+            data = _read_exactly(calls, HEADER.unpack(header)[0])
+            if data is None:
+                break
+            number, function, arguments = pickle.loads(data)
+            pool.submit(run, number, function, arguments)
+
+
+def main(argv: list[str]) -> int:
+    """
+    The worker's entry point.
+
+    @param argv: C{[THREADS]}.
+    @return: the exit status.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve(sys.stdin.buffer, sys.stdout.buffer, int(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,137 @@
+"""
+Tests for L{mdtwist.delivery.workers}: Maildir writes in worker processes.
+
+These start real worker processes on the real reactor.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+import signal
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mdtwist.delivery import worker_process
+from mdtwist.delivery.maildir_files import write_copy
+from mdtwist.delivery.workers import DeliveryWorkers
+
+HEADER = b"Return-Path: <s@example.test>\n"
+BODY = b"Subject: hi\r\n\r\nhello\r\n"
+
+
+class DeliveryWorkersTests(TestCase):
+    """
+    L{DeliveryWorkers} runs writes in other processes and hands back results and errors.
+    """
+
+    def setUp(self) -> None:
+        self.workers = DeliveryWorkers(reactor, processes=2, threads=4)
+        self.workers.startService()
+        self.addCleanup(lambda: self.workers.running and self.workers.stopService())
+        self.root = Path(self.mktemp())
+        self.root.mkdir()
+
+    def write(self, name: str, root: Path | None = None) -> Deferred[Any]:
+        base = self.root if root is None else root
+        maildir = base / "example.test" / "alice" / "Maildir"
+        return self.workers.run(write_copy, base, maildir, (), name, None, HEADER, BODY, set())
+
+    @inlineCallbacks
+    def test_writes_in_another_process(self) -> Any:
+        """
+        The writes of one turn run in a worker process, not this one, and each lands in the
+        Maildir's C{new/} with Unix line ends.
+        """
+        pid = yield self.workers.run(os.getpid)
+        self.assertNotEqual(pid, os.getpid())
+        written = yield gatherResults([self.write(f"m{n}") for n in range(5)])
+        self.assertEqual(written, [True] * 5)
+        new = self.root / "example.test" / "alice" / "Maildir" / "new"
+        self.assertEqual(sorted(p.name for p in new.iterdir()), [f"m{n}" for n in range(5)])
+        self.assertEqual((new / "m0").read_bytes(), HEADER + b"Subject: hi\n\nhello\n")
+
+    @inlineCallbacks
+    def test_error_comes_back(self) -> Any:
+        """
+        A write that fails in the worker fails its own Deferred with the same C{OSError},
+        and the other writes of the batch still succeed.
+        """
+        blocked = Path(self.mktemp())
+        blocked.write_text("a file where the mail root should be")
+        failing = self.write("x", root=blocked)
+        fine = self.write("y")
+        error = yield self.assertFailure(failing, OSError)
+        self.assertEqual(error.errno, errno.EEXIST)
+        self.assertTrue((yield fine))
+
+    @inlineCallbacks
+    def test_worker_that_dies(self) -> Any:
+        """
+        When a worker dies, its writes fail with C{EIO} (to be tried again), the other worker
+        goes on, and a new worker takes the dead one's turn.
+        """
+        first = yield self.workers.run(os.getpid)
+        second = yield self.workers.run(os.getpid)
+        error = yield self.assertFailure(self.workers.run(os._exit, 3), OSError)
+        self.assertEqual(error.errno, errno.EIO)
+        self.assertTrue((yield self.write("after")))
+        third = yield self.workers.run(os.getpid)
+        self.assertNotIn(third, (first, second, os.getpid()))
+
+    @inlineCallbacks
+    def test_workers_ignore_the_interrupt(self) -> Any:
+        """
+        A worker ignores SIGINT: Control-C at a foreground twistd reaches the whole process
+        group, and the server, not the terminal, ends its workers.
+        """
+        handler = yield self.workers.run(signal.getsignal, signal.SIGINT)
+        self.assertEqual(handler, signal.SIG_IGN)
+
+    @inlineCallbacks
+    def test_stopped(self) -> Any:
+        """
+        Once the service has stopped, a write fails at once with C{EIO}, and no worker
+        process is left.
+        """
+        pid = yield self.workers.run(os.getpid)
+        yield self.workers.stopService()
+        error = yield self.assertFailure(self.write("late"), OSError)
+        self.assertEqual(error.errno, errno.EIO)
+        self.assertFalse(Path(f"/proc/{pid}").exists())
+
+
+class ServeTests(SynchronousTestCase):
+    """
+    L{worker_process.serve}: frames in, frames out, in this process.
+    """
+
+    def test_results_and_errors(self) -> None:
+        """
+        Each call's result or exception comes back with its number; a frame cut short ends
+        the input like its end.
+        """
+        calls = io.BytesIO(
+            worker_process.frame((1, pow, (2, 3)))
+            + worker_process.frame((2, int, ("x",)))
+            + worker_process.frame((3, os.getpid, ()))[:-1]
+        )
+        results = io.BytesIO()
+        worker_process.serve(calls, results, 2)
+        data = results.getvalue()
+        answers = {}
+        while data:
+            (size,) = worker_process.HEADER.unpack_from(data)
+            number, ok, value = pickle.loads(data[4 : 4 + size])
+            answers[number] = (ok, value)
+            data = data[4 + size :]
+        self.assertEqual(sorted(answers), [1, 2])
+        self.assertEqual(answers[1], (True, 8))
+        self.assertFalse(answers[2][0])
+        self.assertIsInstance(answers[2][1], ValueError)

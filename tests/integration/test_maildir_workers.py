@@ -1,0 +1,85 @@
+"""
+The real daemon with C{delivery.maildir_processes}: Maildir files written by worker
+processes, which end with the server however it ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.integration.daemon import Daemon
+from tests.integration.peers import alive, descendants
+from tests.integration.test_load import WORKERS, spool_count
+
+ALICE = "alice@example.test"
+
+#: The most seconds a test waits for something the daemon does.
+_WAIT = 30.0
+
+
+def _wait_for(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + _WAIT
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+class MaildirWorkersTests(SynchronousTestCase):
+    """
+    Mail delivered through worker processes, and the workers' end.
+    """
+
+    def start(self) -> tuple[Daemon, list[int]]:
+        # A daemon with workers, ten messages delivered through them, and its workers.
+        daemon = Daemon(Path(self.mktemp()), delivery=WORKERS)
+        daemon.start()
+        self.addCleanup(daemon.stop)
+        with smtplib.SMTP("127.0.0.1", daemon.mx_port, timeout=30) as smtp:
+            for number in range(10):
+                smtp.sendmail(
+                    "sender@client.test", [ALICE], f"Subject: {number}\r\n\r\nhi\r\n".encode()
+                )
+        folder = daemon.maildir(ALICE)
+        _wait_for(lambda: folder.is_dir() and len(list(folder.iterdir())) == 10, "10 files")
+        _wait_for(lambda: spool_count(daemon) == 0, "an empty spool")
+        assert daemon.process is not None
+        workers = descendants(daemon.process.pid)
+        # Two workers, each started at its first turn, and nothing else.
+        self.assertEqual(len(workers), 2, workers)
+        for pid in workers:
+            self.assertIn(b"mdtwist.delivery.worker_process", _command(pid))
+        return daemon, workers
+
+    def test_delivered_by_workers_that_stop_with_the_server(self) -> None:
+        """
+        Each message lands once; the daemon's two workers are its only descendants, and
+        neither is left once it has stopped.
+        """
+        daemon, workers = self.start()
+        subjects = sorted(m.split(b"Subject: ")[1].split(b"\n")[0] for m in daemon.messages(ALICE))
+        self.assertEqual(subjects, sorted(str(n).encode() for n in range(10)))
+        self.assertEqual(daemon.stop(), -signal.SIGTERM)
+        _wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to end")
+
+    def test_workers_end_when_the_server_is_killed(self) -> None:
+        """
+        After C{kill -9} of the daemon its workers end too: their input has ended.
+        """
+        daemon, workers = self.start()
+        daemon.kill()
+        _wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to end")
