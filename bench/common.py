@@ -9,6 +9,7 @@ import os
 import pstats
 import resource
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -40,6 +41,19 @@ def wait_until(
             raise RunFailed(f"{what}: not done after {limit:.0f} s")
         time.sleep(step)
     return time.perf_counter()
+
+
+def private_directory(prefix: str, workdir: Path) -> Path:
+    """
+    Make the private directory of one bench run (readable by the servers' users).
+
+    @param prefix: the start of its name.
+    @param workdir: where it is made.
+    @return: its resolved path.
+    """
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir)).resolve()
+    base.chmod(0o755)
+    return base
 
 
 def settle() -> None:

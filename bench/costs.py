@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import RunFailed, filesystem_of, load_average
+from bench.common import RunFailed, filesystem_of, load_average, private_directory
 from bench.inbound import Case, Run, one_run, source_recipients
 from bench.servers import BenchServer, MdtwistServer, PostfixMaildirServer
 from tests.integration.peers import PeerError
@@ -194,8 +194,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"no such case: {', '.join(options.only)}", file=sys.stderr)
         return 2
     addresses = source_recipients(max(m.case.recipients for m in measured))
-    base = Path(tempfile.mkdtemp(prefix="mdtwist-costs-", dir=options.workdir)).resolve()
-    base.chmod(0o755)
+    base = private_directory("mdtwist-costs-", options.workdir)
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}; load average {load_average()};"
         f" under {base}: {filesystem_of(base)}",

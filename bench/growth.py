@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import RunFailed, filesystem_of, load_average, settle
+from bench.common import RunFailed, filesystem_of, load_average, private_directory, settle
 from bench.inbound import Case, Run, measure
 from bench.servers import MdtwistServer
 from mdtwist.envelope import ClientInfo, Envelope, Recipient
@@ -158,8 +158,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--list-only", action="store_true", help="only time the queue list")
     options = parser.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="mdtwist-growth-", dir=options.workdir)).resolve()
-    base.chmod(0o755)
+    base = private_directory("mdtwist-growth-", options.workdir)
     print(f"under {base}: {filesystem_of(base)}; load average {load_average()}", flush=True)
     seed = base / "seed"
     started = time.perf_counter()

@@ -37,6 +37,7 @@ from bench.common import (
     load_average,
     print_stats,
     print_thread_shares,
+    private_directory,
     settle,
 )
 from bench.procfs import machine_busy, thread_cpu, tree_cpu
@@ -368,8 +369,7 @@ def main(argv: Sequence[str]) -> int:
     @return: the exit status: 0 when every run completed, 1 otherwise.
     """
     options = parse_arguments(argv)
-    base = Path(tempfile.mkdtemp(prefix="mdtwist-inbound-", dir=options.workdir)).resolve()
-    base.chmod(0o755)
+    base = private_directory("mdtwist-inbound-", options.workdir)
     print(f"spools under {base}: {filesystem_of(base)}", flush=True)
     print(f"load average at start: {load_average()}", flush=True)
     mdtwist_parent = base / "mdtwist"

@@ -37,6 +37,7 @@ from bench.common import (
     load_average,
     print_stats,
     print_thread_shares,
+    private_directory,
     settle,
     wait_until,
 )
@@ -529,8 +530,7 @@ def main(argv: Sequence[str]) -> int:
     @return: the exit status: 0 when every run completed, 1 otherwise.
     """
     options = parse_arguments(argv)
-    base = Path(tempfile.mkdtemp(prefix="mdtwist-outbound-", dir=options.workdir)).resolve()
-    base.chmod(0o755)
+    base = private_directory("mdtwist-outbound-", options.workdir)
     sink = CountingSink()
     print(f"spools under {base}: {filesystem_of(base)}", flush=True)
     print(f"sink dump under {sink.dump}: {filesystem_of(sink.dump)}", flush=True)

@@ -38,7 +38,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import RunFailed, load_average, settle
+from bench.common import RunFailed, load_average, private_directory, settle
 from bench.inbound import Case, measure
 from bench.procfs import tree_pids
 from bench.servers import (
@@ -208,8 +208,7 @@ def main(argv: Sequence[str]) -> int:
     options = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    base = Path(tempfile.mkdtemp(prefix="mdtwist-sessions-", dir=options.workdir)).resolve()
-    base.chmod(0o755)
+    base = private_directory("mdtwist-sessions-", options.workdir)
     print(f"under {base}; load average {load_average()}", flush=True)
     (base / "mdtwist").mkdir()
     sessions = options.idle + 100

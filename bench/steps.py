@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import RunFailed, load_average, settle
+from bench.common import RunFailed, load_average, private_directory, settle
 from bench.servers import (
     RECIPIENT,
     SENDER,
@@ -118,8 +118,7 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     options = parser.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="mdtwist-steps-", dir=options.workdir)).resolve()
-    base.chmod(0o755)
+    base = private_directory("mdtwist-steps-", options.workdir)
     print(f"under {base}; load average {load_average()}", flush=True)
     (base / "mdtwist").mkdir()
     mdtwist = MdtwistServer(

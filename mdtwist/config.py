@@ -975,8 +975,14 @@ MAX_MAILDIR_PROCESSES = 16
 def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
     table = top.subtable(
         "delivery",
-        {"local", "maildir_root", "lmtp_endpoint", "concurrency", "run_interval"}
-        | {"maildir_processes"},
+        {
+            "local",
+            "maildir_root",
+            "lmtp_endpoint",
+            "concurrency",
+            "run_interval",
+            "maildir_processes",
+        },
     )
     assert table is not None
     defaults = DeliveryConfig()

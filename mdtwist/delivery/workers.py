@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -132,9 +132,7 @@ class DeliveryWorkers(Service):
             (C{EIO}) when the worker died or the workers are stopped.
         """
         if not self.running:
-            stopped: Deferred[Any] = Deferred()
-            stopped.errback(Failure(OSError(errno.EIO, "the Maildir workers are stopped")))
-            return stopped
+            return fail(OSError(errno.EIO, "the Maildir workers are stopped"))
         return self._worker(next(self._turn)).call(function, arguments)
 
     def _worker(self, index: int) -> _Worker:

@@ -456,14 +456,7 @@ class SQLiteSpool:
         @return: a Deferred firing with the ids of messages that have pending recipients and
             whose next attempt is due at C{now}, the most overdue first.
         """
-        d: Deferred[list[str]]
-        if self._read is None:
-            d = self._run(self._guarded, _select_due, now, limit)
-        else:
-            # On a reading thread: the query never waits behind a write batch's fsync, and
-            # sees every transaction committed before it starts.
-            d = self._read(self._reading, _select_due, now, limit)
-        return d
+        return self._query(_select_due, now, limit)
 
     def pending(self, after: str | None, limit: int) -> Deferred[list[str]]:
         """
@@ -475,14 +468,17 @@ class SQLiteSpool:
         @param limit: the most queue ids to return.
         @return: a Deferred firing with the ids after C{after}.
         """
-        rowid = 0 if after is None else parse_queue_id(after)
-        if rowid is None:
-            raise ValueError(f"not a queue id: {after!r}")
-        d: Deferred[list[str]]
+        return self._query(_select_pending, _rowid_after(after), limit)
+
+    def _query(self, query: Callable[..., T], *args: Any) -> Deferred[T]:
+        # A read of the queue runner: on a reading thread when there are some (it never waits
+        # behind a write batch's fsync, and sees every transaction committed before it
+        # starts), else on the writer thread.
+        d: Deferred[T]
         if self._read is None:
-            d = self._run(self._guarded, _select_pending, rowid, limit)
+            d = self._run(self._guarded, query, *args)
         else:
-            d = self._read(self._reading, _select_pending, rowid, limit)
+            d = self._read(self._reading, query, *args)
         return d
 
     def load(self, queue_id: str) -> Deferred[QueuedMessage | None]:
@@ -648,11 +644,8 @@ class SQLiteSpool:
         @param queue: only the messages of this queue; every message when L{None}.
         @return: a Deferred firing with the entries after C{after}, in queue-id order.
         """
-        rowid = 0 if after is None else parse_queue_id(after)
-        if rowid is None:
-            raise ValueError(f"not a queue id: {after!r}")
         d: Deferred[builtins.list[QueueEntry]] = self._run(
-            self._guarded, _select_page, rowid, limit, queue
+            self._guarded, _select_page, _rowid_after(after), limit, queue
         )
         return d
 
@@ -1238,6 +1231,14 @@ def _select_entries(db: sqlite3.Connection) -> list[QueueEntry]:
         (RecipientState.PENDING.value,),
     )
     return _entries(rows)
+
+
+def _rowid_after(after: str | None) -> int:
+    # The row id a page starts after: 0 for the first page.
+    rowid = 0 if after is None else parse_queue_id(after)
+    if rowid is None:
+        raise ValueError(f"not a queue id: {after!r}")
+    return rowid
 
 
 def _select_pending(db: sqlite3.Connection, after: int, limit: int) -> list[str]:

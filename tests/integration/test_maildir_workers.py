@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import signal
 import smtplib
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,20 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.integration.daemon import Daemon
 from tests.integration.peers import alive, descendants
 from tests.integration.test_load import WORKERS, spool_count
+from tests.integration.test_smtp_daemon import wait_for
 
 ALICE = "alice@example.test"
-
-#: The most seconds a test waits for something the daemon does.
-_WAIT = 30.0
-
-
-def _wait_for(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + _WAIT
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def _command(pid: int) -> bytes:
@@ -55,8 +42,10 @@ class MaildirWorkersTests(SynchronousTestCase):
                     "sender@client.test", [ALICE], f"Subject: {number}\r\n\r\nhi\r\n".encode()
                 )
         folder = daemon.maildir(ALICE)
-        _wait_for(lambda: folder.is_dir() and len(list(folder.iterdir())) == 10, "10 files")
-        _wait_for(lambda: spool_count(daemon) == 0, "an empty spool")
+        self.assertTrue(
+            wait_for(lambda: folder.is_dir() and len(list(folder.iterdir())) == 10, 30), "10 files"
+        )
+        self.assertTrue(wait_for(lambda: spool_count(daemon) == 0, 30), "an empty spool")
         assert daemon.process is not None
         workers = descendants(daemon.process.pid)
         # Two workers, each started at its first turn, and nothing else.
@@ -74,7 +63,9 @@ class MaildirWorkersTests(SynchronousTestCase):
         subjects = sorted(m.split(b"Subject: ")[1].split(b"\n")[0] for m in daemon.messages(ALICE))
         self.assertEqual(subjects, sorted(str(n).encode() for n in range(10)))
         self.assertEqual(daemon.stop(), -signal.SIGTERM)
-        _wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to end")
+        self.assertTrue(
+            wait_for(lambda: not any(alive(pid) for pid in workers), 30), "the workers to end"
+        )
 
     def test_workers_end_when_the_server_is_killed(self) -> None:
         """
@@ -82,4 +73,6 @@ class MaildirWorkersTests(SynchronousTestCase):
         """
         daemon, workers = self.start()
         daemon.kill()
-        _wait_for(lambda: not any(alive(pid) for pid in workers), "the workers to end")
+        self.assertTrue(
+            wait_for(lambda: not any(alive(pid) for pid in workers), 30), "the workers to end"
+        )
