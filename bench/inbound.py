@@ -352,7 +352,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--baseline", type=Path, metavar="CHECKOUT",
         help="also run the mdtwist of another checkout (row mdtwist-baseline), for a"
-        " before/after comparison in one series",
+        " before/after comparison in one series, with the same [delivery] options",
     )  # fmt: skip
     parser.add_argument(
         "--baseline-processes", type=int, default=None, metavar="N",
@@ -374,11 +374,13 @@ def main(argv: Sequence[str]) -> int:
     print(f"load average at start: {load_average()}", flush=True)
     mdtwist_parent = base / "mdtwist"
     mdtwist_parent.mkdir()
+    delivery = f"maildir_processes = {options.maildir_processes}" + (
+        f"\nconcurrency = {options.concurrency}" if options.concurrency else ""
+    )
     mdtwist = MdtwistServer(
         mdtwist_parent,
         processes=options.processes,
-        delivery_extra=f"maildir_processes = {options.maildir_processes}"
-        + (f"\nconcurrency = {options.concurrency}" if options.concurrency else ""),
+        delivery_extra=delivery,
         name=worker_name(options.processes, options.maildir_processes),
     )
     references: list[BenchServer] = []
@@ -388,6 +390,7 @@ def main(argv: Sequence[str]) -> int:
             MdtwistServer(
                 base / "baseline",
                 processes=options.baseline_processes or options.processes,
+                delivery_extra=delivery,
                 code=options.baseline.resolve(),
                 name="mdtwist-baseline",
             )

@@ -15,7 +15,9 @@ the private Postfix that writes a Maildir (L{bench.servers.PostfixMaildirServer}
     sending the final dot until the 250 is read, p50 and p99 in milliseconds;
   - B{idle sessions} (mdtwist only, see below): C{--idle} connections that were greeted and
     said EHLO, then wait; the resident memory of the server's whole process tree (RSS and
-    PSS, MiB) before and with them, and per session.
+    PSS, MiB) before and with them, and per session. With C{--maildir-idle S} mdtwist's
+    Maildir workers end after S seconds without writes (C{delivery.maildir_process_idle}),
+    and the sessions are opened once they have: the memory of a quiet server.
 
 Postfix runs one smtpd process per session, at most C{default_process_limit} (100 in this
 private instance) at a time, so it cannot hold 10 000 sessions at once as configured; its row
@@ -38,7 +40,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import RunFailed, load_average, private_directory, settle
+from bench.common import RunFailed, load_average, private_directory, settle, wait_until
 from bench.inbound import Case, measure
 from bench.procfs import tree_pids
 from bench.servers import (
@@ -204,6 +206,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--maildir-processes", type=int, default=0, help="mdtwist's delivery.maildir_processes"
     )
+    parser.add_argument(
+        "--maildir-idle", type=float, default=None, metavar="S",
+        help="mdtwist's delivery.maildir_process_idle; the idle sessions wait until the workers"
+        " have ended",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     options = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -216,7 +223,8 @@ def main(argv: Sequence[str]) -> int:
         base / "mdtwist",
         max_sessions=sessions,
         max_sessions_per_ip=sessions,
-        delivery_extra=f"maildir_processes = {options.maildir_processes}",
+        delivery_extra=f"maildir_processes = {options.maildir_processes}"
+        + (f"\nmaildir_process_idle = {options.maildir_idle}" if options.maildir_idle else ""),
         name=worker_name(1, options.maildir_processes),
     )
     postfix: PostfixMaildirServer | None = None
@@ -236,6 +244,13 @@ def main(argv: Sequence[str]) -> int:
                     achieved, samples = asyncio.run(load(server.port, count, rate))
                     p50, p99 = _percentile(samples, 0.5), _percentile(samples, 0.99)
                     rows.setdefault(server.name, []).append((peak, p50, p99))
+                    if server is mdtwist and options.maildir_idle:
+                        wait_until(
+                            lambda pid=server.pid: tree_pids(pid) == [pid],  # type: ignore[misc]
+                            options.maildir_idle + 30,
+                            "the Maildir workers' end",
+                            step=0.5,
+                        )
                     held = asyncio.run(idle(server, idle_sessions))
                     memory.setdefault(server.name, []).append(held)
                 finally:

@@ -199,6 +199,7 @@ class DeliveryConfig:
     @ivar maildir_processes: worker processes that write Maildir files (per server process),
         each on C{concurrency} threads of its own; 0: threads of the server process write
         them (L{mdtwist.delivery.workers}).
+    @ivar maildir_process_idle: seconds a Maildir worker may have nothing to do before it ends.
     """
 
     local: LocalDelivery = LocalDelivery.MAILDIR
@@ -207,6 +208,7 @@ class DeliveryConfig:
     concurrency: int = 20
     run_interval: float = 60.0
     maildir_processes: int = 0
+    maildir_process_idle: float = 100.0
 
 
 @attrs.frozen
@@ -982,6 +984,7 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
             "concurrency",
             "run_interval",
             "maildir_processes",
+            "maildir_process_idle",
         },
     )
     assert table is not None
@@ -1009,6 +1012,9 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
         concurrency=table.positive("concurrency", int, defaults.concurrency),
         run_interval=table.positive("run_interval", float, defaults.run_interval),
         maildir_processes=workers,
+        maildir_process_idle=table.positive(
+            "maildir_process_idle", float, defaults.maildir_process_idle
+        ),
     )
 
 

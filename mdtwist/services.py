@@ -622,7 +622,10 @@ def make_service(
     if config.delivery.local is LocalDelivery.MAILDIR and config.delivery.maildir_processes:
         # Before the queue runner, so that they stop after it.
         workers = DeliveryWorkers(
-            reactor, config.delivery.maildir_processes, config.delivery.concurrency
+            reactor,
+            config.delivery.maildir_processes,
+            config.delivery.concurrency,
+            config.delivery.maildir_process_idle,
         )
         workers.setServiceParent(top)
         write = workers.run

@@ -505,6 +505,20 @@ class ConfigTests(SynchronousTestCase):
             )
             self.assertEqual(self.problems(bad), [f"delivery.maildir_processes: {reason}"])
 
+    def test_maildir_process_idle(self) -> None:
+        """
+        C{delivery.maildir_process_idle} is 100 seconds by default and takes a positive
+        number; 0 is named with the file and the key.
+        """
+        self.assertEqual(load_config(self.write(GOOD)).delivery.maildir_process_idle, 100.0)
+        root = 'maildir_root = "mail"'
+        five = GOOD.replace(root, f"{root}\nmaildir_process_idle = 5")
+        self.assertEqual(load_config(self.write(five)).delivery.maildir_process_idle, 5.0)
+        bad = GOOD.replace(root, f"{root}\nmaildir_process_idle = 0")
+        self.assertEqual(
+            self.problems(bad), ["delivery.maildir_process_idle: must be greater than 0"]
+        )
+
     def test_unauth_pipelining_switch(self) -> None:
         """
         C{smtp.forbid_unauth_pipelining} can be switched off; a value that is not a boolean

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from mdtwist.delivery.maildir_files import write_copy
+from mdtwist.delivery.maildir_files import KnownMaildirs, write_copy
 from mdtwist.logging import escape_text
 
 if TYPE_CHECKING:
@@ -200,8 +200,8 @@ class MaildirDelivery:
         # Random per delivery agent, not per file: together with the time, the process id
         # and the counter it keeps names unique even across a restart that reuses the pid.
         self._token = secrets.token_hex(4)
-        # Maildirs that exist: shared by the delivery threads (set operations are atomic).
-        self._known: set[Path] = set()
+        # Maildirs that exist, for the delivery threads; a worker process keeps its own.
+        self._known = KnownMaildirs()
 
     def maildir_for(self, account: Account) -> Path | None:
         """

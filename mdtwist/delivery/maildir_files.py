@@ -18,6 +18,28 @@ from pathlib import Path
 from mdtwist.durable import fsync_directory, write_new_file
 
 
+class KnownMaildirs(set[Path]):
+    """
+    The Maildirs a process knows to exist (see L{write_maildir_message}), shared by its
+    delivery threads (set operations are atomic). Sent to a worker process
+    (L{mdtwist.delivery.workers}) it arrives as that process's own set, which then outlives the
+    call: the worker checks a Maildir once, not at every write.
+    """
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (process_known_maildirs, ())
+
+
+_process_known = KnownMaildirs()
+
+
+def process_known_maildirs() -> KnownMaildirs:
+    """
+    @return: the Maildirs known to exist in this process, for the writes sent to it.
+    """
+    return _process_known
+
+
 def _make_directories(path: Path, stop: Path) -> None:
     # Create path and its missing parents below stop, fsyncing each into its parent.
     missing = []

@@ -16,7 +16,9 @@ and a new worker takes its place for the next write.
 
 Workers are started at the first write, after twistd has dropped its privileges, so they write
 as the server's user, with the server's import path. A worker ends when its input ends: when
-the service stops (it finishes its writes first), and when the server process dies, even by
+the service stops (it finishes its writes first), when it has had nothing to do for C{idle}
+seconds (as Postfix's processes end after C{max_idle}: a quiet server gives their memory back,
+and the next write starts a worker again), and when the server process dies, even by
 C{kill -9}, since the server holds the only other end of that pipe.
 """
 
@@ -45,30 +47,53 @@ log = Logger()
 #: Seconds a stopping worker gets to finish its writes before it is killed.
 STOP_GRACE = 30.0
 
+#: Seconds a worker may have nothing to do before it ends (Postfix's C{max_idle} default).
+IDLE = 100.0
+
 
 class _Worker(ProcessProtocol):
     """
     One worker process: the writes sent to it and not answered yet.
     """
 
-    def __init__(self, numbers: itertools.count[int]) -> None:
+    def __init__(self, numbers: itertools.count[int], clock: Any, idle: float) -> None:
         self._numbers = numbers
+        self._clock = clock
+        self._idle = idle
+        self._retire: Any = None
         self._waiting: dict[int, Deferred[Any]] = {}
         self._buffer = b""
         self.ended: Deferred[None] = Deferred()
         self.alive = True
+        self.accepting = True
 
     def call(self, function: Callable[..., Any], arguments: tuple[Any, ...]) -> Deferred[Any]:
         number = next(self._numbers)
         d: Deferred[Any] = Deferred()
         self._waiting[number] = d
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
         assert self.transport is not None
         self.transport.write(frame((number, function, arguments)))
         return d
 
     def stop(self) -> None:
+        self.accepting = False
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
         if self.alive and self.transport is not None:
             self.transport.closeStdin()
+
+    def _answered(self) -> None:
+        # Called after each result: with nothing left to do, the worker ends after its idle time.
+        if not self._waiting and self.accepting and self._retire is None:
+            self._retire = self._clock.callLater(self._idle, self._idled)
+
+    def _idled(self) -> None:
+        self._retire = None
+        self.stop()
 
     @override
     def outReceived(self, data: bytes) -> None:
@@ -87,10 +112,14 @@ class _Worker(ProcessProtocol):
                 d.callback(value)
             else:
                 d.errback(Failure(value))
+        self._answered()
 
     @override
     def processEnded(self, reason: Failure) -> None:
-        self.alive = False
+        self.alive = self.accepting = False
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
         waiting, self._waiting = self._waiting, {}
         if waiting or not reason.check(ProcessDone):
             log.error(
@@ -109,18 +138,21 @@ class DeliveryWorkers(Service):
     L{mdtwist.delivery.local.Run}.
     """
 
-    def __init__(self, reactor: Any, processes: int, threads: int) -> None:
+    def __init__(self, reactor: Any, processes: int, threads: int, idle: float = IDLE) -> None:
         """
-        @param reactor: the reactor (C{IReactorProcess}).
+        @param reactor: the reactor (C{IReactorProcess}, C{IReactorTime}).
         @param processes: how many worker processes.
         @param threads: how many writes each worker runs at once.
+        @param idle: seconds a worker may have nothing to do before it ends.
         """
         self.setName("maildir-workers")
         self._reactor = reactor
         self._threads = threads
+        self._idle = idle
         self._workers: list[_Worker | None] = [None] * processes
         self._turn = itertools.cycle(range(processes))
         self._numbers = itertools.count()
+        self._live: set[_Worker] = set()
 
     def run(self, function: Callable[..., Any], *arguments: Any) -> Deferred[Any]:
         """
@@ -137,8 +169,8 @@ class DeliveryWorkers(Service):
 
     def _worker(self, index: int) -> _Worker:
         worker = self._workers[index]
-        if worker is None or not worker.alive:
-            worker = _Worker(self._numbers)
+        if worker is None or not worker.accepting:
+            worker = _Worker(self._numbers, self._reactor, self._idle)
             path = os.pathsep.join(p for p in sys.path if p)
             self._reactor.spawnProcess(
                 worker,
@@ -148,12 +180,14 @@ class DeliveryWorkers(Service):
                 childFDs={0: "w", 1: "r", 2: 2},
             )
             self._workers[index] = worker
+            self._live.add(worker)
+            worker.ended.addCallback(lambda _: self._live.discard(worker))
         return worker
 
     @override
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        running = [w for w in self._workers if w is not None and w.alive]
+        running = [w for w in self._live if w.alive]
         if not running:
             return None
         for worker in running:

@@ -11,15 +11,17 @@ import io
 import os
 import pickle
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mdtwist.delivery import worker_process
-from mdtwist.delivery.maildir_files import write_copy
+from mdtwist.delivery.maildir_files import KnownMaildirs, process_known_maildirs, write_copy
 from mdtwist.delivery.workers import DeliveryWorkers
 
 HEADER = b"Return-Path: <s@example.test>\n"
@@ -105,6 +107,42 @@ class DeliveryWorkersTests(TestCase):
         error = yield self.assertFailure(self.write("late"), OSError)
         self.assertEqual(error.errno, errno.EIO)
         self.assertFalse(Path(f"/proc/{pid}").exists())
+
+    @inlineCallbacks
+    def test_idle_worker_ends(self) -> Any:
+        """
+        A worker that has had nothing to do for the idle time ends; one busy for longer than
+        that does not; the next write starts a new worker.
+        """
+        workers = DeliveryWorkers(reactor, processes=1, threads=2, idle=0.2)
+        workers.startService()
+        self.addCleanup(lambda: workers.running and workers.stopService())
+        first = yield workers.run(os.getpid)
+        yield workers.run(time.sleep, 0.6)
+        self.assertEqual((yield workers.run(os.getpid)), first)
+        for _ in range(100):  # at most 10 s
+            if not Path(f"/proc/{first}").exists():
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertFalse(Path(f"/proc/{first}").exists())
+        second = yield workers.run(os.getpid)
+        self.assertNotIn(second, (first, os.getpid()))
+
+
+class KnownMaildirsTests(SynchronousTestCase):
+    """
+    L{KnownMaildirs} crosses into a worker as that process's own set.
+    """
+
+    def test_arrives_as_the_process_set(self) -> None:
+        """
+        A pickled L{KnownMaildirs} unpickles as the receiving process's set, whatever it held
+        where it was pickled: a worker keeps the Maildirs it found between calls.
+        """
+        sent = KnownMaildirs({Path("/nowhere/Maildir")})
+        arrived = pickle.loads(pickle.dumps(sent))
+        self.assertIs(arrived, process_known_maildirs())
+        self.assertNotIn(Path("/nowhere/Maildir"), arrived)
 
 
 class ServeTests(SynchronousTestCase):
