@@ -60,7 +60,8 @@ class _Worker(ProcessProtocol):
         self._numbers = numbers
         self._clock = clock
         self._idle = idle
-        self._retire: Any = None
+        self._busy_at = clock.seconds()
+        self._retire = clock.callLater(idle, self._check_idle)
         self._waiting: dict[int, Deferred[Any]] = {}
         self._buffer = b""
         self.ended: Deferred[None] = Deferred()
@@ -71,29 +72,26 @@ class _Worker(ProcessProtocol):
         number = next(self._numbers)
         d: Deferred[Any] = Deferred()
         self._waiting[number] = d
-        if self._retire is not None:
-            self._retire.cancel()
-            self._retire = None
         assert self.transport is not None
         self.transport.write(frame((number, function, arguments)))
         return d
 
     def stop(self) -> None:
         self.accepting = False
-        if self._retire is not None:
+        if self._retire.active():
             self._retire.cancel()
-            self._retire = None
         if self.alive and self.transport is not None:
             self.transport.closeStdin()
 
-    def _answered(self) -> None:
-        # Called after each result: with nothing left to do, the worker ends after its idle time.
-        if not self._waiting and self.accepting and self._retire is None:
-            self._retire = self._clock.callLater(self._idle, self._idled)
-
-    def _idled(self) -> None:
-        self._retire = None
-        self.stop()
+    def _check_idle(self) -> None:
+        # One timer per worker, not one per write: it looks again when the worker was busy.
+        if self._waiting:
+            self._busy_at = self._clock.seconds()
+        left = self._busy_at + self._idle - self._clock.seconds()
+        if left > 0:
+            self._retire = self._clock.callLater(left, self._check_idle)
+        else:
+            self.stop()
 
     @override
     def outReceived(self, data: bytes) -> None:
@@ -112,14 +110,13 @@ class _Worker(ProcessProtocol):
                 d.callback(value)
             else:
                 d.errback(Failure(value))
-        self._answered()
+        self._busy_at = self._clock.seconds()
 
     @override
     def processEnded(self, reason: Failure) -> None:
         self.alive = self.accepting = False
-        if self._retire is not None:
+        if self._retire.active():
             self._retire.cancel()
-            self._retire = None
         waiting, self._waiting = self._waiting, {}
         if waiting or not reason.check(ProcessDone):
             log.error(
