@@ -216,37 +216,48 @@ def _log_tail(log_path: Path | None, lines: int = 20) -> str:
     return f"; the end of {log_path}:\n{tail}"
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    # The fields of /proc/PID/stat after the command name, which is in parentheses and may
+    # hold spaces; None when the process is gone.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()
+
+
+def _parents() -> dict[int, int]:
+    # The parent of every process, read once.
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(entry.name)
+            if fields is not None:
+                table[int(entry.name)] = int(fields[1])
+    return table
+
+
 def children(pid: int) -> list[int]:
     """
     @param pid: a process id.
     @return: the processes whose parent it is.
     """
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces; the parent id follows it.
-        fields = stat.rpartition(")")[2].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
+    return [child for child, parent in _parents().items() if parent == pid]
 
 
 def descendants(pid: int) -> list[int]:
     """
     @param pid: a process id.
-    @return: its children, their children and so on (bounded by the process table).
+    @return: its children, their children and so on, from one reading of the process table.
     """
+    table = _parents()
     found: list[int] = []
     todo = [pid]
-    while todo and len(found) < 100_000:
-        for child in children(todo.pop()):
-            found.append(child)
-            todo.append(child)
+    while todo and len(found) <= len(table):
+        current = todo.pop()
+        below = [child for child, parent in table.items() if parent == current]
+        found.extend(below)
+        todo.extend(below)
     return found
 
 
@@ -255,8 +266,5 @@ def alive(pid: int) -> bool:
     @param pid: a process id.
     @return: whether it runs (a zombie does not).
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
