@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.spool.store import SpoolReader
 from tests.integration.daemon import PASSWORDS, Daemon
+from tests.integration.peers import alive
 from tests.integration.test_smtp_daemon import Conversation, wait_for
 
 ALICE = "alice@example.test"
@@ -376,6 +377,14 @@ class StartupTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertIn("An error has occurred", result.stderr)
         self.assertIn("cannot listen on tcp:", result.stderr)
+        # twistd's daemon reports the error to the waiting parent before it removes its
+        # pidfile and exits, so the parent can return first: wait for the daemon to end.
+        try:
+            daemon_pid = int(pidfile.read_text())
+        except FileNotFoundError:
+            daemon_pid = None
+        if daemon_pid is not None:
+            self.assertTrue(wait_for(lambda: not alive(daemon_pid)), f"pid {daemon_pid} runs")
         self.assertFalse(pidfile.exists())
         self.assertIn(
             "smtp.listen[0].endpoint: cannot listen on "
