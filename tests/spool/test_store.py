@@ -504,6 +504,60 @@ class GroupCommitTests(SynchronousTestCase):
         assert loaded is not None
         self.assertEqual(loaded.next_attempt, 99.0)
 
+    def test_large_batch(self) -> None:
+        """
+        A large batch (120 messages, one with 450 recipients) is stored whole: every message
+        gets its own id, in the order of enqueueing, and loads with its own recipients.
+        """
+        holder = self.spool.enqueue(make_envelope("held@x"), SMALL)
+        envelopes = [make_envelope(f"{n}@x", f"{n}b@x", f"{n}c@x") for n in range(119)]
+        envelopes.append(make_envelope(*(f"r{n}@x" for n in range(450))))
+        ds = [self.spool.enqueue(envelope, SMALL) for envelope in envelopes]
+        self.runner.run_all()
+        self.successResultOf(holder)
+        ids = [self.successResultOf(d) for d in ds]
+        self.assertEqual(ids, sorted(set(ids)))
+        reader = SpoolReader(self.directory)
+        self.addCleanup(reader.close)
+        for queue_id, envelope in zip(ids, envelopes, strict=True):
+            loaded = reader.load(queue_id)
+            assert loaded is not None
+            self.assertEqual(
+                [r.address for r in loaded.envelope.recipients],
+                [r.address for r in envelope.recipients],
+            )
+
+    def test_repeated_outcome_fails_alone(self) -> None:
+        """
+        Two outcomes for the same recipient in one transaction: the first is kept, the second
+        fails with SpoolError (the recipient is no longer pending), and the other outcome of
+        the transaction is kept.
+        """
+        pair = self.spool.enqueue(make_envelope("a@x", "b@x"), SMALL)
+        [second] = self.queued(1)
+        first = self.successResultOf(pair)
+        holder = self.spool.enqueue(make_envelope("held@x"), SMALL)
+        done = RecipientResult(0, RecipientState.DELIVERED, "2.0.0", "ok")
+        failed = RecipientResult(0, RecipientState.FAILED, "5.0.0", "no")
+        kept = self.spool.record(first, [done], 50.0)
+        again = self.spool.record(first, [failed], 60.0)
+        other = self.spool.record(second, [done], 0.0)
+        self.runner.run_all()
+        self.successResultOf(holder)
+        self.assertFalse(self.successResultOf(kept))
+        self.assertIn("not pending", str(self.failureResultOf(again, SpoolError).value))
+        self.assertTrue(self.successResultOf(other))
+        reader = SpoolReader(self.directory)
+        self.addCleanup(reader.close)
+        loaded = reader.load(first)
+        assert loaded is not None
+        self.assertEqual((loaded.next_attempt, loaded.attempts), (50.0, 1))
+        self.assertEqual(
+            [r.state for r in loaded.envelope.recipients],
+            [RecipientState.DELIVERED, RecipientState.PENDING],
+        )
+        self.assertIsNone(reader.load(second))
+
 
 class PrivacyTests(SynchronousTestCase):
     """
