@@ -79,11 +79,12 @@ class Sink:
         if not self.dump.is_dir():
             return []
         # smtp-sink writes a message into its file as it arrives: a file it still has open is
-        # not complete yet (once closed, a file is never opened again).
+        # not complete yet (once closed, a file is never opened again). List first, then look
+        # at the open files: a file created between the two is not listed, where the other
+        # order would take a file opened meanwhile for a complete one.
+        listed = sorted(self.dump.iterdir())
         writing = self._open_files()
-        return [
-            path.read_bytes() for path in sorted(self.dump.iterdir()) if str(path) not in writing
-        ]
+        return [path.read_bytes() for path in listed if str(path) not in writing]
 
     def _open_files(self) -> set[str]:
         # The paths of the files smtp-sink has open now, from /proc.
