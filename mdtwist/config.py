@@ -200,6 +200,8 @@ class DeliveryConfig:
         each on C{concurrency} threads of its own; 0: threads of the server process write
         them (L{mdtwist.delivery.workers}).
     @ivar maildir_process_idle: seconds a Maildir worker may have nothing to do before it ends.
+    @ivar pin_cpus: with Maildir workers and two or more CPUs, keep each server process on
+        one CPU and its workers on the others (L{mdtwist.affinity}).
     """
 
     local: LocalDelivery = LocalDelivery.MAILDIR
@@ -209,6 +211,7 @@ class DeliveryConfig:
     run_interval: float = 60.0
     maildir_processes: int = 0
     maildir_process_idle: float = 100.0
+    pin_cpus: bool = True
 
 
 @attrs.frozen
@@ -985,6 +988,7 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
             "run_interval",
             "maildir_processes",
             "maildir_process_idle",
+            "pin_cpus",
         },
     )
     assert table is not None
@@ -1015,6 +1019,7 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
         maildir_process_idle=table.positive(
             "maildir_process_idle", float, defaults.maildir_process_idle
         ),
+        pin_cpus=table.value("pin_cpus", bool, defaults.pin_cpus),
     )
 
 

@@ -18,6 +18,8 @@ then the spool is closed, and the thread pools go last:
     sharing-io           ThreadPoolService with one thread: the Domain Sharing cache ([sharing])
     sharing              SharingService: Minger lookups at the peers, the shared cache
     smtp-client-close    closes idle outbound SMTP connections on shutdown
+    cpu-pin              CPUPin: this process on one CPU, its Maildir workers on the others
+                         (with delivery.maildir_processes and delivery.pin_cpus)
     maildir-workers      DeliveryWorkers: the Maildir writes, with delivery.maildir_processes
     queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     minger               the Minger UDP server ([minger]; first process only)
@@ -36,6 +38,7 @@ has C{shards} after its listeners.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +65,9 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mdtwist import __version__
+from mdtwist.affinity import VARIABLE as AFFINITY_VARIABLE
+from mdtwist.affinity import Split, allowed, format_cpus, pin_process
+from mdtwist.affinity import split as split_cpus
 from mdtwist.config import (
     ClientSettingsConfig,
     Config,
@@ -167,6 +173,42 @@ class SpoolService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return self.spool.close()
+
+
+class CPUPin(Service):
+    """
+    Keeps this server process on its CPU from its start (L{mdtwist.affinity}).
+    """
+
+    def __init__(self, split: Split, allowed: frozenset[int]) -> None:
+        """
+        @param split: the CPUs of this process and of its Maildir workers.
+        @param allowed: all the CPUs this process may use, recorded for the child processes
+            it starts.
+        """
+        self._split = split
+        self._allowed = allowed
+        self.setName("cpu-pin")
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        os.environ[AFFINITY_VARIABLE] = format_cpus(self._allowed)
+        server, workers = format_cpus(self._split.server), format_cpus(self._split.workers)
+        try:
+            pin_process(self._split.server)
+        except OSError as e:
+            _log.warn(
+                "Cannot keep the server process on CPU {server}: {error}",
+                server=server,
+                error=e.strerror,
+            )
+        else:
+            _log.info(
+                "Server process on CPU {server}, its Maildir workers on CPUs {workers}",
+                server=server,
+                workers=workers,
+            )
 
 
 class OnStop(Service):
@@ -621,12 +663,17 @@ def make_service(
     write: Callable[..., Deferred[Any]] = delivery_pool.run
     if config.delivery.local is LocalDelivery.MAILDIR and config.delivery.maildir_processes:
         # Before the queue runner, so that they stop after it.
+        cpus = allowed(os.environ)
+        split = split_cpus(cpus, shard) if config.delivery.pin_cpus else None
         workers = DeliveryWorkers(
             reactor,
             config.delivery.maildir_processes,
             config.delivery.concurrency,
             config.delivery.maildir_process_idle,
+            cpus=split.workers if split is not None else (),
         )
+        if split is not None:
+            CPUPin(split, cpus).setServiceParent(top)
         workers.setServiceParent(top)
         write = workers.run
     runner = QueueRunner(

@@ -519,6 +519,20 @@ class ConfigTests(SynchronousTestCase):
             self.problems(bad), ["delivery.maildir_process_idle: must be greater than 0"]
         )
 
+    def test_pin_cpus(self) -> None:
+        """
+        C{delivery.pin_cpus} is on by default and can be switched off; a value that is not a
+        boolean is named with the file and the key.
+        """
+        self.assertTrue(load_config(self.write(GOOD)).delivery.pin_cpus)
+        root = 'maildir_root = "mail"'
+        off = GOOD.replace(root, f"{root}\npin_cpus = false")
+        self.assertFalse(load_config(self.write(off)).delivery.pin_cpus)
+        bad = GOOD.replace(root, f"{root}\npin_cpus = 1")
+        self.assertEqual(
+            self.problems(bad), ["delivery.pin_cpus: expected true or false, got an integer"]
+        )
+
     def test_unauth_pipelining_switch(self) -> None:
         """
         C{smtp.forbid_unauth_pipelining} can be switched off; a value that is not a boolean

@@ -43,6 +43,7 @@ PURE_PACKAGES = ("mdtwist.smtp.core",)
 #: alike).
 PURE_MODULES = (
     *LEAF_MODULES,
+    "mdtwist.affinity",
     "mdtwist.dequeue.requests",
     "mdtwist.login_limits",
     "mdtwist.minger.codec",

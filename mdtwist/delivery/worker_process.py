@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.delivery.test_workers -*-
 """
 A Maildir worker process (L{mdtwist.delivery.workers}), run as
-C{python -m mdtwist.delivery.worker_process THREADS}. It imports nothing of Twisted, so a
-worker stays a small Python process.
+C{python -m mdtwist.delivery.worker_process THREADS [CPUS]}. It imports nothing of Twisted, so
+a worker stays a small Python process. With C{CPUS} (such as C{1,2,3}) it runs on those CPUs
+only (L{mdtwist.affinity}).
 
 It reads calls from its standard input and writes their results to its standard output, each a
 frame: a 4-byte big-endian length, then a pickle. A call is C{(number, function, arguments)}
@@ -14,6 +15,8 @@ calls it has and exits. It ignores the terminal's interrupt: the server ends its
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import signal
 import struct
@@ -22,6 +25,8 @@ import threading
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, BinaryIO
+
+from mdtwist.affinity import parse_cpus
 
 #: The length before each frame.
 HEADER = struct.Struct(">I")
@@ -96,10 +101,16 @@ def main(argv: list[str]) -> int:
     """
     The worker's entry point.
 
-    @param argv: C{[THREADS]}.
+    @param argv: C{[THREADS]} or C{[THREADS, CPUS]}.
     @return: the exit status.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cpus = parse_cpus(argv[1]) if len(argv) > 1 else None
+    if cpus is not None:
+        # Before the threads start, which inherit it. A set the system refuses (the CPUs
+        # changed since the server read them) leaves the worker where it was.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cpus)
     serve(sys.stdin.buffer, sys.stdout.buffer, int(argv[0]))
     return 0
 

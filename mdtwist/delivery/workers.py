@@ -29,7 +29,7 @@ import itertools
 import os
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from twisted.application.service import Service
@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from mdtwist.affinity import format_cpus
 from mdtwist.delivery.worker_process import HEADER, frame
 
 log = Logger()
@@ -135,17 +136,26 @@ class DeliveryWorkers(Service):
     L{mdtwist.delivery.local.Run}.
     """
 
-    def __init__(self, reactor: Any, processes: int, threads: int, idle: float = IDLE) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        processes: int,
+        threads: int,
+        idle: float = IDLE,
+        cpus: Collection[int] = (),
+    ) -> None:
         """
         @param reactor: the reactor (C{IReactorProcess}, C{IReactorTime}).
         @param processes: how many worker processes.
         @param threads: how many writes each worker runs at once.
         @param idle: seconds a worker may have nothing to do before it ends.
+        @param cpus: the CPUs the workers run on; empty: wherever the system puts them.
         """
         self.setName("maildir-workers")
         self._reactor = reactor
         self._threads = threads
         self._idle = idle
+        self._cpus = [format_cpus(cpus)] if cpus else []
         self._workers: list[_Worker | None] = [None] * processes
         self._turn = itertools.cycle(range(processes))
         self._numbers = itertools.count()
@@ -172,7 +182,13 @@ class DeliveryWorkers(Service):
             self._reactor.spawnProcess(
                 worker,
                 sys.executable,
-                [sys.executable, "-m", "mdtwist.delivery.worker_process", str(self._threads)],
+                [
+                    sys.executable,
+                    "-m",
+                    "mdtwist.delivery.worker_process",
+                    str(self._threads),
+                    *self._cpus,
+                ],
                 env={**os.environ, "PYTHONPATH": path},
                 childFDs={0: "w", 1: "r", 2: 2},
             )

@@ -109,6 +109,23 @@ class DeliveryWorkersTests(TestCase):
         self.assertFalse(Path(f"/proc/{pid}").exists())
 
     @inlineCallbacks
+    def test_cpus(self) -> Any:
+        """
+        Workers given CPUs run there, on all their threads; workers given none run where
+        this process may.
+        """
+        cpu = max(os.sched_getaffinity(0))
+        pinned = DeliveryWorkers(reactor, processes=1, threads=3, cpus={cpu})
+        pinned.startService()
+        self.addCleanup(lambda: pinned.running and pinned.stopService())
+        pid = yield pinned.run(os.getpid)
+        tasks = [int(task) for task in os.listdir(f"/proc/{pid}/task")]
+        self.assertEqual(len(tasks), 4)  # the reader and three writers
+        self.assertEqual([os.sched_getaffinity(task) for task in tasks], [{cpu}] * 4)
+        anywhere = yield self.workers.run(os.sched_getaffinity, 0)
+        self.assertEqual(anywhere, os.sched_getaffinity(0))
+
+    @inlineCallbacks
     def test_idle_worker_ends(self) -> Any:
         """
         A worker that has had nothing to do for the idle time ends; one busy for longer than
