@@ -110,18 +110,19 @@ class MaildirWorkersTests(SynchronousTestCase):
         With C{server.processes = 2} the second process runs on the second CPU, although the
         first, which started it, runs on the first only.
         """
-        where = [split(os.sched_getaffinity(0), shard) for shard in (0, 1)]
+        first, second = (split(os.sched_getaffinity(0), shard) for shard in (0, 1))
+        assert first is not None and second is not None
         daemon = Daemon(Path(self.mktemp()), delivery=WORKERS, server_extra="processes = 2")
         daemon.start()
         self.addCleanup(daemon.stop)
-        assert daemon.process is not None and where[0] is not None and where[1] is not None
+        assert daemon.process is not None
         children = [pid for pid in descendants(daemon.process.pid) if b"twistd" in _command(pid)]
         self.assertEqual(len(children), 1, children)
+        child = children[0]
         self.assertTrue(
-            wait_for(lambda: _affinities(children[0]) == {where[1].server}, 30),
-            _affinities(children[0]),
+            wait_for(lambda: _affinities(child) == {second.server}, 30), _affinities(child)
         )
-        self.assertEqual(_affinities(daemon.process.pid), {where[0].server})
+        self.assertEqual(_affinities(daemon.process.pid), {first.server})
 
 
 def _affinities(pid: int) -> set[frozenset[int]]:
