@@ -1,14 +1,15 @@
 # -*- test-case-name: tests.test_affinity -*-
 """
-CPU affinity for a server with Maildir worker processes (C{delivery.pin_cpus}).
+CPU affinity of the server processes and their Maildir workers (C{server.pin_cpus}).
 
 Theory of operation. A server process runs its Python code on one core at a time (the
-interpreter lock), yet left to the scheduler its threads wander over every core, and each time
-the lock changes hands between threads on different cores one of them waits for a wake-up on
-the other. Kept on one CPU, the lock changes hands on that CPU, and the Maildir workers (their
-own processes, with their own locks) have the other CPUs to themselves. Measured on a 2-core
-machine (bench/README.md, 2026-12-06), the server then spent 16 % less CPU per message and
-accepted 17-18 % more messages per second.
+interpreter lock), yet left to the scheduler its threads (the reactor, the spool's writer and
+readers, the delivery threads) wander over every core, and each time the lock passes to a
+thread on another core that thread must first be woken there. Kept on one CPU, the lock
+changes hands within it, and the other CPUs are left to the Maildir workers (processes with
+locks of their own), to the other server processes and to the rest of the machine. Measured on
+a 2-core machine (bench/README.md, 2026-12-06): 14-31 % more messages per second received into
+Maildirs, 17 % more relayed by one process, at 14-18 % less CPU per message.
 
 L{split} decides, without touching the system: server process (shard) K gets the K-th CPU it
 may use (counting round), its workers all the others. With a single CPU there is nothing to

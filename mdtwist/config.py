@@ -87,12 +87,15 @@ class ServerConfig:
         local domain) unless an account has that address itself; L{None}: not set.
     @ivar drain_timeout: seconds a stopping server gives its SMTP sessions to finish the
         message they are receiving (see L{mdtwist.drain}).
+    @ivar pin_cpus: with two or more CPUs, keep each server process on one CPU and its
+        Maildir workers on the others (L{mdtwist.affinity}).
     """
 
     hostname: str
     processes: int = 1
     postmaster: str | None = None
     drain_timeout: float = 30.0
+    pin_cpus: bool = True
 
 
 @attrs.frozen
@@ -200,8 +203,6 @@ class DeliveryConfig:
         each on C{concurrency} threads of its own; 0: threads of the server process write
         them (L{mdtwist.delivery.workers}).
     @ivar maildir_process_idle: seconds a Maildir worker may have nothing to do before it ends.
-    @ivar pin_cpus: with Maildir workers and two or more CPUs, keep each server process on
-        one CPU and its workers on the others (L{mdtwist.affinity}).
     """
 
     local: LocalDelivery = LocalDelivery.MAILDIR
@@ -211,7 +212,6 @@ class DeliveryConfig:
     run_interval: float = 60.0
     maildir_processes: int = 0
     maildir_process_idle: float = 100.0
-    pin_cpus: bool = True
 
 
 @attrs.frozen
@@ -855,7 +855,9 @@ MAX_PROCESSES = 64
 
 def _server(reader: _Reader, top: _Table) -> ServerConfig:
     table = top.subtable(
-        "server", {"hostname", "processes", "postmaster", "drain_timeout"}, required=True
+        "server",
+        {"hostname", "processes", "postmaster", "drain_timeout", "pin_cpus"},
+        required=True,
     )
     if table is None:
         return ServerConfig(hostname="")
@@ -872,6 +874,7 @@ def _server(reader: _Reader, top: _Table) -> ServerConfig:
         processes=processes,
         postmaster=postmaster,
         drain_timeout=table.positive("drain_timeout", float, ServerConfig("").drain_timeout),
+        pin_cpus=table.value("pin_cpus", bool, ServerConfig("").pin_cpus),
     )
 
 
@@ -988,7 +991,6 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
             "run_interval",
             "maildir_processes",
             "maildir_process_idle",
-            "pin_cpus",
         },
     )
     assert table is not None
@@ -1019,7 +1021,6 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
         maildir_process_idle=table.positive(
             "maildir_process_idle", float, defaults.maildir_process_idle
         ),
-        pin_cpus=table.value("pin_cpus", bool, defaults.pin_cpus),
     )
 
 

@@ -8,6 +8,8 @@ are added and stop in the reverse order, so the listeners stop first, then the q
 then the spool is closed, and the thread pools go last:
 
     spool-lock           the exclusive lock of this process's spool directory (twistd only)
+    cpu-pin              CPUPin: this process on one CPU, its Maildir workers on the others
+                         (server.pin_cpus, with two CPUs or more)
     accounts-watch       re-reads the accounts file when it changes (file backend only)
     directory            ThreadPoolService: LDAP calls and password hashing
     spool-io             ThreadPoolService with one thread: the spool's only writer
@@ -18,8 +20,6 @@ then the spool is closed, and the thread pools go last:
     sharing-io           ThreadPoolService with one thread: the Domain Sharing cache ([sharing])
     sharing              SharingService: Minger lookups at the peers, the shared cache
     smtp-client-close    closes idle outbound SMTP connections on shutdown
-    cpu-pin              CPUPin: this process on one CPU, its Maildir workers on the others
-                         (with delivery.maildir_processes and delivery.pin_cpus)
     maildir-workers      DeliveryWorkers: the Maildir writes, with delivery.maildir_processes
     queue                QueueRunner: spool -> mailboxes and (RemoteDelivery) other hosts
     minger               the Minger UDP server ([minger]; first process only)
@@ -180,14 +180,16 @@ class CPUPin(Service):
     Keeps this server process on its CPU from its start (L{mdtwist.affinity}).
     """
 
-    def __init__(self, split: Split, allowed: frozenset[int]) -> None:
+    def __init__(self, split: Split, allowed: frozenset[int], workers: bool) -> None:
         """
         @param split: the CPUs of this process and of its Maildir workers.
         @param allowed: all the CPUs this process may use, recorded for the child processes
             it starts.
+        @param workers: whether the process has Maildir workers (for the log line).
         """
         self._split = split
         self._allowed = allowed
+        self._workers = workers
         self.setName("cpu-pin")
 
     @override
@@ -203,12 +205,21 @@ class CPUPin(Service):
                 server=server,
                 error=e.strerror,
             )
-        else:
+            return
+        if self._workers:
             _log.info(
                 "Server process on CPU {server}, its Maildir workers on CPUs {workers}",
                 server=server,
                 workers=workers,
             )
+        else:
+            _log.info("Server process on CPU {server}", server=server)
+
+
+def _has_workers(config: Config) -> bool:
+    # Whether Maildir worker processes write the local mail.
+    delivery = config.delivery
+    return delivery.local is LocalDelivery.MAILDIR and delivery.maildir_processes > 0
 
 
 class OnStop(Service):
@@ -643,6 +654,11 @@ def make_service(
     if lock_spool:
         # The first child, so the last to stop: the lock is held until the spool is closed.
         take_spool_lock(config, shard).setServiceParent(top)
+    cpus = allowed(os.environ)
+    split = split_cpus(cpus, shard) if config.server.pin_cpus else None
+    if split is not None:
+        # Before the thread pools, whose threads then start on this process's CPU.
+        CPUPin(split, cpus, _has_workers(config)).setServiceParent(top)
     directory_pool = ThreadPoolService(reactor, "directory", _directory_threads(config))
     spool_pool = ThreadPoolService(reactor, "spool-io", 1)
     read_pool = ThreadPoolService(reactor, "spool-read", 2)
@@ -661,10 +677,8 @@ def make_service(
     leases = Leases()
     remote = build_remote_delivery(config, reactor, directory, top, shard, sharing)
     write: Callable[..., Deferred[Any]] = delivery_pool.run
-    if config.delivery.local is LocalDelivery.MAILDIR and config.delivery.maildir_processes:
+    if _has_workers(config):
         # Before the queue runner, so that they stop after it.
-        cpus = allowed(os.environ)
-        split = split_cpus(cpus, shard) if config.delivery.pin_cpus else None
         workers = DeliveryWorkers(
             reactor,
             config.delivery.maildir_processes,
@@ -672,8 +686,6 @@ def make_service(
             config.delivery.maildir_process_idle,
             cpus=split.workers if split is not None else (),
         )
-        if split is not None:
-            CPUPin(split, cpus).setServiceParent(top)
         workers.setServiceParent(top)
         write = workers.run
     runner = QueueRunner(

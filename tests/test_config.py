@@ -521,16 +521,16 @@ class ConfigTests(SynchronousTestCase):
 
     def test_pin_cpus(self) -> None:
         """
-        C{delivery.pin_cpus} is on by default and can be switched off; a value that is not a
+        C{server.pin_cpus} is on by default and can be switched off; a value that is not a
         boolean is named with the file and the key.
         """
-        self.assertTrue(load_config(self.write(GOOD)).delivery.pin_cpus)
-        root = 'maildir_root = "mail"'
-        off = GOOD.replace(root, f"{root}\npin_cpus = false")
-        self.assertFalse(load_config(self.write(off)).delivery.pin_cpus)
-        bad = GOOD.replace(root, f"{root}\npin_cpus = 1")
+        self.assertTrue(load_config(self.write(GOOD)).server.pin_cpus)
+        host = 'hostname = "mx.example.test"'
+        off = GOOD.replace(host, f"{host}\npin_cpus = false")
+        self.assertFalse(load_config(self.write(off)).server.pin_cpus)
+        bad = GOOD.replace(host, f"{host}\npin_cpus = 1")
         self.assertEqual(
-            self.problems(bad), ["delivery.pin_cpus: expected true or false, got an integer"]
+            self.problems(bad), ["server.pin_cpus: expected true or false, got an integer"]
         )
 
     def test_unauth_pipelining_switch(self) -> None:

@@ -18,6 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from mdtwist.affinity import VARIABLE
 from mdtwist.config import load_config
 from mdtwist.services import leftover_shards
 from mdtwist.smtp.modes import ListenerMode
@@ -40,7 +41,10 @@ class _DemoCase(SynchronousTestCase):
         shutil.copy(_ETC / "accounts.toml", self.root / "etc")
         make_certificate(self.root / "var" / "tls")
         self.config = self.root / "etc" / "mdtwist.toml"
-        self.config.write_text((_ETC / "mdtwist.toml").read_text())
+        # The tree is the same on every machine: no CPU pinning (test_cpu_pin has it).
+        host = 'hostname = "mail.example.test"'
+        text = (_ETC / "mdtwist.toml").read_text()
+        self.config.write_text(text.replace(host, f"{host}\npin_cpus = false"))
 
 
 class BuildTests(_DemoCase):
@@ -264,6 +268,28 @@ class BuildTests(_DemoCase):
         code, text = self.run_build()
         self.assertEqual(code, 1)
         self.assertIn("delivery.maildir_root: cannot use", text)
+
+    def test_cpu_pin(self) -> None:
+        """
+        With C{server.pin_cpus} (the default) and two CPUs or more, the step that pins the
+        process comes right after the spool lock, before any thread pool starts.
+        """
+        self.config.write_text(self.config.read_text().replace("pin_cpus = false", ""))
+        self.addCleanup(os.environ.pop, VARIABLE, None)
+        os.environ[VARIABLE] = "0,1"
+        service, _ = self.build()
+        names = [child.name for child in service]
+        self.assertEqual(names[:3], ["spool-lock", "cpu-pin", "accounts-watch"])
+
+    def test_no_cpu_pin_on_one_cpu(self) -> None:
+        """
+        With one CPU there is nothing to pin.
+        """
+        self.config.write_text(self.config.read_text().replace("pin_cpus = false", ""))
+        self.addCleanup(os.environ.pop, VARIABLE, None)
+        os.environ[VARIABLE] = "3"
+        service, _ = self.build()
+        self.assertNotIn("cpu-pin", [child.name for child in service])
 
     def test_ldap_closed_after_its_pool(self) -> None:
         """
