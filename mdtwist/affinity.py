@@ -8,8 +8,8 @@ readers, the delivery threads) wander over every core, and each time the lock pa
 thread on another core that thread must first be woken there. Kept on one CPU, the lock
 changes hands within it, and the other CPUs are left to the Maildir workers (processes with
 locks of their own), to the other server processes and to the rest of the machine. Measured on
-a 2-core machine (bench/README.md, 2026-12-06): 14-31 % more messages per second received into
-Maildirs, 17 % more relayed by one process, at 14-18 % less CPU per message.
+a 2-core machine (bench/README.md, 2026-12-06): 17-31 % more messages per second received into
+Maildirs, 17 % more relayed by one process, at 14-27 % less CPU per message.
 
 L{split} decides, without touching the system: server process (shard) K gets the K-th CPU it
 may use (counting round), its workers all the others. With a single CPU there is nothing to
