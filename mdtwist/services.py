@@ -196,7 +196,7 @@ class CPUPin(Service):
     def startService(self) -> None:
         super().startService()
         os.environ[AFFINITY_VARIABLE] = format_cpus(self._allowed)
-        server, workers = format_cpus(self._split.server), format_cpus(self._split.workers)
+        server = format_cpus(self._split.server)
         try:
             pin_process(self._split.server)
         except OSError as e:
@@ -210,7 +210,7 @@ class CPUPin(Service):
             _log.info(
                 "Server process on CPU {server}, its Maildir workers on CPUs {workers}",
                 server=server,
-                workers=workers,
+                workers=format_cpus(self._split.workers),
             )
         else:
             _log.info("Server process on CPU {server}", server=server)

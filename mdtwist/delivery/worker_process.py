@@ -16,7 +16,6 @@ calls it has and exits. It ignores the terminal's interrupt: the server ends its
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import signal
 import struct
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, BinaryIO
 
-from mdtwist.affinity import parse_cpus
+from mdtwist.affinity import parse_cpus, pin_process
 
 #: The length before each frame.
 HEADER = struct.Struct(">I")
@@ -110,7 +109,7 @@ def main(argv: list[str]) -> int:
         # Before the threads start, which inherit it. A set the system refuses (the CPUs
         # changed since the server read them) leaves the worker where it was.
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, cpus)
+            pin_process(cpus)
     serve(sys.stdin.buffer, sys.stdout.buffer, int(argv[0]))
     return 0
 

@@ -261,6 +261,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def command_line(pid: int) -> bytes:
+    """
+    @param pid: a process id.
+    @return: its command line as the kernel keeps it (arguments ended by NUL bytes); empty
+        when the process is gone.
+    """
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def alive(pid: int) -> bool:
     """
     @param pid: a process id.

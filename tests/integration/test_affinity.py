@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mdtwist.affinity import Split, split
 from tests.integration.daemon import Daemon
-from tests.integration.peers import descendants
+from tests.integration.peers import command_line, descendants
 from tests.integration.test_load import WORKERS, spool_count
 from tests.integration.test_smtp_daemon import wait_for
 
@@ -24,13 +24,6 @@ ALICE = "alice@example.test"
 def _affinities(pid: int) -> set[frozenset[int]]:
     # The CPU sets of every thread of a process.
     return {frozenset(os.sched_getaffinity(int(task))) for task in os.listdir(f"/proc/{pid}/task")}
-
-
-def _command(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _split(shard: int) -> Split:
@@ -60,7 +53,7 @@ class AffinityTests(SynchronousTestCase):
         found = descendants(daemon.process.pid)
         self.assertTrue(found)
         for pid in found:
-            self.assertIn(b"mdtwist.delivery.worker_process", _command(pid))
+            self.assertIn(b"mdtwist.delivery.worker_process", command_line(pid))
         return found
 
     def test_with_workers(self) -> None:
@@ -110,7 +103,8 @@ class AffinityTests(SynchronousTestCase):
         daemon.start()
         self.addCleanup(daemon.stop)
         assert daemon.process is not None
-        children = [pid for pid in descendants(daemon.process.pid) if b"twistd" in _command(pid)]
+        below = descendants(daemon.process.pid)
+        children = [pid for pid in below if b"twistd" in command_line(pid)]
         self.assertEqual(len(children), 1, children)
         child = children[0]
         self.assertTrue(

@@ -12,18 +12,11 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.integration.daemon import Daemon
-from tests.integration.peers import alive, descendants
+from tests.integration.peers import alive, command_line, descendants
 from tests.integration.test_load import WORKERS, spool_count
 from tests.integration.test_smtp_daemon import wait_for
 
 ALICE = "alice@example.test"
-
-
-def _command(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 class MaildirWorkersTests(SynchronousTestCase):
@@ -51,7 +44,7 @@ class MaildirWorkersTests(SynchronousTestCase):
         # Two workers, each started at its first turn, and nothing else.
         self.assertEqual(len(workers), 2, workers)
         for pid in workers:
-            self.assertIn(b"mdtwist.delivery.worker_process", _command(pid))
+            self.assertIn(b"mdtwist.delivery.worker_process", command_line(pid))
         return daemon, workers
 
     def test_delivered_by_workers_that_stop_with_the_server(self) -> None:
