@@ -22,6 +22,7 @@ same call as its log line. Every caller passes keyword arguments only.
 from __future__ import annotations
 
 import datetime
+import functools
 import platform
 import re
 from collections.abc import Iterable
@@ -94,7 +95,13 @@ def timestamp(when: float | None) -> str:
     """
     if when is None:
         return NONE
-    moment = datetime.datetime.fromtimestamp(int(when), datetime.UTC)
+    return _timestamp(int(when))
+
+
+@functools.lru_cache(maxsize=64)
+def _timestamp(second: int) -> str:
+    # Most lines of a busy second name the same few seconds (now, the next retry).
+    moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

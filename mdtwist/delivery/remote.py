@@ -303,6 +303,13 @@ class RemoteDelivery:
     async def _try_hop(
         self, message: QueuedMessage, hop: Hop, positions: list[int]
     ) -> dict[int, tuple[HostOutcome, RecipientResult]]:
+        clock = self._clock
+        if clock is not None and not self._failed.filter_up(
+            hop.addresses, hop.port, clock.seconds()
+        ):
+            # Every address of the hop failed recently (the dead-host cache): no POP-before-SMTP
+            # login, no credentials, no connection; the recipients wait as after a failure.
+            return self._unreachable(hop, positions, tried=False)
         destination = await self._destination(message, hop)
         if destination is None:
             result = (HostOutcome.TEMPORARY, "4.7.0", "POP-before-SMTP login failed")
@@ -327,7 +334,6 @@ class RemoteDelivery:
                 envid=envelope.envid,
             )
             report = None
-            clock = self._clock
             addresses = (
                 hop.addresses
                 if clock is None

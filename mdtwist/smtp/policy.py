@@ -126,6 +126,20 @@ def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
 #: The default most distinct addresses one SMTP session may have looked up at the sharing peers.
 SHARING_LOOKUPS_PER_SESSION = 20
 
+#: Client addresses whose trusted-network verdict a listener remembers (then it starts over).
+TRUSTED_VERDICTS = 4096
+
+
+def _in_networks(text: str, networks: tuple[Network, ...]) -> bool:
+    # Whether an address (an IPv4-mapped IPv6 address as its IPv4 address) is in a network.
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
 
 @implementer(IReceivePolicy, ISessionPolicies)
 class ReceivePolicy:
@@ -161,6 +175,7 @@ class ReceivePolicy:
         """
         self._directory = directory
         self._trusted = tuple(trusted_networks)
+        self._trusted_verdicts: dict[str, bool] = {}
         self._postmaster = postmaster
         self._sharing = sharing
         self._gateways = frozenset(domain.lower() for domain in gateway_domains)
@@ -182,13 +197,14 @@ class ReceivePolicy:
         return self._trusted_client(client)
 
     def _trusted_client(self, client: ClientInfo) -> bool:
-        try:
-            address = ipaddress.ip_address(client.address)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._trusted)
+        # Asked at every MAIL and RCPT; the verdict of an address is remembered (bounded).
+        verdict = self._trusted_verdicts.get(client.address)
+        if verdict is None:
+            verdict = _in_networks(client.address, self._trusted)
+            if len(self._trusted_verdicts) >= TRUSTED_VERDICTS:
+                self._trusted_verdicts.clear()
+            self._trusted_verdicts[client.address] = verdict
+        return verdict
 
     def check_sender(self, client: ClientInfo, sender: str) -> Deferred[Reply]:
         """

@@ -357,6 +357,30 @@ class RemoteDeliveryTests(SynchronousTestCase):
         self.assertEqual((result.state, result.status), (RecipientState.PENDING, "4.7.0"))
         self.assertEqual(client.sessions, [])
 
+    def test_dead_smart_host_no_login(self) -> None:
+        """
+        While the smart host is in the dead-host cache, a message is deferred without a
+        POP-before-SMTP login: the login is made again for the attempt that connects.
+        """
+        capture_logs(self)
+        logins: list[int] = []
+
+        def pop_login() -> Deferred[bool]:
+            logins.append(1)
+            return succeed(True)
+
+        access = SmartHostAccess(pop_login=pop_login)
+        remote, client, _ = self.remote({}, policy=self.smart_policy(), access=access)
+        [first] = self.deliver(remote, message("x@one.test"))
+        self.assertEqual((first.status, len(logins), len(client.sessions)), ("4.4.1", 1, 1))
+        [later] = self.deliver(remote, message("y@one.test"))
+        self.assertEqual((later.state, later.status), (RecipientState.PENDING, "4.4.1"))
+        self.assertIn("failed recently", later.diagnostic)
+        self.assertEqual((len(logins), len(client.sessions)), (1, 1))
+        self.clock.advance(300)
+        self.deliver(remote, message("z@one.test"))
+        self.assertEqual((len(logins), len(client.sessions)), (2, 2))
+
     def test_mailbox_password(self) -> None:
         """
         With mailbox passwords (ISPAUTHUsePasswords), the login of the session and the

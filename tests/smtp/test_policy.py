@@ -19,6 +19,7 @@ from mdtwist.smtp.policy import (
     NO_SUCH_USER,
     RECIPIENT_OK,
     SHARING_UNAVAILABLE,
+    TRUSTED_VERDICTS,
     ReceivePolicy,
     RecipientDecision,
     parse_networks,
@@ -230,6 +231,21 @@ class ReceivePolicyTests(SynchronousTestCase):
         mapped = ClientInfo(address="::ffff:192.0.2.9", helo="h")
         self.assertEqual(self.rcpt("x@foreign.test", mapped), (250, "2.1.5"))
         self.assertEqual(self.rcpt("x@foreign.test", ClientInfo("::1", "h")), (250, "2.1.5"))
+
+    def test_trusted_verdicts_remembered(self) -> None:
+        """
+        The trusted-network verdict of each client address is remembered, in a bounded
+        table: asked about more addresses than it holds, it starts over and still answers
+        each one right, and a text that is no address is never trusted.
+        """
+        for n in range(TRUSTED_VERDICTS + 10):
+            client = ClientInfo(address=f"198.51.{n // 256}.{n % 256}", helo="h")
+            self.assertFalse(self.policy.trusted(client))
+            self.assertTrue(self.policy.trusted(FRIEND))
+            self.assertLessEqual(len(self.policy._trusted_verdicts), TRUSTED_VERDICTS)
+        self.assertFalse(self.policy.trusted(ClientInfo(address="not-an-ip", helo="h")))
+        self.assertFalse(self.policy.trusted(ClientInfo(address="not-an-ip", helo="h")))
+        self.assertTrue(self.policy.trusted(ClientInfo(address="::ffff:192.0.2.9", helo="h")))
 
     def test_bad_syntax(self) -> None:
         """

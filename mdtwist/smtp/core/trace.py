@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import functools
 import ipaddress
 import re
 
@@ -55,9 +56,11 @@ def with_protocol(*, extended: bool, tls: bool, authenticated: bool) -> str:
     return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
 
 
+@functools.lru_cache(maxsize=4096)
 def address_literal(address: str) -> str:
     """
-    Write an IP address as an address literal.
+    Write an IP address as an address literal. Remembered for the last few thousand
+    addresses: a client that connects often is written once, not at every message.
 
     @param address: an IPv4 or IPv6 address (anything else is used as it is).
     @return: C{[192.0.2.1]} or C{[IPv6:2001:db8::1]}.
