@@ -6,11 +6,14 @@ a worker stays a small Python process. With C{CPUS} (such as C{1,2,3}) it runs o
 only (L{mdtwist.affinity}).
 
 It reads calls from its standard input and writes their results to its standard output, each a
-frame: a 4-byte big-endian length, then a pickle. A call is C{(number, function, arguments)}
-(a module-level function, pickled by name); its result is C{(number, True, value)} or
-C{(number, False, exception)}, written when the call is done (in any order: calls run on
-C{THREADS} threads). At the end of its input (the server closed it, or died) it finishes the
-calls it has and exits. It ignores the terminal's interrupt: the server ends its workers.
+frame: a 4-byte big-endian length, then a pickle. A call is C{(number, call)}, where C{call} is
+the pickle of C{(function, arguments)} (a module-level function, pickled by name), unpickled
+on the thread that runs it: an argument that reads a file as it is unpickled (a spool body,
+L{mdtwist.spool.model.StoredBody}) is read there, and its error comes back as the call's. Its
+result is C{(number, True, value)} or C{(number, False, exception)}, written when the call is
+done (in any order: calls run on C{THREADS} threads). At the end of its input (the server
+closed it, or died) it finishes the calls it has and exits. It ignores the terminal's
+interrupt: the server ends its workers.
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ def frame(value: object) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
+def call_frame(number: int, function: Callable[..., Any], arguments: tuple[Any, ...]) -> bytes:
+    """
+    @param number: the call's number, which its result carries.
+    @param function: a module-level function.
+    @param arguments: its picklable arguments.
+    @return: the frame of the call.
+    """
+    return frame((number, pickle.dumps((function, arguments), pickle.HIGHEST_PROTOCOL)))
+
+
 def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
     data = b""
     while len(data) < size:
@@ -59,12 +72,13 @@ def serve(calls: BinaryIO, results: BinaryIO, threads: int) -> None:
     @param threads: how many calls run at once.
     """
     lock = threading.Lock()
-    work: SimpleQueue[tuple[int, Callable[..., Any], tuple[Any, ...]] | None] = SimpleQueue()
+    work: SimpleQueue[tuple[int, bytes] | None] = SimpleQueue()
 
     def run() -> None:
         while (call := work.get()) is not None:
-            number, function, arguments = call
+            number, payload = call
             try:
+                function, arguments = pickle.loads(payload)
                 value, ok = function(*arguments), True
             except Exception as e:
                 value, ok = e, False

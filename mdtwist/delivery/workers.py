@@ -10,6 +10,9 @@ runs the writes in worker processes instead (L{mdtwist.delivery.worker_process},
 the reactor's C{spawnProcess}): each write is sent to a worker, in turn, over its standard
 input, runs there on threads of its own, and its result comes back over the worker's standard
 output; the write's Deferred fires with the result, or fails with its C{OSError} as on a thread.
+A body the spool keeps in a file of its own (L{mdtwist.spool.model.StoredBody}, above the
+spool's inline limit) travels as the file's name and is read by the worker, so a large
+message is not pushed through the pipe, and through the reactor, once per copy.
 A worker that dies fails the writes it had with C{EIO} (the delivery is tried again later, at
 least once as always: a file it wrote before dying is found by its name when the copy has one),
 and a new worker takes its place for the next write.
@@ -41,7 +44,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 
 from mdtwist.affinity import format_cpus
-from mdtwist.delivery.worker_process import HEADER, frame
+from mdtwist.delivery.worker_process import HEADER, call_frame
 
 log = Logger()
 
@@ -74,7 +77,7 @@ class _Worker(ProcessProtocol):
         d: Deferred[Any] = Deferred()
         self._waiting[number] = d
         assert self.transport is not None
-        self.transport.write(frame((number, function, arguments)))
+        self.transport.write(call_frame(number, function, arguments))
         return d
 
     def stop(self) -> None:

@@ -197,7 +197,7 @@ class ReceivePolicy:
         return self._trusted_client(client)
 
     def _trusted_client(self, client: ClientInfo) -> bool:
-        # Asked at every MAIL and RCPT; the verdict of an address is remembered (bounded).
+        # Asked for every recipient and message; the verdict of an address is remembered.
         verdict = self._trusted_verdicts.get(client.address)
         if verdict is None:
             verdict = _in_networks(client.address, self._trusted)

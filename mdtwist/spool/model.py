@@ -10,6 +10,7 @@ L{mdtwist.route}, beside the envelope that carries them) are re-exported here.
 from __future__ import annotations
 
 import enum
+import os
 
 import attrs
 
@@ -26,7 +27,53 @@ __all__ = [
     "RecipientResult",
     "Route",
     "RouteKind",
+    "StoredBody",
 ]
+
+
+class StoredBody(bytes):
+    """
+    The body of a message that the spool keeps in a file of its own (one above its inline
+    limit): the bytes of the file, and its path.
+
+    It is bytes like any body, but it pickles as its path, and unpickles by reading the file.
+    So a Maildir write sent to a delivery worker process (L{mdtwist.delivery.workers}) carries
+    the file's name instead of the message: the worker reads the spool's file itself, and the
+    server does not push a large message through a pipe for every copy. The spool never
+    changes the file while the message is queued; it deletes it once the message has left the
+    queue, after its last delivery is recorded.
+
+    @ivar path: the file, absolute.
+    """
+
+    path: str
+
+    def __new__(cls, data: bytes, path: str) -> StoredBody:
+        """
+        @param data: the file's content.
+        @param path: the file (made absolute).
+        """
+        body = super().__new__(cls, data)
+        body.path = os.path.abspath(path)
+        return body
+
+    @classmethod
+    def read(cls, path: str) -> StoredBody:
+        """
+        @param path: a body file, absolute.
+        @return: its content.
+        @raise OSError: when it cannot be read.
+        """
+        with open(path, "rb") as f:
+            return cls(f.read(), path)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_read_stored_body, (self.path,))
+
+
+def _read_stored_body(path: str) -> StoredBody:
+    # What a pickled StoredBody calls (a module-level function, pickled by name).
+    return StoredBody.read(path)
 
 
 class Queue(enum.Enum):

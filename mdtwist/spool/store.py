@@ -90,6 +90,7 @@ from mdtwist.spool.model import (
     RecipientResult,
     Route,
     RouteKind,
+    StoredBody,
 )
 from mdtwist.spool.schema import SCHEMA_VERSION, immediate, open_database, upgrade
 
@@ -1404,7 +1405,7 @@ def _select_message(
     )
     body: bytes | None = None
     if with_body:
-        body = (bodies / body_file).read_bytes() if body_file else bytes(inline_body)
+        body = StoredBody.read(str(bodies / body_file)) if body_file else bytes(inline_body)
     return QueuedMessage(
         queue_id=format_queue_id(rowid),
         envelope=Envelope(

@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mdtwist.delivery import worker_process
 from mdtwist.delivery.maildir_files import KnownMaildirs, process_known_maildirs, write_copy
 from mdtwist.delivery.workers import DeliveryWorkers
+from mdtwist.spool.model import StoredBody
 
 HEADER = b"Return-Path: <s@example.test>\n"
 BODY = b"Subject: hi\r\n\r\nhello\r\n"
@@ -58,6 +59,25 @@ class DeliveryWorkersTests(TestCase):
         new = self.root / "example.test" / "alice" / "Maildir" / "new"
         self.assertEqual(sorted(p.name for p in new.iterdir()), [f"m{n}" for n in range(5)])
         self.assertEqual((new / "m0").read_bytes(), HEADER + b"Subject: hi\n\nhello\n")
+
+    @inlineCallbacks
+    def test_stored_body_read_by_the_worker(self) -> Any:
+        """
+        A body the spool keeps in a file reaches the worker as that file, which the worker
+        reads: the copy in the Maildir is the file's content.
+        """
+        path = Path(self.mktemp())
+        path.write_bytes(b"Subject: big\r\n\r\n" + b"x" * 200_000 + b"\r\n")
+        body = StoredBody.read(str(path))
+        maildir = self.root / "example.test" / "alice" / "Maildir"
+        written = yield self.workers.run(
+            write_copy, self.root, maildir, (), "big", None, HEADER, body, set()
+        )
+        self.assertTrue(written)
+        self.assertEqual(
+            (maildir / "new" / "big").read_bytes(),
+            HEADER + b"Subject: big\n\n" + b"x" * 200_000 + b"\n",
+        )
 
     @inlineCallbacks
     def test_error_comes_back(self) -> Any:
@@ -162,6 +182,17 @@ class KnownMaildirsTests(SynchronousTestCase):
         self.assertNotIn(Path("/nowhere/Maildir"), arrived)
 
 
+def _answers(data: bytes) -> dict[int, tuple[bool, Any]]:
+    # The results a worker wrote, by call number.
+    answers = {}
+    while data:
+        (size,) = worker_process.HEADER.unpack_from(data)
+        number, ok, value = pickle.loads(data[4 : 4 + size])
+        answers[number] = (ok, value)
+        data = data[4 + size :]
+    return answers
+
+
 class ServeTests(SynchronousTestCase):
     """
     L{worker_process.serve}: frames in, frames out, in this process.
@@ -173,20 +204,32 @@ class ServeTests(SynchronousTestCase):
         the input like its end.
         """
         calls = io.BytesIO(
-            worker_process.frame((1, pow, (2, 3)))
-            + worker_process.frame((2, int, ("x",)))
-            + worker_process.frame((3, os.getpid, ()))[:-1]
+            worker_process.call_frame(1, pow, (2, 3))
+            + worker_process.call_frame(2, int, ("x",))
+            + worker_process.call_frame(3, os.getpid, ())[:-1]
         )
         results = io.BytesIO()
         worker_process.serve(calls, results, 2)
-        data = results.getvalue()
-        answers = {}
-        while data:
-            (size,) = worker_process.HEADER.unpack_from(data)
-            number, ok, value = pickle.loads(data[4 : 4 + size])
-            answers[number] = (ok, value)
-            data = data[4 + size :]
+        answers = _answers(results.getvalue())
         self.assertEqual(sorted(answers), [1, 2])
         self.assertEqual(answers[1], (True, 8))
         self.assertFalse(answers[2][0])
         self.assertIsInstance(answers[2][1], ValueError)
+
+    def test_unreadable_body_fails_its_call(self) -> None:
+        """
+        A spool body whose file is gone when the worker unpickles the call fails that call
+        with the C{OSError} of the read, and the next call still runs.
+        """
+        path = Path(self.mktemp())
+        path.write_bytes(b"Subject: gone\r\n\r\nbye\r\n")
+        body = StoredBody.read(str(path))
+        first = worker_process.call_frame(1, len, (body,))
+        path.unlink()
+        calls = io.BytesIO(first + worker_process.call_frame(2, len, (b"abc",)))
+        results = io.BytesIO()
+        worker_process.serve(calls, results, 1)
+        answers = _answers(results.getvalue())
+        self.assertFalse(answers[1][0])
+        self.assertIsInstance(answers[1][1], FileNotFoundError)
+        self.assertEqual(answers[2], (True, 3))

@@ -18,7 +18,14 @@ from mdtwist.errors import SpoolError
 from mdtwist.interfaces import ISpool
 from mdtwist.route import Route
 from mdtwist.secret import Secret
-from mdtwist.spool.model import MessageKind, Notice, Queue, RecipientProgress, RecipientResult
+from mdtwist.spool.model import (
+    MessageKind,
+    Notice,
+    Queue,
+    RecipientProgress,
+    RecipientResult,
+    StoredBody,
+)
 from mdtwist.spool.schema import MIGRATE_FROM_1, SCHEMA_VERSION
 from mdtwist.spool.store import (
     BODIES_NAME,
@@ -168,13 +175,23 @@ class SQLiteSpoolTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(self.spool.load("junk")))
 
     def test_large_body_in_file(self) -> None:
-        """A body above the inline limit is kept in a file and read back from it."""
+        """
+        A body above the inline limit is kept in a file and read back from it, as a
+        L{StoredBody} naming that file (a delivery worker reads it there); a body kept inline
+        is plain bytes.
+        """
         queue_id = self.successResultOf(self.spool.enqueue(make_envelope("a@x"), BIG))
         files = list((self.directory / BODIES_NAME).iterdir())
         self.assertEqual([f.read_bytes() for f in files], [BIG])
         message = self.successResultOf(self.spool.load(queue_id))
         assert message is not None
         self.assertEqual((message.body, message.size), (BIG, len(BIG)))
+        assert isinstance(message.body, StoredBody)
+        self.assertEqual(message.body.path, str(files[0].absolute()))
+        small_id = self.successResultOf(self.spool.enqueue(make_envelope("a@x"), SMALL))
+        small = self.successResultOf(self.spool.load(small_id))
+        assert small is not None
+        self.assertIs(type(small.body), bytes)
 
     def test_due(self) -> None:
         """Only messages whose next attempt has come are due, the oldest first, up to the limit."""
