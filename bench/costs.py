@@ -32,7 +32,14 @@ from pathlib import Path
 
 from bench.common import RunFailed, filesystem_of, load_average, private_directory
 from bench.inbound import Case, Run, one_run, source_recipients
-from bench.servers import BenchServer, MdtwistServer, PostfixMaildirServer
+from bench.servers import (
+    BenchServer,
+    MdtwistServer,
+    PostfixMaildirServer,
+    add_delivery_options,
+    delivery_options,
+    worker_name,
+)
 from tests.integration.peers import PeerError
 
 KIB = 1024
@@ -169,6 +176,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         help="factor on every case's message count (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--reuse", action="store_true", help="reuse connections (smtp-source -d)")
+    add_delivery_options(parser)
     parser.add_argument(
         "--only", action="append", default=[], metavar="CASE",
         help="run only the cases whose name is given, e.g. '10 MiB x 1' (repeatable)",
@@ -201,7 +209,12 @@ def main(argv: Sequence[str]) -> int:
         flush=True,
     )
     (base / "mdtwist").mkdir()
-    mdtwist = MdtwistServer(base / "mdtwist", accounts=addresses)
+    mdtwist = MdtwistServer(
+        base / "mdtwist",
+        accounts=addresses,
+        delivery_extra=delivery_options(options),
+        name=worker_name(1, options.maildir_processes),
+    )
     postfix: PostfixMaildirServer | None = None
     try:
         postfix = PostfixMaildirServer(

@@ -48,6 +48,8 @@ from bench.servers import (
     MdtwistServer,
     PostfixMaildirServer,
     PostfixServer,
+    add_delivery_options,
+    delivery_options,
     worker_name,
 )
 from tests.integration.peers import PeerError, find_program
@@ -338,14 +340,7 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "--postfix-maildir", action="store_true",
         help="also run a second Postfix that delivers into a Maildir, as mdtwist does",
     )  # fmt: skip
-    parser.add_argument(
-        "--maildir-processes", type=int, default=0, metavar="N",
-        help="mdtwist's delivery.maildir_processes (default: 0, threads)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--concurrency", type=int, default=0, metavar="N",
-        help="mdtwist's delivery.concurrency (default: the configuration's default)",
-    )  # fmt: skip
+    add_delivery_options(parser)
     parser.add_argument(
         "--processes", type=int, default=1, help="mdtwist's server.processes (default: 1)"
     )
@@ -374,9 +369,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"load average at start: {load_average()}", flush=True)
     mdtwist_parent = base / "mdtwist"
     mdtwist_parent.mkdir()
-    delivery = f"maildir_processes = {options.maildir_processes}" + (
-        f"\nconcurrency = {options.concurrency}" if options.concurrency else ""
-    )
+    delivery = delivery_options(options)
     mdtwist = MdtwistServer(
         mdtwist_parent,
         processes=options.processes,

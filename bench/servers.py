@@ -9,6 +9,7 @@ L{BenchServer.finish}.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import pwd
@@ -96,6 +97,31 @@ def _count_files(folder: Path) -> int:
             return sum(1 for _ in entries)
     except FileNotFoundError:
         return 0
+
+
+def add_delivery_options(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{--maildir-processes} and C{--concurrency}, mdtwist's C{[delivery]} options of a run.
+
+    @param parser: the bench's parser.
+    """
+    parser.add_argument(
+        "--maildir-processes", type=int, default=0, metavar="N",
+        help="mdtwist's delivery.maildir_processes (default: 0, threads)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--concurrency", type=int, default=0, metavar="N",
+        help="mdtwist's delivery.concurrency (default: the configuration's default)",
+    )  # fmt: skip
+
+
+def delivery_options(options: argparse.Namespace) -> str:
+    """
+    @param options: parsed options with those of L{add_delivery_options}.
+    @return: the TOML lines they give the C{[delivery]} table.
+    """
+    lines = f"maildir_processes = {options.maildir_processes}"
+    return lines + (f"\nconcurrency = {options.concurrency}" if options.concurrency else "")
 
 
 def worker_name(processes: int, maildir_processes: int) -> str:

@@ -211,6 +211,11 @@ def main(argv: Sequence[str]) -> int:
         help="mdtwist's delivery.maildir_process_idle; the idle sessions wait until the workers"
         " have ended",
     )  # fmt: skip
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="mdtwist's server.processes (the idle sessions are spread over them; the memory"
+        " is that of all of them)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     options = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -221,11 +226,12 @@ def main(argv: Sequence[str]) -> int:
     sessions = options.idle + 100
     mdtwist = MdtwistServer(
         base / "mdtwist",
+        processes=options.processes,
         max_sessions=sessions,
         max_sessions_per_ip=sessions,
         delivery_extra=f"maildir_processes = {options.maildir_processes}"
         + (f"\nmaildir_process_idle = {options.maildir_idle}" if options.maildir_idle else ""),
-        name=worker_name(1, options.maildir_processes),
+        name=worker_name(options.processes, options.maildir_processes),
     )
     postfix: PostfixMaildirServer | None = None
     rows: dict[str, list[tuple[float, float, float]]] = {}
@@ -246,7 +252,8 @@ def main(argv: Sequence[str]) -> int:
                     rows.setdefault(server.name, []).append((peak, p50, p99))
                     if server is mdtwist and options.maildir_idle:
                         wait_until(
-                            lambda pid=server.pid: tree_pids(pid) == [pid],  # type: ignore[misc]
+                            # Only the server processes are left.
+                            lambda pid=server.pid: len(tree_pids(pid)) == options.processes,  # type: ignore[misc]
                             options.maildir_idle + 30,
                             "the Maildir workers' end",
                             step=0.5,
