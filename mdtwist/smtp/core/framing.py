@@ -173,13 +173,9 @@ class LineBuffer:
             stop = buffer.rfind(_CRLF) + 2
             taken, done = stop, False
         lines = bytes(buffer[:stop])
-        if stop > max_length:
-            parts = lines.split(_CRLF)
-            if max(map(len, parts)) + 2 > max_length:
-                return None
-            crlf = len(parts) - 1
-        else:
-            crlf = lines.count(_CRLF)
+        if stop > max_length and _has_long_line(lines, max_length):
+            return None
+        crlf = lines.count(_CRLF)
         # Clean when the CRs and LFs are exactly those of the CRLFs (which cannot overlap):
         # one pass that drops them all, rather than a count of each.
         if stop - len(lines.translate(None, b"\r\n")) != 2 * crlf:
@@ -188,6 +184,20 @@ class LineBuffer:
         # Without the end marker, what is left holds no CRLF: the next search starts after it.
         self._searched = 0 if done else len(buffer)
         return lines, done
+
+
+def _has_long_line(lines: bytes, max_length: int) -> bool:
+    # Whether a line of `lines` (which ends with a line end) is longer than max_length, its
+    # LF included. Each step jumps to the last line start within max_length bytes of the
+    # current one: every line between them is short enough. So a step covers about
+    # max_length bytes, however short the lines, and no line is made into an object.
+    start, end = 0, len(lines)
+    while start < end:
+        last = lines.rfind(b"\n", start, start + max_length)
+        if last < 0:
+            return True
+        start = last + 1
+    return False
 
 
 class DataProblem(enum.Enum):

@@ -252,6 +252,20 @@ class DataReaderFastPathTests(SynchronousTestCase):
             self.check([message])
             self.check([message[:5], message[5:]])
 
+    def test_long_line_anywhere_in_a_large_chunk(self) -> None:
+        """
+        In a chunk of many lines, one line at the limit, or one byte over it, is judged the
+        same wherever it stands: first, last, or between short lines of any length.
+        """
+        rng = random.Random(1000)
+        for position in (0, 1, 7, 63, 127):
+            for length in (18, 19, 20):
+                lines = [b"x" * rng.randrange(0, 19) + b"\r\n" for _ in range(128)]
+                lines[position] = b"y" * length + b"\r\n"
+                message = b"".join(lines) + b".\r\n"
+                self.check([message], max_size=100_000)
+                self.check([message[:1000], message[1000:]], max_size=100_000)
+
     def test_too_big_inside_a_chunk(self) -> None:
         """
         The size limit crossed inside a chunk of clean lines: counted line by line, the body
