@@ -103,11 +103,18 @@ class AffinityTests(SynchronousTestCase):
         daemon.start()
         self.addCleanup(daemon.stop)
         assert daemon.process is not None
-        below = descendants(daemon.process.pid)
-        children = [pid for pid in below if b"twistd" in command_line(pid)]
-        self.assertEqual(len(children), 1, children)
+        parent = daemon.process.pid
+        children: list[int] = []
+
+        def started() -> bool:
+            # The parent starts its child after its own listeners are up: wait for it.
+            below = descendants(parent)
+            children[:] = [pid for pid in below if b"twistd" in command_line(pid)]
+            return len(children) == 1
+
+        self.assertTrue(wait_for(started, 30), children)
         child = children[0]
         self.assertTrue(
             wait_for(lambda: _affinities(child) == {second.server}, 30), _affinities(child)
         )
-        self.assertEqual(_affinities(daemon.process.pid), {first.server})
+        self.assertEqual(_affinities(parent), {first.server})
