@@ -41,6 +41,7 @@ from mdtwist.delivery.schedule import QueuePolicy
 from mdtwist.dequeue.gateways import DAY, EtrnTarget, Gateway, ProviderSettings, normalise_domain
 from mdtwist.dequeue.signal import SignalMode, atrn_domains
 from mdtwist.errors import ConfigError
+from mdtwist.ipaddr import Network
 from mdtwist.secret import Secret
 from mdtwist.settings.model import Security
 from mdtwist.smtp.modes import ListenerMode as ListenerMode  # re-exported: its old home
@@ -1761,7 +1762,7 @@ def _gateway(reader: _Reader, key: str, item: object) -> Gateway | None:
             entry.key("password"),
             "required (or password_file) while honour_atrn or etrn_requires_auth is on",
         )
-    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    networks: list[Network] = []
     for net in entry.strings("allowed_networks", ()):
         try:
             networks.append(ipaddress.ip_network(net, strict=False))

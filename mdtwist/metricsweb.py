@@ -25,10 +25,9 @@ from typing_extensions import override
 
 from mdtwist import metrics
 from mdtwist.control.registry import Answer
+from mdtwist.ipaddr import Network, in_networks
 
 _log = Logger()
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class MetricsResource(Resource):
@@ -46,19 +45,13 @@ class MetricsResource(Resource):
         """
         super().__init__()
         self._scrape = scrape
-        self._allowed: tuple[_Network, ...] = tuple(
+        self._allowed: tuple[Network, ...] = tuple(
             ipaddress.ip_network(network, strict=False) for network in allowed
         )
 
     def _permitted(self, request: Request) -> bool:
         host = getattr(request.getClientAddress(), "host", None)
-        try:
-            address = ipaddress.ip_address(str(host))
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._allowed)
+        return in_networks(str(host), self._allowed)
 
     def render_GET(self, request: Request) -> bytes | int:  # noqa: N802 - Twisted's name
         """

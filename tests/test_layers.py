@@ -27,6 +27,7 @@ LEAF_MODULES = (
     "mdtwist.dequeue.signal",
     "mdtwist.envelope",
     "mdtwist.errors",
+    "mdtwist.ipaddr",
     "mdtwist.delivery.schedule",
     "mdtwist.dequeue.gateways",
     "mdtwist.route",

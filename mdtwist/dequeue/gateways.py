@@ -16,13 +16,13 @@ Pure: standard library and attrs only.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import attrs
 
+from mdtwist.ipaddr import Network, in_networks
 from mdtwist.secret import Secret
 
 if TYPE_CHECKING:
@@ -49,9 +49,6 @@ class EtrnTarget(enum.Enum):
     MX = "mx"
     REQUESTER = "requester"
     HOST = "host"
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @attrs.frozen
@@ -100,13 +97,7 @@ class Gateway:
         """
         if not self.allowed_networks or (authenticated and self.auth_any_address):
             return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.allowed_networks)
+        return in_networks(address, self.allowed_networks)
 
 
 @attrs.frozen

@@ -25,7 +25,6 @@ answers are not logged one by one. No log line carries the secret or a digest.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 import attrs
@@ -42,6 +41,7 @@ from mdtwist.directory.cache import CachedDirectory, Miss
 from mdtwist.directory.model import Account
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory
+from mdtwist.ipaddr import IPAddress, Network, peer_ip
 from mdtwist.minger.codec import (
     Ignored,
     Malformed,
@@ -56,8 +56,6 @@ from mdtwist.minger.codec import (
 )
 from mdtwist.minger.limits import RateLimits, SourceLimiter, Verdict
 from mdtwist.secret import Secret
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @attrs.frozen
@@ -86,19 +84,12 @@ class MingerSettings:
     limits: RateLimits = attrs.field(factory=RateLimits)
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+def _ip(host: str) -> IPAddress | None:
+    # The source's address, without the zone of a link-local IPv6 address.
+    return peer_ip(host.split("%", 1)[0])
 
 
-def _inside(
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Iterable[Network]
-) -> bool:
+def _inside(address: IPAddress, networks: Iterable[Network]) -> bool:
     return any(address in network for network in networks)
 
 

@@ -33,7 +33,6 @@ asked and creation may go ahead only if every one says "unknown".
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -46,6 +45,7 @@ from zope.interface import implementer
 
 from mdtwist.envelope import ClientInfo
 from mdtwist.interfaces import ISharingLookup
+from mdtwist.ipaddr import peer_ip
 from mdtwist.minger.client import MingerClient, Peer, Result
 from mdtwist.route import LookupBudget, SharingAnswer
 from mdtwist.sharing.cache import SharingCache
@@ -93,13 +93,9 @@ class AccountCheck:
 
 
 def _normal_ip(text: str) -> str:
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return text
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address)
+    # A peer address as compared: without a zone, an IPv4-mapped one as IPv4; else as it is.
+    address = peer_ip(text.split("%", 1)[0])
+    return text if address is None else str(address)
 
 
 @implementer(ISharingLookup)

@@ -48,6 +48,7 @@ from mdtwist.directory.mailbox import find_mailbox
 from mdtwist.envelope import ClientInfo
 from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISessionPolicies, ISharingLookup
+from mdtwist.ipaddr import Network, in_networks
 from mdtwist.logging import escape_text
 from mdtwist.route import (
     POSTMASTER,
@@ -59,8 +60,6 @@ from mdtwist.route import (
     is_postmaster,
 )
 from mdtwist.smtp.core.replies import Reply
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SENDER_OK = Reply(250, "2.1.0", ("Sender ok",))
 RECIPIENT_OK = Reply(250, "2.1.5", ("Recipient ok",))
@@ -130,17 +129,6 @@ SHARING_LOOKUPS_PER_SESSION = 20
 TRUSTED_VERDICTS = 4096
 
 
-def _in_networks(text: str, networks: tuple[Network, ...]) -> bool:
-    # Whether an address (an IPv4-mapped IPv6 address as its IPv4 address) is in a network.
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
-
-
 @implementer(IReceivePolicy, ISessionPolicies)
 class ReceivePolicy:
     """
@@ -200,7 +188,7 @@ class ReceivePolicy:
         # Asked for every recipient and message; the verdict of an address is remembered.
         verdict = self._trusted_verdicts.get(client.address)
         if verdict is None:
-            verdict = _in_networks(client.address, self._trusted)
+            verdict = in_networks(client.address, self._trusted)
             if len(self._trusted_verdicts) >= TRUSTED_VERDICTS:
                 self._trusted_verdicts.clear()
             self._trusted_verdicts[client.address] = verdict
