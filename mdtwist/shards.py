@@ -52,7 +52,6 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
 )
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -197,15 +196,12 @@ def listen_spec(description: str) -> ListenSpec | None:
         C{systemd:}).
     @raise Exception: whatever Twisted's parser raises for a bad string.
     """
-    reactor = MemoryReactor()
-    serverFromString(reactor, description).listen(_NoFactory())
-    tls: IOpenSSLServerConnectionCreator | None = None
-    if reactor.tcpServers:
-        port, _, backlog, interface = reactor.tcpServers[0]
-    elif reactor.sslServers:
-        port, _, tls, backlog, interface = reactor.sslServers[0]
-    else:
+    reactor = _ListenRecorder()
+    # Another kind of endpoint, or one that fails on the recorder, is not a TCP listener.
+    serverFromString(reactor, description).listen(_NoFactory()).addErrback(lambda _: None)
+    if reactor.tcp is None:
         return None
+    port, backlog, interface, tls = reactor.tcp
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     return ListenSpec(family, interface, port, backlog, tls)
 
@@ -251,8 +247,38 @@ def reuseport_sockets(spec: ListenSpec, count: int) -> list[socket.socket]:
 
 
 class _NoFactory:
-    # Stands in for a factory while an endpoint is listened on by a MemoryReactor.
+    # Stands in for a factory while an endpoint is listened on by a _ListenRecorder.
     pass
+
+
+class _ListenRecorder:
+    # Stands in for the reactor while an endpoint is listened on: keeps what a TCP or TLS
+    # listener would open and opens nothing (twisted.internet.testing's MemoryReactor would
+    # do, but it brings trial, unittest and doctest into the server: about 3 MiB).
+
+    def __init__(self) -> None:
+        self.tcp: tuple[int, int, str, IOpenSSLServerConnectionCreator | None] | None = None
+
+    def listenTCP(  # noqa: N802 - IReactorTCP's name
+        self, port: int, factory: object, backlog: int = 50, interface: str = ""
+    ) -> None:
+        self.tcp = (port, backlog, interface, None)
+
+    def listenSSL(  # noqa: N802 - IReactorSSL's name
+        self,
+        port: int,
+        factory: object,
+        contextFactory: IOpenSSLServerConnectionCreator,  # noqa: N803 - its name
+        backlog: int = 50,
+        interface: str = "",
+    ) -> None:
+        self.tcp = (port, backlog, interface, contextFactory)
+
+    def listenUNIX(self, *args: object, **kwargs: object) -> None:  # noqa: N802 - its name
+        pass
+
+    def adoptStreamPort(self, *args: object) -> None:  # noqa: N802 - IReactorSocket's name
+        pass
 
 
 class AdoptedListener(Service):

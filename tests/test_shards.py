@@ -163,6 +163,27 @@ class ArgvTests(SynchronousTestCase):
         self.assertIsNotNone(tls_of(f"ssl:0:privateKey={key}:certKey={certificate}"))
         self.assertIsNone(tls_of("tcp:0:interface=127.0.0.1"))
 
+    def test_listen_spec(self) -> None:
+        """
+        A TCP endpoint string gives family, address, port and backlog; one that does not
+        listen on TCP gives none, and a bad one raises.
+        """
+        self.assertEqual(
+            listen_spec("tcp:2525:interface=127.0.0.2:backlog=7"),
+            ListenSpec(socket.AF_INET, "127.0.0.2", 2525, 7, None),
+        )
+        self.assertEqual(
+            listen_spec("tcp6:25:interface=\\:\\:1"),
+            ListenSpec(socket.AF_INET6, "::1", 25, 50, None),
+        )
+        certificate, key = make_certificate(Path(self.mktemp()))
+        spec = listen_spec(f"ssl:465:privateKey={key}:certKey={certificate}")
+        assert spec is not None
+        self.assertEqual((spec.family, spec.interface, spec.port), (socket.AF_INET, "", 465))
+        self.assertIsNotNone(spec.tls)
+        self.assertIsNone(listen_spec(f"unix:{self.mktemp()}"))
+        self.assertRaises(ValueError, listen_spec, "tcp:notaport")
+
 
 class ShareTests(SynchronousTestCase):
     """

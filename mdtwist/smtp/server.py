@@ -34,7 +34,6 @@ from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHandshakeListener,
     IOpenSSLServerConnectionCreator,
     IProtocol,
@@ -73,6 +72,7 @@ from mdtwist.smtp.core.replies import Reply, reply
 from mdtwist.smtp.core.sasl import HashedCredentials
 from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
+from mdtwist.smtp.deadlines import Deadlines
 from mdtwist.smtp.eager import write_now
 from mdtwist.smtp.modes import ListenerMode
 from mdtwist.smtp.policy import RecipientDecision
@@ -95,6 +95,8 @@ TLS_UNAVAILABLE = reply(454, "4.7.0", "TLS not available")
 BYE = reply(221, "2.0.0", "Bye")
 #: The longest wait, in seconds, for a client's name before the connect line is logged without.
 REVERSE_NAME_TIMEOUT = 10.0
+#: Seconds between two checks of the sessions' timeouts: a session times out at most this late.
+DEADLINE_CHECK_INTERVAL = 1.0
 COMMAND_FAILED = reply(451, "4.3.0", "Local error in processing, try again later")
 CANNOT_TURN = reply(451, "4.3.0", "Cannot turn this connection round")
 NOT_IMPLEMENTED = reply(502, "5.5.1", "Command not implemented")
@@ -235,6 +237,7 @@ class SMTPServerFactory(Factory):
     @ivar login_service: the service label AUTH logs in with at the portal.
     @ivar listener: the listener's name in the mail log (C{mx}, C{submission}, C{smtps}, C{odmr}).
     @ivar open_sessions: the sessions open now (counted ones), for the drain at shutdown.
+    @ivar deadlines: the sessions' timeouts.
     @ivar closing: the server is shutting down: new sessions get C{421 4.3.2}.
     """
 
@@ -313,6 +316,7 @@ class SMTPServerFactory(Factory):
         self.reverse_name = reverse_name
         self._sessions: defaultdict[str, int] = defaultdict(int)
         self.open_sessions: set[SMTPServerProtocol] = set()
+        self.deadlines: Deadlines[SMTPServerProtocol] = Deadlines(clock, DEADLINE_CHECK_INTERVAL)
         self.closing = False
 
     @override
@@ -391,7 +395,6 @@ class SMTPServerProtocol(Protocol):
         self._paused = False
         self._gone = False
         self._detached = False
-        self._timer: IDelayedCall | None = None
         # The routes of the transaction's recipients, in the core's order, and their
         # duplicate keys: made at its first accepted recipient, dropped by each accepted
         # MAIL FROM (an idle session holds neither).
@@ -769,9 +772,7 @@ class SMTPServerProtocol(Protocol):
     # -- timeouts --
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._factory.deadlines.clear(self)
 
     def _schedule_timeout(self) -> None:
         if self._gone or self.core.state is SessionState.CLOSED:
@@ -781,11 +782,7 @@ class SMTPServerProtocol(Protocol):
             # Our own collaborator is busy, not the client: the timer runs on, but when it
             # comes due it starts afresh (_timed_out), and the answer resets it anyway.
             return
-        # Moving a running timer is much cheaper than cancelling it and making a new one.
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._timeout())
-        else:
-            self._timer = self._factory.clock.callLater(self._timeout(), self._timed_out)
+        self._factory.deadlines.set(self, self._timeout())
 
     def _timeout(self) -> float:
         limits = self._factory.limits
@@ -793,10 +790,13 @@ class SMTPServerProtocol(Protocol):
             return limits.data_timeout
         return limits.idle_timeout
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def deadline_passed(self) -> None:
+        """
+        The client said nothing for the timeout: the session ends with C{421 4.4.2}; while
+        our own answer is pending, the wait starts afresh instead.
+        """
         if self._waiting:
-            self._timer = self._factory.clock.callLater(self._timeout(), self._timed_out)
+            self._factory.deadlines.set(self, self._timeout())
             return
         maillog.timed_out(
             **self._who(),

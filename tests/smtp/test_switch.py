@@ -320,7 +320,7 @@ class ServerDetachTests(SynchronousTestCase):
 
     def test_timer_and_counter_released_once(self) -> None:
         """
-        Detaching cancels the idle timer and uncounts the session at once; the
+        Detaching clears the idle deadline and uncounts the session at once; the
         C{connectionLost} that may follow uncounts nothing more (another session from the same
         address is still counted).
         """
@@ -329,10 +329,10 @@ class ServerDetachTests(SynchronousTestCase):
         protocol, transport = self.connect(factory)
         protocol.dataReceived(b"EHLO c.example\r\n")
         self.assertEqual(factory.sessions(CUSTOMER_ADDRESS.host), 2)
-        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        self.assertEqual(len(factory.deadlines), 2)
         self.assertEqual(protocol.detach(), b"")
         self.assertEqual(factory.sessions(CUSTOMER_ADDRESS.host), 1)
-        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(len(factory.deadlines), 1)
         protocol.connectionLost(Failure(ConnectionError()))
         self.assertEqual(factory.sessions(CUSTOMER_ADDRESS.host), 1)
         self.assertFalse(transport.disconnecting)
