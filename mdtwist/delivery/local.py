@@ -156,6 +156,9 @@ class ILocalDelivery(Interface):
         """
 
 
+#: How many accounts' Maildir paths a Maildir delivery agent remembers (then it starts over).
+PLACES_REMEMBERED = 4096
+
 _SPOOL_FULL = frozenset({errno.ENOSPC})
 _QUOTA = frozenset({errno.EDQUOT})
 
@@ -202,6 +205,21 @@ class MaildirDelivery:
         self._token = secrets.token_hex(4)
         # Maildirs that exist, for the delivery threads; a worker process keeps its own.
         self._known = KnownMaildirs()
+        # The Maildir and former Maildirs of recent accounts (the paths cost more to build
+        # and compare than the rest of a delivery's preparation).
+        self._remembered: dict[tuple[str, ...], tuple[Path | None, tuple[Path, ...]]] = {}
+
+    def _places(self, account: Account) -> tuple[Path | None, tuple[Path, ...]]:
+        # maildir_for and former_maildirs, remembered for up to PLACES_REMEMBERED accounts.
+        key = (account.domain, account.mailbox, account.address, *account.aliases)
+        places = self._remembered.get(key)
+        if places is None:
+            maildir = self.maildir_for(account)
+            former = () if maildir is None else self.former_maildirs(account, maildir)
+            if len(self._remembered) >= PLACES_REMEMBERED:
+                self._remembered.clear()
+            places = self._remembered[key] = (maildir, former)
+        return places
 
     def maildir_for(self, account: Account) -> Path | None:
         """
@@ -296,7 +314,7 @@ class MaildirDelivery:
         @param copy: the name of this copy, or L{None} for a name of its own.
         @return: a Deferred firing with the result.
         """
-        maildir = self.maildir_for(account)
+        maildir, former = self._places(account)
         if (
             maildir is None
             or not _is_safe_header_value(account.address)
@@ -319,7 +337,7 @@ class MaildirDelivery:
             write_copy,
             self._root,
             maildir,
-            self.former_maildirs(account, maildir),
+            former,
             self.unique_name(),
             None if copy is None else self.copy_name(copy),
             header,

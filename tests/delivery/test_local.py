@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from mdtwist.delivery import local
 from mdtwist.delivery.local import (
     CopyId,
     DeliveryResult,
@@ -269,6 +270,27 @@ class FormerMaildirTests(SynchronousTestCase):
         maildir = self.delivery.maildir_for(account)
         assert maildir is not None
         self.assertEqual(self.delivery.former_maildirs(account, maildir), ())
+
+    def test_remembered_per_account_data(self) -> None:
+        """
+        The paths a delivery remembers follow the account's data: once the alias that named
+        the former Maildir is gone, mail goes into the account's own Maildir. At most
+        L{local.PLACES_REMEMBERED} accounts are remembered.
+        """
+        account = attrs.evolve(
+            make_account("alice@example.com"), aliases=("a.example@example.com",)
+        )
+        former = self.root / "example.com" / "a.example" / "Maildir"
+        for folder in ("new", "cur", "tmp"):
+            (former / folder).mkdir(parents=True)
+        self.deliver(account)
+        self.deliver(attrs.evolve(account, aliases=()))
+        own = self.root / "example.com" / "alice" / "Maildir" / "new"
+        self.assertEqual((len(list((former / "new").iterdir())), len(list(own.iterdir()))), (1, 1))
+        self.patch(local, "PLACES_REMEMBERED", 3)
+        for n in range(5):
+            self.deliver(make_account(f"u{n}@example.com"))
+        self.assertLessEqual(len(self.delivery._remembered), 3)
 
 
 class CopyIdTests(SynchronousTestCase):

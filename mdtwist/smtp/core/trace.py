@@ -56,6 +56,18 @@ def with_protocol(*, extended: bool, tls: bool, authenticated: bool) -> str:
     return "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
 
 
+@functools.lru_cache(maxsize=4)
+def date_time(seconds: int) -> str:
+    """
+    Write a time as RFC 5322 does (in UTC). Remembered for the last few seconds: the messages
+    received in one second share one stamp.
+
+    @param seconds: whole seconds since the epoch.
+    @return: such as C{Sat, 05 Dec 2026 10:00:00 +0000}.
+    """
+    return email.utils.format_datetime(datetime.datetime.fromtimestamp(seconds, datetime.UTC))
+
+
 @functools.lru_cache(maxsize=4096)
 def address_literal(address: str) -> str:
     """
@@ -120,7 +132,7 @@ def received_header(
         than one: that would disclose Bcc recipients).
     @return: the header field.
     """
-    stamp = email.utils.format_datetime(datetime.datetime.fromtimestamp(when, datetime.UTC))
+    stamp = date_time(int(when))
     lines = [f"Received: {trace_from(helo, client_address)}"]
     lines.append(f"\tby {hostname} (mdtwist) with {protocol}")
     if tls is not None:

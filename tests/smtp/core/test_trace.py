@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from mdtwist.smtp.core.trace import (
     address_literal,
     count_received,
+    date_time,
     received_header,
     trace_from,
     with_protocol,
@@ -76,6 +77,27 @@ class TraceTests(SynchronousTestCase):
             b"\t(TLSv1.3 TLS_AES_128_GCM_SHA256)\r\n"
             b"\tfor <b@mx.example>; Thu, 01 Jan 1970 00:00:00 +0000\r\n",
         )
+
+    def test_date_time(self) -> None:
+        """
+        The stamp is the second's, in UTC; the messages of one second share it, and the next
+        second gets its own.
+        """
+        self.assertEqual(date_time(1_796_000_000), "Mon, 30 Nov 2026 00:53:20 +0000")
+        stamps = {
+            received_header(
+                helo="c.example",
+                client_address="192.0.2.1",
+                hostname="mx.example",
+                protocol="ESMTP",
+                when=when,
+                tls=None,
+                recipient=None,
+            ).rpartition(b"; ")[2]
+            for when in (1_796_000_000.0, 1_796_000_000.999)
+        }
+        self.assertEqual(stamps, {b"Mon, 30 Nov 2026 00:53:20 +0000\r\n"})
+        self.assertEqual(date_time(1_796_000_001), "Mon, 30 Nov 2026 00:53:21 +0000")
 
     def test_helo_not_a_domain(self) -> None:
         """
