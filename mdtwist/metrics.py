@@ -144,7 +144,6 @@ _MINGER = Counter(
     ["status"],
     registry=REGISTRY,
 )
-_MINGER_BY_STATUS: dict[str, Counter] = {}
 _DEQUEUE = Counter(
     "mdtwist_dequeue_signals",
     "Dequeue signals (ETRN, ATRN, ...) by kind and outcome",
@@ -167,6 +166,19 @@ PROCESSES = "mdtwist_processes"
 
 # -- the events ------------------------------------------------------------------------------
 
+#: The labelled children already looked up, by metric and label values: C{labels()} builds a
+#: tuple of strings and takes a lock each time, several times per message.
+_children: dict[tuple[object, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    # metric.labels(*values), looked up once (a metric's children are never removed here).
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
 
 def session_opened(mode: str, *, accepted: bool) -> None:
     """
@@ -175,9 +187,9 @@ def session_opened(mode: str, *, accepted: bool) -> None:
     @param mode: the listener's mode (C{mx}, C{submission}, C{smtps}).
     @param accepted: whether it became a session (else it was refused: too many sessions).
     """
-    _SESSIONS.labels(mode, "accepted" if accepted else "refused").inc()
+    _child(_SESSIONS, mode, "accepted" if accepted else "refused").inc()
     if accepted:
-        _SESSIONS_OPEN.labels(mode).inc()
+        _child(_SESSIONS_OPEN, mode).inc()
 
 
 def session_closed(mode: str) -> None:
@@ -186,7 +198,7 @@ def session_closed(mode: str) -> None:
 
     @param mode: the listener's mode.
     """
-    _SESSIONS_OPEN.labels(mode).dec()
+    _child(_SESSIONS_OPEN, mode).dec()
 
 
 def message_accepted(mode: str, size: int) -> None:
@@ -196,8 +208,8 @@ def message_accepted(mode: str, size: int) -> None:
     @param mode: the listener's mode.
     @param size: its size in bytes.
     """
-    _ACCEPTED.labels(mode).inc()
-    _ACCEPTED_BYTES.labels(mode).inc(size)
+    _child(_ACCEPTED, mode).inc()
+    _child(_ACCEPTED_BYTES, mode).inc(size)
 
 
 def refused(stage: str, code: int, status: str | None) -> None:
@@ -208,7 +220,7 @@ def refused(stage: str, code: int, status: str | None) -> None:
     @param code: the reply code.
     @param status: its enhanced status code, if any.
     """
-    _REFUSED.labels(stage, status or str(code)).inc()
+    _child(_REFUSED, stage, status or str(code)).inc()
 
 
 def delivery_results(
@@ -222,9 +234,9 @@ def delivery_results(
     @param latencies: per recipient delivered: its route kind and the seconds since arrival.
     """
     for outcome, route in results:
-        _DELIVERIES.labels(outcome, route).inc()
+        _child(_DELIVERIES, outcome, route).inc()
     for route, seconds in latencies:
-        _LATENCY.labels(route).observe(max(seconds, 0.0))
+        _child(_LATENCY, route).observe(max(seconds, 0.0))
 
 
 def attempt_recorded(
@@ -277,12 +289,7 @@ def minger_answered(status: str) -> None:
 
     @param status: the status name it answered (C{active}, C{unknown}, ...), or C{no_answer}.
     """
-    # One Minger server answers thousands of queries a second: the labelled child is looked
-    # up once per status rather than through labels() each time.
-    child = _MINGER_BY_STATUS.get(status)
-    if child is None:
-        child = _MINGER_BY_STATUS[status] = _MINGER.labels(status)
-    child.inc()
+    _child(_MINGER, status).inc()
 
 
 def dequeue_signal(kind: str, outcome: str) -> None:
@@ -292,7 +299,7 @@ def dequeue_signal(kind: str, outcome: str) -> None:
     @param kind: e.g. C{etrn-sent}, C{atrn-received}.
     @param outcome: e.g. C{ok}, C{refused}, C{failed}.
     """
-    _DEQUEUE.labels(kind, outcome).inc()
+    _child(_DEQUEUE, kind, outcome).inc()
 
 
 def set_queues(counts: Mapping[str, int], ages: Mapping[str, float]) -> None:
