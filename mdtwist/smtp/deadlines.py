@@ -14,6 +14,9 @@ from __future__ import annotations
 from typing import Generic, Protocol, TypeVar
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+_log = Logger()
 
 
 class Expiring(Protocol):
@@ -80,6 +83,10 @@ class Deadlines(Generic[_Owner]):
             del self._due[owner]
         # Each owner may set a new deadline (and so start the next check) or clear others.
         for owner in passed:
-            owner.deadline_passed()
+            try:
+                owner.deadline_passed()
+            except Exception:
+                # One owner's failure must not keep the others from their deadlines.
+                _log.failure("Acting on a passed deadline failed")
         if self._due and self._check_call is None:
             self._check_call = self._clock.callLater(self._interval, self._check)

@@ -779,8 +779,8 @@ class SMTPServerProtocol(Protocol):
             self._cancel_timer()
             return
         if self._waiting:
-            # Our own collaborator is busy, not the client: the timer runs on, but when it
-            # comes due it starts afresh (_timed_out), and the answer resets it anyway.
+            # Our own collaborator is busy, not the client: the deadline stays, but when it
+            # passes it starts afresh (deadline_passed), and the answer moves it anyway.
             return
         self._factory.deadlines.set(self, self._timeout())
 

@@ -115,3 +115,21 @@ class DeadlinesTests(SynchronousTestCase):
         self.clock.advance(1.0)
         self.assertEqual(sorted(self.log), [("a", 1.0), ("b", 1.0)])
         self.assertEqual(len(self.deadlines), 1)
+
+    def test_failing_owner(self) -> None:
+        """
+        An owner whose callback raises is logged; the other owners due at the same check are
+        still called, and later deadlines are still checked.
+        """
+        a, b, c = self.owner("a"), self.owner("b"), self.owner("c")
+
+        def fail() -> None:
+            raise RuntimeError("broken")
+
+        a.then = fail
+        self.deadlines.set(a, 1.0)
+        self.deadlines.set(b, 1.0)
+        self.deadlines.set(c, 2.0)
+        self.clock.pump([1.0, 1.0])
+        self.assertEqual(sorted(self.log), [("a", 1.0), ("b", 1.0), ("c", 2.0)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
