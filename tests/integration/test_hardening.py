@@ -10,6 +10,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -296,6 +297,48 @@ class SessionCapTests(SynchronousTestCase):
 
         self.assertTrue(wait_for(served))
         self.assertIn("too many sessions in this process, refused 127.0.0.1", daemon.log())
+
+
+class TimeoutTests(SynchronousTestCase):
+    """
+    The real daemon ends sessions whose client says nothing for the command or data timeout
+    (the sessions' deadlines are checked once a second), and keeps nothing of a message cut
+    off in DATA.
+    """
+
+    def test_idle_and_data_timeouts(self) -> None:
+        """
+        With both timeouts at 2 seconds, an idle session after EHLO and one that stopped in the
+        middle of its message get C{421 4.4.2} and are closed; a session that keeps talking
+        is not; no message is queued, and the mail log says where each one timed out.
+        """
+        daemon = Daemon(
+            Path(self.mktemp()), smtp_extra="command_timeout = 2.0\ndata_timeout = 2.0"
+        )
+        daemon.start()
+        self.addCleanup(daemon.stop)
+        idle, cut_off, busy = (Conversation(daemon.mx_port) for _ in range(3))
+        for conversation in (idle, cut_off, busy):
+            self.addCleanup(conversation.close)
+            self.assertTrue(conversation.reply().startswith(b"220 "))
+            self.assertTrue(conversation.command(b"EHLO client.test").startswith(b"250"))
+        self.assertTrue(cut_off.command(b"MAIL FROM:<carol@client.test>").startswith(b"250"))
+        self.assertTrue(cut_off.command(f"RCPT TO:<{ALICE}>".encode()).startswith(b"250"))
+        self.assertTrue(cut_off.command(b"DATA").startswith(b"354"))
+        cut_off.send(b"Subject: cut off\r\n\r\nhalf a li")
+        for _ in range(20):  # 5 seconds of NOOPs, each well within the timeout
+            self.assertTrue(busy.command(b"NOOP").startswith(b"250"))
+            time.sleep(0.25)
+        for conversation in (idle, cut_off):
+            self.assertTrue(conversation.reply().startswith(b"421 4.4.2 "))
+            self.assertEqual(conversation.sock.recv(100), b"")
+        self.assertTrue(busy.command(b"QUIT").startswith(b"221"))
+        log = daemon.log()
+        self.assertIn("timeout in COMMAND from", log)
+        self.assertIn("timeout in DATA from", log)
+        reader = SpoolReader(daemon.spool)
+        self.addCleanup(reader.close)
+        self.assertEqual(list(reader.list()), [])
 
 
 def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
