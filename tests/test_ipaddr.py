@@ -31,6 +31,13 @@ class PeerIPTests(SynchronousTestCase):
         """
         self.assertEqual(peer_ip("::ffff:192.0.2.7"), ipaddress.ip_address("192.0.2.7"))
 
+    def test_zone(self) -> None:
+        """
+        The zone of a link-local IPv6 address is dropped: one peer, one address.
+        """
+        self.assertEqual(peer_ip("fe80::1%eth0"), ipaddress.ip_address("fe80::1"))
+        self.assertEqual(peer_ip("fe80::1%2"), peer_ip("fe80::1"))
+
     def test_not_an_address(self) -> None:
         """
         A text that is no IP address gives L{None}.

@@ -84,11 +84,6 @@ class MingerSettings:
     limits: RateLimits = attrs.field(factory=RateLimits)
 
 
-def _ip(host: str) -> IPAddress | None:
-    # The source's address, without the zone of a link-local IPv6 address.
-    return peer_ip(host.split("%", 1)[0])
-
-
 def _inside(address: IPAddress, networks: Iterable[Network]) -> bool:
     return any(address in network for network in networks)
 
@@ -127,7 +122,7 @@ class MingerResponder:
         # the hardened form; remembered, since a server hears from few peers.
         known = self._sources.get(host)
         if known is None:
-            address = _ip(host)
+            address = peer_ip(host)
             if address is None:
                 return None
             settings = self._settings

@@ -93,8 +93,8 @@ class AccountCheck:
 
 
 def _normal_ip(text: str) -> str:
-    # A peer address as compared: without a zone, an IPv4-mapped one as IPv4; else as it is.
-    address = peer_ip(text.split("%", 1)[0])
+    # A peer address as compared (see peer_ip); a text that is no address, as it is.
+    address = peer_ip(text)
     return text if address is None else str(address)
 
 

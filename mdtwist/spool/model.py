@@ -72,7 +72,9 @@ class StoredBody(bytes):
 
 
 def _read_stored_body(path: str) -> StoredBody:
-    # What a pickled StoredBody calls (a module-level function, pickled by name).
+    # What a pickled StoredBody calls: a module-level function, pickled by name. (Not the
+    # class method itself: once twisted.persisted.styles is imported, as in the server,
+    # methods pickle by their class's type and do not unpickle.)
     return StoredBody.read(path)
 
 
