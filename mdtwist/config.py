@@ -204,6 +204,9 @@ class DeliveryConfig:
         each on C{concurrency} threads of its own; 0: threads of the server process write
         them (L{mdtwist.delivery.workers}).
     @ivar maildir_process_idle: seconds a Maildir worker may have nothing to do before it ends.
+    @ivar direct_max_recipients: the most recipients of a message, all local, delivered before
+        the reply to DATA instead of queued first (L{mdtwist.delivery.direct}); 0: every
+        message is queued first.
     """
 
     local: LocalDelivery = LocalDelivery.MAILDIR
@@ -213,6 +216,7 @@ class DeliveryConfig:
     run_interval: float = 60.0
     maildir_processes: int = 0
     maildir_process_idle: float = 100.0
+    direct_max_recipients: int = 10
 
 
 @attrs.frozen
@@ -980,6 +984,10 @@ def _spool(reader: _Reader, top: _Table) -> SpoolConfig:
 #: The most Maildir worker processes C{delivery.maildir_processes} allows per server process.
 MAX_MAILDIR_PROCESSES = 16
 
+#: The most recipients C{delivery.direct_max_recipients} allows: the reply to DATA waits for
+#: every copy.
+MAX_DIRECT_RECIPIENTS = 100
+
 
 def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
     table = top.subtable(
@@ -992,6 +1000,7 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
             "run_interval",
             "maildir_processes",
             "maildir_process_idle",
+            "direct_max_recipients",
         },
     )
     assert table is not None
@@ -1012,6 +1021,12 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
             table.key("maildir_processes"), f"must be from 0 to {MAX_MAILDIR_PROCESSES}"
         )
         workers = defaults.maildir_processes
+    direct = table.value("direct_max_recipients", int, defaults.direct_max_recipients)
+    if not 0 <= direct <= MAX_DIRECT_RECIPIENTS:
+        reader.problem(
+            table.key("direct_max_recipients"), f"must be from 0 to {MAX_DIRECT_RECIPIENTS}"
+        )
+        direct = defaults.direct_max_recipients
     return DeliveryConfig(
         local=local,
         maildir_root=maildir_root,
@@ -1022,6 +1037,7 @@ def _delivery(reader: _Reader, top: _Table) -> DeliveryConfig:
         maildir_process_idle=table.positive(
             "maildir_process_idle", float, defaults.maildir_process_idle
         ),
+        direct_max_recipients=direct,
     )
 
 

@@ -84,6 +84,7 @@ from mdtwist.control.pipe import ChildLinks, ParentLink
 from mdtwist.control.queue import register_queue_commands
 from mdtwist.control.registry import ControlDispatcher, ControlRegistry
 from mdtwist.control.service import ControlService
+from mdtwist.delivery.direct import DeliverFirst
 from mdtwist.delivery.dsn import DSNRequests
 from mdtwist.delivery.hosts import FailedHosts
 from mdtwist.delivery.leases import Leases
@@ -113,7 +114,7 @@ from mdtwist.directory.file import AccountsWatch, FileDirectory
 from mdtwist.drain import GRACE as DRAIN_GRACE
 from mdtwist.drain import ServerTree, SessionDrain
 from mdtwist.errors import ConfigError, SpoolError
-from mdtwist.interfaces import IDirectory, ISharingLookup
+from mdtwist.interfaces import IDirectory, ISharingLookup, ISpool
 from mdtwist.login_limits import LoginLimits
 from mdtwist.minger.client import MingerClient, Peer
 from mdtwist.minger.limits import RateLimits
@@ -514,7 +515,7 @@ def smtp_factory(
     config: Config,
     listen: ListenConfig,
     directory: IDirectory,
-    spool: SQLiteSpool,
+    spool: ISpool,
     tls: IOpenSSLServerConnectionCreator | None,
     reactor: Any,
     portal: LoginPortal,
@@ -528,7 +529,7 @@ def smtp_factory(
     @param config: the configuration.
     @param listen: the listener.
     @param directory: the account directory.
-    @param spool: the spool.
+    @param spool: where accepted messages go: the spool, or L{DeliverFirst} in front of it.
     @param tls: the STARTTLS context, or L{None}.
     @param reactor: the clock for timeouts.
     @param portal: the login portal every listener shares (L{login_portal}).
@@ -704,6 +705,16 @@ def make_service(
     )
     runner.setName("queue")
     runner.setServiceParent(top)
+    inbound: ISpool = spool
+    if config.delivery.direct_max_recipients:
+        inbound = DeliverFirst(
+            spool,
+            runner,
+            reactor,
+            max_recipients=config.delivery.direct_max_recipients,
+            limit=config.delivery.concurrency,
+            shard=shard,
+        )
     if config.minger.enable and shard == 0:
         build_minger_server(config, reactor, directory).setServiceParent(top)
     reloaders: list[Callable[[], Sequence[str]]] = []
@@ -743,7 +754,7 @@ def make_service(
     )
     factories = [
         smtp_factory(
-            config, listen, directory, spool, tls, reactor, portal, tally, sharing, commands=etrn
+            config, listen, directory, inbound, tls, reactor, portal, tally, sharing, commands=etrn
         )
         for listen in config.smtp.listen
     ]
@@ -829,7 +840,7 @@ def make_service(
     turned = ListenConfig(endpoint="", mode=ListenerMode.MX)
 
     def atrn_server(domains: frozenset[str]) -> IProtocol:
-        factory = smtp_factory(config, turned, directory, spool, None, reactor, portal, tally)
+        factory = smtp_factory(config, turned, directory, inbound, None, reactor, portal, tally)
         factory.policy = ReleasedDomainsPolicy(factory.policy, domains)
         return factory.buildProtocol(None)
 

@@ -127,8 +127,14 @@ class AttemptOutcome:
 
 
 @attrs.frozen
-class _Where:
-    # Where a local copy went, for the mail log: the agent and the mailbox the address led to.
+class Where:
+    """
+    Where a local copy went, for the mail log.
+
+    @ivar relay: the local delivery agent.
+    @ivar mailbox: the address of the account the copy went to, or L{None}.
+    """
+
     relay: str
     mailbox: str | None = None
 
@@ -358,8 +364,8 @@ class QueueRunner(Service):
                 maillog.parked(queue_id=queue_id, reason=reason)
                 await self._spool.park(queue_id, reason)
                 return
-            where: dict[int, _Where] = {}
-            results = await self._attempt(message, where)
+            where: dict[int, Where] = {}
+            results = await self.attempt(message, where)
             now = self._clock.seconds()
             outcome = self.conclude(message, results, now)
             self.log_attempt(message, results, outcome, now, where)
@@ -382,9 +388,17 @@ class QueueRunner(Service):
             self._told_remote.discard(queue_id)
             maillog.removed(queue_id=queue_id)
 
-    async def _attempt(
-        self, message: QueuedMessage, where: dict[int, _Where]
+    async def attempt(
+        self, message: QueuedMessage, where: dict[int, Where]
     ) -> list[RecipientResult]:
+        """
+        Try each pending recipient of a message once, recording nothing: for the runner's own
+        attempts, and for a message delivered before its reply (L{mdtwist.delivery.direct}).
+
+        @param message: the message, with its body.
+        @param where: filled in with where each local copy went, for L{log_attempt}.
+        @return: a result per recipient attempted; a held recipient gets none.
+        """
         pending = [
             (position, recipient)
             for position, recipient in enumerate(message.envelope.recipients)
@@ -433,7 +447,7 @@ class QueueRunner(Service):
         recipient: Recipient,
         mailbox: str,
         domains: frozenset[str],
-        where: dict[int, _Where],
+        where: dict[int, Where],
     ) -> RecipientResult:
         try:
             account = await find_mailbox(
@@ -449,7 +463,7 @@ class QueueRunner(Service):
             else:
                 assert message.body is not None
                 if account.address.lower() != recipient.address.lower():
-                    where[position] = _Where("none", account.address)
+                    where[position] = Where("none", account.address)
                 try:
                     delivery = await self._local.deliver(
                         account,
@@ -472,7 +486,7 @@ class QueueRunner(Service):
                         DeliveryStatus.PERMANENT: _FAILED,
                     }[delivery.status]
                     result = RecipientResult(position, state, delivery.enhanced, delivery.reason)
-                    where[position] = _Where(delivery.relay, account.address)
+                    where[position] = Where(delivery.relay, account.address)
         return result
 
     async def _deliver_remote(
@@ -691,7 +705,7 @@ class QueueRunner(Service):
         results: Sequence[RecipientResult],
         outcome: AttemptOutcome,
         now: float,
-        where: dict[int, _Where] | None = None,
+        where: dict[int, Where] | None = None,
     ) -> None:
         """
         Write the mail-log lines of an attempt (L{mdtwist.maillog.delivery} per recipient,

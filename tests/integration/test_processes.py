@@ -97,15 +97,14 @@ class ProcessesTests(SynchronousTestCase):
         Twenty messages over twenty connections each land in the Maildir exactly once, and
         both processes took some: the kernel spreads connections over the two SO_REUSEPORT
         sockets by their addresses (all twenty on one side would happen about twice in a
-        million runs), and the child stores its messages in shard 1. The child's log lines
+        million runs). Local mail goes to its mailbox before its reply, so its ids name the
+        process's shard (C{L...-1}) instead of a queue id of that shard. The child's log lines
         say so; the parent's look as with one process.
         """
         self._send_and_check(20)
         log = self.daemon.log()
-        self.assertRegex(log, r"\[mdtwist\.maillog#info\] 00[0-9A-F]{10}: accepted session=")
-        self.assertRegex(
-            log, r"\[shard-1 mdtwist\.maillog#info\] 01[0-9A-F]{10}: accepted session="
-        )
+        self.assertRegex(log, r"\[mdtwist\.maillog#info\] L[0-9A-F]+-0: accepted session=")
+        self.assertRegex(log, r"\[shard-1 mdtwist\.maillog#info\] L[0-9A-F]+-1: accepted session=")
         self.assertTrue((self.daemon.spool / "shard-1").is_dir())
 
     def test_child_that_dies_is_started_again(self) -> None:
@@ -128,7 +127,7 @@ class ProcessesTests(SynchronousTestCase):
         self.assertIn(ended, log)
         self.assertRegex(
             log.partition(ended)[2],
-            r" 01[0-9A-F]{10}: accepted session=\S+ client=\S+ from=<sender@",
+            r" L[0-9A-F]+-1: accepted session=\S+ client=\S+ from=<sender@",
         )
 
     def test_stopping_the_parent_stops_the_child(self) -> None:
