@@ -1,15 +1,17 @@
 # -*- test-case-name: tests.test_durable -*-
 """
 Blocking helpers for writing files that survive a crash. Call them off the reactor thread.
+They take paths as C{str} or C{os.PathLike} and import no C{pathlib}: a Maildir worker process
+(L{mdtwist.delivery.workers}) stays small.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from pathlib import Path
 
 
-def fsync_directory(path: Path) -> None:
+def fsync_directory(path: str | os.PathLike[str]) -> None:
     """
     Make the entries of a directory (new files, renames) durable.
 
@@ -23,7 +25,7 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def write_new_file(path: Path, data: bytes) -> None:
+def write_new_file(path: str | os.PathLike[str], data: bytes) -> None:
     """
     Create a file that must not exist yet (mode 0600), write it and fsync it.
 
@@ -44,5 +46,6 @@ def write_new_file(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
     except BaseException:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         raise

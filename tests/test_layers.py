@@ -161,6 +161,22 @@ class WebOnDemandTests(SynchronousTestCase):
         self.assertEqual(unwanted, [])
 
 
+class WorkerImportTests(SynchronousTestCase):
+    """
+    Tests that a Maildir worker process (L{mdtwist.delivery.worker_process}) stays small.
+    """
+
+    def test_worker_imports(self) -> None:
+        """
+        The worker and the Maildir write it runs import neither Twisted nor C{pathlib}
+        (about 1 MiB of the worker's memory).
+        """
+        report = imported_by("mdtwist.delivery.worker_process", "mdtwist.delivery.maildir_files")
+        loaded = [m for names in report.values() for m in names]
+        self.assertIn("mdtwist.durable", loaded)
+        self.assertEqual([m for m in loaded if m == "pathlib" or m.startswith("twisted")], [])
+
+
 class PureModuleTests(SynchronousTestCase):
     """
     Tests that the pure modules stay free of Twisted.

@@ -207,9 +207,11 @@ class MaildirDelivery:
         self._known = KnownMaildirs()
         # The Maildir and former Maildirs of recent accounts (the paths cost more to build
         # and compare than the rest of a delivery's preparation).
-        self._remembered: dict[tuple[str, ...], tuple[Path | None, tuple[Path, ...]]] = {}
+        # The writes take paths as str (L{mdtwist.delivery.maildir_files}).
+        self._remembered: dict[tuple[str, ...], tuple[str | None, tuple[str, ...]]] = {}
+        self._root_path = os.fspath(root)
 
-    def _places(self, account: Account) -> tuple[Path | None, tuple[Path, ...]]:
+    def _places(self, account: Account) -> tuple[str | None, tuple[str, ...]]:
         # maildir_for and former_maildirs, remembered for up to PLACES_REMEMBERED accounts.
         key = (account.domain, account.mailbox, account.address, *account.aliases)
         places = self._remembered.get(key)
@@ -218,7 +220,10 @@ class MaildirDelivery:
             former = () if maildir is None else self.former_maildirs(account, maildir)
             if len(self._remembered) >= PLACES_REMEMBERED:
                 self._remembered.clear()
-            places = self._remembered[key] = (maildir, former)
+            places = self._remembered[key] = (
+                None if maildir is None else os.fspath(maildir),
+                tuple(os.fspath(path) for path in former),
+            )
         return places
 
     def maildir_for(self, account: Account) -> Path | None:
@@ -335,7 +340,7 @@ class MaildirDelivery:
         header = f"Return-Path: <{sender}>\nDelivered-To: {account.address}\n".encode()
         d: Deferred[bool] = self._run(
             write_copy,
-            self._root,
+            self._root_path,
             maildir,
             former,
             self.unique_name(),

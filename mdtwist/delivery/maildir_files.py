@@ -7,18 +7,20 @@ or in a delivery worker process: L{mdtwist.delivery.workers}).
 The file is written under a name no other delivery uses in C{tmp/}, fsynced, renamed (or
 linked, for a copy with a fixed name) into C{new/}, and C{new/} is fsynced, so a message is
 either complete in C{new/} or absent. Directories created on the way are fsynced into their
-parents. Nothing here imports Twisted, so a worker process stays small.
+parents. Nothing here imports Twisted, or even C{pathlib} (paths are C{str}), so a worker
+process stays small.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from pathlib import Path
+from os.path import isdir, join
 
 from mdtwist.durable import fsync_directory, write_new_file
 
 
-class KnownMaildirs(set[Path]):
+class KnownMaildirs(set[str]):
     """
     The Maildirs a process knows to exist (see L{write_maildir_message}), shared by its
     delivery threads (set operations are atomic). Sent to a worker process
@@ -40,27 +42,27 @@ def process_known_maildirs() -> KnownMaildirs:
     return _process_known
 
 
-def _make_directories(path: Path, stop: Path) -> None:
+def _make_directories(path: str, stop: str) -> None:
     # Create path and its missing parents below stop, fsyncing each into its parent.
     missing = []
     current = path
-    while current != stop and not current.is_dir():
+    while current != stop and not isdir(current):
         missing.append(current)
-        current = current.parent
+        current = os.path.dirname(current)
     for directory in reversed(missing):
         try:
-            directory.mkdir(mode=0o700)
+            os.mkdir(directory, 0o700)
         except FileExistsError:
             continue
-        fsync_directory(directory.parent)
+        fsync_directory(os.path.dirname(directory))
 
 
 def write_maildir_message(
-    root: Path,
-    maildir: Path,
+    root: str,
+    maildir: str,
     name: str,
     content: bytes,
-    known: set[Path] | None = None,
+    known: set[str] | None = None,
     *,
     final_name: str | None = None,
 ) -> None:
@@ -69,7 +71,8 @@ def write_maildir_message(
 
     @param root: the mail root; created when absent, but only its own subdirectories are
         fsynced into their parents.
-    @param maildir: the Maildir (holding C{tmp}, C{new} and C{cur}); created when absent.
+    @param maildir: the Maildir (holding C{tmp}, C{new} and C{cur}), below C{root}; created
+        when absent.
     @param name: the unique file name.
     @param content: the file content.
     @param known: Maildirs known to exist, which are not checked again; this one is added once
@@ -85,17 +88,23 @@ def write_maildir_message(
             return
         except FileNotFoundError:
             known.discard(maildir)
-    root.mkdir(parents=True, exist_ok=True)
+    os.makedirs(root, exist_ok=True)
     for sub in ("tmp", "new", "cur"):
-        _make_directories(maildir / sub, root)
+        _make_directories(join(maildir, sub), root)
     _write_into(maildir, name, content, final_name)
     if known is not None:
         known.add(maildir)
 
 
-def _write_into(maildir: Path, name: str, content: bytes, final_name: str | None) -> None:
-    temporary = maildir / "tmp" / name
-    final = maildir / "new" / (name if final_name is None else final_name)
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _write_into(maildir: str, name: str, content: bytes, final_name: str | None) -> None:
+    temporary = join(maildir, "tmp", name)
+    new = join(maildir, "new")
+    final = join(new, name if final_name is None else final_name)
     write_new_file(temporary, content)
     try:
         if final_name is None:
@@ -106,18 +115,18 @@ def _write_into(maildir: Path, name: str, content: bytes, final_name: str | None
             except FileExistsError:
                 pass  # delivered by an earlier attempt: that file is the copy
             finally:
-                temporary.unlink()
+                os.unlink(temporary)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _unlink(temporary)
         raise
     try:
-        fsync_directory(final.parent)
+        fsync_directory(new)
     except BaseException:
-        final.unlink(missing_ok=True)
+        _unlink(final)
         raise
 
 
-def choose_maildir(maildir: Path, former: tuple[Path, ...], known: set[Path]) -> Path:
+def choose_maildir(maildir: str, former: tuple[str, ...], known: set[str]) -> str:
     """
     Pick the Maildir a copy goes to (blocking: it may look at the disk).
 
@@ -127,23 +136,23 @@ def choose_maildir(maildir: Path, former: tuple[Path, ...], known: set[Path]) ->
     @return: C{maildir} when it exists or no former one does; else the first former one that
         exists.
     """
-    if maildir in known or not former or maildir.is_dir():
+    if maildir in known or not former or isdir(maildir):
         return maildir
     for path in former:
-        if path.is_dir():  # looked at each time: a former Maildir may be moved away
+        if isdir(path):  # looked at each time: a former Maildir may be moved away
             return path
     return maildir
 
 
 def write_copy(
-    root: Path,
-    maildir: Path,
-    former: tuple[Path, ...],
+    root: str,
+    maildir: str,
+    former: tuple[str, ...],
     name: str,
     final_name: str | None,
     header: bytes,
     body: bytes,
-    known: set[Path],
+    known: set[str],
 ) -> bool:
     """
     Write one copy of a message (blocking).
@@ -161,7 +170,7 @@ def write_copy(
     @raise OSError: when it could not be written; then no part of it is left behind.
     """
     target = choose_maildir(maildir, former, known)
-    if final_name is not None and (target / "new" / final_name).exists():
+    if final_name is not None and os.path.exists(join(target, "new", final_name)):
         return False  # delivered by an attempt the spool did not record
     content = header + body.replace(b"\r\n", b"\n")
     write_maildir_message(root, target, name, content, known, final_name=final_name)

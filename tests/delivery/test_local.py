@@ -188,7 +188,9 @@ class WriteMaildirMessageTests(SynchronousTestCase):
                 raise OSError(errno.EIO, "Input/output error")
 
         self.patch(os, "fsync", fsync)
-        error = self.assertRaises(OSError, write_maildir_message, root, maildir, "n", b"data")
+        error = self.assertRaises(
+            OSError, write_maildir_message, str(root), str(maildir), "n", b"data"
+        )
         self.assertEqual(error.errno, errno.EIO)
         self.assertEqual(list((maildir / "tmp").iterdir()), [])
         self.assertEqual(list((maildir / "new").iterdir()), [])
@@ -200,12 +202,12 @@ class WriteMaildirMessageTests(SynchronousTestCase):
         """
         root = Path(self.mktemp())
         maildir = root / "d" / "m" / "Maildir"
-        known: set[Path] = set()
-        write_maildir_message(root, maildir, "one", b"1", known)
-        self.assertEqual(known, {maildir})
+        known: set[str] = set()
+        write_maildir_message(str(root), str(maildir), "one", b"1", known)
+        self.assertEqual(known, {str(maildir)})
         shutil.rmtree(root / "d")
-        write_maildir_message(root, maildir, "two", b"2", known)
-        self.assertEqual(known, {maildir})
+        write_maildir_message(str(root), str(maildir), "two", b"2", known)
+        self.assertEqual(known, {str(maildir)})
         self.assertEqual([p.name for p in (maildir / "new").iterdir()], ["two"])
         self.assertEqual(list((maildir / "tmp").iterdir()), [])
         self.assertTrue((maildir / "cur").is_dir())
@@ -346,8 +348,8 @@ class CopyIdTests(SynchronousTestCase):
         self.deliver(None)  # the Maildir exists
         name = self.delivery.copy_name(copy)
         maildir = self.new.parent
-        write_maildir_message(self.root, maildir, "t1", b"first\n", final_name=name)
-        write_maildir_message(self.root, maildir, "t2", b"second\n", final_name=name)
+        write_maildir_message(str(self.root), str(maildir), "t1", b"first\n", final_name=name)
+        write_maildir_message(str(self.root), str(maildir), "t2", b"second\n", final_name=name)
         self.assertEqual((self.new / name).read_bytes(), b"first\n")
         self.assertEqual(list((maildir / "tmp").iterdir()), [])
 

@@ -44,7 +44,9 @@ class DeliveryWorkersTests(TestCase):
     def write(self, name: str, root: Path | None = None) -> Deferred[Any]:
         base = self.root if root is None else root
         maildir = base / "example.test" / "alice" / "Maildir"
-        return self.workers.run(write_copy, base, maildir, (), name, None, HEADER, BODY, set())
+        return self.workers.run(
+            write_copy, str(base), str(maildir), (), name, None, HEADER, BODY, set()
+        )
 
     @inlineCallbacks
     def test_writes_in_another_process(self) -> Any:
@@ -71,7 +73,7 @@ class DeliveryWorkersTests(TestCase):
         body = StoredBody.read(str(path))
         maildir = self.root / "example.test" / "alice" / "Maildir"
         written = yield self.workers.run(
-            write_copy, self.root, maildir, (), "big", None, HEADER, body, set()
+            write_copy, str(self.root), str(maildir), (), "big", None, HEADER, body, set()
         )
         self.assertTrue(written)
         self.assertEqual(
@@ -176,10 +178,10 @@ class KnownMaildirsTests(SynchronousTestCase):
         A pickled L{KnownMaildirs} unpickles as the receiving process's set, whatever it held
         where it was pickled: a worker keeps the Maildirs it found between calls.
         """
-        sent = KnownMaildirs({Path("/nowhere/Maildir")})
+        sent = KnownMaildirs({"/nowhere/Maildir"})
         arrived = pickle.loads(pickle.dumps(sent))
         self.assertIs(arrived, process_known_maildirs())
-        self.assertNotIn(Path("/nowhere/Maildir"), arrived)
+        self.assertNotIn("/nowhere/Maildir", arrived)
 
 
 def _answers(data: bytes) -> dict[int, tuple[bool, Any]]:
