@@ -15,9 +15,9 @@ local delivery agent and results as a queued message) before the SMTP server ans
   - otherwise the message is queued, with the copies that were delivered recorded as
     delivered (they are not made twice) and the rest pending, exactly as they were accepted:
     the queue runner then tries, retries, bounces and notifies as for any queued message.
-A message that does not qualify, or that comes while C{limit} of these deliveries are under
-way (a slow disk then fills the spool, not the sessions' wait) or while the queue runner is
-stopped, is queued at once.
+A message that does not qualify, is larger than L{MAX_SIZE}, or comes while C{limit} of these
+deliveries are under way (a slow disk then fills the spool, not the sessions' wait) or while
+the queue runner is stopped, is queued at once.
 
 Why: a queued message to a local mailbox costs the spool's write, its read back, the runner's
 wake-up and the commit of its outcome besides the mailbox file; all of it but the file is
@@ -42,6 +42,13 @@ from mdtwist.spool.model import QueuedMessage, RecipientResult
 log = Logger()
 
 _DELIVERED = RecipientState.DELIVERED
+
+#: The largest message (bytes) delivered before its reply. A larger one is queued first: the
+#: spool keeps its body in a file that the Maildir worker reads, which costs less than sending
+#: the body through the worker's pipe. Measured on a 2-core machine on 2026-12-07 (wall time
+#: per message, delivered first against queued first, two runs): 0.85-0.92 at 512 KiB,
+#: 1.04-1.13 at 1 MiB, 1.65-1.95 at 10 MiB.
+MAX_SIZE = 512 * 1024
 
 
 def qualifies(envelope: Envelope, max_recipients: int) -> bool:
@@ -152,6 +159,7 @@ class DeliverFirst:
         """
         if (
             self.in_flight >= self._limit
+            or len(body) > MAX_SIZE
             or not self._runner.running
             or not qualifies(envelope, self._max_recipients)
         ):

@@ -10,7 +10,7 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from mdtwist.delivery.direct import DeliverFirst, DirectIds, qualifies
+from mdtwist.delivery.direct import MAX_SIZE, DeliverFirst, DirectIds, qualifies
 from mdtwist.delivery.local import DeliveryStatus, ILocalDelivery, MaildirDelivery
 from mdtwist.delivery.runner import QueueRunner
 from mdtwist.envelope import Envelope, Recipient, RecipientState
@@ -297,6 +297,19 @@ class DeliverFirstTests(SynchronousTestCase):
         third = front.enqueue(make_envelope(local("alice@example.com")), BODY)
         self.assertNoResult(third)
         self.assertEqual(front.in_flight, 1)
+
+    def test_large_message_queued(self) -> None:
+        """
+        A message larger than L{MAX_SIZE} is queued first; one of that size is not.
+        """
+        front = self.front()
+        envelope = make_envelope(local("alice@example.com"))
+        body = b"Subject: big\r\n\r\n"
+        body += b"x" * (MAX_SIZE - len(body) - 2) + b"\r\n"
+        self.assertTrue(self.successResultOf(front.enqueue(envelope, body)).startswith("L"))
+        queue_id = self.successResultOf(front.enqueue(envelope, body + b"y\r\n"))
+        self.assertIsNotNone(parse_queue_id(queue_id))
+        self.assertEqual(len(self.files("alice")), 2, "the queue runner delivered it")
 
     def test_runner_stopped(self) -> None:
         """
