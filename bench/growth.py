@@ -7,7 +7,9 @@ Usage (from the repository root)::
 
 Two measurements, numbers printed and never asserted:
 
-  - B{accept with a full queue}: runs interleaved, each on a fresh daemon (as C{inbound.py}):
+  - B{accept with a full queue}: runs interleaved, each on a fresh daemon (as C{inbound.py},
+    but queueing local mail before delivering it, as it does with
+    C{delivery.direct_max_recipients = 0}, so that every message goes through the spool):
     mdtwist with an empty spool, then mdtwist whose spool already holds C{--queued} deferred
     messages (1 KiB, one remote recipient each, next attempt in a day, so the queue runner
     never delivers them during the run). smtp-source sends C{--messages} messages for the
@@ -78,7 +80,9 @@ def seed_spool(directory: Path, count: int, now: float) -> None:
 
 class SeededMdtwist(MdtwistServer):
     """
-    The mdtwist daemon of C{inbound.py}, whose spool starts as a copy of a seeded one.
+    The mdtwist daemon of C{inbound.py}, whose spool starts as a copy of a seeded one. It
+    queues every message first (C{delivery.direct_max_recipients = 0}): local mail delivered
+    before its reply never meets the queue, and the spool is what is measured here.
     """
 
     def __init__(self, parent: Path, name: str, seed: Path | None) -> None:
@@ -87,7 +91,7 @@ class SeededMdtwist(MdtwistServer):
         @param name: the row's name.
         @param seed: the spool directory to copy before each start, or L{None} (empty spool).
         """
-        super().__init__(parent)
+        super().__init__(parent, delivery_extra="direct_max_recipients = 0")
         self.name = name
         self._seed = seed
 
