@@ -42,19 +42,27 @@ def process_known_maildirs() -> KnownMaildirs:
     return _process_known
 
 
+def _parent(path: str) -> str:
+    # The directory holding path ("." for a name without a directory, as pathlib has it).
+    return os.path.dirname(path) or os.curdir
+
+
 def _make_directories(path: str, stop: str) -> None:
     # Create path and its missing parents below stop, fsyncing each into its parent.
     missing = []
     current = path
     while current != stop and not isdir(current):
         missing.append(current)
-        current = os.path.dirname(current)
+        parent = _parent(current)
+        if parent == current:
+            break
+        current = parent
     for directory in reversed(missing):
         try:
             os.mkdir(directory, 0o700)
         except FileExistsError:
             continue
-        fsync_directory(os.path.dirname(directory))
+        fsync_directory(_parent(directory))
 
 
 def write_maildir_message(

@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from mdtwist.delivery import local
+from mdtwist import durable
+from mdtwist.delivery import local, maildir_files
 from mdtwist.delivery.local import (
     CopyId,
     DeliveryResult,
@@ -194,6 +195,27 @@ class WriteMaildirMessageTests(SynchronousTestCase):
         self.assertEqual(error.errno, errno.EIO)
         self.assertEqual(list((maildir / "tmp").iterdir()), [])
         self.assertEqual(list((maildir / "new").iterdir()), [])
+
+    def test_relative_paths(self) -> None:
+        """
+        A relative Maildir whose top directory is a plain name (its parent is the current
+        directory) is made, with each new directory synced into its parent, even when the
+        root given is not above it.
+        """
+        top = f"maildir-{os.getpid()}-{id(self)}"
+        self.addCleanup(shutil.rmtree, top, ignore_errors=True)
+        self.addCleanup(shutil.rmtree, top + "-root", ignore_errors=True)
+        synced: list[str] = []
+        real = durable.fsync_directory
+
+        def fsync_directory(path: str) -> None:
+            synced.append(path)
+            real(path)
+
+        self.patch(maildir_files, "fsync_directory", fsync_directory)
+        write_maildir_message(top + "-root", f"{top}/Maildir", "one", b"1")
+        self.assertEqual(os.listdir(f"{top}/Maildir/new"), ["one"])
+        self.assertEqual(synced[:2], [os.curdir, top])
 
     def test_known_maildir_removed(self) -> None:
         """
