@@ -213,7 +213,7 @@ def main(argv: Sequence[str]) -> int:
         base / "mdtwist",
         accounts=addresses,
         delivery_extra=delivery_options(options),
-        name=worker_name(1, options.maildir_processes),
+        name=worker_name(1, options.maildir_processes, options.queue_first),
     )
     postfix: PostfixMaildirServer | None = None
     try:

@@ -374,7 +374,7 @@ def main(argv: Sequence[str]) -> int:
         mdtwist_parent,
         processes=options.processes,
         delivery_extra=delivery,
-        name=worker_name(options.processes, options.maildir_processes),
+        name=worker_name(options.processes, options.maildir_processes, options.queue_first),
     )
     references: list[BenchServer] = []
     if options.baseline is not None:

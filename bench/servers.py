@@ -101,7 +101,8 @@ def _count_files(folder: Path) -> int:
 
 def add_delivery_options(parser: argparse.ArgumentParser) -> None:
     """
-    Add C{--maildir-processes} and C{--concurrency}, mdtwist's C{[delivery]} options of a run.
+    Add C{--maildir-processes}, C{--concurrency} and C{--queue-first}, mdtwist's
+    C{[delivery]} options of a run.
 
     @param parser: the bench's parser.
     """
@@ -113,6 +114,28 @@ def add_delivery_options(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=int, default=0, metavar="N",
         help="mdtwist's delivery.concurrency (default: the configuration's default)",
     )  # fmt: skip
+    add_queue_first_option(parser)
+
+
+def add_queue_first_option(parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{--queue-first}: mdtwist queues local mail before delivering it.
+
+    @param parser: the bench's parser.
+    """
+    parser.add_argument(
+        "--queue-first", action="store_true",
+        help="mdtwist queues every message first (delivery.direct_max_recipients = 0), as"
+        " before local mail was delivered ahead of the reply; its row name ends in -q",
+    )  # fmt: skip
+
+
+def queue_first_option(options: argparse.Namespace) -> str:
+    """
+    @param options: parsed options with C{--queue-first} (L{add_queue_first_option}).
+    @return: the C{[delivery]} line it gives, with its line break before it, or C{""}.
+    """
+    return "\ndirect_max_recipients = 0" if options.queue_first else ""
 
 
 def delivery_options(options: argparse.Namespace) -> str:
@@ -121,17 +144,21 @@ def delivery_options(options: argparse.Namespace) -> str:
     @return: the TOML lines they give the C{[delivery]} table.
     """
     lines = f"maildir_processes = {options.maildir_processes}"
-    return lines + (f"\nconcurrency = {options.concurrency}" if options.concurrency else "")
+    lines += f"\nconcurrency = {options.concurrency}" if options.concurrency else ""
+    return lines + queue_first_option(options)
 
 
-def worker_name(processes: int, maildir_processes: int) -> str:
+def worker_name(processes: int, maildir_processes: int, queue_first: bool = False) -> str:
     """
     @param processes: C{server.processes}.
     @param maildir_processes: C{delivery.maildir_processes}.
-    @return: the row name of mdtwist run so: C{mdtwist}, C{mdtwist-2p}, C{mdtwist-w2}...
+    @param queue_first: whether every message is queued first (C{--queue-first}).
+    @return: the row name of mdtwist run so: C{mdtwist}, C{mdtwist-2p}, C{mdtwist-w2},
+        C{mdtwist-w1-q}...
     """
     name = "mdtwist" if processes == 1 else f"mdtwist-{processes}p"
-    return name if not maildir_processes else f"{name}-w{maildir_processes}"
+    name = name if not maildir_processes else f"{name}-w{maildir_processes}"
+    return f"{name}-q" if queue_first else name
 
 
 class MdtwistServer:

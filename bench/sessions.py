@@ -49,6 +49,8 @@ from bench.servers import (
     BenchServer,
     MdtwistServer,
     PostfixMaildirServer,
+    add_queue_first_option,
+    queue_first_option,
     worker_name,
 )
 from tests.integration.peers import PeerError
@@ -216,6 +218,7 @@ def main(argv: Sequence[str]) -> int:
         help="mdtwist's server.processes (the idle sessions are spread over them; the memory"
         " is that of all of them)",
     )  # fmt: skip
+    add_queue_first_option(parser)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     options = parser.parse_args(argv)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -230,8 +233,9 @@ def main(argv: Sequence[str]) -> int:
         max_sessions=sessions,
         max_sessions_per_ip=sessions,
         delivery_extra=f"maildir_processes = {options.maildir_processes}"
-        + (f"\nmaildir_process_idle = {options.maildir_idle}" if options.maildir_idle else ""),
-        name=worker_name(options.processes, options.maildir_processes),
+        + (f"\nmaildir_process_idle = {options.maildir_idle}" if options.maildir_idle else "")
+        + queue_first_option(options),
+        name=worker_name(options.processes, options.maildir_processes, options.queue_first),
     )
     postfix: PostfixMaildirServer | None = None
     rows: dict[str, list[tuple[float, float, float]]] = {}
