@@ -122,7 +122,6 @@ from mdtwist.minger.server import MingerResponder, MingerServerProtocol, MingerS
 from mdtwist.portal import LoginPortal, build_login_portal
 from mdtwist.settings.model import Security, ServerFacts, SettingsError
 from mdtwist.settings.model import Service as ClientService
-from mdtwist.settings.signing import ProfileSigner
 from mdtwist.settings.store import (
     RECEIPTS_NAME,
     Policy,
@@ -1148,8 +1147,10 @@ def add_http(
     """
     if not config.http.listen:
         return
-    # twisted.web only for a server that serves HTTP (about 2.5 MiB less in the others).
+    # twisted.web only for a server that serves HTTP (about 2.5 MiB less in the others), and
+    # the profile signer's part of cryptography only with it (0.5 MiB).
     from mdtwist.metricsweb import MetricsResource, MetricsRoot
+    from mdtwist.settings.signing import ProfileSigner
     from mdtwist.settings.web import SettingsResource, build_site
 
     settings = settings_config(config)

@@ -139,11 +139,13 @@ class WebOnDemandTests(SynchronousTestCase):
     def test_services_without_web(self) -> None:
         """
         Importing the service builder (and the plugin's module) loads no C{twisted.web}
-        module; the HTTP resources are imported when an HTTP listener is built.
+        module, nor the signer of Apple profiles; the HTTP resources are imported when an
+        HTTP listener is built.
         """
         loaded = imported_by("mdtwist.tap")["mdtwist.tap"]
         self.assertIn("mdtwist.services", loaded)
         self.assertEqual(sorted(m for m in loaded if m.startswith("twisted.web")), [])
+        self.assertNotIn("mdtwist.settings.signing", loaded)
 
     def test_services_without_test_helpers(self) -> None:
         """
