@@ -12,6 +12,9 @@ The metrics (counters carry the C{_total} suffix in the exposition):
   - C{mdtwist_smtp_sessions_total{mode, outcome}}: SMTP sessions by listener mode, C{accepted}
     or C{refused} (too many sessions); C{mdtwist_smtp_sessions_open{mode}}: sessions now;
   - C{mdtwist_messages_accepted_total{mode}}, C{mdtwist_messages_accepted_bytes_total{mode}};
+  - C{mdtwist_messages_delivered_first_total{outcome}}: local mail that could go to its
+    mailboxes before the reply (L{mdtwist.delivery.direct}): C{delivered} there, C{queued}
+    after a copy failed, or C{busy} (queued at once: enough were under way);
   - C{mdtwist_smtp_refused_total{stage, status}}: refused C{MAIL}, C{RCPT} and message data
     (stage C{mail}, C{rcpt}, C{data}) by enhanced status code (C{5.1.1} unknown user, C{5.7.1}
     relaying denied, C{4.3.0} directory down, ...);
@@ -142,6 +145,13 @@ _MINGER = Counter(
     "mdtwist_minger_queries",
     "Minger queries answered, by status (no_answer: the directory could not say)",
     ["status"],
+    registry=REGISTRY,
+)
+_DELIVERED_FIRST = Counter(
+    "mdtwist_messages_delivered_first",
+    "Local mail that could go to its mailboxes before the reply: delivered there, queued after"
+    " a copy failed, or queued at once because enough were under way (busy)",
+    ["outcome"],
     registry=REGISTRY,
 )
 _DEQUEUE = Counter(
@@ -290,6 +300,16 @@ def minger_answered(status: str) -> None:
     @param status: the status name it answered (C{active}, C{unknown}, ...), or C{no_answer}.
     """
     _child(_MINGER, status).inc()
+
+
+def delivered_first(outcome: str) -> None:
+    """
+    A message that qualified for delivery before its reply is done with it.
+
+    @param outcome: C{delivered} (every copy in its mailbox), C{queued} (a copy failed, the
+        message was queued) or C{busy} (queued without trying: enough were under way).
+    """
+    _child(_DELIVERED_FIRST, outcome).inc()
 
 
 def dequeue_signal(kind: str, outcome: str) -> None:

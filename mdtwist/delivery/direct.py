@@ -158,11 +158,13 @@ class DeliverFirst:
             is kept but copies already delivered (the client sends the message again).
         """
         if (
-            self.in_flight >= self._limit
-            or len(body) > MAX_SIZE
+            len(body) > MAX_SIZE
             or not self._runner.running
             or not qualifies(envelope, self._max_recipients)
         ):
+            return self._spool.enqueue(envelope, body)
+        if self.in_flight >= self._limit:
+            metrics.delivered_first("busy")
             return self._spool.enqueue(envelope, body)
         self.in_flight += 1
         answered: Deferred[str] = Deferred()
@@ -200,7 +202,9 @@ class DeliverFirst:
             answered.callback(message.queue_id)
             self._log(message, delivered, runner.conclude(message, delivered, now), now, where)
             maillog.removed(queue_id=message.queue_id)
+            metrics.delivered_first("delivered")
             return
+        metrics.delivered_first("queued")
         try:
             queue_id = await self._spool.enqueue(_with_results(envelope, delivered), body)
         except Exception:

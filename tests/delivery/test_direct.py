@@ -10,6 +10,7 @@ from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from mdtwist import metrics
 from mdtwist.delivery.direct import MAX_SIZE, DeliverFirst, DirectIds, qualifies
 from mdtwist.delivery.local import DeliveryStatus, ILocalDelivery, MaildirDelivery
 from mdtwist.delivery.runner import QueueRunner
@@ -100,6 +101,7 @@ class DeliverFirstTests(SynchronousTestCase):
         start a queue runner; the time is 1000.
         """
         self.events = capture_logs(self)
+        self.counts_before = {o: _delivered_first(o) for o in ("delivered", "queued", "busy")}
         self.clock = Clock()
         self.clock.advance(1000)
         self.spool = SQLiteSpool(Path(self.mktemp()), run_now)
@@ -144,6 +146,13 @@ class DeliverFirstTests(SynchronousTestCase):
         """
         return [formatEvent(e) for e in self.events if e.get("log_namespace") == "mdtwist.maillog"]
 
+    def counted(self, outcome: str) -> float:
+        """
+        @param outcome: an outcome of C{mdtwist_messages_delivered_first_total}.
+        @return: how many were counted with it since the test started.
+        """
+        return _delivered_first(outcome) - self.counts_before[outcome]
+
     def queued(self) -> int:
         """
         @return: how many messages the spool holds in its active queue.
@@ -174,6 +183,9 @@ class DeliverFirstTests(SynchronousTestCase):
         self.assertRegex(lines[0], rf"^{queue_id}: to=<alice@example.com> .* status=sent ")
         self.assertEqual(lines[1], f"{queue_id}: removed")
         self.assertEqual(front.in_flight, 0)
+        self.assertEqual(
+            [self.counted(o) for o in ("delivered", "queued", "busy")], [1.0, 0.0, 0.0]
+        )
 
     def test_reply_before_log(self) -> None:
         """
@@ -218,6 +230,9 @@ class DeliverFirstTests(SynchronousTestCase):
         queue_id = self.successResultOf(front.enqueue(envelope, BODY))
         self.assertIsNotNone(parse_queue_id(queue_id))
         self.assertEqual(given, [envelope])
+        self.assertEqual(
+            [self.counted(o) for o in ("delivered", "queued", "busy")], [0.0, 0.0, 0.0]
+        )
         self.assertEqual(len(self.files("alice")), 1)
         self.assertEqual(self.queued(), 1, "the remote recipient stays queued")
 
@@ -249,6 +264,9 @@ class DeliverFirstTests(SynchronousTestCase):
             carol_line, r"to=<carol@example.com> .* attempt=1 dsn=5.2.1 status=bounced"
         )
         self.assertEqual(self.queued(), 1, "only carol's bounce, to the sender, is left")
+        self.assertEqual(
+            [self.counted(o) for o in ("delivered", "queued", "busy")], [0.0, 1.0, 0.0]
+        )
 
     def test_temporary_failure(self) -> None:
         """
@@ -291,6 +309,7 @@ class DeliverFirstTests(SynchronousTestCase):
         )
         self.assertIsNotNone(parse_queue_id(second))
         self.assertEqual(front.in_flight, 1)
+        self.assertEqual(self.counted("busy"), 1.0)
         held.answer()
         self.assertTrue(self.successResultOf(first).startswith("L"))
         self.assertEqual(front.in_flight, 0)
@@ -334,3 +353,11 @@ class DeliverFirstTests(SynchronousTestCase):
         failure = self.failureResultOf(front.enqueue(envelope, BODY), SpoolError)
         self.assertEqual(str(failure.value), "disk full")
         self.assertEqual(front.in_flight, 0)
+
+
+def _delivered_first(outcome: str) -> float:
+    # The process's count of mdtwist_messages_delivered_first_total with this outcome.
+    for _, name, labels, value in metrics.samples():
+        if name == "mdtwist_messages_delivered_first_total" and labels == {"outcome": outcome}:
+            return value
+    return 0.0

@@ -134,6 +134,9 @@ class OneProcessTests(SynchronousTestCase):
             _value(values, "mdtwist_delivery_latency_seconds_count", route="local"), 1.0
         )
         self.assertEqual(
+            _value(values, "mdtwist_messages_delivered_first_total", outcome="delivered"), 1.0
+        )
+        self.assertEqual(
             _value(values, "mdtwist_smtp_sessions_total", mode="mx", outcome="accepted"),
             (sessions or 0) + 1,
         )
