@@ -46,6 +46,16 @@ def write_new_file(path: str | os.PathLike[str], data: bytes) -> None:
         finally:
             os.close(fd)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        remove_file(path)
         raise
+
+
+def remove_file(path: str | os.PathLike[str]) -> None:
+    """
+    Remove a file that may be gone already (cleaning up after a failed write).
+
+    @param path: the file.
+    @raise OSError: when it exists and cannot be removed.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -13,11 +13,10 @@ process stays small.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from os.path import isdir, join
 
-from mdtwist.durable import fsync_directory, write_new_file
+from mdtwist.durable import fsync_directory, remove_file, write_new_file
 
 
 class KnownMaildirs(set[str]):
@@ -104,11 +103,6 @@ def write_maildir_message(
         known.add(maildir)
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 def _write_into(maildir: str, name: str, content: bytes, final_name: str | None) -> None:
     temporary = join(maildir, "tmp", name)
     new = join(maildir, "new")
@@ -125,12 +119,12 @@ def _write_into(maildir: str, name: str, content: bytes, final_name: str | None)
             finally:
                 os.unlink(temporary)
     except BaseException:
-        _unlink(temporary)
+        remove_file(temporary)
         raise
     try:
         fsync_directory(new)
     except BaseException:
-        _unlink(final)
+        remove_file(final)
         raise
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mdtwist.directory.passwords import hash_password
+from mdtwist.spool.store import SpoolReader
 from tests.integration.peers import free_port, start_process, stop_process
 from tests.support.tls import make_certificate
 
@@ -184,6 +185,17 @@ socket = "{self.control_socket}"
         if not folder.is_dir():
             return []
         return [path.read_bytes() for path in sorted(folder.iterdir())]
+
+    def queue_ids(self) -> list[str]:
+        """
+        @return: the queue ids the spool holds (read from the database, as C{mdtwistctl}
+            does).
+        """
+        reader = SpoolReader(self.spool)
+        try:
+            return [entry.queue_id for entry in reader.list()]
+        finally:
+            reader.close()
 
     def command(self, *extra: str) -> list[str]:
         """

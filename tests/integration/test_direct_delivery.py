@@ -11,7 +11,6 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mdtwist.spool.store import SpoolReader
 from tests.integration.daemon import Daemon
 from tests.integration.test_smtp_daemon import wait_for
 
@@ -53,16 +52,6 @@ class DirectDeliveryTests(SynchronousTestCase):
         assert match is not None, text
         return match.group(1).decode()
 
-    def queued(self) -> list[str]:
-        """
-        @return: the queue ids the spool holds.
-        """
-        reader = SpoolReader(self.daemon.spool)
-        try:
-            return [entry.queue_id for entry in reader.list()]
-        finally:
-            reader.close()
-
     def test_in_the_mailbox_at_the_reply(self) -> None:
         """
         When the 250 comes, both copies are already in their Maildirs, the spool never held
@@ -73,7 +62,7 @@ class DirectDeliveryTests(SynchronousTestCase):
         for address in (ALICE, BOB):
             [copy] = self.daemon.messages(address)
             self.assertIn(b"Subject: direct", copy)
-        self.assertEqual(self.queued(), [])
+        self.assertEqual(self.daemon.queue_ids(), [])
         self.assertTrue(wait_for(lambda: f"{queue_id}: removed" in self.daemon.log()))
         log = self.daemon.log()
         self.assertIn(f"{queue_id}: accepted session=", log)
@@ -90,7 +79,7 @@ class DirectDeliveryTests(SynchronousTestCase):
         self.assertTrue(
             wait_for(lambda: self.daemon.messages(ALICE)), f"no delivery:\n{self.daemon.log()}"
         )
-        self.assertEqual(self.queued(), [queue_id])
+        self.assertEqual(self.daemon.queue_ids(), [queue_id])
 
 
 class QueuedFirstTests(DirectDeliveryTests):

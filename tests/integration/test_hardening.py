@@ -53,13 +53,6 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(conversation.reply().startswith(b"220 "))
         return conversation
 
-    def queue(self) -> list[str]:
-        reader = SpoolReader(self.daemon.spool)
-        try:
-            return [entry.queue_id for entry in reader.list()]
-        finally:
-            reader.close()
-
     def delivered(self, address: str, count: int = 1) -> list[bytes]:
         self.assertTrue(
             wait_for(lambda: len(self.daemon.messages(address)) >= count),
@@ -104,7 +97,7 @@ class WireTests(SynchronousTestCase):
         conversation.send(b"BDAT 5 LAST\r\na\x00b\r\n")
         answer = conversation.reply()
         self.assertTrue(answer.startswith(b"550 5.6.0"), answer)
-        self.assertEqual(self.queue(), [])
+        self.assertEqual(self.daemon.queue_ids(), [])
         conversation.command(b"MAIL FROM:<a@elsewhere.test>")
         conversation.command(b"RCPT TO:<alice@example.test>")
         conversation.command(b"DATA")
@@ -242,7 +235,7 @@ class WireTests(SynchronousTestCase):
         )
         self.assertTrue(answer.startswith(b"250 2.0.0"), answer)
         self.delivered(ALICE)
-        self.assertTrue(wait_for(lambda: self.queue() == []), self.queue())
+        self.assertTrue(wait_for(lambda: self.daemon.queue_ids() == []), self.daemon.queue_ids())
         self.assertNotIn(": notice to=<", self.daemon.log())
         client = self.submission()
         client.sendmail(

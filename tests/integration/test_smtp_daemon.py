@@ -140,7 +140,8 @@ class SMTPDaemonTests(SynchronousTestCase):
             client.sendmail("marker@elsewhere.test", [ALICE], b"Subject: marker\r\n\r\nm\r\n")
         self.delivered(ALICE, before + 1)
         self.assertTrue(
-            wait_for(lambda: self.queue() == []), f"queue not empty: {self.daemon.log()[-3000:]}"
+            wait_for(lambda: self.daemon.queue_ids() == []),
+            f"queue not empty: {self.daemon.log()[-3000:]}",
         )
 
     def unmarked(self, address: str) -> list[bytes]:
@@ -148,13 +149,6 @@ class SMTPDaemonTests(SynchronousTestCase):
         @return: the messages of an address, without the markers of L{settled}.
         """
         return [m for m in self.daemon.messages(address) if b"Subject: marker" not in m]
-
-    def queue(self) -> list[str]:
-        reader = SpoolReader(self.daemon.spool)
-        try:
-            return [entry.queue_id for entry in reader.list()]
-        finally:
-            reader.close()
 
     def test_swaks_to_local_mailbox(self) -> None:
         """
@@ -207,7 +201,7 @@ class SMTPDaemonTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 23, result.stdout)
         self.assertIn("530 5.7.0", result.stdout)
-        self.assertEqual(self.queue(), [])
+        self.assertEqual(self.daemon.queue_ids(), [])
 
     def test_swaks_wrong_password(self) -> None:
         """
@@ -314,7 +308,7 @@ class SMTPDaemonTests(SynchronousTestCase):
             if not answer.startswith(b"5"):
                 accepted.append((rcpt, answer))
         self.assertEqual(accepted, [])
-        self.assertEqual(self.queue(), [])
+        self.assertEqual(self.daemon.queue_ids(), [])
 
     def test_relay_allowed_after_auth(self) -> None:
         """
@@ -323,7 +317,7 @@ class SMTPDaemonTests(SynchronousTestCase):
         """
         result = self.submit(to="victim@foreign.test")
         self.assertEqual(result.returncode, 0, result.stdout)
-        self.assertEqual(len(self.queue()), 1)
+        self.assertEqual(len(self.daemon.queue_ids()), 1)
 
     def test_smuggling_probes_inject_nothing(self) -> None:
         """
