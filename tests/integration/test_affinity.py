@@ -22,8 +22,15 @@ ALICE = "alice@example.test"
 
 
 def _affinities(pid: int) -> set[frozenset[int]]:
-    # The CPU sets of every thread of a process.
-    return {frozenset(os.sched_getaffinity(int(task))) for task in os.listdir(f"/proc/{pid}/task")}
+    # The CPU sets of every thread of a process; a thread that ends while they are read (a
+    # thread pool's, a resolver's) is left out.
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            found.add(frozenset(os.sched_getaffinity(int(task))))
+        except ProcessLookupError:
+            continue
+    return found
 
 
 def _split(shard: int) -> Split:
