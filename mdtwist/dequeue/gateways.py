@@ -18,15 +18,11 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import attrs
 
 from mdtwist.ipaddr import Network, in_networks
 from mdtwist.secret import Secret
-
-if TYPE_CHECKING:
-    from mdtwist.dequeue.requests import EtrnRequest
 
 #: An LDH domain name as ETRN and ATRN carry it (no address literals, no trailing dot).
 _DOMAIN = re.compile(
@@ -189,12 +185,13 @@ class GatewayBook:
         gateway = self._by_domain.get(domain)
         return None if gateway is None else gateway.hold_time
 
-    def etrn_matches(self, request: EtrnRequest) -> tuple[Gateway, ...]:
+    def etrn_matches(self, domain: str, subdomains: bool) -> tuple[Gateway, ...]:
         """
-        @param request: a parsed ETRN request.
+        @param domain: the domain an ETRN names, normalised (L{normalise_domain}).
+        @param subdomains: whether it was written C{@domain}.
         @return: the gateways it names: the domain itself, and with C{@} every gateway under it.
         """
-        if request.subdomains:
-            return tuple(g for g in self.gateways if is_under(g.domain, request.domain))
-        gateway = self._by_domain.get(request.domain)
+        if subdomains:
+            return tuple(g for g in self.gateways if is_under(g.domain, domain))
+        gateway = self._by_domain.get(domain)
         return () if gateway is None else (gateway,)

@@ -215,7 +215,9 @@ class GatewayProvider:
         client = session.client
         if request.queue:
             return _answer(etrn_refused(node, "unknown queue"))
-        matched = [g for g in self.book.etrn_matches(request) if g.honour_etrn]
+        matched = [
+            g for g in self.book.etrn_matches(request.domain, request.subdomains) if g.honour_etrn
+        ]
         if not matched:
             return _answer(etrn_refused(node, "not a gateway domain we release by ETRN"))
         login = client.user.lower() if gateway_auth and client.user else None
