@@ -78,7 +78,7 @@ MAIL_LINE = b"MAIL FROM:<sender@client.test>\r\n"
 MAIL_SIZE_LINE = b"MAIL FROM:<sender@client.test> SIZE=%d\r\n" % len(BODY)
 RCPT_LINE = b"RCPT TO:<rcpt@example.test>\r\n"
 
-# The replies the inbound glue sends (mdtwist/smtp/policy.py and mdtwist/smtp/server.py).
+# The replies the inbound glue sends (mdtwist/smtp/policy.py, decision.py and server.py).
 SENDER_OK = Reply(250, "2.1.0", ("Sender ok",))
 RECIPIENT_OK = Reply(250, "2.1.5", ("Recipient ok",))
 BYE = reply(221, "2.0.0", "Bye")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from mdtwist.route import LookupBudget, SharingAnswer
     from mdtwist.settings.model import Merged
     from mdtwist.smtp.core.replies import Reply
-    from mdtwist.smtp.policy import RecipientDecision
+    from mdtwist.smtp.decision import RecipientDecision
 
 
 class IDirectory(Interface):

@@ -49,6 +49,7 @@ PURE_MODULES = (
     "mdtwist.login_limits",
     "mdtwist.minger.codec",
     "mdtwist.minger.limits",
+    "mdtwist.smtp.decision",
     "mdtwist.spool.model",
     "mdtwist.spool.schema",
 )

@@ -68,7 +68,7 @@ from mdtwist.smtp.core.client import (
     StartTLSPolicy,
 )
 from mdtwist.smtp.core.replies import Reply
-from mdtwist.smtp.policy import RecipientDecision
+from mdtwist.smtp.decision import RecipientDecision
 from mdtwist.smtp.switch import SwitchingProtocol
 
 log = Logger()

@@ -2,8 +2,9 @@
 """
 Who may send to whom, and where each accepted recipient goes: the receive policy of a listener.
 
-Each recipient gets a L{RecipientDecision}: the reply and, when accepted, its route
-(L{mdtwist.route.Route}), which the SMTP glue stores with the recipient. Rules, in order:
+Each recipient gets a L{mdtwist.smtp.decision.RecipientDecision}: the reply and, when
+accepted, its route (L{mdtwist.route.Route}), which the SMTP glue stores with the recipient.
+Rules, in order:
   1. The route kind comes from L{mdtwist.route.classify}, by the domain after the last C{@}
      only; something that is no address gets C{501 5.1.3}. Address tricks (C{%}, C{!}, quoted
      C{@}, source routes) never route mail off the server: C{user%foreign@local} is a local
@@ -38,7 +39,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection, Iterable
 
-import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -60,49 +60,15 @@ from mdtwist.route import (
     is_postmaster,
 )
 from mdtwist.smtp.core.replies import Reply
+from mdtwist.smtp.decision import RecipientDecision
 
 SENDER_OK = Reply(250, "2.1.0", ("Sender ok",))
-RECIPIENT_OK = Reply(250, "2.1.5", ("Recipient ok",))
 NO_SUCH_USER = Reply(550, "5.1.1", ("No such user here",))
 DISABLED = Reply(550, "5.2.1", ("Mailbox disabled",))
 BAD_ADDRESS = Reply(501, "5.1.3", ("Bad recipient address syntax",))
 RELAY_DENIED = Reply(554, "5.7.1", ("Relay access denied",))
 TRY_LATER = Reply(451, "4.3.0", ("Directory unavailable, try again later",))
 SHARING_UNAVAILABLE = Reply(451, "4.4.3", ("Mailbox lookup unavailable, try again later",))
-
-
-@attrs.frozen
-class RecipientDecision:
-    """
-    The answer to one C{RCPT TO}.
-
-    @ivar reply: the reply to send.
-    @ivar route: where the recipient goes; set exactly when the reply accepts it (2xx).
-    @raise ValueError: when the route does not fit the reply.
-    """
-
-    reply: Reply
-    route: Route | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if self.reply.is_positive != (self.route is not None):
-            raise ValueError("a recipient decision has a route exactly when it accepts")
-
-    @classmethod
-    def refuse(cls, reply: Reply) -> RecipientDecision:
-        """
-        @param reply: a 4xx or 5xx reply.
-        @return: the decision that refuses the recipient with it.
-        """
-        return cls(reply)
-
-    @classmethod
-    def accept(cls, route: Route) -> RecipientDecision:
-        """
-        @param route: where the recipient goes.
-        @return: the decision that accepts it with C{250 2.1.5}.
-        """
-        return cls(RECIPIENT_OK, route)
 
 
 def not_owned(sender: str) -> Reply:

@@ -73,9 +73,9 @@ from mdtwist.smtp.core.sasl import HashedCredentials
 from mdtwist.smtp.core.server import ServerCore, ServerSettings, SessionState
 from mdtwist.smtp.core.trace import count_received, received_header, with_protocol
 from mdtwist.smtp.deadlines import Deadlines
+from mdtwist.smtp.decision import RecipientDecision
 from mdtwist.smtp.eager import write_now
 from mdtwist.smtp.modes import ListenerMode
-from mdtwist.smtp.policy import RecipientDecision
 from mdtwist.smtp.switch import switcher_of
 
 BUSY = reply(421, "4.7.0", "Too many connections from your address, try again later")

@@ -12,7 +12,7 @@ from mdtwist.errors import SpoolError
 from mdtwist.interfaces import IReceivePolicy, ISpool
 from mdtwist.route import Route
 from mdtwist.smtp.core.replies import Reply, reply
-from mdtwist.smtp.policy import RecipientDecision
+from mdtwist.smtp.decision import RecipientDecision
 from tests.support.directory import FakeDirectory as FakeDirectory  # re-exported: now shared
 
 

@@ -15,13 +15,12 @@ from mdtwist.errors import DirectoryUnavailable
 from mdtwist.interfaces import IDirectory, IReceivePolicy, ISharingLookup
 from mdtwist.route import LookupBudget, Route, SharingAnswer
 from mdtwist.smtp.core.replies import Reply
+from mdtwist.smtp.decision import RECIPIENT_OK, RecipientDecision
 from mdtwist.smtp.policy import (
     NO_SUCH_USER,
-    RECIPIENT_OK,
     SHARING_UNAVAILABLE,
     TRUSTED_VERDICTS,
     ReceivePolicy,
-    RecipientDecision,
     parse_networks,
 )
 from tests.support.logs import capture_logs

@@ -17,8 +17,8 @@ from zope.interface import directlyProvides
 
 from mdtwist.envelope import ClientInfo
 from mdtwist.smtp.core.replies import reply
+from mdtwist.smtp.decision import RecipientDecision
 from mdtwist.smtp.modes import ListenerMode
-from mdtwist.smtp.policy import RecipientDecision
 from mdtwist.smtp.server import REVERSE_NAME_TIMEOUT, SMTPServerFactory, new_session_id
 from tests.smtp.test_server import ENVELOPE, PLAIN_ALICE, TLS_CONTEXT, GlueTestsBase
 from tests.support.logs import capture_logs
